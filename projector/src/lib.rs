@@ -1,0 +1,24 @@
+//! Serval's projections: the only writers of Postgres read models.
+//!
+//! * [`runner`]: reads the log from a projection's checkpoint, verifies every entry, applies
+//!   a batch and advances the checkpoint in **one transaction** (exactly-once effect).
+//! * [`visibility`]: read-your-writes: waiting until a projection has passed an entry.
+//! * [`zones`], [`admin_tokens`]: read models (writer and queries side by side).
+//! * [`archive`]: every event verbatim, bytes and signature.
+//! * [`relay`]: publishes Caracal's public topics from the log (at-least-once).
+//! * [`status`]: lag and dead letters, for `/ready` and `/metrics`.
+#![forbid(unsafe_code)]
+
+pub mod admin_tokens;
+pub mod archive;
+pub mod metrics;
+pub mod projection;
+pub mod relay;
+pub mod runner;
+pub mod status;
+pub mod visibility;
+pub mod zones;
+
+pub use projection::{Applied, Projection};
+pub use runner::{ProjectorConfig, Runner};
+pub use visibility::Visibility;

@@ -1,0 +1,94 @@
+//! The topic relay: publishes Caracal's public `caracal.*` topics from the log.
+//!
+//! It runs as a projection whose effect is an XADD rather than a row: messages are
+//! published before the checkpoint commits, so delivery is at-least-once, and every message
+//! carries `outbox_id` (the event id, or an id derived from it when one event yields several
+//! messages) so consumers deduplicate re-publications exactly as they do for Caracal's outbox.
+//!
+//! Which events map to which topic follows management-api.md §16: zone and admin-token
+//! events publish nothing (consumers read that state from the read models); the mapping
+//! grows with the aggregates that own revocation, policy activation and lifecycle events.
+
+use redis::aio::ConnectionManager;
+use serval_domain::Event;
+use serval_streams::topics::{self, TopicMessage};
+use serval_streams::KeySpace;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::metrics::METRICS;
+use crate::projection::{Applied, Projection};
+
+pub struct RelayProjection {
+    conn: ConnectionManager,
+    keys: KeySpace,
+    /// `STREAMS_HMAC_KEY`; `None` only in development mode without a key (no `_sig`).
+    key: Option<Vec<u8>>,
+}
+
+impl RelayProjection {
+    pub fn new(conn: ConnectionManager, keys: KeySpace, key: Option<Vec<u8>>) -> Self {
+        RelayProjection { conn, keys, key }
+    }
+}
+
+/// The public messages an event produces, without `outbox_id`.
+pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
+    match &applied.event {
+        // §16: "Everything else emits no stream event (zone/… CRUD, admin tokens)".
+        Event::Zone(_) | Event::AdminToken(_) => Vec::new(),
+    }
+}
+
+/// The deduplication id of the `index`-th message of an event: the event id itself for the
+/// first, a UUIDv8 derived from (event id, index) for the others.
+pub fn outbox_id(event_id: &str, index: usize) -> String {
+    if index == 0 {
+        return event_id.to_owned();
+    }
+    let digest = Sha256::digest(format!("{event_id}/{index}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+/// Adds `outbox_id` to a message's fields.
+pub fn with_outbox_id(msg: &TopicMessage, outbox_id: String) -> Vec<(String, Option<String>)> {
+    let mut fields = msg.fields.clone();
+    fields.push(("outbox_id".to_owned(), Some(outbox_id)));
+    fields
+}
+
+impl Projection for RelayProjection {
+    fn name(&self) -> &'static str {
+        serval_schema::projections::RELAY
+    }
+
+    async fn apply_batch(&self, _tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+        let mut conn = self.conn.clone();
+        for a in batch {
+            for (i, msg) in topic_messages(a).iter().enumerate() {
+                let fields = with_outbox_id(msg, outbox_id(&a.recorded.envelope.event_id, i));
+                topics::publish(&mut conn, &self.keys.topic(msg.topic), self.key.as_deref(), &fields)
+                    .await
+                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
+                METRICS.published.with_label_values(&[msg.topic]).inc();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn outbox_ids_are_stable_and_distinct() {
+        let e = Uuid::now_v7().to_string();
+        assert_eq!(outbox_id(&e, 0), e);
+        assert_eq!(outbox_id(&e, 1), outbox_id(&e, 1));
+        assert_ne!(outbox_id(&e, 1), outbox_id(&e, 2));
+    }
+}

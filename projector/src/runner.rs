@@ -1,0 +1,372 @@
+//! The projection runner: log → verified events → one transaction per batch.
+//!
+//! Exactly-once effect: the rows a batch writes and the checkpoint that says the batch was
+//! applied commit together. A crash before the commit loses both, and the next run reads
+//! the same entries again from the old checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use serval_domain::zone::ZoneEvent;
+use serval_domain::Event;
+use serval_streams::codec::Upcasters;
+use serval_streams::read::{self, RawEntry};
+use serval_streams::{EntryId, KeySpace, LogStream, Signer};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
+
+use crate::metrics::METRICS;
+use crate::projection::{Applied, Projection};
+use crate::visibility::{Visibility, NOTIFY_CHANNEL};
+
+/// Entries read per batch (one XREAD, one transaction).
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// How long one XREAD blocks waiting for new entries.
+pub const DEFAULT_BLOCK_MS: usize = 1_000;
+
+#[derive(Clone)]
+pub struct ProjectorConfig {
+    pub keys: KeySpace,
+    pub signer: Arc<Signer>,
+    pub upcasters: Arc<Upcasters>,
+    pub batch_size: usize,
+    pub block_ms: usize,
+    /// Test hook (`SERVAL_TEST_CRASH_AFTER_EVENTS=<projection>:<n>`): abort the process
+    /// inside the transaction once this projection has applied `n` events in this process.
+    pub crash_after: Option<(String, u64)>,
+}
+
+impl ProjectorConfig {
+    pub fn new(keys: KeySpace, signer: Arc<Signer>) -> Self {
+        ProjectorConfig {
+            keys,
+            signer,
+            upcasters: Arc::new(Upcasters::default()),
+            batch_size: DEFAULT_BATCH_SIZE,
+            block_ms: DEFAULT_BLOCK_MS,
+            crash_after: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+struct DeadLetter {
+    stream: String,
+    entry_id: EntryId,
+    reason: &'static str,
+    detail: String,
+    raw: serde_json::Value,
+}
+
+pub struct Runner<P: Projection> {
+    projection: P,
+    pool: PgPool,
+    redis: redis::Client,
+    cfg: Arc<ProjectorConfig>,
+    visibility: Arc<Visibility>,
+    applied_here: u64,
+}
+
+pub async fn load_checkpoint(
+    pool: &PgPool,
+    projection: &str,
+    stream: &str,
+) -> Result<Option<EntryId>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last_ms, last_seq FROM projection_checkpoints WHERE projection = $1 AND stream = $2",
+    )
+    .bind(projection)
+    .bind(stream)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64)))
+}
+
+fn raw_fields_json(fields: &HashMap<String, redis::Value>) -> serde_json::Value {
+    let map = fields
+        .iter()
+        .map(|(k, v)| {
+            let text = match read::field_bytes(fields, k) {
+                Some(b) => match std::str::from_utf8(b) {
+                    Ok(s) if !s.contains('\0') => serde_json::Value::String(s.to_owned()),
+                    _ => serde_json::json!({ "hex": hex::encode(b) }),
+                },
+                None => serde_json::Value::String(format!("{v:?}")),
+            };
+            (k.clone(), text)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+impl<P: Projection> Runner<P> {
+    pub fn new(
+        projection: P,
+        pool: PgPool,
+        redis: redis::Client,
+        cfg: Arc<ProjectorConfig>,
+        visibility: Arc<Visibility>,
+    ) -> Self {
+        Runner {
+            projection,
+            pool,
+            redis,
+            cfg,
+            visibility,
+            applied_here: 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_millis(self.cfg.block_ms as u64 + 5_000));
+        self.redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// The streams this projection follows and where it stands on each.
+    async fn positions(&self) -> Result<BTreeMap<String, EntryId>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT stream, last_ms, last_seq FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(self.name())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pos: BTreeMap<String, EntryId> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    EntryId::new(r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64),
+                )
+            })
+            .collect();
+        pos.entry(self.cfg.keys.log(&LogStream::System))
+            .or_insert(EntryId::ZERO);
+        Ok(pos)
+    }
+
+    /// Runs until `shutdown` turns true. Database and Redis errors are retried with backoff.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = tokio::select! {
+                r = self.follow(false) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(_) => return,
+                Err(e) => {
+                    METRICS.apply_errors.with_label_values(&[self.name()]).inc();
+                    tracing::warn!(projection = self.name(), error = %e, "projection paused; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Applies everything currently in the log, then returns the number of events applied.
+    pub async fn catch_up(&mut self) -> Result<u64, RunnerError> {
+        self.follow(true).await
+    }
+
+    async fn follow(&mut self, stop_when_idle: bool) -> Result<u64, RunnerError> {
+        let mut conn = self.connect().await?;
+        let mut positions = self.positions().await?;
+        let mut total = 0;
+        loop {
+            let streams: Vec<(String, EntryId)> =
+                positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let block = if stop_when_idle { None } else { Some(self.cfg.block_ms) };
+            let reply = read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+            if reply.iter().all(|(_, e)| e.is_empty()) {
+                if stop_when_idle {
+                    return Ok(total);
+                }
+                continue;
+            }
+            total += self.apply(&mut positions, reply).await?;
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        positions: &mut BTreeMap<String, EntryId>,
+        reply: Vec<(String, Vec<RawEntry>)>,
+    ) -> Result<u64, RunnerError> {
+        let name = self.name();
+        let mut batch = Vec::new();
+        let mut dead = Vec::new();
+        let mut new_streams = Vec::new();
+        let mut advanced: Vec<(String, EntryId, u64)> = Vec::new();
+        for (key, entries) in reply {
+            let Some(last) = entries.last().map(|(id, _)| *id) else {
+                continue;
+            };
+            let stream = self.cfg.keys.parse_log(&key);
+            let count = entries.len() as u64;
+            for (id, fields) in entries {
+                let verified = match &stream {
+                    Some(s) => read::verify_entry(&self.cfg.signer, &key, s, id, &fields)
+                        .map_err(|e| (e.reason(), e.to_string())),
+                    None => Err(("wrong_stream", "not a log stream key".to_owned())),
+                };
+                let decoded = verified.and_then(|recorded| {
+                    recorded
+                        .decode(&self.cfg.upcasters)
+                        .map(|event| Applied { recorded, event })
+                        .map_err(|e| ("undecodable", e.to_string()))
+                });
+                match decoded {
+                    Ok(a) => {
+                        if let (Some(LogStream::System), Event::Zone(ZoneEvent::Created(_))) =
+                            (&stream, &a.event)
+                        {
+                            let zone = LogStream::Zone(a.recorded.envelope.aggregate_id.clone());
+                            new_streams.push(self.cfg.keys.log(&zone));
+                        }
+                        batch.push(a);
+                    }
+                    Err((reason, detail)) => dead.push(DeadLetter {
+                        stream: key.clone(),
+                        entry_id: id,
+                        reason,
+                        detail,
+                        raw: raw_fields_json(&fields),
+                    }),
+                }
+            }
+            advanced.push((key, last, count));
+        }
+
+        let mut tx = self.pool.begin().await?;
+        self.projection.apply_batch(&mut tx, &batch).await?;
+        self.applied_here += batch.len() as u64;
+        if let Some((p, n)) = &self.cfg.crash_after {
+            if p == name && self.applied_here >= *n {
+                tracing::error!(projection = name, "test hook: aborting inside a batch");
+                std::process::abort();
+            }
+        }
+        if !dead.is_empty() {
+            self.record_dead_letters(&mut tx, &dead).await?;
+        }
+        for (stream, last, count) in &advanced {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, now())
+                 ON CONFLICT (projection, stream) DO UPDATE
+                 SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
+                     events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+                     updated_at = now()",
+            )
+            .bind(name)
+            .bind(stream)
+            .bind(last.ms as i64)
+            .bind(last.seq as i64)
+            .bind(*count as i64)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(format!("{name} {stream} {last}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for stream in &new_streams {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, stream) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(name)
+            .bind(stream)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        for stream in new_streams {
+            positions.entry(stream).or_insert(EntryId::ZERO);
+        }
+        for (stream, last, _) in advanced {
+            self.visibility.advance(name, &stream, last);
+            positions.insert(stream, last);
+        }
+        METRICS.batches.with_label_values(&[name]).inc();
+        METRICS
+            .applied
+            .with_label_values(&[name])
+            .inc_by(batch.len() as u64);
+        for d in &dead {
+            METRICS
+                .dead_letters
+                .with_label_values(&[name, d.reason])
+                .inc();
+        }
+        Ok(batch.len() as u64)
+    }
+
+    async fn record_dead_letters(
+        &self,
+        tx: &mut PgConnection,
+        dead: &[DeadLetter],
+    ) -> Result<(), RunnerError> {
+        let name = self.name();
+        let mut conn = self.redis.get_multiplexed_async_connection().await?;
+        for d in dead {
+            tracing::error!(projection = name, stream = %d.stream, entry = %d.entry_id, reason = d.reason, detail = %d.detail, "refused a log entry");
+            sqlx::query(
+                "INSERT INTO dead_letters (projection, stream, entry_id, reason, detail, raw_fields)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(name)
+            .bind(&d.stream)
+            .bind(d.entry_id.to_string())
+            .bind(d.reason)
+            .bind(&d.detail)
+            .bind(&d.raw)
+            .execute(&mut *tx)
+            .await?;
+            // Written before the commit: a crash here re-sends it (duplicates carry the same
+            // stream and entry id) rather than losing it.
+            let _: String = redis::cmd("XADD")
+                .arg(self.cfg.keys.dead_letters())
+                .arg("*")
+                .arg("projection")
+                .arg(name)
+                .arg("stream")
+                .arg(&d.stream)
+                .arg("entry_id")
+                .arg(d.entry_id.to_string())
+                .arg("reason")
+                .arg(d.reason)
+                .arg("detail")
+                .arg(&d.detail)
+                .arg("fields")
+                .arg(d.raw.to_string())
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! Zones (management-api.md §5): list, create, get, PATCH, DELETE, dcr-status.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use serval_domain::zone::{self, DcrShutdownMode, Zone, ZoneCommand, ZoneContext, ZoneError, ZonePatch};
+use serval_domain::{Actor, Event};
+use serval_projector::zones as read;
+use serval_schema::projections::ZONES;
+use serval_streams::append::Reservation;
+use serval_streams::{AppendRequest, LogStream};
+
+use super::params::PathId;
+use crate::app::App;
+use crate::auth::Principal;
+use crate::http::body::{parse_object, RawBody};
+use crate::http::pagination::{self, PageQuery};
+use crate::http::{ApiError, RequestId};
+use crate::write::{self, Failure, Outcome};
+
+/// Reservation kind for zone slugs (unique across all zones, archived included).
+pub const SLUG_RESERVATION: &str = "zone_slug";
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/v1/zones", get(list).post(create))
+        .route("/v1/zones/{id}", get(get_one).patch(patch).delete(archive))
+        .route("/v1/zones/{id}/dcr-status", get(dcr_status))
+}
+
+pub fn render(z: &Zone) -> Value {
+    json!({
+        "id": z.id,
+        "name": z.name,
+        "slug": z.slug,
+        "dcr_enabled": z.dcr_enabled,
+        "operator_coauthor_badge": z.operator_coauthor_badge,
+        "operator_governed": z.operator_governed,
+        "created_by": z.created_by,
+        "created_via_operator": z.created_via_operator,
+        "updated_by": z.updated_by,
+        "updated_via_operator": z.updated_via_operator,
+        "created_at": pagination::ts(z.created_at),
+        "updated_at": pagination::ts(z.updated_at),
+    })
+}
+
+fn zone_error(e: ZoneError) -> ApiError {
+    match e {
+        ZoneError::NotFound => ApiError::not_found("zone_not_found"),
+        ZoneError::AlreadyExists => ApiError::internal("zone id collision"),
+        ZoneError::Invalid(why) => ApiError::bad_request("invalid_zone").description(why),
+        ZoneError::NoFields => ApiError::bad_request("no_fields"),
+        ZoneError::DcrShutdownNotApplicable => ApiError::bad_request("dcr_shutdown_not_applicable"),
+        ZoneError::DcrShutdownRequired { live_dcr_applications } => ApiError::conflict("dcr_shutdown_required")
+            .with("details", json!({ "live_dcr_applications": live_dcr_applications })),
+        ZoneError::ReservedNamespace => ApiError::conflict("reserved_namespace")
+            .description("the caracal.sys namespace is reserved for the bootstrap token"),
+    }
+}
+
+fn slug_conflict() -> ApiError {
+    ApiError::conflict("zone_slug_conflict").description("a zone with this slug already exists")
+}
+
+async fn live_zone(app: &App, id: &str) -> Result<Zone, ApiError> {
+    read::load(&app.pool, id)
+        .await?
+        .filter(|z| z.archived_at.is_none())
+        .ok_or_else(|| ApiError::not_found("zone_not_found"))
+}
+
+async fn list(State(app): State<App>, Query(q): Query<PageQuery>) -> Result<Json<Value>, ApiError> {
+    let page = q.parse(pagination::STANDARD)?;
+    let zones = read::list_page(&app.pool, page.after, page.limit).await?;
+    Ok(Json(pagination::page(&zones, page.limit, |z| (z.created_at, z.id.clone()), render)))
+}
+
+async fn get_one(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
+    Ok(Json(render(&live_zone(&app, &id).await?)))
+}
+
+async fn dcr_status(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
+    let z = live_zone(&app, &id).await?;
+    let live = read::live_dcr_applications(&app.pool, &z.id).await?;
+    Ok(Json(json!({ "id": z.id, "dcr_enabled": z.dcr_enabled, "live_dcr_applications": live })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    slug: Option<String>,
+    dcr_enabled: Option<bool>,
+}
+
+fn request(zone_id: &str, expected: u64, events: Vec<zone::ZoneEvent>, actor: &Actor, rid: &str) -> AppendRequest {
+    AppendRequest {
+        stream: LogStream::System,
+        zone_id: Some(zone_id.to_owned()),
+        aggregate_id: zone_id.to_owned(),
+        expected_version: expected,
+        events: events.into_iter().map(Event::Zone).collect(),
+        actor: actor.id.clone(),
+        request_id: Some(rid.to_owned()),
+        correlation_id: Some(rid.to_owned()),
+        causation_id: None,
+        reserve: vec![],
+        release: vec![],
+        idempotency: None,
+    }
+}
+
+/// The zone a write produced: from the read model when it is visible, else folded from the
+/// events the write appended.
+async fn written_zone(app: &App, outcome_zone: Option<Zone>, id: &str, visible: bool) -> Result<Zone, ApiError> {
+    if visible {
+        if let Some(z) = read::load(&app.pool, id).await? {
+            return Ok(z);
+        }
+    }
+    outcome_zone.ok_or_else(|| ApiError::internal("write produced no zone"))
+}
+
+fn fold(state: Option<Zone>, outcome: &Outcome) -> Option<Zone> {
+    let Outcome::Applied { events, envelopes, .. } = outcome else {
+        return state;
+    };
+    events.iter().zip(envelopes).fold(state, |s, (e, env)| match e {
+        Event::Zone(ze) => zone::evolve(
+            s,
+            &serval_domain::EventMeta {
+                aggregate_id: env.aggregate_id.clone(),
+                aggregate_version: env.aggregate_version,
+                occurred_at: env.occurred_at,
+            },
+            ze,
+        ),
+        _ => s,
+    })
+}
+
+async fn finish(app: &App, outcome: Outcome, before: Option<Zone>, status: StatusCode, idem: &Option<serval_streams::append::Idempotency>, with_body: bool) -> Result<Response, ApiError> {
+    let stream = LogStream::System;
+    let (id, visible, folded) = match &outcome {
+        Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
+        Outcome::Applied { aggregate_id, visible, .. } => (aggregate_id.clone(), *visible, fold(before, &outcome)),
+        Outcome::ReplayUnrecorded { aggregate_id, visible } => (aggregate_id.clone(), *visible, None),
+    };
+    let body = if with_body {
+        Some(render(&written_zone(app, folded, &id, visible).await?))
+    } else {
+        None
+    };
+    Ok(write::respond(app, &stream, idem, status, body, visible).await)
+}
+
+async fn create(
+    State(app): State<App>,
+    principal: Principal,
+    RequestId(rid): RequestId,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    RawBody(raw): RawBody,
+) -> Result<Response, ApiError> {
+    let body: CreateBody = parse_object(&headers, &raw, "invalid_zone")?;
+    let actor = principal.actor(&headers);
+    let name = zone::normalize_name(&body.name).map_err(zone_error)?;
+    if let Some(s) = &body.slug {
+        zone::validate_slug(s).map_err(zone_error)?;
+    }
+    let idem = write::idempotency(&headers, &actor.id, &method, uri.path(), &raw)?;
+    let ctx = ZoneContext {
+        actor: actor.clone(),
+        live_dcr_applications: 0,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let explicit = body.slug.is_some();
+    let base = zone::slug_base(&name);
+    let mut candidates: Box<dyn Iterator<Item = String> + Send> = match body.slug.clone() {
+        Some(s) => Box::new(std::iter::once(s)),
+        None => Box::new(
+            zone::slug_candidates(&base)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .chain(std::iter::once(format!("{base}-{}", uuid::Uuid::new_v4().simple()))),
+        ),
+    };
+    while let Some(slug) = candidates.next() {
+        if !explicit
+            && app
+                .store
+                .reservation_holder(&LogStream::System, SLUG_RESERVATION, &slug)
+                .await?
+                .is_some()
+        {
+            continue;
+        }
+        let cmd = ZoneCommand::Create {
+            name: name.clone(),
+            slug: slug.clone(),
+            dcr_enabled: body.dcr_enabled.unwrap_or(false),
+        };
+        let outcome = write::execute(&app, ZONES, LogStream::System, idem.clone(), || {
+            let (cmd, ctx, actor, id, rid, slug) = (&cmd, &ctx, &actor, &id, &rid, &slug);
+            async move {
+                let events = zone::decide(None, cmd, ctx).map_err(zone_error)?;
+                let mut req = request(id, 0, events, actor, rid);
+                req.reserve.push(Reservation {
+                    kind: SLUG_RESERVATION,
+                    value: slug.clone(),
+                });
+                Ok(req)
+            }
+        })
+        .await;
+        match outcome {
+            Ok(o) => return finish(&app, o, None, StatusCode::CREATED, &idem, true).await,
+            Err(Failure::Taken { .. }) if explicit => return Err(slug_conflict()),
+            // A concurrent create took this generated slug: try the next candidate.
+            Err(Failure::Taken { .. }) => continue,
+            Err(Failure::Api(e)) => return Err(e),
+        }
+    }
+    Err(slug_conflict())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    name: Option<String>,
+    slug: Option<String>,
+    dcr_enabled: Option<bool>,
+    dcr_shutdown: Option<DcrShutdownMode>,
+    operator_coauthor_badge: Option<bool>,
+    operator_governed: Option<bool>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn patch(
+    State(app): State<App>,
+    principal: Principal,
+    RequestId(rid): RequestId,
+    PathId(id): PathId,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    RawBody(raw): RawBody,
+) -> Result<Response, ApiError> {
+    let body: PatchBody = parse_object(&headers, &raw, "invalid_zone")?;
+    let patch = ZonePatch {
+        name: body.name,
+        slug: body.slug,
+        dcr_enabled: body.dcr_enabled,
+        dcr_shutdown: body.dcr_shutdown,
+        operator_coauthor_badge: body.operator_coauthor_badge,
+        operator_governed: body.operator_governed,
+    };
+    let actor = principal.actor(&headers);
+    let idem = write::idempotency(&headers, &actor.id, &method, uri.path(), &raw)?;
+    let cmd = ZoneCommand::Update(patch.clone());
+    // The state the winning attempt decided on, to fold the answer from if needed.
+    let before = std::sync::Mutex::new(None);
+    let outcome = write::execute(&app, ZONES, LogStream::System, idem.clone(), || {
+        let (app, id, cmd, actor, rid, patch, before) = (&app, &id, &cmd, &actor, &rid, &patch, &before);
+        async move {
+            let state = read::load(&app.pool, id).await.map_err(ApiError::from)?;
+            let live = match &state {
+                Some(z) if z.archived_at.is_none() => read::live_dcr_applications(&app.pool, &z.id)
+                    .await
+                    .map_err(ApiError::from)?,
+                _ => 0,
+            };
+            let ctx = ZoneContext {
+                actor: actor.clone(),
+                live_dcr_applications: live.max(0) as u64,
+            };
+            let events = zone::decide(state.as_ref(), cmd, &ctx).map_err(zone_error)?;
+            let z = state.ok_or_else(|| ApiError::not_found("zone_not_found"))?;
+            let mut req = request(id, z.version, events, actor, rid);
+            if let Some(new_slug) = patch.slug.as_ref().filter(|s| **s != z.slug) {
+                req.reserve.push(Reservation {
+                    kind: SLUG_RESERVATION,
+                    value: new_slug.clone(),
+                });
+                req.release.push(Reservation {
+                    kind: SLUG_RESERVATION,
+                    value: z.slug.clone(),
+                });
+            }
+            *before.lock().unwrap_or_else(|p| p.into_inner()) = Some(z);
+            Ok(req)
+        }
+    })
+    .await;
+    match outcome {
+        Ok(o) => {
+            let before = before.into_inner().unwrap_or_else(|p| p.into_inner());
+            finish(&app, o, before, StatusCode::OK, &idem, true).await
+        }
+        Err(Failure::Taken { .. }) => Err(slug_conflict()),
+        Err(Failure::Api(e)) => Err(e),
+    }
+}
+
+async fn archive(
+    State(app): State<App>,
+    principal: Principal,
+    RequestId(rid): RequestId,
+    PathId(id): PathId,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = principal.actor(&headers);
+    let idem = write::idempotency(&headers, &actor.id, &method, uri.path(), b"")?;
+    let ctx = ZoneContext {
+        actor: actor.clone(),
+        live_dcr_applications: 0,
+    };
+    let outcome = write::execute(&app, ZONES, LogStream::System, idem.clone(), || {
+        let (app, id, actor, rid, ctx) = (&app, &id, &actor, &rid, &ctx);
+        async move {
+            let state = read::load(&app.pool, id).await.map_err(ApiError::from)?;
+            let events = zone::decide(state.as_ref(), &ZoneCommand::Archive, ctx).map_err(zone_error)?;
+            let version = state.map(|z| z.version).unwrap_or(0);
+            Ok(request(id, version, events, actor, rid))
+        }
+    })
+    .await
+    .map_err(ApiError::from)?;
+    let _ = principal;
+    finish(&app, outcome, None, StatusCode::NO_CONTENT, &idem, false).await.map(IntoResponse::into_response)
+}

@@ -1,0 +1,103 @@
+//! Seeding the bootstrap admin token from `CARACAL_ADMIN_TOKEN` (management-api.md §3.3).
+//!
+//! At start the token is upserted as `bootstrap` (global, write, `created_by:
+//! env-bootstrap`); any other live `env-bootstrap` token is revoked (rotation). Both are
+//! events. A reservation on the token digest keeps concurrent starts from minting twice.
+
+use anyhow::Context;
+use serval_domain::admin_token::{self, AdminTokenCommand, Capability, TokenScope, BOOTSTRAP_MARKER, BOOTSTRAP_NAME};
+use serval_domain::{Actor, Event};
+use serval_streams::append::Reservation;
+use serval_streams::{AppendError, AppendRequest, LogStream};
+
+use crate::app::App;
+use crate::auth::digest_hex;
+
+pub const DIGEST_RESERVATION: &str = "admin_token_digest";
+
+pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
+    let Some(token) = app.secrets.admin_token.clone() else {
+        tracing::warn!("CARACAL_ADMIN_TOKEN is not set: no bootstrap admin token");
+        return Ok(());
+    };
+    let projection = serval_schema::projections::ADMIN_TOKENS;
+    let stream = LogStream::System;
+    let key = app.store.keys().log(&stream);
+    // Decide from a read model that has seen the whole log.
+    let head = app.store.last_entry_id(&key).await?;
+    if !app
+        .visibility
+        .wait(&app.pool, projection, &key, head, std::time::Duration::from_secs(60))
+        .await
+    {
+        tracing::warn!("admin-token projection is behind the log; seeding anyway");
+    }
+    let digest = digest_hex(&token);
+    let live = serval_projector::admin_tokens::live_by_marker(&app.pool, BOOTSTRAP_MARKER).await?;
+    let actor = Actor::system();
+    if !live.iter().any(|t| t.token_sha256 == digest) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let cmd = AdminTokenCommand::Mint {
+            name: BOOTSTRAP_NAME.into(),
+            scope: TokenScope::Global,
+            zone_id: None,
+            capability: Capability::Write,
+            token_sha256: digest.clone(),
+            created_by: BOOTSTRAP_MARKER.into(),
+        };
+        let events = admin_token::decide(None, &cmd, &actor)?;
+        let req = AppendRequest {
+            stream: stream.clone(),
+            zone_id: None,
+            aggregate_id: id,
+            expected_version: 0,
+            events: events.into_iter().map(Event::AdminToken).collect(),
+            actor: actor.id.clone(),
+            request_id: None,
+            correlation_id: None,
+            causation_id: None,
+            reserve: vec![Reservation {
+                kind: DIGEST_RESERVATION,
+                value: digest.clone(),
+            }],
+            release: vec![],
+            idempotency: None,
+        };
+        match app.store.append(&req).await {
+            Ok(_) => tracing::info!("bootstrap admin token seeded"),
+            // Another instance seeded the same token concurrently.
+            Err(AppendError::ReservationTaken { .. }) => {}
+            Err(e) => return Err(e).context("seeding the bootstrap admin token"),
+        }
+    }
+    for old in live.iter().filter(|t| t.token_sha256 != digest) {
+        let events = admin_token::decide(Some(old), &AdminTokenCommand::Revoke, &actor)?;
+        let req = AppendRequest {
+            stream: stream.clone(),
+            zone_id: None,
+            aggregate_id: old.id.clone(),
+            expected_version: old.version,
+            events: events.into_iter().map(Event::AdminToken).collect(),
+            actor: actor.id.clone(),
+            request_id: None,
+            correlation_id: None,
+            causation_id: None,
+            reserve: vec![],
+            release: vec![Reservation {
+                kind: DIGEST_RESERVATION,
+                value: old.token_sha256.clone(),
+            }],
+            idempotency: None,
+        };
+        match app.store.append(&req).await {
+            Ok(_) => tracing::info!(token = %old.id, "previous bootstrap admin token revoked (rotation)"),
+            Err(AppendError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e).context("revoking the previous bootstrap token"),
+        }
+    }
+    let head = app.store.last_entry_id(&key).await?;
+    app.visibility
+        .wait(&app.pool, projection, &key, head, std::time::Duration::from_secs(30))
+        .await;
+    Ok(())
+}

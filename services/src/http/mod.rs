@@ -1,0 +1,10 @@
+//! HTTP plumbing shared by every service.
+
+pub mod body;
+pub mod error;
+pub mod ops;
+pub mod pagination;
+pub mod request_id;
+
+pub use error::ApiError;
+pub use request_id::RequestId;

@@ -1,0 +1,19 @@
+//! Serval's HTTP services and the `serval` binary's wiring.
+//!
+//! * [`config`]: typed configuration from Caracal's environment variable names.
+//! * [`app`]: shared state, start-up (migrations, projector, bootstrap), listeners.
+//! * [`http`]: plumbing every service shares: error body, request ids, bodies, pagination,
+//!   health/readiness/metrics.
+//! * [`auth`]: admin bearer tokens and the authorization matrix on `/v1`.
+//! * [`write`]: the write path: decide → conditional append → wait until visible.
+//! * [`api`]: the Management API routes.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod write;

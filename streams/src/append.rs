@@ -1,0 +1,285 @@
+//! The atomic conditional append (ARCHITECTURE.md §3 step 4).
+//!
+//! One script call appends a command's events to the log, conditioned on the aggregate's
+//! expected version, on uniqueness reservations and on an idempotency record. Nothing is
+//! ever trimmed from the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serval_domain::Event;
+use uuid::Uuid;
+
+use crate::codec::{self, CodecError};
+use crate::entry_id::EntryId;
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::keys::{KeySpace, LogStream};
+use crate::signing::Signer;
+
+const APPEND_LUA: &str = include_str!("append.lua");
+
+/// How long an idempotency record is kept (Caracal's Coordinator default is 7 days for
+/// explicit keys; one day bounds Redis memory while covering any sane client retry).
+pub const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
+
+/// A uniqueness reservation such as a zone slug: `(kind, value)` in the append's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Digest of (actor, key); names the record.
+    pub key_digest: String,
+    /// Digest of the request (method, path, body); a retry must match it.
+    pub fingerprint: String,
+}
+
+/// Everything one command appends.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream: LogStream,
+    pub zone_id: Option<String>,
+    pub aggregate_id: String,
+    pub expected_version: u64,
+    pub events: Vec<Event>,
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub reserve: Vec<Reservation>,
+    pub release: Vec<Reservation>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A stored idempotency record: what the first request appended, plus (once the handler
+/// stored it) the first answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub fields: HashMap<String, String>,
+}
+
+impl IdempotencyRecord {
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fields.get("fingerprint").map(String::as_str)
+    }
+    pub fn aggregate_id(&self) -> Option<&str> {
+        self.fields.get("aggregate_id").map(String::as_str)
+    }
+    pub fn last_entry_id(&self) -> Option<EntryId> {
+        self.fields.get("last_entry_id")?.parse().ok()
+    }
+    /// The first answer, when it was recorded: `(status, body)`.
+    pub fn response(&self) -> Option<(u16, &str)> {
+        let status = self.fields.get("status")?.parse().ok()?;
+        Some((status, self.fields.get("body")?.as_str()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    Appended {
+        entry_ids: Vec<EntryId>,
+        envelopes: Vec<Envelope>,
+    },
+    /// The idempotency key was seen before; nothing was appended.
+    Duplicate(IdempotencyRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("version conflict: expected {expected}, log is at {actual}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("reservation taken: {key}")]
+    ReservationTaken { key: String },
+    #[error("nothing to append")]
+    Empty,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected script reply: {0}")]
+    Protocol(String),
+}
+
+/// The event store: appends signed events and hands out the key space.
+#[derive(Clone)]
+pub struct EventStore {
+    conn: ConnectionManager,
+    keys: KeySpace,
+    signer: Arc<Signer>,
+    script: Arc<Script>,
+}
+
+impl EventStore {
+    pub fn new(conn: ConnectionManager, keys: KeySpace, signer: Arc<Signer>) -> Self {
+        EventStore {
+            conn,
+            keys,
+            signer,
+            script: Arc::new(Script::new(APPEND_LUA)),
+        }
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Builds and signs the envelopes of a request (no I/O).
+    pub fn seal(
+        &self,
+        req: &AppendRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Envelope, Vec<u8>, String)>, AppendError> {
+        let correlation = req.correlation_id.clone();
+        req.events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let (event_type, schema_version, payload) = codec::encode(event)?;
+                let envelope = Envelope {
+                    event_id: Uuid::now_v7().to_string(),
+                    event_type: event_type.to_owned(),
+                    schema_version,
+                    zone_id: req.zone_id.clone(),
+                    aggregate_kind: event.aggregate_kind().as_str().to_owned(),
+                    aggregate_id: req.aggregate_id.clone(),
+                    aggregate_version: req.expected_version + i as u64 + 1,
+                    occurred_at: now,
+                    actor: req.actor.clone(),
+                    request_id: req.request_id.clone(),
+                    causation_id: req.causation_id.clone(),
+                    correlation_id: correlation.clone(),
+                    payload,
+                };
+                let body = envelope.encode()?;
+                let sig = hex::encode(self.signer.sign(&body));
+                Ok((envelope, body, sig))
+            })
+            .collect()
+    }
+
+    pub async fn append(&self, req: &AppendRequest) -> Result<AppendOutcome, AppendError> {
+        if req.events.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        let sealed = self.seal(req, Utc::now())?;
+        let stream = &req.stream;
+        let mut inv = self.script.prepare_invoke();
+        inv.key(self.keys.log(stream)).key(self.keys.versions(stream));
+        let (idem_key, idem_ttl, fingerprint) = match &req.idempotency {
+            Some(i) => (
+                self.keys.idempotency(stream, &i.key_digest),
+                IDEMPOTENCY_TTL_SECS,
+                i.fingerprint.as_str(),
+            ),
+            // An unused key of the same slot keeps the KEYS layout fixed.
+            None => (self.keys.idempotency(stream, "-"), 0, ""),
+        };
+        inv.key(idem_key);
+        for r in &req.reserve {
+            inv.key(self.keys.reservation(stream, r.kind, &r.value));
+        }
+        for r in &req.release {
+            inv.key(self.keys.reservation(stream, r.kind, &r.value));
+        }
+        inv.arg(&req.aggregate_id)
+            .arg(req.expected_version)
+            .arg(sealed.len())
+            .arg(req.reserve.len())
+            .arg(req.release.len())
+            .arg(&req.aggregate_id)
+            .arg(idem_ttl)
+            .arg(fingerprint);
+        for (_, body, sig) in &sealed {
+            inv.arg(body.as_slice()).arg(self.signer.key_id()).arg(sig);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
+        let (tag, rest) = reply
+            .split_first()
+            .ok_or_else(|| AppendError::Protocol("empty reply".into()))?;
+        match tag.as_str() {
+            "ok" => {
+                let entry_ids = rest
+                    .iter()
+                    .map(|s| s.parse().map_err(|_| AppendError::Protocol(s.clone())))
+                    .collect::<Result<Vec<EntryId>, _>>()?;
+                Ok(AppendOutcome::Appended {
+                    entry_ids,
+                    envelopes: sealed.into_iter().map(|(e, _, _)| e).collect(),
+                })
+            }
+            "conflict" => Err(AppendError::VersionConflict {
+                expected: req.expected_version,
+                actual: rest.first().and_then(|s| s.parse().ok()).unwrap_or(0),
+            }),
+            "taken" => Err(AppendError::ReservationTaken {
+                key: rest.first().cloned().unwrap_or_default(),
+            }),
+            "duplicate" => {
+                let fields = rest
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].clone(), kv[1].clone()))
+                    .collect();
+                Ok(AppendOutcome::Duplicate(IdempotencyRecord { fields }))
+            }
+            other => Err(AppendError::Protocol(other.to_owned())),
+        }
+    }
+
+    /// Records the first answer of an idempotent request, so a retry gets it verbatim.
+    pub async fn record_response(
+        &self,
+        stream: &LogStream,
+        key_digest: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), redis::RedisError> {
+        let key = self.keys.idempotency(stream, key_digest);
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset_multiple(&key, &[("status", status.to_string().as_str()), ("body", body)])
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a uniqueness reservation is currently held (a hint for choosing a
+    /// candidate; the append re-checks atomically).
+    pub async fn reservation_holder(
+        &self,
+        stream: &LogStream,
+        kind: &str,
+        value: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.keys.reservation(stream, kind, value)).await
+    }
+
+    /// The current version of an aggregate according to the log.
+    pub async fn version(&self, stream: &LogStream, aggregate_id: &str) -> Result<u64, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let v: Option<u64> = conn.hget(self.keys.versions(stream), aggregate_id).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// The newest entry id of a stream (`0-0` when empty).
+    pub async fn last_entry_id(&self, stream_key: &str) -> Result<EntryId, redis::RedisError> {
+        crate::read::last_entry_id(&mut self.conn.clone(), stream_key).await
+    }
+}

@@ -1,0 +1,122 @@
+//! Every Redis key Serval uses, in one place.
+//!
+//! Layout (`<p>` = the deployment's key prefix, default `serval`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>:{sys}:log` | stream | zone-less events (zones, admin tokens), total order |
+//! | `<p>:{z:<zone>}:log` | stream | the zone's own events, total order |
+//! | `<p>:{tag}:versions` | hash | aggregate id → current version (optimistic concurrency) |
+//! | `<p>:{tag}:uniq:<kind>:<value>` | string | uniqueness reservation → owning aggregate id |
+//! | `<p>:{tag}:idem:<digest>` | hash | idempotency record of a request (24 h) |
+//! | `<p>:deadletters` | stream | entries a projection refused (bad signature, undecodable) |
+//! | `<t>caracal.*` | streams | Caracal's public topics (`<t>` = topic prefix, default empty) |
+//!
+//! **Invariant:** the keys one atomic append touches all carry the same hash tag (`{sys}` or
+//! `{z:<zone>}`), so every script call lands in one slot on Redis Cluster.
+
+/// Which log stream an aggregate's events go to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    System,
+    Zone(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    prefix: String,
+    topic_prefix: String,
+}
+
+impl Default for KeySpace {
+    fn default() -> Self {
+        KeySpace::new("serval", "")
+    }
+}
+
+impl KeySpace {
+    pub fn new(prefix: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        KeySpace {
+            prefix: prefix.into(),
+            topic_prefix: topic_prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn tag(stream: &LogStream) -> String {
+        match stream {
+            LogStream::System => "{sys}".to_owned(),
+            LogStream::Zone(z) => format!("{{z:{z}}}"),
+        }
+    }
+
+    pub fn log(&self, stream: &LogStream) -> String {
+        format!("{}:{}:log", self.prefix, Self::tag(stream))
+    }
+
+    /// Recovers the log stream from a log key (the inverse of [`KeySpace::log`]).
+    pub fn parse_log(&self, key: &str) -> Option<LogStream> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(':')?;
+        let tag = rest.strip_suffix(":log")?;
+        if tag == "{sys}" {
+            return Some(LogStream::System);
+        }
+        let zone = tag.strip_prefix("{z:")?.strip_suffix('}')?;
+        Some(LogStream::Zone(zone.to_owned()))
+    }
+
+    pub fn versions(&self, stream: &LogStream) -> String {
+        format!("{}:{}:versions", self.prefix, Self::tag(stream))
+    }
+
+    pub fn reservation(&self, stream: &LogStream, kind: &str, value: &str) -> String {
+        format!("{}:{}:uniq:{kind}:{value}", self.prefix, Self::tag(stream))
+    }
+
+    pub fn idempotency(&self, stream: &LogStream, digest: &str) -> String {
+        format!("{}:{}:idem:{digest}", self.prefix, Self::tag(stream))
+    }
+
+    pub fn dead_letters(&self) -> String {
+        format!("{}:deadletters", self.prefix)
+    }
+
+    /// A public topic key (`caracal.policy.invalidate`, …) under the topic prefix.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open..].find('}').unwrap() + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_key_of_one_append_shares_a_hash_tag() {
+        let k = KeySpace::default();
+        let s = LogStream::Zone("0198-abc".into());
+        let tag = slot_tag(&k.log(&s));
+        assert_eq!(tag, "z:0198-abc");
+        assert_eq!(slot_tag(&k.versions(&s)), tag);
+        assert_eq!(slot_tag(&k.reservation(&s, "zone_slug", "x")), tag);
+        assert_eq!(slot_tag(&k.idempotency(&s, "ff")), tag);
+    }
+
+    #[test]
+    fn log_keys_round_trip() {
+        let k = KeySpace::new("t1", "");
+        for s in [LogStream::System, LogStream::Zone("z-9".into())] {
+            assert_eq!(k.parse_log(&k.log(&s)), Some(s));
+        }
+        assert_eq!(k.parse_log("other:{sys}:log"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Reading log entries and checking them before anyone acts on them.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Value};
+use serval_domain::{AggregateKind, Event, EventMeta};
+
+use crate::codec::{CodecError, Upcasters};
+use crate::entry_id::EntryId;
+use crate::envelope::Envelope;
+use crate::keys::LogStream;
+use crate::signing::Signer;
+
+/// One raw stream entry: its id and fields.
+pub type RawEntry = (EntryId, HashMap<String, Value>);
+
+/// A log entry whose signature checked out and whose envelope decoded.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub stream_key: String,
+    pub entry_id: EntryId,
+    pub envelope: Envelope,
+    /// The exact signed bytes, kept for the archive.
+    pub body: Vec<u8>,
+    pub kid: String,
+    pub sig: Vec<u8>,
+}
+
+impl RecordedEvent {
+    pub fn meta(&self) -> EventMeta {
+        EventMeta {
+            aggregate_id: self.envelope.aggregate_id.clone(),
+            aggregate_version: self.envelope.aggregate_version,
+            occurred_at: self.envelope.occurred_at,
+        }
+    }
+
+    pub fn decode(&self, upcasters: &Upcasters) -> Result<Event, CodecError> {
+        upcasters.decode(
+            &self.envelope.event_type,
+            self.envelope.schema_version,
+            &self.envelope.payload,
+        )
+    }
+}
+
+/// Why an entry was refused. Refused entries are never applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    #[error("signature is not hex")]
+    SignatureNotHex,
+    #[error("signature does not verify (kid {0})")]
+    BadSignature(String),
+    #[error("envelope does not decode: {0}")]
+    Undecodable(String),
+    #[error("event does not belong in this stream")]
+    WrongStream,
+}
+
+impl VerifyError {
+    /// A short stable reason code for dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::MissingField(_) => "missing_field",
+            VerifyError::SignatureNotHex | VerifyError::BadSignature(_) => "bad_signature",
+            VerifyError::Undecodable(_) => "undecodable",
+            VerifyError::WrongStream => "wrong_stream",
+        }
+    }
+}
+
+pub fn field_bytes<'a>(fields: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
+    match fields.get(name)? {
+        Value::BulkString(b) => Some(b.as_slice()),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Checks an entry's signature (constant time), then decodes its envelope and checks that
+/// it belongs to the stream it was read from.
+pub fn verify_entry(
+    signer: &Signer,
+    stream_key: &str,
+    stream: &LogStream,
+    entry_id: EntryId,
+    fields: &HashMap<String, Value>,
+) -> Result<RecordedEvent, VerifyError> {
+    let body = field_bytes(fields, "env").ok_or(VerifyError::MissingField("env"))?;
+    let kid = field_bytes(fields, "kid").ok_or(VerifyError::MissingField("kid"))?;
+    let kid = String::from_utf8_lossy(kid).into_owned();
+    let sig_hex = field_bytes(fields, "sig").ok_or(VerifyError::MissingField("sig"))?;
+    let sig = hex::decode(sig_hex).map_err(|_| VerifyError::SignatureNotHex)?;
+    if !signer.verify(&kid, body, &sig) {
+        return Err(VerifyError::BadSignature(kid));
+    }
+    let envelope = Envelope::decode(body).map_err(|e| VerifyError::Undecodable(e.to_string()))?;
+    let zone_less = AggregateKind::parse(&envelope.aggregate_kind).map(AggregateKind::is_zone_less);
+    let belongs = match (stream, zone_less) {
+        (LogStream::System, Some(true)) => true,
+        (LogStream::Zone(z), Some(false)) => envelope.zone_id.as_deref() == Some(z.as_str()),
+        _ => false,
+    };
+    if !belongs {
+        return Err(VerifyError::WrongStream);
+    }
+    Ok(RecordedEvent {
+        stream_key: stream_key.to_owned(),
+        entry_id,
+        envelope,
+        body: body.to_vec(),
+        kid,
+        sig,
+    })
+}
+
+fn parse_entries(ids: Vec<redis::streams::StreamId>) -> Vec<RawEntry> {
+    ids.into_iter()
+        .filter_map(|s| s.id.parse().ok().map(|id| (id, s.map)))
+        .collect()
+}
+
+/// Reads up to `count` entries after each given id, blocking up to `block_ms` when none
+/// is there. Returns entries per stream key, in stream order.
+pub async fn read_after<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    streams: &[(String, EntryId)],
+    count: usize,
+    block_ms: Option<usize>,
+) -> Result<Vec<(String, Vec<RawEntry>)>, redis::RedisError> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
+    let ids: Vec<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
+    let mut opts = StreamReadOptions::default().count(count);
+    if let Some(ms) = block_ms {
+        opts = opts.block(ms);
+    }
+    let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &opts).await?;
+    Ok(reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .map(|k| (k.key, parse_entries(k.ids)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Reads entries with ids in `[start, end]` (inclusive), oldest first.
+pub async fn read_range<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    key: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<RawEntry>, redis::RedisError> {
+    let reply: StreamRangeReply = conn.xrange_count(key, start, end, count).await?;
+    Ok(parse_entries(reply.ids))
+}
+
+/// The newest entry id of a stream (`0-0` when it is empty or missing).
+pub async fn last_entry_id<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    key: &str,
+) -> Result<EntryId, redis::RedisError> {
+    let reply: StreamRangeReply = conn.xrevrange_count(key, "+", "-", 1).await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|s| s.id.parse().ok())
+        .unwrap_or(EntryId::ZERO))
+}
