@@ -1,0 +1,335 @@
+//! Shared helpers for black-box tests: a fresh database and key prefix per test, and the
+//! real `serval` binary started on ephemeral ports.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use serval_streams::{EventStore, KeySpace, Signer};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+pub fn base_db_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/serval".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL has a database");
+    format!("{base}/{db}")
+}
+
+/// Creates a fresh, empty database and returns its URL.
+pub async fn fresh_db() -> String {
+    let name = unique("st_");
+    let admin = with_db(&base_db_url(), "postgres");
+    let pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("postgres reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+    pool.close().await;
+    with_db(&base_db_url(), &name)
+}
+
+pub async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new().max_connections(4).connect(url).await.expect("connect test database")
+}
+
+fn hex_key(byte: u8) -> String {
+    hex::encode([byte; 32])
+}
+
+/// Key material shared by a test and the server it starts.
+#[derive(Clone)]
+pub struct Keys {
+    pub streams: String,
+    pub audit: String,
+    pub kek: String,
+    pub admin_token: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            streams: hex_key(0x5a),
+            audit: hex_key(0xa5),
+            kek: hex_key(0x42),
+            admin_token: format!("test-admin-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
+
+impl Keys {
+    pub fn signer(&self) -> Arc<Signer> {
+        Arc::new(Signer::new(hex::decode(&self.streams).unwrap(), None).unwrap())
+    }
+}
+
+pub struct Options {
+    pub db_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub prefix: Option<String>,
+    pub keys: Keys,
+    /// Empty = `serval up`.
+    pub services: Vec<&'static str>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            db_url: None,
+            redis_url: None,
+            prefix: None,
+            keys: Keys::default(),
+            services: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+pub fn serval_bin() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/serval");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "serval-services", "--bin", "serval"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building serval failed");
+    }
+    bin
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub urls: HashMap<String, String>,
+    pub db_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    pub keys: Keys,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start(opts: Options) -> Server {
+        let db_url = match opts.db_url {
+            Some(u) => u,
+            None => fresh_db().await,
+        };
+        let redis_url = opts.redis_url.unwrap_or_else(redis_url);
+        let prefix = opts.prefix.unwrap_or_else(|| unique("t"));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serval.log");
+        let mut cmd = Command::new(serval_bin());
+        if opts.services.is_empty() {
+            cmd.arg("up");
+        } else {
+            cmd.arg("serve").args(&opts.services);
+        }
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db_url)
+            .env("REDIS_URL", &redis_url)
+            .env("CARACAL_MODE", "dev")
+            .env("CARACAL_ADMIN_TOKEN", &opts.keys.admin_token)
+            .env("STREAMS_HMAC_KEY", &opts.keys.streams)
+            .env("AUDIT_HMAC_KEY", &opts.keys.audit)
+            .env("SECRET_STORE_KEK", &opts.keys.kek)
+            .env("SERVAL_DATA_DIR", dir.path())
+            .env("SERVAL_KEY_PREFIX", &prefix)
+            .env("SERVAL_TOPIC_PREFIX", format!("{prefix}:"))
+            .env("SERVAL_API_PORT", "0")
+            .env("SERVAL_COORDINATOR_PORT", "0")
+            .env("SERVAL_STS_PORT", "0")
+            .env("SERVAL_GATEWAY_PORT", "0")
+            .env("SERVAL_AUDIT_PORT", "0")
+            .env("DB_POOL_MAX", "8")
+            .env("LOG_LEVEL", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("spawn serval");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut urls = HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == "serval: ready" => break,
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("serval: ") {
+                        if let Some((svc, url)) = rest.split_once(" listening on ") {
+                            urls.insert(svc.to_owned(), url.to_owned());
+                        }
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("serval did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                }
+            }
+        }
+        Server {
+            child: Some(child),
+            urls,
+            db_url,
+            redis_url,
+            prefix,
+            keys: opts.keys,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn api(&self) -> &str {
+        &self.urls["api"]
+    }
+
+    pub fn url(&self, service: &str) -> &str {
+        &self.urls[service]
+    }
+
+    pub fn token(&self) -> &str {
+        &self.keys.admin_token
+    }
+
+    pub fn key_space(&self) -> KeySpace {
+        KeySpace::new(self.prefix.clone(), format!("{}:", self.prefix))
+    }
+
+    pub async fn store(&self) -> EventStore {
+        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        EventStore::new(conn, self.key_space(), self.keys.signer())
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let c = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client with the admin token.
+pub struct Admin {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Admin {
+    pub fn new(server: &Server) -> Self {
+        Admin {
+            http: reqwest::Client::new(),
+            base: server.api().to_owned(),
+            token: server.token().to_owned(),
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        Admin {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let v = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs}s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
