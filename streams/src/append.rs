@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serval_domain::Event;
@@ -178,7 +178,8 @@ impl EventStore {
         if req.events.is_empty() {
             return Err(AppendError::Empty);
         }
-        let sealed = self.seal(req, Utc::now())?;
+        // Microseconds: what Postgres keeps, so evolve over the log and the read model agree.
+        let sealed = self.seal(req, Utc::now().trunc_subsecs(6))?;
         let stream = &req.stream;
         let mut inv = self.script.prepare_invoke();
         inv.key(self.keys.log(stream)).key(self.keys.versions(stream));
