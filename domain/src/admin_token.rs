@@ -160,7 +160,9 @@ pub fn decide(
                 _ => {}
             }
             if token_sha256.len() != 64 || !token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(AdminTokenError::Invalid("token digest must be 64 hex characters"));
+                return Err(AdminTokenError::Invalid(
+                    "token digest must be 64 hex characters",
+                ));
             }
             Ok(vec![AdminTokenEvent::Created(AdminTokenCreated {
                 name: name.clone(),

@@ -4,8 +4,7 @@
 pub fn is_valid_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
@@ -46,7 +45,10 @@ mod tests {
 
     #[test]
     fn reserved_prefix_is_case_insensitive_and_trimmed() {
-        assert!(has_prefix_ci("  CARACAL.SYS/ops", RESERVED_ZONE_NAME_PREFIX));
+        assert!(has_prefix_ci(
+            "  CARACAL.SYS/ops",
+            RESERVED_ZONE_NAME_PREFIX
+        ));
         assert!(!has_prefix_ci("caracal.system", RESERVED_ZONE_NAME_PREFIX));
         assert!(!has_prefix_ci("é", RESERVED_ZONE_NAME_PREFIX));
     }

@@ -218,7 +218,9 @@ pub fn slug_base(name: &str) -> String {
     } else {
         // Leave room for the `-<32 hex>` fallback suffix within the slug limit.
         let max = SLUG_MAX_CHARS - 33;
-        trimmed[..trimmed.len().min(max)].trim_end_matches('-').to_owned()
+        trimmed[..trimmed.len().min(max)]
+            .trim_end_matches('-')
+            .to_owned()
     }
 }
 
@@ -283,7 +285,8 @@ pub fn decide(
                 return Err(ZoneError::DcrShutdownNotApplicable);
             }
             let updated_by = ctx.actor.id.clone();
-            let updated_via_operator = ctx.actor.via_operator_header && zone.operator_coauthor_badge;
+            let updated_via_operator =
+                ctx.actor.via_operator_header && zone.operator_coauthor_badge;
             let dcr_branch = patch.dcr_enabled == Some(false)
                 && (zone.dcr_enabled || patch.dcr_shutdown.is_some());
             if dcr_branch {
@@ -453,7 +456,10 @@ mod tests {
             slug: "ops".into(),
             dcr_enabled: false,
         };
-        assert_eq!(decide(None, &cmd, &ctx()), Err(ZoneError::ReservedNamespace));
+        assert_eq!(
+            decide(None, &cmd, &ctx()),
+            Err(ZoneError::ReservedNamespace)
+        );
         let mut boot = ctx();
         boot.actor.is_bootstrap = true;
         assert!(decide(None, &cmd, &boot).is_ok());
@@ -462,7 +468,11 @@ mod tests {
     #[test]
     fn empty_patch_is_no_fields() {
         let z = given(&[created(false)]);
-        let r = decide(z.as_ref(), &ZoneCommand::Update(ZonePatch::default()), &ctx());
+        let r = decide(
+            z.as_ref(),
+            &ZoneCommand::Update(ZonePatch::default()),
+            &ctx(),
+        );
         assert_eq!(r, Err(ZoneError::NoFields));
     }
 
@@ -509,9 +519,17 @@ mod tests {
 
     #[test]
     fn archived_zones_are_not_found() {
-        let z = given(&[created(false), ZoneEvent::Archived(ZoneArchived { archived_by: "x".into() })]);
+        let z = given(&[
+            created(false),
+            ZoneEvent::Archived(ZoneArchived {
+                archived_by: "x".into(),
+            }),
+        ]);
         assert!(z.as_ref().unwrap().archived_at.is_some());
-        assert_eq!(decide(z.as_ref(), &ZoneCommand::Archive, &ctx()), Err(ZoneError::NotFound));
+        assert_eq!(
+            decide(z.as_ref(), &ZoneCommand::Archive, &ctx()),
+            Err(ZoneError::NotFound)
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub fn from_row(r: &PgRow) -> Result<AdminToken, sqlx::Error> {
     })
 }
 
-pub async fn load<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<AdminToken>, sqlx::Error> {
+pub async fn load<'e>(
+    db: impl PgExecutor<'e>,
+    id: &str,
+) -> Result<Option<AdminToken>, sqlx::Error> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM admin_tokens WHERE id = $1"))
         .bind(id)
         .fetch_optional(db)
@@ -74,7 +77,10 @@ pub async fn find_live_by_digest<'e>(
 }
 
 /// Live tokens seeded with the given `created_by` marker (e.g. `env-bootstrap`).
-pub async fn live_by_marker<'e>(db: impl PgExecutor<'e>, marker: &str) -> Result<Vec<AdminToken>, sqlx::Error> {
+pub async fn live_by_marker<'e>(
+    db: impl PgExecutor<'e>,
+    marker: &str,
+) -> Result<Vec<AdminToken>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM admin_tokens WHERE created_by = $1 AND revoked_at IS NULL"
     ))
@@ -140,7 +146,11 @@ impl Projection for AdminTokensProjection {
         serval_schema::projections::ADMIN_TOKENS
     }
 
-    async fn apply_batch(&self, tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
         let mut state: HashMap<String, Option<AdminToken>> = HashMap::new();
         let mut touched = Vec::new();
         for a in batch {
@@ -155,7 +165,10 @@ impl Projection for AdminTokensProjection {
             if !touched.contains(&meta.aggregate_id) {
                 touched.push(meta.aggregate_id.clone());
             }
-            state.insert(meta.aggregate_id.clone(), admin_token::evolve(current, &meta, event));
+            state.insert(
+                meta.aggregate_id.clone(),
+                admin_token::evolve(current, &meta, event),
+            );
         }
         for id in touched {
             if let Some(Some(t)) = state.get(&id) {

@@ -13,7 +13,11 @@ impl Projection for ArchiveProjection {
         serval_schema::projections::ARCHIVE
     }
 
-    async fn apply_batch(&self, tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
         if batch.is_empty() {
             return Ok(());
         }

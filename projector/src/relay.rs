@@ -49,7 +49,9 @@ pub fn outbox_id(event_id: &str, index: usize) -> String {
     let digest = Sha256::digest(format!("{event_id}/{index}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Adds `outbox_id` to a message's fields.
@@ -64,14 +66,23 @@ impl Projection for RelayProjection {
         serval_schema::projections::RELAY
     }
 
-    async fn apply_batch(&self, _tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        _tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
         let mut conn = self.conn.clone();
         for a in batch {
             for (i, msg) in topic_messages(a).iter().enumerate() {
                 let fields = with_outbox_id(msg, outbox_id(&a.recorded.envelope.event_id, i));
-                topics::publish(&mut conn, &self.keys.topic(msg.topic), self.key.as_deref(), &fields)
-                    .await
-                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
+                topics::publish(
+                    &mut conn,
+                    &self.keys.topic(msg.topic),
+                    self.key.as_deref(),
+                    &fields,
+                )
+                .await
+                .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
                 METRICS.published.with_label_values(&[msg.topic]).inc();
             }
         }

@@ -197,7 +197,11 @@ impl<P: Projection> Runner<P> {
         loop {
             let streams: Vec<(String, EntryId)> =
                 positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            let block = if stop_when_idle { None } else { Some(self.cfg.block_ms) };
+            let block = if stop_when_idle {
+                None
+            } else {
+                Some(self.cfg.block_ms)
+            };
             let reply = read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
             if reply.iter().all(|(_, e)| e.is_empty()) {
                 if stop_when_idle {

@@ -31,9 +31,10 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
     keys: &KeySpace,
     projections: &[&str],
 ) -> Result<Vec<StreamLag>, StatusError> {
-    let rows = sqlx::query("SELECT projection, stream, last_ms, last_seq FROM projection_checkpoints")
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT projection, stream, last_ms, last_seq FROM projection_checkpoints")
+            .fetch_all(pool)
+            .await?;
     let mut lags: Vec<StreamLag> = rows
         .iter()
         .map(|r| StreamLag {
@@ -45,7 +46,10 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
         .collect();
     let system = keys.log(&LogStream::System);
     for p in projections {
-        if !lags.iter().any(|l| l.projection == *p && l.stream == system) {
+        if !lags
+            .iter()
+            .any(|l| l.projection == *p && l.stream == system)
+        {
             lags.push(StreamLag {
                 projection: (*p).to_owned(),
                 stream: system.clone(),
@@ -59,7 +63,12 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
     streams.dedup();
     let mut pipe = redis::pipe();
     for s in &streams {
-        pipe.cmd("XREVRANGE").arg(s).arg("+").arg("-").arg("COUNT").arg(1);
+        pipe.cmd("XREVRANGE")
+            .arg(s)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
     }
     let replies: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
     let heads: std::collections::HashMap<String, EntryId> = streams
@@ -68,7 +77,10 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
         .map(|(s, r)| {
             (
                 s,
-                r.ids.first().and_then(|i| i.id.parse().ok()).unwrap_or(EntryId::ZERO),
+                r.ids
+                    .first()
+                    .and_then(|i| i.id.parse().ok())
+                    .unwrap_or(EntryId::ZERO),
             )
         })
         .collect();
@@ -79,7 +91,9 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
 }
 
 pub async fn dead_letter_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(pool)
+        .await
 }
 
 /// Errors of the status queries.

@@ -90,7 +90,9 @@ impl Visibility {
                     if listener.listen(NOTIFY_CHANNEL).await.is_ok() {
                         while let Ok(n) = listener.recv().await {
                             let mut parts = n.payload().splitn(3, ' ');
-                            if let (Some(p), Some(s), Some(id)) = (parts.next(), parts.next(), parts.next()) {
+                            if let (Some(p), Some(s), Some(id)) =
+                                (parts.next(), parts.next(), parts.next())
+                            {
                                 if let Ok(id) = id.parse() {
                                     self.advance(p, s, id);
                                 }

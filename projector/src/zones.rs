@@ -91,7 +91,10 @@ pub async fn all<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Zone>, sqlx::Error> 
 }
 
 /// Live DCR applications of a zone: DCR, not archived, unexpired (§5 dcr-status).
-pub async fn live_dcr_applications<'e>(db: impl PgExecutor<'e>, zone_id: &str) -> Result<i64, sqlx::Error> {
+pub async fn live_dcr_applications<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM applications
          WHERE zone_id = $1 AND registration_method = 'dcr' AND archived_at IS NULL
@@ -141,7 +144,11 @@ impl Projection for ZonesProjection {
         serval_schema::projections::ZONES
     }
 
-    async fn apply_batch(&self, tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
         let mut state: HashMap<String, Option<Zone>> = HashMap::new();
         let mut touched = Vec::new();
         for a in batch {
@@ -156,7 +163,10 @@ impl Projection for ZonesProjection {
             if !touched.contains(&meta.aggregate_id) {
                 touched.push(meta.aggregate_id.clone());
             }
-            state.insert(meta.aggregate_id.clone(), zone::evolve(current, &meta, event));
+            state.insert(
+                meta.aggregate_id.clone(),
+                zone::evolve(current, &meta, event),
+            );
         }
         for id in touched {
             if let Some(Some(z)) = state.get(&id) {

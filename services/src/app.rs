@@ -58,22 +58,32 @@ pub const PROJECTIONS: [&str; 4] = [
 
 /// Creates the database named in the URL when it does not exist (development convenience).
 async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let opts: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid Postgres URL")?;
+    let opts: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
     let Some(db) = opts.get_database().map(str::to_owned) else {
         return Ok(());
     };
     if opts.clone().connect().await.is_ok() {
         return Ok(());
     }
-    let mut admin = opts.database("postgres").connect().await.context("cannot reach Postgres")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&db)
-        .fetch_one(&mut admin)
-        .await?;
+    let mut admin = opts
+        .database("postgres")
+        .connect()
+        .await
+        .context("cannot reach Postgres")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = db.replace('"', "\"\"");
         // CREATE DATABASE races with a concurrent start; the loser sees "already exists".
-        if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{quoted}\"")).execute(&mut admin).await {
+        if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut admin)
+            .await
+        {
             tracing::debug!(error = %e, "create database");
         }
     }
@@ -93,6 +103,9 @@ pub async fn connect_pg(cfg: &Config) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Redis connections the event store spreads appends over (see `EventStore`).
+pub const DEFAULT_REDIS_CONNECTIONS: usize = 8;
+
 pub async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, ConnectionManager)> {
     let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
     let config = ConnectionManagerConfig::new()
@@ -107,8 +120,16 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, Connecti
 
 /// Warns when Redis would not keep an acknowledged write through a crash.
 async fn check_redis_durability(conn: &mut ConnectionManager) {
-    let aof: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(conn).await;
-    let fsync: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(conn).await;
+    let aof: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query_async(conn)
+        .await;
+    let fsync: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query_async(conn)
+        .await;
     match (aof, fsync) {
         (Ok(a), Ok(f)) if a.get(1).map(String::as_str) == Some("yes") && f.get(1).map(String::as_str) == Some("always") => {}
         (Ok(a), Ok(f)) => tracing::warn!(
@@ -123,12 +144,21 @@ async fn check_redis_durability(conn: &mut ConnectionManager) {
 
 pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
     let pool = connect_pg(&cfg).await?;
-    serval_schema::migrate(&pool).await.context("migrations failed")?;
+    serval_schema::migrate(&pool)
+        .await
+        .context("migrations failed")?;
     let (_, mut redis) = connect_redis(&cfg.redis_url).await?;
     check_redis_durability(&mut redis).await;
-    let signer = Arc::new(Signer::new(secrets.streams_key.clone(), secrets.streams_key_previous.clone())?);
+    let signer = Arc::new(Signer::new(
+        secrets.streams_key.clone(),
+        secrets.streams_key_previous.clone(),
+    )?);
     let keys = KeySpace::new(cfg.key_prefix.clone(), cfg.topic_prefix.clone());
-    let store = EventStore::new(redis.clone(), keys, signer);
+    let mut conns = vec![redis.clone()];
+    for _ in 1..DEFAULT_REDIS_CONNECTIONS {
+        conns.push(connect_redis(&cfg.redis_url).await?.1);
+    }
+    let store = EventStore::with_connections(conns, keys, signer);
     Ok(Arc::new(AppState {
         cfg,
         secrets,
@@ -141,12 +171,27 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
     }))
 }
 
-fn spawn_runner<P: Projection>(app: &App, client: &redis::Client, cfg: &Arc<ProjectorConfig>, p: P, stop: &watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let runner = Runner::new(p, app.pool.clone(), client.clone(), cfg.clone(), app.visibility.clone());
+fn spawn_runner<P: Projection>(
+    app: &App,
+    client: &redis::Client,
+    cfg: &Arc<ProjectorConfig>,
+    p: P,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let runner = Runner::new(
+        p,
+        app.pool.clone(),
+        client.clone(),
+        cfg.clone(),
+        app.visibility.clone(),
+    );
     tokio::spawn(runner.run(stop.clone()))
 }
 
-pub async fn start_projector(app: &App, stop: &watch::Receiver<bool>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+pub async fn start_projector(
+    app: &App,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, relay_conn) = connect_redis(&app.cfg.redis_url).await?;
     let mut cfg = ProjectorConfig::new(app.store.keys().clone(), app.store.signer().clone());
     cfg.crash_after = app.cfg.crash_hook()?;
@@ -177,7 +222,10 @@ pub fn router(app: &App, service: Service) -> Router {
     }
     r.fallback(http::error::not_found)
         .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
-        .layer(axum::middleware::from_fn_with_state(service.name(), http::request_id::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            service.name(),
+            http::request_id::layer,
+        ))
         .with_state(app.clone())
 }
 
@@ -187,7 +235,10 @@ fn banner(secrets: &Secrets, cfg: &Config) {
     }
     eprintln!("==================================================================");
     eprintln!(" SERVAL IS RUNNING IN DEVELOPMENT MODE");
-    eprintln!(" Keys live in {} (never use them in production).", cfg.data_dir.join("dev-secrets.json").display());
+    eprintln!(
+        " Keys live in {} (never use them in production).",
+        cfg.data_dir.join("dev-secrets.json").display()
+    );
     for g in &secrets.generated {
         eprintln!(" generated {g}");
     }
@@ -233,11 +284,14 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
         let router = router(&app, service);
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
         }));
     }
     println!("serval: ready");
@@ -260,7 +314,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -111,9 +111,11 @@ async fn authenticate(app: &App, token: &str) -> Result<Option<AdminToken>, ApiE
         return Ok(Some(t));
     }
     let found = serval_projector::admin_tokens::find_live_by_digest(&app.pool, &digest).await?;
-    Ok(found.filter(|t| bool::from(t.token_sha256.as_bytes().ct_eq(digest.as_bytes()))).inspect(|t| {
-        app.tokens.put(digest, t.clone());
-    }))
+    Ok(found
+        .filter(|t| bool::from(t.token_sha256.as_bytes().ct_eq(digest.as_bytes())))
+        .inspect(|t| {
+            app.tokens.put(digest, t.clone());
+        }))
 }
 
 fn is_read(method: &Method) -> bool {
@@ -130,7 +132,8 @@ pub fn zone_of_path(path: &str) -> Option<&str> {
 fn is_approval_decision(method: &Method, path: &str) -> bool {
     method == Method::POST
         && zone_of_path(path).is_some()
-        && (path.contains("/approvals/") && (path.ends_with("/approve") || path.ends_with("/reject")))
+        && (path.contains("/approvals/")
+            && (path.ends_with("/approve") || path.ends_with("/reject")))
 }
 
 /// Checks the authorization matrix (§3.2 steps 3–7) for an authenticated token.

@@ -5,7 +5,9 @@
 //! events. A reservation on the token digest keeps concurrent starts from minting twice.
 
 use anyhow::Context;
-use serval_domain::admin_token::{self, AdminTokenCommand, Capability, TokenScope, BOOTSTRAP_MARKER, BOOTSTRAP_NAME};
+use serval_domain::admin_token::{
+    self, AdminTokenCommand, Capability, TokenScope, BOOTSTRAP_MARKER, BOOTSTRAP_NAME,
+};
 use serval_domain::{Actor, Event};
 use serval_streams::append::Reservation;
 use serval_streams::{AppendError, AppendRequest, LogStream};
@@ -27,7 +29,13 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     let head = app.store.last_entry_id(&key).await?;
     if !app
         .visibility
-        .wait(&app.pool, projection, &key, head, std::time::Duration::from_secs(60))
+        .wait(
+            &app.pool,
+            projection,
+            &key,
+            head,
+            std::time::Duration::from_secs(60),
+        )
         .await
     {
         tracing::warn!("admin-token projection is behind the log; seeding anyway");
@@ -90,14 +98,22 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
             idempotency: None,
         };
         match app.store.append(&req).await {
-            Ok(_) => tracing::info!(token = %old.id, "previous bootstrap admin token revoked (rotation)"),
+            Ok(_) => {
+                tracing::info!(token = %old.id, "previous bootstrap admin token revoked (rotation)")
+            }
             Err(AppendError::VersionConflict { .. }) => {}
             Err(e) => return Err(e).context("revoking the previous bootstrap token"),
         }
     }
     let head = app.store.last_entry_id(&key).await?;
     app.visibility
-        .wait(&app.pool, projection, &key, head, std::time::Duration::from_secs(30))
+        .wait(
+            &app.pool,
+            projection,
+            &key,
+            head,
+            std::time::Duration::from_secs(30),
+        )
         .await;
     Ok(())
 }

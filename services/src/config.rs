@@ -9,7 +9,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
-#[command(name = "serval", version, about = "Serval: the event-sourced authority control plane for AI agents")]
+#[command(
+    name = "serval",
+    version,
+    about = "Serval: the event-sourced authority control plane for AI agents"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
@@ -71,7 +75,11 @@ pub enum Mode {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/serval")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/serval"
+    )]
     pub database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -119,7 +127,11 @@ pub struct Config {
     #[arg(long, env = "API_BODY_LIMIT_BYTES", default_value_t = 1_048_576)]
     pub body_limit_bytes: usize,
     /// How long a write waits for its read model before answering "not yet projected".
-    #[arg(long, env = "SERVAL_WRITE_VISIBILITY_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "SERVAL_WRITE_VISIBILITY_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
     pub write_visibility_timeout_ms: u64,
     /// Readiness fails when a projection trails the log by more than this.
     #[arg(long, env = "SERVAL_READY_LAG_MAX_MS", default_value_t = 30_000)]
@@ -162,7 +174,8 @@ fn from_file(name: &str, direct: &Option<String>) -> anyhow::Result<Option<Strin
     let Ok(path) = std::env::var(format!("{name}_FILE")) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{name}_FILE={path} is unreadable"))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{name}_FILE={path} is unreadable"))?;
     let text = text.trim_end().to_owned();
     if text.is_empty() {
         bail!("{name}_FILE={path} is empty");
@@ -178,7 +191,9 @@ fn random_hex(bytes: usize) -> String {
 
 fn load_dev(path: &Path) -> anyhow::Result<DevSecrets> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display())),
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DevSecrets::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -231,7 +246,10 @@ impl Config {
             let path = self.data_dir.join("dev-secrets.json");
             let mut dev = load_dev(&path)?;
             let mut changed = false;
-            let mut fill = |slot: &mut Option<String>, given: Option<String>, what: &'static str, make: fn() -> String| {
+            let mut fill = |slot: &mut Option<String>,
+                            given: Option<String>,
+                            what: &'static str,
+                            make: fn() -> String| {
                 if let Some(v) = given {
                     return v;
                 }
@@ -243,10 +261,24 @@ impl Config {
                 slot.clone().unwrap_or_default()
             };
             let had_admin = dev.admin_token.is_some();
-            let admin_v = fill(&mut dev.admin_token, admin.clone(), "CARACAL_ADMIN_TOKEN", || random_hex(32));
-            let streams_v = fill(&mut dev.streams_hmac_key, streams, "STREAMS_HMAC_KEY", || random_hex(32));
-            let audit_v = fill(&mut dev.audit_hmac_key, audit, "AUDIT_HMAC_KEY", || random_hex(32));
-            let kek_v = fill(&mut dev.secret_store_kek, kek, "SECRET_STORE_KEK", || random_hex(32));
+            let admin_v = fill(
+                &mut dev.admin_token,
+                admin.clone(),
+                "CARACAL_ADMIN_TOKEN",
+                || random_hex(32),
+            );
+            let streams_v = fill(
+                &mut dev.streams_hmac_key,
+                streams,
+                "STREAMS_HMAC_KEY",
+                || random_hex(32),
+            );
+            let audit_v = fill(&mut dev.audit_hmac_key, audit, "AUDIT_HMAC_KEY", || {
+                random_hex(32)
+            });
+            let kek_v = fill(&mut dev.secret_store_kek, kek, "SECRET_STORE_KEK", || {
+                random_hex(32)
+            });
             show_admin_token = admin.is_none() && !had_admin;
             if changed {
                 save_dev(&path, &dev)?;

@@ -10,13 +10,18 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Up => {
-            let all = Service::HTTP.into_iter().chain([Service::Projector]).collect();
+            let all = Service::HTTP
+                .into_iter()
+                .chain([Service::Projector])
+                .collect();
             serval_services::app::run(cli.config, all).await
         }
         Command::Serve { services } => {

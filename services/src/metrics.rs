@@ -2,7 +2,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec};
+use prometheus::{
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 pub struct ServiceMetrics {

@@ -42,7 +42,9 @@ pub enum Outcome {
 pub enum Failure {
     Api(ApiError),
     /// A uniqueness reservation is held by another aggregate.
-    Taken { key: String },
+    Taken {
+        key: String,
+    },
 }
 
 impl From<ApiError> for Failure {
@@ -55,7 +57,9 @@ impl From<Failure> for ApiError {
     fn from(f: Failure) -> Self {
         match f {
             Failure::Api(e) => e,
-            Failure::Taken { key } => ApiError::internal(format!("unmapped reservation conflict on {key}")),
+            Failure::Taken { key } => {
+                ApiError::internal(format!("unmapped reservation conflict on {key}"))
+            }
         }
     }
 }
@@ -72,9 +76,13 @@ pub fn idempotency(
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = raw.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
     let Some(key) = key else {
-        return Err(ApiError::bad_request("invalid_request").description("Idempotency-Key must be 1-255 visible ASCII characters"));
+        return Err(ApiError::bad_request("invalid_request")
+            .description("Idempotency-Key must be 1-255 visible ASCII characters"));
     };
     let key_digest = hex::encode(Sha256::digest(format!("{actor_id}\n{key}").as_bytes()));
     let mut h = Sha256::new();
@@ -96,7 +104,10 @@ async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: Entry
         .await
 }
 
-fn replay(record: IdempotencyRecord, idem: &Idempotency) -> Result<Option<(String, EntryId)>, Failure> {
+fn replay(
+    record: IdempotencyRecord,
+    idem: &Idempotency,
+) -> Result<Option<(String, EntryId)>, Failure> {
     if record.fingerprint() != Some(idem.fingerprint.as_str()) {
         return Err(Failure::Api(
             ApiError::conflict("idempotency_key_conflict")
@@ -127,7 +138,10 @@ where
         req.idempotency = idem.clone();
         METRICS.append_calls.inc();
         match app.store.append(&req).await {
-            Ok(AppendOutcome::Appended { entry_ids, envelopes }) => {
+            Ok(AppendOutcome::Appended {
+                entry_ids,
+                envelopes,
+            }) => {
                 METRICS.append_events.inc_by(entry_ids.len() as u64);
                 let last = entry_ids.last().copied().unwrap_or_default();
                 let visible = wait_visible(app, projection, &stream, last).await;
@@ -143,7 +157,9 @@ where
             }
             Ok(AppendOutcome::Duplicate(record)) => {
                 let Some(idem) = &idem else {
-                    return Err(Failure::Api(ApiError::internal("duplicate without an idempotency key")));
+                    return Err(Failure::Api(ApiError::internal(
+                        "duplicate without an idempotency key",
+                    )));
                 };
                 if let Some((status, body)) = record.response() {
                     if record.fingerprint() == Some(idem.fingerprint.as_str()) {
@@ -154,16 +170,25 @@ where
                     }
                 }
                 let Some((aggregate_id, last)) = replay(record, idem)? else {
-                    return Err(Failure::Api(ApiError::internal("incomplete idempotency record")));
+                    return Err(Failure::Api(ApiError::internal(
+                        "incomplete idempotency record",
+                    )));
                 };
                 let visible = wait_visible(app, projection, &stream, last).await;
-                return Ok(Outcome::ReplayUnrecorded { aggregate_id, visible });
+                return Ok(Outcome::ReplayUnrecorded {
+                    aggregate_id,
+                    visible,
+                });
             }
             Err(AppendError::VersionConflict { .. }) => {
                 METRICS.append_conflicts.inc();
                 // Reload only once the read model has caught up with the log's head.
                 let key = app.store.keys().log(&stream);
-                let head = app.store.last_entry_id(&key).await.map_err(ApiError::from)?;
+                let head = app
+                    .store
+                    .last_entry_id(&key)
+                    .await
+                    .map_err(ApiError::from)?;
                 wait_visible(app, projection, &stream, head).await;
             }
             Err(AppendError::ReservationTaken { key }) => return Err(Failure::Taken { key }),
@@ -187,7 +212,11 @@ pub async fn respond(
 ) -> Response {
     let text = body.as_ref().map(Value::to_string).unwrap_or_default();
     if let Some(i) = idem {
-        if let Err(e) = app.store.record_response(stream, &i.key_digest, status.as_u16(), &text).await {
+        if let Err(e) = app
+            .store
+            .record_response(stream, &i.key_digest, status.as_u16(), &text)
+            .await
+        {
             tracing::warn!(error = %e, "could not record the idempotent answer");
         }
     }
@@ -196,7 +225,8 @@ pub async fn respond(
         None => status.into_response(),
     };
     if !visible {
-        resp.headers_mut().insert(PROJECTION_HEADER, HeaderValue::from_static("pending"));
+        resp.headers_mut()
+            .insert(PROJECTION_HEADER, HeaderValue::from_static("pending"));
     }
     resp
 }
@@ -207,8 +237,14 @@ pub fn replayed(status: u16, body: String) -> Response {
     let mut resp = if body.is_empty() {
         status.into_response()
     } else {
-        (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     };
-    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }

@@ -112,7 +112,11 @@ pub enum AppendError {
 /// The event store: appends signed events and hands out the key space.
 #[derive(Clone)]
 pub struct EventStore {
-    conn: ConnectionManager,
+    /// Appends spread over several connections: with `appendfsync always` Redis fsyncs once
+    /// per event-loop turn, and it reads at most one buffer per client per turn, so more
+    /// connections mean more appends share each fsync.
+    conns: Arc<[ConnectionManager]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
     keys: KeySpace,
     signer: Arc<Signer>,
     script: Arc<Script>,
@@ -120,8 +124,19 @@ pub struct EventStore {
 
 impl EventStore {
     pub fn new(conn: ConnectionManager, keys: KeySpace, signer: Arc<Signer>) -> Self {
+        Self::with_connections(vec![conn], keys, signer)
+    }
+
+    /// An event store over several connections (at least one).
+    pub fn with_connections(
+        conns: Vec<ConnectionManager>,
+        keys: KeySpace,
+        signer: Arc<Signer>,
+    ) -> Self {
+        assert!(!conns.is_empty(), "an event store needs a connection");
         EventStore {
-            conn,
+            conns: conns.into(),
+            next: Arc::default(),
             keys,
             signer,
             script: Arc::new(Script::new(APPEND_LUA)),
@@ -136,8 +151,10 @@ impl EventStore {
         &self.signer
     }
 
+    /// One of the store's connections (round robin).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.conns[i % self.conns.len()].clone()
     }
 
     /// Builds and signs the envelopes of a request (no I/O).
@@ -182,7 +199,8 @@ impl EventStore {
         let sealed = self.seal(req, Utc::now().trunc_subsecs(6))?;
         let stream = &req.stream;
         let mut inv = self.script.prepare_invoke();
-        inv.key(self.keys.log(stream)).key(self.keys.versions(stream));
+        inv.key(self.keys.log(stream))
+            .key(self.keys.versions(stream));
         let (idem_key, idem_ttl, fingerprint) = match &req.idempotency {
             Some(i) => (
                 self.keys.idempotency(stream, &i.key_digest),
@@ -210,7 +228,7 @@ impl EventStore {
         for (_, body, sig) in &sealed {
             inv.arg(body.as_slice()).arg(self.signer.key_id()).arg(sig);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
         let (tag, rest) = reply
             .split_first()
@@ -253,9 +271,12 @@ impl EventStore {
         body: &str,
     ) -> Result<(), redis::RedisError> {
         let key = self.keys.idempotency(stream, key_digest);
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let _: () = conn
-            .hset_multiple(&key, &[("status", status.to_string().as_str()), ("body", body)])
+            .hset_multiple(
+                &key,
+                &[("status", status.to_string().as_str()), ("body", body)],
+            )
             .await?;
         Ok(())
     }
@@ -268,19 +289,23 @@ impl EventStore {
         kind: &str,
         value: &str,
     ) -> Result<Option<String>, redis::RedisError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         conn.get(self.keys.reservation(stream, kind, value)).await
     }
 
     /// The current version of an aggregate according to the log.
-    pub async fn version(&self, stream: &LogStream, aggregate_id: &str) -> Result<u64, redis::RedisError> {
-        let mut conn = self.conn.clone();
+    pub async fn version(
+        &self,
+        stream: &LogStream,
+        aggregate_id: &str,
+    ) -> Result<u64, redis::RedisError> {
+        let mut conn = self.connection();
         let v: Option<u64> = conn.hget(self.keys.versions(stream), aggregate_id).await?;
         Ok(v.unwrap_or(0))
     }
 
     /// The newest entry id of a stream (`0-0` when empty).
     pub async fn last_entry_id(&self, stream_key: &str) -> Result<EntryId, redis::RedisError> {
-        crate::read::last_entry_id(&mut self.conn.clone(), stream_key).await
+        crate::read::last_entry_id(&mut self.connection(), stream_key).await
     }
 }

@@ -60,7 +60,8 @@ pub fn encode(event: &Event) -> Result<(&'static str, u16, Vec<u8>), CodecError>
         Event::AdminToken(AdminTokenEvent::Created(p)) => to_vec(p)?,
         Event::AdminToken(AdminTokenEvent::Revoked(p)) => to_vec(p)?,
     };
-    let version = current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
+    let version =
+        current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
     Ok((event_type, version, payload))
 }
 
@@ -79,8 +80,14 @@ impl Upcasters {
     }
 
     /// Decodes a payload recorded as `event_type` v`version`, upcasting it first if needed.
-    pub fn decode(&self, event_type: &str, version: u16, payload: &[u8]) -> Result<Event, CodecError> {
-        let current = current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
+    pub fn decode(
+        &self,
+        event_type: &str,
+        version: u16,
+        payload: &[u8],
+    ) -> Result<Event, CodecError> {
+        let current = current_version(event_type)
+            .ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
         if version > current {
             return Err(CodecError::FutureVersion {
                 event_type: event_type.into(),
@@ -89,13 +96,12 @@ impl Upcasters {
         }
         let mut bytes = std::borrow::Cow::Borrowed(payload);
         for v in version..current {
-            let f = self
-                .table
-                .get(&(event_type.to_owned(), v))
-                .ok_or_else(|| CodecError::MissingUpcaster {
+            let f = self.table.get(&(event_type.to_owned(), v)).ok_or_else(|| {
+                CodecError::MissingUpcaster {
                     event_type: event_type.into(),
                     version: v,
-                })?;
+                }
+            })?;
             bytes = std::borrow::Cow::Owned(f(&bytes).map_err(|reason| CodecError::Upcast {
                 event_type: event_type.into(),
                 version: v,
@@ -140,9 +146,15 @@ mod tests {
         }
         fn v0_to_v1(b: &[u8]) -> Result<Vec<u8>, String> {
             let old: V0 = rmp_serde::from_slice(b).map_err(|e| e.to_string())?;
-            rmp_serde::to_vec_named(&ZoneArchived { archived_by: old.by }).map_err(|e| e.to_string())
+            rmp_serde::to_vec_named(&ZoneArchived {
+                archived_by: old.by,
+            })
+            .map_err(|e| e.to_string())
         }
-        let stored = rmp_serde::to_vec_named(&V0 { by: "admin:old".into() }).unwrap();
+        let stored = rmp_serde::to_vec_named(&V0 {
+            by: "admin:old".into(),
+        })
+        .unwrap();
         let none = Upcasters::default();
         assert!(matches!(
             none.decode(ZoneEvent::ARCHIVED, 0, &stored),

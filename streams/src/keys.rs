@@ -104,7 +104,8 @@ mod tests {
     fn every_key_of_one_append_shares_a_hash_tag() {
         let k = KeySpace::default();
         let s = LogStream::Zone("0198-abc".into());
-        let tag = slot_tag(&k.log(&s));
+        let log = k.log(&s);
+        let tag = slot_tag(&log);
         assert_eq!(tag, "z:0198-abc");
         assert_eq!(slot_tag(&k.versions(&s)), tag);
         assert_eq!(slot_tag(&k.reservation(&s, "zone_slug", "x")), tag);

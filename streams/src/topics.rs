@@ -59,7 +59,11 @@ pub fn sign(key: &[u8], stream: &str, fields: &[(String, Option<String>)]) -> St
 
 /// Constant-time check of a received message's `_sig`.
 pub fn verify(key: &[u8], stream: &str, fields: &[(String, Option<String>)]) -> bool {
-    let Some(Some(sig)) = fields.iter().find(|(k, _)| k == "_sig").map(|(_, v)| v.clone()) else {
+    let Some(Some(sig)) = fields
+        .iter()
+        .find(|(k, _)| k == "_sig")
+        .map(|(_, v)| v.clone())
+    else {
         return false;
     };
     let Ok(sig) = hex::decode(sig) else {

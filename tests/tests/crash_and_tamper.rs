@@ -98,7 +98,9 @@ async fn seed(store: &EventStore, zones: usize, updates: usize) {
 async fn fold_log(store: &EventStore, until: &str) -> BTreeMap<String, Zone> {
     let key = store.keys().log(&LogStream::System);
     let mut conn = store.connection();
-    let entries = read_range(&mut conn, &key, "-", until, 1_000_000).await.unwrap();
+    let entries = read_range(&mut conn, &key, "-", until, 1_000_000)
+        .await
+        .unwrap();
     let mut zones: BTreeMap<String, Zone> = BTreeMap::new();
     for (id, fields) in entries {
         let rec = verify_entry(store.signer(), &key, &LogStream::System, id, &fields).unwrap();
@@ -126,8 +128,14 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     let prefix = common::unique("t");
     let db = common::fresh_db().await;
     let client = redis::Client::open(common::redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
-    let store = EventStore::new(conn, serval_streams::KeySpace::new(prefix.clone(), format!("{prefix}:")), keys.signer());
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let store = EventStore::new(
+        conn,
+        serval_streams::KeySpace::new(prefix.clone(), format!("{prefix}:")),
+        keys.signer(),
+    );
     seed(&store, 300, 9).await; // 3,000 events
 
     // First run: abort inside the transaction once 1,500 events were applied (mid-batch).
@@ -156,7 +164,10 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
         .await
         .unwrap();
     let applied: i64 = row.get(2);
-    assert!(applied < 1500 && applied > 0, "the crashed batch did not commit (checkpoint at {applied})");
+    assert!(
+        applied < 1500 && applied > 0,
+        "the crashed batch did not commit (checkpoint at {applied})"
+    );
     let cp = format!("{}-{}", row.get::<i64, _>(0), row.get::<i64, _>(1));
     // Exactly the checkpointed prefix of the log is in the read model: nothing more, nothing less.
     assert_eq!(read_model(&db).await, fold_log(&store, &cp).await);
@@ -170,7 +181,10 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
         ..Default::default()
     })
     .await;
-    let head = store.last_entry_id(&store.keys().log(&LogStream::System)).await.unwrap();
+    let head = store
+        .last_entry_id(&store.keys().log(&LogStream::System))
+        .await
+        .unwrap();
     common::eventually(60, || async {
         let r = sqlx::query("SELECT last_ms, last_seq FROM projection_checkpoints WHERE projection = 'zones' AND stream = $1")
             .bind(store.keys().log(&LogStream::System))
@@ -190,7 +204,13 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     let fresh_pool = common::pool(&fresh).await;
     serval_schema::migrate(&fresh_pool).await.unwrap();
     let cfg = Arc::new(ProjectorConfig::new(store.keys().clone(), keys.signer()));
-    let mut runner = Runner::new(ZonesProjection, fresh_pool.clone(), client, cfg, Visibility::new());
+    let mut runner = Runner::new(
+        ZonesProjection,
+        fresh_pool.clone(),
+        client,
+        cfg,
+        Visibility::new(),
+    );
     let n = runner.catch_up().await.unwrap();
     assert_eq!(n, 3000);
     assert_eq!(read_model(&fresh).await, resumed, "row for row");
@@ -210,7 +230,14 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
     let mut conn = store.connection();
     let entries = read_range(&mut conn, &key, "-", "+", 100).await.unwrap();
     let (_, fields) = entries.last().unwrap();
-    let genuine = verify_entry(store.signer(), &key, &LogStream::System, entries.last().unwrap().0, fields).unwrap();
+    let genuine = verify_entry(
+        store.signer(),
+        &key,
+        &LogStream::System,
+        entries.last().unwrap().0,
+        fields,
+    )
+    .unwrap();
     let forged_id = uuid::Uuid::now_v7().to_string();
     let mut envelope = genuine.envelope.clone();
     envelope.aggregate_id = forged_id.clone();
@@ -231,7 +258,9 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
         .unwrap();
 
     let ready = common::eventually(10, || async {
-        let r = reqwest::get(format!("{}/ready", server.api())).await.unwrap();
+        let r = reqwest::get(format!("{}/ready", server.api()))
+            .await
+            .unwrap();
         (r.status() == 503).then_some(r)
     })
     .await;
@@ -239,31 +268,61 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
     assert_eq!(body["ok"], false);
     assert_eq!(body["error"], "dead_letters");
     assert!(body["deadCount"].as_i64().unwrap() >= 1);
-    let sts: serde_json::Value = reqwest::get(format!("{}/ready", server.url("sts"))).await.unwrap().json().await.unwrap();
-    assert_eq!(sts, json!({"ok": false, "ready": false, "reason": "dead_letters", "dependency": "projector", "deadCount": body["deadCount"]}));
-
-    let metrics = reqwest::get(format!("{}/metrics", server.api())).await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains("serval_projection_dead_letters_total{projection=\"zones\",reason=\"bad_signature\"} 1"),
-        "{metrics}"
-    );
-    assert!(metrics.lines().any(|l| l.starts_with("serval_dead_letters ") && !l.ends_with(" 0")));
-
-    let dead = read_range(&mut conn, &store.keys().dead_letters(), "-", "+", 100).await.unwrap();
-    assert!(!dead.is_empty());
-    let (s, e) = admin.get(&format!("/v1/zones/{forged_id}")).await;
-    assert_eq!((s, e), (404, json!({"error": "zone_not_found"})), "never applied");
-    let pool = common::pool(&server.db_url).await;
-    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE aggregate_id = $1")
-        .bind(&forged_id)
-        .fetch_one(&pool)
+    let sts: serde_json::Value = reqwest::get(format!("{}/ready", server.url("sts")))
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert_eq!(
+        sts,
+        json!({"ok": false, "ready": false, "reason": "dead_letters", "dependency": "projector", "deadCount": body["deadCount"]})
+    );
+
+    let metrics = reqwest::get(format!("{}/metrics", server.api()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "serval_projection_dead_letters_total{projection=\"zones\",reason=\"bad_signature\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("serval_dead_letters ") && !l.ends_with(" 0")));
+
+    let dead = read_range(&mut conn, &store.keys().dead_letters(), "-", "+", 100)
+        .await
+        .unwrap();
+    assert!(!dead.is_empty());
+    let (s, e) = admin.get(&format!("/v1/zones/{forged_id}")).await;
+    assert_eq!(
+        (s, e),
+        (404, json!({"error": "zone_not_found"})),
+        "never applied"
+    );
+    let pool = common::pool(&server.db_url).await;
+    let archived: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE aggregate_id = $1")
+            .bind(&forged_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(archived, 0, "not archived as a genuine event");
 
     // The projector keeps going past the refused entry.
     let (s, z) = admin.post("/v1/zones", json!({"name": "after"})).await;
     assert_eq!(s, 201);
-    assert_eq!(admin.get(&format!("/v1/zones/{}", z["id"].as_str().unwrap())).await.0, 200);
+    assert_eq!(
+        admin
+            .get(&format!("/v1/zones/{}", z["id"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
     let _ = Duration::from_secs(0);
 }

@@ -13,12 +13,23 @@ use serval_streams::read::{read_range, verify_entry};
 use serval_streams::LogStream;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_redis(port: u16, dir: &std::path::Path) -> Child {
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "yes", "--appendfsync", "always"])
         .arg("--dir")
         .arg(dir)
@@ -50,7 +61,10 @@ async fn acknowledged_writes_survive_kill_9_of_redis() {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let a = admin.with_token(&admin.token);
-        tasks.push(tokio::spawn(async move { a.post("/v1/zones", json!({"name": format!("durable {i}")})).await }));
+        tasks.push(tokio::spawn(async move {
+            a.post("/v1/zones", json!({"name": format!("durable {i}")}))
+                .await
+        }));
     }
     let mut acked = BTreeSet::new();
     for t in tasks {
@@ -78,12 +92,20 @@ async fn acknowledged_writes_survive_kill_9_of_redis() {
 
     // Serval reconnects and keeps serving writes.
     let (s, z) = common::eventually(30, || async {
-        let (s, z) = admin.post("/v1/zones", json!({"name": "after restart"})).await;
+        let (s, z) = admin
+            .post("/v1/zones", json!({"name": "after restart"}))
+            .await;
         (s == 201).then_some((s, z))
     })
     .await;
     assert_eq!(s, 201);
-    assert_eq!(admin.get(&format!("/v1/zones/{}", z["id"].as_str().unwrap())).await.0, 200);
+    assert_eq!(
+        admin
+            .get(&format!("/v1/zones/{}", z["id"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
     drop(server);
     let _ = redis_proc.kill();
     let _ = redis_proc.wait();

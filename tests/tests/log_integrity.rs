@@ -17,10 +17,15 @@ async fn system_log(server: &Server) -> Vec<RecordedEvent> {
     let store = server.store().await;
     let key = store.keys().log(&LogStream::System);
     let mut conn = store.connection();
-    let entries = read_range(&mut conn, &key, "-", "+", 100_000).await.unwrap();
+    let entries = read_range(&mut conn, &key, "-", "+", 100_000)
+        .await
+        .unwrap();
     entries
         .iter()
-        .map(|(id, fields)| verify_entry(store.signer(), &key, &LogStream::System, *id, fields).expect("every entry verifies"))
+        .map(|(id, fields)| {
+            verify_entry(store.signer(), &key, &LogStream::System, *id, fields)
+                .expect("every entry verifies")
+        })
         .collect()
 }
 
@@ -30,28 +35,50 @@ async fn appended_events_are_signed_and_archived_byte_for_byte() {
     let admin = Admin::new(&server);
     let (_, z) = admin.post("/v1/zones", json!({"name": "alpha"})).await;
     let id = z["id"].as_str().unwrap();
-    admin.patch(&format!("/v1/zones/{id}"), json!({"name": "beta"})).await;
+    admin
+        .patch(&format!("/v1/zones/{id}"), json!({"name": "beta"}))
+        .await;
     admin.delete(&format!("/v1/zones/{id}")).await;
 
     let log = system_log(&server).await;
-    let zone_events: Vec<_> = log.iter().filter(|r| r.envelope.aggregate_id == id).collect();
-    let types: Vec<_> = zone_events.iter().map(|r| r.envelope.event_type.as_str()).collect();
+    let zone_events: Vec<_> = log
+        .iter()
+        .filter(|r| r.envelope.aggregate_id == id)
+        .collect();
+    let types: Vec<_> = zone_events
+        .iter()
+        .map(|r| r.envelope.event_type.as_str())
+        .collect();
     assert_eq!(types, ["zone.created", "zone.updated", "zone.archived"]);
-    let versions: Vec<_> = zone_events.iter().map(|r| r.envelope.aggregate_version).collect();
+    let versions: Vec<_> = zone_events
+        .iter()
+        .map(|r| r.envelope.aggregate_version)
+        .collect();
     assert_eq!(versions, [1, 2, 3]);
     for r in &zone_events {
         assert_eq!(r.envelope.zone_id.as_deref(), Some(id));
         assert!(r.envelope.actor.starts_with("admin:"));
         assert!(r.envelope.request_id.is_some());
-        assert_eq!(uuid::Uuid::parse_str(&r.envelope.event_id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&r.envelope.event_id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
     let decoded = zone_events[1].decode(&Upcasters::default()).unwrap();
-    let Event::Zone(ZoneEvent::Updated(u)) = decoded else { panic!("zone.updated") };
+    let Event::Zone(ZoneEvent::Updated(u)) = decoded else {
+        panic!("zone.updated")
+    };
     assert_eq!(u.name.as_deref(), Some("beta"));
 
     // A signature made with another key does not verify.
     let wrong = serval_streams::Signer::new(vec![9; 32], None).unwrap();
-    assert!(!wrong.verify(&zone_events[0].kid, &zone_events[0].body, &zone_events[0].sig));
+    assert!(!wrong.verify(
+        &zone_events[0].kid,
+        &zone_events[0].body,
+        &zone_events[0].sig
+    ));
 
     let pool = common::pool(&server.db_url).await;
     let rows = common::eventually(10, || async {
@@ -66,14 +93,22 @@ async fn appended_events_are_signed_and_archived_byte_for_byte() {
         assert_eq!(row.get::<i64, _>(0) as u64, rec.entry_id.ms);
         assert_eq!(row.get::<i64, _>(1) as u64, rec.entry_id.seq);
         assert_eq!(row.get::<String, _>(2), rec.envelope.event_id);
-        assert_eq!(row.get::<Vec<u8>, _>(3), rec.body, "archive holds the exact signed bytes");
+        assert_eq!(
+            row.get::<Vec<u8>, _>(3),
+            rec.body,
+            "archive holds the exact signed bytes"
+        );
         assert_eq!(row.get::<Vec<u8>, _>(4), rec.sig);
         assert_eq!(row.get::<String, _>(5), rec.kid);
     }
     // The archive is append-only.
-    let err = sqlx::query("DELETE FROM event_archive").execute(&pool).await;
+    let err = sqlx::query("DELETE FROM event_archive")
+        .execute(&pool)
+        .await;
     assert!(err.is_err());
-    let err = sqlx::query("UPDATE event_archive SET sig = ''").execute(&pool).await;
+    let err = sqlx::query("UPDATE event_archive SET sig = ''")
+        .execute(&pool)
+        .await;
     assert!(err.is_err());
 }
 
@@ -113,8 +148,15 @@ async fn fifty_concurrent_patches_lose_no_update() {
         .filter(|r| r.envelope.aggregate_id == id && r.envelope.event_type == "zone.updated")
         .collect();
     assert_eq!(updates.len(), 50, "every PATCH is one event");
-    let versions: Vec<u64> = updates.iter().map(|r| r.envelope.aggregate_version).collect();
-    assert_eq!(versions, (2..=51).collect::<Vec<_>>(), "contiguous versions: each applied on the version it read");
+    let versions: Vec<u64> = updates
+        .iter()
+        .map(|r| r.envelope.aggregate_version)
+        .collect();
+    assert_eq!(
+        versions,
+        (2..=51).collect::<Vec<_>>(),
+        "contiguous versions: each applied on the version it read"
+    );
     let names: BTreeSet<String> = updates
         .iter()
         .map(|r| match r.decode(&Upcasters::default()).unwrap() {
@@ -124,11 +166,20 @@ async fn fifty_concurrent_patches_lose_no_update() {
         .collect();
     assert_eq!(names, answered);
     let (_, now) = admin.get(&format!("/v1/zones/{id}")).await;
-    let last = match updates.last().unwrap().decode(&Upcasters::default()).unwrap() {
+    let last = match updates
+        .last()
+        .unwrap()
+        .decode(&Upcasters::default())
+        .unwrap()
+    {
         Event::Zone(ZoneEvent::Updated(u)) => u.name.unwrap(),
         _ => unreachable!(),
     };
-    assert_eq!(now["name"], last.as_str(), "the read model ends on the last event");
+    assert_eq!(
+        now["name"],
+        last.as_str(),
+        "the read model ends on the last event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,7 +190,11 @@ async fn duplicate_slug_under_concurrency_yields_exactly_one_zone() {
     for i in 0..30 {
         let a = admin.with_token(&admin.token);
         tasks.push(tokio::spawn(async move {
-            a.post("/v1/zones", json!({"name": format!("racer {i}"), "slug": "the-one"})).await
+            a.post(
+                "/v1/zones",
+                json!({"name": format!("racer {i}"), "slug": "the-one"}),
+            )
+            .await
         }));
     }
     let mut created = 0;
@@ -156,19 +211,29 @@ async fn duplicate_slug_under_concurrency_yields_exactly_one_zone() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let a = admin.with_token(&admin.token);
-        tasks.push(tokio::spawn(async move { a.post("/v1/zones", json!({"name": "Same Name"})).await }));
+        tasks.push(tokio::spawn(async move {
+            a.post("/v1/zones", json!({"name": "Same Name"})).await
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().0, 201);
     }
     let pool = common::pool(&server.db_url).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM zones WHERE slug = 'the-one'").fetch_one(&pool).await.unwrap();
-    assert_eq!(n, 1);
-    let dupes: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT slug FROM zones GROUP BY slug HAVING count(*) > 1) d")
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM zones WHERE slug = 'the-one'")
         .fetch_one(&pool)
         .await
         .unwrap();
+    assert_eq!(n, 1);
+    let dupes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT slug FROM zones GROUP BY slug HAVING count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(dupes, 0);
-    let same: i64 = sqlx::query_scalar("SELECT count(*) FROM zones WHERE slug LIKE 'same-name%'").fetch_one(&pool).await.unwrap();
+    let same: i64 = sqlx::query_scalar("SELECT count(*) FROM zones WHERE slug LIKE 'same-name%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(same, 20);
 }

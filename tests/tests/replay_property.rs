@@ -34,18 +34,23 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::option::of(name()),
         proptest::option::of("[a-z0-9-]{1,8}|[A-Z_]{1,3}"),
         proptest::option::of(any::<bool>()),
-        proptest::option::of(prop_oneof![Just(DcrShutdownMode::KeepLive), Just(DcrShutdownMode::RevokeLive)]),
+        proptest::option::of(prop_oneof![
+            Just(DcrShutdownMode::KeepLive),
+            Just(DcrShutdownMode::RevokeLive)
+        ]),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<bool>()),
     )
-        .prop_map(|(name, slug, dcr_enabled, dcr_shutdown, badge, governed)| ZonePatch {
-            name,
-            slug,
-            dcr_enabled,
-            dcr_shutdown,
-            operator_coauthor_badge: badge,
-            operator_governed: governed,
-        });
+        .prop_map(
+            |(name, slug, dcr_enabled, dcr_shutdown, badge, governed)| ZonePatch {
+                name,
+                slug,
+                dcr_enabled,
+                dcr_shutdown,
+                operator_coauthor_badge: badge,
+                operator_governed: governed,
+            },
+        );
     prop_oneof![
         (name(), any::<bool>()).prop_map(|(name, dcr)| Op::Create { name, dcr }),
         patch.prop_map(Op::Update),
@@ -57,7 +62,9 @@ async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
     let keys = common::Keys::default();
     let prefix = common::unique("p");
     let client = redis::Client::open(common::redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
     let store = EventStore::new(conn, KeySpace::new(prefix.clone(), ""), keys.signer());
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let mut model: BTreeMap<String, Zone> = BTreeMap::new();
@@ -122,7 +129,13 @@ async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
         batch_size: 7, // small batches: many transactions, cache reuse across a batch
         ..ProjectorConfig::new(store.keys().clone(), keys.signer())
     });
-    let mut runner = Runner::new(ZonesProjection, pool.clone(), client, cfg, Visibility::new());
+    let mut runner = Runner::new(
+        ZonesProjection,
+        pool.clone(),
+        client,
+        cfg,
+        Visibility::new(),
+    );
     runner.catch_up().await.unwrap();
     let projected: BTreeMap<String, Zone> = serval_projector::zones::all(&pool)
         .await

@@ -11,7 +11,12 @@ async fn zone_lifecycle_create_get_list_patch_delete() {
     let server = Server::start(Options::default()).await;
     let admin = Admin::new(&server);
 
-    let (s, z) = admin.post("/v1/zones", json!({"name": "  Payments Team  ", "dcr_enabled": true})).await;
+    let (s, z) = admin
+        .post(
+            "/v1/zones",
+            json!({"name": "  Payments Team  ", "dcr_enabled": true}),
+        )
+        .await;
     assert_eq!(s, 201, "{z}");
     let id = z["id"].as_str().unwrap().to_owned();
     assert_eq!(z["name"], "Payments Team");
@@ -21,22 +26,33 @@ async fn zone_lifecycle_create_get_list_patch_delete() {
     assert_eq!(z["operator_governed"], false);
     assert!(z["created_by"].as_str().unwrap().starts_with("admin:"));
     assert!(z["created_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(z["created_at"].as_str().unwrap().len(), "2026-08-01T09:30:00.000Z".len());
+    assert_eq!(
+        z["created_at"].as_str().unwrap().len(),
+        "2026-08-01T09:30:00.000Z".len()
+    );
 
     let (s, got) = admin.get(&format!("/v1/zones/{id}")).await;
     assert_eq!((s, &got), (200, &z));
 
     // A second zone with the same name gets the next generated slug.
-    let (s, z2) = admin.post("/v1/zones", json!({"name": "Payments team"})).await;
+    let (s, z2) = admin
+        .post("/v1/zones", json!({"name": "Payments team"}))
+        .await;
     assert_eq!(s, 201);
     assert_eq!(z2["slug"], "payments-team-2");
 
     let (s, st) = admin.get(&format!("/v1/zones/{id}/dcr-status")).await;
     assert_eq!(s, 200);
-    assert_eq!(st, json!({"id": id, "dcr_enabled": true, "live_dcr_applications": 0}));
+    assert_eq!(
+        st,
+        json!({"id": id, "dcr_enabled": true, "live_dcr_applications": 0})
+    );
 
     let (s, p) = admin
-        .patch(&format!("/v1/zones/{id}"), json!({"name": "Payments", "operator_governed": true}))
+        .patch(
+            &format!("/v1/zones/{id}"),
+            json!({"name": "Payments", "operator_governed": true}),
+        )
         .await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["name"], "Payments");
@@ -46,7 +62,10 @@ async fn zone_lifecycle_create_get_list_patch_delete() {
 
     // Disabling DCR with nothing live records the no_live shutdown and ignores operator flags.
     let (s, p) = admin
-        .patch(&format!("/v1/zones/{id}"), json!({"dcr_enabled": false, "operator_governed": false}))
+        .patch(
+            &format!("/v1/zones/{id}"),
+            json!({"dcr_enabled": false, "operator_governed": false}),
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(p["dcr_enabled"], false);
@@ -58,14 +77,30 @@ async fn zone_lifecycle_create_get_list_patch_delete() {
     assert_eq!((s, e), (404, json!({"error": "zone_not_found"})));
     let (s, e) = admin.delete(&format!("/v1/zones/{id}")).await;
     assert_eq!((s, e), (404, json!({"error": "zone_not_found"})));
-    let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({"name": "x"})).await;
+    let (s, e) = admin
+        .patch(&format!("/v1/zones/{id}"), json!({"name": "x"}))
+        .await;
     assert_eq!((s, e), (404, json!({"error": "zone_not_found"})));
     let (_, list) = admin.get("/v1/zones").await;
-    let ids: Vec<_> = list["items"].as_array().unwrap().iter().map(|z| z["id"].clone()).collect();
-    assert_eq!(ids, vec![z2["id"].clone()], "archived zones leave the default list");
+    let ids: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![z2["id"].clone()],
+        "archived zones leave the default list"
+    );
 
     // Slugs stay unique across archived zones.
-    let (s, e) = admin.post("/v1/zones", json!({"name": "again", "slug": "payments-team"})).await;
+    let (s, e) = admin
+        .post(
+            "/v1/zones",
+            json!({"name": "again", "slug": "payments-team"}),
+        )
+        .await;
     assert_eq!(s, 409);
     assert_eq!(e["error"], "zone_slug_conflict");
 }
@@ -76,7 +111,9 @@ async fn list_paginates_newest_first_to_the_end() {
     let admin = Admin::new(&server);
     let mut created = Vec::new();
     for i in 0..7 {
-        let (s, z) = admin.post("/v1/zones", json!({"name": format!("zone {i}")})).await;
+        let (s, z) = admin
+            .post("/v1/zones", json!({"name": format!("zone {i}")}))
+            .await;
         assert_eq!(s, 201);
         created.push(z["id"].as_str().unwrap().to_owned());
     }
@@ -107,12 +144,21 @@ async fn list_paginates_newest_first_to_the_end() {
 
     // Exactly full last page yields one extra empty page.
     let (_, p) = admin.get("/v1/zones?limit=7").await;
-    let (_, last) = admin.get(&format!("/v1/zones?limit=7&cursor={}", p["next_cursor"].as_str().unwrap())).await;
+    let (_, last) = admin
+        .get(&format!(
+            "/v1/zones?limit=7&cursor={}",
+            p["next_cursor"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(last, json!({"items": [], "next_cursor": null}));
 
     for bad in ["0", "501", "abc", "-1"] {
         let (s, e) = admin.get(&format!("/v1/zones?limit={bad}")).await;
-        assert_eq!((s, e["error"].as_str()), (400, Some("invalid_query")), "limit={bad}");
+        assert_eq!(
+            (s, e["error"].as_str()),
+            (400, Some("invalid_query")),
+            "limit={bad}"
+        );
     }
     let (s, e) = admin.get("/v1/zones?cursor=%25%25garbage").await;
     assert_eq!((s, e), (400, json!({"error": "invalid_cursor"})));
@@ -170,7 +216,11 @@ async fn invalid_input_is_refused_with_documented_errors_and_writes_nothing() {
     let store = server.store().await;
     let log = store.keys().log(&serval_streams::LogStream::System);
     let mut conn = store.connection();
-    let n: usize = redis::cmd("XLEN").arg(&log).query_async(&mut conn).await.unwrap();
+    let n: usize = redis::cmd("XLEN")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "only the bootstrap token event is in the log");
 
     let (s, z) = admin.post("/v1/zones", json!({"name": "target"})).await;
@@ -178,45 +228,88 @@ async fn invalid_input_is_refused_with_documented_errors_and_writes_nothing() {
     let id = z["id"].as_str().unwrap();
     let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({})).await;
     assert_eq!((s, e), (400, json!({"error": "no_fields"})));
-    let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({"dcr_shutdown": "keep_live"})).await;
-    assert_eq!((s, e), (400, json!({"error": "dcr_shutdown_not_applicable"})));
-    let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({"dcr_shutdown": "sometimes", "dcr_enabled": false})).await;
+    let (s, e) = admin
+        .patch(
+            &format!("/v1/zones/{id}"),
+            json!({"dcr_shutdown": "keep_live"}),
+        )
+        .await;
+    assert_eq!(
+        (s, e),
+        (400, json!({"error": "dcr_shutdown_not_applicable"}))
+    );
+    let (s, e) = admin
+        .patch(
+            &format!("/v1/zones/{id}"),
+            json!({"dcr_shutdown": "sometimes", "dcr_enabled": false}),
+        )
+        .await;
     assert_eq!((s, e["error"].as_str()), (400, Some("invalid_zone")));
-    let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({"bogus": true})).await;
+    let (s, e) = admin
+        .patch(&format!("/v1/zones/{id}"), json!({"bogus": true}))
+        .await;
     assert_eq!((s, e["error"].as_str()), (400, Some("invalid_zone")));
     let (s, e) = admin.get("/v1/zones/bad%20id").await;
     assert_eq!((s, e), (400, json!({"error": "invalid_params"})));
     let (s, e) = admin.get(&format!("/v1/zones/{}", "a".repeat(129))).await;
     assert_eq!((s, e), (400, json!({"error": "invalid_params"})));
-    let (s, e) = admin.get("/v1/zones/00000000-0000-7000-8000-000000000000").await;
+    let (s, e) = admin
+        .get("/v1/zones/00000000-0000-7000-8000-000000000000")
+        .await;
     assert_eq!((s, e), (404, json!({"error": "zone_not_found"})));
-    let (s, e) = admin.get("/v1/zones/00000000-0000-7000-8000-000000000000/dcr-status").await;
+    let (s, e) = admin
+        .get("/v1/zones/00000000-0000-7000-8000-000000000000/dcr-status")
+        .await;
     assert_eq!((s, e), (404, json!({"error": "zone_not_found"})));
 
     // Reserved namespace: only the bootstrap token.
-    let (s, t) = admin.post("/v1/admin-tokens", json!({"name": "ops", "scope": "global"})).await;
+    let (s, t) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "ops", "scope": "global"}),
+        )
+        .await;
     assert_eq!(s, 201, "{t}");
     let ops = admin.with_token(t["token"].as_str().unwrap());
-    let (s, e) = ops.post("/v1/zones", json!({"name": "caracal.sys/ops"})).await;
+    let (s, e) = ops
+        .post("/v1/zones", json!({"name": "caracal.sys/ops"}))
+        .await;
     assert_eq!((s, e["error"].as_str()), (409, Some("reserved_namespace")));
-    let (s, e) = ops.patch(&format!("/v1/zones/{id}"), json!({"slug": "caracal-sys-x"})).await;
+    let (s, e) = ops
+        .patch(&format!("/v1/zones/{id}"), json!({"slug": "caracal-sys-x"}))
+        .await;
     assert_eq!((s, e["error"].as_str()), (409, Some("reserved_namespace")));
-    let (s, sys) = admin.post("/v1/zones", json!({"name": "caracal.sys/platform"})).await;
+    let (s, sys) = admin
+        .post("/v1/zones", json!({"name": "caracal.sys/platform"}))
+        .await;
     assert_eq!(s, 201, "{sys}");
     let sys_id = sys["id"].as_str().unwrap();
     let (_, list) = ops.get("/v1/zones").await;
-    assert!(list["items"].as_array().unwrap().iter().all(|z| z["id"] != sys["id"]), "system zone hidden from lists");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|z| z["id"] != sys["id"]),
+        "system zone hidden from lists"
+    );
     let (s, _) = ops.get(&format!("/v1/zones/{sys_id}")).await;
     assert_eq!(s, 200, "system zone readable by id");
-    let (s, e) = ops.patch(&format!("/v1/zones/{sys_id}"), json!({"name": "x"})).await;
+    let (s, e) = ops
+        .patch(&format!("/v1/zones/{sys_id}"), json!({"name": "x"}))
+        .await;
     assert_eq!((s, e), (403, json!({"error": "system_zone_read_only"})));
 
     // Slug clash on PATCH is a 409, not a 500.
     let (_, other) = admin.post("/v1/zones", json!({"name": "other"})).await;
-    let (s, e) = admin.patch(&format!("/v1/zones/{id}"), json!({"slug": other["slug"]})).await;
+    let (s, e) = admin
+        .patch(&format!("/v1/zones/{id}"), json!({"slug": other["slug"]}))
+        .await;
     assert_eq!((s, e["error"].as_str()), (409, Some("zone_slug_conflict")));
     // ...and the old slug is released when a PATCH changes it.
-    let (s, _) = admin.patch(&format!("/v1/zones/{id}"), json!({"slug": "renamed"})).await;
+    let (s, _) = admin
+        .patch(&format!("/v1/zones/{id}"), json!({"slug": "renamed"}))
+        .await;
     assert_eq!(s, 200);
     let (s, z3) = admin.post("/v1/zones", json!({"name": "target"})).await;
     assert_eq!((s, z3["slug"].as_str()), (201, Some("target")));
@@ -232,9 +325,17 @@ async fn authentication_and_authorization_matrix() {
     let (_, other) = admin.post("/v1/zones", json!({"name": "theirs"})).await;
     let other_id = other["id"].as_str().unwrap().to_owned();
 
-    let anon = admin.http.get(format!("{}/v1/zones", admin.base)).send().await.unwrap();
+    let anon = admin
+        .http
+        .get(format!("{}/v1/zones", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status(), 401);
-    assert_eq!(anon.json::<serde_json::Value>().await.unwrap(), json!({"error": "invalid_admin_token"}));
+    assert_eq!(
+        anon.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "invalid_admin_token"})
+    );
     let (s, e) = admin.with_token("cat_nope").get("/v1/zones").await;
     assert_eq!((s, e), (401, json!({"error": "invalid_admin_token"})));
     let lower = admin
@@ -246,7 +347,12 @@ async fn authentication_and_authorization_matrix() {
         .unwrap();
     assert_eq!(lower.status(), 401, "the Bearer prefix is case-sensitive");
 
-    let (s, t) = admin.post("/v1/admin-tokens", json!({"name": "reader", "scope": "global", "capability": "read"})).await;
+    let (s, t) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "reader", "scope": "global", "capability": "read"}),
+        )
+        .await;
     assert_eq!(s, 201);
     assert!(t["token"].as_str().unwrap().starts_with("cat_"));
     let reader = admin.with_token(t["token"].as_str().unwrap());
@@ -254,12 +360,23 @@ async fn authentication_and_authorization_matrix() {
     let (s, e) = reader.post("/v1/zones", json!({"name": "nope"})).await;
     assert_eq!((s, e), (403, json!({"error": "admin_token_read_only"})));
 
-    let (s, t) = admin.post("/v1/admin-tokens", json!({"name": "zoned", "scope": "zone", "zone_id": zid})).await;
+    let (s, t) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "zoned", "scope": "zone", "zone_id": zid}),
+        )
+        .await;
     assert_eq!(s, 201, "{t}");
     let zoned = admin.with_token(t["token"].as_str().unwrap());
     let zoned_id = t["id"].as_str().unwrap().to_owned();
     assert_eq!(zoned.get(&format!("/v1/zones/{zid}")).await.0, 200);
-    assert_eq!(zoned.patch(&format!("/v1/zones/{zid}"), json!({"name": "renamed"})).await.0, 200);
+    assert_eq!(
+        zoned
+            .patch(&format!("/v1/zones/{zid}"), json!({"name": "renamed"}))
+            .await
+            .0,
+        200
+    );
     for (m, p) in [
         (Method::GET, format!("/v1/zones/{other_id}")),
         (Method::PATCH, format!("/v1/zones/{other_id}")),
@@ -269,16 +386,36 @@ async fn authentication_and_authorization_matrix() {
         (Method::GET, "/v1/admin-tokens".to_owned()),
     ] {
         let (s, e) = zoned.call(m.clone(), &p, Some(json!({"name": "x"}))).await;
-        assert_eq!((s, e), (403, json!({"error": "admin_token_zone_mismatch"})), "{m} {p}");
+        assert_eq!(
+            (s, e),
+            (403, json!({"error": "admin_token_zone_mismatch"})),
+            "{m} {p}"
+        );
     }
 
-    let (s, e) = admin.post("/v1/admin-tokens", json!({"name": "z", "scope": "zone"})).await;
+    let (s, e) = admin
+        .post("/v1/admin-tokens", json!({"name": "z", "scope": "zone"}))
+        .await;
     assert_eq!((s, e), (400, json!({"error": "zone_id_required"})));
-    let (s, e) = admin.post("/v1/admin-tokens", json!({"name": "z", "scope": "global", "zone_id": zid})).await;
-    assert_eq!((s, e), (400, json!({"error": "zone_id_not_allowed_for_global"})));
+    let (s, e) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "z", "scope": "global", "zone_id": zid}),
+        )
+        .await;
+    assert_eq!(
+        (s, e),
+        (400, json!({"error": "zone_id_not_allowed_for_global"}))
+    );
 
     // Revocation is an event and takes effect.
-    assert_eq!(admin.delete(&format!("/v1/admin-tokens/{zoned_id}")).await.0, 204);
+    assert_eq!(
+        admin
+            .delete(&format!("/v1/admin-tokens/{zoned_id}"))
+            .await
+            .0,
+        204
+    );
     let revoked = common::eventually(10, || async {
         let (s, _) = zoned.get(&format!("/v1/zones/{zid}")).await;
         (s == 401).then_some(())
@@ -288,7 +425,13 @@ async fn authentication_and_authorization_matrix() {
     assert_eq!((s, e), (404, json!({"error": "admin_token_not_found"})));
     let (s, list) = admin.get("/v1/admin-tokens").await;
     assert_eq!(s, 200);
-    let row = list["items"].as_array().unwrap().iter().find(|t| t["id"] == zoned_id.as_str()).unwrap().clone();
+    let row = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == zoned_id.as_str())
+        .unwrap()
+        .clone();
     assert!(row["revoked_at"].is_string());
     assert!(row.get("token").is_none() && !row.to_string().contains("token_sha256"));
 }
@@ -297,37 +440,62 @@ async fn authentication_and_authorization_matrix() {
 async fn request_ids_headers_and_read_your_writes() {
     let server = Server::start(Options::default()).await;
     let admin = Admin::new(&server);
-    let resp = admin.req(Method::GET, "/v1/zones").header("x-request-id", "req-abc.1:2").send().await.unwrap();
+    let resp = admin
+        .req(Method::GET, "/v1/zones")
+        .header("x-request-id", "req-abc.1:2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-abc.1:2");
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    let resp = admin.req(Method::GET, "/v1/zones").header("x-request-id", "bad id!").send().await.unwrap();
+    let resp = admin
+        .req(Method::GET, "/v1/zones")
+        .header("x-request-id", "bad id!")
+        .send()
+        .await
+        .unwrap();
     let minted = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&minted).is_ok());
     let head = admin.req(Method::HEAD, "/v1/zones").send().await.unwrap();
     assert_eq!(head.status(), 200);
     for svc in ["api", "coordinator", "sts", "gateway", "audit"] {
-        let r = reqwest::get(format!("{}/health", server.url(svc))).await.unwrap();
+        let r = reqwest::get(format!("{}/health", server.url(svc)))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{svc}");
         assert!(r.headers().contains_key("x-request-id"));
-        let r = reqwest::get(format!("{}/ready", server.url(svc))).await.unwrap();
+        let r = reqwest::get(format!("{}/ready", server.url(svc)))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{svc}");
-        let r = reqwest::get(format!("{}/metrics", server.url(svc))).await.unwrap();
+        let r = reqwest::get(format!("{}/metrics", server.url(svc)))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{svc}");
         let text = r.text().await.unwrap();
         assert!(text.contains("serval_projection_lag_milliseconds"), "{svc}");
-        let r = reqwest::get(format!("{}/nope", server.url(svc))).await.unwrap();
+        let r = reqwest::get(format!("{}/nope", server.url(svc)))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
     }
 
     // A write followed at once by a read always sees it.
     for i in 0..25 {
-        let (s, z) = admin.post("/v1/zones", json!({"name": format!("ryw {i}")})).await;
+        let (s, z) = admin
+            .post("/v1/zones", json!({"name": format!("ryw {i}")}))
+            .await;
         assert_eq!(s, 201);
         let id = z["id"].as_str().unwrap();
         assert_eq!(admin.get(&format!("/v1/zones/{id}")).await.0, 200);
-        let (_, p) = admin.patch(&format!("/v1/zones/{id}"), json!({"name": format!("ryw {i}b")})).await;
+        let (_, p) = admin
+            .patch(
+                &format!("/v1/zones/{id}"),
+                json!({"name": format!("ryw {i}b")}),
+            )
+            .await;
         assert_eq!(p["name"], format!("ryw {i}b"));
         let (_, g) = admin.get(&format!("/v1/zones/{id}")).await;
         assert_eq!(g["name"], format!("ryw {i}b"));
@@ -355,8 +523,15 @@ async fn idempotency_key_returns_the_first_answer() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first);
     let (_, list) = admin.get("/v1/zones").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1, "the retry created nothing");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "the retry created nothing"
+    );
     let other = send("different").await.unwrap();
     assert_eq!(other.status(), 409);
-    assert_eq!(other.json::<serde_json::Value>().await.unwrap()["error"], "idempotency_key_conflict");
+    assert_eq!(
+        other.json::<serde_json::Value>().await.unwrap()["error"],
+        "idempotency_key_conflict"
+    );
 }

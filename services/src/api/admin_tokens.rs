@@ -10,7 +10,9 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use serval_domain::admin_token::{self, AdminToken, AdminTokenCommand, AdminTokenError, Capability, TokenScope};
+use serval_domain::admin_token::{
+    self, AdminToken, AdminTokenCommand, AdminTokenError, Capability, TokenScope,
+};
 use serval_domain::validation::is_valid_identifier;
 use serval_domain::Event;
 use serval_projector::admin_tokens as read;
@@ -50,28 +52,45 @@ fn token_error(e: AdminTokenError) -> ApiError {
     match e {
         AdminTokenError::NotFound => ApiError::not_found("admin_token_not_found"),
         AdminTokenError::AlreadyExists => ApiError::internal("admin token id collision"),
-        AdminTokenError::Invalid(why) => ApiError::bad_request("invalid_admin_token_request").description(why),
+        AdminTokenError::Invalid(why) => {
+            ApiError::bad_request("invalid_admin_token_request").description(why)
+        }
         AdminTokenError::ZoneIdRequired => ApiError::bad_request("zone_id_required"),
-        AdminTokenError::ZoneIdNotAllowedForGlobal => ApiError::bad_request("zone_id_not_allowed_for_global"),
+        AdminTokenError::ZoneIdNotAllowedForGlobal => {
+            ApiError::bad_request("zone_id_not_allowed_for_global")
+        }
     }
 }
 
 /// Only global, non-derived tokens manage admin tokens.
 fn require_global(p: &Principal) -> Result<(), ApiError> {
     if p.token.scope != TokenScope::Global {
-        return Err(ApiError::forbidden("admin_token_management_requires_global"));
+        return Err(ApiError::forbidden(
+            "admin_token_management_requires_global",
+        ));
     }
     if p.token.created_by.starts_with("env-derived") {
-        return Err(ApiError::forbidden("admin_token_management_forbidden_for_derived_token"));
+        return Err(ApiError::forbidden(
+            "admin_token_management_forbidden_for_derived_token",
+        ));
     }
     Ok(())
 }
 
-async fn list(State(app): State<App>, principal: Principal, Query(q): Query<PageQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(app): State<App>,
+    principal: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
     require_global(&principal)?;
     let page = q.parse(pagination::STANDARD)?;
     let tokens = read::list_page(&app.pool, page.after, page.limit).await?;
-    Ok(Json(pagination::page(&tokens, page.limit, |t| (t.created_at, t.id.clone()), render)))
+    Ok(Json(pagination::page(
+        &tokens,
+        page.limit,
+        |t| (t.created_at, t.id.clone()),
+        render,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -83,7 +102,13 @@ struct MintBody {
     capability: Option<Capability>,
 }
 
-fn request(id: &str, expected: u64, events: Vec<admin_token::AdminTokenEvent>, actor: &str, rid: &str) -> AppendRequest {
+fn request(
+    id: &str,
+    expected: u64,
+    events: Vec<admin_token::AdminTokenEvent>,
+    actor: &str,
+    rid: &str,
+) -> AppendRequest {
     AppendRequest {
         stream: LogStream::System,
         zone_id: None,
@@ -166,7 +191,10 @@ async fn mint(
     )
         .into_response();
     if !visible {
-        resp.headers_mut().insert(write::PROJECTION_HEADER, axum::http::HeaderValue::from_static("pending"));
+        resp.headers_mut().insert(
+            write::PROJECTION_HEADER,
+            axum::http::HeaderValue::from_static("pending"),
+        );
     }
     Ok(resp)
 }
@@ -187,8 +215,15 @@ async fn revoke(
         let (app, id, actor, rid) = (&app, &id, &actor, &rid);
         async move {
             let state = read::load(&app.pool, id).await.map_err(ApiError::from)?;
-            let events = admin_token::decide(state.as_ref(), &AdminTokenCommand::Revoke, actor).map_err(token_error)?;
-            let mut req = request(id, state.as_ref().map(|t| t.version).unwrap_or(0), events, &actor.id, rid);
+            let events = admin_token::decide(state.as_ref(), &AdminTokenCommand::Revoke, actor)
+                .map_err(token_error)?;
+            let mut req = request(
+                id,
+                state.as_ref().map(|t| t.version).unwrap_or(0),
+                events,
+                &actor.id,
+                rid,
+            );
             if let Some(t) = &state {
                 req.release.push(Reservation {
                     kind: DIGEST_RESERVATION,

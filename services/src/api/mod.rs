@@ -12,6 +12,9 @@ pub fn router(app: App) -> Router<App> {
     let v1 = Router::new()
         .merge(zones::router())
         .merge(admin_tokens::router())
-        .layer(axum::middleware::from_fn_with_state(app, crate::auth::require_admin));
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            crate::auth::require_admin,
+        ));
     Router::new().merge(v1)
 }

@@ -7,7 +7,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use serval_domain::zone::{self, DcrShutdownMode, Zone, ZoneCommand, ZoneContext, ZoneError, ZonePatch};
+use serval_domain::zone::{
+    self, DcrShutdownMode, Zone, ZoneCommand, ZoneContext, ZoneError, ZonePatch,
+};
 use serval_domain::{Actor, Event};
 use serval_projector::zones as read;
 use serval_schema::projections::ZONES;
@@ -56,8 +58,12 @@ fn zone_error(e: ZoneError) -> ApiError {
         ZoneError::Invalid(why) => ApiError::bad_request("invalid_zone").description(why),
         ZoneError::NoFields => ApiError::bad_request("no_fields"),
         ZoneError::DcrShutdownNotApplicable => ApiError::bad_request("dcr_shutdown_not_applicable"),
-        ZoneError::DcrShutdownRequired { live_dcr_applications } => ApiError::conflict("dcr_shutdown_required")
-            .with("details", json!({ "live_dcr_applications": live_dcr_applications })),
+        ZoneError::DcrShutdownRequired {
+            live_dcr_applications,
+        } => ApiError::conflict("dcr_shutdown_required").with(
+            "details",
+            json!({ "live_dcr_applications": live_dcr_applications }),
+        ),
         ZoneError::ReservedNamespace => ApiError::conflict("reserved_namespace")
             .description("the caracal.sys namespace is reserved for the bootstrap token"),
     }
@@ -77,7 +83,12 @@ async fn live_zone(app: &App, id: &str) -> Result<Zone, ApiError> {
 async fn list(State(app): State<App>, Query(q): Query<PageQuery>) -> Result<Json<Value>, ApiError> {
     let page = q.parse(pagination::STANDARD)?;
     let zones = read::list_page(&app.pool, page.after, page.limit).await?;
-    Ok(Json(pagination::page(&zones, page.limit, |z| (z.created_at, z.id.clone()), render)))
+    Ok(Json(pagination::page(
+        &zones,
+        page.limit,
+        |z| (z.created_at, z.id.clone()),
+        render,
+    )))
 }
 
 async fn get_one(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
@@ -87,7 +98,9 @@ async fn get_one(State(app): State<App>, PathId(id): PathId) -> Result<Json<Valu
 async fn dcr_status(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
     let z = live_zone(&app, &id).await?;
     let live = read::live_dcr_applications(&app.pool, &z.id).await?;
-    Ok(Json(json!({ "id": z.id, "dcr_enabled": z.dcr_enabled, "live_dcr_applications": live })))
+    Ok(Json(
+        json!({ "id": z.id, "dcr_enabled": z.dcr_enabled, "live_dcr_applications": live }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -98,7 +111,13 @@ struct CreateBody {
     dcr_enabled: Option<bool>,
 }
 
-fn request(zone_id: &str, expected: u64, events: Vec<zone::ZoneEvent>, actor: &Actor, rid: &str) -> AppendRequest {
+fn request(
+    zone_id: &str,
+    expected: u64,
+    events: Vec<zone::ZoneEvent>,
+    actor: &Actor,
+    rid: &str,
+) -> AppendRequest {
     AppendRequest {
         stream: LogStream::System,
         zone_id: Some(zone_id.to_owned()),
@@ -117,7 +136,12 @@ fn request(zone_id: &str, expected: u64, events: Vec<zone::ZoneEvent>, actor: &A
 
 /// The zone a write produced: from the read model when it is visible, else folded from the
 /// events the write appended.
-async fn written_zone(app: &App, outcome_zone: Option<Zone>, id: &str, visible: bool) -> Result<Zone, ApiError> {
+async fn written_zone(
+    app: &App,
+    outcome_zone: Option<Zone>,
+    id: &str,
+    visible: bool,
+) -> Result<Zone, ApiError> {
     if visible {
         if let Some(z) = read::load(&app.pool, id).await? {
             return Ok(z);
@@ -127,29 +151,49 @@ async fn written_zone(app: &App, outcome_zone: Option<Zone>, id: &str, visible: 
 }
 
 fn fold(state: Option<Zone>, outcome: &Outcome) -> Option<Zone> {
-    let Outcome::Applied { events, envelopes, .. } = outcome else {
+    let Outcome::Applied {
+        events, envelopes, ..
+    } = outcome
+    else {
         return state;
     };
-    events.iter().zip(envelopes).fold(state, |s, (e, env)| match e {
-        Event::Zone(ze) => zone::evolve(
-            s,
-            &serval_domain::EventMeta {
-                aggregate_id: env.aggregate_id.clone(),
-                aggregate_version: env.aggregate_version,
-                occurred_at: env.occurred_at,
-            },
-            ze,
-        ),
-        _ => s,
-    })
+    events
+        .iter()
+        .zip(envelopes)
+        .fold(state, |s, (e, env)| match e {
+            Event::Zone(ze) => zone::evolve(
+                s,
+                &serval_domain::EventMeta {
+                    aggregate_id: env.aggregate_id.clone(),
+                    aggregate_version: env.aggregate_version,
+                    occurred_at: env.occurred_at,
+                },
+                ze,
+            ),
+            _ => s,
+        })
 }
 
-async fn finish(app: &App, outcome: Outcome, before: Option<Zone>, status: StatusCode, idem: &Option<serval_streams::append::Idempotency>, with_body: bool) -> Result<Response, ApiError> {
+async fn finish(
+    app: &App,
+    outcome: Outcome,
+    before: Option<Zone>,
+    status: StatusCode,
+    idem: &Option<serval_streams::append::Idempotency>,
+    with_body: bool,
+) -> Result<Response, ApiError> {
     let stream = LogStream::System;
     let (id, visible, folded) = match &outcome {
         Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
-        Outcome::Applied { aggregate_id, visible, .. } => (aggregate_id.clone(), *visible, fold(before, &outcome)),
-        Outcome::ReplayUnrecorded { aggregate_id, visible } => (aggregate_id.clone(), *visible, None),
+        Outcome::Applied {
+            aggregate_id,
+            visible,
+            ..
+        } => (aggregate_id.clone(), *visible, fold(before, &outcome)),
+        Outcome::ReplayUnrecorded {
+            aggregate_id,
+            visible,
+        } => (aggregate_id.clone(), *visible, None),
     };
     let body = if with_body {
         Some(render(&written_zone(app, folded, &id, visible).await?))
@@ -182,16 +226,19 @@ async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let explicit = body.slug.is_some();
     let base = zone::slug_base(&name);
-    let mut candidates: Box<dyn Iterator<Item = String> + Send> = match body.slug.clone() {
+    let candidates: Box<dyn Iterator<Item = String> + Send> = match body.slug.clone() {
         Some(s) => Box::new(std::iter::once(s)),
         None => Box::new(
             zone::slug_candidates(&base)
                 .collect::<Vec<_>>()
                 .into_iter()
-                .chain(std::iter::once(format!("{base}-{}", uuid::Uuid::new_v4().simple()))),
+                .chain(std::iter::once(format!(
+                    "{base}-{}",
+                    uuid::Uuid::new_v4().simple()
+                ))),
         ),
     };
-    while let Some(slug) = candidates.next() {
+    for slug in candidates {
         if !explicit
             && app
                 .store
@@ -267,7 +314,8 @@ async fn patch(
     // The state the winning attempt decided on, to fold the answer from if needed.
     let before = std::sync::Mutex::new(None);
     let outcome = write::execute(&app, ZONES, LogStream::System, idem.clone(), || {
-        let (app, id, cmd, actor, rid, patch, before) = (&app, &id, &cmd, &actor, &rid, &patch, &before);
+        let (app, id, cmd, actor, rid, patch, before) =
+            (&app, &id, &cmd, &actor, &rid, &patch, &before);
         async move {
             let state = read::load(&app.pool, id).await.map_err(ApiError::from)?;
             let live = match &state {
@@ -327,7 +375,8 @@ async fn archive(
         let (app, id, actor, rid, ctx) = (&app, &id, &actor, &rid, &ctx);
         async move {
             let state = read::load(&app.pool, id).await.map_err(ApiError::from)?;
-            let events = zone::decide(state.as_ref(), &ZoneCommand::Archive, ctx).map_err(zone_error)?;
+            let events =
+                zone::decide(state.as_ref(), &ZoneCommand::Archive, ctx).map_err(zone_error)?;
             let version = state.map(|z| z.version).unwrap_or(0);
             Ok(request(id, version, events, actor, rid))
         }
@@ -335,5 +384,7 @@ async fn archive(
     .await
     .map_err(ApiError::from)?;
     let _ = principal;
-    finish(&app, outcome, None, StatusCode::NO_CONTENT, &idem, false).await.map(IntoResponse::into_response)
+    finish(&app, outcome, None, StatusCode::NO_CONTENT, &idem, false)
+        .await
+        .map(IntoResponse::into_response)
 }

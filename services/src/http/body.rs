@@ -16,14 +16,17 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                    .description("request body exceeds the size limit")
-            } else {
-                ApiError::framework(StatusCode::BAD_REQUEST, "request body could not be read")
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                        .description("request body exceeds the size limit")
+                } else {
+                    ApiError::framework(StatusCode::BAD_REQUEST, "request body could not be read")
+                }
+            })
     }
 }
 
@@ -32,7 +35,12 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         })
         .unwrap_or(false)
@@ -40,7 +48,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Parses a JSON object body for a route whose validation failures answer `400 <code>`.
 /// Top-level `null` values are refused (no schema of these routes is nullable).
-pub fn parse_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8], code: &str) -> Result<T, ApiError> {
+pub fn parse_object<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    code: &str,
+) -> Result<T, ApiError> {
     if !body.is_empty() && headers.contains_key(header::CONTENT_TYPE) && !is_json(headers) {
         return Err(ApiError::framework(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -50,8 +62,9 @@ pub fn parse_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8], code:
     let value: Value = if body.is_empty() {
         Value::Object(Default::default())
     } else {
-        serde_json::from_slice(body)
-            .map_err(|_| ApiError::bad_request(code).description("request body is not valid JSON"))?
+        serde_json::from_slice(body).map_err(|_| {
+            ApiError::bad_request(code).description("request body is not valid JSON")
+        })?
     };
     let Value::Object(map) = &value else {
         return Err(ApiError::bad_request(code).description("request body must be a JSON object"));
@@ -59,5 +72,6 @@ pub fn parse_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8], code:
     if let Some((k, _)) = map.iter().find(|(_, v)| v.is_null()) {
         return Err(ApiError::bad_request(code).description(format!("{k} must not be null")));
     }
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(code).description(e.to_string()))
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(code).description(e.to_string()))
 }

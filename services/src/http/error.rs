@@ -47,7 +47,8 @@ impl ApiError {
     }
 
     pub fn description(mut self, text: impl Into<String>) -> Self {
-        self.body.insert("error_description".into(), Value::String(text.into()));
+        self.body
+            .insert("error_description".into(), Value::String(text.into()));
         self
     }
 

@@ -89,7 +89,9 @@ async fn check(app: &App) -> Result<(), NotReady> {
     )
     .await;
     let Ok(Ok(lags)) = lags else {
-        return Err(NotReady::new("projection_status_unavailable").with("dependency", json!("projector")));
+        return Err(
+            NotReady::new("projection_status_unavailable").with("dependency", json!("projector"))
+        );
     };
     let worst = lags.iter().max_by_key(|l| l.lag_ms());
     if let Some(l) = worst.filter(|l| l.lag_ms() > app.cfg.ready_lag_max_ms) {
@@ -142,13 +144,25 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         None => app.secrets.mode == Mode::Dev,
     };
     if !open {
-        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "unauthorized" }))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "unauthorized" })),
+        )
+            .into_response();
     }
     let mut conn = app.redis.clone();
     if let Ok(lags) = status::lag(&app.pool, &mut conn, app.store.keys(), &PROJECTIONS).await {
         for p in PROJECTIONS {
-            let worst = lags.iter().filter(|l| l.projection == p).map(|l| l.lag_ms()).max().unwrap_or(0);
-            METRICS.projection_lag_ms.with_label_values(&[p]).set(worst as i64);
+            let worst = lags
+                .iter()
+                .filter(|l| l.projection == p)
+                .map(|l| l.lag_ms())
+                .max()
+                .unwrap_or(0);
+            METRICS
+                .projection_lag_ms
+                .with_label_values(&[p])
+                .set(worst as i64);
         }
     }
     if let Ok(dead) = status::dead_letter_count(&app.pool).await {

@@ -46,14 +46,18 @@ impl PageQuery {
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if (1..=family.max_limit).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::bad_request("invalid_query")
-                        .description(format!("limit must be an integer from 1 to {}", family.max_limit)))
+                    return Err(ApiError::bad_request("invalid_query").description(format!(
+                        "limit must be an integer from 1 to {}",
+                        family.max_limit
+                    )))
                 }
             },
         };
         let after = match &self.cursor {
             None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid_cursor"))?),
+            Some(c) => {
+                Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid_cursor"))?)
+            }
         };
         Ok(Page { limit, after })
     }
@@ -73,12 +77,19 @@ pub fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, String)> {
     }
     let bytes = URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok()?;
     let body: CursorBody = serde_json::from_slice(&bytes).ok()?;
-    let ts = DateTime::parse_from_rfc3339(&body.ts).ok()?.with_timezone(&Utc);
+    let ts = DateTime::parse_from_rfc3339(&body.ts)
+        .ok()?
+        .with_timezone(&Utc);
     Some((ts, body.id))
 }
 
 /// Renders a page; `key` gives each item's `(created_at, id)` for the next cursor.
-pub fn page<T>(items: &[T], limit: i64, key: impl Fn(&T) -> (DateTime<Utc>, String), render: impl Fn(&T) -> Value) -> Value {
+pub fn page<T>(
+    items: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> (DateTime<Utc>, String),
+    render: impl Fn(&T) -> Value,
+) -> Value {
     let next = if items.len() as i64 == limit {
         items.last().map(|last| {
             let (ts, id) = key(last);
@@ -101,7 +112,9 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_with_full_precision() {
-        let t = DateTime::parse_from_rfc3339("2026-08-01T09:30:00.123456Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-08-01T09:30:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let c = encode_cursor(t, "z1");
         assert_eq!(decode_cursor(&c), Some((t, "z1".to_owned())));
         assert_eq!(decode_cursor("not-a-cursor!"), None);
@@ -109,7 +122,13 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        let q = |l: &str| PageQuery { limit: Some(l.into()), cursor: None }.parse(STANDARD);
+        let q = |l: &str| {
+            PageQuery {
+                limit: Some(l.into()),
+                cursor: None,
+            }
+            .parse(STANDARD)
+        };
         assert!(q("0").is_err());
         assert!(q("501").is_err());
         assert!(q("x").is_err());

@@ -51,7 +51,10 @@ pub async fn layer(State(service): State<&'static str>, mut req: Request, next: 
         h.insert(X_REQUEST_ID.clone(), v);
     }
     if is_v1 {
-        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
         h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
         h.insert("cache-control", HeaderValue::from_static("no-store"));
     }
@@ -61,13 +64,18 @@ pub async fn layer(State(service): State<&'static str>, mut req: Request, next: 
         400..=499 => "4xx",
         _ => "5xx",
     };
-    METRICS.http_responses.with_label_values(&[service, class]).inc();
+    METRICS
+        .http_responses
+        .with_label_values(&[service, class])
+        .inc();
     resp
 }
 
 async fn complete_internal_error(resp: Response, id: &str) -> Response {
     let (parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert("requestId".into(), Value::String(id.to_owned()));

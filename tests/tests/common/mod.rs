@@ -14,7 +14,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 pub fn base_db_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/serval".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/serval".into())
 }
 
 pub fn redis_url() -> String {
@@ -22,7 +23,10 @@ pub fn redis_url() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 fn with_db(url: &str, db: &str) -> String {
@@ -34,14 +38,25 @@ fn with_db(url: &str, db: &str) -> String {
 pub async fn fresh_db() -> String {
     let name = unique("st_");
     let admin = with_db(&base_db_url(), "postgres");
-    let pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("postgres reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .expect("postgres reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create database");
     pool.close().await;
     with_db(&base_db_url(), &name)
 }
 
 pub async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new().max_connections(4).connect(url).await.expect("connect test database")
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await
+        .expect("connect test database")
 }
 
 fn hex_key(byte: u8) -> String {
@@ -74,6 +89,7 @@ impl Keys {
     }
 }
 
+#[derive(Default)]
 pub struct Options {
     pub db_url: Option<String>,
     pub redis_url: Option<String>,
@@ -82,19 +98,6 @@ pub struct Options {
     /// Empty = `serval up`.
     pub services: Vec<&'static str>,
     pub env: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            db_url: None,
-            redis_url: None,
-            prefix: None,
-            keys: Keys::default(),
-            services: Vec::new(),
-            env: Vec::new(),
-        }
-    }
 }
 
 pub fn serval_bin() -> PathBuf {
@@ -184,7 +187,10 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("serval did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                    panic!(
+                        "serval did not start:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                 }
             }
         }
@@ -285,7 +291,12 @@ impl Admin {
             .bearer_auth(&self.token)
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let mut r = self.req(method, path);
         if let Some(b) = body {
             r = r.json(&b);
@@ -329,7 +340,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs}s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs}s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

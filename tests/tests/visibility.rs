@@ -1,0 +1,181 @@
+//! Read-your-writes across processes (LISTEN/NOTIFY), the durable answer when the read
+//! model lags, and topic publication with Caracal's `_sig`.
+
+mod common;
+
+use common::{Admin, Keys, Options, Server};
+use reqwest::Method;
+use serde_json::json;
+use serval_streams::topics;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_visible_when_the_projector_runs_in_another_process() {
+    let keys = Keys::default();
+    let db = common::fresh_db().await;
+    let prefix = common::unique("t");
+    let projector = Server::start(Options {
+        db_url: Some(db.clone()),
+        prefix: Some(prefix.clone()),
+        keys: keys.clone(),
+        services: vec!["projector"],
+        ..Default::default()
+    })
+    .await;
+    let api = Server::start(Options {
+        db_url: Some(db.clone()),
+        prefix: Some(prefix.clone()),
+        keys: keys.clone(),
+        services: vec!["api"],
+        ..Default::default()
+    })
+    .await;
+    let admin = Admin::new(&api);
+    for i in 0..10 {
+        let resp = admin
+            .req(Method::POST, "/v1/zones")
+            .json(&json!({"name": format!("remote {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        assert!(
+            resp.headers().get("x-serval-projection").is_none(),
+            "visible before the answer"
+        );
+        let z: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            admin
+                .get(&format!("/v1/zones/{}", z["id"].as_str().unwrap()))
+                .await
+                .0,
+            200
+        );
+    }
+    drop(projector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_projection_lags_is_still_durable_and_marked() {
+    let keys = Keys::default();
+    let db = common::fresh_db().await;
+    let prefix = common::unique("t");
+    let opts = |services: Vec<&'static str>, env: Vec<(String, String)>| Options {
+        db_url: Some(db.clone()),
+        prefix: Some(prefix.clone()),
+        keys: keys.clone(),
+        services,
+        env,
+        ..Default::default()
+    };
+    let mut first = Server::start(opts(vec![], vec![])).await;
+    let admin = Admin::new(&first);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "before"})).await;
+    let id = z["id"].as_str().unwrap().to_owned();
+    first.kill();
+
+    // API alone: nothing projects, so the wait times out.
+    let api = Server::start(opts(
+        vec!["api"],
+        vec![("SERVAL_WRITE_VISIBILITY_TIMEOUT_MS".into(), "300".into())],
+    ))
+    .await;
+    let admin = Admin::new(&api);
+    let resp = admin
+        .req(Method::PATCH, &format!("/v1/zones/{id}"))
+        .json(&json!({"name": "after"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-serval-projection"], "pending");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["name"], "after", "answered from the aggregate state");
+    assert_eq!(
+        admin.get(&format!("/v1/zones/{id}")).await.1["name"],
+        "before"
+    );
+
+    let _projector = Server::start(opts(vec!["projector"], vec![])).await;
+    common::eventually(20, || async {
+        let (_, z) = admin.get(&format!("/v1/zones/{id}")).await;
+        (z["name"] == "after").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_topic_messages_verify_like_caracal_consumers_expect() {
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:{}", common::unique("t"), topics::POLICY_INVALIDATE);
+    let key = vec![0x11; 32];
+    let fields = vec![
+        (
+            "outbox_id".to_owned(),
+            Some("0190f5a2-7c1e-7b3a-9a10-3f2d1c0b9e88".to_owned()),
+        ),
+        ("zone_id".to_owned(), Some("z-demo".to_owned())),
+        ("policy_set_id".to_owned(), Some("ps-demo".to_owned())),
+        (
+            "policy_set_version_id".to_owned(),
+            Some("psv-demo-3".to_owned()),
+        ),
+        ("omitted".to_owned(), None),
+    ];
+    topics::publish(&mut conn, &stream, Some(&key), &fields)
+        .await
+        .unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = &reply.ids[0];
+    let received: Vec<(String, Option<String>)> = entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Some(redis::from_redis_value::<String>(v).unwrap()),
+            )
+        })
+        .collect();
+    assert!(
+        !received.iter().any(|(k, _)| k == "omitted"),
+        "null fields are omitted"
+    );
+    assert!(topics::verify(&key, &stream, &received));
+    let sig = received
+        .iter()
+        .find(|(k, _)| k == "_sig")
+        .unwrap()
+        .1
+        .clone()
+        .unwrap();
+    assert_eq!(sig, topics::sign(&key, &stream, &fields));
+    assert_eq!(sig, sig.to_lowercase());
+}
+
+#[test]
+fn serval_migrate_applies_the_schema() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh_db());
+    let status = std::process::Command::new(common::serval_bin())
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let n: i64 = rt.block_on(async {
+        let pool = common::pool(&db).await;
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    assert!(n >= 1);
+}
