@@ -14,6 +14,16 @@ pub const NAME_MAX_CHARS: usize = 120;
 /// `created_by` marker of the token seeded from `CARACAL_ADMIN_TOKEN`.
 pub const BOOTSTRAP_MARKER: &str = "env-bootstrap";
 pub const BOOTSTRAP_NAME: &str = "bootstrap";
+/// Reservation kind of live token digests (keeps concurrent starts from seeding twice).
+pub const DIGEST_RESERVATION: &str = "admin_token_digest";
+
+/// The uniqueness reservations a token holds: its digest while it is live.
+pub fn reservations(token: &AdminToken) -> Vec<(&'static str, String)> {
+    match token.revoked_at {
+        None => vec![(DIGEST_RESERVATION, token.token_sha256.clone())],
+        Some(_) => Vec::new(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -13,6 +13,8 @@ use crate::event::EventMeta;
 use crate::validation::{has_prefix_ci, RESERVED_ZONE_NAME_PREFIX, RESERVED_ZONE_SLUG_PREFIX};
 
 pub const NAME_MAX_CHARS: usize = 120;
+/// Reservation kind of zone slugs: unique across all zones, archived ones included.
+pub const SLUG_RESERVATION: &str = "zone_slug";
 pub const SLUG_MAX_CHARS: usize = 200;
 
 /// The zone read model, as `evolve` builds it and as the projection stores it.
@@ -40,6 +42,11 @@ impl Zone {
     pub fn is_system(&self) -> bool {
         is_reserved(&self.name, &self.slug)
     }
+}
+
+/// The uniqueness reservations a zone holds in the log's slot: its slug, also once archived.
+pub fn reservations(zone: &Zone) -> Vec<(&'static str, String)> {
+    vec![(SLUG_RESERVATION, zone.slug.clone())]
 }
 
 pub fn is_reserved(name: &str, slug: &str) -> bool {

@@ -37,6 +37,10 @@ pub struct ProjectorConfig {
     /// Test hook (`SERVAL_TEST_CRASH_AFTER_EVENTS=<projection>:<n>`): abort the process
     /// inside the transaction once this projection has applied `n` events in this process.
     pub crash_after: Option<(String, u64)>,
+    /// Apply nothing after this entry id (point-in-time replays). `None` = follow the log.
+    pub until: Option<EntryId>,
+    /// Called after each committed batch with the number of events it applied.
+    pub on_batch: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl ProjectorConfig {
@@ -48,6 +52,8 @@ impl ProjectorConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             block_ms: DEFAULT_BLOCK_MS,
             crash_after: None,
+            until: None,
+            on_batch: None,
         }
     }
 }
@@ -58,6 +64,10 @@ pub enum RunnerError {
     Postgres(#[from] sqlx::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Another runner (a second projector process, or a rebuild swap) moved this
+    /// projection's checkpoint since we read it; the batch was rolled back.
+    #[error("checkpoint of {projection} on {stream} moved underneath this runner")]
+    CheckpointMoved { projection: String, stream: String },
 }
 
 struct DeadLetter {
@@ -209,7 +219,14 @@ impl<P: Projection> Runner<P> {
                 }
                 continue;
             }
-            total += self.apply(&mut positions, reply).await?;
+            match self.apply(&mut positions, reply).await {
+                Ok(n) => total += n,
+                Err(RunnerError::CheckpointMoved { stream, .. }) => {
+                    tracing::info!(projection = self.name(), %stream, "checkpoint moved elsewhere; reloading");
+                    positions = self.positions().await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -276,21 +293,35 @@ impl<P: Projection> Runner<P> {
             self.record_dead_letters(&mut tx, &dead).await?;
         }
         for (stream, last, count) in &advanced {
-            sqlx::query(
+            // Guarded on the position this batch started from: two runners of one projection
+            // (or a rebuild swap) can never both apply the same entries.
+            let from = positions.get(stream).copied().unwrap_or(EntryId::ZERO);
+            let moved = sqlx::query(
                 "INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
                  VALUES ($1, $2, $3, $4, $5, now())
                  ON CONFLICT (projection, stream) DO UPDATE
                  SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
                      events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-                     updated_at = now()",
+                     updated_at = now()
+                 WHERE projection_checkpoints.last_ms = $6 AND projection_checkpoints.last_seq = $7",
             )
             .bind(name)
             .bind(stream)
             .bind(last.ms as i64)
             .bind(last.seq as i64)
             .bind(*count as i64)
+            .bind(from.ms as i64)
+            .bind(from.seq as i64)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 0;
+            if moved {
+                return Err(RunnerError::CheckpointMoved {
+                    projection: name.to_owned(),
+                    stream: stream.clone(),
+                });
+            }
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
                 .bind(format!("{name} {stream} {last}"))
@@ -315,6 +346,9 @@ impl<P: Projection> Runner<P> {
         for (stream, last, _) in advanced {
             self.visibility.advance(name, &stream, last);
             positions.insert(stream, last);
+        }
+        if let Some(f) = &self.cfg.on_batch {
+            f(batch.len() as u64 + dead.len() as u64);
         }
         METRICS.batches.with_label_values(&[name]).inc();
         METRICS

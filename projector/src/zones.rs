@@ -105,12 +105,28 @@ pub async fn live_dcr_applications<'e>(
     .await
 }
 
-async fn store(tx: &mut PgConnection, z: &Zone) -> Result<(), sqlx::Error> {
+async fn load_many(tx: &mut PgConnection, ids: &[String]) -> Result<HashMap<String, Zone>, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM zones WHERE id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(tx)
+        .await?;
+    rows.iter().map(|r| from_row(r).map(|z| (z.id.clone(), z))).collect()
+}
+
+/// Upserts many zones in one statement (arrays bound once, unnested server-side).
+async fn store_many(tx: &mut PgConnection, zones: &[&Zone]) -> Result<(), sqlx::Error> {
+    if zones.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&Zone) -> &str| zones.iter().map(|z| f(z).to_owned()).collect::<Vec<_>>();
+    let flag = |f: fn(&Zone) -> bool| zones.iter().map(|z| f(z)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO zones (id, name, slug, dcr_enabled, operator_coauthor_badge, operator_governed,
              created_by, created_via_operator, updated_by, updated_via_operator, created_at,
              updated_at, archived_at, is_system, version)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
+             $7::text[], $8::bool[], $9::text[], $10::bool[], $11::timestamptz[], $12::timestamptz[],
+             $13::timestamptz[], $14::bool[], $15::bigint[])
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, slug = EXCLUDED.slug,
              dcr_enabled = EXCLUDED.dcr_enabled,
              operator_coauthor_badge = EXCLUDED.operator_coauthor_badge,
@@ -119,21 +135,21 @@ async fn store(tx: &mut PgConnection, z: &Zone) -> Result<(), sqlx::Error> {
              updated_at = EXCLUDED.updated_at, archived_at = EXCLUDED.archived_at,
              is_system = EXCLUDED.is_system, version = EXCLUDED.version",
     )
-    .bind(&z.id)
-    .bind(&z.name)
-    .bind(&z.slug)
-    .bind(z.dcr_enabled)
-    .bind(z.operator_coauthor_badge)
-    .bind(z.operator_governed)
-    .bind(&z.created_by)
-    .bind(z.created_via_operator)
-    .bind(&z.updated_by)
-    .bind(z.updated_via_operator)
-    .bind(z.created_at)
-    .bind(z.updated_at)
-    .bind(z.archived_at)
-    .bind(z.is_system())
-    .bind(z.version as i64)
+    .bind(text(|z| &z.id))
+    .bind(text(|z| &z.name))
+    .bind(text(|z| &z.slug))
+    .bind(flag(|z| z.dcr_enabled))
+    .bind(flag(|z| z.operator_coauthor_badge))
+    .bind(flag(|z| z.operator_governed))
+    .bind(text(|z| &z.created_by))
+    .bind(flag(|z| z.created_via_operator))
+    .bind(text(|z| &z.updated_by))
+    .bind(flag(|z| z.updated_via_operator))
+    .bind(zones.iter().map(|z| z.created_at).collect::<Vec<_>>())
+    .bind(zones.iter().map(|z| z.updated_at).collect::<Vec<_>>())
+    .bind(zones.iter().map(|z| z.archived_at).collect::<Vec<_>>())
+    .bind(flag(Zone::is_system))
+    .bind(zones.iter().map(|z| z.version as i64).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
@@ -144,35 +160,32 @@ impl Projection for ZonesProjection {
         serval_schema::projections::ZONES
     }
 
-    async fn apply_batch(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[Applied],
-    ) -> Result<(), sqlx::Error> {
-        let mut state: HashMap<String, Option<Zone>> = HashMap::new();
-        let mut touched = Vec::new();
+    async fn apply_batch(&self, tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+        // Two statements per batch whatever its size: load every touched zone, fold the
+        // batch's events in memory, upsert the results.
+        let mut touched: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in batch {
+            let id = &a.recorded.envelope.aggregate_id;
+            if matches!(a.event, Event::Zone(_)) && seen.insert(id.clone()) {
+                touched.push(id.clone());
+            }
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut state = load_many(tx, &touched).await?;
         for a in batch {
             let Event::Zone(event) = &a.event else {
                 continue;
             };
             let meta = a.recorded.meta();
-            let current = match state.remove(&meta.aggregate_id) {
-                Some(z) => z,
-                None => load(&mut *tx, &meta.aggregate_id).await?,
-            };
-            if !touched.contains(&meta.aggregate_id) {
-                touched.push(meta.aggregate_id.clone());
-            }
-            state.insert(
-                meta.aggregate_id.clone(),
-                zone::evolve(current, &meta, event),
-            );
-        }
-        for id in touched {
-            if let Some(Some(z)) = state.get(&id) {
-                store(tx, z).await?;
+            let current = state.remove(&meta.aggregate_id);
+            if let Some(next) = zone::evolve(current, &meta, event) {
+                state.insert(meta.aggregate_id.clone(), next);
             }
         }
-        Ok(())
+        let changed: Vec<&Zone> = touched.iter().filter_map(|id| state.get(id)).collect();
+        store_many(tx, &changed).await
     }
 }

@@ -5,6 +5,7 @@
 //! events. A reservation on the token digest keeps concurrent starts from minting twice.
 
 use anyhow::Context;
+use serval_domain::admin_token::DIGEST_RESERVATION;
 use serval_domain::admin_token::{
     self, AdminTokenCommand, Capability, TokenScope, BOOTSTRAP_MARKER, BOOTSTRAP_NAME,
 };
@@ -14,8 +15,6 @@ use serval_streams::{AppendError, AppendRequest, LogStream};
 
 use crate::app::App;
 use crate::auth::digest_hex;
-
-pub const DIGEST_RESERVATION: &str = "admin_token_digest";
 
 pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     let Some(token) = app.secrets.admin_token.clone() else {

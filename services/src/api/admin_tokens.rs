@@ -10,6 +10,7 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use serval_domain::admin_token::DIGEST_RESERVATION;
 use serval_domain::admin_token::{
     self, AdminToken, AdminTokenCommand, AdminTokenError, Capability, TokenScope,
 };
@@ -22,7 +23,6 @@ use serval_streams::{AppendRequest, LogStream};
 
 use crate::app::App;
 use crate::auth::{digest_hex, Principal};
-use crate::bootstrap::DIGEST_RESERVATION;
 use crate::http::body::{parse_object, RawBody};
 use crate::http::pagination::{self, PageQuery};
 use crate::http::{ApiError, RequestId};

@@ -24,8 +24,7 @@ use crate::http::pagination::{self, PageQuery};
 use crate::http::{ApiError, RequestId};
 use crate::write::{self, Failure, Outcome};
 
-/// Reservation kind for zone slugs (unique across all zones, archived included).
-pub const SLUG_RESERVATION: &str = "zone_slug";
+use serval_domain::zone::SLUG_RESERVATION;
 
 pub fn router() -> Router<App> {
     Router::new()

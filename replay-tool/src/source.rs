@@ -1,0 +1,128 @@
+//! Where history comes from: the Redis log streams, or the Postgres archive.
+
+use anyhow::Context as _;
+use serval_streams::read::{read_range, RawEntry};
+use serval_streams::{EntryId, KeySpace, LogStream};
+use sqlx::{PgPool, Row};
+
+use crate::context::Context;
+
+/// Every log stream in Redis: the system stream first, then zone streams (SCAN).
+pub async fn log_streams(ctx: &Context) -> anyhow::Result<Vec<String>> {
+    let mut conn = ctx.conn.clone();
+    let pattern = format!("{}:{{z:*}}:log", ctx.keys.prefix());
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    let mut out = vec![ctx.keys.log(&LogStream::System)];
+    out.extend(keys);
+    Ok(out)
+}
+
+/// The log stream of a zone, or all of them.
+pub async fn select_streams(ctx: &Context, zone: Option<&str>, all: bool) -> anyhow::Result<Vec<String>> {
+    match (zone, all) {
+        (Some(z), _) => Ok(vec![ctx.keys.log(&LogStream::Zone(z.to_owned()))]),
+        (None, true) => log_streams(ctx).await,
+        (None, false) => Ok(vec![ctx.keys.log(&LogStream::System)]),
+    }
+}
+
+/// Streams present in the archive.
+pub async fn archived_streams(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT DISTINCT stream FROM event_archive ORDER BY stream")
+        .fetch_all(pool)
+        .await?)
+}
+
+pub fn parse_stream(keys: &KeySpace, key: &str) -> anyhow::Result<LogStream> {
+    keys.parse_log(key).with_context(|| format!("{key} is not a log stream of prefix {}", keys.prefix()))
+}
+
+/// Reads a stream in pages of `page` entries, calling `f` for each page, from `start`
+/// (exclusive, `None` = beginning) to `end` (inclusive).
+pub async fn walk_redis<F>(ctx: &Context, key: &str, start: Option<EntryId>, end: Option<EntryId>, page: usize, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut(Vec<RawEntry>) -> anyhow::Result<()>,
+{
+    let mut conn = ctx.conn.clone();
+    let mut from = match start {
+        Some(id) => format!("({id}"),
+        None => "-".to_owned(),
+    };
+    let to = end.map(|e| e.to_string()).unwrap_or_else(|| "+".to_owned());
+    loop {
+        let entries = read_range(&mut conn, key, &from, &to, page).await?;
+        let Some(last) = entries.last().map(|(id, _)| *id) else {
+            return Ok(());
+        };
+        let n = entries.len();
+        f(entries)?;
+        if n < page {
+            return Ok(());
+        }
+        from = format!("({last}");
+    }
+}
+
+/// One archived event.
+pub struct ArchivedEntry {
+    pub entry_id: EntryId,
+    pub envelope: Vec<u8>,
+    pub sig: Vec<u8>,
+    pub key_id: String,
+}
+
+/// Reads a stream's archive rows in pages, in entry order.
+pub async fn walk_archive<F>(pool: &PgPool, stream: &str, page: i64, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut(Vec<ArchivedEntry>) -> anyhow::Result<()>,
+{
+    let mut after = (-1i64, -1i64);
+    loop {
+        let rows = sqlx::query(
+            "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM event_archive
+             WHERE stream = $1 AND (entry_ms, entry_seq) > ($2, $3)
+             ORDER BY entry_ms, entry_seq LIMIT $4",
+        )
+        .bind(stream)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(page)
+        .fetch_all(pool)
+        .await?;
+        let n = rows.len() as i64;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = (last.get(0), last.get(1));
+        f(rows
+            .iter()
+            .map(|r| ArchivedEntry {
+                entry_id: EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64),
+                envelope: r.get(2),
+                sig: r.get(3),
+                key_id: r.get(4),
+            })
+            .collect())?;
+        if n < page {
+            return Ok(());
+        }
+    }
+}
