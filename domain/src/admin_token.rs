@@ -254,6 +254,7 @@ mod tests {
     fn revoking_twice_is_not_found() {
         let a = Actor::system();
         let meta = |v| EventMeta {
+            event_id: format!("e{v}"),
             aggregate_id: "t".into(),
             aggregate_version: v,
             occurred_at: chrono::DateTime::<Utc>::UNIX_EPOCH,

@@ -63,6 +63,8 @@ impl Event {
 /// What `evolve` knows about an event besides its payload: taken from the signed envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
+    /// The event's own id (UUIDv7), so read models can point back into the log.
+    pub event_id: String,
     pub aggregate_id: String,
     /// The aggregate's version after this event (1 for the first event).
     pub aggregate_version: u64,

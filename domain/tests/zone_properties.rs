@@ -75,6 +75,7 @@ fn run(commands: &[(ZoneCommand, u64)], bootstrap: bool) -> (Option<Zone>, u64) 
             for e in events {
                 applied += 1;
                 let meta = EventMeta {
+                    event_id: format!("e{applied}"),
                     aggregate_id: "z".into(),
                     aggregate_version: applied,
                     occurred_at: Utc

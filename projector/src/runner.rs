@@ -205,14 +205,28 @@ impl<P: Projection> Runner<P> {
         let mut positions = self.positions().await?;
         let mut total = 0;
         loop {
-            let streams: Vec<(String, EntryId)> =
-                positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let until = self.cfg.until;
+            let streams: Vec<(String, EntryId)> = positions
+                .iter()
+                .filter(|(_, v)| until.is_none_or(|u| **v < u))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            if streams.is_empty() && stop_when_idle {
+                return Ok(total);
+            }
             let block = if stop_when_idle {
                 None
             } else {
                 Some(self.cfg.block_ms)
             };
-            let reply = read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+            let mut reply =
+                read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+            if let Some(u) = until {
+                // A point-in-time replay applies nothing after its bound.
+                for (_, entries) in &mut reply {
+                    entries.retain(|(id, _)| *id <= u);
+                }
+            }
             if reply.iter().all(|(_, e)| e.is_empty()) {
                 if stop_when_idle {
                     return Ok(total);

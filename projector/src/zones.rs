@@ -17,7 +17,7 @@ pub struct ZonesProjection;
 
 const COLUMNS: &str = "id, name, slug, dcr_enabled, operator_coauthor_badge, operator_governed, \
     created_by, created_via_operator, updated_by, updated_via_operator, created_at, updated_at, \
-    archived_at, version";
+    archived_at, version, last_event_id";
 
 pub fn from_row(r: &PgRow) -> Result<Zone, sqlx::Error> {
     Ok(Zone {
@@ -35,6 +35,7 @@ pub fn from_row(r: &PgRow) -> Result<Zone, sqlx::Error> {
         updated_at: r.try_get("updated_at")?,
         archived_at: r.try_get("archived_at")?,
         version: r.try_get::<i64, _>("version")? as u64,
+        last_event_id: r.try_get("last_event_id")?,
     })
 }
 
@@ -105,12 +106,17 @@ pub async fn live_dcr_applications<'e>(
     .await
 }
 
-async fn load_many(tx: &mut PgConnection, ids: &[String]) -> Result<HashMap<String, Zone>, sqlx::Error> {
+async fn load_many(
+    tx: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Zone>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM zones WHERE id = ANY($1)"))
         .bind(ids)
         .fetch_all(tx)
         .await?;
-    rows.iter().map(|r| from_row(r).map(|z| (z.id.clone(), z))).collect()
+    rows.iter()
+        .map(|r| from_row(r).map(|z| (z.id.clone(), z)))
+        .collect()
 }
 
 /// Upserts many zones in one statement (arrays bound once, unnested server-side).
@@ -123,17 +129,18 @@ async fn store_many(tx: &mut PgConnection, zones: &[&Zone]) -> Result<(), sqlx::
     sqlx::query(
         "INSERT INTO zones (id, name, slug, dcr_enabled, operator_coauthor_badge, operator_governed,
              created_by, created_via_operator, updated_by, updated_via_operator, created_at,
-             updated_at, archived_at, is_system, version)
+             updated_at, archived_at, is_system, version, last_event_id)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
              $7::text[], $8::bool[], $9::text[], $10::bool[], $11::timestamptz[], $12::timestamptz[],
-             $13::timestamptz[], $14::bool[], $15::bigint[])
+             $13::timestamptz[], $14::bool[], $15::bigint[], $16::text[])
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, slug = EXCLUDED.slug,
              dcr_enabled = EXCLUDED.dcr_enabled,
              operator_coauthor_badge = EXCLUDED.operator_coauthor_badge,
              operator_governed = EXCLUDED.operator_governed,
              updated_by = EXCLUDED.updated_by, updated_via_operator = EXCLUDED.updated_via_operator,
              updated_at = EXCLUDED.updated_at, archived_at = EXCLUDED.archived_at,
-             is_system = EXCLUDED.is_system, version = EXCLUDED.version",
+             is_system = EXCLUDED.is_system, version = EXCLUDED.version,
+             last_event_id = EXCLUDED.last_event_id",
     )
     .bind(text(|z| &z.id))
     .bind(text(|z| &z.name))
@@ -150,6 +157,7 @@ async fn store_many(tx: &mut PgConnection, zones: &[&Zone]) -> Result<(), sqlx::
     .bind(zones.iter().map(|z| z.archived_at).collect::<Vec<_>>())
     .bind(flag(Zone::is_system))
     .bind(zones.iter().map(|z| z.version as i64).collect::<Vec<_>>())
+    .bind(zones.iter().map(|z| z.last_event_id.clone()).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
@@ -160,7 +168,11 @@ impl Projection for ZonesProjection {
         serval_schema::projections::ZONES
     }
 
-    async fn apply_batch(&self, tx: &mut PgConnection, batch: &[Applied]) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
         // Two statements per batch whatever its size: load every touched zone, fold the
         // batch's events in memory, upsert the results.
         let mut touched: Vec<String> = Vec::new();

@@ -11,7 +11,11 @@ use sqlx::PgPool;
 
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/serval")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/serval"
+    )]
     pub database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -42,8 +46,12 @@ impl Connection {
             return Ok(k.clone());
         }
         let path = self.data_dir.join("dev-secrets.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("STREAMS_HMAC_KEY is not set and {} is unreadable", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "STREAMS_HMAC_KEY is not set and {} is unreadable",
+                path.display()
+            )
+        })?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         v["streams_hmac_key"]
             .as_str()
@@ -59,7 +67,10 @@ impl Connection {
             .map(serval_streams::signing::parse_hex_key)
             .transpose()?;
         let redis = redis::Client::open(self.redis_url.as_str())?;
-        let conn = redis.get_multiplexed_async_connection().await.context("cannot reach Redis")?;
+        let conn = redis
+            .get_multiplexed_async_connection()
+            .await
+            .context("cannot reach Redis")?;
         Ok(Context {
             keys: KeySpace::new(self.key_prefix.clone(), self.topic_prefix.clone()),
             signer: Arc::new(Signer::new(current, previous)?),
@@ -81,10 +92,10 @@ impl Context {
         if let Some(s) = schema {
             opts = opts.options([("search_path", s)]);
         }
-        Ok(PgPoolOptions::new()
+        PgPoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
-            .context("cannot reach Postgres")?)
+            .context("cannot reach Postgres")
     }
 }

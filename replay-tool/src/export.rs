@@ -62,7 +62,10 @@ pub async fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<u64> {
     let streams = source::select_streams(ctx, args.zone.as_deref(), args.all).await?;
     let start = match (args.after_id, args.since) {
         (Some(id), _) => Some(id),
-        (None, Some(t)) => Some(EntryId::new((t.timestamp_millis() as u64).saturating_sub(1), u64::MAX)),
+        (None, Some(t)) => Some(EntryId::new(
+            (t.timestamp_millis() as u64).saturating_sub(1),
+            u64::MAX,
+        )),
         _ => None,
     };
     let end = match (args.to_id, args.until) {
@@ -114,6 +117,9 @@ pub async fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<u64> {
     }
     out.flush()?;
     let (n, secs) = progress.finish();
-    eprintln!("exported {n} events to {} in {secs:.2}s", args.out.display());
+    eprintln!(
+        "exported {n} events to {} in {secs:.2}s",
+        args.out.display()
+    );
     Ok(written)
 }

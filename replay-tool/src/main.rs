@@ -5,7 +5,11 @@ use serval_replay::context::Connection;
 use serval_replay::{export, rebuild, replay, restore, tail, verify};
 
 #[derive(Parser)]
-#[command(name = "serval-replay", version, about = "Serval's history tool for auditors and operators")]
+#[command(
+    name = "serval-replay",
+    version,
+    about = "Serval's history tool for auditors and operators"
+)]
 struct Cli {
     #[command(flatten)]
     conn: Connection,
@@ -32,7 +36,10 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -22,8 +22,10 @@ impl Progress {
                 None => ProgressBar::new_spinner(),
             };
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_message(label.to_owned());
             bar

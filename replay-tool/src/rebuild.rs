@@ -61,14 +61,25 @@ pub struct Rebuilt {
     pub seconds: f64,
 }
 
-async fn catch_up(ctx: &Context, pool: &PgPool, p: Rebuildable, batch: usize, progress: Arc<Mutex<Progress>>) -> anyhow::Result<u64> {
+async fn catch_up(
+    ctx: &Context,
+    pool: &PgPool,
+    p: Rebuildable,
+    batch: usize,
+    progress: Arc<Mutex<Progress>>,
+) -> anyhow::Result<u64> {
     let mut cfg = ProjectorConfig::new(ctx.keys.clone(), ctx.signer.clone());
     cfg.batch_size = batch;
     cfg.on_batch = Some(Arc::new(move |n| {
         progress.lock().unwrap_or_else(|p| p.into_inner()).inc(n);
     }));
     let cfg = Arc::new(cfg);
-    async fn go<P: Projection>(ctx: &Context, pool: &PgPool, cfg: Arc<ProjectorConfig>, p: P) -> anyhow::Result<u64> {
+    async fn go<P: Projection>(
+        ctx: &Context,
+        pool: &PgPool,
+        cfg: Arc<ProjectorConfig>,
+        p: P,
+    ) -> anyhow::Result<u64> {
         let mut r = Runner::new(p, pool.clone(), ctx.redis.clone(), cfg, Visibility::new());
         Ok(r.catch_up().await?)
     }
@@ -78,7 +89,12 @@ async fn catch_up(ctx: &Context, pool: &PgPool, p: Rebuildable, batch: usize, pr
     }
 }
 
-async fn checkpoints(db: &mut sqlx::PgConnection, schema: &str, projection: &str, lock: bool) -> anyhow::Result<Vec<(String, EntryId)>> {
+async fn checkpoints(
+    db: &mut sqlx::PgConnection,
+    schema: &str,
+    projection: &str,
+    lock: bool,
+) -> anyhow::Result<Vec<(String, EntryId)>> {
     let rows = sqlx::query(&format!(
         "SELECT stream, last_ms, last_seq FROM {schema}.projection_checkpoints WHERE projection = $1 {}",
         if lock { "FOR UPDATE" } else { "" }
@@ -88,7 +104,12 @@ async fn checkpoints(db: &mut sqlx::PgConnection, schema: &str, projection: &str
     .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get::<String, _>(0), EntryId::new(r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64)))
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                EntryId::new(r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64),
+            )
+        })
         .collect())
 }
 
@@ -96,20 +117,30 @@ async fn checkpoints(db: &mut sqlx::PgConnection, schema: &str, projection: &str
 async fn swap(live: &PgPool, shadow: &str, retired: &str, p: Rebuildable) -> anyhow::Result<bool> {
     let mut tx = live.begin().await?;
     for t in p.tables() {
-        sqlx::query(&format!("LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE")).execute(&mut *tx).await?;
+        sqlx::query(&format!("LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *tx)
+            .await?;
     }
     let live_cp = checkpoints(&mut tx, "public", p.name(), true).await?;
     let shadow_cp = checkpoints(&mut tx, shadow, p.name(), false).await?;
     let behind = live_cp.iter().any(|(stream, at)| {
-        shadow_cp.iter().find(|(s, _)| s == stream).map(|(_, s)| s < at).unwrap_or(*at > EntryId::ZERO)
+        shadow_cp
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map(|(_, s)| s < at)
+            .unwrap_or(*at > EntryId::ZERO)
     });
     if behind {
         tx.rollback().await?;
         return Ok(false);
     }
     for t in p.tables() {
-        sqlx::query(&format!("ALTER TABLE public.{t} SET SCHEMA {retired}")).execute(&mut *tx).await?;
-        sqlx::query(&format!("ALTER TABLE {shadow}.{t} SET SCHEMA public")).execute(&mut *tx).await?;
+        sqlx::query(&format!("ALTER TABLE public.{t} SET SCHEMA {retired}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {shadow}.{t} SET SCHEMA public"))
+            .execute(&mut *tx)
+            .await?;
     }
     sqlx::query("DELETE FROM public.projection_checkpoints WHERE projection = $1")
         .bind(p.name())
@@ -131,16 +162,24 @@ pub async fn rebuild_one(ctx: &Context, p: Rebuildable, batch: usize) -> anyhow:
     let retired = format!("serval_retired_{}_{stamp}", p.name());
     let live = ctx.pool().await?;
     let shadow_pool = crate::replay::create_schema(ctx, &shadow).await?;
-    sqlx::query(&format!("CREATE SCHEMA {retired}")).execute(&live).await?;
+    sqlx::query(&format!("CREATE SCHEMA {retired}"))
+        .execute(&live)
+        .await?;
 
     let started = std::time::Instant::now();
-    let progress = Arc::new(Mutex::new(Progress::new(&format!("rebuild {}", p.name()), None)));
+    let progress = Arc::new(Mutex::new(Progress::new(
+        &format!("rebuild {}", p.name()),
+        None,
+    )));
     let result = async {
         let mut events = catch_up(ctx, &shadow_pool, p, batch, progress.clone()).await?;
         let mut attempts = 0;
         while !swap(&live, &shadow, &retired, p).await? {
             attempts += 1;
-            anyhow::ensure!(attempts < 100, "the live projection keeps moving ahead of the rebuild");
+            anyhow::ensure!(
+                attempts < 100,
+                "the live projection keeps moving ahead of the rebuild"
+            );
             events += catch_up(ctx, &shadow_pool, p, batch, progress.clone()).await?;
         }
         anyhow::Ok(events)
@@ -153,14 +192,22 @@ pub async fn rebuild_one(ctx: &Context, p: Rebuildable, batch: usize) -> anyhow:
     let events = match result {
         Ok(n) => n,
         Err(e) => {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE")).execute(&live).await;
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE")).execute(&live).await;
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+                .execute(&live)
+                .await;
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
+                .execute(&live)
+                .await;
             return Err(e);
         }
     };
     // The retired tables and the shadow schema's leftovers are no longer read by anyone.
-    sqlx::query(&format!("DROP SCHEMA {retired} CASCADE")).execute(&live).await?;
-    sqlx::query(&format!("DROP SCHEMA {shadow} CASCADE")).execute(&live).await?;
+    sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
+        .execute(&live)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {shadow} CASCADE"))
+        .execute(&live)
+        .await?;
     live.close().await;
     Ok(Rebuilt {
         projection: p.name(),

@@ -54,26 +54,44 @@ pub struct ReplayArgs {
 pub fn valid_schema_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s != "public"
 }
 
 pub async fn create_schema(ctx: &Context, schema: &str) -> anyhow::Result<PgPool> {
-    anyhow::ensure!(valid_schema_name(schema), "schema name must match ^[a-z_][a-z0-9_]{{0,62}}$ and not be public");
+    anyhow::ensure!(
+        valid_schema_name(schema),
+        "schema name must match ^[a-z_][a-z0-9_]{{0,62}}$ and not be public"
+    );
     let admin = ctx.pool().await?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let pool = ctx.pool_in(Some(schema)).await?;
     serval_schema::migrate(&pool).await?;
     Ok(pool)
 }
 
-pub async fn project<P: Projection>(ctx: &Context, pool: &PgPool, p: P, until: Option<EntryId>, batch: usize) -> anyhow::Result<u64> {
+pub async fn project<P: Projection>(
+    ctx: &Context,
+    pool: &PgPool,
+    p: P,
+    until: Option<EntryId>,
+    batch: usize,
+) -> anyhow::Result<u64> {
     let mut cfg = ProjectorConfig::new(ctx.keys.clone(), ctx.signer.clone());
     cfg.until = until;
     cfg.batch_size = batch;
-    let mut runner = Runner::new(p, pool.clone(), ctx.redis.clone(), Arc::new(cfg), Visibility::new());
+    let mut runner = Runner::new(
+        p,
+        pool.clone(),
+        ctx.redis.clone(),
+        Arc::new(cfg),
+        Visibility::new(),
+    );
     Ok(runner.catch_up().await?)
 }
 
@@ -83,6 +101,10 @@ pub async fn run(ctx: &Context, args: &ReplayArgs) -> anyhow::Result<u64> {
     let mut n = project(ctx, &pool, ZonesProjection, bound, 5_000).await?;
     n += project(ctx, &pool, AdminTokensProjection, bound, 5_000).await?;
     pool.close().await;
-    eprintln!("replayed the read models as of {} into schema {}", args.as_of.bound(), args.schema);
+    eprintln!(
+        "replayed the read models as of {} into schema {}",
+        args.as_of.bound(),
+        args.schema
+    );
     Ok(n)
 }

@@ -34,8 +34,10 @@ struct Derived {
 
 impl Derived {
     fn apply(&mut self, env: &Envelope, up: &Upcasters) {
-        self.versions.insert(env.aggregate_id.clone(), env.aggregate_version);
+        self.versions
+            .insert(env.aggregate_id.clone(), env.aggregate_version);
         let meta = EventMeta {
+            event_id: env.event_id.clone(),
             aggregate_id: env.aggregate_id.clone(),
             aggregate_version: env.aggregate_version,
             occurred_at: env.occurred_at,
@@ -47,7 +49,9 @@ impl Derived {
                 }
             }
             Ok(Event::AdminToken(e)) => {
-                if let Some(t) = admin_token::evolve(self.tokens.remove(&meta.aggregate_id), &meta, &e) {
+                if let Some(t) =
+                    admin_token::evolve(self.tokens.remove(&meta.aggregate_id), &meta, &e)
+                {
                     self.tokens.insert(meta.aggregate_id.clone(), t);
                 }
             }
@@ -56,14 +60,16 @@ impl Derived {
     }
 
     fn reservations(&self) -> Vec<(&'static str, String, String)> {
-        let zones = self
-            .zones
-            .values()
-            .flat_map(|z| zone::reservations(z).into_iter().map(|(k, v)| (k, v, z.id.clone())));
-        let tokens = self
-            .tokens
-            .values()
-            .flat_map(|t| admin_token::reservations(t).into_iter().map(|(k, v)| (k, v, t.id.clone())));
+        let zones = self.zones.values().flat_map(|z| {
+            zone::reservations(z)
+                .into_iter()
+                .map(|(k, v)| (k, v, z.id.clone()))
+        });
+        let tokens = self.tokens.values().flat_map(|t| {
+            admin_token::reservations(t)
+                .into_iter()
+                .map(|(k, v)| (k, v, t.id.clone()))
+        });
         zones.chain(tokens).collect()
     }
 }
@@ -82,10 +88,11 @@ pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
             "{s} already holds {len} entries; refusing to overwrite it (use --force to replace it)"
         );
     }
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE stream = ANY($1)")
-        .bind(&streams)
-        .fetch_one(&pool)
-        .await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE stream = ANY($1)")
+            .bind(&streams)
+            .fetch_one(&pool)
+            .await?;
     let mut progress = Progress::new("restore", Some(total as u64));
     let up = Upcasters::default();
     let mut restored = 0u64;
@@ -125,15 +132,24 @@ pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
         // The keys derived from the log, in the same slot.
         let versions_key = ctx.keys.versions(&log);
         let _: () = conn.del(&versions_key).await?;
-        let pairs: Vec<(String, u64)> = derived.versions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let pairs: Vec<(String, u64)> = derived
+            .versions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         for chunk in pairs.chunks(1_000) {
             let _: () = conn.hset_multiple(&versions_key, chunk).await?;
         }
         for (kind, value, owner) in derived.reservations() {
-            let _: () = conn.set(ctx.keys.reservation(&log, kind, &value), owner).await?;
+            let _: () = conn
+                .set(ctx.keys.reservation(&log, kind, &value), owner)
+                .await?;
         }
     }
     let (n, secs) = progress.finish();
-    eprintln!("restored {n} events into {} stream(s) in {secs:.2}s", streams.len());
+    eprintln!(
+        "restored {n} events into {} stream(s) in {secs:.2}s",
+        streams.len()
+    );
     Ok(restored)
 }

@@ -36,7 +36,11 @@ pub async fn log_streams(ctx: &Context) -> anyhow::Result<Vec<String>> {
 }
 
 /// The log stream of a zone, or all of them.
-pub async fn select_streams(ctx: &Context, zone: Option<&str>, all: bool) -> anyhow::Result<Vec<String>> {
+pub async fn select_streams(
+    ctx: &Context,
+    zone: Option<&str>,
+    all: bool,
+) -> anyhow::Result<Vec<String>> {
     match (zone, all) {
         (Some(z), _) => Ok(vec![ctx.keys.log(&LogStream::Zone(z.to_owned()))]),
         (None, true) => log_streams(ctx).await,
@@ -46,18 +50,28 @@ pub async fn select_streams(ctx: &Context, zone: Option<&str>, all: bool) -> any
 
 /// Streams present in the archive.
 pub async fn archived_streams(pool: &PgPool) -> anyhow::Result<Vec<String>> {
-    Ok(sqlx::query_scalar("SELECT DISTINCT stream FROM event_archive ORDER BY stream")
-        .fetch_all(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT DISTINCT stream FROM event_archive ORDER BY stream")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 pub fn parse_stream(keys: &KeySpace, key: &str) -> anyhow::Result<LogStream> {
-    keys.parse_log(key).with_context(|| format!("{key} is not a log stream of prefix {}", keys.prefix()))
+    keys.parse_log(key)
+        .with_context(|| format!("{key} is not a log stream of prefix {}", keys.prefix()))
 }
 
 /// Reads a stream in pages of `page` entries, calling `f` for each page, from `start`
 /// (exclusive, `None` = beginning) to `end` (inclusive).
-pub async fn walk_redis<F>(ctx: &Context, key: &str, start: Option<EntryId>, end: Option<EntryId>, page: usize, mut f: F) -> anyhow::Result<()>
+pub async fn walk_redis<F>(
+    ctx: &Context,
+    key: &str,
+    start: Option<EntryId>,
+    end: Option<EntryId>,
+    page: usize,
+    mut f: F,
+) -> anyhow::Result<()>
 where
     F: FnMut(Vec<RawEntry>) -> anyhow::Result<()>,
 {

@@ -40,11 +40,18 @@ pub struct TailArgs {
     pub idle_exit_ms: Option<u64>,
 }
 
-fn log_line(ctx: &Context, stream: &str, id: &str, fields: &std::collections::HashMap<String, Value>) -> Json {
+fn log_line(
+    ctx: &Context,
+    stream: &str,
+    id: &str,
+    fields: &std::collections::HashMap<String, Value>,
+) -> Json {
     let expected = ctx.keys.parse_log(stream);
     let parsed = id.parse().ok();
     let verified = match (expected, parsed) {
-        (Some(s), Some(eid)) => verify_entry(&ctx.signer, stream, &s, eid, fields).map_err(|e| e.to_string()),
+        (Some(s), Some(eid)) => {
+            verify_entry(&ctx.signer, stream, &s, eid, fields).map_err(|e| e.to_string())
+        }
         _ => Err("not a log entry".to_owned()),
     };
     match verified {
@@ -74,14 +81,21 @@ fn unwrap_variant(v: Json) -> Json {
     let mut v = v;
     for _ in 0..2 {
         v = match v {
-            Json::Object(m) if m.len() == 1 => m.into_iter().next().map(|(_, v)| v).unwrap_or(Json::Null),
+            Json::Object(m) if m.len() == 1 => {
+                m.into_iter().next().map(|(_, v)| v).unwrap_or(Json::Null)
+            }
             other => return other,
         };
     }
     v
 }
 
-fn topic_line(ctx: &Context, stream: &str, id: &str, fields: &std::collections::HashMap<String, Value>) -> Json {
+fn topic_line(
+    ctx: &Context,
+    stream: &str,
+    id: &str,
+    fields: &std::collections::HashMap<String, Value>,
+) -> Json {
     let mut flat = Map::new();
     let mut pairs = Vec::new();
     for k in fields.keys() {
@@ -98,7 +112,10 @@ fn topic_line(ctx: &Context, stream: &str, id: &str, fields: &std::collections::
 pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
     let (streams, is_topic) = match &args.topic {
         Some(t) => (vec![ctx.keys.topic(t)], true),
-        None => (source::select_streams(ctx, args.zone.as_deref(), args.all).await?, false),
+        None => (
+            source::select_streams(ctx, args.zone.as_deref(), args.all).await?,
+            false,
+        ),
     };
     let mut conn = ctx.redis.get_multiplexed_async_connection().await?;
     if let Some(g) = &args.group {
@@ -130,12 +147,14 @@ pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
         let reply: Option<StreamReadReply> = conn.xread_options(&streams, &ids, &opts).await?;
         let keys = reply.map(|r| r.keys).unwrap_or_default();
         let mut got = 0;
+        let mut switched = false;
         for k in keys {
             let Some(pos) = streams.iter().position(|s| *s == k.key) else {
                 continue;
             };
             if args.group.is_some() && k.ids.is_empty() && ids[pos] != ">" {
                 ids[pos] = ">".to_owned(); // pending drained: switch to new entries
+                switched = true;
                 continue;
             }
             for entry in k.ids {
@@ -161,7 +180,7 @@ pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
                 }
             }
         }
-        if got == 0 {
+        if got == 0 && !switched {
             if args.group.is_some() && ids.iter().any(|i| i != ">") {
                 ids.iter_mut().for_each(|i| *i = ">".to_owned());
                 continue;

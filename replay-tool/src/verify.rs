@@ -94,7 +94,11 @@ impl<'a> StreamCheck<'a> {
 
     fn sequence(&mut self, id: EntryId, env: &Envelope) {
         if !self.event_ids.insert(env.event_id.clone()) {
-            self.fail(id, Some(env.event_id.clone()), "event id appears twice".into());
+            self.fail(
+                id,
+                Some(env.event_id.clone()),
+                "event id appears twice".into(),
+            );
         }
         let last = self.versions.get(&env.aggregate_id).copied().unwrap_or(0);
         let v = env.aggregate_version;
@@ -184,7 +188,11 @@ fn check_archived(ctx: &Context, check: &mut StreamCheck<'_>, row: &ArchivedEntr
     let id = row.entry_id;
     if !ctx.signer.verify(&row.key_id, &row.envelope, &row.sig) {
         let event_id = Envelope::decode(&row.envelope).ok().map(|e| e.event_id);
-        check.fail(id, event_id, format!("signature does not verify (kid {})", row.key_id));
+        check.fail(
+            id,
+            event_id,
+            format!("signature does not verify (kid {})", row.key_id),
+        );
         return;
     }
     match Envelope::decode(&row.envelope) {
@@ -225,7 +233,9 @@ async fn compare_archive(pool: &sqlx::PgPool, check: &mut StreamCheck<'_>) -> an
     .bind(check.stream)
     .fetch_optional(pool)
     .await?;
-    let archived_to = archived_to.map(|(m, s)| EntryId::new(m as u64, s as u64)).unwrap_or_default();
+    let archived_to = archived_to
+        .map(|(m, s)| EntryId::new(m as u64, s as u64))
+        .unwrap_or_default();
     let redis: HashMap<EntryId, [u8; 32]> = check.digests.iter().copied().collect();
     let mut seen = HashSet::new();
     let mut found = Vec::new();
@@ -234,10 +244,16 @@ async fn compare_archive(pool: &sqlx::PgPool, check: &mut StreamCheck<'_>) -> an
             seen.insert(row.entry_id);
             let event_id = Envelope::decode(&row.envelope).ok().map(|e| e.event_id);
             match redis.get(&row.entry_id) {
-                None => found.push((row.entry_id, event_id, "archived entry is missing from Redis (deleted)".to_owned())),
-                Some(d) if *d != digest(&row.envelope, &row.sig) => {
-                    found.push((row.entry_id, event_id, "archive differs from Redis at this entry".to_owned()))
-                }
+                None => found.push((
+                    row.entry_id,
+                    event_id,
+                    "archived entry is missing from Redis (deleted)".to_owned(),
+                )),
+                Some(d) if *d != digest(&row.envelope, &row.sig) => found.push((
+                    row.entry_id,
+                    event_id,
+                    "archive differs from Redis at this entry".to_owned(),
+                )),
                 Some(_) => {}
             }
         }
@@ -257,7 +273,10 @@ async fn compare_archive(pool: &sqlx::PgPool, check: &mut StreamCheck<'_>) -> an
 
 pub fn print(report: &Report, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
         return;
     }
     let rate = report.events as f64 / report.seconds.max(1e-9);
@@ -266,7 +285,9 @@ pub fn print(report: &Report, json: bool) {
         report.events, report.streams, report.seconds, rate
     );
     match &report.first_break {
-        None => println!("OK: every signature verifies, every version sequence is whole, the archive agrees"),
+        None => println!(
+            "OK: every signature verifies, every version sequence is whole, the archive agrees"
+        ),
         Some(b) => {
             println!("BROKEN: {} problem(s); first:", report.breaks);
             println!("  stream:   {}", b.stream);

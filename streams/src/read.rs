@@ -31,6 +31,7 @@ pub struct RecordedEvent {
 impl RecordedEvent {
     pub fn meta(&self) -> EventMeta {
         EventMeta {
+            event_id: self.envelope.event_id.clone(),
             aggregate_id: self.envelope.aggregate_id.clone(),
             aggregate_version: self.envelope.aggregate_version,
             occurred_at: self.envelope.occurred_at,

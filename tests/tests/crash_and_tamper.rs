@@ -82,6 +82,7 @@ async fn seed(store: &EventStore, zones: usize, updates: usize) {
                     updated_at: chrono::Utc::now(),
                     archived_at: None,
                     version: u as u64 + 1,
+                    last_event_id: None,
                 };
                 let events = zone::decide(Some(&live), &patch, &ctx()).unwrap();
                 let out = store.append(&req(&id, u as u64 + 1, events)).await.unwrap();

@@ -112,6 +112,7 @@ async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
         let mut s = model.remove(id);
         for (e, env) in events.iter().zip(&envelopes) {
             let meta = EventMeta {
+                event_id: env.event_id.clone(),
                 aggregate_id: id.clone(),
                 aggregate_version: env.aggregate_version,
                 occurred_at: env.occurred_at,

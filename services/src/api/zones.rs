@@ -47,6 +47,7 @@ pub fn render(z: &Zone) -> Value {
         "updated_via_operator": z.updated_via_operator,
         "created_at": pagination::ts(z.created_at),
         "updated_at": pagination::ts(z.updated_at),
+        "last_event_id": z.last_event_id,
     })
 }
 
@@ -163,6 +164,7 @@ fn fold(state: Option<Zone>, outcome: &Outcome) -> Option<Zone> {
             Event::Zone(ze) => zone::evolve(
                 s,
                 &serval_domain::EventMeta {
+                    event_id: env.event_id.clone(),
                     aggregate_id: env.aggregate_id.clone(),
                     aggregate_version: env.aggregate_version,
                     occurred_at: env.occurred_at,

@@ -100,19 +100,27 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
-pub fn serval_bin() -> PathBuf {
+fn workspace_bin(package: &str, name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/serval");
+    let bin = target.join("debug").join(name);
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "serval-services", "--bin", "serval"])
+            .args(["build", "-p", package, "--bin", name])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building serval failed");
+        assert!(status.success(), "building {name} failed");
     }
     bin
+}
+
+pub fn serval_bin() -> PathBuf {
+    workspace_bin("serval-services", "serval")
+}
+
+pub fn replay_bin() -> PathBuf {
+    workspace_bin("serval-replay", "serval-replay")
 }
 
 pub struct Server {
@@ -232,6 +240,39 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs `serval-replay` against this server's database, Redis and keys.
+    pub fn replay(&self, args: &[&str]) -> (bool, String, String) {
+        replay_with(
+            &self.db_url,
+            &self.redis_url,
+            &self.prefix,
+            &self.keys,
+            args,
+        )
+    }
+
+    /// Waits until the archiver has copied every entry of the system log.
+    pub async fn wait_archived(&self) {
+        let store = self.store().await;
+        let key = store.keys().log(&serval_streams::LogStream::System);
+        let pool = pool(&self.db_url).await;
+        eventually(30, || async {
+            let mut conn = store.connection();
+            let n: i64 = redis::cmd("XLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let a: i64 = sqlx::query_scalar("SELECT count(*) FROM event_archive")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n == a).then_some(())
+        })
+        .await;
+        pool.close().await;
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -346,4 +387,27 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+pub fn replay_with(
+    db_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    keys: &Keys,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new(replay_bin())
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("REDIS_URL", redis_url)
+        .env("STREAMS_HMAC_KEY", &keys.streams)
+        .env("SERVAL_KEY_PREFIX", prefix)
+        .env("SERVAL_TOPIC_PREFIX", format!("{prefix}:"))
+        .output()
+        .expect("run serval-replay");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
