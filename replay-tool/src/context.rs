@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serval_streams::{KeySpace, Signer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +90,8 @@ impl Context {
     /// A pool whose `search_path` is `schema` (for shadow and point-in-time schemas).
     pub async fn pool_in(&self, schema: Option<&str>) -> anyhow::Result<PgPool> {
         let mut opts: PgConnectOptions = self.database_url.parse()?;
+        // Long archive scans are expected here; keep sqlx's slow-statement warnings quiet.
+        opts = opts.log_slow_statements(tracing::log::LevelFilter::Debug, std::time::Duration::from_secs(1));
         if let Some(s) = schema {
             opts = opts.options([("search_path", s)]);
         }

@@ -112,8 +112,8 @@ where
     loop {
         let rows = sqlx::query(
             "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM event_archive
-             WHERE stream = $1 AND (entry_ms, entry_seq) > ($2, $3)
-             ORDER BY entry_ms, entry_seq LIMIT $4",
+             WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
+             ORDER BY stream, entry_ms, entry_seq LIMIT $4",
         )
         .bind(stream)
         .bind(after.0)

@@ -46,6 +46,9 @@ enum Cmd {
         /// Events per append call (one command's events).
         #[arg(long, default_value_t = 1)]
         per_call: usize,
+        /// Key prefix to write under (default: a fresh random one).
+        #[arg(long)]
+        prefix: Option<String>,
         /// Redis connections the store spreads appends over.
         #[arg(long, default_value_t = serval_services::app::DEFAULT_REDIS_CONNECTIONS)]
         connections: usize,
@@ -165,8 +168,9 @@ async fn bench_append(
     concurrency: usize,
     per_call: usize,
     connections: usize,
+    prefix: Option<String>,
 ) -> anyhow::Result<()> {
-    let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = prefix.unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     let (_, store) = store(redis_url, &prefix, connections).await?;
     println!("redis {} ({})", redis_url, redis_persistence(&store).await);
     let calls = events / per_call / concurrency;
@@ -391,6 +395,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             per_call,
             connections,
+            prefix,
         } => {
             bench_append(
                 &cli.redis_url,
@@ -398,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 per_call.max(1),
                 connections.max(1),
+                prefix,
             )
             .await
         }
