@@ -70,6 +70,12 @@ pub enum RunnerError {
     CheckpointMoved { projection: String, stream: String },
 }
 
+/// An entry after verification: the event, or why it was refused (reason, detail, raw).
+type Checked = (
+    EntryId,
+    Result<serval_streams::RecordedEvent, (&'static str, String, serde_json::Value)>,
+);
+
 struct DeadLetter {
     stream: String,
     entry_id: EntryId,
@@ -233,7 +239,8 @@ impl<P: Projection> Runner<P> {
                 }
                 continue;
             }
-            match self.apply(&mut positions, reply).await {
+            let checked = self.check_redis(reply);
+            match self.apply(&mut positions, checked).await {
                 Ok(n) => total += n,
                 Err(RunnerError::CheckpointMoved { stream, .. }) => {
                     tracing::info!(projection = self.name(), %stream, "checkpoint moved elsewhere; reloading");
@@ -244,34 +251,125 @@ impl<P: Projection> Runner<P> {
         }
     }
 
+    /// Verifies and decodes raw stream entries.
+    fn check_redis(&self, reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<Checked>)> {
+        reply
+            .into_iter()
+            .map(|(key, entries)| {
+                let stream = self.cfg.keys.parse_log(&key);
+                let checked = entries
+                    .into_iter()
+                    .map(|(id, fields)| {
+                        let verified = match &stream {
+                            Some(s) => read::verify_entry(&self.cfg.signer, &key, s, id, &fields)
+                                .map_err(|e| (e.reason(), e.to_string())),
+                            None => Err(("wrong_stream", "not a log stream key".to_owned())),
+                        };
+                        (
+                            id,
+                            verified.map_err(|(r, d)| (r, d, raw_fields_json(&fields))),
+                        )
+                    })
+                    .collect();
+                (key, checked)
+            })
+            .collect()
+    }
+
+    /// Applies everything in the Postgres archive (`public.event_archive` of `archive`)
+    /// after this projection's checkpoints: a rebuild that does not need Redis. Returns the
+    /// number of events applied.
+    pub async fn catch_up_from_archive(&mut self, archive: &PgPool) -> Result<u64, RunnerError> {
+        let mut positions = self.positions().await?;
+        let system = self.cfg.keys.log(&LogStream::System);
+        let mut streams: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT stream FROM public.event_archive ORDER BY stream")
+                .fetch_all(archive)
+                .await?;
+        // Zones are created in the system stream: apply it first.
+        streams.sort_by_key(|s| *s != system);
+        let mut total = 0;
+        for key in streams {
+            let Some(stream) = self.cfg.keys.parse_log(&key) else {
+                continue;
+            };
+            loop {
+                let from = positions.get(&key).copied().unwrap_or(EntryId::ZERO);
+                if self.cfg.until.is_some_and(|u| from >= u) {
+                    break;
+                }
+                let rows = sqlx::query(
+                    "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM public.event_archive
+                     WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
+                     ORDER BY stream, entry_ms, entry_seq LIMIT $4",
+                )
+                .bind(&key)
+                .bind(from.ms as i64)
+                .bind(from.seq as i64)
+                .bind(self.cfg.batch_size as i64)
+                .fetch_all(archive)
+                .await?;
+                let mut checked: Vec<Checked> = rows
+                    .into_iter()
+                    .map(|r| {
+                        let id = EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64);
+                        let (body, sig, kid): (Vec<u8>, Vec<u8>, String) = (r.get(2), r.get(3), r.get(4));
+                        let raw = serde_json::json!({ "env": { "hex": hex::encode(&body) }, "kid": kid, "sig": hex::encode(&sig) });
+                        let verified = read::verify_parts(&self.cfg.signer, &key, &stream, id, body, kid, sig)
+                            .map_err(|e| (e.reason(), e.to_string(), raw));
+                        (id, verified)
+                    })
+                    .collect();
+                if let Some(u) = self.cfg.until {
+                    checked.retain(|(id, _)| *id <= u);
+                }
+                if checked.is_empty() {
+                    break;
+                }
+                match self
+                    .apply(&mut positions, vec![(key.clone(), checked)])
+                    .await
+                {
+                    Ok(n) => total += n,
+                    Err(RunnerError::CheckpointMoved { .. }) => {
+                        positions = self.positions().await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(total)
+    }
+
     async fn apply(
         &mut self,
         positions: &mut BTreeMap<String, EntryId>,
-        reply: Vec<(String, Vec<RawEntry>)>,
+        checked: Vec<(String, Vec<Checked>)>,
     ) -> Result<u64, RunnerError> {
         let name = self.name();
         let mut batch = Vec::new();
         let mut dead = Vec::new();
         let mut new_streams = Vec::new();
         let mut advanced: Vec<(String, EntryId, u64)> = Vec::new();
-        for (key, entries) in reply {
+        for (key, entries) in checked {
             let Some(last) = entries.last().map(|(id, _)| *id) else {
                 continue;
             };
             let stream = self.cfg.keys.parse_log(&key);
             let count = entries.len() as u64;
-            for (id, fields) in entries {
-                let verified = match &stream {
-                    Some(s) => read::verify_entry(&self.cfg.signer, &key, s, id, &fields)
-                        .map_err(|e| (e.reason(), e.to_string())),
-                    None => Err(("wrong_stream", "not a log stream key".to_owned())),
-                };
-                let decoded = verified.and_then(|recorded| {
-                    recorded
-                        .decode(&self.cfg.upcasters)
-                        .map(|event| Applied { recorded, event })
-                        .map_err(|e| ("undecodable", e.to_string()))
-                });
+            for (id, verified) in entries {
+                let decoded =
+                    verified.and_then(|recorded| match recorded.decode(&self.cfg.upcasters) {
+                        Ok(event) => Ok(Applied { recorded, event }),
+                        Err(e) => {
+                            let raw = serde_json::json!({
+                                "env": { "hex": hex::encode(&recorded.body) },
+                                "kid": recorded.kid,
+                                "sig": hex::encode(&recorded.sig),
+                            });
+                            Err(("undecodable", e.to_string(), raw))
+                        }
+                    });
                 match decoded {
                     Ok(a) => {
                         if let (Some(LogStream::System), Event::Zone(ZoneEvent::Created(_))) =
@@ -282,12 +380,12 @@ impl<P: Projection> Runner<P> {
                         }
                         batch.push(a);
                     }
-                    Err((reason, detail)) => dead.push(DeadLetter {
+                    Err((reason, detail, raw)) => dead.push(DeadLetter {
                         stream: key.clone(),
                         entry_id: id,
                         reason,
                         detail,
-                        raw: raw_fields_json(&fields),
+                        raw,
                     }),
                 }
             }

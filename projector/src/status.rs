@@ -91,9 +91,12 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
 }
 
 pub async fn dead_letter_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(pool)
-        .await
+    // One refused entry counts once, however many projections refused it.
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT stream, entry_id FROM dead_letters) d",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Errors of the status queries.

@@ -91,7 +91,10 @@ impl Context {
     pub async fn pool_in(&self, schema: Option<&str>) -> anyhow::Result<PgPool> {
         let mut opts: PgConnectOptions = self.database_url.parse()?;
         // Long archive scans are expected here; keep sqlx's slow-statement warnings quiet.
-        opts = opts.log_slow_statements(tracing::log::LevelFilter::Debug, std::time::Duration::from_secs(1));
+        opts = opts.log_slow_statements(
+            tracing::log::LevelFilter::Debug,
+            std::time::Duration::from_secs(1),
+        );
         if let Some(s) = schema {
             opts = opts.options([("search_path", s)]);
         }

@@ -52,6 +52,9 @@ pub struct RebuildArgs {
     /// Events per transaction while rebuilding.
     #[arg(long, default_value_t = 5_000)]
     pub batch: usize,
+    /// Read history from the Postgres archive first (then catch up from the Redis log).
+    #[arg(long)]
+    pub from_archive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +70,7 @@ async fn catch_up(
     p: Rebuildable,
     batch: usize,
     progress: Arc<Mutex<Progress>>,
+    archive: Option<&PgPool>,
 ) -> anyhow::Result<u64> {
     let mut cfg = ProjectorConfig::new(ctx.keys.clone(), ctx.signer.clone());
     cfg.batch_size = batch;
@@ -79,13 +83,17 @@ async fn catch_up(
         pool: &PgPool,
         cfg: Arc<ProjectorConfig>,
         p: P,
+        archive: Option<&PgPool>,
     ) -> anyhow::Result<u64> {
         let mut r = Runner::new(p, pool.clone(), ctx.redis.clone(), cfg, Visibility::new());
-        Ok(r.catch_up().await?)
+        Ok(match archive {
+            Some(a) => r.catch_up_from_archive(a).await?,
+            None => r.catch_up().await?,
+        })
     }
     match p {
-        Rebuildable::Zones => go(ctx, pool, cfg, ZonesProjection).await,
-        Rebuildable::AdminTokens => go(ctx, pool, cfg, AdminTokensProjection).await,
+        Rebuildable::Zones => go(ctx, pool, cfg, ZonesProjection, archive).await,
+        Rebuildable::AdminTokens => go(ctx, pool, cfg, AdminTokensProjection, archive).await,
     }
 }
 
@@ -156,7 +164,12 @@ async fn swap(live: &PgPool, shadow: &str, retired: &str, p: Rebuildable) -> any
     Ok(true)
 }
 
-pub async fn rebuild_one(ctx: &Context, p: Rebuildable, batch: usize) -> anyhow::Result<Rebuilt> {
+pub async fn rebuild_one(
+    ctx: &Context,
+    p: Rebuildable,
+    batch: usize,
+    from_archive: bool,
+) -> anyhow::Result<Rebuilt> {
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S%f");
     let shadow = format!("serval_shadow_{}_{stamp}", p.name());
     let retired = format!("serval_retired_{}_{stamp}", p.name());
@@ -172,7 +185,12 @@ pub async fn rebuild_one(ctx: &Context, p: Rebuildable, batch: usize) -> anyhow:
         None,
     )));
     let result = async {
-        let mut events = catch_up(ctx, &shadow_pool, p, batch, progress.clone()).await?;
+        let archive = from_archive.then_some(&live);
+        let mut events = catch_up(ctx, &shadow_pool, p, batch, progress.clone(), archive).await?;
+        if from_archive {
+            // Whatever the archiver has not copied yet is in the log.
+            events += catch_up(ctx, &shadow_pool, p, batch, progress.clone(), None).await?;
+        }
         let mut attempts = 0;
         while !swap(&live, &shadow, &retired, p).await? {
             attempts += 1;
@@ -180,7 +198,7 @@ pub async fn rebuild_one(ctx: &Context, p: Rebuildable, batch: usize) -> anyhow:
                 attempts < 100,
                 "the live projection keeps moving ahead of the rebuild"
             );
-            events += catch_up(ctx, &shadow_pool, p, batch, progress.clone()).await?;
+            events += catch_up(ctx, &shadow_pool, p, batch, progress.clone(), None).await?;
         }
         anyhow::Ok(events)
     }
@@ -223,7 +241,7 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> anyhow::Result<Vec<Rebuil
     };
     let mut out = Vec::new();
     for p in targets {
-        let r = rebuild_one(ctx, p, args.batch).await?;
+        let r = rebuild_one(ctx, p, args.batch, args.from_archive).await?;
         println!(
             "rebuilt {}: {} events in {:.2}s ({:.0} events/s), swapped in atomically",
             r.projection,

@@ -96,10 +96,31 @@ pub fn verify_entry(
     let kid = String::from_utf8_lossy(kid).into_owned();
     let sig_hex = field_bytes(fields, "sig").ok_or(VerifyError::MissingField("sig"))?;
     let sig = hex::decode(sig_hex).map_err(|_| VerifyError::SignatureNotHex)?;
-    if !signer.verify(&kid, body, &sig) {
+    verify_parts(
+        signer,
+        stream_key,
+        stream,
+        entry_id,
+        body.to_vec(),
+        kid,
+        sig,
+    )
+}
+
+/// Verifies an event given as its parts (from a stream entry or an archive row).
+pub fn verify_parts(
+    signer: &Signer,
+    stream_key: &str,
+    stream: &LogStream,
+    entry_id: EntryId,
+    body: Vec<u8>,
+    kid: String,
+    sig: Vec<u8>,
+) -> Result<RecordedEvent, VerifyError> {
+    if !signer.verify(&kid, &body, &sig) {
         return Err(VerifyError::BadSignature(kid));
     }
-    let envelope = Envelope::decode(body).map_err(|e| VerifyError::Undecodable(e.to_string()))?;
+    let envelope = Envelope::decode(&body).map_err(|e| VerifyError::Undecodable(e.to_string()))?;
     let zone_less = AggregateKind::parse(&envelope.aggregate_kind).map(AggregateKind::is_zone_less);
     let belongs = match (stream, zone_less) {
         (LogStream::System, Some(true)) => true,
@@ -113,7 +134,7 @@ pub fn verify_entry(
         stream_key: stream_key.to_owned(),
         entry_id,
         envelope,
-        body: body.to_vec(),
+        body,
         kid,
         sig,
     })

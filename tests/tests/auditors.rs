@@ -15,7 +15,11 @@ fn python() -> PathBuf {
     let p = std::env::var("SERVAL_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(p.exists(), "{} is missing: run scripts/test, which creates the virtualenv", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which creates the virtualenv",
+        p.display()
+    );
     p
 }
 
@@ -40,11 +44,19 @@ async fn the_documented_python_example_verifies_a_live_log() {
     let server = Server::start(Options::default()).await;
     let admin = Admin::new(&server);
     let (_, z) = admin.post("/v1/zones", json!({"name": "Audited"})).await;
-    admin.patch(&format!("/v1/zones/{}", z["id"].as_str().unwrap()), json!({"name": "Audited 2"})).await;
+    admin
+        .patch(
+            &format!("/v1/zones/{}", z["id"].as_str().unwrap()),
+            json!({"name": "Audited 2"}),
+        )
+        .await;
 
     let (ok, out, err) = run_example(&server);
     assert!(ok, "{err}");
-    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 3);
     assert_eq!(events[0]["event_type"], "admin_token.created");
     assert_eq!(events[1]["event_type"], "zone.created");

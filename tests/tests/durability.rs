@@ -4,53 +4,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::{Admin, Options, Server};
 use serde_json::json;
 use serval_streams::read::{read_range, verify_entry};
 use serval_streams::LogStream;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_redis(port: u16, dir: &std::path::Path) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (scripts/setup.sh installs it)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kill_9_of_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut redis_proc = start_redis(port, dir.path());
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis_proc = common::OwnedRedis::start(dir.path(), true);
+    let port = redis_proc.port;
+    let url = redis_proc.url();
     let server = Server::start(Options {
         redis_url: Some(url.clone()),
         ..Default::default()
@@ -74,9 +39,8 @@ async fn acknowledged_writes_survive_kill_9_of_redis() {
     }
 
     // SIGKILL: no shutdown, no final flush.
-    redis_proc.kill().unwrap();
-    redis_proc.wait().unwrap();
-    let mut redis_proc = start_redis(port, dir.path());
+    redis_proc.kill9();
+    let _redis_proc = common::OwnedRedis::start_on(dir.path(), port, true);
 
     let store = server.store().await;
     let key = store.keys().log(&LogStream::System);
@@ -107,6 +71,4 @@ async fn acknowledged_writes_survive_kill_9_of_redis() {
         200
     );
     drop(server);
-    let _ = redis_proc.kill();
-    let _ = redis_proc.wait();
 }

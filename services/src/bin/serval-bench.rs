@@ -170,7 +170,8 @@ async fn bench_append(
     connections: usize,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
-    let prefix = prefix.unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let prefix = prefix
+        .unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     let (_, store) = store(redis_url, &prefix, connections).await?;
     println!("redis {} ({})", redis_url, redis_persistence(&store).await);
     let calls = events / per_call / concurrency;
