@@ -53,23 +53,18 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
             created_by: BOOTSTRAP_MARKER.into(),
         };
         let events = admin_token::decide(None, &cmd, &actor)?;
-        let req = AppendRequest {
-            stream: stream.clone(),
-            zone_id: None,
-            aggregate_id: id,
-            expected_version: 0,
-            events: events.into_iter().map(Event::AdminToken).collect(),
-            actor: actor.id.clone(),
-            request_id: None,
-            correlation_id: None,
-            causation_id: None,
-            reserve: vec![Reservation {
-                kind: DIGEST_RESERVATION,
-                value: digest.clone(),
-            }],
-            release: vec![],
-            idempotency: None,
-        };
+        let mut req = AppendRequest::new(
+            stream.clone(),
+            None,
+            id,
+            0,
+            events.into_iter().map(Event::AdminToken).collect(),
+            actor.id.clone(),
+        );
+        req.reserve.push(Reservation {
+            kind: DIGEST_RESERVATION,
+            value: digest.clone(),
+        });
         match app.store.append(&req).await {
             Ok(_) => tracing::info!("bootstrap admin token seeded"),
             // Another instance seeded the same token concurrently.
@@ -79,23 +74,18 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     }
     for old in live.iter().filter(|t| t.token_sha256 != digest) {
         let events = admin_token::decide(Some(old), &AdminTokenCommand::Revoke, &actor)?;
-        let req = AppendRequest {
-            stream: stream.clone(),
-            zone_id: None,
-            aggregate_id: old.id.clone(),
-            expected_version: old.version,
-            events: events.into_iter().map(Event::AdminToken).collect(),
-            actor: actor.id.clone(),
-            request_id: None,
-            correlation_id: None,
-            causation_id: None,
-            reserve: vec![],
-            release: vec![Reservation {
-                kind: DIGEST_RESERVATION,
-                value: old.token_sha256.clone(),
-            }],
-            idempotency: None,
-        };
+        let mut req = AppendRequest::new(
+            stream.clone(),
+            None,
+            old.id.clone(),
+            old.version,
+            events.into_iter().map(Event::AdminToken).collect(),
+            actor.id.clone(),
+        );
+        req.release.push(Reservation {
+            kind: DIGEST_RESERVATION,
+            value: old.token_sha256.clone(),
+        });
         match app.store.append(&req).await {
             Ok(_) => {
                 tracing::info!(token = %old.id, "previous bootstrap admin token revoked (rotation)")

@@ -57,6 +57,40 @@ pub struct AppendRequest {
     pub idempotency: Option<Idempotency>,
 }
 
+impl AppendRequest {
+    /// A request with no reservations, no idempotency key and no tracing ids.
+    pub fn new(
+        stream: LogStream,
+        zone_id: Option<String>,
+        aggregate_id: impl Into<String>,
+        expected_version: u64,
+        events: Vec<Event>,
+        actor: impl Into<String>,
+    ) -> Self {
+        AppendRequest {
+            stream,
+            zone_id,
+            aggregate_id: aggregate_id.into(),
+            expected_version,
+            events,
+            actor: actor.into(),
+            request_id: None,
+            correlation_id: None,
+            causation_id: None,
+            reserve: Vec::new(),
+            release: Vec::new(),
+            idempotency: None,
+        }
+    }
+
+    /// Records the HTTP request id as request and correlation id.
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        self.request_id = Some(request_id.to_owned());
+        self.correlation_id = Some(request_id.to_owned());
+        self
+    }
+}
+
 /// A stored idempotency record: what the first request appended, plus (once the handler
 /// stored it) the first answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

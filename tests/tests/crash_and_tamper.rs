@@ -30,20 +30,14 @@ fn ctx() -> ZoneContext {
 }
 
 fn req(id: &str, expected: u64, events: Vec<zone::ZoneEvent>) -> AppendRequest {
-    AppendRequest {
-        stream: LogStream::System,
-        zone_id: Some(id.to_owned()),
-        aggregate_id: id.to_owned(),
-        expected_version: expected,
-        events: events.into_iter().map(Event::Zone).collect(),
-        actor: "admin:seed".into(),
-        request_id: None,
-        correlation_id: None,
-        causation_id: None,
-        reserve: vec![],
-        release: vec![],
-        idempotency: None,
-    }
+    AppendRequest::new(
+        LogStream::System,
+        Some(id.to_owned()),
+        id,
+        expected,
+        events.into_iter().map(Event::Zone).collect(),
+        "admin:seed",
+    )
 }
 
 /// Appends `zones` zones with `updates` renames each, concurrently per zone.

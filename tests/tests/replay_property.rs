@@ -92,20 +92,14 @@ async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
             continue;
         };
         let expected = state.map(|s| s.version).unwrap_or(0);
-        let req = AppendRequest {
-            stream: LogStream::System,
-            zone_id: Some(id.clone()),
-            aggregate_id: id.clone(),
-            expected_version: expected,
-            events: events.iter().cloned().map(Event::Zone).collect(),
-            actor: ctx.actor.id.clone(),
-            request_id: None,
-            correlation_id: None,
-            causation_id: None,
-            reserve: vec![],
-            release: vec![],
-            idempotency: None,
-        };
+        let req = AppendRequest::new(
+            LogStream::System,
+            Some(id.clone()),
+            id.clone(),
+            expected,
+            events.iter().cloned().map(Event::Zone).collect(),
+            ctx.actor.id.clone(),
+        );
         let AppendOutcome::Appended { envelopes, .. } = store.append(&req).await.unwrap() else {
             panic!("no idempotency key, no duplicate");
         };

@@ -109,20 +109,15 @@ fn request(
     actor: &str,
     rid: &str,
 ) -> AppendRequest {
-    AppendRequest {
-        stream: LogStream::System,
-        zone_id: None,
-        aggregate_id: id.to_owned(),
-        expected_version: expected,
-        events: events.into_iter().map(Event::AdminToken).collect(),
-        actor: actor.to_owned(),
-        request_id: Some(rid.to_owned()),
-        correlation_id: Some(rid.to_owned()),
-        causation_id: None,
-        reserve: vec![],
-        release: vec![],
-        idempotency: None,
-    }
+    AppendRequest::new(
+        LogStream::System,
+        None,
+        id,
+        expected,
+        events.into_iter().map(Event::AdminToken).collect(),
+        actor,
+    )
+    .with_request_id(rid)
 }
 
 async fn mint(

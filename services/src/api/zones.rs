@@ -118,20 +118,15 @@ fn request(
     actor: &Actor,
     rid: &str,
 ) -> AppendRequest {
-    AppendRequest {
-        stream: LogStream::System,
-        zone_id: Some(zone_id.to_owned()),
-        aggregate_id: zone_id.to_owned(),
-        expected_version: expected,
-        events: events.into_iter().map(Event::Zone).collect(),
-        actor: actor.id.clone(),
-        request_id: Some(rid.to_owned()),
-        correlation_id: Some(rid.to_owned()),
-        causation_id: None,
-        reserve: vec![],
-        release: vec![],
-        idempotency: None,
-    }
+    AppendRequest::new(
+        LogStream::System,
+        Some(zone_id.to_owned()),
+        zone_id,
+        expected,
+        events.into_iter().map(Event::Zone).collect(),
+        actor.id.clone(),
+    )
+    .with_request_id(rid)
 }
 
 /// The zone a write produced: from the read model when it is visible, else folded from the

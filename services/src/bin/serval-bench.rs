@@ -95,20 +95,14 @@ fn zone_updated(n: usize) -> Event {
 }
 
 fn request(id: &str, expected: u64, events: Vec<Event>) -> AppendRequest {
-    AppendRequest {
-        stream: LogStream::System,
-        zone_id: Some(id.to_owned()),
-        aggregate_id: id.to_owned(),
-        expected_version: expected,
+    AppendRequest::new(
+        LogStream::System,
+        Some(id.to_owned()),
+        id,
+        expected,
         events,
-        actor: "admin:bench".into(),
-        request_id: None,
-        correlation_id: None,
-        causation_id: None,
-        reserve: vec![],
-        release: vec![],
-        idempotency: None,
-    }
+        "admin:bench",
+    )
 }
 
 fn percentiles(mut xs: Vec<Duration>) -> String {
