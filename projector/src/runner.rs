@@ -4,7 +4,7 @@
 //! applied commit together. A crash before the commit loses both, and the next run reads
 //! the same entries again from the old checkpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ use crate::visibility::{Visibility, NOTIFY_CHANNEL};
 pub const DEFAULT_BATCH_SIZE: usize = 512;
 /// How long one XREAD blocks waiting for new entries.
 pub const DEFAULT_BLOCK_MS: usize = 1_000;
+/// How often streams outside the blocking read (zones with empty logs) are checked.
+pub const SWEEP_INTERVAL_MS: u64 = 1_000;
+/// Streams per non-blocking XREAD in a sweep.
+pub const SWEEP_CHUNK: usize = 256;
 
 #[derive(Clone)]
 pub struct ProjectorConfig {
@@ -209,31 +213,61 @@ impl<P: Projection> Runner<P> {
     async fn follow(&mut self, stop_when_idle: bool) -> Result<u64, RunnerError> {
         let mut conn = self.connect().await?;
         let mut positions = self.positions().await?;
+        let system = self.cfg.keys.log(&LogStream::System);
+        // Streams in the blocking read: the system stream and every stream seen with entries.
+        // The others (zones whose stream is still empty) are swept without blocking, so a
+        // deployment with many quiet zones does not put every key in every XREAD.
+        let mut hot: BTreeSet<String> = BTreeSet::from([system]);
+        let mut last_sweep: Option<std::time::Instant> = None;
         let mut total = 0;
         loop {
             let until = self.cfg.until;
-            let streams: Vec<(String, EntryId)> = positions
-                .iter()
-                .filter(|(_, v)| until.is_none_or(|u| **v < u))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            if streams.is_empty() && stop_when_idle {
-                return Ok(total);
-            }
-            let block = if stop_when_idle {
-                None
-            } else {
-                Some(self.cfg.block_ms)
-            };
-            let mut reply =
-                read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
-            if let Some(u) = until {
-                // A point-in-time replay applies nothing after its bound.
-                for (_, entries) in &mut reply {
-                    entries.retain(|(id, _)| *id <= u);
+            let pending =
+                |keys: &mut dyn Iterator<Item = (&String, &EntryId)>| -> Vec<(String, EntryId)> {
+                    keys.filter(|(_, v)| until.is_none_or(|u| **v < u))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect()
+                };
+            let sweep_due = stop_when_idle
+                || last_sweep.is_none_or(|t| {
+                    t.elapsed() >= std::time::Duration::from_millis(SWEEP_INTERVAL_MS)
+                });
+            let mut reply = Vec::new();
+            if sweep_due {
+                // Checked on a timer even when the hot streams are busy, so quiet zones
+                // are never starved.
+                last_sweep = Some(std::time::Instant::now());
+                let cold = pending(&mut positions.iter().filter(|(k, _)| !hot.contains(*k)));
+                for chunk in cold.chunks(SWEEP_CHUNK) {
+                    let found = self.bounded(
+                        read::read_after(&mut conn, chunk, self.cfg.batch_size, None).await?,
+                    );
+                    if !found.is_empty() {
+                        hot.extend(found.iter().map(|(k, _)| k.clone()));
+                        reply = found;
+                        break;
+                    }
                 }
             }
-            if reply.iter().all(|(_, e)| e.is_empty()) {
+            if reply.is_empty() {
+                let hot_streams = pending(&mut positions.iter().filter(|(k, _)| hot.contains(*k)));
+                let block = if stop_when_idle {
+                    None
+                } else {
+                    let left = SWEEP_INTERVAL_MS
+                        .saturating_sub(last_sweep.map_or(0, |t| t.elapsed().as_millis() as u64));
+                    Some((left as usize).clamp(1, self.cfg.block_ms))
+                };
+                if !hot_streams.is_empty() {
+                    reply = self.bounded(
+                        read::read_after(&mut conn, &hot_streams, self.cfg.batch_size, block)
+                            .await?,
+                    );
+                } else if let Some(ms) = block {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+                }
+            }
+            if reply.is_empty() {
                 if stop_when_idle {
                     return Ok(total);
                 }
@@ -249,6 +283,18 @@ impl<P: Projection> Runner<P> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Drops entries after the replay bound and streams left with nothing.
+    fn bounded(&self, mut reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<RawEntry>)> {
+        if let Some(u) = self.cfg.until {
+            // A point-in-time replay applies nothing after its bound.
+            for (_, entries) in &mut reply {
+                entries.retain(|(id, _)| *id <= u);
+            }
+        }
+        reply.retain(|(_, e)| !e.is_empty());
+        reply
     }
 
     /// Verifies and decodes raw stream entries.
@@ -393,6 +439,12 @@ impl<P: Projection> Runner<P> {
         }
 
         let mut tx = self.pool.begin().await?;
+        // The log, not Postgres, is the source of truth: if Postgres loses the last few
+        // commits in a crash it loses rows and checkpoint together, and the runner re-applies
+        // those entries. So a projection commit need not wait for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         self.projection.apply_batch(&mut tx, &batch).await?;
         self.applied_here += batch.len() as u64;
         if let Some((p, n)) = &self.cfg.crash_after {

@@ -9,16 +9,19 @@ pub struct StreamLag {
     pub projection: String,
     pub stream: String,
     pub checkpoint: EntryId,
-    pub head: EntryId,
+    /// The oldest entry the projection has not applied yet (`None` when caught up).
+    pub next_unapplied: Option<EntryId>,
+    /// Unix milliseconds when the lag was measured.
+    pub measured_at_ms: u64,
 }
 
 impl StreamLag {
-    /// Milliseconds between the newest entry and the last applied one (0 when caught up).
+    /// How long the oldest unapplied entry has been waiting, in milliseconds (0 when
+    /// caught up). Entry ids carry Redis's append time.
     pub fn lag_ms(&self) -> u64 {
-        if self.checkpoint >= self.head {
-            0
-        } else {
-            self.head.ms.saturating_sub(self.checkpoint.ms).max(1)
+        match self.next_unapplied {
+            None => 0,
+            Some(next) => self.measured_at_ms.saturating_sub(next.ms).max(1),
         }
     }
 }
@@ -41,7 +44,8 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
             projection: r.get(0),
             stream: r.get(1),
             checkpoint: EntryId::new(r.get::<i64, _>(2) as u64, r.get::<i64, _>(3) as u64),
-            head: EntryId::ZERO,
+            next_unapplied: None,
+            measured_at_ms: 0,
         })
         .collect();
     let system = keys.log(&LogStream::System);
@@ -54,38 +58,29 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
                 projection: (*p).to_owned(),
                 stream: system.clone(),
                 checkpoint: EntryId::ZERO,
-                head: EntryId::ZERO,
+                next_unapplied: None,
+                measured_at_ms: 0,
             });
         }
     }
-    let mut streams: Vec<String> = lags.iter().map(|l| l.stream.clone()).collect();
-    streams.sort_unstable();
-    streams.dedup();
+    // One pipelined XRANGE per (projection, stream): the first entry after the checkpoint.
     let mut pipe = redis::pipe();
-    for s in &streams {
-        pipe.cmd("XREVRANGE")
-            .arg(s)
+    for l in &lags {
+        pipe.cmd("XRANGE")
+            .arg(&l.stream)
+            .arg(format!("({}", l.checkpoint))
             .arg("+")
-            .arg("-")
             .arg("COUNT")
             .arg(1);
     }
     let replies: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
-    let heads: std::collections::HashMap<String, EntryId> = streams
-        .into_iter()
-        .zip(replies)
-        .map(|(s, r)| {
-            (
-                s,
-                r.ids
-                    .first()
-                    .and_then(|i| i.id.parse().ok())
-                    .unwrap_or(EntryId::ZERO),
-            )
-        })
-        .collect();
-    for l in &mut lags {
-        l.head = heads.get(&l.stream).copied().unwrap_or(EntryId::ZERO);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    for (l, r) in lags.iter_mut().zip(replies) {
+        l.next_unapplied = r.ids.first().and_then(|i| i.id.parse().ok());
+        l.measured_at_ms = now;
     }
     Ok(lags)
 }

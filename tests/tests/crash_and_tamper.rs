@@ -120,7 +120,7 @@ async fn read_model(url: &str) -> BTreeMap<String, Zone> {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     let keys = Keys::default();
-    let prefix = common::unique("t");
+    let prefix = common::unique(common::KEY_PREFIX);
     let db = common::fresh_db().await;
     let client = redis::Client::open(common::redis_url()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client.clone())

@@ -60,7 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
     let keys = common::Keys::default();
-    let prefix = common::unique("p");
+    let prefix = common::unique(common::KEY_PREFIX);
     let client = redis::Client::open(common::redis_url()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client.clone())
         .await

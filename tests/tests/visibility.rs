@@ -12,7 +12,7 @@ use serval_streams::topics;
 async fn writes_are_visible_when_the_projector_runs_in_another_process() {
     let keys = Keys::default();
     let db = common::fresh_db().await;
-    let prefix = common::unique("t");
+    let prefix = common::unique(common::KEY_PREFIX);
     let projector = Server::start(Options {
         db_url: Some(db.clone()),
         prefix: Some(prefix.clone()),
@@ -58,7 +58,7 @@ async fn writes_are_visible_when_the_projector_runs_in_another_process() {
 async fn a_write_whose_projection_lags_is_still_durable_and_marked() {
     let keys = Keys::default();
     let db = common::fresh_db().await;
-    let prefix = common::unique("t");
+    let prefix = common::unique(common::KEY_PREFIX);
     let opts = |services: Vec<&'static str>, env: Vec<(String, String)>| Options {
         db_url: Some(db.clone()),
         prefix: Some(prefix.clone()),
@@ -107,7 +107,11 @@ async fn a_write_whose_projection_lags_is_still_durable_and_marked() {
 async fn published_topic_messages_verify_like_caracal_consumers_expect() {
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}:{}", common::unique("t"), topics::POLICY_INVALIDATE);
+    let stream = format!(
+        "{}:{}",
+        common::unique(common::KEY_PREFIX),
+        topics::POLICY_INVALIDATE
+    );
     let key = vec![0x11; 32];
     let fields = vec![
         (

@@ -22,6 +22,9 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Every Redis key a test writes starts with this (scripts/test deletes leftovers).
+pub const KEY_PREFIX: &str = "svtest";
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -141,7 +144,7 @@ impl Server {
             None => fresh_db().await,
         };
         let redis_url = opts.redis_url.unwrap_or_else(redis_url);
-        let prefix = opts.prefix.unwrap_or_else(|| unique("t"));
+        let prefix = opts.prefix.unwrap_or_else(|| unique(KEY_PREFIX));
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("serval.log");
         let mut cmd = Command::new(serval_bin());
