@@ -5,7 +5,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{Admin, Keys, Options, Server};
 use serde_json::json;
@@ -319,5 +318,4 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
             .0,
         200
     );
-    let _ = Duration::from_secs(0);
 }

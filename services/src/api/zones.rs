@@ -379,7 +379,6 @@ async fn archive(
     })
     .await
     .map_err(ApiError::from)?;
-    let _ = principal;
     finish(&app, outcome, None, StatusCode::NO_CONTENT, &idem, false)
         .await
         .map(IntoResponse::into_response)

@@ -2,7 +2,6 @@
 //! UUID; echo it on every response; add the `/v1` security headers; complete internal
 //! error bodies with `requestId`.
 
-use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
@@ -87,6 +86,5 @@ async fn complete_internal_error(resp: Response, id: &str) -> Response {
             out.headers_mut().insert(k.clone(), v.clone());
         }
     }
-    let _ = Body::empty();
     out
 }
