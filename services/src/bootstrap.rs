@@ -16,6 +16,9 @@ use serval_streams::{AppendError, AppendRequest, LogStream};
 use crate::app::App;
 use crate::auth::digest_hex;
 
+/// How long start-up waits for the admin-token projection to reach the log's head.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     let Some(token) = app.secrets.admin_token.clone() else {
         tracing::warn!("CARACAL_ADMIN_TOKEN is not set: no bootstrap admin token");
@@ -28,15 +31,12 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     let head = app.store.last_entry_id(&key).await?;
     if !app
         .visibility
-        .wait(
-            &app.pool,
-            projection,
-            &key,
-            head,
-            std::time::Duration::from_secs(60),
-        )
+        .wait(&app.pool, projection, &key, head, CATCH_UP_WAIT)
         .await
     {
+        // No projector may be running yet (an API-only process): go on. The digest
+        // reservation still prevents a second mint; a rotation missed now happens at the
+        // next start.
         tracing::warn!("admin-token projection is behind the log; seeding anyway");
     }
     let digest = digest_hex(&token);
@@ -96,13 +96,7 @@ pub async fn seed_admin_token(app: &App) -> anyhow::Result<()> {
     }
     let head = app.store.last_entry_id(&key).await?;
     app.visibility
-        .wait(
-            &app.pool,
-            projection,
-            &key,
-            head,
-            std::time::Duration::from_secs(30),
-        )
+        .wait(&app.pool, projection, &key, head, CATCH_UP_WAIT)
         .await;
     Ok(())
 }
