@@ -167,14 +167,7 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     assert_eq!(read_model(&db).await, fold_log(&store, &cp).await);
 
     // Restart without the hook; it resumes from the checkpoint.
-    let server = Server::start(Options {
-        db_url: Some(db.clone()),
-        prefix: Some(prefix.clone()),
-        keys: keys.clone(),
-        services: vec!["projector"],
-        ..Default::default()
-    })
-    .await;
+    let server = Server::start(Options::sharing(&db, &prefix, &keys, vec!["projector"])).await;
     let head = store
         .last_entry_id(&store.keys().log(&LogStream::System))
         .await

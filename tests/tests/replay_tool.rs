@@ -362,12 +362,12 @@ async fn schema_change_drill_rebuild_swaps_in_while_readers_and_writers_continue
         .execute(&pool)
         .await
         .unwrap();
-    let server = Server::start(Options {
-        db_url: Some(server.db_url.clone()),
-        prefix: Some(server.prefix.clone()),
-        keys: server.keys.clone(),
-        ..Default::default()
-    })
+    let server = Server::start(Options::sharing(
+        &server.db_url,
+        &server.prefix,
+        &server.keys,
+        vec![],
+    ))
     .await;
     let admin = Admin::new(&server);
     let (_, before) = admin.get("/v1/zones?limit=500").await;

@@ -13,22 +13,8 @@ async fn writes_are_visible_when_the_projector_runs_in_another_process() {
     let keys = Keys::default();
     let db = common::fresh_db().await;
     let prefix = common::unique(common::KEY_PREFIX);
-    let projector = Server::start(Options {
-        db_url: Some(db.clone()),
-        prefix: Some(prefix.clone()),
-        keys: keys.clone(),
-        services: vec!["projector"],
-        ..Default::default()
-    })
-    .await;
-    let api = Server::start(Options {
-        db_url: Some(db.clone()),
-        prefix: Some(prefix.clone()),
-        keys: keys.clone(),
-        services: vec!["api"],
-        ..Default::default()
-    })
-    .await;
+    let projector = Server::start(Options::sharing(&db, &prefix, &keys, vec!["projector"])).await;
+    let api = Server::start(Options::sharing(&db, &prefix, &keys, vec!["api"])).await;
     let admin = Admin::new(&api);
     for i in 0..10 {
         let resp = admin
@@ -60,12 +46,8 @@ async fn a_write_whose_projection_lags_is_still_durable_and_marked() {
     let db = common::fresh_db().await;
     let prefix = common::unique(common::KEY_PREFIX);
     let opts = |services: Vec<&'static str>, env: Vec<(String, String)>| Options {
-        db_url: Some(db.clone()),
-        prefix: Some(prefix.clone()),
-        keys: keys.clone(),
-        services,
         env,
-        ..Default::default()
+        ..Options::sharing(&db, &prefix, &keys, services)
     };
     let mut first = Server::start(opts(vec![], vec![])).await;
     let admin = Admin::new(&first);

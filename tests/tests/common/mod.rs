@@ -118,6 +118,25 @@ fn workspace_bin(package: &str, name: &str) -> PathBuf {
     bin
 }
 
+impl Options {
+    /// A process sharing one deployment's database, key prefix and keys with others,
+    /// running `services` (empty = `serval up`).
+    pub fn sharing(
+        db_url: &str,
+        prefix: &str,
+        keys: &Keys,
+        services: Vec<&'static str>,
+    ) -> Options {
+        Options {
+            db_url: Some(db_url.to_owned()),
+            prefix: Some(prefix.to_owned()),
+            keys: keys.clone(),
+            services,
+            ..Default::default()
+        }
+    }
+}
+
 pub fn serval_bin() -> PathBuf {
     workspace_bin("serval-services", "serval")
 }
