@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::admin_token::AdminTokenEvent;
+use crate::policy::policies::PolicyEvent;
+use crate::policy::policy_sets::PolicySetEvent;
 use crate::zone::ZoneEvent;
 
 /// The kinds of aggregate whose events live in the log.
@@ -12,6 +14,9 @@ use crate::zone::ZoneEvent;
 pub enum AggregateKind {
     Zone,
     AdminToken,
+    Policy,
+    /// A zone's policy sets and active binding (one aggregate per zone).
+    PolicySets,
 }
 
 impl AggregateKind {
@@ -19,6 +24,8 @@ impl AggregateKind {
         match self {
             AggregateKind::Zone => "zone",
             AggregateKind::AdminToken => "admin_token",
+            AggregateKind::Policy => "policy",
+            AggregateKind::PolicySets => "policy_sets",
         }
     }
 
@@ -26,6 +33,8 @@ impl AggregateKind {
         match s {
             "zone" => Some(AggregateKind::Zone),
             "admin_token" => Some(AggregateKind::AdminToken),
+            "policy" => Some(AggregateKind::Policy),
+            "policy_sets" => Some(AggregateKind::PolicySets),
             _ => None,
         }
     }
@@ -41,6 +50,8 @@ impl AggregateKind {
 pub enum Event {
     Zone(ZoneEvent),
     AdminToken(AdminTokenEvent),
+    Policy(PolicyEvent),
+    PolicySet(PolicySetEvent),
 }
 
 impl Event {
@@ -49,6 +60,8 @@ impl Event {
         match self {
             Event::Zone(e) => e.event_type(),
             Event::AdminToken(e) => e.event_type(),
+            Event::Policy(e) => e.event_type(),
+            Event::PolicySet(e) => e.event_type(),
         }
     }
 
@@ -56,6 +69,8 @@ impl Event {
         match self {
             Event::Zone(_) => AggregateKind::Zone,
             Event::AdminToken(_) => AggregateKind::AdminToken,
+            Event::Policy(_) => AggregateKind::Policy,
+            Event::PolicySet(_) => AggregateKind::PolicySets,
         }
     }
 }

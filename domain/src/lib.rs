@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod admin_token;
 pub mod event;
+pub mod policy;
 pub mod validation;
 pub mod zone;
 

@@ -12,6 +12,7 @@
 pub mod admin_tokens;
 pub mod archive;
 pub mod metrics;
+pub mod policies;
 pub mod projection;
 pub mod relay;
 pub mod runner;

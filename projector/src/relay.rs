@@ -10,6 +10,7 @@
 //! grows with the aggregates that own revocation, policy activation and lifecycle events.
 
 use redis::aio::ConnectionManager;
+use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::Event;
 use serval_streams::topics::{self, TopicMessage};
 use serval_streams::KeySpace;
@@ -34,9 +35,30 @@ impl RelayProjection {
 
 /// The public messages an event produces, without `outbox_id`.
 pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
+    let zone_id = applied.recorded.envelope.zone_id.clone();
+    let invalidate = |set: &str, version: Option<&str>| TopicMessage {
+        topic: topics::POLICY_INVALIDATE,
+        fields: vec![
+            ("zone_id".to_owned(), zone_id.clone()),
+            ("policy_set_id".to_owned(), Some(set.to_owned())),
+            (
+                "policy_set_version_id".to_owned(),
+                version.map(str::to_owned),
+            ),
+        ],
+    };
     match &applied.event {
+        // §16: activation, and deleting the active set (no version = the zone has no policy).
+        Event::PolicySet(PolicySetEvent::Activated(e)) => {
+            vec![invalidate(&e.policy_set_id, Some(&e.version_id))]
+        }
+        Event::PolicySet(PolicySetEvent::Archived(e)) if e.cleared_binding => {
+            vec![invalidate(&e.policy_set_id, None)]
+        }
         // §16: "Everything else emits no stream event (zone/… CRUD, admin tokens)".
-        Event::Zone(_) | Event::AdminToken(_) => Vec::new(),
+        Event::Zone(_) | Event::AdminToken(_) | Event::Policy(_) | Event::PolicySet(_) => {
+            Vec::new()
+        }
     }
 }
 
@@ -68,14 +90,15 @@ impl Projection for RelayProjection {
 
     async fn apply_batch(
         &self,
-        _tx: &mut PgConnection,
+        tx: &mut PgConnection,
         batch: &[Applied],
     ) -> Result<(), sqlx::Error> {
         let mut conn = self.conn.clone();
         for a in batch {
             for (i, msg) in topic_messages(a).iter().enumerate() {
-                let fields = with_outbox_id(msg, outbox_id(&a.recorded.envelope.event_id, i));
-                topics::publish(
+                let oid = outbox_id(&a.recorded.envelope.event_id, i);
+                let fields = with_outbox_id(msg, oid.clone());
+                let entry = topics::publish(
                     &mut conn,
                     &self.keys.topic(msg.topic),
                     self.key.as_deref(),
@@ -83,6 +106,19 @@ impl Projection for RelayProjection {
                 )
                 .await
                 .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
+                // The dispatch record commits with the checkpoint: what activation-status
+                // reports as the outbox state.
+                sqlx::query(
+                    "INSERT INTO relay_dispatches (outbox_id, event_id, topic, topic_entry_id,
+                         dispatched_at)
+                     VALUES ($1, $2, $3, $4, now()) ON CONFLICT (outbox_id) DO NOTHING",
+                )
+                .bind(&oid)
+                .bind(&a.recorded.envelope.event_id)
+                .bind(msg.topic)
+                .bind(entry)
+                .execute(&mut *tx)
+                .await?;
                 METRICS.published.with_label_values(&[msg.topic]).inc();
             }
         }

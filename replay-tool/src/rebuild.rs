@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use serval_projector::admin_tokens::AdminTokensProjection;
+use serval_projector::policies::PoliciesProjection;
 use serval_projector::zones::ZonesProjection;
 use serval_projector::{Projection, ProjectorConfig, Runner, Visibility};
 use serval_streams::EntryId;
@@ -23,15 +24,21 @@ use crate::progress::Progress;
 pub enum Rebuildable {
     Zones,
     AdminTokens,
+    Policies,
 }
 
 impl Rebuildable {
-    pub const ALL: [Rebuildable; 2] = [Rebuildable::Zones, Rebuildable::AdminTokens];
+    pub const ALL: [Rebuildable; 3] = [
+        Rebuildable::Zones,
+        Rebuildable::AdminTokens,
+        Rebuildable::Policies,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Rebuildable::Zones => serval_schema::projections::ZONES,
             Rebuildable::AdminTokens => serval_schema::projections::ADMIN_TOKENS,
+            Rebuildable::Policies => serval_schema::projections::POLICIES,
         }
     }
 
@@ -40,6 +47,7 @@ impl Rebuildable {
         match self {
             Rebuildable::Zones => &["zones"],
             Rebuildable::AdminTokens => &["admin_tokens"],
+            Rebuildable::Policies => &serval_projector::policies::TABLES,
         }
     }
 }
@@ -94,6 +102,7 @@ async fn catch_up(
     match p {
         Rebuildable::Zones => go(ctx, pool, cfg, ZonesProjection, archive).await,
         Rebuildable::AdminTokens => go(ctx, pool, cfg, AdminTokensProjection, archive).await,
+        Rebuildable::Policies => go(ctx, pool, cfg, PoliciesProjection, archive).await,
     }
 }
 

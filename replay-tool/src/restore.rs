@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
+use serval_domain::policy::policies;
 use serval_domain::{admin_token, zone, Event, EventMeta};
 use serval_streams::codec::Upcasters;
 use serval_streams::{Envelope, LogStream};
@@ -30,6 +31,7 @@ struct Derived {
     versions: HashMap<String, u64>,
     zones: HashMap<String, zone::Zone>,
     tokens: HashMap<String, admin_token::AdminToken>,
+    policies: HashMap<String, policies::Policy>,
 }
 
 impl Derived {
@@ -55,7 +57,15 @@ impl Derived {
                     self.tokens.insert(meta.aggregate_id.clone(), t);
                 }
             }
-            Err(_) => {}
+            Ok(Event::Policy(e)) => {
+                if let Some(p) =
+                    policies::evolve(self.policies.remove(&meta.aggregate_id), &meta, &e)
+                {
+                    self.policies.insert(meta.aggregate_id.clone(), p);
+                }
+            }
+            // Set names are decided inside the catalog aggregate: no reservation.
+            Ok(Event::PolicySet(_)) | Err(_) => {}
         }
     }
 
@@ -70,7 +80,12 @@ impl Derived {
                 .into_iter()
                 .map(|(k, v)| (k, v, t.id.clone()))
         });
-        zones.chain(tokens).collect()
+        let policies = self.policies.values().flat_map(|p| {
+            policies::reservations(p)
+                .into_iter()
+                .map(|(k, v)| (k, v, p.id.clone()))
+        });
+        zones.chain(tokens).chain(policies).collect()
     }
 }
 

@@ -16,8 +16,15 @@ pub mod projections {
     pub const ADMIN_TOKENS: &str = "admin_tokens";
     pub const ARCHIVE: &str = "archive";
     pub const RELAY: &str = "relay";
+    pub const POLICIES: &str = "policies";
 
-    pub const VERSIONS: &[(&str, u32)] = &[(ZONES, 1), (ADMIN_TOKENS, 1), (ARCHIVE, 1), (RELAY, 1)];
+    pub const VERSIONS: &[(&str, u32)] = &[
+        (ZONES, 1),
+        (ADMIN_TOKENS, 1),
+        (ARCHIVE, 1),
+        (RELAY, 1),
+        (POLICIES, 1),
+    ];
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {

@@ -13,6 +13,7 @@ use axum::Router;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serval_projector::admin_tokens::AdminTokensProjection;
 use serval_projector::archive::ArchiveProjection;
+use serval_projector::policies::PoliciesProjection;
 use serval_projector::relay::RelayProjection;
 use serval_projector::zones::ZonesProjection;
 use serval_projector::{Projection, ProjectorConfig, Runner, Visibility};
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use crate::auth::TokenCache;
 use crate::config::{Config, Mode, Secrets, Service};
 use crate::http;
+use crate::policy_engine::{self, PolicyEngines};
 
 pub type App = Arc<AppState>;
 
@@ -36,11 +38,19 @@ pub struct AppState {
     pub visibility: Arc<Visibility>,
     pub tokens: TokenCache,
     pub draining: AtomicBool,
+    /// Compiled policy bundles (the STS's engine cache).
+    pub engines: PolicyEngines,
+    /// This process serves the STS, so `engines` follows invalidations.
+    pub sts_local: AtomicBool,
 }
 
 impl AppState {
     pub fn visibility_timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.write_visibility_timeout_ms)
+    }
+
+    pub fn sts_local(&self) -> bool {
+        self.sts_local.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -49,8 +59,9 @@ impl AppState {
 }
 
 /// Every projection this build runs, by name (for readiness and lag).
-pub const PROJECTIONS: [&str; 4] = [
+pub const PROJECTIONS: [&str; 5] = [
     serval_schema::projections::ZONES,
+    serval_schema::projections::POLICIES,
     serval_schema::projections::ADMIN_TOKENS,
     serval_schema::projections::ARCHIVE,
     serval_schema::projections::RELAY,
@@ -168,6 +179,8 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         visibility: Visibility::new(),
         tokens: TokenCache::default(),
         draining: AtomicBool::new(false),
+        engines: PolicyEngines::default(),
+        sts_local: AtomicBool::new(false),
     }))
 }
 
@@ -200,6 +213,7 @@ pub async fn start_projector(
     Ok(vec![
         spawn_runner(app, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &client, &cfg, AdminTokensProjection, stop),
+        spawn_runner(app, &client, &cfg, PoliciesProjection, stop),
         spawn_runner(app, &client, &cfg, ArchiveProjection, stop),
         spawn_runner(
             app,
@@ -263,6 +277,11 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
         tasks.extend(start_projector(&app, &stop_rx).await?);
     } else {
         tokio::spawn(app.visibility.clone().listen(app.pool.clone()));
+    }
+    if services.contains(&Service::Sts) {
+        app.sts_local.store(true, Ordering::Relaxed);
+        tasks.push(tokio::spawn(policy_engine::listen(app.clone(), stop_rx.clone())));
+        tokio::spawn(policy_engine::warm(app.clone()));
     }
     if services.contains(&Service::Api) {
         crate::bootstrap::seed_admin_token(&app).await?;

@@ -7,6 +7,7 @@
 //! * [`auth`]: admin bearer tokens and the authorization matrix on `/v1`.
 //! * [`write`]: the write path: decide → conditional append → wait until visible.
 //! * [`api`]: the Management API routes.
+//! * [`policy_engine`]: the compiled-engine cache, kept current through the log.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -16,4 +17,5 @@ pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod policy_engine;
 pub mod write;

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serval_domain::admin_token::AdminTokenEvent;
+use serval_domain::policy::policies::PolicyEvent;
+use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::zone::ZoneEvent;
 use serval_domain::Event;
 
@@ -38,6 +40,11 @@ pub fn current_version(event_type: &str) -> Option<u16> {
     match event_type {
         ZoneEvent::CREATED | ZoneEvent::UPDATED | ZoneEvent::ARCHIVED => Some(1),
         AdminTokenEvent::CREATED | AdminTokenEvent::REVOKED => Some(1),
+        PolicyEvent::CREATED | PolicyEvent::VERSION_ADDED | PolicyEvent::ARCHIVED => Some(1),
+        PolicySetEvent::CREATED
+        | PolicySetEvent::VERSION_ADDED
+        | PolicySetEvent::ACTIVATED
+        | PolicySetEvent::ARCHIVED => Some(1),
         _ => None,
     }
 }
@@ -59,6 +66,13 @@ pub fn encode(event: &Event) -> Result<(&'static str, u16, Vec<u8>), CodecError>
         Event::Zone(ZoneEvent::Archived(p)) => to_vec(p)?,
         Event::AdminToken(AdminTokenEvent::Created(p)) => to_vec(p)?,
         Event::AdminToken(AdminTokenEvent::Revoked(p)) => to_vec(p)?,
+        Event::Policy(PolicyEvent::Created(p)) => to_vec(p)?,
+        Event::Policy(PolicyEvent::VersionAdded(p)) => to_vec(p)?,
+        Event::Policy(PolicyEvent::Archived(p)) => to_vec(p)?,
+        Event::PolicySet(PolicySetEvent::Created(p)) => to_vec(p)?,
+        Event::PolicySet(PolicySetEvent::VersionAdded(p)) => to_vec(p)?,
+        Event::PolicySet(PolicySetEvent::Activated(p)) => to_vec(p)?,
+        Event::PolicySet(PolicySetEvent::Archived(p)) => to_vec(p)?,
     };
     let version =
         current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
@@ -119,6 +133,15 @@ fn decode_current(event_type: &str, b: &[u8]) -> Result<Event, CodecError> {
         ZoneEvent::ARCHIVED => Event::Zone(ZoneEvent::Archived(from_slice(b)?)),
         AdminTokenEvent::CREATED => Event::AdminToken(AdminTokenEvent::Created(from_slice(b)?)),
         AdminTokenEvent::REVOKED => Event::AdminToken(AdminTokenEvent::Revoked(from_slice(b)?)),
+        PolicyEvent::CREATED => Event::Policy(PolicyEvent::Created(from_slice(b)?)),
+        PolicyEvent::VERSION_ADDED => Event::Policy(PolicyEvent::VersionAdded(from_slice(b)?)),
+        PolicyEvent::ARCHIVED => Event::Policy(PolicyEvent::Archived(from_slice(b)?)),
+        PolicySetEvent::CREATED => Event::PolicySet(PolicySetEvent::Created(from_slice(b)?)),
+        PolicySetEvent::VERSION_ADDED => {
+            Event::PolicySet(PolicySetEvent::VersionAdded(from_slice(b)?))
+        }
+        PolicySetEvent::ACTIVATED => Event::PolicySet(PolicySetEvent::Activated(from_slice(b)?)),
+        PolicySetEvent::ARCHIVED => Event::PolicySet(PolicySetEvent::Archived(from_slice(b)?)),
         other => return Err(CodecError::UnknownType(other.into())),
     })
 }

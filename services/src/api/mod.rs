@@ -2,6 +2,10 @@
 
 pub mod admin_tokens;
 pub mod params;
+pub mod policies;
+pub mod policy_history;
+pub mod policy_sets;
+pub mod schema;
 pub mod zones;
 
 use axum::Router;
@@ -12,6 +16,8 @@ pub fn router(app: App) -> Router<App> {
     let v1 = Router::new()
         .merge(zones::router())
         .merge(admin_tokens::router())
+        .merge(policies::router())
+        .merge(policy_sets::router())
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::auth::require_admin,

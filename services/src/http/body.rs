@@ -30,7 +30,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

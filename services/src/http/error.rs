@@ -46,6 +46,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, code)
     }
 
+    /// The wire `error` code.
+    pub fn code(&self) -> Option<&str> {
+        self.body.get("error").and_then(Value::as_str)
+    }
+
     pub fn description(mut self, text: impl Into<String>) -> Self {
         self.body
             .insert("error_description".into(), Value::String(text.into()));
@@ -72,7 +77,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let needs_id = self.body.get("error").and_then(Value::as_str) == Some("internal_error");
+        // Framework failures and schema-exception bodies (§2) carry the request id.
+        let code = self.body.get("error").and_then(Value::as_str);
+        let needs_id = code == Some("internal_error")
+            || (code == Some("invalid_body") && self.body.contains_key("details"));
         let mut resp = (self.status, Json(Value::Object(self.body))).into_response();
         if needs_id {
             resp.extensions_mut().insert(NeedsRequestId);
