@@ -261,7 +261,10 @@ pub async fn policy_versions_by_id<'e>(
 }
 
 /// The manifest lookup `check_manifest` needs.
-pub fn referenced(versions: &BTreeMap<String, PolicyVersion>, id: &str) -> Option<ReferencedVersion> {
+pub fn referenced(
+    versions: &BTreeMap<String, PolicyVersion>,
+    id: &str,
+) -> Option<ReferencedVersion> {
     versions.get(id).map(|v| ReferencedVersion {
         zone_id: v.zone_id.clone(),
         schema_version: v.schema_version.clone(),

@@ -280,7 +280,10 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
     }
     if services.contains(&Service::Sts) {
         app.sts_local.store(true, Ordering::Relaxed);
-        tasks.push(tokio::spawn(policy_engine::listen(app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(policy_engine::listen(
+            app.clone(),
+            stop_rx.clone(),
+        )));
         tokio::spawn(policy_engine::warm(app.clone()));
     }
     if services.contains(&Service::Api) {

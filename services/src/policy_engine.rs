@@ -318,7 +318,11 @@ pub async fn listen(app: App, mut stop: watch::Receiver<bool>) {
     let head: Result<redis::streams::StreamRangeReply, _> =
         conn.xrevrange_count(&key, "+", "-", 1).await;
     let mut last = match head {
-        Ok(r) => r.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".to_owned()),
+        Ok(r) => r
+            .ids
+            .first()
+            .map(|e| e.id.clone())
+            .unwrap_or_else(|| "0-0".to_owned()),
         Err(_) => "$".to_owned(),
     };
     loop {

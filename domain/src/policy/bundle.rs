@@ -92,10 +92,11 @@ impl Bundle {
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
         let mut engine = regorus::Engine::new();
         for (i, d) in docs.iter().enumerate() {
-            let summary = document::validate(d.content).map_err(|reason| BundleError::Contract {
-                policy_version_id: d.policy_version_id.to_owned(),
-                reason,
-            })?;
+            let summary =
+                document::validate(d.content).map_err(|reason| BundleError::Contract {
+                    policy_version_id: d.policy_version_id.to_owned(),
+                    reason,
+                })?;
             if !summary.inputs_referenced.is_empty() {
                 return Err(BundleError::Bundle(format!(
                     "{}: data documents must not read input ({})",
@@ -129,7 +130,10 @@ impl Bundle {
             let value = engine
                 .eval_rule(format!("data.caracal.authz.{rule}"))
                 .map_err(|e| {
-                    BundleError::Bundle(format!("{version}: {rule}: {}", first_line(&e.to_string())))
+                    BundleError::Bundle(format!(
+                        "{version}: {rule}: {}",
+                        first_line(&e.to_string())
+                    ))
                 })?;
             if value == regorus::Value::Undefined {
                 continue;
@@ -141,8 +145,9 @@ impl Bundle {
         let documents = Value::Object(documents);
         let data = regorus::Value::from(json!({ "serval_bundle": { "documents": documents } }));
         let policy = compile_contract(&data)?;
-        let program = Compiler::compile_from_policy(&policy, &[ENTRYPOINT])
-            .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;
+        let program = Compiler::compile_from_policy(&policy, &[ENTRYPOINT]).map_err(|e| {
+            BundleError::Bundle(format!("contract: {}", first_line(&e.to_string())))
+        })?;
         let bundle = Bundle {
             policy,
             program,

@@ -419,8 +419,14 @@ mod tests {
             reason(&"a".repeat(CONTENT_MAX_CHARS + 1)),
             "content_too_large"
         );
-        assert_eq!(reason(&doc("app_ids := {\"a\": \"b}")), "unterminated_string");
-        assert_eq!(reason(&doc("app_ids := {\"a\": [1}")), "unbalanced_delimiters");
+        assert_eq!(
+            reason(&doc("app_ids := {\"a\": \"b}")),
+            "unterminated_string"
+        );
+        assert_eq!(
+            reason(&doc("app_ids := {\"a\": [1}")),
+            "unbalanced_delimiters"
+        );
         assert_eq!(
             reason("# caracal:data-document\napp_ids := {}\n"),
             "missing_package_declaration"
@@ -434,7 +440,9 @@ mod tests {
             "forbidden_builtin:http.send"
         );
         assert_eq!(
-            reason(&doc("risk := [{\"scope\": \"a\", \"tier\": sprintf(\"%d\", [time.now_ns()])}]")),
+            reason(&doc(
+                "risk := [{\"scope\": \"a\", \"tier\": sprintf(\"%d\", [time.now_ns()])}]"
+            )),
             "forbidden_builtin:time.now_ns"
         );
         assert_eq!(

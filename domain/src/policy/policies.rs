@@ -302,7 +302,11 @@ pub fn evolve(state: Option<Policy>, meta: &EventMeta, event: &PolicyEvent) -> O
 }
 
 /// The version row an event records (for the projection and for folding an answer).
-pub fn version_row(policy: &Policy, meta: &EventMeta, event: &PolicyEvent) -> Option<PolicyVersion> {
+pub fn version_row(
+    policy: &Policy,
+    meta: &EventMeta,
+    event: &PolicyEvent,
+) -> Option<PolicyVersion> {
     let (v, by, via) = match event {
         PolicyEvent::Created(c) => (&c.first_version, &c.created_by, c.created_via_operator),
         PolicyEvent::VersionAdded(a) => (&a.version, &a.created_by, a.created_via_operator),
@@ -326,7 +330,8 @@ pub fn version_row(policy: &Policy, meta: &EventMeta, event: &PolicyEvent) -> Op
 mod tests {
     use super::*;
 
-    const DOC: &str = "# caracal:data-document\npackage caracal.authz\nimport rego.v1\napp_ids := {}\n";
+    const DOC: &str =
+        "# caracal:data-document\npackage caracal.authz\nimport rego.v1\napp_ids := {}\n";
 
     fn ctx(bootstrap: bool) -> PolicyContext {
         PolicyContext {

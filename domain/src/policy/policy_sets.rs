@@ -269,7 +269,9 @@ pub fn validate_name(name: &str) -> Result<(), PolicySetError> {
         return Err(PolicySetError::Invalid("name must not be empty"));
     }
     if name.chars().count() > NAME_MAX_CHARS {
-        return Err(PolicySetError::Invalid("name must be at most 200 characters"));
+        return Err(PolicySetError::Invalid(
+            "name must be at most 200 characters",
+        ));
     }
     Ok(())
 }

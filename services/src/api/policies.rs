@@ -33,7 +33,10 @@ pub fn router() -> Router<App> {
         .route("/v1/policies/validate", post(validate))
         .route("/v1/policy-templates", get(templates))
         .route("/v1/zones/{zone}/policies", get(list).post(create))
-        .route("/v1/zones/{zone}/policies/{id}", get(get_one).delete(archive))
+        .route(
+            "/v1/zones/{zone}/policies/{id}",
+            get(get_one).delete(archive),
+        )
         .route("/v1/zones/{zone}/policies/{id}/versions", post(add_version))
 }
 
@@ -76,7 +79,10 @@ pub fn render_policy(p: &Policy) -> Value {
     })
 }
 
-fn render_version_full(v: &PolicyVersion, archived_at: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+fn render_version_full(
+    v: &PolicyVersion,
+    archived_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Value {
     json!({
         "id": v.id,
         "policy_id": v.policy_id,
@@ -180,7 +186,14 @@ pub async fn zone_badge(app: &App, zone_id: &str) -> Result<bool, ApiError> {
         .ok_or_else(|| ApiError::not_found("zone_not_found"))
 }
 
-fn request(zone: &str, id: &str, expected: u64, events: Vec<PolicyEvent>, actor: &Actor, rid: &str) -> AppendRequest {
+fn request(
+    zone: &str,
+    id: &str,
+    expected: u64,
+    events: Vec<PolicyEvent>,
+    actor: &Actor,
+    rid: &str,
+) -> AppendRequest {
     AppendRequest::new(
         LogStream::Zone(zone.to_owned()),
         Some(zone.to_owned()),
@@ -249,18 +262,25 @@ async fn create(
         content,
         version_id: uuid::Uuid::now_v7().to_string(),
     };
-    let outcome = write::execute(&app, POLICIES, LogStream::Zone(zone.clone()), idem.clone(), || {
-        let (cmd, ctx, actor, id, rid, zone, name) = (&cmd, &ctx, &actor, &id, &rid, &zone, &name);
-        async move {
-            let events = policies::decide(None, cmd, ctx).map_err(policy_error)?;
-            let mut req = request(zone, id, 0, events, actor, rid);
-            req.reserve.push(Reservation {
-                kind: NAME_RESERVATION,
-                value: policies::name_reservation_value(name),
-            });
-            Ok(req)
-        }
-    })
+    let outcome = write::execute(
+        &app,
+        POLICIES,
+        LogStream::Zone(zone.clone()),
+        idem.clone(),
+        || {
+            let (cmd, ctx, actor, id, rid, zone, name) =
+                (&cmd, &ctx, &actor, &id, &rid, &zone, &name);
+            async move {
+                let events = policies::decide(None, cmd, ctx).map_err(policy_error)?;
+                let mut req = request(zone, id, 0, events, actor, rid);
+                req.reserve.push(Reservation {
+                    kind: NAME_RESERVATION,
+                    value: policies::name_reservation_value(name),
+                });
+                Ok(req)
+            }
+        },
+    )
     .await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -270,10 +290,15 @@ async fn create(
     let stream = LogStream::Zone(zone.clone());
     let (visible, body) = match &outcome {
         Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
-        Outcome::ReplayUnrecorded { aggregate_id, visible } => {
+        Outcome::ReplayUnrecorded {
+            aggregate_id,
+            visible,
+        } => {
             let p = live_policy(&app, &zone, aggregate_id).await?;
             let versions = read::policy_versions(&app.pool, &p.id).await?;
-            let first = versions.last().ok_or_else(|| ApiError::internal("policy without versions"))?;
+            let first = versions
+                .last()
+                .ok_or_else(|| ApiError::internal("policy without versions"))?;
             let mut b = render_policy(&p);
             b["version_id"] = json!(first.id);
             b["version"] = json!({
@@ -298,7 +323,15 @@ async fn create(
             (*visible, b)
         }
     };
-    Ok(write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(body), visible).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::CREATED,
+        Some(body),
+        visible,
+    )
+    .await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -325,23 +358,31 @@ async fn add_version(
         content,
         version_id: uuid::Uuid::now_v7().to_string(),
     };
-    let outcome = write::execute(&app, POLICIES, LogStream::Zone(zone.clone()), idem.clone(), || {
-        let (app, cmd, actor, id, rid, zone) = (&app, &cmd, &actor, &id, &rid, &zone);
-        async move {
-            let state = read::load_policy(&app.pool, zone, id).await.map_err(ApiError::from)?;
-            let badge = match &state {
-                Some(_) => zone_badge(app, zone).await.unwrap_or(false),
-                None => false,
-            };
-            let ctx = PolicyContext {
-                actor: actor.clone(),
-                zone_operator_coauthor_badge: badge,
-            };
-            let events = policies::decide(state.as_ref(), cmd, &ctx).map_err(policy_error)?;
-            let version = state.map(|p| p.version).unwrap_or(0);
-            Ok(request(zone, id, version, events, actor, rid))
-        }
-    })
+    let outcome = write::execute(
+        &app,
+        POLICIES,
+        LogStream::Zone(zone.clone()),
+        idem.clone(),
+        || {
+            let (app, cmd, actor, id, rid, zone) = (&app, &cmd, &actor, &id, &rid, &zone);
+            async move {
+                let state = read::load_policy(&app.pool, zone, id)
+                    .await
+                    .map_err(ApiError::from)?;
+                let badge = match &state {
+                    Some(_) => zone_badge(app, zone).await.unwrap_or(false),
+                    None => false,
+                };
+                let ctx = PolicyContext {
+                    actor: actor.clone(),
+                    zone_operator_coauthor_badge: badge,
+                };
+                let events = policies::decide(state.as_ref(), cmd, &ctx).map_err(policy_error)?;
+                let version = state.map(|p| p.version).unwrap_or(0);
+                Ok(request(zone, id, version, events, actor, rid))
+            }
+        },
+    )
     .await
     .map_err(ApiError::from)?;
     let stream = LogStream::Zone(zone.clone());
@@ -349,23 +390,38 @@ async fn add_version(
         Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
         Outcome::ReplayUnrecorded { visible, .. } => {
             let versions = read::policy_versions(&app.pool, &id).await?;
-            let v = versions.first().ok_or_else(|| ApiError::internal("policy without versions"))?;
-            (*visible, json!({
-                "version_id": v.id, "id": v.id, "policy_id": v.policy_id, "version": v.version,
-                "content_sha256": v.content_sha256, "schema_version": v.schema_version,
-                "created_at": pagination::ts(v.created_at),
-            }))
+            let v = versions
+                .first()
+                .ok_or_else(|| ApiError::internal("policy without versions"))?;
+            (
+                *visible,
+                json!({
+                    "version_id": v.id, "id": v.id, "policy_id": v.policy_id, "version": v.version,
+                    "content_sha256": v.content_sha256, "schema_version": v.schema_version,
+                    "created_at": pagination::ts(v.created_at),
+                }),
+            )
         }
         Outcome::Applied { visible, .. } => {
             let Some((PolicyEvent::VersionAdded(a), env)) = appended(&outcome) else {
-                return Err(ApiError::internal("version write appended no policy.version_added"));
+                return Err(ApiError::internal(
+                    "version write appended no policy.version_added",
+                ));
             };
             let mut b = version_answer(&env.aggregate_id, env, &a.version);
             b["version_id"] = json!(a.version.version_id);
             (*visible, b)
         }
     };
-    Ok(write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(body), visible).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::CREATED,
+        Some(body),
+        visible,
+    )
+    .await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -385,21 +441,29 @@ async fn archive(
         actor: actor.clone(),
         zone_operator_coauthor_badge: false,
     };
-    let outcome = write::execute(&app, POLICIES, LogStream::Zone(zone.clone()), idem.clone(), || {
-        let (app, actor, id, rid, zone, ctx) = (&app, &actor, &id, &rid, &zone, &ctx);
-        async move {
-            let state = read::load_policy(&app.pool, zone, id).await.map_err(ApiError::from)?;
-            let events = policies::decide(state.as_ref(), &PolicyCommand::Archive, ctx)
-                .map_err(policy_error)?;
-            let p = state.ok_or_else(|| ApiError::not_found("policy_not_found"))?;
-            let mut req = request(zone, id, p.version, events, actor, rid);
-            req.release.push(Reservation {
-                kind: NAME_RESERVATION,
-                value: policies::name_reservation_value(&p.name),
-            });
-            Ok(req)
-        }
-    })
+    let outcome = write::execute(
+        &app,
+        POLICIES,
+        LogStream::Zone(zone.clone()),
+        idem.clone(),
+        || {
+            let (app, actor, id, rid, zone, ctx) = (&app, &actor, &id, &rid, &zone, &ctx);
+            async move {
+                let state = read::load_policy(&app.pool, zone, id)
+                    .await
+                    .map_err(ApiError::from)?;
+                let events = policies::decide(state.as_ref(), &PolicyCommand::Archive, ctx)
+                    .map_err(policy_error)?;
+                let p = state.ok_or_else(|| ApiError::not_found("policy_not_found"))?;
+                let mut req = request(zone, id, p.version, events, actor, rid);
+                req.release.push(Reservation {
+                    kind: NAME_RESERVATION,
+                    value: policies::name_reservation_value(&p.name),
+                });
+                Ok(req)
+            }
+        },
+    )
     .await
     .map_err(ApiError::from)?;
     if let Outcome::Replay { status, body } = &outcome {

@@ -60,28 +60,30 @@ pub fn parse(v: &Value) -> Result<HistoryRequest, (&'static str, String)> {
         match k.as_str() {
             "since" => {
                 h.since = Some(
-                    datetime(val).ok_or(("since", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
+                    datetime(val)
+                        .ok_or(("since", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
                 )
             }
             "until" => {
                 h.until = Some(
-                    datetime(val).ok_or(("until", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
+                    datetime(val)
+                        .ok_or(("until", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
                 )
             }
             "limit" => {
                 h.limit = val
                     .as_u64()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or(("limit", format!("expected an integer from 1 to {MAX_LIMIT}")))?
+                    .ok_or((
+                        "limit",
+                        format!("expected an integer from 1 to {MAX_LIMIT}"),
+                    ))?
             }
             "max_differences" => {
-                h.max_differences = val
-                    .as_u64()
-                    .filter(|n| *n <= MAX_DIFFERENCES)
-                    .ok_or((
-                        "max_differences",
-                        format!("expected an integer from 0 to {MAX_DIFFERENCES}"),
-                    ))?
+                h.max_differences = val.as_u64().filter(|n| *n <= MAX_DIFFERENCES).ok_or((
+                    "max_differences",
+                    format!("expected an integer from 0 to {MAX_DIFFERENCES}"),
+                ))?
             }
             _ => return Err(("", format!("unknown field {k}"))),
         }
@@ -131,7 +133,8 @@ pub async fn replay(
         .unwrap_or_else(|| until - Duration::hours(DEFAULT_WINDOW_HOURS));
     let key = app.store.keys().topic(topics::AUDIT_EVENTS);
     let mut conn = app.redis.clone();
-    let (mut evaluated, mut unchanged, mut allow_to_deny, mut deny_to_allow) = (0u64, 0u64, 0u64, 0u64);
+    let (mut evaluated, mut unchanged, mut allow_to_deny, mut deny_to_allow) =
+        (0u64, 0u64, 0u64, 0u64);
     let (mut no_input, mut bad_sig, mut eval_errors, mut other_events) = (0u64, 0u64, 0u64, 0u64);
     let mut differences = Vec::new();
     let mut truncated = false;

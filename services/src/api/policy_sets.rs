@@ -39,7 +39,10 @@ use crate::write::{self, Outcome};
 pub fn router() -> Router<App> {
     Router::new()
         .route("/v1/zones/{zone}/policy-sets", get(list).post(create))
-        .route("/v1/zones/{zone}/policy-sets/{id}", get(get_one).delete(archive))
+        .route(
+            "/v1/zones/{zone}/policy-sets/{id}",
+            get(get_one).delete(archive),
+        )
         .route(
             "/v1/zones/{zone}/policy-sets/{id}/versions",
             get(list_versions).post(add_version),
@@ -63,7 +66,9 @@ fn set_error(e: PolicySetError) -> ApiError {
         PolicySetError::NameConflict => ApiError::conflict("policy_set_name_conflict")
             .description("a live policy set with this name exists in the zone"),
         PolicySetError::AlreadyExists => ApiError::internal("policy set id collision"),
-        PolicySetError::Invalid(why) => invalid_body(vec![json!({"path": ["name"], "message": why})]),
+        PolicySetError::Invalid(why) => {
+            invalid_body(vec![json!({"path": ["name"], "message": why})])
+        }
     }
 }
 
@@ -200,25 +205,31 @@ async fn catalog_write(
         actor: actor.clone(),
         zone_operator_coauthor_badge: badge,
     };
-    write::execute(app, POLICIES, LogStream::Zone(zone.to_owned()), idem, || {
-        let (ctx, rid) = (&ctx, rid);
-        async move {
-            let mut conn = app.pool.acquire().await.map_err(ApiError::from)?;
-            let catalog = read::load_catalog(&mut conn, zone, target_set)
-                .await
-                .map_err(ApiError::from)?;
-            let events = policy_sets::decide(&catalog, command, ctx).map_err(set_error)?;
-            Ok(AppendRequest::new(
-                LogStream::Zone(zone.to_owned()),
-                Some(zone.to_owned()),
-                catalog_id(zone),
-                catalog.version,
-                events.into_iter().map(Event::PolicySet).collect(),
-                ctx.actor.id.clone(),
-            )
-            .with_request_id(rid))
-        }
-    })
+    write::execute(
+        app,
+        POLICIES,
+        LogStream::Zone(zone.to_owned()),
+        idem,
+        || {
+            let (ctx, rid) = (&ctx, rid);
+            async move {
+                let mut conn = app.pool.acquire().await.map_err(ApiError::from)?;
+                let catalog = read::load_catalog(&mut conn, zone, target_set)
+                    .await
+                    .map_err(ApiError::from)?;
+                let events = policy_sets::decide(&catalog, command, ctx).map_err(set_error)?;
+                Ok(AppendRequest::new(
+                    LogStream::Zone(zone.to_owned()),
+                    Some(zone.to_owned()),
+                    catalog_id(zone),
+                    catalog.version,
+                    events.into_iter().map(Event::PolicySet).collect(),
+                    ctx.actor.id.clone(),
+                )
+                .with_request_id(rid))
+            }
+        },
+    )
     .await
     .map_err(ApiError::from)
 }
@@ -287,7 +298,15 @@ async fn create(
         }
     };
     let stream = LogStream::Zone(zone);
-    Ok(write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(body), visible(&outcome)).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::CREATED,
+        Some(body),
+        visible(&outcome),
+    )
+    .await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,14 +335,25 @@ async fn archive(
         return Ok(write::replayed(*status, body.clone()));
     }
     let stream = LogStream::Zone(zone);
-    Ok(write::respond(&app, &stream, &idem, StatusCode::NO_CONTENT, None, visible(&outcome)).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::NO_CONTENT,
+        None,
+        visible(&outcome),
+    )
+    .await)
 }
 
 /// Parses `manifest`: 1–256 × `{"policy_version_id": string}` (schema issues), then the
 /// normalization rules (trim, no duplicates), which are contract failures.
 fn parse_manifest(body: &mut Obj) -> Option<Vec<String>> {
     let Some(raw) = body.map.get("manifest").cloned() else {
-        body.fail(&["manifest"], "Invalid input: expected array, received undefined");
+        body.fail(
+            &["manifest"],
+            "Invalid input: expected array, received undefined",
+        );
         return None;
     };
     let Value::Array(items) = raw else {
@@ -362,13 +392,15 @@ async fn verify_manifest(
 ) -> Result<(CheckedManifest, Arc<Bundle>), ApiError> {
     let normalized = policy_sets::normalize_manifest(ids).map_err(contract_error)?;
     let versions = read::policy_versions_by_id(&app.pool, &normalized).await?;
-    let checked = policy_sets::check_manifest(zone, &normalized, |id| read::referenced(&versions, id))
-        .map_err(|e| match e {
-            ManifestError::Unknown(_) if cached_version.is_some() => {
-                ApiError::conflict("referenced_policy_version_missing").description(e.to_string())
-            }
-            other => contract_error(other),
-        })?;
+    let checked =
+        policy_sets::check_manifest(zone, &normalized, |id| read::referenced(&versions, id))
+            .map_err(|e| match e {
+                ManifestError::Unknown(_) if cached_version.is_some() => {
+                    ApiError::conflict("referenced_policy_version_missing")
+                        .description(e.to_string())
+                }
+                other => contract_error(other),
+            })?;
     if let Some(v) = cached_version {
         if let Some(b) = app.engines.compiled(v) {
             return Ok((checked, b));
@@ -421,7 +453,9 @@ async fn add_version(
         }
         Outcome::Applied { .. } => {
             let Some((PolicySetEvent::VersionAdded(v), env)) = appended(&outcome) else {
-                return Err(ApiError::internal("version write appended no policy_set.version_added"));
+                return Err(ApiError::internal(
+                    "version write appended no policy_set.version_added",
+                ));
             };
             // Compiled once: activation and simulation of this version reuse it.
             app.engines.remember(&v.version_id, bundle);
@@ -434,7 +468,15 @@ async fn add_version(
         }
     };
     let stream = LogStream::Zone(zone);
-    Ok(write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(body), visible(&outcome)).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::CREATED,
+        Some(body),
+        visible(&outcome),
+    )
+    .await)
 }
 
 fn status_url(zone: &str, set: &str, version: &str, outbox: &str) -> String {
@@ -477,12 +519,17 @@ async fn activate(
     let body = match &outcome {
         Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
         Outcome::ReplayUnrecorded { .. } => {
-            return Err(ApiError::conflict("idempotency_result_inactive")
-                .description("the first attempt's answer was not recorded; read activation-status"))
+            return Err(
+                ApiError::conflict("idempotency_result_inactive").description(
+                    "the first attempt's answer was not recorded; read activation-status",
+                ),
+            )
         }
         Outcome::Applied { .. } => {
             let Some((PolicySetEvent::Activated(a), env)) = appended(&outcome) else {
-                return Err(ApiError::internal("activation appended no policy_set.activated"));
+                return Err(ApiError::internal(
+                    "activation appended no policy_set.activated",
+                ));
             };
             json!({
                 "activated": true,
@@ -493,7 +540,15 @@ async fn activate(
         }
     };
     let stream = LogStream::Zone(zone);
-    Ok(write::respond(&app, &stream, &idem, StatusCode::ACCEPTED, Some(body), visible(&outcome)).await)
+    Ok(write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::ACCEPTED,
+        Some(body),
+        visible(&outcome),
+    )
+    .await)
 }
 
 #[derive(Deserialize)]
@@ -516,7 +571,11 @@ async fn activation_status(
         }
     }
     let set = live_set(&app, zone, set_id, "policy_set_binding_not_found").await?;
-    let version_id = match q.version_id.clone().or_else(|| set.active_version_id.clone()) {
+    let version_id = match q
+        .version_id
+        .clone()
+        .or_else(|| set.active_version_id.clone())
+    {
         Some(v) => v,
         None => return Err(ApiError::not_found("active_policy_set_version_not_found")),
     };
@@ -595,7 +654,10 @@ async fn activation_status(
 /// Input-shape warnings of a simulation input (they alone decide `would_activate`).
 fn input_warnings(zone: &str, input: &Value) -> Vec<String> {
     let mut w = Vec::new();
-    let schema = input.get("schema_version").and_then(Value::as_str).unwrap_or("");
+    let schema = input
+        .get("schema_version")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if schema != INPUT_SCHEMA_VERSION {
         w.push(format!("input_schema_mismatch:{schema}"));
     }
@@ -645,7 +707,8 @@ async fn simulate(
     body.finish()?;
     let version_id = version_id.unwrap_or_default();
     let version = set_version(&app, &zone, &set, &version_id, "version_not_found").await?;
-    let (checked, bundle) = verify_manifest(&app, &zone, &version.manifest, Some(&version.id)).await?;
+    let (checked, bundle) =
+        verify_manifest(&app, &zone, &version.manifest, Some(&version.id)).await?;
     let mut warnings = Vec::new();
     let (result, explanation, would_activate) = match &input {
         None => (
@@ -712,8 +775,10 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Bundle(b) => bundle_error(b),
-            EngineError::MissingVersion(v) => ApiError::conflict("referenced_policy_version_missing")
-                .description(format!("policy version {v} is missing")),
+            EngineError::MissingVersion(v) => {
+                ApiError::conflict("referenced_policy_version_missing")
+                    .description(format!("policy version {v} is missing"))
+            }
             other => ApiError::internal(other),
         }
     }

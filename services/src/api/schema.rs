@@ -37,7 +37,10 @@ pub struct Obj {
 
 impl Obj {
     pub fn parse(headers: &HeaderMap, raw: &[u8]) -> Result<Obj, ApiError> {
-        if !raw.is_empty() && headers.contains_key(axum::http::header::CONTENT_TYPE) && !is_json(headers) {
+        if !raw.is_empty()
+            && headers.contains_key(axum::http::header::CONTENT_TYPE)
+            && !is_json(headers)
+        {
             return Err(ApiError::framework(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported content type; send application/json",
@@ -46,9 +49,8 @@ impl Obj {
         let value: Value = if raw.is_empty() {
             Value::Object(Map::new())
         } else {
-            serde_json::from_slice(raw).map_err(|e| {
-                invalid_body(vec![issue(&[], format!("Invalid JSON: {e}"))])
-            })?
+            serde_json::from_slice(raw)
+                .map_err(|e| invalid_body(vec![issue(&[], format!("Invalid JSON: {e}"))]))?
         };
         match value {
             Value::Object(map) => Ok(Obj {
@@ -57,7 +59,10 @@ impl Obj {
             }),
             other => Err(invalid_body(vec![issue(
                 &[],
-                format!("Invalid input: expected object, received {}", kind(Some(&other))),
+                format!(
+                    "Invalid input: expected object, received {}",
+                    kind(Some(&other))
+                ),
             )])),
         }
     }

@@ -325,6 +325,7 @@ impl Drop for Server {
 }
 
 /// An HTTP client with the admin token.
+#[derive(Clone)]
 pub struct Admin {
     pub http: reqwest::Client,
     pub base: String,
