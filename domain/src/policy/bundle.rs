@@ -25,6 +25,8 @@ pub const INPUT_SCHEMA_VERSION: &str = "2026-05-20";
 pub const ENTRYPOINT: &str = "data.caracal.authz.result";
 /// The contract's Rego source.
 pub const CONTRACT_SOURCE: &str = include_str!("contract.rego");
+/// The contract's bundle-time part: facts derived from the documents alone.
+pub const DERIVE_SOURCE: &str = include_str!("derive.rego");
 
 /// One data document of a bundle.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +92,7 @@ impl Bundle {
     /// The result does not depend on the order of `docs`.
     pub fn compile(docs: &[BundleDocument<'_>]) -> Result<Bundle, BundleError> {
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-        let mut engine = regorus::Engine::new();
+        let mut engine = document::engine();
         for (i, d) in docs.iter().enumerate() {
             let summary =
                 document::validate(d.content).map_err(|reason| BundleError::Contract {
@@ -127,23 +129,35 @@ impl Bundle {
             .map(|(k, v)| (k.to_owned(), v))
             .collect::<serde_json::Map<_, _>>();
         for (rule, version) in &owner {
-            let value = engine
-                .eval_rule(format!("data.caracal.authz.{rule}"))
+            // A query rather than `eval_rule`: partial rules (`grants[k] := …`) have no
+            // single rule path.
+            let results = engine
+                .eval_query(format!("data.caracal.authz.{rule}"), false)
                 .map_err(|e| {
                     BundleError::Bundle(format!(
                         "{version}: {rule}: {}",
                         first_line(&e.to_string())
                     ))
                 })?;
-            if value == regorus::Value::Undefined {
+            let Some(value) = results
+                .result
+                .into_iter()
+                .next()
+                .and_then(|r| r.expressions.into_iter().next())
+                .map(|e| e.value)
+                .filter(|v| *v != regorus::Value::Undefined)
+            else {
                 continue;
-            }
+            };
             let value = serde_json::to_value(&value)
                 .map_err(|e| BundleError::Bundle(format!("{version}: {rule}: {e}")))?;
             documents.insert(rule.clone(), value);
         }
         let documents = Value::Object(documents);
-        let data = regorus::Value::from(json!({ "serval_bundle": { "documents": documents } }));
+        let derived = derive(&documents)?;
+        let data = regorus::Value::from(
+            json!({ "serval_bundle": { "documents": documents, "derived": derived } }),
+        );
         let policy = compile_contract(&data)?;
         let program = Compiler::compile_from_policy(&policy, &[ENTRYPOINT]).map_err(|e| {
             BundleError::Bundle(format!("contract: {}", first_line(&e.to_string())))
@@ -212,6 +226,23 @@ impl Bundle {
     }
 }
 
+/// Evaluates the contract's bundle-time part over the merged documents.
+fn derive(documents: &Value) -> Result<Value, BundleError> {
+    let mut engine = document::engine();
+    engine
+        .add_policy("derive.rego".to_owned(), DERIVE_SOURCE.to_owned())
+        .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;
+    engine
+        .add_data(regorus::Value::from(
+            json!({ "serval_bundle": { "documents": documents } }),
+        ))
+        .map_err(|e| BundleError::Bundle(format!("data: {}", first_line(&e.to_string()))))?;
+    let derived = engine
+        .eval_rule("data.serval.derive.derived".to_owned())
+        .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;
+    serde_json::to_value(&derived).map_err(|e| BundleError::Bundle(format!("contract: {e}")))
+}
+
 fn to_result(out: regorus::Value) -> Result<Value, EvalError> {
     if out == regorus::Value::Undefined {
         return Err(EvalError("result is undefined".to_owned()));
@@ -220,7 +251,7 @@ fn to_result(out: regorus::Value) -> Result<Value, EvalError> {
 }
 
 fn compile_contract(data: &regorus::Value) -> Result<regorus::CompiledPolicy, BundleError> {
-    let mut engine = regorus::Engine::new();
+    let mut engine = document::engine();
     engine
         .add_policy("contract.rego".to_owned(), CONTRACT_SOURCE.to_owned())
         .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;

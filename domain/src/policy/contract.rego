@@ -2,12 +2,16 @@
 #
 # Compiled into every zone bundle; owns data.caracal.authz.result. Adopter data documents
 # are evaluated once per bundle and mounted, complete with defaults, at
-# data.serval_bundle.documents (see policy/bundle.rs). Default deny.
+# data.serval_bundle.documents; the facts that depend on the documents alone (well-formed
+# risk and approval data, the restriction, indexes) are derived once by derive.rego and
+# mounted at data.serval_bundle.derived (see policy/bundle.rs). Default deny.
 package caracal.authz
 
 import rego.v1
 
 _docs := data.serval_bundle.documents
+
+_derived := data.serval_bundle.derived
 
 _obj(x) := x if is_object(x)
 else := {}
@@ -29,11 +33,6 @@ _nonempty_str(s) if {
 	s != ""
 }
 
-_has(o, k) if {
-	some key, _ in o
-	key == k
-}
-
 _requested_list := l if {
 	l := _context.requested_scopes
 	is_array(l)
@@ -53,26 +52,7 @@ _has_agent_session if _nonempty_str(_principal.agent_session_id)
 
 _has_agent_session if _nonempty_str(_context.agent_session_id)
 
-_restricted if {
-	r := _docs.restrict
-	r != null
-	not _empty_collection(r)
-}
-
-_empty_collection(r) if {
-	is_array(r)
-	count(r) == 0
-}
-
-_empty_collection(r) if {
-	is_object(r)
-	count(r) == 0
-}
-
-_empty_collection(r) if {
-	is_set(r)
-	count(r) == 0
-}
+_restricted if _derived.restricted == true
 
 # --- ownership and roles -----------------------------------------------------------
 
@@ -103,17 +83,9 @@ _label_matches(prefix) if {
 	startswith(l, prefix)
 }
 
-_confinement_rule_ok(c) if {
-	is_object(c)
-	is_string(c.label_prefix)
-	is_array(c.scopes)
-	not _label_matches(c.label_prefix)
-}
+_confinement_rule_ok(c) if not _label_matches(c.label_prefix)
 
 _confinement_rule_ok(c) if {
-	is_object(c)
-	is_string(c.label_prefix)
-	is_array(c.scopes)
 	_label_matches(c.label_prefix)
 	every s in _requested {
 		s in c.scopes
@@ -121,66 +93,29 @@ _confinement_rule_ok(c) if {
 }
 
 _confinement_ok if {
-	is_array(_docs.confinement)
-	every c in _docs.confinement {
+	_derived.confinement_ok == true
+	every c in _derived.confinement {
 		_confinement_rule_ok(c)
 	}
 }
 
 # --- risk and approval tiers ---------------------------------------------------------
 
-_risk_entry_ok(r) if {
-	is_object(r)
-	_nonempty_str(r.scope)
-	_nonempty_str(r.tier)
-}
+_risk_ok if _derived.risk_ok == true
 
-_risk_ok if {
-	is_array(_docs.risk)
-	every r in _docs.risk {
-		_risk_entry_ok(r)
-	}
-}
+_tiers_ok if _derived.tiers_ok == true
 
-_approver_ok(t) if not _has(t, "approver")
-
-_approver_ok(t) if t.approver in {"operator", "subject", "any"}
-
-_ttl_ok(t) if not _has(t, "ttl_seconds")
-
-_ttl_ok(t) if {
-	is_number(t.ttl_seconds)
-	t.ttl_seconds > 0
-	t.ttl_seconds == round(t.ttl_seconds)
-}
-
-_privacy_ok(t) if not _has(t, "privacy")
-
-_privacy_ok(t) if t.privacy in {"identified", "pseudonymous", "anonymous"}
-
-_tier_ok(t) if {
-	is_object(t)
-	_nonempty_str(t.tier)
-	_approver_ok(t)
-	_ttl_ok(t)
-	_privacy_ok(t)
-}
-
-_tiers_ok if {
-	is_array(_docs.approval_tiers)
-	every t in _docs.approval_tiers {
-		_tier_ok(t)
-	}
-}
-
-_risk_hits := [{"scope": r.scope, "tier": r.tier} |
-	some r in _docs.risk
-	r.scope in _requested
+_risk_hits := [h |
+	some s in _requested
+	some h in _derived.risk_by_scope[s]
 ]
 
 _hit_tiers := {h.tier | some h in _risk_hits}
 
-_step_up_tiers := [t | some t in _docs.approval_tiers; t.tier in _hit_tiers]
+_step_up_tiers := [e |
+	some t in _hit_tiers
+	some e in _derived.tiers_by_name[t]
+]
 
 _mint_diagnostics := [
 	{"step_up_required": {"type": "human_approval", "tiers": _step_up_tiers}},

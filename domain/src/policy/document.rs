@@ -371,24 +371,49 @@ pub fn validate(content: &str) -> Result<DocumentSummary, DocumentError> {
     })
 }
 
+/// A Rego v1 engine whose source limits fit any valid document: data documents are often
+/// generated, with long single-line objects (the parser's default is 1,024 columns).
+pub(crate) fn engine() -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    let limits = regorus::PolicyLengthConfig {
+        max_col: std::num::NonZeroU32::new(CONTENT_MAX_CHARS as u32 + 1)
+            .unwrap_or(std::num::NonZeroU32::MIN),
+        max_file_bytes: std::num::NonZeroUsize::new(4 * CONTENT_MAX_CHARS + 1)
+            .unwrap_or(std::num::NonZeroUsize::MIN),
+        max_lines: std::num::NonZeroUsize::new(CONTENT_MAX_CHARS + 1)
+            .unwrap_or(std::num::NonZeroUsize::MIN),
+    };
+    engine.set_policy_length_config(limits);
+    engine
+}
+
 /// Parses with the same Rego v1 parser the bundle compiler uses.
 fn parse(content: &str) -> Result<(), DocumentError> {
-    let mut engine = regorus::Engine::new();
+    let mut engine = engine();
     engine
         .add_policy("document.rego".to_owned(), content.to_owned())
         .map(|_| ())
         .map_err(|e| DocumentError::Parse(first_line(&e.to_string())))
 }
 
-/// The first line of a parser message (the rest is a source excerpt).
+/// The telling line of an engine message: its `error: …` line with the location, else the
+/// first non-empty line (the rest is a source excerpt).
 pub(crate) fn first_line(msg: &str) -> String {
-    msg.lines()
+    let lines: Vec<&str> = msg
+        .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("parse error")
-        .chars()
-        .take(300)
-        .collect()
+        .filter(|l| !l.is_empty())
+        .collect();
+    let location = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("--> "))
+        .unwrap_or_default();
+    let text = match lines.iter().find_map(|l| l.strip_prefix("error: ")) {
+        Some(e) if location.is_empty() => e.to_owned(),
+        Some(e) => format!("{e} at {location}"),
+        None => lines.first().copied().unwrap_or("parse error").to_owned(),
+    };
+    text.chars().take(300).collect()
 }
 
 #[cfg(test)]
