@@ -234,6 +234,9 @@ pub fn router(app: &App, service: Service) -> Router {
     if service == Service::Api {
         r = r.merge(crate::api::router(app.clone()));
     }
+    if service == Service::Sts {
+        r = r.merge(crate::sts::router());
+    }
     r.fallback(http::error::not_found)
         .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -99,6 +99,10 @@ pub struct Config {
     pub secret_store_kek: Option<String>,
     #[arg(long, env = "METRICS_BEARER", hide_env_values = true)]
     pub metrics_bearer: Option<String>,
+    /// Signs internal calls to the STS (`/internal/policy/*`); unset = those routes answer
+    /// `503 config_missing`.
+    #[arg(long, env = "GATEWAY_STS_HMAC_KEY", hide_env_values = true)]
+    pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
     /// Where development keys and the generated admin token are kept (git-ignored).

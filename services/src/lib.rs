@@ -8,6 +8,7 @@
 //! * [`write`]: the write path: decide → conditional append → wait until visible.
 //! * [`api`]: the Management API routes.
 //! * [`policy_engine`]: the compiled-engine cache, kept current through the log.
+//! * [`sts`]: the STS's internal policy routes (status, simulate, decide).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -18,4 +19,5 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod policy_engine;
+pub mod sts;
 pub mod write;

@@ -15,6 +15,8 @@ pub struct ServiceMetrics {
     pub http_responses: IntCounterVec,
     pub projection_lag_ms: IntGaugeVec,
     pub dead_letters: IntGauge,
+    pub bundles_compiled: IntCounter,
+    pub policy_decisions: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics {
@@ -53,6 +55,17 @@ pub static METRICS: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics {
     dead_letters: register_int_gauge!(
         "serval_dead_letters",
         "Log entries refused by projections (bad signature, undecodable); never applied."
+    )
+    .expect("metric registers once"),
+    bundles_compiled: register_int_counter!(
+        "serval_policy_bundles_compiled_total",
+        "Policy bundles compiled by this process (once per policy-set version)."
+    )
+    .expect("metric registers once"),
+    policy_decisions: register_int_counter_vec!(
+        "serval_policy_decisions_total",
+        "Decisions made under zones' active bundles, by outcome.",
+        &["outcome"]
     )
     .expect("metric registers once"),
 });

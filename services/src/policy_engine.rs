@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::app::App;
+use crate::metrics::METRICS;
 
 /// Compiled bundles kept by policy-set version id (immutable, so never stale).
 const COMPILED_CACHE_MAX: usize = 1_024;
@@ -159,6 +160,7 @@ impl PolicyEngines {
             .collect::<Result<_, _>>()?;
         let bundle = compile_blocking(contents).await?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
+        METRICS.bundles_compiled.inc();
         let bundle = Arc::new(bundle);
         let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= COMPILED_CACHE_MAX {
@@ -211,11 +213,26 @@ impl PolicyEngines {
         zone: &str,
         input: &Value,
     ) -> Result<Decided, EngineError> {
-        let l = self.active(pool, zone).await?;
-        let result = l
-            .bundle
-            .evaluate(input)
-            .map_err(|e| EngineError::Eval(e.to_string()))?;
+        let l = match self.active(pool, zone).await {
+            Ok(l) => l,
+            Err(e) => {
+                METRICS
+                    .policy_decisions
+                    .with_label_values(&["no_policy"])
+                    .inc();
+                return Err(e);
+            }
+        };
+        let result = l.bundle.evaluate(input).map_err(|e| {
+            METRICS.policy_decisions.with_label_values(&["error"]).inc();
+            EngineError::Eval(e.to_string())
+        })?;
+        let outcome = if serval_domain::policy::bundle::is_allow(&result) {
+            "allow"
+        } else {
+            "deny"
+        };
+        METRICS.policy_decisions.with_label_values(&[outcome]).inc();
         Ok(Decided {
             result,
             policy_set_id: l.policy_set_id,

@@ -412,6 +412,7 @@ async fn verify_manifest(
         .filter_map(|id| versions.get(id).map(|v| (id.clone(), v.content.clone())))
         .collect();
     let bundle = Arc::new(compile_blocking(docs).await.map_err(bundle_error)?);
+    crate::metrics::METRICS.bundles_compiled.inc();
     if let Some(v) = cached_version {
         app.engines.remember(v, bundle.clone());
     }
