@@ -219,6 +219,14 @@ impl<P: Projection> Runner<P> {
         // deployment with many quiet zones does not put every key in every XREAD.
         let mut hot: BTreeSet<String> = BTreeSet::from([system]);
         let mut last_sweep: Option<std::time::Instant> = None;
+        // Writers' hints that a zone stream got its first entries (see `KeySpace::activity`),
+        // followed from their current end while the runner follows the live log.
+        let activity = self.cfg.keys.activity();
+        let mut activity_at = if stop_when_idle || self.cfg.until.is_some() {
+            None
+        } else {
+            Some(read::last_entry_id(&mut conn, &activity).await?)
+        };
         let mut total = 0;
         loop {
             let until = self.cfg.until;
@@ -258,11 +266,29 @@ impl<P: Projection> Runner<P> {
                         .saturating_sub(last_sweep.map_or(0, |t| t.elapsed().as_millis() as u64));
                     Some((left as usize).clamp(1, self.cfg.block_ms))
                 };
-                if !hot_streams.is_empty() {
-                    reply = self.bounded(
-                        read::read_after(&mut conn, &hot_streams, self.cfg.batch_size, block)
-                            .await?,
-                    );
+                let mut streams = hot_streams;
+                if let Some(at) = activity_at {
+                    streams.push((activity.clone(), at));
+                }
+                if !streams.is_empty() {
+                    let mut raw =
+                        read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+                    if let Some(i) = raw.iter().position(|(k, _)| *k == activity) {
+                        let (_, hints) = raw.swap_remove(i);
+                        if let Some((last, _)) = hints.last() {
+                            activity_at = Some(*last);
+                        }
+                        for (_, fields) in &hints {
+                            if let Some(key) = read::field_bytes(fields, "stream")
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                            {
+                                // Also for a stream not followed yet: it is hot from the
+                                // moment its zone's creation adds it.
+                                hot.insert(key.to_owned());
+                            }
+                        }
+                    }
+                    reply = self.bounded(raw);
                 } else if let Some(ms) = block {
                     tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
                 }

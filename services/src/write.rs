@@ -144,6 +144,13 @@ where
             }) => {
                 METRICS.append_events.inc_by(entry_ids.len() as u64);
                 let last = entry_ids.last().copied().unwrap_or_default();
+                // A new aggregate may be the first entry of its zone's stream: tell the
+                // projectors, so they need not wait for their sweep to find the stream.
+                if req.expected_version == 0 && matches!(stream, LogStream::Zone(_)) {
+                    if let Err(e) = app.store.hint_activity(&stream).await {
+                        tracing::debug!(error = %e, "activity hint not published");
+                    }
+                }
                 let visible = wait_visible(app, projection, &stream, last).await;
                 if !visible {
                     METRICS.writes_unprojected.inc();

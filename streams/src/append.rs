@@ -339,6 +339,22 @@ impl EventStore {
     }
 
     /// The newest entry id of a stream (`0-0` when empty).
+    /// Publishes an activity hint for `stream` (see [`KeySpace::activity`]).
+    pub async fn hint_activity(&self, stream: &LogStream) -> Result<(), redis::RedisError> {
+        let key = self.keys().activity();
+        let log = self.keys().log(stream);
+        let _: String = self
+            .connection()
+            .xadd_maxlen(
+                &key,
+                redis::streams::StreamMaxlen::Approx(10_000),
+                "*",
+                &[("stream", log.as_str())],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn last_entry_id(&self, stream_key: &str) -> Result<EntryId, redis::RedisError> {
         crate::read::last_entry_id(&mut self.connection(), stream_key).await
     }

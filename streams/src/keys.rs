@@ -9,6 +9,7 @@
 //! | `<p>:{tag}:versions` | hash | aggregate id → current version (optimistic concurrency) |
 //! | `<p>:{tag}:uniq:<kind>:<value>` | string | uniqueness reservation → owning aggregate id |
 //! | `<p>:{tag}:idem:<digest>` | hash | idempotency record of a request (24 h) |
+//! | `<p>:activity` | stream | hints: a zone stream got its first entries (trimmed ~10,000) |
 //! | `<p>:deadletters` | stream | entries a projection refused (bad signature, undecodable) |
 //! | `<t>caracal.*` | streams | Caracal's public topics (`<t>` = topic prefix, default empty) |
 //!
@@ -78,6 +79,13 @@ impl KeySpace {
 
     pub fn idempotency(&self, stream: &LogStream, digest: &str) -> String {
         format!("{}:{}:idem:{digest}", self.prefix, Self::tag(stream))
+    }
+
+    /// Hints that a zone stream received its first entries: `stream` = the log key. A
+    /// projector adds the named stream to its blocking reads at once instead of finding it
+    /// at its next sweep. Not the source of truth (the sweep still finds every stream).
+    pub fn activity(&self) -> String {
+        format!("{}:activity", self.prefix)
     }
 
     pub fn dead_letters(&self) -> String {
