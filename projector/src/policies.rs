@@ -393,72 +393,69 @@ pub async fn all_bindings<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Binding>, s
 }
 
 /// The catalog state a set command decides on: every set of the zone, the binding, and the
-/// versions of `target_set`. Read in one snapshot so the pieces agree with `version`.
+/// versions of `target_set`. Read in one `REPEATABLE READ` snapshot so the pieces agree with
+/// `version` (a dropped future rolls the transaction back with it).
 pub async fn load_catalog(
-    conn: &mut PgConnection,
+    pool: &sqlx::PgPool,
     zone_id: &str,
     target_set: Option<&str>,
 ) -> Result<Catalog, sqlx::Error> {
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
         .await?;
-    let result = async {
-        let head = sqlx::query(
-            "SELECT version, active_policy_set_id, active_version_id FROM policy_catalogs
-             WHERE zone_id = $1",
-        )
-        .bind(zone_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let mut c = Catalog::default();
-        if let Some(h) = head {
-            c.version = h.try_get::<i64, _>(0)? as u64;
-            let set: Option<String> = h.try_get(1)?;
-            let ver: Option<String> = h.try_get(2)?;
-            c.active = set.zip(ver);
-        }
-        let sets = sqlx::query(
-            "SELECT id, name, archived_at IS NOT NULL, latest_version FROM policy_sets
-             WHERE zone_id = $1",
-        )
-        .bind(zone_id)
-        .fetch_all(&mut *conn)
-        .await?;
-        for r in sets {
-            let s = SetSummary {
-                id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                archived: r.try_get(2)?,
-                latest_version: r.try_get::<i64, _>(3)? as u64,
-            };
-            c.sets.insert(s.id.clone(), s);
-        }
-        if let Some(target) = target_set {
-            let vs = sqlx::query(
-                "SELECT id, policy_set_id, version, manifest_sha256 FROM policy_set_versions
-                 WHERE policy_set_id = $1 AND zone_id = $2",
-            )
-            .bind(target)
-            .bind(zone_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            for r in vs {
-                c.versions.insert(
-                    r.try_get(0)?,
-                    SetVersionSummary {
-                        policy_set_id: r.try_get(1)?,
-                        version: r.try_get::<i64, _>(2)? as u64,
-                        manifest_sha256: r.try_get(3)?,
-                    },
-                );
-            }
-        }
-        Ok::<_, sqlx::Error>(c)
+    let head = sqlx::query(
+        "SELECT version, active_policy_set_id, active_version_id FROM policy_catalogs
+         WHERE zone_id = $1",
+    )
+    .bind(zone_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut c = Catalog::default();
+    if let Some(h) = head {
+        c.version = h.try_get::<i64, _>(0)? as u64;
+        let set: Option<String> = h.try_get(1)?;
+        let ver: Option<String> = h.try_get(2)?;
+        c.active = set.zip(ver);
     }
-    .await;
-    // Read-only: ending it either way is harmless.
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
-    result
+    let sets = sqlx::query(
+        "SELECT id, name, archived_at IS NOT NULL, latest_version FROM policy_sets
+         WHERE zone_id = $1",
+    )
+    .bind(zone_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in sets {
+        let s = SetSummary {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            archived: r.try_get(2)?,
+            latest_version: r.try_get::<i64, _>(3)? as u64,
+        };
+        c.sets.insert(s.id.clone(), s);
+    }
+    if let Some(target) = target_set {
+        let vs = sqlx::query(
+            "SELECT id, policy_set_id, version, manifest_sha256 FROM policy_set_versions
+             WHERE policy_set_id = $1 AND zone_id = $2",
+        )
+        .bind(target)
+        .bind(zone_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in vs {
+            c.versions.insert(
+                r.try_get(0)?,
+                SetVersionSummary {
+                    policy_set_id: r.try_get(1)?,
+                    version: r.try_get::<i64, _>(2)? as u64,
+                    manifest_sha256: r.try_get(3)?,
+                },
+            );
+        }
+    }
+    tx.commit().await?;
+    Ok(c)
 }
 
 /// A binding change by its event id (the `outbox_id`).

@@ -51,7 +51,8 @@ pub fn policy_error(e: PolicyError) -> ApiError {
         PolicyError::NotFound => ApiError::not_found("policy_not_found"),
         PolicyError::AlreadyExists => ApiError::internal("policy id collision"),
         PolicyError::Invalid(why) => super::schema::invalid_body(vec![json!({
-            "path": ["name"], "message": why
+            "path": [if why.starts_with("description") { "description" } else { "name" }],
+            "message": why
         })]),
         PolicyError::InvalidRego(reason) => invalid_rego(reason),
         PolicyError::ReservedNamespace => ApiError::conflict("reserved_namespace")

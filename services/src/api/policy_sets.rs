@@ -66,9 +66,10 @@ fn set_error(e: PolicySetError) -> ApiError {
         PolicySetError::NameConflict => ApiError::conflict("policy_set_name_conflict")
             .description("a live policy set with this name exists in the zone"),
         PolicySetError::AlreadyExists => ApiError::internal("policy set id collision"),
-        PolicySetError::Invalid(why) => {
-            invalid_body(vec![json!({"path": ["name"], "message": why})])
-        }
+        PolicySetError::Invalid(why) => invalid_body(vec![json!({
+            "path": [if why.starts_with("description") { "description" } else { "name" }],
+            "message": why
+        })]),
     }
 }
 
@@ -213,8 +214,7 @@ async fn catalog_write(
         || {
             let (ctx, rid) = (&ctx, rid);
             async move {
-                let mut conn = app.pool.acquire().await.map_err(ApiError::from)?;
-                let catalog = read::load_catalog(&mut conn, zone, target_set)
+                let catalog = read::load_catalog(&app.pool, zone, target_set)
                     .await
                     .map_err(ApiError::from)?;
                 let events = policy_sets::decide(&catalog, command, ctx).map_err(set_error)?;
