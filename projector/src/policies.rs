@@ -190,6 +190,30 @@ fn activation_from_row(r: &PgRow) -> Result<Activation, sqlx::Error> {
 
 // ---- queries ------------------------------------------------------------------------
 
+/// One page of `select` (which filters on `$1 = owner`), `(created_at, id)` descending,
+/// strictly after the cursor position.
+async fn keyset_page<'e, T>(
+    db: impl PgExecutor<'e>,
+    select: &str,
+    owner: &str,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+    map: fn(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let (ts, id) = after.unzip();
+    let rows = sqlx::query(&format!(
+        "{select} AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(owner)
+    .bind(limit)
+    .bind(ts)
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(map).collect()
+}
+
 /// A policy of a zone, archived or not.
 pub async fn load_policy<'e>(
     db: impl PgExecutor<'e>,
@@ -215,19 +239,9 @@ pub async fn list_policies<'e>(
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<Policy>, sqlx::Error> {
-    let (ts, id) = after.unzip();
-    let rows = sqlx::query(&format!(
-        "SELECT {POLICY_COLUMNS} FROM policies WHERE zone_id = $1 AND archived_at IS NULL
-         AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(zone_id)
-    .bind(limit)
-    .bind(ts)
-    .bind(id)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(policy_from_row).collect()
+    let select =
+        format!("SELECT {POLICY_COLUMNS} FROM policies WHERE zone_id = $1 AND archived_at IS NULL");
+    keyset_page(db, &select, zone_id, after, limit, policy_from_row).await
 }
 
 /// Every version of a policy, newest first.
@@ -294,19 +308,9 @@ pub async fn list_sets<'e>(
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<PolicySetRow>, sqlx::Error> {
-    let (ts, id) = after.unzip();
-    let rows = sqlx::query(&format!(
-        "SELECT {SET_COLUMNS} FROM policy_sets WHERE zone_id = $1 AND archived_at IS NULL
-         AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(zone_id)
-    .bind(limit)
-    .bind(ts)
-    .bind(id)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(set_from_row).collect()
+    let select =
+        format!("SELECT {SET_COLUMNS} FROM policy_sets WHERE zone_id = $1 AND archived_at IS NULL");
+    keyset_page(db, &select, zone_id, after, limit, set_from_row).await
 }
 
 pub async fn list_set_versions<'e>(
@@ -315,19 +319,9 @@ pub async fn list_set_versions<'e>(
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<SetVersionRow>, sqlx::Error> {
-    let (ts, id) = after.unzip();
-    let rows = sqlx::query(&format!(
-        "SELECT {SET_VERSION_COLUMNS} FROM policy_set_versions WHERE policy_set_id = $1
-         AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(set_id)
-    .bind(limit)
-    .bind(ts)
-    .bind(id)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(set_version_from_row).collect()
+    let select =
+        format!("SELECT {SET_VERSION_COLUMNS} FROM policy_set_versions WHERE policy_set_id = $1");
+    keyset_page(db, &select, set_id, after, limit, set_version_from_row).await
 }
 
 /// A policy-set version by id (any set; callers check set and zone).

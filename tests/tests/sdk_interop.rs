@@ -1,0 +1,46 @@
+//! Interop with Caracal's official Python admin client (`caracalai-admin`, installed from
+//! PyPI into `.venv` by scripts/test): tests/interop/*.py drive a running Serval.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Options, Server};
+
+fn python() -> PathBuf {
+    let p = std::env::var("SERVAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which creates the virtualenv",
+        p.display()
+    );
+    p
+}
+
+fn run(server: &Server, script: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .env("CARACAL_API_URL", server.api())
+        .env("CARACAL_ADMIN_TOKEN", server.token())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_admin_client_drives_policies_and_policy_sets() {
+    let server = Server::start(Options::default()).await;
+    run(&server, "admin_policies.py");
+}
