@@ -190,6 +190,24 @@ fn activation_from_row(r: &PgRow) -> Result<Activation, sqlx::Error> {
 
 // ---- queries ------------------------------------------------------------------------
 
+/// The row of `select` (a table without a `WHERE`) with this id in this zone.
+async fn load_in_zone<'e, T>(
+    db: impl PgExecutor<'e>,
+    select: &str,
+    zone_id: &str,
+    id: &str,
+    map: fn(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, sqlx::Error> {
+    sqlx::query(&format!("{select} WHERE id = $1 AND zone_id = $2"))
+        .bind(id)
+        .bind(zone_id)
+        .fetch_optional(db)
+        .await?
+        .as_ref()
+        .map(map)
+        .transpose()
+}
+
 /// One page of `select` (which filters on `$1 = owner`), `(created_at, id)` descending,
 /// strictly after the cursor position.
 async fn keyset_page<'e, T>(
@@ -220,16 +238,8 @@ pub async fn load_policy<'e>(
     zone_id: &str,
     id: &str,
 ) -> Result<Option<Policy>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {POLICY_COLUMNS} FROM policies WHERE id = $1 AND zone_id = $2"
-    ))
-    .bind(id)
-    .bind(zone_id)
-    .fetch_optional(db)
-    .await?
-    .as_ref()
-    .map(policy_from_row)
-    .transpose()
+    let select = format!("SELECT {POLICY_COLUMNS} FROM policies");
+    load_in_zone(db, &select, zone_id, id, policy_from_row).await
 }
 
 /// One page of a zone's live policies, `(created_at, id)` descending.
@@ -290,16 +300,8 @@ pub async fn load_set<'e>(
     zone_id: &str,
     id: &str,
 ) -> Result<Option<PolicySetRow>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {SET_COLUMNS} FROM policy_sets WHERE id = $1 AND zone_id = $2"
-    ))
-    .bind(id)
-    .bind(zone_id)
-    .fetch_optional(db)
-    .await?
-    .as_ref()
-    .map(set_from_row)
-    .transpose()
+    let select = format!("SELECT {SET_COLUMNS} FROM policy_sets");
+    load_in_zone(db, &select, zone_id, id, set_from_row).await
 }
 
 pub async fn list_sets<'e>(
