@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
@@ -20,6 +22,12 @@ use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::http::ApiError;
+use crate::rate_limit::{self, Bucket};
+
+/// `429 {"error":"rate_limited"}` (no `Retry-After`, §3.5).
+pub fn rate_limited() -> Response {
+    ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limited").into_response()
+}
 
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -172,18 +180,36 @@ async fn authorize(app: &App, p: &Principal, method: &Method, path: &str) -> Res
 
 /// Middleware for every `/v1` route.
 pub async fn require_admin(State(app): State<App>, mut req: Request, next: Next) -> Response {
-    let Some(token) = bearer(req.headers()).map(str::to_owned) else {
-        return ApiError::unauthorized("invalid_admin_token").into_response();
+    let ip = rate_limit::ip_subject(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip()),
+    );
+    if rate_limit::exceeded(&app, Bucket::V1Ip, &ip).await {
+        return rate_limited();
+    }
+    let principal = match bearer(req.headers()).map(str::to_owned) {
+        Some(token) => match authenticate(&app, &token).await {
+            Ok(found) => found.map(|t| Principal { token: t }),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
     };
-    let principal = match authenticate(&app, &token).await {
-        Ok(Some(t)) => Principal { token: t },
-        Ok(None) => return ApiError::unauthorized("invalid_admin_token").into_response(),
-        Err(e) => return e.into_response(),
+    let Some(principal) = principal else {
+        // §3.2 step 2: the per-IP failure budget turns the 401 into a 429 once spent.
+        if rate_limit::exceeded(&app, Bucket::AuthFailIp, &ip).await {
+            return rate_limited();
+        }
+        return ApiError::unauthorized("invalid_admin_token").into_response();
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if let Err(e) = authorize(&app, &principal, &method, &path).await {
         return e.into_response();
+    }
+    // §3.2 step 10: the per-actor budget.
+    if rate_limit::exceeded(&app, Bucket::V1Token, &principal.token.id).await {
+        return rate_limited();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await

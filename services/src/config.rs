@@ -137,6 +137,15 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub write_visibility_timeout_ms: u64,
+    /// Requests per minute on `/v1/` per client IP and per admin token (0 disables).
+    #[arg(long, env = "API_V1_RATE_LIMIT_PER_MIN", default_value_t = 600)]
+    pub api_v1_rate_limit_per_min: u64,
+    /// Failed authentications per minute per client IP before `429` replaces `401`.
+    #[arg(long, env = "ADMIN_AUTH_FAIL_LIMIT_PER_MIN", default_value_t = 60)]
+    pub admin_auth_fail_limit_per_min: u64,
+    /// `/ready` requests per minute per client IP (0 disables).
+    #[arg(long, env = "READY_RATE_LIMIT_PER_MIN", default_value_t = 120)]
+    pub ready_rate_limit_per_min: u64,
     /// Readiness fails when a projection trails the log by more than this.
     #[arg(long, env = "SERVAL_READY_LAG_MAX_MS", default_value_t = 30_000)]
     pub ready_lag_max_ms: u64,

@@ -19,5 +19,6 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod policy_engine;
+pub mod rate_limit;
 pub mod sts;
 pub mod write;

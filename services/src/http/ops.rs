@@ -5,9 +5,10 @@
 //! Coordinator answer Caracal's Node shape (`{"ok":false,"error":…,"dependency":…}`), the
 //! STS, Gateway and Audit its Go shape (`{"ok":false,"ready":false,"reason":…}`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,7 +33,17 @@ pub fn router(style: ReadyStyle) -> Router<App> {
         .route("/health", get(health))
         .route(
             "/ready",
-            get(move |s: State<App>| async move { ready(s, style).await }),
+            get(
+                move |s: State<App>, peer: ConnectInfo<SocketAddr>| async move {
+                    let ip = crate::rate_limit::ip_subject(Some(peer.0.ip()));
+                    if crate::rate_limit::exceeded(&s.0, crate::rate_limit::Bucket::ReadyIp, &ip)
+                        .await
+                    {
+                        return crate::auth::rate_limited();
+                    }
+                    ready(s, style).await
+                },
+            ),
         )
         .route("/metrics", get(metrics))
 }

@@ -191,6 +191,11 @@ impl Server {
             .env("SERVAL_AUDIT_PORT", "0")
             .env("DB_POOL_MAX", "8")
             .env("LOG_LEVEL", "info")
+            // Tests send bursts far above the production budgets; tests/rate_limits.rs
+            // turns them back on with small values.
+            .env("API_V1_RATE_LIMIT_PER_MIN", "0")
+            .env("READY_RATE_LIMIT_PER_MIN", "0")
+            .env("ADMIN_AUTH_FAIL_LIMIT_PER_MIN", "0")
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
