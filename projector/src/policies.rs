@@ -159,7 +159,6 @@ pub struct Binding {
     pub policy_set_id: String,
     pub version_id: String,
     pub manifest_sha256: String,
-    pub activated_at: Option<DateTime<Utc>>,
 }
 
 /// One binding change (activation or clearing).
@@ -284,15 +283,27 @@ pub async fn policy_versions_by_id<'e>(
         .collect()
 }
 
-/// The manifest lookup `check_manifest` needs.
-pub fn referenced(
-    versions: &BTreeMap<String, PolicyVersion>,
-    id: &str,
-) -> Option<ReferencedVersion> {
-    versions.get(id).map(|v| ReferencedVersion {
-        zone_id: v.zone_id.clone(),
-        schema_version: v.schema_version.clone(),
-    })
+/// What the manifest contract needs of policy versions (zone, schema), without content.
+pub async fn policy_version_refs<'e>(
+    db: impl PgExecutor<'e>,
+    ids: &[String],
+) -> Result<BTreeMap<String, ReferencedVersion>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT id, zone_id, schema_version FROM policy_versions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(db)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                ReferencedVersion {
+                    zone_id: r.try_get(1)?,
+                    schema_version: r.try_get(2)?,
+                },
+            ))
+        })
+        .collect()
 }
 
 pub async fn load_set<'e>(
@@ -342,50 +353,39 @@ pub async fn load_set_version<'e>(
     .transpose()
 }
 
+const BINDINGS: &str = "SELECT s.zone_id, s.id, s.active_version_id, v.manifest_sha256
+     FROM policy_sets s JOIN policy_set_versions v ON v.id = s.active_version_id
+     WHERE s.active_version_id IS NOT NULL";
+
+fn binding_from_row(r: &PgRow) -> Result<Binding, sqlx::Error> {
+    Ok(Binding {
+        zone_id: r.try_get(0)?,
+        policy_set_id: r.try_get(1)?,
+        version_id: r.try_get(2)?,
+        manifest_sha256: r.try_get(3)?,
+    })
+}
+
 /// The zone's active binding, if any.
 pub async fn binding<'e>(
     db: impl PgExecutor<'e>,
     zone_id: &str,
 ) -> Result<Option<Binding>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT active_policy_set_id, active_version_id, active_manifest_sha256, activated_at
-         FROM policy_catalogs WHERE zone_id = $1 AND active_version_id IS NOT NULL",
-    )
-    .bind(zone_id)
-    .fetch_optional(db)
-    .await?;
-    row.map(|r| {
-        Ok(Binding {
-            zone_id: zone_id.to_owned(),
-            policy_set_id: r.try_get(0)?,
-            version_id: r.try_get(1)?,
-            manifest_sha256: r.try_get(2)?,
-            activated_at: r.try_get(3)?,
-        })
-    })
-    .transpose()
+    sqlx::query(&format!("{BINDINGS} AND s.zone_id = $1"))
+        .bind(zone_id)
+        .fetch_optional(db)
+        .await?
+        .as_ref()
+        .map(binding_from_row)
+        .transpose()
 }
 
 /// Every zone with an active binding (to warm engine caches at start).
 pub async fn all_bindings<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Binding>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT zone_id, active_policy_set_id, active_version_id, active_manifest_sha256,
-                activated_at
-         FROM policy_catalogs WHERE active_version_id IS NOT NULL ORDER BY zone_id",
-    )
-    .fetch_all(db)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Binding {
-                zone_id: r.try_get(0)?,
-                policy_set_id: r.try_get(1)?,
-                version_id: r.try_get(2)?,
-                manifest_sha256: r.try_get(3)?,
-                activated_at: r.try_get(4)?,
-            })
-        })
-        .collect()
+    let rows = sqlx::query(&format!("{BINDINGS} ORDER BY s.zone_id"))
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(binding_from_row).collect()
 }
 
 /// The catalog state a set command decides on: every set of the zone, the binding, and the
@@ -400,23 +400,18 @@ pub async fn load_catalog(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let head = sqlx::query(
-        "SELECT version, active_policy_set_id, active_version_id FROM policy_catalogs
-         WHERE zone_id = $1",
-    )
-    .bind(zone_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let mut c = Catalog::default();
-    if let Some(h) = head {
-        c.version = h.try_get::<i64, _>(0)? as u64;
-        let set: Option<String> = h.try_get(1)?;
-        let ver: Option<String> = h.try_get(2)?;
-        c.active = set.zip(ver);
-    }
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM policy_catalogs WHERE zone_id = $1")
+            .bind(zone_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut c = Catalog {
+        version: version.unwrap_or(0) as u64,
+        ..Catalog::default()
+    };
     let sets = sqlx::query(
-        "SELECT id, name, archived_at IS NOT NULL, latest_version FROM policy_sets
-         WHERE zone_id = $1",
+        "SELECT id, name, archived_at IS NOT NULL, latest_version, active_version_id
+         FROM policy_sets WHERE zone_id = $1",
     )
     .bind(zone_id)
     .fetch_all(&mut *tx)
@@ -428,6 +423,9 @@ pub async fn load_catalog(
             archived: r.try_get(2)?,
             latest_version: r.try_get::<i64, _>(3)? as u64,
         };
+        if let Some(v) = r.try_get::<Option<String>, _>(4)? {
+            c.active = Some((s.id.clone(), v));
+        }
         c.sets.insert(s.id.clone(), s);
     }
     if let Some(target) = target_set {
@@ -669,17 +667,6 @@ async fn apply_set(
             .bind(at)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE policy_catalogs SET active_policy_set_id = $2, active_version_id = $3,
-                     active_manifest_sha256 = $4, activated_at = $5 WHERE zone_id = $1",
-            )
-            .bind(&zone_id)
-            .bind(&e.policy_set_id)
-            .bind(&e.version_id)
-            .bind(&e.manifest_sha256)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
             record_activation(tx, a, &zone_id, &e.policy_set_id, Some(&e.version_id)).await?;
         }
         PolicySetEvent::Archived(e) => {
@@ -692,15 +679,6 @@ async fn apply_set(
             .execute(&mut *tx)
             .await?;
             if e.cleared_binding {
-                sqlx::query(
-                    "UPDATE policy_catalogs SET active_policy_set_id = NULL,
-                         active_version_id = NULL, active_manifest_sha256 = NULL,
-                         activated_at = $2 WHERE zone_id = $1",
-                )
-                .bind(&zone_id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
                 record_activation(tx, a, &zone_id, &e.policy_set_id, None).await?;
             }
         }

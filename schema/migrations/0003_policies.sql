@@ -65,15 +65,13 @@ CREATE TABLE policy_set_versions (
 );
 CREATE INDEX policy_set_versions_list ON policy_set_versions (policy_set_id, created_at DESC, id DESC);
 
--- The per-zone catalog aggregate: its log version and the active binding.
+-- The per-zone catalog aggregate's log version. (The active binding is the set row whose
+-- `active_version_id` is set: at most one per zone.)
 CREATE TABLE policy_catalogs (
-    zone_id                text        PRIMARY KEY,
-    version                bigint      NOT NULL,
-    active_policy_set_id   text,
-    active_version_id      text,
-    active_manifest_sha256 text,
-    activated_at           timestamptz
+    zone_id text   PRIMARY KEY,
+    version bigint NOT NULL
 );
+CREATE INDEX policy_sets_active ON policy_sets (zone_id) WHERE active_version_id IS NOT NULL;
 
 -- Every binding change (activation, or clearing by deleting the active set), by event id:
 -- the event id is the `outbox_id` of its `caracal.policy.invalidate` message.

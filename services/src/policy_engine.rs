@@ -10,7 +10,6 @@
 //! A zone without an active set has no bundle, and its decisions fail closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use serval_domain::policy::{Bundle, BundleDocument, BundleError};
 use serval_projector::policies as read;
+use serval_streams::read::field_str;
 use serval_streams::topics;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -44,7 +44,8 @@ pub struct Loaded {
 enum ZoneState {
     /// Known to have no active policy set: deny everything.
     NoPolicy,
-    Loaded(Loaded),
+    /// Shared, so a request takes a reference count, not a copy.
+    Loaded(Arc<Loaded>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +63,10 @@ pub enum EngineError {
     Postgres(#[from] sqlx::Error),
 }
 
-/// What a decision used and answered.
+/// What a decision answered, and the bundle that made it.
 pub struct Decided {
     pub result: Value,
-    pub policy_set_id: String,
-    pub version_id: String,
-    pub manifest_sha256: String,
+    pub loaded: Arc<Loaded>,
 }
 
 #[derive(Default)]
@@ -75,8 +74,6 @@ pub struct PolicyEngines {
     zones: RwLock<HashMap<String, ZoneState>>,
     generations: Mutex<HashMap<String, u64>>,
     compiled: Mutex<HashMap<String, Arc<Bundle>>>,
-    /// Bundles compiled by this process (for metrics and tests of "compiled once").
-    pub compilations: AtomicU64,
 }
 
 impl PolicyEngines {
@@ -134,23 +131,14 @@ impl PolicyEngines {
         cache.insert(version_id.to_owned(), bundle);
     }
 
-    /// The bundle of a policy-set version, compiled at most once per process.
-    pub async fn compile_version(
+    /// Compiles the policy versions of a manifest, in manifest order.
+    pub async fn compile_manifest(
         &self,
         pool: &PgPool,
-        version: &read::SetVersionRow,
-    ) -> Result<Arc<Bundle>, EngineError> {
-        if let Some(b) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&version.id)
-        {
-            return Ok(b.clone());
-        }
-        let docs = read::policy_versions_by_id(pool, &version.manifest).await?;
-        let contents: Vec<(String, String)> = version
-            .manifest
+        manifest: &[String],
+    ) -> Result<Bundle, EngineError> {
+        let docs = read::policy_versions_by_id(pool, manifest).await?;
+        let contents: Vec<(String, String)> = manifest
             .iter()
             .map(|id| {
                 docs.get(id)
@@ -159,17 +147,22 @@ impl PolicyEngines {
             })
             .collect::<Result<_, _>>()?;
         let bundle = compile_blocking(contents).await?;
-        self.compilations.fetch_add(1, Ordering::Relaxed);
         METRICS.bundles_compiled.inc();
-        let bundle = Arc::new(bundle);
-        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= COMPILED_CACHE_MAX {
-            cache.clear();
+        Ok(bundle)
+    }
+
+    /// The bundle of a policy-set version, compiled at most once per process.
+    pub async fn compile_version(
+        &self,
+        pool: &PgPool,
+        version: &read::SetVersionRow,
+    ) -> Result<Arc<Bundle>, EngineError> {
+        if let Some(b) = self.compiled(&version.id) {
+            return Ok(b);
         }
-        Ok(cache
-            .entry(version.id.clone())
-            .or_insert_with(|| bundle.clone())
-            .clone())
+        let bundle = Arc::new(self.compile_manifest(pool, &version.manifest).await?);
+        self.remember(&version.id, bundle.clone());
+        Ok(bundle)
     }
 
     async fn load(&self, pool: &PgPool, zone: &str) -> Result<ZoneState, EngineError> {
@@ -180,17 +173,17 @@ impl PolicyEngines {
             .await?
             .ok_or_else(|| EngineError::MissingVersion(b.version_id.clone()))?;
         let bundle = self.compile_version(pool, &version).await?;
-        Ok(ZoneState::Loaded(Loaded {
+        Ok(ZoneState::Loaded(Arc::new(Loaded {
             policy_set_id: b.policy_set_id,
             version_id: b.version_id,
             manifest_sha256: b.manifest_sha256,
             bundle,
             loaded_at: Utc::now(),
-        }))
+        })))
     }
 
     /// The zone's active bundle; loads a zone seen for the first time.
-    pub async fn active(&self, pool: &PgPool, zone: &str) -> Result<Loaded, EngineError> {
+    pub async fn active(&self, pool: &PgPool, zone: &str) -> Result<Arc<Loaded>, EngineError> {
         let state = match self.cached(zone) {
             Some(s) => s,
             None => {
@@ -233,16 +226,11 @@ impl PolicyEngines {
             "deny"
         };
         METRICS.policy_decisions.with_label_values(&[outcome]).inc();
-        Ok(Decided {
-            result,
-            policy_set_id: l.policy_set_id,
-            version_id: l.version_id,
-            manifest_sha256: l.manifest_sha256,
-        })
+        Ok(Decided { result, loaded: l })
     }
 
     /// What this process has loaded for a zone (for status routes), without loading.
-    pub fn loaded(&self, zone: &str) -> Option<Loaded> {
+    pub fn loaded(&self, zone: &str) -> Option<Arc<Loaded>> {
         match self.cached(zone) {
             Some(ZoneState::Loaded(l)) => Some(l),
             _ => None,
@@ -274,13 +262,13 @@ impl PolicyEngines {
         let bundle = self.compile_version(pool, &version).await?;
         self.install(
             zone,
-            ZoneState::Loaded(Loaded {
+            ZoneState::Loaded(Arc::new(Loaded {
                 policy_set_id: set_id.to_owned(),
                 version_id: version.id.clone(),
                 manifest_sha256: version.manifest_sha256.clone(),
                 bundle,
                 loaded_at: Utc::now(),
-            }),
+            })),
             Some(g),
         );
         Ok(())
@@ -302,14 +290,6 @@ pub async fn compile_blocking(docs: Vec<(String, String)>) -> Result<Bundle, Bun
     })
     .await
     .unwrap_or_else(|e| Err(BundleError::Bundle(format!("compilation aborted: {e}"))))
-}
-
-fn field(fields: &HashMap<String, redis::Value>, name: &str) -> Option<String> {
-    match fields.get(name)? {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// Follows `caracal.policy.invalidate` from its current end and applies every verified
@@ -367,19 +347,19 @@ pub async fn listen(app: App, mut stop: watch::Receiver<bool>) {
                 let pairs: Vec<(String, Option<String>)> = entry
                     .map
                     .keys()
-                    .map(|k| (k.clone(), field(&entry.map, k)))
+                    .map(|k| (k.clone(), field_str(&entry.map, k)))
                     .collect();
                 if !topics::verify(&app.secrets.streams_key, &key, &pairs) {
                     tracing::warn!(entry = %entry.id, "policy invalidation with a bad _sig ignored");
                     continue;
                 }
                 let (Some(zone), Some(set)) = (
-                    field(&entry.map, "zone_id"),
-                    field(&entry.map, "policy_set_id"),
+                    field_str(&entry.map, "zone_id"),
+                    field_str(&entry.map, "policy_set_id"),
                 ) else {
                     continue;
                 };
-                let version = field(&entry.map, "policy_set_version_id");
+                let version = field_str(&entry.map, "policy_set_version_id");
                 if let Err(e) = app
                     .engines
                     .invalidate(&app.pool, &zone, &set, version.as_deref())

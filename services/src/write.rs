@@ -39,6 +39,28 @@ pub enum Outcome {
     ReplayUnrecorded { aggregate_id: String, visible: bool },
 }
 
+impl Outcome {
+    /// Whether the read model had passed the write when it was answered.
+    pub fn visible(&self) -> bool {
+        match self {
+            Outcome::Applied { visible, .. } | Outcome::ReplayUnrecorded { visible, .. } => {
+                *visible
+            }
+            Outcome::Replay { .. } => true,
+        }
+    }
+
+    /// The first event appended now, with its envelope.
+    pub fn first_appended(&self) -> Option<(&Event, &Envelope)> {
+        match self {
+            Outcome::Applied {
+                events, envelopes, ..
+            } => events.first().zip(envelopes.first()),
+            _ => None,
+        }
+    }
+}
+
 pub enum Failure {
     Api(ApiError),
     /// A uniqueness reservation is held by another aggregate.

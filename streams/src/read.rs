@@ -82,6 +82,11 @@ pub fn field_bytes<'a>(fields: &'a HashMap<String, Value>, name: &str) -> Option
     }
 }
 
+/// A field as UTF-8 text (topic messages are flat string fields).
+pub fn field_str(fields: &HashMap<String, Value>, name: &str) -> Option<String> {
+    field_bytes(fields, name).and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned))
+}
+
 /// Checks an entry's signature (constant time), then decodes its envelope and checks that
 /// it belongs to the stream it was read from.
 pub fn verify_entry(

@@ -7,21 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Admin, Options, Server};
+use common::{python, Admin, Options, Server};
 use serde_json::{json, Value};
 use serval_streams::LogStream;
-
-fn python() -> PathBuf {
-    let p = std::env::var("SERVAL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test, which creates the virtualenv",
-        p.display()
-    );
-    p
-}
 
 fn run_example(server: &Server) -> (bool, String, String) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/verify_log.py");

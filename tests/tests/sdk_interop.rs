@@ -6,19 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Options, Server};
-
-fn python() -> PathBuf {
-    let p = std::env::var("SERVAL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test, which creates the virtualenv",
-        p.display()
-    );
-    p
-}
+use common::{python, Options, Server};
 
 fn run(server: &Server, script: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

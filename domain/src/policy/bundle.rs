@@ -197,12 +197,13 @@ impl Bundle {
 
     /// Evaluates the decision contract for one input; the value is the contract's `result`.
     pub fn evaluate(&self, input: &Value) -> Result<Value, EvalError> {
+        let input = to_input(input)?;
         let pooled = self.vms.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut vm = match pooled {
             Some(vm) => vm,
             None => self.new_vm().map_err(|e| EvalError(e.to_string()))?,
         };
-        vm.set_input(regorus::Value::from(input.clone()));
+        vm.set_input(input);
         let out = vm.execute();
         // A VM that failed mid-run is dropped rather than reused.
         let out = match out {
@@ -220,7 +221,7 @@ impl Bundle {
     pub fn evaluate_interpreted(&self, input: &Value) -> Result<Value, EvalError> {
         let out = self
             .policy
-            .eval_with_input(regorus::Value::from(input.clone()))
+            .eval_with_input(to_input(input)?)
             .map_err(|e| EvalError(first_line(&e.to_string())))?;
         to_result(out)
     }
@@ -241,6 +242,12 @@ fn derive(documents: &Value) -> Result<Value, BundleError> {
         .eval_rule("data.serval.derive.derived".to_owned())
         .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;
     serde_json::to_value(&derived).map_err(|e| BundleError::Bundle(format!("contract: {e}")))
+}
+
+/// The request as an engine value, read straight from the borrowed JSON (no copy first).
+fn to_input(input: &Value) -> Result<regorus::Value, EvalError> {
+    use serde::Deserialize;
+    regorus::Value::deserialize(input).map_err(|e| EvalError(format!("input: {e}")))
 }
 
 fn to_result(out: regorus::Value) -> Result<Value, EvalError> {

@@ -208,13 +208,8 @@ fn request(
 
 /// The first appended event and its envelope (writes here append exactly one).
 fn appended(outcome: &Outcome) -> Option<(&PolicyEvent, &Envelope)> {
-    match outcome {
-        Outcome::Applied {
-            events, envelopes, ..
-        } => match (events.first(), envelopes.first()) {
-            (Some(Event::Policy(e)), Some(env)) => Some((e, env)),
-            _ => None,
-        },
+    match outcome.first_appended()? {
+        (Event::Policy(e), env) => Some((e, env)),
         _ => None,
     }
 }
@@ -470,10 +465,7 @@ async fn archive(
     if let Outcome::Replay { status, body } = &outcome {
         return Ok(write::replayed(*status, body.clone()));
     }
-    let visible = match outcome {
-        Outcome::Applied { visible, .. } | Outcome::ReplayUnrecorded { visible, .. } => visible,
-        Outcome::Replay { .. } => true,
-    };
+    let visible = outcome.visible();
     Ok(write::respond(
         &app,
         &LogStream::Zone(zone),

@@ -13,6 +13,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use serval_domain::policy::bundle::{deny_reason, is_allow};
 use serval_domain::policy::Bundle;
+use serval_streams::read::field_str;
 use serval_streams::topics;
 
 use crate::app::App;
@@ -96,14 +97,6 @@ pub fn parse(v: &Value) -> Result<HistoryRequest, (&'static str, String)> {
     Ok(h)
 }
 
-fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 fn recorded_reason(data: &Value) -> Option<String> {
     data.get("diagnostics_json")
         .and_then(Value::as_array)
@@ -145,7 +138,7 @@ pub async fn replay(
         let n = page.ids.len();
         for entry in page.ids {
             end = format!("({}", entry.id);
-            let Some(data_text) = entry.map.get("data").and_then(text) else {
+            let Some(data_text) = field_str(&entry.map, "data") else {
                 other_events += 1;
                 continue;
             };
@@ -158,7 +151,7 @@ pub async fn replay(
             {
                 continue;
             }
-            let sig = entry.map.get("sig").and_then(text);
+            let sig = field_str(&entry.map, "sig");
             // The audit `sig` covers `data` alone (events-and-audit.md §4).
             if !verify_audit(&app.secrets.audit_key, &data_text, sig.as_deref()) {
                 bad_sig += 1;

@@ -17,7 +17,7 @@ use serval_domain::policy::policy_sets::{
     self, catalog_id, CheckedManifest, ManifestError, PolicySetCommand, PolicySetContext,
     PolicySetError, PolicySetEvent,
 };
-use serval_domain::policy::{Bundle, BundleError};
+use serval_domain::policy::BundleError;
 use serval_domain::validation::is_valid_identifier;
 use serval_domain::{Actor, Event};
 use serval_projector::policies::{self as read, PolicySetRow, SetVersionRow};
@@ -33,7 +33,7 @@ use crate::auth::Principal;
 use crate::http::body::RawBody;
 use crate::http::pagination::{self, PageQuery};
 use crate::http::{ApiError, RequestId};
-use crate::policy_engine::{compile_blocking, EngineError};
+use crate::policy_engine::EngineError;
 use crate::write::{self, Outcome};
 
 pub fn router() -> Router<App> {
@@ -235,21 +235,9 @@ async fn catalog_write(
 }
 
 fn appended(outcome: &Outcome) -> Option<(&PolicySetEvent, &Envelope)> {
-    match outcome {
-        Outcome::Applied {
-            events, envelopes, ..
-        } => match (events.first(), envelopes.first()) {
-            (Some(Event::PolicySet(e)), Some(env)) => Some((e, env)),
-            _ => None,
-        },
+    match outcome.first_appended()? {
+        (Event::PolicySet(e), env) => Some((e, env)),
         _ => None,
-    }
-}
-
-fn visible(outcome: &Outcome) -> bool {
-    match outcome {
-        Outcome::Applied { visible, .. } | Outcome::ReplayUnrecorded { visible, .. } => *visible,
-        Outcome::Replay { .. } => true,
     }
 }
 
@@ -304,7 +292,7 @@ async fn create(
         &idem,
         StatusCode::CREATED,
         Some(body),
-        visible(&outcome),
+        outcome.visible(),
     )
     .await)
 }
@@ -341,7 +329,7 @@ async fn archive(
         &idem,
         StatusCode::NO_CONTENT,
         None,
-        visible(&outcome),
+        outcome.visible(),
     )
     .await)
 }
@@ -382,41 +370,24 @@ fn parse_manifest(body: &mut Obj) -> Option<Vec<String>> {
     Some(ids)
 }
 
-/// The manifest contract and bundle compilation (§11), as a create, an activation or a
-/// simulation checks them. Returns the checked manifest and the compiled bundle.
+/// The manifest contract (§11), checked on version create, activation and simulation. A
+/// stored version whose policy version vanished is a `409` (`stored`), not a contract error.
 async fn verify_manifest(
     app: &App,
     zone: &str,
     ids: &[String],
-    cached_version: Option<&str>,
-) -> Result<(CheckedManifest, Arc<Bundle>), ApiError> {
+    stored: bool,
+) -> Result<CheckedManifest, ApiError> {
     let normalized = policy_sets::normalize_manifest(ids).map_err(contract_error)?;
-    let versions = read::policy_versions_by_id(&app.pool, &normalized).await?;
-    let checked =
-        policy_sets::check_manifest(zone, &normalized, |id| read::referenced(&versions, id))
-            .map_err(|e| match e {
-                ManifestError::Unknown(_) if cached_version.is_some() => {
-                    ApiError::conflict("referenced_policy_version_missing")
-                        .description(e.to_string())
-                }
-                other => contract_error(other),
-            })?;
-    if let Some(v) = cached_version {
-        if let Some(b) = app.engines.compiled(v) {
-            return Ok((checked, b));
-        }
-    }
-    let docs: Vec<(String, String)> = checked
-        .policy_version_ids
-        .iter()
-        .filter_map(|id| versions.get(id).map(|v| (id.clone(), v.content.clone())))
-        .collect();
-    let bundle = Arc::new(compile_blocking(docs).await.map_err(bundle_error)?);
-    crate::metrics::METRICS.bundles_compiled.inc();
-    if let Some(v) = cached_version {
-        app.engines.remember(v, bundle.clone());
-    }
-    Ok((checked, bundle))
+    let refs = read::policy_version_refs(&app.pool, &normalized).await?;
+    policy_sets::check_manifest(zone, &normalized, |id| refs.get(id).cloned()).map_err(
+        |e| match e {
+            ManifestError::Unknown(_) if stored => {
+                ApiError::conflict("referenced_policy_version_missing").description(e.to_string())
+            }
+            other => contract_error(other),
+        },
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -436,7 +407,12 @@ async fn add_version(
     body.finish()?;
     let manifest = manifest.unwrap_or_default();
     live_set(&app, &zone, &set, "policy_set_not_found").await?;
-    let (checked, bundle) = verify_manifest(&app, &zone, &manifest, None).await?;
+    let checked = verify_manifest(&app, &zone, &manifest, false).await?;
+    let bundle = Arc::new(
+        app.engines
+            .compile_manifest(&app.pool, &checked.policy_version_ids)
+            .await?,
+    );
     let actor = principal.actor(&headers);
     let idem = write::idempotency(&headers, &actor.id, &method, uri.path(), &raw)?;
     let version_id = uuid::Uuid::now_v7().to_string();
@@ -475,7 +451,7 @@ async fn add_version(
         &idem,
         StatusCode::CREATED,
         Some(body),
-        visible(&outcome),
+        outcome.visible(),
     )
     .await)
 }
@@ -504,7 +480,8 @@ async fn activate(
     let version_id = version_id.unwrap_or_default();
     let version = set_version(&app, &zone, &set, &version_id, "version_not_found").await?;
     live_set(&app, &zone, &set, "policy_set_binding_not_found").await?;
-    verify_manifest(&app, &zone, &version.manifest, Some(&version.id)).await?;
+    verify_manifest(&app, &zone, &version.manifest, true).await?;
+    app.engines.compile_version(&app.pool, &version).await?;
     let actor = principal.actor(&headers);
     let idem = write::idempotency(&headers, &actor.id, &method, uri.path(), &raw)?;
     let cmd = PolicySetCommand::Activate {
@@ -547,7 +524,7 @@ async fn activate(
         &idem,
         StatusCode::ACCEPTED,
         Some(body),
-        visible(&outcome),
+        outcome.visible(),
     )
     .await)
 }
@@ -708,8 +685,8 @@ async fn simulate(
     body.finish()?;
     let version_id = version_id.unwrap_or_default();
     let version = set_version(&app, &zone, &set, &version_id, "version_not_found").await?;
-    let (checked, bundle) =
-        verify_manifest(&app, &zone, &version.manifest, Some(&version.id)).await?;
+    let checked = verify_manifest(&app, &zone, &version.manifest, true).await?;
+    let bundle = app.engines.compile_version(&app.pool, &version).await?;
     let mut warnings = Vec::new();
     let (result, explanation, would_activate) = match &input {
         None => (

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use crate::http::body::is_json;
+use crate::http::body::check_content_type;
 use crate::http::ApiError;
 
 pub fn invalid_body(issues: Vec<Value>) -> ApiError {
@@ -37,15 +37,7 @@ pub struct Obj {
 
 impl Obj {
     pub fn parse(headers: &HeaderMap, raw: &[u8]) -> Result<Obj, ApiError> {
-        if !raw.is_empty()
-            && headers.contains_key(axum::http::header::CONTENT_TYPE)
-            && !is_json(headers)
-        {
-            return Err(ApiError::framework(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported content type; send application/json",
-            ));
-        }
+        check_content_type(headers, raw)?;
         let value: Value = if raw.is_empty() {
             Value::Object(Map::new())
         } else {

@@ -30,7 +30,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-pub fn is_json(headers: &HeaderMap) -> bool {
+fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -46,6 +46,17 @@ pub fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// A non-empty body with a content type must be JSON (`415` otherwise).
+pub fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    if !body.is_empty() && headers.contains_key(header::CONTENT_TYPE) && !is_json(headers) {
+        return Err(ApiError::framework(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported content type; send application/json",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a JSON object body for a route whose validation failures answer `400 <code>`.
 /// Top-level `null` values are refused (no schema of these routes is nullable).
 pub fn parse_object<T: DeserializeOwned>(
@@ -53,12 +64,7 @@ pub fn parse_object<T: DeserializeOwned>(
     body: &[u8],
     code: &str,
 ) -> Result<T, ApiError> {
-    if !body.is_empty() && headers.contains_key(header::CONTENT_TYPE) && !is_json(headers) {
-        return Err(ApiError::framework(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported content type; send application/json",
-        ));
-    }
+    check_content_type(headers, body)?;
     let value: Value = if body.is_empty() {
         Value::Object(Default::default())
     } else {

@@ -133,9 +133,9 @@ async fn decide(
     match app.engines.decide(&app.pool, &zone, &input).await {
         Ok(d) => Ok(Json(json!({
             "zone_id": zone,
-            "policy_set_id": d.policy_set_id,
-            "policy_set_version_id": d.version_id,
-            "manifest_sha256": d.manifest_sha256,
+            "policy_set_id": d.loaded.policy_set_id,
+            "policy_set_version_id": d.loaded.version_id,
+            "manifest_sha256": d.loaded.manifest_sha256,
             "result": d.result,
         }))),
         Err(EngineError::NoPolicy) => Err(eval_failed(

@@ -508,3 +508,16 @@ impl Drop for OwnedRedis {
         self.kill9();
     }
 }
+
+/// The virtualenv's Python that scripts/test creates (`SERVAL_PYTHON` overrides it).
+pub fn python() -> PathBuf {
+    let p = std::env::var("SERVAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which creates the virtualenv",
+        p.display()
+    );
+    p
+}
