@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::admin_token::AdminTokenEvent;
+use crate::catalog::CatalogEvent;
 use crate::policy::policies::PolicyEvent;
 use crate::policy::policy_sets::PolicySetEvent;
 use crate::zone::ZoneEvent;
@@ -17,6 +18,11 @@ pub enum AggregateKind {
     Policy,
     /// A zone's policy sets and active binding (one aggregate per zone).
     PolicySets,
+    Application,
+    Provider,
+    Resource,
+    Grant,
+    ProviderConnection,
 }
 
 impl AggregateKind {
@@ -26,6 +32,11 @@ impl AggregateKind {
             AggregateKind::AdminToken => "admin_token",
             AggregateKind::Policy => "policy",
             AggregateKind::PolicySets => "policy_sets",
+            AggregateKind::Application => "application",
+            AggregateKind::Provider => "provider",
+            AggregateKind::Resource => "resource",
+            AggregateKind::Grant => "grant",
+            AggregateKind::ProviderConnection => "provider_connection",
         }
     }
 
@@ -35,6 +46,11 @@ impl AggregateKind {
             "admin_token" => Some(AggregateKind::AdminToken),
             "policy" => Some(AggregateKind::Policy),
             "policy_sets" => Some(AggregateKind::PolicySets),
+            "application" => Some(AggregateKind::Application),
+            "provider" => Some(AggregateKind::Provider),
+            "resource" => Some(AggregateKind::Resource),
+            "grant" => Some(AggregateKind::Grant),
+            "provider_connection" => Some(AggregateKind::ProviderConnection),
             _ => None,
         }
     }
@@ -52,6 +68,8 @@ pub enum Event {
     AdminToken(AdminTokenEvent),
     Policy(PolicyEvent),
     PolicySet(PolicySetEvent),
+    /// Applications, providers, resources, grants, provider connections.
+    Catalog(CatalogEvent),
 }
 
 impl Event {
@@ -62,6 +80,7 @@ impl Event {
             Event::AdminToken(e) => e.event_type(),
             Event::Policy(e) => e.event_type(),
             Event::PolicySet(e) => e.event_type(),
+            Event::Catalog(e) => e.event_type(),
         }
     }
 
@@ -71,6 +90,7 @@ impl Event {
             Event::AdminToken(_) => AggregateKind::AdminToken,
             Event::Policy(_) => AggregateKind::Policy,
             Event::PolicySet(_) => AggregateKind::PolicySets,
+            Event::Catalog(e) => e.kind().aggregate_kind(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod admin_token;
+pub mod catalog;
 pub mod event;
 pub mod policy;
 pub mod validation;

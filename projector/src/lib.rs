@@ -11,6 +11,7 @@
 
 pub mod admin_tokens;
 pub mod archive;
+pub mod catalog;
 pub mod metrics;
 pub mod policies;
 pub mod projection;

@@ -56,9 +56,11 @@ pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
             vec![invalidate(&e.policy_set_id, None)]
         }
         // §16: "Everything else emits no stream event (zone/… CRUD, admin tokens)".
-        Event::Zone(_) | Event::AdminToken(_) | Event::Policy(_) | Event::PolicySet(_) => {
-            Vec::new()
-        }
+        Event::Zone(_)
+        | Event::AdminToken(_)
+        | Event::Policy(_)
+        | Event::PolicySet(_)
+        | Event::Catalog(_) => Vec::new(),
     }
 }
 

@@ -96,14 +96,7 @@ pub async fn live_dcr_applications<'e>(
     db: impl PgExecutor<'e>,
     zone_id: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM applications
-         WHERE zone_id = $1 AND registration_method = 'dcr' AND archived_at IS NULL
-           AND expires_at > now()",
-    )
-    .bind(zone_id)
-    .fetch_one(db)
-    .await
+    crate::catalog::live_dcr_applications(db, zone_id).await
 }
 
 async fn load_many(

@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use serval_projector::admin_tokens::AdminTokensProjection;
+use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
 use serval_projector::zones::ZonesProjection;
 use serval_projector::{Projection, ProjectorConfig, Runner, Visibility};
@@ -25,13 +26,15 @@ pub enum Rebuildable {
     Zones,
     AdminTokens,
     Policies,
+    Catalog,
 }
 
 impl Rebuildable {
-    pub const ALL: [Rebuildable; 3] = [
+    pub const ALL: [Rebuildable; 4] = [
         Rebuildable::Zones,
         Rebuildable::AdminTokens,
         Rebuildable::Policies,
+        Rebuildable::Catalog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Rebuildable {
             Rebuildable::Zones => serval_schema::projections::ZONES,
             Rebuildable::AdminTokens => serval_schema::projections::ADMIN_TOKENS,
             Rebuildable::Policies => serval_schema::projections::POLICIES,
+            Rebuildable::Catalog => serval_schema::projections::CATALOG,
         }
     }
 
@@ -48,6 +52,7 @@ impl Rebuildable {
             Rebuildable::Zones => &["zones"],
             Rebuildable::AdminTokens => &["admin_tokens"],
             Rebuildable::Policies => &serval_projector::policies::TABLES,
+            Rebuildable::Catalog => &serval_projector::catalog::TABLES,
         }
     }
 }
@@ -103,6 +108,7 @@ async fn catch_up(
         Rebuildable::Zones => go(ctx, pool, cfg, ZonesProjection, archive).await,
         Rebuildable::AdminTokens => go(ctx, pool, cfg, AdminTokensProjection, archive).await,
         Rebuildable::Policies => go(ctx, pool, cfg, PoliciesProjection, archive).await,
+        Rebuildable::Catalog => go(ctx, pool, cfg, CatalogProjection, archive).await,
     }
 }
 

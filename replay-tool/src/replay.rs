@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serval_projector::admin_tokens::AdminTokensProjection;
+use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
 use serval_projector::zones::ZonesProjection;
 use serval_projector::{Projection, ProjectorConfig, Runner, Visibility};
@@ -102,6 +103,7 @@ pub async fn run(ctx: &Context, args: &ReplayArgs) -> anyhow::Result<u64> {
     let mut n = project(ctx, &pool, ZonesProjection, bound, 5_000).await?;
     n += project(ctx, &pool, AdminTokensProjection, bound, 5_000).await?;
     n += project(ctx, &pool, PoliciesProjection, bound, 5_000).await?;
+    n += project(ctx, &pool, CatalogProjection, bound, 5_000).await?;
     pool.close().await;
     eprintln!(
         "replayed the read models as of {} into schema {}",

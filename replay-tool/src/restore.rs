@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
+use serval_domain::catalog;
 use serval_domain::policy::policies;
 use serval_domain::{admin_token, zone, Event, EventMeta};
 use serval_streams::codec::Upcasters;
@@ -32,6 +33,7 @@ struct Derived {
     zones: HashMap<String, zone::Zone>,
     tokens: HashMap<String, admin_token::AdminToken>,
     policies: HashMap<String, policies::Policy>,
+    catalog: HashMap<String, catalog::Entity>,
 }
 
 impl Derived {
@@ -64,6 +66,12 @@ impl Derived {
                     self.policies.insert(meta.aggregate_id.clone(), p);
                 }
             }
+            Ok(Event::Catalog(e)) => {
+                if let Some(c) = catalog::evolve(self.catalog.remove(&meta.aggregate_id), &meta, &e)
+                {
+                    self.catalog.insert(meta.aggregate_id.clone(), c);
+                }
+            }
             // Set names are decided inside the catalog aggregate: no reservation.
             Ok(Event::PolicySet(_)) | Err(_) => {}
         }
@@ -85,7 +93,11 @@ impl Derived {
                 .into_iter()
                 .map(|(k, v)| (k, v, p.id.clone()))
         });
-        zones.chain(tokens).chain(policies).collect()
+        let objects = self
+            .catalog
+            .values()
+            .filter_map(|e| catalog::reservation(e).map(|(k, v)| (k, v, e.id.clone())));
+        zones.chain(tokens).chain(policies).chain(objects).collect()
     }
 }
 

@@ -17,6 +17,7 @@ pub mod projections {
     pub const ARCHIVE: &str = "archive";
     pub const RELAY: &str = "relay";
     pub const POLICIES: &str = "policies";
+    pub const CATALOG: &str = "catalog";
 
     pub const VERSIONS: &[(&str, u32)] = &[
         (ZONES, 1),
@@ -24,6 +25,7 @@ pub mod projections {
         (ARCHIVE, 1),
         (RELAY, 1),
         (POLICIES, 1),
+        (CATALOG, 1),
     ];
 }
 

@@ -13,6 +13,7 @@ use axum::Router;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serval_projector::admin_tokens::AdminTokensProjection;
 use serval_projector::archive::ArchiveProjection;
+use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
 use serval_projector::relay::RelayProjection;
 use serval_projector::zones::ZonesProjection;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub engines: PolicyEngines,
     /// This process serves the STS, so `engines` follows invalidations.
     pub sts_local: AtomicBool,
+    /// Sealed-secret custody (per-zone data keys under `SECRET_STORE_KEK`).
+    pub custody: crate::secrets::Custody,
 }
 
 impl AppState {
@@ -59,9 +62,10 @@ impl AppState {
 }
 
 /// Every projection this build runs, by name (for readiness and lag).
-pub const PROJECTIONS: [&str; 5] = [
+pub const PROJECTIONS: [&str; 6] = [
     serval_schema::projections::ZONES,
     serval_schema::projections::POLICIES,
+    serval_schema::projections::CATALOG,
     serval_schema::projections::ADMIN_TOKENS,
     serval_schema::projections::ARCHIVE,
     serval_schema::projections::RELAY,
@@ -169,6 +173,7 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
     for _ in 1..DEFAULT_REDIS_CONNECTIONS {
         conns.push(connect_redis(&cfg.redis_url).await?.1);
     }
+    let custody = crate::secrets::Custody::new(secrets.kek.clone(), keys.clone(), redis.clone());
     let store = EventStore::with_connections(conns, keys, signer);
     Ok(Arc::new(AppState {
         cfg,
@@ -181,6 +186,7 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         draining: AtomicBool::new(false),
         engines: PolicyEngines::default(),
         sts_local: AtomicBool::new(false),
+        custody,
     }))
 }
 
@@ -214,6 +220,7 @@ pub async fn start_projector(
         spawn_runner(app, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &client, &cfg, AdminTokensProjection, stop),
         spawn_runner(app, &client, &cfg, PoliciesProjection, stop),
+        spawn_runner(app, &client, &cfg, CatalogProjection, stop),
         spawn_runner(app, &client, &cfg, ArchiveProjection, stop),
         spawn_runner(
             app,

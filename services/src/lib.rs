@@ -8,6 +8,7 @@
 //! * [`write`]: the write path: decide → conditional append → wait until visible.
 //! * [`api`]: the Management API routes.
 //! * [`policy_engine`]: the compiled-engine cache, kept current through the log.
+//! * [`secrets`]: client-secret hashing and the custody of sealed secrets.
 //! * [`sts`]: the STS's internal policy routes (status, simulate, decide).
 #![forbid(unsafe_code)]
 
@@ -20,5 +21,6 @@ pub mod http;
 pub mod metrics;
 pub mod policy_engine;
 pub mod rate_limit;
+pub mod secrets;
 pub mod sts;
 pub mod write;

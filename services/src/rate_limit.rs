@@ -86,3 +86,38 @@ pub fn ip_subject(ip: Option<IpAddr>) -> String {
     ip.map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+/// A window opened by the first event (not aligned to the clock): the first `INCR` sets
+/// the expiry. KEYS[1] = counter key, ARGV[1] = window length in milliseconds.
+const OPENED_WINDOW_LUA: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// Counts one event in a window that opens at the first event (§3.5: DCR registrations,
+/// 1 s; outbound probes, 60 s); true when over `limit`. Redis failures let it through.
+pub async fn opened_window_exceeded(
+    app: &App,
+    bucket: &str,
+    subject: &str,
+    limit: u64,
+    window_ms: u64,
+) -> bool {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(&Sha256::digest(subject.as_bytes())[..12]);
+    let key = format!("{}:rl:{bucket}:{digest}", app.store.keys().prefix());
+    let mut conn = app.store.connection();
+    let n: Result<u64, _> = Script::new(OPENED_WINDOW_LUA)
+        .key(key)
+        .arg(window_ms)
+        .invoke_async(&mut conn)
+        .await;
+    match n {
+        Ok(n) => n > limit,
+        Err(e) => {
+            tracing::warn!(error = %e, bucket, "rate limiter unavailable; request allowed");
+            false
+        }
+    }
+}

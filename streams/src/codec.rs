@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serval_domain::admin_token::AdminTokenEvent;
+use serval_domain::catalog::{CatalogEvent, CatalogKind};
 use serval_domain::policy::policies::PolicyEvent;
 use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::zone::ZoneEvent;
@@ -45,6 +46,7 @@ pub fn current_version(event_type: &str) -> Option<u16> {
         | PolicySetEvent::VERSION_ADDED
         | PolicySetEvent::ACTIVATED
         | PolicySetEvent::ARCHIVED => Some(1),
+        t if catalog_kind(t).is_some() => Some(1),
         _ => None,
     }
 }
@@ -73,6 +75,10 @@ pub fn encode(event: &Event) -> Result<(&'static str, u16, Vec<u8>), CodecError>
         Event::PolicySet(PolicySetEvent::VersionAdded(p)) => to_vec(p)?,
         Event::PolicySet(PolicySetEvent::Activated(p)) => to_vec(p)?,
         Event::PolicySet(PolicySetEvent::Archived(p)) => to_vec(p)?,
+        Event::Catalog(CatalogEvent::Created(p)) => to_vec(p)?,
+        Event::Catalog(CatalogEvent::Updated(p)) => to_vec(p)?,
+        Event::Catalog(CatalogEvent::Archived(p)) => to_vec(p)?,
+        Event::Catalog(CatalogEvent::SecretRevealed(p)) => to_vec(p)?,
     };
     let version =
         current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
@@ -142,8 +148,39 @@ fn decode_current(event_type: &str, b: &[u8]) -> Result<Event, CodecError> {
         }
         PolicySetEvent::ACTIVATED => Event::PolicySet(PolicySetEvent::Activated(from_slice(b)?)),
         PolicySetEvent::ARCHIVED => Event::PolicySet(PolicySetEvent::Archived(from_slice(b)?)),
-        other => return Err(CodecError::UnknownType(other.into())),
+        other => return decode_catalog(other, b),
     })
+}
+
+/// The catalog kind whose event types include `event_type`, and the type's position
+/// (created, updated, archived, secret revealed).
+fn catalog_kind(event_type: &str) -> Option<(CatalogKind, usize)> {
+    CatalogKind::ALL.into_iter().find_map(|k| {
+        k.event_types()
+            .iter()
+            .position(|t| *t == event_type)
+            .map(|i| (k, i))
+    })
+}
+
+fn decode_catalog(event_type: &str, b: &[u8]) -> Result<Event, CodecError> {
+    let Some((_, position)) = catalog_kind(event_type) else {
+        return Err(CodecError::UnknownType(event_type.into()));
+    };
+    let event = match position {
+        0 => CatalogEvent::Created(from_slice(b)?),
+        1 => CatalogEvent::Updated(from_slice(b)?),
+        2 => CatalogEvent::Archived(from_slice(b)?),
+        _ => CatalogEvent::SecretRevealed(from_slice(b)?),
+    };
+    // The payload names its kind; it must be the one the event type says.
+    if event.event_type() != event_type {
+        return Err(CodecError::UnknownType(format!(
+            "{event_type} carrying a {} payload",
+            event.kind().as_str()
+        )));
+    }
+    Ok(Event::Catalog(event))
 }
 
 #[cfg(test)]

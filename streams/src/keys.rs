@@ -81,6 +81,13 @@ impl KeySpace {
         format!("{}:{}:idem:{digest}", self.prefix, Self::tag(stream))
     }
 
+    /// A zone's data key, wrapped by `SECRET_STORE_KEK` (custody of sealed secrets). The one
+    /// key that is *not* derived from the log, on purpose: deleting it shreds every secret
+    /// sealed under it without touching a signed event.
+    pub fn data_key(&self, zone_id: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:dek", self.prefix)
+    }
+
     /// Hints that a zone stream received its first entries: `stream` = the log key. A
     /// projector adds the named stream to its blocking reads at once instead of finding it
     /// at its next sweep. Not the source of truth (the sweep still finds every stream).

@@ -1,6 +1,8 @@
 //! The Management API (:3000): every route under `/v1` requires an admin token.
 
 pub mod admin_tokens;
+pub mod applications;
+pub mod catalog;
 pub mod params;
 pub mod policies;
 pub mod policy_history;
@@ -18,6 +20,7 @@ pub fn router(app: App) -> Router<App> {
         .merge(admin_tokens::router())
         .merge(policies::router())
         .merge(policy_sets::router())
+        .merge(applications::router())
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::auth::require_admin,

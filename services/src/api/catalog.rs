@@ -1,0 +1,361 @@
+//! What the catalog routes (applications, providers, resources, grants, provider
+//! connections) share: the write path of one object, list queries, and the attribution
+//! block.
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use serval_domain::catalog::{
+    self, CatalogCommand, CatalogError, CatalogKind, Entity, EntityData, Stamp,
+};
+use serval_domain::{Actor, Event, EventMeta};
+use serval_projector::catalog::{self as read, Filter, Status};
+use serval_schema::projections::CATALOG;
+use serval_streams::append::{Idempotency, Reservation};
+use serval_streams::{AppendRequest, LogStream};
+
+use super::policies::zone_badge;
+use crate::app::App;
+use crate::auth::Principal;
+use crate::http::pagination::{self, PageQuery};
+use crate::http::ApiError;
+use crate::http::RequestId;
+use crate::write::{self, Failure, Outcome};
+
+/// What a catalog write needs of its request: who asks, its id, method, path, headers.
+pub struct Req {
+    pub principal: Principal,
+    pub rid: String,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Req {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let RequestId(rid) = match RequestId::from_request_parts(parts, state).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        Ok(Req {
+            principal,
+            rid,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Req {
+    pub fn actor(&self) -> Actor {
+        self.principal.actor(&self.headers)
+    }
+
+    pub fn is_global(&self) -> bool {
+        self.principal.token.scope == serval_domain::admin_token::TokenScope::Global
+    }
+}
+
+/// The request context every catalog write carries.
+pub struct WriteCtx {
+    pub zone: String,
+    pub actor: Actor,
+    pub rid: String,
+    pub idem: Option<Idempotency>,
+    pub stamp: Stamp,
+}
+
+impl WriteCtx {
+    /// Builds the context, checking the zone is live (`404 zone_not_found`).
+    pub async fn new(app: &App, zone: &str, req: &Req, raw: &[u8]) -> Result<Self, ApiError> {
+        let badge = zone_badge(app, zone).await?;
+        let actor = req.actor();
+        let rid = req.rid.as_str();
+        let idem = write::idempotency(&req.headers, &actor.id, &req.method, &req.path, raw)?;
+        let stamp = Stamp {
+            by: actor.id.clone(),
+            via_operator: actor.via_operator_header && badge,
+        };
+        Ok(WriteCtx {
+            zone: zone.to_owned(),
+            actor,
+            rid: rid.to_owned(),
+            idem,
+            stamp,
+        })
+    }
+
+    pub fn stream(&self) -> LogStream {
+        LogStream::Zone(self.zone.clone())
+    }
+}
+
+fn catalog_error(e: CatalogError) -> ApiError {
+    match e {
+        CatalogError::NotFound(kind) => not_found(kind),
+        CatalogError::AlreadyExists => ApiError::internal("object id collision"),
+    }
+}
+
+pub fn not_found(kind: CatalogKind) -> ApiError {
+    ApiError::not_found(match kind {
+        CatalogKind::Application => "application_not_found",
+        CatalogKind::Provider => "provider_not_found",
+        CatalogKind::Resource => "resource_not_found",
+        CatalogKind::Grant => "grant_not_found",
+        CatalogKind::ProviderConnection => "provider_connection_not_found",
+    })
+}
+
+fn meta_of(env: &serval_streams::Envelope) -> EventMeta {
+    EventMeta {
+        event_id: env.event_id.clone(),
+        aggregate_id: env.aggregate_id.clone(),
+        aggregate_version: env.aggregate_version,
+        occurred_at: env.occurred_at,
+    }
+}
+
+/// The result of one committed catalog write.
+pub struct Written {
+    pub outcome: Outcome,
+    /// The object after the write (from the read model when visible, else folded).
+    pub entity: Option<Entity>,
+}
+
+/// Decides `plan(state)` for object `id` against the read model and appends it, retrying on
+/// version conflicts. Uniqueness reservations follow from the object before and after the
+/// write (`catalog::reservation`), so a rename or archive moves or frees them atomically
+/// with the event.
+pub async fn commit<F>(app: &App, ctx: &WriteCtx, id: &str, plan: F) -> Result<Written, Failure>
+where
+    F: Fn(Option<&Entity>) -> Result<CatalogCommand, ApiError> + Sync,
+{
+    let before = std::sync::Mutex::new(None::<Entity>);
+    let outcome = write::execute(app, CATALOG, ctx.stream(), ctx.idem.clone(), || {
+        let (plan, before) = (&plan, &before);
+        async move {
+            let state = read::load(&app.pool, &ctx.zone, id)
+                .await
+                .map_err(ApiError::from)?;
+            let command = plan(state.as_ref())?;
+            let events =
+                catalog::decide(state.as_ref(), &command, &ctx.stamp).map_err(catalog_error)?;
+            let version = state.as_ref().map(|e| e.version).unwrap_or(0);
+            // The would-be object, to derive its reservations.
+            let probe = EventMeta {
+                event_id: String::new(),
+                aggregate_id: id.to_owned(),
+                aggregate_version: version + 1,
+                occurred_at: chrono::Utc::now(),
+            };
+            let after = events
+                .iter()
+                .fold(state.clone(), |s, e| catalog::evolve(s, &probe, e));
+            let old = state.as_ref().and_then(catalog::reservation);
+            let new = after.as_ref().and_then(catalog::reservation);
+            let mut req = AppendRequest::new(
+                ctx.stream(),
+                Some(ctx.zone.clone()),
+                id,
+                version,
+                events.into_iter().map(Event::Catalog).collect(),
+                ctx.actor.id.clone(),
+            )
+            .with_request_id(&ctx.rid);
+            if old != new {
+                if let Some((kind, value)) = new {
+                    req.reserve.push(Reservation { kind, value });
+                }
+                if let Some((kind, value)) = old {
+                    req.release.push(Reservation { kind, value });
+                }
+            }
+            *before.lock().unwrap_or_else(|p| p.into_inner()) = state;
+            Ok(req)
+        }
+    })
+    .await?;
+    let before = before.into_inner().unwrap_or_else(|p| p.into_inner());
+    let entity = written(app, &ctx.zone, id, &outcome, before).await?;
+    Ok(Written { outcome, entity })
+}
+
+async fn written(
+    app: &App,
+    zone: &str,
+    id: &str,
+    outcome: &Outcome,
+    before: Option<Entity>,
+) -> Result<Option<Entity>, ApiError> {
+    if outcome.visible() {
+        if let Some(e) = read::load(&app.pool, zone, id).await? {
+            return Ok(Some(e));
+        }
+    }
+    let Outcome::Applied {
+        events, envelopes, ..
+    } = outcome
+    else {
+        return Ok(None);
+    };
+    Ok(events
+        .iter()
+        .zip(envelopes)
+        .fold(before, |s, (e, env)| match e {
+            Event::Catalog(ce) => catalog::evolve(s, &meta_of(env), ce),
+            _ => s,
+        }))
+}
+
+/// Answers a committed write: replayed answers verbatim, else `render(entity)` (or no body).
+pub async fn answer(
+    app: &App,
+    ctx: &WriteCtx,
+    w: Written,
+    status: StatusCode,
+    render: Option<&(dyn Fn(&Entity) -> Value + Sync)>,
+) -> Result<Response, ApiError> {
+    if let Outcome::Replay { status, body } = w.outcome {
+        return Ok(write::replayed(status, body));
+    }
+    let body = match render {
+        Some(r) => Some(r(w
+            .entity
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("write produced no object"))?)),
+        None => None,
+    };
+    Ok(write::respond(
+        app,
+        &ctx.stream(),
+        &ctx.idem,
+        status,
+        body,
+        w.outcome.visible(),
+    )
+    .await)
+}
+
+/// A live object of `kind` in the zone, or the kind's `404`.
+pub async fn live(app: &App, zone: &str, id: &str, kind: CatalogKind) -> Result<Entity, ApiError> {
+    read::load(&app.pool, zone, id)
+        .await?
+        .filter(|e| e.is_live() && e.kind() == kind)
+        .ok_or_else(|| not_found(kind))
+}
+
+/// `status` of the standard catalog lists: `active` (default) or `archived`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    pub status: Option<String>,
+    #[serde(flatten)]
+    pub rest: HashMap<String, String>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> Result<pagination::Page, ApiError> {
+        PageQuery {
+            limit: self.limit.clone(),
+            cursor: self.cursor.clone(),
+        }
+        .parse(pagination::STANDARD)
+    }
+
+    pub fn archive_status(&self) -> Result<Status, ApiError> {
+        match self.status.as_deref() {
+            None | Some("active") => Ok(Status::Live),
+            Some("archived") => Ok(Status::Archived),
+            Some(_) => Err(ApiError::bad_request("invalid_query")
+                .description("status must be active or archived")),
+        }
+    }
+}
+
+/// Lists one page of a zone's objects of `kind`.
+pub async fn list_page(
+    app: &App,
+    zone: &str,
+    kind: CatalogKind,
+    status: Status,
+    filters: &[Filter],
+    page: &pagination::Page,
+) -> Result<Vec<Entity>, ApiError> {
+    Ok(read::list(
+        &app.pool,
+        zone,
+        kind,
+        status,
+        filters,
+        page.after.clone(),
+        page.limit,
+    )
+    .await?)
+}
+
+pub fn page_body(items: &[Entity], limit: i64, render: impl Fn(&Entity) -> Value) -> Value {
+    pagination::page(items, limit, |e| (e.created_at, e.id.clone()), render)
+}
+
+/// The attribution block and timestamps of an object (§1).
+pub fn attribution(e: &Entity, out: &mut Map<String, Value>) {
+    out.insert("created_by".into(), Value::from(e.created_by.clone()));
+    out.insert(
+        "created_via_operator".into(),
+        Value::from(e.created_via_operator),
+    );
+    out.insert("updated_by".into(), Value::from(e.updated_by.clone()));
+    out.insert(
+        "updated_via_operator".into(),
+        Value::from(e.updated_via_operator),
+    );
+    out.insert(
+        "created_at".into(),
+        Value::from(pagination::ts(e.created_at)),
+    );
+    out.insert(
+        "updated_at".into(),
+        Value::from(e.updated_at.map(pagination::ts)),
+    );
+}
+
+pub fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    Value::from(t.map(pagination::ts))
+}
+
+/// The data of an entity known to be of a kind (a read model row never changes kind).
+pub fn data_mismatch() -> ApiError {
+    ApiError::internal("catalog row of an unexpected kind")
+}
+
+pub fn application(e: &Entity) -> Result<&catalog::ApplicationData, ApiError> {
+    match &e.data {
+        EntityData::Application(a) => Ok(a),
+        _ => Err(data_mismatch()),
+    }
+}
+
+pub fn provider(e: &Entity) -> Result<&catalog::ProviderData, ApiError> {
+    match &e.data {
+        EntityData::Provider(p) => Ok(p),
+        _ => Err(data_mismatch()),
+    }
+}
+
+pub fn resource(e: &Entity) -> Result<&catalog::ResourceData, ApiError> {
+    match &e.data {
+        EntityData::Resource(r) => Ok(r),
+        _ => Err(data_mismatch()),
+    }
+}
