@@ -83,6 +83,11 @@ pub struct Resolved {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// Whether a `config_json` key names a sealed secret.
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
 pub fn is_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
 }

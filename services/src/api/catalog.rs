@@ -359,3 +359,106 @@ pub fn resource(e: &Entity) -> Result<&catalog::ResourceData, ApiError> {
         _ => Err(data_mismatch()),
     }
 }
+
+/// A lenient JSON object body (unknown fields dropped), read field by field; a type error
+/// answers `400 <code>`.
+pub struct Fields {
+    map: Map<String, Value>,
+    code: &'static str,
+}
+
+impl Fields {
+    pub fn parse(headers: &HeaderMap, raw: &[u8], code: &'static str) -> Result<Self, ApiError> {
+        let map: Map<String, Value> = crate::http::body::parse_lenient(headers, raw, code)?;
+        Ok(Fields { map, code })
+    }
+
+    fn bad(&self, key: &str, what: &str) -> ApiError {
+        ApiError::bad_request(self.code).description(format!("{key} must be {what}"))
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// A string; absent or null → `None`.
+    pub fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.bad(key, "a string")),
+        }
+    }
+
+    /// A string that may be explicitly null: absent → `None`, null → `Some(None)`.
+    pub fn nullable_string(&self, key: &str) -> Result<Option<Option<String>>, ApiError> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
+            Some(_) => Err(self.bad(key, "a string or null")),
+        }
+    }
+
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.bad(key, "a boolean")),
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| self.bad(key, "an array of strings"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(self.bad(key, "an array of strings")),
+        }
+    }
+
+    pub fn object(&self, key: &str) -> Result<Option<Map<String, Value>>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(_) => Err(self.bad(key, "an object")),
+        }
+    }
+
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+}
+
+/// Picks the first free identifier among `candidates` (skipping held reservations).
+pub async fn free_identifier(
+    app: &App,
+    zone: &str,
+    kind: &'static str,
+    base: &str,
+) -> Result<String, ApiError> {
+    let stream = LogStream::Zone(zone.to_owned());
+    let candidates = std::iter::once(base.to_owned())
+        .chain((2..=999).map(|n| format!("{base}-{n}")))
+        .chain(std::iter::once(format!(
+            "{base}-{}",
+            uuid::Uuid::new_v4().simple()
+        )));
+    for c in candidates {
+        let held = app
+            .store
+            .reservation_holder(&stream, kind, &catalog::reservation_value(&c))
+            .await?;
+        if held.is_none() {
+            return Ok(c);
+        }
+    }
+    Err(ApiError::internal("no free identifier"))
+}

@@ -7,6 +7,8 @@ pub mod params;
 pub mod policies;
 pub mod policy_history;
 pub mod policy_sets;
+pub mod providers;
+pub mod resources;
 pub mod schema;
 pub mod zones;
 
@@ -21,6 +23,8 @@ pub fn router(app: App) -> Router<App> {
         .merge(policies::router())
         .merge(policy_sets::router())
         .merge(applications::router())
+        .merge(providers::router())
+        .merge(resources::router())
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::auth::require_admin,

@@ -81,3 +81,21 @@ pub fn parse_object<T: DeserializeOwned>(
     serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(code).description(e.to_string()))
 }
+
+/// Parses a JSON object body for a lenient schema (unknown fields are the caller's to
+/// ignore); non-JSON or non-object bodies answer `400 <code>`.
+pub fn parse_lenient(
+    headers: &HeaderMap,
+    body: &[u8],
+    code: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    check_content_type(headers, body)?;
+    if body.is_empty() {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(code).description("request body must be a JSON object")),
+        Err(_) => Err(ApiError::bad_request(code).description("request body is not valid JSON")),
+    }
+}

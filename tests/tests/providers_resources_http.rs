@@ -1,0 +1,286 @@
+//! Providers (§7) and resources (§8) over HTTP against the real binary.
+
+mod common;
+
+use common::{Admin, Options, Server};
+use serde_json::{json, Value};
+
+async fn zone(admin: &Admin) -> String {
+    let (s, z) = admin.post("/v1/zones", json!({"name": "catalog"})).await;
+    assert_eq!(s, 201, "{z}");
+    z["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_kinds_sealing_and_lifecycle() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin).await;
+    let base = format!("/v1/zones/{z}/providers");
+
+    let (s, p) = admin
+        .post(
+            &base,
+            json!({"name": "Stripe API", "kind": "api_key",
+                   "config_json": {"api_key": "sk_live_SECRET123", "header_name": "X-Api-Key"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    assert_eq!(p["identifier"], "provider://stripe-api");
+    assert_eq!(p["kind"], "api_key");
+    assert_eq!(
+        p["config_json"],
+        json!({"header_name": "X-Api-Key", "auth_location": "header"})
+    );
+    assert_eq!(p["secret_config_keys"], json!(["api_key"]));
+    assert_eq!(p["connectivity_failed_at"], Value::Null);
+    assert!(!p.to_string().contains("sk_live_SECRET123"));
+
+    // Derived identifiers take the next suffix; explicit clashes are 409.
+    let (s, p2) = admin
+        .post(&base, json!({"name": "stripe api", "kind": "none"}))
+        .await;
+    assert_eq!(s, 201, "{p2}");
+    assert_eq!(p2["identifier"], "provider://stripe-api-2");
+    let (s, e) = admin
+        .post(
+            &base,
+            json!({"identifier": "provider://stripe-api", "kind": "none"}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (409, Some("provider_identifier_conflict"))
+    );
+
+    // OAuth providers without a check are stamped unverified; defaults are written back.
+    let (s, o) = admin
+        .post(
+            &base,
+            json!({"identifier": "provider://idp", "kind": "oauth2_client_credentials",
+                   "config_json": {"token_endpoint": "https://idp.example.com/token",
+                                   "client_id": "c1", "client_secret": "topsecret-value"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{o}");
+    assert_eq!(o["name"], "provider://idp");
+    assert!(o["connectivity_failed_at"].is_string());
+    assert_eq!(
+        o["config_json"]["allowed_token_hosts"],
+        json!(["idp.example.com"])
+    );
+    assert_eq!(
+        o["config_json"]["client_auth_method"],
+        "client_secret_basic"
+    );
+
+    for (body, status, code) in [
+        (json!({"kind": "none"}), 400, "invalid_provider"),
+        (
+            json!({"name": "x", "kind": "smoke_signals"}),
+            400,
+            "invalid_provider",
+        ),
+        (
+            json!({"identifier": "github", "kind": "none"}),
+            400,
+            "invalid_provider_identifier",
+        ),
+        (
+            json!({"name": "x", "kind": "api_key", "config_json": {"header_name": "X-K"}}),
+            400,
+            "invalid_provider_config",
+        ),
+        (
+            json!({"name": "x", "kind": "bearer_token", "config_json": {"bearer_token": "Bearer abc"}}),
+            400,
+            "invalid_provider_config",
+        ),
+        (
+            json!({"name": "x", "kind": "none", "config_json": {"extra": 1}}),
+            400,
+            "invalid_provider_config",
+        ),
+        (
+            json!({"name": "x", "kind": "none", "check": true}),
+            400,
+            "provider_check_unsupported",
+        ),
+    ] {
+        let (s, e) = admin.post(&base, body.clone()).await;
+        assert_eq!((s, e["error"].as_str()), (status, Some(code)), "{body}");
+    }
+
+    // PATCH: config without secrets keeps the sealed document; kind needs config.
+    let (s, u) = admin
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"config_json": {"header_name": "X-Key-2"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["config_json"]["header_name"], "X-Key-2");
+    assert_eq!(u["secret_config_keys"], json!(["api_key"]));
+    let (s, e) = admin
+        .patch(&format!("{base}/{id}"), json!({"kind": "none"}))
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("provider_config_required"))
+    );
+    let (s, e) = admin.patch(&format!("{base}/{id}"), json!({})).await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("no_fields")));
+    let (s, u) = admin
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"kind": "none", "config_json": {}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["secret_config_keys"], json!([]));
+
+    let (s, _) = admin.delete(&format!("{base}/{id}")).await;
+    assert_eq!(s, 204);
+    let (s, e) = admin.get(&format!("{base}/{id}")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("provider_not_found")));
+    // The identifier is free again once archived.
+    let (s, _) = admin
+        .post(
+            &base,
+            json!({"identifier": "provider://stripe-api", "kind": "none"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_scopes_operations_and_provider_binding() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin).await;
+    let (_, p) = admin
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "upstream", "kind": "caracal_mandate"}),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let base = format!("/v1/zones/{z}/resources");
+
+    let (s, r) = admin
+        .post(
+            &base,
+            json!({"name": "Billing API", "scopes": ["invoices:read", "invoices:write"],
+                   "upstream_url": "https://billing.internal", "credential_provider_id": pid,
+                   "operations": [{"method": "get", "path": "/invoices", "scope": "invoices:read"}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["identifier"], "resource://billing-api");
+    assert_eq!(r["operations"][0]["method"], "GET");
+    assert_eq!(r["operation_enforcement"], "enforced");
+
+    let ok = |extra: Value| {
+        let mut b = json!({"name": "n", "scopes": ["s"], "upstream_url": "https://u.example",
+                           "credential_provider_id": pid});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (body, status, code) in [
+        (json!({"name": "n"}), 400, "invalid_resource"),
+        (
+            json!({"name": "n", "scopes": ["s"], "upstream_url": "https://u.example"}),
+            400,
+            "credential_provider_required",
+        ),
+        (
+            json!({"name": "n", "scopes": ["s"], "credential_provider_id": pid}),
+            400,
+            "upstream_url_required",
+        ),
+        (
+            ok(json!({"credential_provider_id": "missing"})),
+            404,
+            "provider_not_found",
+        ),
+        (
+            ok(json!({"identifier": "provider://x"})),
+            400,
+            "invalid_resource_identifier",
+        ),
+        (
+            ok(json!({"identifier": "resource://billing-api"})),
+            409,
+            "resource_identifier_conflict",
+        ),
+        (
+            ok(json!({"operations": [{"method": "GET", "path": "x", "scope": "s"}]})),
+            400,
+            "operation_path_must_be_absolute",
+        ),
+        (
+            ok(json!({"operations": [{"method": "GET", "path": "/x", "scope": "t"}]})),
+            400,
+            "operation_scope_not_in_resource_scopes",
+        ),
+        (
+            ok(
+                json!({"operations": [{"method": "GET", "path": "/x", "scope": "s"}, {"method": "get", "path": "/x", "scope": "s"}]}),
+            ),
+            400,
+            "operation_duplicate",
+        ),
+        (
+            ok(json!({"operations": [{"method": "", "path": "", "scope": "s"}]})),
+            400,
+            "operation_method_and_path_required",
+        ),
+        (
+            ok(json!({"operation_enforcement": "loose"})),
+            400,
+            "invalid_resource",
+        ),
+        (
+            ok(json!({"upstream_url": "ftp://x"})),
+            400,
+            "invalid_resource",
+        ),
+    ] {
+        let (s, e) = admin.post(&base, body.clone()).await;
+        assert_eq!((s, e["error"].as_str()), (status, Some(code)), "{body}");
+    }
+
+    // PATCH re-validates operations against the effective scopes.
+    let (s, e) = admin
+        .patch(&format!("{base}/{id}"), json!({"scopes": ["other"]}))
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("operation_scope_not_in_resource_scopes"))
+    );
+    let (s, u) = admin
+        .patch(
+            &format!("{base}/{id}"),
+            json!({"scopes": ["invoices:read"], "name": "Billing"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["scopes"], json!(["invoices:read"]));
+    assert_eq!(u["name"], "Billing");
+    let (s, e) = admin.patch(&format!("{base}/{id}"), json!({})).await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("no_fields")));
+
+    let (s, list) = admin.get(&base).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (s, _) = admin.delete(&format!("{base}/{id}")).await;
+    assert_eq!(s, 204);
+    let (s, e) = admin.get(&format!("{base}/{id}")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("resource_not_found")));
+    let (_, arch) = admin.get(&format!("{base}?status=archived")).await;
+    assert_eq!(arch["items"][0]["id"], id.as_str());
+}
