@@ -3,6 +3,7 @@
 pub mod admin_tokens;
 pub mod applications;
 pub mod catalog;
+pub mod grants;
 pub mod params;
 pub mod policies;
 pub mod policy_history;
@@ -25,6 +26,7 @@ pub fn router(app: App) -> Router<App> {
         .merge(applications::router())
         .merge(providers::router())
         .merge(resources::router())
+        .merge(grants::router())
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::auth::require_admin,
