@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::admin_audit::AdminAuditEvent;
 use crate::admin_token::AdminTokenEvent;
 use crate::catalog::CatalogEvent;
 use crate::policy::policies::PolicyEvent;
@@ -23,6 +24,8 @@ pub enum AggregateKind {
     Resource,
     Grant,
     ProviderConnection,
+    /// One admin audit record (each its own single-event aggregate).
+    AdminAudit,
 }
 
 impl AggregateKind {
@@ -37,6 +40,7 @@ impl AggregateKind {
             AggregateKind::Resource => "resource",
             AggregateKind::Grant => "grant",
             AggregateKind::ProviderConnection => "provider_connection",
+            AggregateKind::AdminAudit => "admin_audit",
         }
     }
 
@@ -51,6 +55,7 @@ impl AggregateKind {
             "resource" => Some(AggregateKind::Resource),
             "grant" => Some(AggregateKind::Grant),
             "provider_connection" => Some(AggregateKind::ProviderConnection),
+            "admin_audit" => Some(AggregateKind::AdminAudit),
             _ => None,
         }
     }
@@ -58,6 +63,12 @@ impl AggregateKind {
     /// Zone-less aggregates live in the system stream; everything else in its zone's stream.
     pub fn is_zone_less(self) -> bool {
         matches!(self, AggregateKind::Zone | AggregateKind::AdminToken)
+    }
+
+    /// Admin-audit records of zone-less requests go on the global chain in the system
+    /// stream; those of a zone's requests on the zone's own chain.
+    pub fn zone_optional(self) -> bool {
+        matches!(self, AggregateKind::AdminAudit)
     }
 }
 
@@ -70,6 +81,7 @@ pub enum Event {
     PolicySet(PolicySetEvent),
     /// Applications, providers, resources, grants, provider connections.
     Catalog(CatalogEvent),
+    AdminAudit(AdminAuditEvent),
 }
 
 impl Event {
@@ -81,6 +93,7 @@ impl Event {
             Event::Policy(e) => e.event_type(),
             Event::PolicySet(e) => e.event_type(),
             Event::Catalog(e) => e.event_type(),
+            Event::AdminAudit(e) => e.event_type(),
         }
     }
 
@@ -91,6 +104,7 @@ impl Event {
             Event::Policy(_) => AggregateKind::Policy,
             Event::PolicySet(_) => AggregateKind::PolicySets,
             Event::Catalog(e) => e.kind().aggregate_kind(),
+            Event::AdminAudit(_) => AggregateKind::AdminAudit,
         }
     }
 }

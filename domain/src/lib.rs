@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actor;
+pub mod admin_audit;
 pub mod admin_token;
 pub mod catalog;
 pub mod event;

@@ -9,6 +9,7 @@
 //! * [`status`]: lag and dead letters, for `/ready` and `/metrics`.
 #![forbid(unsafe_code)]
 
+pub mod admin_audit;
 pub mod admin_tokens;
 pub mod archive;
 pub mod catalog;

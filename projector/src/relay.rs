@@ -60,7 +60,8 @@ pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
         | Event::AdminToken(_)
         | Event::Policy(_)
         | Event::PolicySet(_)
-        | Event::Catalog(_) => Vec::new(),
+        | Event::Catalog(_)
+        | Event::AdminAudit(_) => Vec::new(),
     }
 }
 

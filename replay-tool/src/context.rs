@@ -39,9 +39,24 @@ pub struct Context {
     pub redis: redis::Client,
     pub conn: redis::aio::MultiplexedConnection,
     pub database_url: String,
+    /// `AUDIT_HMAC_KEY` (signs the admin audit chains when they are rebuilt).
+    pub audit_key: Option<Vec<u8>>,
 }
 
 impl Connection {
+    /// `AUDIT_HMAC_KEY` from the environment, else the development secrets file.
+    fn audit_key(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let text = match std::env::var("AUDIT_HMAC_KEY") {
+            Ok(k) if !k.trim().is_empty() => Some(k),
+            _ => std::fs::read_to_string(self.data_dir.join("dev-secrets.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["audit_hmac_key"].as_str().map(str::to_owned)),
+        };
+        text.map(|t| hex::decode(t.trim()).context("AUDIT_HMAC_KEY is not hex"))
+            .transpose()
+    }
+
     fn streams_key(&self) -> anyhow::Result<String> {
         if let Some(k) = &self.streams_hmac_key {
             return Ok(k.clone());
@@ -78,6 +93,7 @@ impl Connection {
             redis,
             conn,
             database_url: self.database_url.clone(),
+            audit_key: self.audit_key()?,
         })
     }
 }

@@ -10,6 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use serval_projector::admin_audit::AdminAuditProjection;
 use serval_projector::admin_tokens::AdminTokensProjection;
 use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
@@ -27,14 +28,16 @@ pub enum Rebuildable {
     AdminTokens,
     Policies,
     Catalog,
+    AdminAudit,
 }
 
 impl Rebuildable {
-    pub const ALL: [Rebuildable; 4] = [
+    pub const ALL: [Rebuildable; 5] = [
         Rebuildable::Zones,
         Rebuildable::AdminTokens,
         Rebuildable::Policies,
         Rebuildable::Catalog,
+        Rebuildable::AdminAudit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Rebuildable {
             Rebuildable::AdminTokens => serval_schema::projections::ADMIN_TOKENS,
             Rebuildable::Policies => serval_schema::projections::POLICIES,
             Rebuildable::Catalog => serval_schema::projections::CATALOG,
+            Rebuildable::AdminAudit => serval_schema::projections::ADMIN_AUDIT,
         }
     }
 
@@ -53,6 +57,7 @@ impl Rebuildable {
             Rebuildable::AdminTokens => &["admin_tokens"],
             Rebuildable::Policies => &serval_projector::policies::TABLES,
             Rebuildable::Catalog => &serval_projector::catalog::TABLES,
+            Rebuildable::AdminAudit => &serval_projector::admin_audit::TABLES,
         }
     }
 }
@@ -109,6 +114,10 @@ async fn catch_up(
         Rebuildable::AdminTokens => go(ctx, pool, cfg, AdminTokensProjection, archive).await,
         Rebuildable::Policies => go(ctx, pool, cfg, PoliciesProjection, archive).await,
         Rebuildable::Catalog => go(ctx, pool, cfg, CatalogProjection, archive).await,
+        Rebuildable::AdminAudit => {
+            let p = AdminAuditProjection::new(ctx.audit_key.clone());
+            go(ctx, pool, cfg, p, archive).await
+        }
     }
 }
 

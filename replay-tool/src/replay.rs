@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serval_projector::admin_audit::AdminAuditProjection;
 use serval_projector::admin_tokens::AdminTokensProjection;
 use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
@@ -104,6 +105,8 @@ pub async fn run(ctx: &Context, args: &ReplayArgs) -> anyhow::Result<u64> {
     n += project(ctx, &pool, AdminTokensProjection, bound, 5_000).await?;
     n += project(ctx, &pool, PoliciesProjection, bound, 5_000).await?;
     n += project(ctx, &pool, CatalogProjection, bound, 5_000).await?;
+    let audit = AdminAuditProjection::new(ctx.audit_key.clone());
+    n += project(ctx, &pool, audit, bound, 5_000).await?;
     pool.close().await;
     eprintln!(
         "replayed the read models as of {} into schema {}",

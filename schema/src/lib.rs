@@ -18,6 +18,7 @@ pub mod projections {
     pub const RELAY: &str = "relay";
     pub const POLICIES: &str = "policies";
     pub const CATALOG: &str = "catalog";
+    pub const ADMIN_AUDIT: &str = "admin_audit";
 
     pub const VERSIONS: &[(&str, u32)] = &[
         (ZONES, 1),
@@ -26,6 +27,7 @@ pub mod projections {
         (RELAY, 1),
         (POLICIES, 1),
         (CATALOG, 1),
+        (ADMIN_AUDIT, 1),
     ];
 }
 

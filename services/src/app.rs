@@ -11,6 +11,7 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serval_projector::admin_audit::AdminAuditProjection;
 use serval_projector::admin_tokens::AdminTokensProjection;
 use serval_projector::archive::ArchiveProjection;
 use serval_projector::catalog::CatalogProjection;
@@ -62,7 +63,8 @@ impl AppState {
 }
 
 /// Every projection this build runs, by name (for readiness and lag).
-pub const PROJECTIONS: [&str; 6] = [
+pub const PROJECTIONS: [&str; 7] = [
+    serval_schema::projections::ADMIN_AUDIT,
     serval_schema::projections::ZONES,
     serval_schema::projections::POLICIES,
     serval_schema::projections::CATALOG,
@@ -221,6 +223,13 @@ pub async fn start_projector(
         spawn_runner(app, &client, &cfg, AdminTokensProjection, stop),
         spawn_runner(app, &client, &cfg, PoliciesProjection, stop),
         spawn_runner(app, &client, &cfg, CatalogProjection, stop),
+        spawn_runner(
+            app,
+            &client,
+            &cfg,
+            AdminAuditProjection::new(Some(app.secrets.audit_key.clone())),
+            stop,
+        ),
         spawn_runner(app, &client, &cfg, ArchiveProjection, stop),
         spawn_runner(
             app,

@@ -205,14 +205,19 @@ pub async fn require_admin(State(app): State<App>, mut req: Request, next: Next)
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if let Err(e) = authorize(&app, &principal, &method, &path).await {
-        return e.into_response();
+        let mut resp = e.into_response();
+        resp.extensions_mut().insert(principal);
+        return resp;
     }
     // §3.2 step 10: the per-actor budget.
     if rate_limit::exceeded(&app, Bucket::V1Token, &principal.token.id).await {
         return rate_limited();
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    req.extensions_mut().insert(principal.clone());
+    let mut resp = next.run(req).await;
+    // The admin audit (an outer layer) attributes the request to this principal.
+    resp.extensions_mut().insert(principal);
+    resp
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! * [`sts`]: the STS's internal policy routes (status, simulate, decide).
 #![forbid(unsafe_code)]
 
+pub mod admin_audit;
 pub mod api;
 pub mod app;
 pub mod auth;

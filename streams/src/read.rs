@@ -126,10 +126,14 @@ pub fn verify_parts(
         return Err(VerifyError::BadSignature(kid));
     }
     let envelope = Envelope::decode(&body).map_err(|e| VerifyError::Undecodable(e.to_string()))?;
-    let zone_less = AggregateKind::parse(&envelope.aggregate_kind).map(AggregateKind::is_zone_less);
-    let belongs = match (stream, zone_less) {
-        (LogStream::System, Some(true)) => true,
-        (LogStream::Zone(z), Some(false)) => envelope.zone_id.as_deref() == Some(z.as_str()),
+    let kind = AggregateKind::parse(&envelope.aggregate_kind);
+    let belongs = match (stream, kind) {
+        (LogStream::System, Some(k)) => {
+            k.is_zone_less() || (k.zone_optional() && envelope.zone_id.is_none())
+        }
+        (LogStream::Zone(z), Some(k)) => {
+            !k.is_zone_less() && envelope.zone_id.as_deref() == Some(z.as_str())
+        }
         _ => false,
     };
     if !belongs {

@@ -1,5 +1,6 @@
 //! The Management API (:3000): every route under `/v1` requires an admin token.
 
+pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
 pub mod catalog;
@@ -27,9 +28,14 @@ pub fn router(app: App) -> Router<App> {
         .merge(providers::router())
         .merge(resources::router())
         .merge(grants::router())
+        .merge(admin_audit::router())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::require_admin,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app,
-            crate::auth::require_admin,
+            crate::admin_audit::record,
         ));
     Router::new().merge(v1)
 }

@@ -22,6 +22,12 @@ pub const STANDARD: Family = Family {
     max_limit: 500,
 };
 
+/// Event feeds: audit, admin-audit, authority-records, sessions.
+pub const FEED: Family = Family {
+    default_limit: 100,
+    max_limit: 1000,
+};
+
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
     pub limit: Option<String>,

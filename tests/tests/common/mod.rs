@@ -281,15 +281,25 @@ impl Server {
     /// Waits until the archiver has copied every entry of the system log.
     pub async fn wait_archived(&self) {
         let store = self.store().await;
-        let key = store.keys().log(&serval_streams::LogStream::System);
+        let pattern = format!("{}:*:log", store.keys().prefix());
         let pool = pool(&self.db_url).await;
         eventually(30, || async {
             let mut conn = store.connection();
-            let n: i64 = redis::cmd("XLEN")
-                .arg(&key)
+            // Every log stream: the system one and each zone's.
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
                 .query_async(&mut conn)
                 .await
                 .unwrap();
+            let mut n: i64 = 0;
+            for key in keys {
+                let len: i64 = redis::cmd("XLEN")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n += len;
+            }
             let a: i64 = sqlx::query_scalar("SELECT count(*) FROM event_archive")
                 .fetch_one(&pool)
                 .await
@@ -520,4 +530,23 @@ pub fn python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Every entry of the system log stream, verified and decoded (envelope only).
+#[allow(dead_code)]
+pub async fn system_log(server: &Server) -> Vec<serval_streams::read::RecordedEvent> {
+    let store = server.store().await;
+    let stream = serval_streams::LogStream::System;
+    let key = store.keys().log(&stream);
+    let mut conn = store.connection();
+    let entries = serval_streams::read::read_range(&mut conn, &key, "-", "+", 100_000)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|(id, fields)| {
+            serval_streams::read::verify_entry(store.signer(), &key, &stream, *id, fields)
+                .expect("every entry verifies")
+        })
+        .collect()
 }

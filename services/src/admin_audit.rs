@@ -1,0 +1,274 @@
+//! Recording the admin audit (management-api.md §14.2): a layer around every `/v1` route.
+//!
+//! A successful `POST/PUT/PATCH/DELETE` is recorded **before** its response is released
+//! (if the record cannot be appended, the caller gets `500 audit_unavailable` although the
+//! change applied); a response with status ≥ 400 is recorded afterwards, off the request
+//! path. Exception: `429 rate_limited` answers are not recorded — the budgets exist to
+//! protect capacity, and a flood of rejected requests must not grow the (never trimmed) log.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use serval_domain::admin_audit::{self, AdminAuditEvent, AdminAuditRecord};
+use serval_domain::admin_token::TokenScope;
+use serval_domain::Event;
+use serval_streams::{AppendRequest, LogStream};
+
+use crate::app::App;
+use crate::auth::{zone_of_path, Principal};
+use crate::http::{ApiError, RequestId};
+
+/// Collections whose `<collection>/<id>` pairs name an entity.
+const COLLECTIONS: [&str; 15] = [
+    "zones",
+    "applications",
+    "workloads",
+    "resources",
+    "providers",
+    "provider-connections",
+    "policies",
+    "policy-sets",
+    "policy-templates",
+    "grants",
+    "subject-issuers",
+    "subjects",
+    "approvals",
+    "admin-tokens",
+    "operator-conversations",
+];
+
+/// Fixed route words that follow a collection but are not ids.
+const ROUTE_WORDS: [&str; 6] = ["dcr", "oauth", "revoke", "validate", "counts", "discovery"];
+
+const BODY_LIMIT: usize = 1_048_576;
+
+fn is_mutation(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// The innermost `<collection>/<id>` pair of a path, and whether the path ends in a
+/// collection (a create, whose id comes from the response).
+fn entity_of(path: &str) -> (Option<(String, Option<String>)>, bool) {
+    let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let mut found = None;
+    let mut ends_in_collection = false;
+    for (i, s) in segs.iter().enumerate() {
+        if !COLLECTIONS.contains(s) {
+            continue;
+        }
+        match segs.get(i + 1) {
+            Some(id) if !ROUTE_WORDS.contains(id) && !id.is_empty() => {
+                found = Some((s.to_string(), Some(id.to_string())));
+            }
+            Some(word) => {
+                found = Some((s.to_string(), None));
+                ends_in_collection = *word == "dcr" && i + 2 == segs.len();
+            }
+            None => {
+                found = Some((s.to_string(), None));
+                ends_in_collection = true;
+            }
+        }
+    }
+    (found, ends_in_collection)
+}
+
+fn change_kind(method: &Method, path: &str, created: bool) -> &'static str {
+    if path.ends_with("/rotate-secret") {
+        "secret_rotation"
+    } else if *method == Method::DELETE {
+        "delete"
+    } else if *method == Method::PATCH || *method == Method::PUT {
+        "update"
+    } else if created {
+        "create"
+    } else {
+        "action"
+    }
+}
+
+pub async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let rid = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let headers = req.headers().clone();
+    let mutation = is_mutation(&method);
+    let (req, body_json) = if mutation {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                .description("request body exceeds the size limit")
+                .into_response();
+        };
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        (Request::from_parts(parts, Body::from(bytes)), json)
+    } else {
+        (req, None)
+    };
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let success = status.is_success() || status.is_redirection();
+    if (success && !mutation) || status == StatusCode::TOO_MANY_REQUESTS {
+        return resp;
+    }
+    let principal = resp.extensions().get::<Principal>().cloned();
+    let (entity, ends_in_collection) = entity_of(&path);
+    let created = status == StatusCode::CREATED && ends_in_collection;
+    // A create's id is in its response body.
+    let (resp, created_id) = if created {
+        let (parts, body) = resp.into_parts();
+        let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let id = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        (Response::from_parts(parts, Body::from(bytes)), id)
+    } else {
+        (resp, None)
+    };
+    let zone = match zone_of_path(&path) {
+        Some(z) => Some(z.to_owned()),
+        None if path == "/v1/zones" && created => created_id.clone(),
+        None => None,
+    };
+    let mut payload = Map::new();
+    payload.insert(
+        "rls_mode".into(),
+        json!(if zone.is_some() {
+            "zone_scoped"
+        } else {
+            "control_plane_wildcard"
+        }),
+    );
+    payload.insert("rls_zone_guc".into(), json!(zone.as_deref().unwrap_or("*")));
+    if success {
+        let kind = change_kind(&method, &path, created);
+        payload.insert("change_kind".into(), json!(kind));
+        let (fields, rotated) = body_json
+            .as_ref()
+            .map(admin_audit::changed_fields)
+            .unwrap_or_default();
+        if !fields.is_empty() {
+            payload.insert("changed_fields".into(), json!(fields));
+        }
+        if rotated || kind == "secret_rotation" {
+            payload.insert("secret_rotated".into(), json!(true));
+        }
+    }
+    let (entity_type, entity_id) = match entity {
+        Some((t, id)) => (Some(t), id.or(created_id)),
+        None => (None, None),
+    };
+    let record = AdminAuditRecord {
+        request_id: rid,
+        actor_id: principal.as_ref().map(|p| p.actor(&headers).id),
+        actor_name: principal.as_ref().map(|p| p.token.name.clone()),
+        actor_scope: principal.as_ref().map(|p| {
+            match p.token.scope {
+                TokenScope::Global => "global",
+                TokenScope::Zone => "zone",
+            }
+            .to_owned()
+        }),
+        action: format!("{method} {path}"),
+        method: method.as_str().to_owned(),
+        path,
+        zone_id: zone,
+        entity_type,
+        entity_id,
+        status_code: status.as_u16(),
+        payload_json: Value::Object(payload).to_string(),
+    };
+    if success {
+        match append(&app, record, created).await {
+            Ok(()) => resp,
+            Err(e) => {
+                tracing::error!(error = %e, "admin audit record not appended");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit_unavailable")
+                    .description("operation applied but its audit record could not be persisted")
+                    .into_response()
+            }
+        }
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = append(&app, record, false).await {
+                tracing::warn!(error = %e, "admin audit record of a failed request not appended");
+            }
+        });
+        resp
+    }
+}
+
+async fn append(app: &App, mut record: AdminAuditRecord, hint: bool) -> Result<(), String> {
+    // A zone chain only for a zone that exists; anything else is on the global chain.
+    let known = match &record.zone_id {
+        Some(z) => serval_projector::zones::load(&app.pool, z)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some(),
+        None => false,
+    };
+    if !known {
+        record.zone_id = None;
+    }
+    let stream = match &record.zone_id {
+        Some(z) => LogStream::Zone(z.clone()),
+        None => LogStream::System,
+    };
+    let actor = record
+        .actor_id
+        .clone()
+        .unwrap_or_else(|| "anonymous".to_owned());
+    let rid = record.request_id.clone();
+    let req = AppendRequest::new(
+        stream.clone(),
+        record.zone_id.clone(),
+        uuid::Uuid::now_v7().to_string(),
+        0,
+        vec![Event::AdminAudit(AdminAuditEvent::Recorded(record))],
+        actor,
+    )
+    .with_request_id(&rid);
+    app.store.append(&req).await.map_err(|e| e.to_string())?;
+    if hint {
+        if let Err(e) = app.store.hint_activity(&stream).await {
+            tracing::debug!(error = %e, "activity hint not published");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entities_come_from_the_innermost_pair() {
+        assert_eq!(
+            entity_of("/v1/zones/z1/applications/a1/rotate-secret"),
+            (Some(("applications".into(), Some("a1".into()))), false)
+        );
+        assert_eq!(
+            entity_of("/v1/zones/z1/applications"),
+            (Some(("applications".into(), None)), true)
+        );
+        assert_eq!(
+            entity_of("/v1/zones/z1/applications/dcr"),
+            (Some(("applications".into(), None)), true)
+        );
+        assert_eq!(entity_of("/v1/zones"), (Some(("zones".into(), None)), true));
+        assert_eq!(
+            entity_of("/v1/zones/z1/provider-connections/revoke"),
+            (Some(("provider-connections".into(), None)), false)
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The admin audit feed (management-api.md §14.2): `GET /v1/zones/:zoneId/admin-audit`,
+//! JSON pages or a CSV export, optionally projected to chosen `fields`.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use serval_projector::admin_audit::{self as read, AuditFilter, AuditRow};
+
+use super::params::PathIds;
+use crate::app::App;
+use crate::http::pagination::{self, PageQuery};
+use crate::http::redact::redact;
+use crate::http::{csv, ApiError};
+
+pub fn router() -> Router<App> {
+    Router::new().route("/v1/zones/{zone}/admin-audit", get(list))
+}
+
+/// The export set: the item's fields plus two read from the payload.
+const EXPORT: [&str; 17] = [
+    "id",
+    "request_id",
+    "actor_id",
+    "actor_name",
+    "actor_scope",
+    "action",
+    "method",
+    "path",
+    "entity_type",
+    "entity_id",
+    "status_code",
+    "payload_json",
+    "occurred_at",
+    "chain_seq",
+    "signed",
+    "change_kind",
+    "changed_fields",
+];
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    since: Option<String>,
+    until: Option<String>,
+    actor_id: Option<String>,
+    entity_type: Option<String>,
+    entity_id: Option<String>,
+    method: Option<String>,
+    format: Option<String>,
+    fields: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// A "datetime" query parameter: RFC 3339 in UTC with a `Z` suffix only (§1).
+pub fn utc_param(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .filter(|_| s.ends_with('Z'))
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_query")
+                    .description(format!("{name} must be a UTC datetime ending in Z"))
+            }),
+    }
+}
+
+/// `fields`: a comma list from `allowed` (else `400 invalid_fields`).
+pub fn parse_fields(
+    v: &Option<String>,
+    allowed: &[&'static str],
+) -> Result<Option<Vec<&'static str>>, ApiError> {
+    let Some(s) = v else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        match allowed.iter().find(|a| **a == f) {
+            Some(a) => out.push(*a),
+            None => {
+                return Err(ApiError::bad_request("invalid_fields")
+                    .description(format!("unknown field {f:?}")))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad_request("invalid_fields").description("fields is empty"));
+    }
+    Ok(Some(out))
+}
+
+/// `format`: `json` (default) or `csv`.
+pub fn is_csv(v: &Option<String>) -> Result<bool, ApiError> {
+    match v.as_deref() {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(_) => {
+            Err(ApiError::bad_request("invalid_query").description("format must be json or csv"))
+        }
+    }
+}
+
+fn render(r: &AuditRow) -> Value {
+    let mut payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_else(|_| json!({}));
+    redact(&mut payload);
+    json!({
+        "id": r.id,
+        "request_id": r.request_id,
+        "actor_id": r.actor_id,
+        "actor_name": r.actor_name,
+        "actor_scope": r.actor_scope,
+        "action": r.action,
+        "method": r.method,
+        "path": r.path,
+        "entity_type": r.entity_type,
+        "entity_id": r.entity_id,
+        "status_code": r.status_code,
+        "payload_json": payload,
+        "occurred_at": pagination::ts(r.occurred_at),
+        "chain_seq": r.chain_seq.to_string(),
+        "signed": r.signed,
+    })
+}
+
+/// The flat export row: item fields plus `change_kind`, `changed_fields` from the payload.
+fn flat(r: &AuditRow) -> Value {
+    let mut v = render(r);
+    let change_kind = v["payload_json"]["change_kind"].clone();
+    let changed = v["payload_json"]["changed_fields"].clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("change_kind".into(), change_kind);
+        m.insert("changed_fields".into(), changed);
+    }
+    v
+}
+
+pub fn project(row: &Value, fields: &[&str]) -> Value {
+    let mut m = Map::new();
+    for f in fields {
+        m.insert((*f).to_owned(), row.get(*f).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(m)
+}
+
+async fn list(
+    State(app): State<App>,
+    ids: PathIds,
+    Query(q): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let page = PageQuery {
+        limit: q.limit.clone(),
+        cursor: q.cursor.clone(),
+    }
+    .parse(pagination::FEED)?;
+    let method = match q.method.as_deref() {
+        None => None,
+        Some(m @ ("POST" | "PUT" | "PATCH" | "DELETE")) => Some(m.to_owned()),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_query")
+                .description("method must be POST, PUT, PATCH or DELETE"))
+        }
+    };
+    let filter = AuditFilter {
+        since: utc_param("since", &q.since)?,
+        until: utc_param("until", &q.until)?,
+        actor_id: q.actor_id.clone(),
+        entity_type: q.entity_type.clone(),
+        entity_id: q.entity_id.clone(),
+        method,
+    };
+    let csv_out = is_csv(&q.format)?;
+    let fields = parse_fields(&q.fields, &EXPORT)?;
+    let rows = read::list(
+        &app.pool,
+        ids.at(0),
+        &filter,
+        page.after.clone(),
+        page.limit,
+    )
+    .await?;
+    if csv_out {
+        let columns: Vec<&str> = fields.clone().unwrap_or_else(|| EXPORT.to_vec());
+        let flat_rows: Vec<Value> = rows.iter().map(flat).collect();
+        return Ok(csv::response(
+            "admin-audit",
+            ids.at(0),
+            csv::render(&columns, &flat_rows),
+        ));
+    }
+    let body = pagination::page(
+        &rows,
+        page.limit,
+        |r| (r.occurred_at, r.id.clone()),
+        |r| match &fields {
+            Some(f) => project(&flat(r), f),
+            None => render(r),
+        },
+    );
+    Ok(Json(body).into_response())
+}
