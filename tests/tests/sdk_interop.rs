@@ -32,3 +32,9 @@ async fn official_admin_client_drives_policies_and_policy_sets() {
     let server = Server::start(Options::default()).await;
     run(&server, "admin_policies.py");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_admin_client_drives_the_catalog_and_admin_audit() {
+    let server = Server::start(Options::default()).await;
+    run(&server, "admin_catalog.py");
+}
