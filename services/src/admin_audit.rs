@@ -55,7 +55,18 @@ fn is_mutation(m: &Method) -> bool {
 /// The innermost `<collection>/<id>` pair of a path, and whether the path ends in a
 /// collection (a create, whose id comes from the response).
 fn entity_of(path: &str) -> (Option<(String, Option<String>)>, bool) {
-    let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    // The seed's name of provider connections is the same collection.
+    let segs: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .map(|s| {
+            if s == "provider-grants" {
+                "provider-connections"
+            } else {
+                s
+            }
+        })
+        .collect();
     let mut found = None;
     let mut ends_in_collection = false;
     for (i, s) in segs.iter().enumerate() {
@@ -68,7 +79,8 @@ fn entity_of(path: &str) -> (Option<(String, Option<String>)>, bool) {
             }
             Some(word) => {
                 found = Some((s.to_string(), None));
-                ends_in_collection = *word == "dcr" && i + 2 == segs.len();
+                ends_in_collection =
+                    (*word == "dcr" && i + 2 == segs.len()) || path.ends_with("/oauth/callback");
             }
             None => {
                 found = Some((s.to_string(), None));
@@ -103,6 +115,8 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         .unwrap_or_default();
     let headers = req.headers().clone();
     let mutation = is_mutation(&method);
+    // The one GET that changes state: it stores a provider connection.
+    let recorded_get = method == Method::GET && path.ends_with("/oauth/callback");
     let (req, body_json) = if mutation {
         let (parts, body) = req.into_parts();
         let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else {
@@ -118,7 +132,7 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     let resp = next.run(req).await;
     let status = resp.status();
     let success = status.is_success() || status.is_redirection();
-    if (success && !mutation) || status == StatusCode::TOO_MANY_REQUESTS {
+    if (success && !mutation && !recorded_get) || status == StatusCode::TOO_MANY_REQUESTS {
         return resp;
     }
     let principal = resp.extensions().get::<Principal>().cloned();

@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod oauth;
 pub mod policy_engine;
 pub mod rate_limit;
 pub mod secrets;

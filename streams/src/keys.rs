@@ -9,6 +9,8 @@
 //! | `<p>:{tag}:versions` | hash | aggregate id → current version (optimistic concurrency) |
 //! | `<p>:{tag}:uniq:<kind>:<value>` | string | uniqueness reservation → owning aggregate id |
 //! | `<p>:{tag}:idem:<digest>` | hash | idempotency record of a request (24 h) |
+//! | `<p>:{z:<zone>}:dek` | string | the zone's data key, wrapped by `SECRET_STORE_KEK` |
+//! | `<p>:oauth:<sha256(state)>` | string | a pending OAuth authorize (JSON; expires after 1 h, valid 600 s) |
 //! | `<p>:activity` | stream | hints: a zone stream got its first entries (trimmed ~10,000) |
 //! | `<p>:deadletters` | stream | entries a projection refused (bad signature, undecodable) |
 //! | `<t>caracal.*` | streams | Caracal's public topics (`<t>` = topic prefix, default empty) |
@@ -86,6 +88,12 @@ impl KeySpace {
     /// sealed under it without touching a signed event.
     pub fn data_key(&self, zone_id: &str) -> String {
         format!("{}:{{z:{zone_id}}}:dek", self.prefix)
+    }
+
+    /// A pending OAuth authorize state (its PKCE verifier and target), by SHA-256 of the
+    /// state; zone-less so a callback on the wrong zone is told apart from an unknown state.
+    pub fn oauth_state(&self, state_digest: &str) -> String {
+        format!("{}:oauth:{state_digest}", self.prefix)
     }
 
     /// Hints that a zone stream received its first entries: `stream` = the log key. A

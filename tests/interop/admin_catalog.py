@@ -207,6 +207,31 @@ def governed(client: AdminClient, zone: str, app_id: str) -> None:
     assert results[0].resource["credential_provider_id"] == results[0].provider_id
 
 
+def provider_connections(client: AdminClient, zone: str) -> None:
+    pid = client.providers.create(zone, {
+        "name": "GitHub", "kind": "oauth2_authorization_code",
+        "config_json": {"authorization_endpoint": "https://github.example/login/oauth/authorize",
+                        "token_endpoint": "https://github.example/login/oauth/access_token",
+                        "redirect_uri": "https://serval.example/callback",
+                        "client_id": "serval", "client_secret": SECRET_B, "scopes": ["repo"]},
+    })["id"]
+    conns = client.provider_connections
+    created = conns.create(zone, {"provider_id": pid, "access_token": SECRET_A})
+    assert created["subject_id"] == "caracal:shared" and created["status"] == "active", created
+    assert SECRET_A not in repr(created)
+    upserted = conns.create(zone, {"provider_id": pid, "access_token": SECRET_B,
+                                   "refresh_token": SECRET_A})
+    assert upserted["id"] == created["id"], upserted
+    started = conns.authorize_oauth(zone, {"provider_id": pid, "subject_id": "alice"})
+    assert started["authorization_url"].startswith("https://github.example/login/oauth/authorize?")
+    assert "code_challenge_method=S256" in started["authorization_url"]
+    assert len(started["state"]) == 43 and started["expires_at"]
+    revoked = conns.revoke(zone, {"provider_id": pid})
+    assert revoked["status"] == "revoked" and revoked["upstream_revocation"] == "unsupported"
+    expect_error(404, "provider_connection_not_found", conns.revoke, zone, {"provider_id": pid})
+    expect_error(400, "invalid_provider_connection", conns.create, zone, {"provider_id": pid})
+
+
 def admin_audit(client: AdminClient, zone: str) -> None:
     rows = client.admin_audit.list(zone, {"entity_type": "applications", "method": "POST"})
     assert rows and all(r["entity_type"] == "applications" for r in rows), rows
@@ -233,6 +258,7 @@ def main() -> None:
     rid = resources(client, zone, pid)
     grants(client, zone, app_id, rid, pid)
     governed(client, zone, app_id)
+    provider_connections(client, zone)
     admin_audit(client, zone)
     print("catalog interop OK")
 

@@ -94,6 +94,31 @@ impl WriteCtx {
         })
     }
 
+    /// The context of a write no admin token asks for (the OAuth callback): attributed to
+    /// `actor_id`, never idempotent.
+    pub async fn unauthenticated(
+        app: &App,
+        zone: &str,
+        rid: &str,
+        actor_id: &str,
+    ) -> Result<Self, ApiError> {
+        zone_badge(app, zone).await?;
+        Ok(WriteCtx {
+            zone: zone.to_owned(),
+            actor: Actor {
+                id: actor_id.to_owned(),
+                is_bootstrap: false,
+                via_operator_header: false,
+            },
+            rid: rid.to_owned(),
+            idem: None,
+            stamp: Stamp {
+                by: actor_id.to_owned(),
+                via_operator: false,
+            },
+        })
+    }
+
     pub fn stream(&self) -> LogStream {
         LogStream::Zone(self.zone.clone())
     }
@@ -430,6 +455,14 @@ impl Fields {
             Some(Value::Object(m)) => Ok(Some(m.clone())),
             Some(_) => Err(self.bad(key, "an object")),
         }
+    }
+
+    /// The first key of the body that is not in `allowed`.
+    pub fn unknown(&self, allowed: &[&str]) -> Option<&str> {
+        self.map
+            .keys()
+            .map(String::as_str)
+            .find(|k| !allowed.contains(k))
     }
 
     pub fn value(&self, key: &str) -> Option<&Value> {

@@ -4,6 +4,7 @@ pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
 pub mod catalog;
+pub mod connections;
 pub mod grants;
 pub mod params;
 pub mod policies;
@@ -28,11 +29,14 @@ pub fn router(app: App) -> Router<App> {
         .merge(providers::router())
         .merge(resources::router())
         .merge(grants::router())
+        .merge(connections::router())
         .merge(admin_audit::router())
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::auth::require_admin,
         ))
+        // The OAuth callback is reached by a browser redirect: no admin token, but audited.
+        .merge(connections::callback_router())
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::admin_audit::record,

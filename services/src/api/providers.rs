@@ -162,6 +162,12 @@ async fn unseal(
     serde_json::from_slice(&plain).map_err(|_| secret_backend(SecretError::Corrupt))
 }
 
+/// The sealed secrets of a provider, opened (for upstream OAuth calls).
+pub async fn secrets_of(app: &App, e: &Entity) -> Result<BTreeMap<String, String>, ApiError> {
+    let p = common::provider(e)?;
+    unseal(app, &e.zone_id, &e.id, &p.sealed_secrets).await
+}
+
 async fn create(
     State(app): State<App>,
     req: Req,
