@@ -263,6 +263,14 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> anyhow::Result<Vec<Rebuil
         Some(p) => vec![p],
         None => Rebuildable::ALL.to_vec(),
     };
+    // Refused up front: a rebuilt admin audit without the key would silently lose every
+    // chain signature (`signed: false`), which reads as tampering.
+    if targets.contains(&Rebuildable::AdminAudit) && ctx.audit_key.is_none() {
+        anyhow::bail!(
+            "rebuilding admin_audit needs AUDIT_HMAC_KEY (the key the deployment signs its \
+             admin audit chains with); set it, or rebuild other projections with --projection"
+        );
+    }
     let mut out = Vec::new();
     for p in targets {
         let r = rebuild_one(ctx, p, args.batch, args.from_archive).await?;

@@ -89,7 +89,10 @@ async fn secrets_appear_nowhere_in_plaintext() {
     // Secrets we generate: creation, rotation, reveal, DCR.
     let apps = format!("/v1/zones/{z}/applications");
     let (_, a) = admin
-        .post(&apps, json!({"name": "agent", "registration_method": "managed"}))
+        .post(
+            &apps,
+            json!({"name": "agent", "registration_method": "managed"}),
+        )
         .await;
     let app_id = a["id"].as_str().unwrap().to_owned();
     secrets.push(a["client_secret"].as_str().unwrap().to_owned());
@@ -114,9 +117,18 @@ async fn secrets_appear_nowhere_in_plaintext() {
     // Upstream credentials of every secret-bearing provider kind.
     let providers = format!("/v1/zones/{z}/providers");
     let kinds = [
-        ("api_key", json!({"header_name": "X-Key", "api_key": "sk_live_apikey_0a1b2c3d4e5f"})),
-        ("bearer_token", json!({"bearer_token": "bt_plain_bearer_0a1b2c3d4e5f"})),
-        ("http_basic", json!({"username": "svc", "password": "basic_password_0a1b2c3d4e5f"})),
+        (
+            "api_key",
+            json!({"header_name": "X-Key", "api_key": "sk_live_apikey_0a1b2c3d4e5f"}),
+        ),
+        (
+            "bearer_token",
+            json!({"bearer_token": "bt_plain_bearer_0a1b2c3d4e5f"}),
+        ),
+        (
+            "http_basic",
+            json!({"username": "svc", "password": "basic_password_0a1b2c3d4e5f"}),
+        ),
         (
             "oauth2_client_credentials",
             json!({"token_endpoint": "https://idp.example/token", "client_id": "c",
@@ -138,7 +150,10 @@ async fn secrets_appear_nowhere_in_plaintext() {
             }
         }
         let (s, p) = admin
-            .post(&providers, json!({"name": kind, "kind": kind, "config_json": config}))
+            .post(
+                &providers,
+                json!({"name": kind, "kind": kind, "config_json": config}),
+            )
             .await;
         assert_eq!(s, 201, "{p}");
         auth_code_provider = p["id"].as_str().unwrap().to_owned();
@@ -176,8 +191,11 @@ async fn secrets_appear_nowhere_in_plaintext() {
     secrets.push("ghr_refresh_0a1b2c3d4e5f".into());
     // A refused request that carried a secret is audited too.
     let (s, _) = admin
-        .post(&providers, json!({"name": "bad", "kind": "bearer_token",
-                                 "config_json": {"bearer_token": "Bearer refused_0a1b2c3d4e5f"}}))
+        .post(
+            &providers,
+            json!({"name": "bad", "kind": "bearer_token",
+                                 "config_json": {"bearer_token": "Bearer refused_0a1b2c3d4e5f"}}),
+        )
         .await;
     assert_eq!(s, 400);
     secrets.push("refused_0a1b2c3d4e5f".into());
@@ -239,7 +257,10 @@ async fn secrets_appear_nowhere_in_plaintext() {
     assert!(tables.contains(&"event_archive".to_owned()));
     assert!(contains(&db, "vault"), "the grep sees the database");
     let redis = redis_bytes(&server).await;
-    assert!(redis.iter().any(|(_, b)| contains(b, "vault")), "the grep sees the streams");
+    assert!(
+        redis.iter().any(|(_, b)| contains(b, "vault")),
+        "the grep sees the streams"
+    );
     let log = server.logs();
     assert!(!log.is_empty());
 
@@ -249,6 +270,9 @@ async fn secrets_appear_nowhere_in_plaintext() {
             assert!(!contains(bytes, secret), "{secret} is in Redis at {key}");
         }
         assert!(!log.contains(secret.as_str()), "{secret} is in the log");
-        assert!(!answers.contains(secret.as_str()), "{secret} is in a list or get answer");
+        assert!(
+            !answers.contains(secret.as_str()),
+            "{secret} is in a list or get answer"
+        );
     }
 }

@@ -439,6 +439,7 @@ pub fn replay_with(
         .env("DATABASE_URL", db_url)
         .env("REDIS_URL", redis_url)
         .env("STREAMS_HMAC_KEY", &keys.streams)
+        .env("AUDIT_HMAC_KEY", &keys.audit)
         .env("SERVAL_KEY_PREFIX", prefix)
         .env("SERVAL_TOPIC_PREFIX", format!("{prefix}:"))
         .output()
