@@ -1,0 +1,338 @@
+//! A zone-scoped admin token cannot read or write another zone: every zone route, every
+//! method, against real objects of the other zone (management-api.md §3.2 step 6).
+
+mod common;
+
+use common::{Admin, Options, Server};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+struct Ids {
+    zone: String,
+    app: String,
+    provider: String,
+    resource: String,
+    grant: String,
+    policy: String,
+    set: String,
+}
+
+/// A zone holding one of each object (created with the bootstrap token).
+async fn furnished(admin: &Admin, name: &str) -> Ids {
+    let (_, z) = admin
+        .post("/v1/zones", json!({"name": name, "dcr_enabled": true}))
+        .await;
+    let zone = z["id"].as_str().unwrap().to_owned();
+    let b = format!("/v1/zones/{zone}");
+    let id = |v: &Value| v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+    let (_, a) = admin
+        .post(
+            &format!("{b}/applications"),
+            json!({"name": "agent", "registration_method": "managed"}),
+        )
+        .await;
+    let (_, p) = admin
+        .post(
+            &format!("{b}/providers"),
+            json!({"name": "gh", "kind": "oauth2_authorization_code", "config_json": {
+                "authorization_endpoint": "https://gh.example/a", "token_endpoint": "https://gh.example/t",
+                "redirect_uri": "https://s.example/cb", "client_id": "c", "client_secret": "s3cr3t-value"}}),
+        )
+        .await;
+    let (_, r) = admin
+        .post(
+            &format!("{b}/resources"),
+            json!({"name": "docs", "scopes": ["d:read"], "upstream_url": "https://d.example",
+                   "credential_provider_id": id(&p)}),
+        )
+        .await;
+    let (_, g) = admin
+        .post(
+            &format!("{b}/grants"),
+            json!({"application_id": id(&a), "user_id": "u", "resource_id": id(&r), "scopes": ["d:read"]}),
+        )
+        .await;
+    admin
+        .post(
+            &format!("{b}/provider-connections"),
+            json!({"provider_id": id(&p), "access_token": "tok"}),
+        )
+        .await;
+    let (_, pol) = admin
+        .post(
+            &format!("{b}/policies"),
+            json!({"name": "p", "content": "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\napp_ids := {}\n"}),
+        )
+        .await;
+    let (_, set) = admin
+        .post(&format!("{b}/policy-sets"), json!({"name": "s"}))
+        .await;
+    Ids {
+        zone,
+        app: id(&a),
+        provider: id(&p),
+        resource: id(&r),
+        grant: id(&g),
+        policy: id(&pol),
+        set: id(&set),
+    }
+}
+
+/// Every admin-token route below `/v1/zones/<zone>`, with a body fit for each write.
+fn routes(i: &Ids) -> Vec<(Method, String, Value)> {
+    let z = format!("/v1/zones/{}", i.zone);
+    let body = json!({"name": "x"});
+    let conn = json!({"provider_id": i.provider, "access_token": "t"});
+    let mut r = vec![
+        (Method::GET, z.clone(), Value::Null),
+        (Method::PATCH, z.clone(), body.clone()),
+        (Method::DELETE, z.clone(), Value::Null),
+        (Method::GET, format!("{z}/dcr-status"), Value::Null),
+        (Method::GET, format!("{z}/admin-audit"), Value::Null),
+        (Method::GET, format!("{z}/applications"), Value::Null),
+        (
+            Method::POST,
+            format!("{z}/applications"),
+            json!({"name": "x", "registration_method": "managed"}),
+        ),
+        (Method::POST, format!("{z}/applications/dcr"), body.clone()),
+        (
+            Method::GET,
+            format!("{z}/applications/{}", i.app),
+            Value::Null,
+        ),
+        (
+            Method::PATCH,
+            format!("{z}/applications/{}", i.app),
+            body.clone(),
+        ),
+        (
+            Method::DELETE,
+            format!("{z}/applications/{}", i.app),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("{z}/applications/{}/rotate-secret", i.app),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/applications/{}/client-secret", i.app),
+            Value::Null,
+        ),
+        (Method::GET, format!("{z}/providers"), Value::Null),
+        (
+            Method::POST,
+            format!("{z}/providers"),
+            json!({"name": "x", "kind": "none"}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/providers/{}", i.provider),
+            Value::Null,
+        ),
+        (
+            Method::PATCH,
+            format!("{z}/providers/{}", i.provider),
+            body.clone(),
+        ),
+        (
+            Method::DELETE,
+            format!("{z}/providers/{}", i.provider),
+            Value::Null,
+        ),
+        (Method::GET, format!("{z}/resources"), Value::Null),
+        (
+            Method::POST,
+            format!("{z}/resources"),
+            json!({"name": "x", "scopes": ["s"]}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/resources/{}", i.resource),
+            Value::Null,
+        ),
+        (
+            Method::PATCH,
+            format!("{z}/resources/{}", i.resource),
+            body.clone(),
+        ),
+        (
+            Method::DELETE,
+            format!("{z}/resources/{}", i.resource),
+            Value::Null,
+        ),
+        (Method::GET, format!("{z}/grants"), Value::Null),
+        (
+            Method::POST,
+            format!("{z}/grants"),
+            json!({"application_id": i.app, "user_id": "v", "resource_id": i.resource, "scopes": ["d:read"]}),
+        ),
+        (Method::GET, format!("{z}/grants/{}", i.grant), Value::Null),
+        (
+            Method::DELETE,
+            format!("{z}/grants/{}", i.grant),
+            Value::Null,
+        ),
+        (Method::GET, format!("{z}/policies"), Value::Null),
+        (
+            Method::POST,
+            format!("{z}/policies"),
+            json!({"name": "x", "content": "package caracal.authz\n"}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/policies/{}", i.policy),
+            Value::Null,
+        ),
+        (
+            Method::DELETE,
+            format!("{z}/policies/{}", i.policy),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("{z}/policies/{}/versions", i.policy),
+            json!({"content": "package caracal.authz\n"}),
+        ),
+        (Method::GET, format!("{z}/policy-sets"), Value::Null),
+        (Method::POST, format!("{z}/policy-sets"), body.clone()),
+        (
+            Method::GET,
+            format!("{z}/policy-sets/{}", i.set),
+            Value::Null,
+        ),
+        (
+            Method::DELETE,
+            format!("{z}/policy-sets/{}", i.set),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            format!("{z}/policy-sets/{}/versions", i.set),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("{z}/policy-sets/{}/versions", i.set),
+            json!({"policy_version_ids": []}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/policy-sets/{}/versions/v1", i.set),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("{z}/policy-sets/{}/activate", i.set),
+            json!({"version_id": "v1"}),
+        ),
+        (
+            Method::GET,
+            format!("{z}/policy-sets/{}/activation-status", i.set),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("{z}/policy-sets/{}/simulate", i.set),
+            json!({"input": {}}),
+        ),
+    ];
+    for name in ["provider-connections", "provider-grants"] {
+        r.push((Method::GET, format!("{z}/{name}"), Value::Null));
+        r.push((Method::POST, format!("{z}/{name}"), conn.clone()));
+        r.push((
+            Method::POST,
+            format!("{z}/{name}/oauth/authorize"),
+            json!({"provider_id": i.provider}),
+        ));
+        r.push((
+            Method::POST,
+            format!("{z}/{name}/revoke"),
+            json!({"provider_id": i.provider}),
+        ));
+    }
+    r
+}
+
+/// What the bootstrap token sees of a zone (everything but its admin audit, which records
+/// the refusals themselves).
+async fn snapshot(admin: &Admin, i: &Ids) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (m, p, _) in routes(i) {
+        if m == Method::GET && !p.ends_with("/admin-audit") && !p.ends_with("/client-secret") {
+            out.push(admin.get(&p).await.1);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zone_token_reaches_nothing_of_another_zone() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let mine = furnished(&admin, "mine").await;
+    let theirs = furnished(&admin, "theirs").await;
+    let mut tokens = Vec::new();
+    for capability in ["write", "read"] {
+        let (s, t) = admin
+            .post(
+                "/v1/admin-tokens",
+                json!({"name": format!("zone-{capability}"), "scope": "zone",
+                       "zone_id": mine.zone, "capability": capability}),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        tokens.push((capability, admin.with_token(t["token"].as_str().unwrap())));
+    }
+    let before = snapshot(&admin, &theirs).await;
+
+    let all = routes(&theirs);
+    assert!(all.len() >= 50, "{} routes", all.len());
+    for (capability, token) in &tokens {
+        for (m, p, body) in &all {
+            let body = (!body.is_null()).then(|| body.clone());
+            let (s, e) = token.call(m.clone(), p, body).await;
+            // §3.2 checks the capability (step 3) before the scope (step 6).
+            let want = if *capability == "read" && *m != Method::GET {
+                "admin_token_read_only"
+            } else {
+                "admin_token_zone_mismatch"
+            };
+            assert_eq!(
+                (s, e),
+                (403, json!({ "error": want })),
+                "{capability} token: {m} {p}"
+            );
+        }
+    }
+    assert_eq!(
+        snapshot(&admin, &theirs).await,
+        before,
+        "the other zone is unchanged"
+    );
+
+    // The same routes of its own zone are not refused for scope; a read token still
+    // cannot write there.
+    let (_, write) = &tokens[0];
+    let (_, read) = &tokens[1];
+    for (m, p, body) in routes(&mine) {
+        if m == Method::DELETE || (m == Method::PATCH && p.ends_with(&mine.zone)) {
+            continue; // keep the zone and its objects for the remaining calls
+        }
+        let payload = (!body.is_null()).then(|| body.clone());
+        let (s, e) = write.call(m.clone(), &p, payload.clone()).await;
+        assert_ne!(e["error"], "admin_token_zone_mismatch", "{m} {p}: {s}");
+        let (s, e) = read.call(m.clone(), &p, payload).await;
+        if m == Method::GET {
+            assert_ne!(s, 403, "{m} {p}: {e}");
+        } else {
+            assert_eq!(
+                (s, e),
+                (403, json!({"error": "admin_token_read_only"})),
+                "{m} {p}"
+            );
+        }
+    }
+}
