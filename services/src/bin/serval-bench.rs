@@ -67,6 +67,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Management API latency: create-provider (an `api_key` provider, its key sealed) and
+    /// list-applications (a page of 50), against a running stack.
+    Catalog {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, env = "CARACAL_ADMIN_TOKEN")]
+        token: String,
+        #[arg(long, default_value_t = 1_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
 }
 
 fn zone_created(i: usize) -> Event {
@@ -312,6 +324,70 @@ async fn bench_http(
     Ok(())
 }
 
+async fn bench_catalog(
+    url: &str,
+    token: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let http = reqwest_free::Client::new(url, token);
+    let zone = http.create_zone("bench catalog").await?;
+    let apps = format!("/v1/zones/{zone}/applications");
+    for i in 0..50 {
+        let body = serde_json::json!({"name": format!("app-{i}"), "registration_method": "managed"});
+        http.expect("POST", &apps, Some(body), 201).await?;
+    }
+    // Warm connections, caches and the zone's data key.
+    for i in 0..20 {
+        http.expect("GET", &apps, None, 200).await?;
+        let body = provider_body(&format!("warm-{i}"));
+        http.expect("POST", &format!("/v1/zones/{zone}/providers"), Some(body), 201)
+            .await?;
+    }
+    let per = (requests / concurrency).max(1);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (http, zone, apps) = (http.clone(), zone.clone(), apps.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut create, mut list) = (Vec::new(), Vec::new());
+            for i in 0..per {
+                let body = provider_body(&format!("p-{w}-{i}"));
+                let t0 = Instant::now();
+                http.expect("POST", &format!("/v1/zones/{zone}/providers"), Some(body), 201)
+                    .await?;
+                create.push(t0.elapsed());
+                let t1 = Instant::now();
+                http.expect("GET", &apps, None, 200).await?;
+                list.push(t1.elapsed());
+            }
+            anyhow::Ok((create, list))
+        }));
+    }
+    let (mut create, mut list) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (c, l) = t.await??;
+        create.extend(c);
+        list.extend(l);
+    }
+    println!(
+        "POST /v1/zones/:z/providers (api_key, sealed, visible on return): {}",
+        percentiles(create)
+    );
+    println!(
+        "GET /v1/zones/:z/applications (50 rows):                          {}",
+        percentiles(list)
+    );
+    Ok(())
+}
+
+fn provider_body(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "kind": "api_key",
+        "config_json": {"header_name": "X-Api-Key", "api_key": format!("sk_bench_{name}_0123456789")},
+    })
+}
+
 /// A minimal HTTP/1.1 client over hyper-free std+tokio sockets would be overkill; axum's
 /// dependency tree already carries hyper, so use it through a tiny wrapper.
 mod reqwest_free {
@@ -354,6 +430,25 @@ mod reqwest_free {
             let status = resp.status().as_u16();
             let bytes = resp.into_body().collect().await?.to_bytes();
             Ok((status, bytes))
+        }
+
+        /// Sends a request and fails unless it answers `want`.
+        pub async fn expect(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<serde_json::Value>,
+            want: u16,
+        ) -> anyhow::Result<Bytes> {
+            let (status, bytes) = self
+                .send(method, path, body.map(|b| b.to_string()))
+                .await?;
+            anyhow::ensure!(
+                status == want,
+                "{method} {path} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+            Ok(bytes)
         }
 
         pub async fn create_zone(&self, name: &str) -> anyhow::Result<String> {
@@ -409,5 +504,11 @@ async fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
         } => bench_http(&url, &token, requests, concurrency.max(1)).await,
+        Cmd::Catalog {
+            url,
+            token,
+            requests,
+            concurrency,
+        } => bench_catalog(&url, &token, requests, concurrency.max(1)).await,
     }
 }
