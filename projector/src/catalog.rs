@@ -233,3 +233,24 @@ impl Projection for CatalogProjection {
         store_many(tx, &changed).await
     }
 }
+
+/// DCR applications still live whose `expires_at` is before `cutoff`, oldest first:
+/// `(zone_id, id)` pairs for the cleanup job (management-api.md §18).
+pub async fn expired_dcr<'e>(
+    db: impl PgExecutor<'e>,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT zone_id, id FROM catalog_objects
+          WHERE kind = 'application' AND archived_at IS NULL
+            AND doc #>> '{data,application,registration_method}' = 'dcr'
+            AND (doc #>> '{data,application,expires_at}')::timestamptz < $1
+          ORDER BY (doc #>> '{data,application,expires_at}')::timestamptz
+          LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -307,6 +307,10 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
     }
     if services.contains(&Service::Api) {
         crate::bootstrap::seed_admin_token(&app).await?;
+        tasks.push(tokio::spawn(crate::jobs::dcr_cleanup(
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     let mut servers = Vec::new();
     for service in Service::HTTP {

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod oauth;
 pub mod policy_engine;

@@ -3,21 +3,33 @@
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use serval_projector::admin_audit::{self as read, AuditFilter, AuditRow};
 
 use super::params::PathIds;
+use super::routes::Routes;
 use crate::app::App;
 use crate::http::pagination::{self, PageQuery};
 use crate::http::redact::redact;
 use crate::http::{csv, ApiError};
+use axum::http::Method;
 
-pub fn router() -> Router<App> {
-    Router::new().route("/v1/zones/{zone}/admin-audit", get(list))
+pub fn router() -> Routes {
+    Routes::new("admin audit").op(
+        Method::GET,
+        "/v1/zones/{zone}/admin-audit",
+        list,
+        "The zone's admin audit (hash-chained; JSON or CSV)",
+        200,
+        &[
+            "400 invalid_query",
+            "400 invalid_fields",
+            "400 invalid_cursor",
+        ],
+    )
 }
 
 /// The export set: the item's fields plus two read from the payload.

@@ -3,8 +3,7 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
@@ -21,17 +20,46 @@ use serval_schema::projections::ADMIN_TOKENS;
 use serval_streams::append::Reservation;
 use serval_streams::{AppendRequest, LogStream};
 
+use super::routes::Routes;
 use crate::app::App;
 use crate::auth::{digest_hex, Principal};
 use crate::http::body::{parse_object, RawBody};
 use crate::http::pagination::{self, PageQuery};
 use crate::http::{ApiError, RequestId};
 use crate::write::{self, Failure, Outcome};
+use axum::http::Method;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/admin-tokens", get(list).post(mint))
-        .route("/v1/admin-tokens/{id}", delete(revoke))
+pub fn router() -> Routes {
+    Routes::new("admin tokens")
+        .op(
+            Method::GET,
+            "/v1/admin-tokens",
+            list,
+            "List admin tokens",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            "/v1/admin-tokens",
+            mint,
+            "Mint an admin token (shown once)",
+            201,
+            &[
+                "400 invalid_admin_token_request",
+                "400 zone_id_required",
+                "400 zone_id_not_allowed_for_global",
+                "404 zone_not_found",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            "/v1/admin-tokens/{id}",
+            revoke,
+            "Revoke an admin token",
+            204,
+            &["400 invalid_admin_token_id", "404 admin_token_not_found"],
+        )
 }
 
 fn render(t: &AdminToken) -> Value {

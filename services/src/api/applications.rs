@@ -4,8 +4,7 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::application::{
@@ -15,31 +14,114 @@ use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
 
 use super::catalog::{self as common, ListQuery, Req, WriteCtx};
 use super::params::PathIds;
+use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::{parse_object, RawBody};
 use crate::http::ApiError;
 use crate::rate_limit;
 use crate::secrets::{self, Binding, SecretError};
 use crate::write::Failure;
+use axum::http::Method;
 
 const KIND: CatalogKind = CatalogKind::Application;
 const INVALID: &str = "invalid_application";
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones/{zone}/applications", get(list).post(create))
-        .route("/v1/zones/{zone}/applications/dcr", post(register_dcr))
-        .route(
-            "/v1/zones/{zone}/applications/{id}",
-            get(get_one).patch(patch).delete(archive),
+pub fn router() -> Routes {
+    let base = "/v1/zones/{zone}/applications";
+    Routes::new("applications")
+        .op(
+            Method::GET,
+            base,
+            list,
+            "List applications",
+            200,
+            &["400 invalid_query"],
         )
-        .route(
-            "/v1/zones/{zone}/applications/{id}/rotate-secret",
-            post(rotate_secret),
+        .op(
+            Method::POST,
+            base,
+            create,
+            "Create a managed application (secret shown once)",
+            201,
+            &[
+                "400 invalid_application",
+                "403 trait_not_allowed",
+                "404 zone_not_found",
+                "409 reserved_namespace",
+                "409 application_name_taken",
+                "502 secret_backend_unavailable",
+            ],
         )
-        .route(
-            "/v1/zones/{zone}/applications/{id}/client-secret",
-            get(reveal_secret),
+        .op(
+            Method::POST,
+            &format!("{base}/dcr"),
+            register_dcr,
+            "Dynamic client registration",
+            201,
+            &[
+                "400 invalid_application",
+                "403 dcr_disabled",
+                "404 zone_not_found",
+                "409 reserved_namespace",
+                "429 dcr_rate_limit_exceeded",
+                "429 dcr_limit_exceeded",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}"),
+            get_one,
+            "Get an application",
+            200,
+            &["404 application_not_found"],
+        )
+        .op(
+            Method::PATCH,
+            &format!("{base}/{{id}}"),
+            patch,
+            "Update an application",
+            200,
+            &[
+                "400 invalid_application",
+                "400 no_fields",
+                "400 client_secret_not_configured",
+                "403 trait_not_allowed",
+                "404 application_not_found",
+                "409 reserved_namespace",
+                "409 application_name_taken",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            &format!("{base}/{{id}}"),
+            archive,
+            "Archive an application",
+            204,
+            &["404 application_not_found"],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/rotate-secret"),
+            rotate_secret,
+            "Rotate the client secret",
+            200,
+            &[
+                "404 application_not_found",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}/client-secret"),
+            reveal_secret,
+            "Reveal the client secret (audited)",
+            200,
+            &[
+                "404 application_not_found",
+                "404 client_secret_not_found",
+                "502 secret_backend_unavailable",
+            ],
         )
 }
 

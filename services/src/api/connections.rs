@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,7 @@ use super::applications::secret_backend;
 use super::catalog::{self as common, Fields, Req, WriteCtx, Written};
 use super::params::PathIds;
 use super::providers;
+use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::{pagination, ApiError, RequestId};
@@ -37,30 +37,89 @@ const NAMES: [&str; 2] = ["provider-connections", "provider-grants"];
 const MAX_ID: usize = 256;
 const MAX_TOKEN: usize = 16_384;
 
-pub fn router() -> Router<App> {
-    let mut r = Router::new();
+pub fn router() -> Routes {
+    let mut r = Routes::new("provider connections");
     for name in NAMES {
+        let base = format!("/v1/zones/{{zone}}/{name}");
         r = r
-            .route(
-                &format!("/v1/zones/{{zone}}/{name}"),
-                get(list).post(create),
+            .op(
+                Method::GET,
+                &base,
+                list,
+                "List provider connections (tokens never returned)",
+                200,
+                &["400 invalid_query"],
             )
-            .route(
-                &format!("/v1/zones/{{zone}}/{name}/oauth/authorize"),
-                post(authorize),
+            .op(
+                Method::POST,
+                &base,
+                create,
+                "Store or replace the active connection's tokens",
+                201,
+                &[
+                    "400 invalid_provider_connection",
+                    "400 provider_connection_unsupported",
+                    "404 zone_not_found",
+                    "404 provider_not_found",
+                    "502 secret_backend_unavailable",
+                ],
             )
-            .route(&format!("/v1/zones/{{zone}}/{name}/revoke"), post(revoke));
+            .op(
+                Method::POST,
+                &format!("{base}/oauth/authorize"),
+                authorize,
+                "Start an OAuth authorization (PKCE S256)",
+                200,
+                &[
+                    "400 invalid_provider_oauth_authorize",
+                    "400 provider_connection_unsupported",
+                    "400 invalid_provider_config",
+                    "400 provider_authorization_endpoint_invalid",
+                    "404 zone_not_found",
+                    "404 provider_not_found",
+                ],
+            )
+            .op(
+                Method::POST,
+                &format!("{base}/revoke"),
+                revoke,
+                "Revoke the active connection (local first, then RFC 7009 upstream)",
+                200,
+                &[
+                    "400 invalid_provider_connection_revoke",
+                    "404 provider_connection_not_found",
+                ],
+            );
     }
     r
 }
 
 /// The OAuth callback: the provider redirects a browser here, so no admin token.
-pub fn callback_router() -> Router<App> {
-    let mut r = Router::new();
+pub fn callback_router() -> Routes {
+    let mut r = Routes::new("provider connections");
     for name in NAMES {
-        r = r.route(
+        r = r.open(
+            Method::GET,
             &format!("/v1/zones/{{zone}}/{name}/oauth/callback"),
-            get(callback),
+            callback,
+            "OAuth redirect target: exchanges the code and stores the connection",
+            201,
+            &[
+                "400 invalid_oauth_callback",
+                "400 oauth_state_expired",
+                "400 oauth_state_invalid",
+                "400 oauth_state_mismatch",
+                "400 provider_oauth_denied",
+                "400 authorization_code_required",
+                "400 provider_connection_unsupported",
+                "400 invalid_provider_config",
+                "400 provider_token_endpoint_not_allowed",
+                "404 provider_not_found",
+                "502 secret_backend_unavailable",
+                "502 provider_token_exchange_failed",
+                "502 provider_token_response_invalid",
+                "502 provider_token_type_unsupported",
+            ],
         );
     }
     r

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::grant::{self, GrantData};
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
@@ -14,18 +13,56 @@ use serval_projector::catalog::{self as read, Filter, Status};
 
 use super::catalog::{self as common, Req, WriteCtx};
 use super::params::PathIds;
+use super::routes::Routes;
 use super::schema::Obj;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::pagination;
 use crate::http::ApiError;
+use axum::http::Method;
 
 const KIND: CatalogKind = CatalogKind::Grant;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones/{zone}/grants", get(list).post(create))
-        .route("/v1/zones/{zone}/grants/{id}", get(get_one).delete(revoke))
+pub fn router() -> Routes {
+    Routes::new("grants")
+        .op(
+            Method::GET,
+            "/v1/zones/{zone}/grants",
+            list,
+            "List grants (filters: application, subject, resource, provider, status, scopes)",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            "/v1/zones/{zone}/grants",
+            create,
+            "Create a grant",
+            201,
+            &[
+                "400 invalid_body",
+                "403 grant_scopes_exceed_resource",
+                "404 zone_not_found",
+                "404 application_not_found",
+                "404 resource_not_found",
+            ],
+        )
+        .op(
+            Method::GET,
+            "/v1/zones/{zone}/grants/{id}",
+            get_one,
+            "Get a grant",
+            200,
+            &["404 grant_not_found"],
+        )
+        .op(
+            Method::DELETE,
+            "/v1/zones/{zone}/grants/{id}",
+            revoke,
+            "Revoke a grant",
+            204,
+            &["404 grant_not_found"],
+        )
 }
 
 fn render(e: &Entity) -> Value {

@@ -12,15 +12,17 @@ pub mod policy_history;
 pub mod policy_sets;
 pub mod providers;
 pub mod resources;
+pub mod routes;
 pub mod schema;
 pub mod zones;
 
+use axum::routing::get;
 use axum::Router;
 
 use crate::app::App;
 
 pub fn router(app: App) -> Router<App> {
-    let v1 = Router::new()
+    let admin = routes::Routes::new("zones")
         .merge(zones::router())
         .merge(admin_tokens::router())
         .merge(policies::router())
@@ -30,16 +32,33 @@ pub fn router(app: App) -> Router<App> {
         .merge(resources::router())
         .merge(grants::router())
         .merge(connections::router())
-        .merge(admin_audit::router())
+        .merge(admin_audit::router());
+    let (admin, mut ops) = admin.into_parts();
+    let (open, open_ops) = connections::callback_router().into_parts();
+    ops.extend(open_ops);
+    let doc = routes::openapi(&ops);
+    let v1 = admin
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::auth::require_admin,
         ))
         // The OAuth callback is reached by a browser redirect: no admin token, but audited.
-        .merge(connections::callback_router())
+        .merge(open)
         .layer(axum::middleware::from_fn_with_state(
             app,
             crate::admin_audit::record,
         ));
-    Router::new().merge(v1)
+    let docs = Router::new()
+        .route(
+            "/docs",
+            get(|| async { axum::response::Html(routes::DOCS_PAGE) }),
+        )
+        .route(
+            "/docs/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        );
+    Router::new().merge(v1).merge(docs)
 }

@@ -3,8 +3,7 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 use serval_domain::policy::bundle::{CONTRACT_VERSION, INPUT_SCHEMA_VERSION};
 use serval_domain::policy::document::{self, PACKAGE};
@@ -20,6 +19,7 @@ use serval_streams::append::Reservation;
 use serval_streams::{AppendRequest, Envelope, LogStream};
 
 use super::params::PathIds;
+use super::routes::Routes;
 use super::schema::Obj;
 use crate::app::App;
 use crate::auth::Principal;
@@ -28,16 +28,74 @@ use crate::http::pagination::{self, PageQuery};
 use crate::http::{ApiError, RequestId};
 use crate::write::{self, Failure, Outcome};
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/policies/validate", post(validate))
-        .route("/v1/policy-templates", get(templates))
-        .route("/v1/zones/{zone}/policies", get(list).post(create))
-        .route(
-            "/v1/zones/{zone}/policies/{id}",
-            get(get_one).delete(archive),
+pub fn router() -> Routes {
+    Routes::new("policies")
+        .op(
+            Method::POST,
+            "/v1/policies/validate",
+            validate,
+            "Validate a data document",
+            200,
+            &["400 invalid_body", "422 invalid_rego"],
         )
-        .route("/v1/zones/{zone}/policies/{id}/versions", post(add_version))
+        .op(
+            Method::GET,
+            "/v1/policy-templates",
+            templates,
+            "Policy templates",
+            200,
+            &[],
+        )
+        .op(
+            Method::GET,
+            "/v1/zones/{zone}/policies",
+            list,
+            "List policies",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            "/v1/zones/{zone}/policies",
+            create,
+            "Create a policy and its first version",
+            201,
+            &[
+                "400 invalid_body",
+                "404 zone_not_found",
+                "409 reserved_namespace",
+                "409 policy_name_conflict",
+                "422 invalid_rego",
+            ],
+        )
+        .op(
+            Method::GET,
+            "/v1/zones/{zone}/policies/{id}",
+            get_one,
+            "Get a policy with its versions",
+            200,
+            &["404 policy_not_found"],
+        )
+        .op(
+            Method::DELETE,
+            "/v1/zones/{zone}/policies/{id}",
+            archive,
+            "Archive a policy",
+            204,
+            &["404 policy_not_found"],
+        )
+        .op(
+            Method::POST,
+            "/v1/zones/{zone}/policies/{id}/versions",
+            add_version,
+            "Add an immutable policy version",
+            201,
+            &[
+                "400 invalid_body",
+                "404 policy_not_found",
+                "422 invalid_rego",
+            ],
+        )
 }
 
 fn invalid_rego(reason: impl std::fmt::Display) -> ApiError {

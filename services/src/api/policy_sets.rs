@@ -7,8 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,6 +26,7 @@ use serval_streams::{AppendRequest, Envelope, LogStream};
 
 use super::params::PathIds;
 use super::policies::zone_badge;
+use super::routes::Routes;
 use super::schema::{invalid_body, Obj};
 use crate::app::App;
 use crate::auth::Principal;
@@ -36,27 +36,112 @@ use crate::http::{ApiError, RequestId};
 use crate::policy_engine::EngineError;
 use crate::write::{self, Outcome};
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones/{zone}/policy-sets", get(list).post(create))
-        .route(
-            "/v1/zones/{zone}/policy-sets/{id}",
-            get(get_one).delete(archive),
+pub fn router() -> Routes {
+    let base = "/v1/zones/{zone}/policy-sets";
+    Routes::new("policy sets")
+        .op(
+            Method::GET,
+            base,
+            list,
+            "List policy sets",
+            200,
+            &["400 invalid_query"],
         )
-        .route(
-            "/v1/zones/{zone}/policy-sets/{id}/versions",
-            get(list_versions).post(add_version),
+        .op(
+            Method::POST,
+            base,
+            create,
+            "Create a policy set",
+            201,
+            &[
+                "400 invalid_body",
+                "404 zone_not_found",
+                "409 policy_set_name_conflict",
+            ],
         )
-        .route(
-            "/v1/zones/{zone}/policy-sets/{id}/versions/{version}",
-            get(get_version),
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}"),
+            get_one,
+            "Get a policy set",
+            200,
+            &["404 policy_set_not_found"],
         )
-        .route("/v1/zones/{zone}/policy-sets/{id}/activate", post(activate))
-        .route(
-            "/v1/zones/{zone}/policy-sets/{id}/activation-status",
-            get(activation_status),
+        .op(
+            Method::DELETE,
+            &format!("{base}/{{id}}"),
+            archive,
+            "Archive a policy set (clears an active binding)",
+            204,
+            &["404 policy_set_not_found"],
         )
-        .route("/v1/zones/{zone}/policy-sets/{id}/simulate", post(simulate))
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}/versions"),
+            list_versions,
+            "List a set's versions",
+            200,
+            &["404 policy_set_not_found"],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/versions"),
+            add_version,
+            "Add a set version (manifest of policy versions)",
+            201,
+            &[
+                "400 invalid_body",
+                "404 policy_set_not_found",
+                "422 invalid_policy_contract",
+                "422 invalid_policy_bundle",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}/versions/{{version}}"),
+            get_version,
+            "Get a set version",
+            200,
+            &["404 policy_set_version_not_found"],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/activate"),
+            activate,
+            "Activate a set version",
+            202,
+            &[
+                "400 invalid_body",
+                "404 version_not_found",
+                "404 policy_set_binding_not_found",
+                "422 invalid_policy_contract",
+                "422 invalid_policy_bundle",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}/activation-status"),
+            activation_status,
+            "Activation and invalidation dispatch status",
+            200,
+            &[
+                "400 invalid_body",
+                "404 policy_set_binding_not_found",
+                "404 active_policy_set_version_not_found",
+            ],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/simulate"),
+            simulate,
+            "Simulate a decision (or re-run recorded history)",
+            200,
+            &[
+                "400 invalid_body",
+                "404 version_not_found",
+                "422 invalid_policy_contract",
+            ],
+        )
 }
 
 fn set_error(e: PolicySetError) -> ApiError {

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::provider::{self, ProviderData};
 use serval_domain::catalog::provider_config::{self, ConfigError};
@@ -19,22 +18,78 @@ use serval_domain::catalog::{
 use super::applications::secret_backend;
 use super::catalog::{self as common, Fields, ListQuery, Req, WriteCtx};
 use super::params::PathIds;
+use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::ApiError;
 use crate::secrets::{Binding, SecretError};
 use crate::write::Failure;
+use axum::http::Method;
 
 const KIND: CatalogKind = CatalogKind::Provider;
 const INVALID: &str = "invalid_provider";
 const PURPOSE: &str = "provider_config";
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones/{zone}/providers", get(list).post(create))
-        .route(
-            "/v1/zones/{zone}/providers/{id}",
-            get(get_one).patch(patch).delete(archive),
+pub fn router() -> Routes {
+    let base = "/v1/zones/{zone}/providers";
+    Routes::new("providers")
+        .op(
+            Method::GET,
+            base,
+            list,
+            "List providers",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            base,
+            create,
+            "Create a provider (secrets sealed)",
+            201,
+            &[
+                "400 invalid_provider",
+                "400 invalid_provider_identifier",
+                "400 invalid_provider_config",
+                "400 provider_check_unsupported",
+                "404 zone_not_found",
+                "409 reserved_namespace",
+                "409 provider_identifier_conflict",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}"),
+            get_one,
+            "Get a provider",
+            200,
+            &["404 provider_not_found"],
+        )
+        .op(
+            Method::PATCH,
+            &format!("{base}/{{id}}"),
+            patch,
+            "Update a provider",
+            200,
+            &[
+                "400 invalid_provider",
+                "400 invalid_provider_identifier",
+                "400 invalid_provider_config",
+                "400 provider_config_required",
+                "400 no_fields",
+                "404 provider_not_found",
+                "409 provider_identifier_conflict",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            &format!("{base}/{{id}}"),
+            archive,
+            "Archive a provider (sealed secrets deleted)",
+            204,
+            &["404 provider_not_found"],
         )
 }
 

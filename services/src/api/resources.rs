@@ -4,8 +4,7 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::resource::{self, Operation, ResourceData, ResourceError};
 use serval_domain::catalog::{
@@ -15,20 +14,78 @@ use serval_projector::catalog as read;
 
 use super::catalog::{self as common, Fields, ListQuery, Req, WriteCtx};
 use super::params::PathIds;
+use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::ApiError;
 use crate::write::Failure;
+use axum::http::Method;
 
 const KIND: CatalogKind = CatalogKind::Resource;
 const INVALID: &str = "invalid_resource";
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones/{zone}/resources", get(list).post(create))
-        .route(
-            "/v1/zones/{zone}/resources/{id}",
-            get(get_one).patch(patch).delete(archive),
+pub fn router() -> Routes {
+    let base = "/v1/zones/{zone}/resources";
+    Routes::new("resources")
+        .op(
+            Method::GET,
+            base,
+            list,
+            "List resources",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            base,
+            create,
+            "Create a resource",
+            201,
+            &[
+                "400 invalid_resource",
+                "400 invalid_resource_identifier",
+                "400 credential_provider_required",
+                "400 upstream_url_required",
+                "400 operation_method_and_path_required",
+                "400 operation_path_must_be_absolute",
+                "400 operation_scope_not_in_resource_scopes",
+                "400 operation_duplicate",
+                "400 resource_verification_unsupported",
+                "404 zone_not_found",
+                "404 provider_not_found",
+                "409 reserved_namespace",
+                "409 resource_identifier_conflict",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}"),
+            get_one,
+            "Get a resource",
+            200,
+            &["404 resource_not_found"],
+        )
+        .op(
+            Method::PATCH,
+            &format!("{base}/{{id}}"),
+            patch,
+            "Update a resource",
+            200,
+            &[
+                "400 invalid_resource",
+                "400 no_fields",
+                "404 resource_not_found",
+                "404 provider_not_found",
+                "409 resource_identifier_conflict",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            &format!("{base}/{{id}}"),
+            archive,
+            "Archive a resource",
+            204,
+            &["404 resource_not_found", "409 protected_resource"],
         )
 }
 

@@ -3,8 +3,7 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use serval_domain::zone::{
@@ -17,6 +16,7 @@ use serval_streams::append::Reservation;
 use serval_streams::{AppendRequest, LogStream};
 
 use super::params::PathId;
+use super::routes::Routes;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::http::body::{parse_object, RawBody};
@@ -26,11 +26,65 @@ use crate::write::{self, Failure, Outcome};
 
 use serval_domain::zone::SLUG_RESERVATION;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/zones", get(list).post(create))
-        .route("/v1/zones/{id}", get(get_one).patch(patch).delete(archive))
-        .route("/v1/zones/{id}/dcr-status", get(dcr_status))
+pub fn router() -> Routes {
+    Routes::new("zones")
+        .op(
+            Method::GET,
+            "/v1/zones",
+            list,
+            "List zones",
+            200,
+            &["400 invalid_query", "400 invalid_cursor"],
+        )
+        .op(
+            Method::POST,
+            "/v1/zones",
+            create,
+            "Create a zone",
+            201,
+            &[
+                "400 invalid_zone",
+                "409 reserved_namespace",
+                "409 zone_slug_conflict",
+            ],
+        )
+        .op(
+            Method::GET,
+            "/v1/zones/{id}",
+            get_one,
+            "Get a zone",
+            200,
+            &["404 zone_not_found"],
+        )
+        .op(
+            Method::PATCH,
+            "/v1/zones/{id}",
+            patch,
+            "Update a zone",
+            200,
+            &[
+                "400 invalid_zone",
+                "400 no_fields",
+                "404 zone_not_found",
+                "409 zone_slug_conflict",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            "/v1/zones/{id}",
+            archive,
+            "Archive a zone",
+            204,
+            &["404 zone_not_found"],
+        )
+        .op(
+            Method::GET,
+            "/v1/zones/{id}/dcr-status",
+            dcr_status,
+            "DCR gate and live DCR applications",
+            200,
+            &["404 zone_not_found"],
+        )
 }
 
 pub fn render(z: &Zone) -> Value {

@@ -334,15 +334,21 @@ async fn bench_catalog(
     let zone = http.create_zone("bench catalog").await?;
     let apps = format!("/v1/zones/{zone}/applications");
     for i in 0..50 {
-        let body = serde_json::json!({"name": format!("app-{i}"), "registration_method": "managed"});
+        let body =
+            serde_json::json!({"name": format!("app-{i}"), "registration_method": "managed"});
         http.expect("POST", &apps, Some(body), 201).await?;
     }
     // Warm connections, caches and the zone's data key.
     for i in 0..20 {
         http.expect("GET", &apps, None, 200).await?;
         let body = provider_body(&format!("warm-{i}"));
-        http.expect("POST", &format!("/v1/zones/{zone}/providers"), Some(body), 201)
-            .await?;
+        http.expect(
+            "POST",
+            &format!("/v1/zones/{zone}/providers"),
+            Some(body),
+            201,
+        )
+        .await?;
     }
     let per = (requests / concurrency).max(1);
     let mut tasks = Vec::new();
@@ -353,8 +359,13 @@ async fn bench_catalog(
             for i in 0..per {
                 let body = provider_body(&format!("p-{w}-{i}"));
                 let t0 = Instant::now();
-                http.expect("POST", &format!("/v1/zones/{zone}/providers"), Some(body), 201)
-                    .await?;
+                http.expect(
+                    "POST",
+                    &format!("/v1/zones/{zone}/providers"),
+                    Some(body),
+                    201,
+                )
+                .await?;
                 create.push(t0.elapsed());
                 let t1 = Instant::now();
                 http.expect("GET", &apps, None, 200).await?;
@@ -440,9 +451,7 @@ mod reqwest_free {
             body: Option<serde_json::Value>,
             want: u16,
         ) -> anyhow::Result<Bytes> {
-            let (status, bytes) = self
-                .send(method, path, body.map(|b| b.to_string()))
-                .await?;
+            let (status, bytes) = self.send(method, path, body.map(|b| b.to_string())).await?;
             anyhow::ensure!(
                 status == want,
                 "{method} {path} answered {status}: {}",
