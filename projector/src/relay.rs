@@ -10,6 +10,7 @@
 //! grows with the aggregates that own revocation, policy activation and lifecycle events.
 
 use redis::aio::ConnectionManager;
+use serval_domain::catalog::CatalogEvent;
 use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::Event;
 use serval_streams::topics::{self, TopicMessage};
@@ -25,16 +26,72 @@ pub struct RelayProjection {
     keys: KeySpace,
     /// `STREAMS_HMAC_KEY`; `None` only in development mode without a key (no `_sig`).
     key: Option<Vec<u8>>,
+    /// `AUDIT_HMAC_KEY`: signs audit frames (`sig`); none → frames without `sig`.
+    audit_key: Option<Vec<u8>>,
 }
 
 impl RelayProjection {
-    pub fn new(conn: ConnectionManager, keys: KeySpace, key: Option<Vec<u8>>) -> Self {
-        RelayProjection { conn, keys, key }
+    pub fn new(
+        conn: ConnectionManager,
+        keys: KeySpace,
+        key: Option<Vec<u8>>,
+        audit_key: Option<Vec<u8>>,
+    ) -> Self {
+        RelayProjection {
+            conn,
+            keys,
+            key,
+            audit_key,
+        }
+    }
+}
+
+/// The `credential_revealed` audit frame of a secret reveal (management-api.md §16): `id`
+/// = the request id, `data` = the audit event as compact JSON, `sig` over `data`.
+fn credential_revealed(
+    applied: &Applied,
+    e: &serval_domain::catalog::SecretRevealed,
+    audit_key: Option<&[u8]>,
+) -> TopicMessage {
+    let env = &applied.recorded.envelope;
+    let request_id = env
+        .request_id
+        .clone()
+        .unwrap_or_else(|| env.event_id.clone());
+    let id_key = match e.kind {
+        serval_domain::catalog::CatalogKind::Application => "application_id",
+        _ => "object_id",
+    };
+    let data = serde_json::json!({
+        "id": env.event_id,
+        "zone_id": env.zone_id,
+        "event_type": "credential_revealed",
+        "request_id": request_id,
+        "decision": "allow",
+        "evaluation_status": "complete",
+        "determining_policies_json": [],
+        "diagnostics_json": [],
+        "metadata_json": {
+            "credential": e.credential,
+            id_key: env.aggregate_id,
+            "actor": e.by,
+        },
+        "occurred_at": env.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    })
+    .to_string();
+    let sig = audit_key.map(|k| topics::audit_frame_sig(k, &data));
+    TopicMessage {
+        topic: topics::AUDIT_EVENTS,
+        fields: vec![
+            ("id".to_owned(), Some(request_id)),
+            ("data".to_owned(), Some(data)),
+            ("sig".to_owned(), sig),
+        ],
     }
 }
 
 /// The public messages an event produces, without `outbox_id`.
-pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
+pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicMessage> {
     let zone_id = applied.recorded.envelope.zone_id.clone();
     let invalidate = |set: &str, version: Option<&str>| TopicMessage {
         topic: topics::POLICY_INVALIDATE,
@@ -54,6 +111,10 @@ pub fn topic_messages(applied: &Applied) -> Vec<TopicMessage> {
         }
         Event::PolicySet(PolicySetEvent::Archived(e)) if e.cleared_binding => {
             vec![invalidate(&e.policy_set_id, None)]
+        }
+        // §16: a credential reveal is queued as an audit frame.
+        Event::Catalog(CatalogEvent::SecretRevealed(e)) => {
+            vec![credential_revealed(applied, e, audit_key)]
         }
         // §16: "Everything else emits no stream event (zone/… CRUD, admin tokens)".
         Event::Zone(_)
@@ -98,7 +159,10 @@ impl Projection for RelayProjection {
     ) -> Result<(), sqlx::Error> {
         let mut conn = self.conn.clone();
         for a in batch {
-            for (i, msg) in topic_messages(a).iter().enumerate() {
+            for (i, msg) in topic_messages(a, self.audit_key.as_deref())
+                .iter()
+                .enumerate()
+            {
                 let oid = outbox_id(&a.recorded.envelope.event_id, i);
                 let fields = with_outbox_id(msg, oid.clone());
                 let entry = topics::publish(

@@ -129,7 +129,12 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     } else {
         (req, None)
     };
+    let t_handler = std::time::Instant::now();
     let resp = next.run(req).await;
+    tracing::debug!(
+        elapsed_us = t_handler.elapsed().as_micros() as u64,
+        "handler"
+    );
     let status = resp.status();
     let success = status.is_success() || status.is_redirection();
     if (success && !mutation && !recorded_get) || status == StatusCode::TOO_MANY_REQUESTS {
@@ -203,7 +208,13 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         payload_json: Value::Object(payload).to_string(),
     };
     if success {
-        match append(&app, record, created).await {
+        let t0 = std::time::Instant::now();
+        let appended = append(&app, record, created).await;
+        tracing::debug!(
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "admin audit appended"
+        );
+        match appended {
             Ok(()) => resp,
             Err(e) => {
                 tracing::error!(error = %e, "admin audit record not appended");

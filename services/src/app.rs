@@ -235,7 +235,12 @@ pub async fn start_projector(
             app,
             &client,
             &cfg,
-            RelayProjection::new(relay_conn, app.store.keys().clone(), relay_key),
+            RelayProjection::new(
+                relay_conn,
+                app.store.keys().clone(),
+                relay_key,
+                Some(app.secrets.audit_key.clone()),
+            ),
             stop,
         ),
     ])

@@ -159,7 +159,10 @@ where
         req.stream = stream.clone();
         req.idempotency = idem.clone();
         METRICS.append_calls.inc();
-        match app.store.append(&req).await {
+        let t0 = std::time::Instant::now();
+        let appended = app.store.append(&req).await;
+        tracing::debug!(elapsed_us = t0.elapsed().as_micros() as u64, "append");
+        match appended {
             Ok(AppendOutcome::Appended {
                 entry_ids,
                 envelopes,
@@ -173,7 +176,13 @@ where
                         tracing::debug!(error = %e, "activity hint not published");
                     }
                 }
+                let t1 = std::time::Instant::now();
                 let visible = wait_visible(app, projection, &stream, last).await;
+                tracing::debug!(
+                    elapsed_us = t1.elapsed().as_micros() as u64,
+                    projection,
+                    "visible"
+                );
                 if !visible {
                     METRICS.writes_unprojected.inc();
                 }

@@ -57,6 +57,14 @@ pub fn sign(key: &[u8], stream: &str, fields: &[(String, Option<String>)]) -> St
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// `sig` of an audit frame (`caracal.audit.events`): hex HMAC-SHA256 of the exact `data`
+/// bytes under `AUDIT_HMAC_KEY` (events-and-audit.md §4.2).
+pub fn audit_frame_sig(audit_key: &[u8], data: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(audit_key).expect("HMAC takes any key length");
+    mac.update(data.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Constant-time check of a received message's `_sig`.
 pub fn verify(key: &[u8], stream: &str, fields: &[(String, Option<String>)]) -> bool {
     let Some(Some(sig)) = fields

@@ -329,3 +329,75 @@ async fn dcr_registration_and_zone_status() {
         .iter()
         .all(|(_, e)| e["error"] == "dcr_rate_limit_exceeded"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reveal_is_published_as_a_signed_credential_revealed_audit_frame() {
+    use hmac::{Hmac, Mac};
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, false).await;
+    let (_, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "revealed", "registration_method": "managed"}),
+        )
+        .await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let resp = admin
+        .req(
+            reqwest::Method::GET,
+            &format!("/v1/zones/{z}/applications/{id}/client-secret"),
+        )
+        .header("x-request-id", "reveal-req-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let revealed: Value = resp.json().await.unwrap();
+    let secret = revealed["client_secret"].as_str().unwrap().to_owned();
+
+    let store = server.store().await;
+    let topic = format!("{}:caracal.audit.events", server.prefix);
+    let frames = common::eventually(10, || {
+        let mut conn = store.connection();
+        let topic = topic.clone();
+        async move {
+            let v = serval_streams::read::read_range(&mut conn, &topic, "-", "+", 100)
+                .await
+                .unwrap();
+            (!v.is_empty()).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(frames.len(), 1);
+    let field = |name: &str| {
+        String::from_utf8(
+            serval_streams::read::field_bytes(&frames[0].1, name)
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    assert_eq!(field("id"), "reveal-req-1");
+    let data = field("data");
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(&server.keys.audit).unwrap()).unwrap();
+    mac.update(data.as_bytes());
+    assert_eq!(field("sig"), hex::encode(mac.finalize().into_bytes()));
+    let event: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(event["event_type"], "credential_revealed");
+    assert_eq!(event["decision"], "allow");
+    assert_eq!(event["zone_id"], z.as_str());
+    assert_eq!(event["request_id"], "reveal-req-1");
+    assert_eq!(event["metadata_json"]["application_id"], id.as_str());
+    assert_eq!(event["metadata_json"]["credential"], "client_secret");
+    assert!(event["metadata_json"]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin:"));
+    assert!(
+        !data.contains(&secret),
+        "the secret itself is not in the frame"
+    );
+    assert!(!field("outbox_id").is_empty());
+}

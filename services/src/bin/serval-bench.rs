@@ -121,10 +121,11 @@ fn percentiles(mut xs: Vec<Duration>) -> String {
     xs.sort();
     let p = |q: f64| xs[((xs.len() as f64 - 1.0) * q).round() as usize];
     format!(
-        "n={} p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+        "n={} p50={:.2}ms p90={:.2}ms p95={:.2}ms p99={:.2}ms max={:.2}ms",
         xs.len(),
         p(0.50).as_secs_f64() * 1e3,
         p(0.90).as_secs_f64() * 1e3,
+        p(0.95).as_secs_f64() * 1e3,
         p(0.99).as_secs_f64() * 1e3,
         xs[xs.len() - 1].as_secs_f64() * 1e3
     )
