@@ -233,13 +233,42 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     }
 }
 
+/// Zones known to exist. A zone row is never deleted (archiving keeps it), so a positive
+/// answer never goes stale; ids are UUIDv7, so one set serves every deployment in the
+/// process. Saves a read-model query on every audited write.
+fn known_zones() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static KNOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+const KNOWN_ZONES_MAX: usize = 100_000;
+
+async fn zone_exists(app: &App, zone: &str) -> Result<bool, String> {
+    {
+        let known = known_zones().lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(zone) {
+            return Ok(true);
+        }
+    }
+    let exists = serval_projector::zones::load(&app.pool, zone)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if exists {
+        let mut known = known_zones().lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_ZONES_MAX {
+            known.clear();
+        }
+        known.insert(zone.to_owned());
+    }
+    Ok(exists)
+}
+
 async fn append(app: &App, mut record: AdminAuditRecord, hint: bool) -> Result<(), String> {
     // A zone chain only for a zone that exists; anything else is on the global chain.
     let known = match &record.zone_id {
-        Some(z) => serval_projector::zones::load(&app.pool, z)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some(),
+        Some(z) => zone_exists(app, z).await?,
         None => false,
     };
     if !known {
