@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin_audit::AdminAuditEvent;
 use crate::admin_token::AdminTokenEvent;
+use crate::audit::AuditEvent;
 use crate::catalog::CatalogEvent;
 use crate::policy::policies::PolicyEvent;
 use crate::policy::policy_sets::PolicySetEvent;
@@ -26,6 +27,8 @@ pub enum AggregateKind {
     ProviderConnection,
     /// One admin audit record (each its own single-event aggregate).
     AdminAudit,
+    /// One ingested audit-ledger record (single-event aggregate, id = the producer's id).
+    Audit,
 }
 
 impl AggregateKind {
@@ -41,6 +44,7 @@ impl AggregateKind {
             AggregateKind::Grant => "grant",
             AggregateKind::ProviderConnection => "provider_connection",
             AggregateKind::AdminAudit => "admin_audit",
+            AggregateKind::Audit => "audit",
         }
     }
 
@@ -56,6 +60,7 @@ impl AggregateKind {
             "grant" => Some(AggregateKind::Grant),
             "provider_connection" => Some(AggregateKind::ProviderConnection),
             "admin_audit" => Some(AggregateKind::AdminAudit),
+            "audit" => Some(AggregateKind::Audit),
             _ => None,
         }
     }
@@ -82,6 +87,7 @@ pub enum Event {
     /// Applications, providers, resources, grants, provider connections.
     Catalog(CatalogEvent),
     AdminAudit(AdminAuditEvent),
+    Audit(AuditEvent),
 }
 
 impl Event {
@@ -94,6 +100,7 @@ impl Event {
             Event::PolicySet(e) => e.event_type(),
             Event::Catalog(e) => e.event_type(),
             Event::AdminAudit(e) => e.event_type(),
+            Event::Audit(e) => e.event_type(),
         }
     }
 
@@ -105,6 +112,7 @@ impl Event {
             Event::PolicySet(_) => AggregateKind::PolicySets,
             Event::Catalog(e) => e.kind().aggregate_kind(),
             Event::AdminAudit(_) => AggregateKind::AdminAudit,
+            Event::Audit(_) => AggregateKind::Audit,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod admin_audit;
 pub mod admin_token;
+pub mod audit;
 pub mod catalog;
 pub mod event;
 pub mod policy;

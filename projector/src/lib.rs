@@ -12,6 +12,7 @@
 pub mod admin_audit;
 pub mod admin_tokens;
 pub mod archive;
+pub mod audit;
 pub mod catalog;
 pub mod metrics;
 pub mod policies;

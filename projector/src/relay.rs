@@ -122,7 +122,8 @@ pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicM
         | Event::Policy(_)
         | Event::PolicySet(_)
         | Event::Catalog(_)
-        | Event::AdminAudit(_) => Vec::new(),
+        | Event::AdminAudit(_)
+        | Event::Audit(_) => Vec::new(),
     }
 }
 

@@ -29,15 +29,17 @@ pub enum Rebuildable {
     Policies,
     Catalog,
     AdminAudit,
+    Audit,
 }
 
 impl Rebuildable {
-    pub const ALL: [Rebuildable; 5] = [
+    pub const ALL: [Rebuildable; 6] = [
         Rebuildable::Zones,
         Rebuildable::AdminTokens,
         Rebuildable::Policies,
         Rebuildable::Catalog,
         Rebuildable::AdminAudit,
+        Rebuildable::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Rebuildable {
             Rebuildable::Policies => serval_schema::projections::POLICIES,
             Rebuildable::Catalog => serval_schema::projections::CATALOG,
             Rebuildable::AdminAudit => serval_schema::projections::ADMIN_AUDIT,
+            Rebuildable::Audit => serval_schema::projections::AUDIT,
         }
     }
 
@@ -58,6 +61,7 @@ impl Rebuildable {
             Rebuildable::Policies => &serval_projector::policies::TABLES,
             Rebuildable::Catalog => &serval_projector::catalog::TABLES,
             Rebuildable::AdminAudit => &serval_projector::admin_audit::TABLES,
+            Rebuildable::Audit => &serval_projector::audit::TABLES,
         }
     }
 }
@@ -116,6 +120,10 @@ async fn catch_up(
         Rebuildable::Catalog => go(ctx, pool, cfg, CatalogProjection, archive).await,
         Rebuildable::AdminAudit => {
             let p = AdminAuditProjection::new(ctx.audit_key.clone());
+            go(ctx, pool, cfg, p, archive).await
+        }
+        Rebuildable::Audit => {
+            let p = serval_projector::audit::AuditProjection::new(ctx.audit_key.clone());
             go(ctx, pool, cfg, p, archive).await
         }
     }
@@ -265,9 +273,11 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> anyhow::Result<Vec<Rebuil
     };
     // Refused up front: a rebuilt admin audit without the key would silently lose every
     // chain signature (`signed: false`), which reads as tampering.
-    if targets.contains(&Rebuildable::AdminAudit) && ctx.audit_key.is_none() {
+    let chained =
+        targets.contains(&Rebuildable::AdminAudit) || targets.contains(&Rebuildable::Audit);
+    if chained && ctx.audit_key.is_none() {
         anyhow::bail!(
-            "rebuilding admin_audit needs AUDIT_HMAC_KEY (the key the deployment signs its \
+            "rebuilding admin_audit or audit needs AUDIT_HMAC_KEY (the key the deployment signs its \
              admin audit chains with); set it, or rebuild other projections with --projection"
         );
     }

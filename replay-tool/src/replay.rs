@@ -107,6 +107,8 @@ pub async fn run(ctx: &Context, args: &ReplayArgs) -> anyhow::Result<u64> {
     n += project(ctx, &pool, CatalogProjection, bound, 5_000).await?;
     let audit = AdminAuditProjection::new(ctx.audit_key.clone());
     n += project(ctx, &pool, audit, bound, 5_000).await?;
+    let ledger = serval_projector::audit::AuditProjection::new(ctx.audit_key.clone());
+    n += project(ctx, &pool, ledger, bound, 5_000).await?;
     pool.close().await;
     eprintln!(
         "replayed the read models as of {} into schema {}",

@@ -73,7 +73,7 @@ impl Derived {
                 }
             }
             // Set names are decided inside the catalog aggregate: no reservation.
-            Ok(Event::PolicySet(_) | Event::AdminAudit(_)) | Err(_) => {}
+            Ok(Event::PolicySet(_) | Event::AdminAudit(_) | Event::Audit(_)) | Err(_) => {}
         }
     }
 

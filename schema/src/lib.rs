@@ -19,6 +19,7 @@ pub mod projections {
     pub const POLICIES: &str = "policies";
     pub const CATALOG: &str = "catalog";
     pub const ADMIN_AUDIT: &str = "admin_audit";
+    pub const AUDIT: &str = "audit";
 
     pub const VERSIONS: &[(&str, u32)] = &[
         (ZONES, 1),
@@ -28,6 +29,7 @@ pub mod projections {
         (POLICIES, 1),
         (CATALOG, 1),
         (ADMIN_AUDIT, 1),
+        (AUDIT, 1),
     ];
 }
 

@@ -230,6 +230,13 @@ pub async fn start_projector(
             AdminAuditProjection::new(Some(app.secrets.audit_key.clone())),
             stop,
         ),
+        spawn_runner(
+            app,
+            &client,
+            &cfg,
+            serval_projector::audit::AuditProjection::new(Some(app.secrets.audit_key.clone())),
+            stop,
+        ),
         spawn_runner(app, &client, &cfg, ArchiveProjection, stop),
         spawn_runner(
             app,
@@ -309,6 +316,12 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
             stop_rx.clone(),
         )));
         tokio::spawn(policy_engine::warm(app.clone()));
+    }
+    if services.contains(&Service::Audit) {
+        tasks.push(tokio::spawn(crate::audit_ingest::run(
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     if services.contains(&Service::Api) {
         crate::bootstrap::seed_admin_token(&app).await?;

@@ -15,6 +15,7 @@
 pub mod admin_audit;
 pub mod api;
 pub mod app;
+pub mod audit_ingest;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

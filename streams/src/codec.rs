@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serval_domain::admin_audit::AdminAuditEvent;
 use serval_domain::admin_token::AdminTokenEvent;
+use serval_domain::audit::AuditEvent;
 use serval_domain::catalog::{CatalogEvent, CatalogKind};
 use serval_domain::policy::policies::PolicyEvent;
 use serval_domain::policy::policy_sets::PolicySetEvent;
@@ -48,6 +49,7 @@ pub fn current_version(event_type: &str) -> Option<u16> {
         | PolicySetEvent::ACTIVATED
         | PolicySetEvent::ARCHIVED => Some(1),
         AdminAuditEvent::RECORDED => Some(1),
+        AuditEvent::INGESTED => Some(1),
         t if catalog_kind(t).is_some() => Some(1),
         _ => None,
     }
@@ -82,6 +84,7 @@ pub fn encode(event: &Event) -> Result<(&'static str, u16, Vec<u8>), CodecError>
         Event::Catalog(CatalogEvent::Archived(p)) => to_vec(p)?,
         Event::Catalog(CatalogEvent::SecretRevealed(p)) => to_vec(p)?,
         Event::AdminAudit(AdminAuditEvent::Recorded(p)) => to_vec(p)?,
+        Event::Audit(AuditEvent::Ingested(p)) => to_vec(p)?,
     };
     let version =
         current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
@@ -152,6 +155,7 @@ fn decode_current(event_type: &str, b: &[u8]) -> Result<Event, CodecError> {
         PolicySetEvent::ACTIVATED => Event::PolicySet(PolicySetEvent::Activated(from_slice(b)?)),
         PolicySetEvent::ARCHIVED => Event::PolicySet(PolicySetEvent::Archived(from_slice(b)?)),
         AdminAuditEvent::RECORDED => Event::AdminAudit(AdminAuditEvent::Recorded(from_slice(b)?)),
+        AuditEvent::INGESTED => Event::Audit(AuditEvent::Ingested(from_slice(b)?)),
         other => return decode_catalog(other, b),
     })
 }

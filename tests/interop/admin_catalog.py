@@ -9,6 +9,7 @@ Exits non-zero (with a traceback) on the first broken expectation.
 from __future__ import annotations
 
 import os
+import time
 
 from caracalai_admin import (
     AdminApiError,
@@ -232,6 +233,28 @@ def provider_connections(client: AdminClient, zone: str) -> None:
     expect_error(400, "invalid_provider_connection", conns.create, zone, {"provider_id": pid})
 
 
+def audit_ledger(client: AdminClient, zone: str, app_id: str) -> None:
+    """A secret reveal reaches the audit ledger (relay → topic → ingester) and is read back
+    through every audit call the client offers."""
+    tagged = client.with_default_headers({"x-request-id": "interop-reveal-1"})
+    tagged.applications.get_client_secret(zone, app_id)
+    rows = []
+    for _ in range(100):
+        rows = client.audit.list(zone, {"event_type": "credential_revealed",
+                                        "request_id": "interop-reveal-1"})
+        if rows:
+            break
+        time.sleep(0.1)
+    assert len(rows) == 1, rows
+    assert rows[0]["metadata_json"]["application_id"] == app_id, rows[0]
+    events = client.audit.by_request(zone, "interop-reveal-1")
+    assert [e["event_type"] for e in events] == ["credential_revealed"], events
+    explained = client.audit.explain(zone, "interop-reveal-1")
+    assert explained["final_decision"] == "allow" and explained["denied"] == [], explained
+    expect_error(404, "request_not_found", client.audit.by_request, zone, "never-seen")
+    expect_error(400, "invalid_query", client.audit.list, zone, {"decision": "maybe"})
+
+
 def admin_audit(client: AdminClient, zone: str) -> None:
     rows = client.admin_audit.list(zone, {"entity_type": "applications", "method": "POST"})
     assert rows and all(r["entity_type"] == "applications" for r in rows), rows
@@ -259,6 +282,7 @@ def main() -> None:
     grants(client, zone, app_id, rid, pid)
     governed(client, zone, app_id)
     provider_connections(client, zone)
+    audit_ledger(client, zone, app_id)
     admin_audit(client, zone)
     print("catalog interop OK")
 

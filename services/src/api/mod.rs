@@ -3,6 +3,7 @@
 pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
+pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod grants;
@@ -32,7 +33,8 @@ pub fn router(app: App) -> Router<App> {
         .merge(resources::router())
         .merge(grants::router())
         .merge(connections::router())
-        .merge(admin_audit::router());
+        .merge(admin_audit::router())
+        .merge(audit::router());
     let (admin, mut ops) = admin.into_parts();
     let (open, open_ops) = connections::callback_router().into_parts();
     ops.extend(open_ops);

@@ -1,0 +1,243 @@
+//! The audit ledger read model: `audit_events` (writer and queries).
+//!
+//! Each `audit.ingested` event becomes one row, chained per zone in log order exactly as the
+//! admin audit is (`chain_seq`, `prev_content_sha256`, `chain_hmac` under `AUDIT_HMAC_KEY`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serval_domain::admin_audit::chain_hmac;
+use serval_domain::audit::{self, AuditEvent};
+use serval_domain::Event;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgExecutor, Row};
+
+use crate::projection::{Applied, Projection};
+
+pub const TABLES: [&str; 1] = ["audit_events"];
+
+pub struct AuditProjection {
+    key: Option<Vec<u8>>,
+}
+
+impl AuditProjection {
+    pub fn new(key: Option<Vec<u8>>) -> Self {
+        AuditProjection { key }
+    }
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub id: String,
+    pub zone_id: String,
+    pub event_type: String,
+    pub request_id: String,
+    pub decision: String,
+    pub policy_set_id: Option<String>,
+    pub policy_set_version_id: Option<String>,
+    pub manifest_sha: Option<String>,
+    pub evaluation_status: String,
+    pub determining_policies_json: String,
+    pub diagnostics_json: String,
+    pub metadata_json: String,
+    pub occurred_at: DateTime<Utc>,
+    pub ingested_at: DateTime<Utc>,
+    pub content_sha256: String,
+}
+
+const COLUMNS: &str = "id, zone_id, event_type, request_id, decision, policy_set_id,
+    policy_set_version_id, manifest_sha, evaluation_status, determining_policies_json,
+    diagnostics_json, metadata_json, occurred_at, ingested_at, content_sha256";
+
+fn from_row(r: &PgRow) -> Result<LedgerRow, sqlx::Error> {
+    Ok(LedgerRow {
+        id: r.try_get("id")?,
+        zone_id: r.try_get("zone_id")?,
+        event_type: r.try_get("event_type")?,
+        request_id: r.try_get("request_id")?,
+        decision: r.try_get("decision")?,
+        policy_set_id: r.try_get("policy_set_id")?,
+        policy_set_version_id: r.try_get("policy_set_version_id")?,
+        manifest_sha: r.try_get("manifest_sha")?,
+        evaluation_status: r.try_get("evaluation_status")?,
+        determining_policies_json: r.try_get("determining_policies_json")?,
+        diagnostics_json: r.try_get("diagnostics_json")?,
+        metadata_json: r.try_get("metadata_json")?,
+        occurred_at: r.try_get("occurred_at")?,
+        ingested_at: r.try_get("ingested_at")?,
+        content_sha256: r.try_get("content_sha256")?,
+    })
+}
+
+/// The §14.1 list filters (`None` = not filtered).
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub request_id: Option<String>,
+    pub decision: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    /// Metadata `application_id`.
+    pub application_id: Option<String>,
+    /// Metadata `agent_session_id`.
+    pub session_id: Option<String>,
+    /// Metadata `session_id`.
+    pub authority_record_id: Option<String>,
+    /// Metadata `agent_labels` contains.
+    pub label: Option<String>,
+}
+
+/// One page, newest first, strictly after `after`.
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    f: &LedgerFilter,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    let (after_ts, after_id) = match after {
+        Some((t, i)) => (Some(t), Some(i)),
+        None => (None, None),
+    };
+    let label = f.label.as_ref().map(|l| serde_json::json!([l]).to_string());
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE zone_id = $1
+           AND ($2::timestamptz IS NULL OR occurred_at >= $2)
+           AND ($3::timestamptz IS NULL OR occurred_at < $3)
+           AND ($4::text IS NULL OR request_id = $4)
+           AND ($5::text IS NULL OR decision = $5)
+           AND ($6::text[] IS NULL OR event_type = ANY($6))
+           AND ($7::text IS NULL OR metadata_json::jsonb ->> 'application_id' = $7)
+           AND ($8::text IS NULL OR metadata_json::jsonb ->> 'agent_session_id' = $8)
+           AND ($9::text IS NULL OR metadata_json::jsonb ->> 'session_id' = $9)
+           AND ($10::text IS NULL OR metadata_json::jsonb -> 'agent_labels' @> $10::jsonb)
+           AND ($11::timestamptz IS NULL OR (occurred_at, id) < ($11, $12))
+         ORDER BY occurred_at DESC, id DESC LIMIT $13"
+    ))
+    .bind(zone_id)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(&f.request_id)
+    .bind(&f.decision)
+    .bind(&f.event_types)
+    .bind(&f.application_id)
+    .bind(&f.session_id)
+    .bind(&f.authority_record_id)
+    .bind(&label)
+    .bind(after_ts)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// A request's events, oldest first.
+pub async fn by_request<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    request_id: &str,
+) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE zone_id = $1 AND request_id = $2
+         ORDER BY occurred_at, chain_seq LIMIT 1000"
+    ))
+    .bind(zone_id)
+    .bind(request_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// One row by id (duplicate detection at ingest).
+pub async fn load<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    id: &str,
+) -> Result<Option<LedgerRow>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE zone_id = $1 AND id = $2"
+    ))
+    .bind(zone_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+async fn head(tx: &mut PgConnection, zone: &str) -> Result<(i64, String), sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT chain_seq, content_sha256 FROM audit_events WHERE zone_id = $1
+         ORDER BY chain_seq DESC LIMIT 1",
+    )
+    .bind(zone)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(row.unwrap_or((0, String::new())))
+}
+
+impl Projection for AuditProjection {
+    fn name(&self) -> &'static str {
+        serval_schema::projections::AUDIT
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Applied],
+    ) -> Result<(), sqlx::Error> {
+        let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+        for a in batch {
+            let Event::Audit(AuditEvent::Ingested(r)) = &a.event else {
+                continue;
+            };
+            if !heads.contains_key(&r.zone_id) {
+                let h = head(tx, &r.zone_id).await?;
+                heads.insert(r.zone_id.clone(), h);
+            }
+            let Some((seq, prev)) = heads.get(&r.zone_id).cloned() else {
+                continue;
+            };
+            let content = audit::content_sha256(r);
+            let hmac = self.key.as_deref().map(|k| chain_hmac(k, &content, &prev));
+            let inserted = sqlx::query(
+                "INSERT INTO audit_events (zone_id, id, event_type, request_id, decision,
+                     policy_set_id, policy_set_version_id, manifest_sha, evaluation_status,
+                     determining_policies_json, diagnostics_json, metadata_json, occurred_at,
+                     ingested_at, ingest_signature, chain_seq, content_sha256,
+                     prev_content_sha256, chain_hmac)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+                 ON CONFLICT (zone_id, id) DO NOTHING",
+            )
+            .bind(&r.zone_id)
+            .bind(&r.id)
+            .bind(&r.event_type)
+            .bind(&r.request_id)
+            .bind(&r.decision)
+            .bind(&r.policy_set_id)
+            .bind(&r.policy_set_version_id)
+            .bind(&r.manifest_sha)
+            .bind(&r.evaluation_status)
+            .bind(&r.determining_policies_json)
+            .bind(&r.diagnostics_json)
+            .bind(&r.metadata_json)
+            .bind(r.occurred_at)
+            .bind(a.recorded.envelope.occurred_at)
+            .bind(&r.ingest_signature)
+            .bind(seq + 1)
+            .bind(&content)
+            .bind(&prev)
+            .bind(&hmac)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                heads.insert(r.zone_id.clone(), (seq + 1, content));
+            }
+        }
+        Ok(())
+    }
+}
