@@ -5,14 +5,13 @@
 //! the previous row's digest, `chain_hmac` signs both under `AUDIT_HMAC_KEY`. Replaying the
 //! same log therefore rebuilds the same chain.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serval_domain::admin_audit::{self, AdminAuditEvent};
 use serval_domain::Event;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 
+use crate::chain::ChainHeads;
 use crate::projection::{Applied, Projection};
 
 pub const TABLES: [&str; 1] = ["admin_audit"];
@@ -141,17 +140,6 @@ pub async fn chain<'e>(
         .collect()
 }
 
-async fn head(tx: &mut PgConnection, chain: &str) -> Result<(i64, String), sqlx::Error> {
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "SELECT chain_seq, content_sha256 FROM admin_audit WHERE chain = $1
-         ORDER BY chain_seq DESC LIMIT 1",
-    )
-    .bind(chain)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(row.unwrap_or((0, String::new())))
-}
-
 impl Projection for AdminAuditProjection {
     fn name(&self) -> &'static str {
         serval_schema::projections::ADMIN_AUDIT
@@ -162,20 +150,14 @@ impl Projection for AdminAuditProjection {
         tx: &mut PgConnection,
         batch: &[Applied],
     ) -> Result<(), sqlx::Error> {
-        let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+        let mut heads = ChainHeads::new("admin_audit", "chain");
         for a in batch {
             let Event::AdminAudit(AdminAuditEvent::Recorded(r)) = &a.event else {
                 continue;
             };
             let env = &a.recorded.envelope;
             let chain = r.zone_id.clone().unwrap_or_default();
-            if !heads.contains_key(&chain) {
-                let h = head(tx, &chain).await?;
-                heads.insert(chain.clone(), h);
-            }
-            let Some((seq, prev)) = heads.get(&chain).cloned() else {
-                continue;
-            };
+            let (seq, prev) = heads.head(tx, &chain).await?;
             let content = admin_audit::content_sha256(&env.aggregate_id, r, env.occurred_at);
             let hmac = self
                 .key
@@ -212,7 +194,7 @@ impl Projection for AdminAuditProjection {
             .await?
             .rows_affected();
             if inserted == 1 {
-                heads.insert(chain, (seq + 1, content));
+                heads.advance(&chain, seq + 1, content);
             }
         }
         Ok(())

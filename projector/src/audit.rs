@@ -3,8 +3,6 @@
 //! Each `audit.ingested` event becomes one row, chained per zone in log order exactly as the
 //! admin audit is (`chain_seq`, `prev_content_sha256`, `chain_hmac` under `AUDIT_HMAC_KEY`).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serval_domain::admin_audit::chain_hmac;
 use serval_domain::audit::{self, AuditEvent};
@@ -12,6 +10,7 @@ use serval_domain::Event;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 
+use crate::chain::ChainHeads;
 use crate::projection::{Applied, Projection};
 
 pub const TABLES: [&str; 1] = ["audit_events"];
@@ -168,17 +167,6 @@ pub async fn load<'e>(
     .transpose()
 }
 
-async fn head(tx: &mut PgConnection, zone: &str) -> Result<(i64, String), sqlx::Error> {
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "SELECT chain_seq, content_sha256 FROM audit_events WHERE zone_id = $1
-         ORDER BY chain_seq DESC LIMIT 1",
-    )
-    .bind(zone)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(row.unwrap_or((0, String::new())))
-}
-
 impl Projection for AuditProjection {
     fn name(&self) -> &'static str {
         serval_schema::projections::AUDIT
@@ -189,18 +177,12 @@ impl Projection for AuditProjection {
         tx: &mut PgConnection,
         batch: &[Applied],
     ) -> Result<(), sqlx::Error> {
-        let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+        let mut heads = ChainHeads::new("audit_events", "zone_id");
         for a in batch {
             let Event::Audit(AuditEvent::Ingested(r)) = &a.event else {
                 continue;
             };
-            if !heads.contains_key(&r.zone_id) {
-                let h = head(tx, &r.zone_id).await?;
-                heads.insert(r.zone_id.clone(), h);
-            }
-            let Some((seq, prev)) = heads.get(&r.zone_id).cloned() else {
-                continue;
-            };
+            let (seq, prev) = heads.head(tx, &r.zone_id).await?;
             let content = audit::content_sha256(r);
             let hmac = self.key.as_deref().map(|k| chain_hmac(k, &content, &prev));
             let inserted = sqlx::query(
@@ -235,7 +217,7 @@ impl Projection for AuditProjection {
             .await?
             .rows_affected();
             if inserted == 1 {
-                heads.insert(r.zone_id.clone(), (seq + 1, content));
+                heads.advance(&r.zone_id, seq + 1, content);
             }
         }
         Ok(())

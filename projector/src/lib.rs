@@ -14,6 +14,7 @@ pub mod admin_tokens;
 pub mod archive;
 pub mod audit;
 pub mod catalog;
+pub mod chain;
 pub mod metrics;
 pub mod policies;
 pub mod projection;

@@ -135,6 +135,27 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, Connecti
     Ok((client, conn))
 }
 
+/// A Redis connection of its own for a blocking reader (a blocking read would stall every
+/// command multiplexed on a shared one), retried every second until `stop` (then `None`).
+pub async fn connect_dedicated(
+    url: &str,
+    who: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<ConnectionManager> {
+    loop {
+        match connect_redis(url).await {
+            Ok((_, c)) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "{who} cannot connect to Redis; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
 /// Warns when Redis would not keep an acknowledged write through a crash.
 async fn check_redis_durability(conn: &mut ConnectionManager) {
     let aof: Result<Vec<String>, _> = redis::cmd("CONFIG")

@@ -150,18 +150,10 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     let topic = app.store.keys().topic(topics::AUDIT_EVENTS);
     let dlq = app.store.keys().topic(topics::AUDIT_EVENTS_DLQ);
     let consumer = consumer_name();
-    // A connection of its own: the blocking read would stall a shared one.
-    let mut conn = loop {
-        match crate::app::connect_redis(&app.cfg.redis_url).await {
-            Ok((_, c)) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "audit ingester cannot connect; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
+    let Some(mut conn) =
+        crate::app::connect_dedicated(&app.cfg.redis_url, "audit ingester", &mut stop).await
+    else {
+        return;
     };
     let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&topic, GROUP, "0").await;
     if let Err(e) = created {

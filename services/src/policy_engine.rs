@@ -296,19 +296,14 @@ pub async fn compile_blocking(docs: Vec<(String, String)>) -> Result<Bundle, Bun
 /// message to `app.engines`, until `stop` turns true.
 pub async fn listen(app: App, mut stop: watch::Receiver<bool>) {
     let key = app.store.keys().topic(topics::POLICY_INVALIDATE);
-    // A connection of its own: a blocking read would stall every command multiplexed on a
-    // shared one.
-    let mut conn = loop {
-        match crate::app::connect_redis(&app.cfg.redis_url).await {
-            Ok((_, c)) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "policy invalidation listener cannot connect; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
+    let Some(mut conn) = crate::app::connect_dedicated(
+        &app.cfg.redis_url,
+        "policy invalidation listener",
+        &mut stop,
+    )
+    .await
+    else {
+        return;
     };
     // Start after the topic's current end, read now: the start-up warm-up loads the state
     // as of later than this point, and every change after it is applied below.

@@ -2,19 +2,18 @@
 //! JSON pages or a CSV export, optionally projected to chosen `fields`.
 
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use chrono::{DateTime, Utc};
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use serval_projector::admin_audit::{self as read, AuditFilter, AuditRow};
 
+use super::feed::{self, is_csv, parse_fields, utc_param};
 use super::params::PathIds;
 use super::routes::Routes;
 use crate::app::App;
 use crate::http::pagination::{self, PageQuery};
 use crate::http::redact::redact;
-use crate::http::{csv, ApiError};
+use crate::http::ApiError;
 use axum::http::Method;
 
 pub fn router() -> Routes {
@@ -67,56 +66,6 @@ pub struct FeedQuery {
     limit: Option<String>,
 }
 
-/// A "datetime" query parameter: RFC 3339 in UTC with a `Z` suffix only (§1).
-pub fn utc_param(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .ok()
-            .filter(|_| s.ends_with('Z'))
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_query")
-                    .description(format!("{name} must be a UTC datetime ending in Z"))
-            }),
-    }
-}
-
-/// `fields`: a comma list from `allowed` (else `400 invalid_fields`).
-pub fn parse_fields(
-    v: &Option<String>,
-    allowed: &[&'static str],
-) -> Result<Option<Vec<&'static str>>, ApiError> {
-    let Some(s) = v else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-        match allowed.iter().find(|a| **a == f) {
-            Some(a) => out.push(*a),
-            None => {
-                return Err(ApiError::bad_request("invalid_fields")
-                    .description(format!("unknown field {f:?}")))
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(ApiError::bad_request("invalid_fields").description("fields is empty"));
-    }
-    Ok(Some(out))
-}
-
-/// `format`: `json` (default) or `csv`.
-pub fn is_csv(v: &Option<String>) -> Result<bool, ApiError> {
-    match v.as_deref() {
-        None | Some("json") => Ok(false),
-        Some("csv") => Ok(true),
-        Some(_) => {
-            Err(ApiError::bad_request("invalid_query").description("format must be json or csv"))
-        }
-    }
-}
-
 fn render(r: &AuditRow) -> Value {
     let mut payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_else(|_| json!({}));
     redact(&mut payload);
@@ -149,14 +98,6 @@ fn flat(r: &AuditRow) -> Value {
         m.insert("changed_fields".into(), changed);
     }
     v
-}
-
-pub fn project(row: &Value, fields: &[&str]) -> Value {
-    let mut m = Map::new();
-    for f in fields {
-        m.insert((*f).to_owned(), row.get(*f).cloned().unwrap_or(Value::Null));
-    }
-    Value::Object(m)
 }
 
 async fn list(
@@ -195,23 +136,16 @@ async fn list(
         page.limit,
     )
     .await?;
-    if csv_out {
-        let columns: Vec<&str> = fields.clone().unwrap_or_else(|| EXPORT.to_vec());
-        let flat_rows: Vec<Value> = rows.iter().map(flat).collect();
-        return Ok(csv::response(
-            "admin-audit",
-            ids.at(0),
-            csv::render(&columns, &flat_rows),
-        ));
-    }
-    let body = pagination::page(
+    Ok(feed::answer(
+        "admin-audit",
+        ids.at(0),
         &rows,
         page.limit,
+        csv_out,
+        fields.as_deref().unwrap_or(&EXPORT),
+        fields.is_some(),
         |r| (r.occurred_at, r.id.clone()),
-        |r| match &fields {
-            Some(f) => project(&flat(r), f),
-            None => render(r),
-        },
-    );
-    Ok(Json(body).into_response())
+        flat,
+        render,
+    ))
 }

@@ -3,19 +3,19 @@
 
 use axum::extract::{Query, State};
 use axum::http::Method;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use serval_projector::audit::{self as read, LedgerFilter, LedgerRow};
 
-use super::admin_audit::{is_csv, parse_fields, project, utc_param};
+use super::feed::{self, is_csv, parse_fields, utc_param};
 use super::params::PathIds;
 use super::routes::Routes;
 use crate::app::App;
 use crate::http::pagination::{self, PageQuery};
 use crate::http::redact::redact;
-use crate::http::{csv, ApiError};
+use crate::http::ApiError;
 
 pub fn router() -> Routes {
     let base = "/v1/zones/{zone}/audit";
@@ -246,25 +246,18 @@ async fn list(
         page.limit,
     )
     .await?;
-    if csv_out {
-        let columns: Vec<&str> = fields.clone().unwrap_or(export);
-        let flat_rows: Vec<Value> = rows.iter().map(flat).collect();
-        return Ok(csv::response(
-            "audit",
-            ids.at(0),
-            csv::render(&columns, &flat_rows),
-        ));
-    }
-    let body = pagination::page(
+    Ok(feed::answer(
+        "audit",
+        ids.at(0),
         &rows,
         page.limit,
+        csv_out,
+        fields.as_deref().unwrap_or(&export),
+        fields.is_some(),
         |r| (r.occurred_at, r.id.clone()),
-        |r| match &fields {
-            Some(f) => project(&flat(r), f),
-            None => render(r),
-        },
-    );
-    Ok(Json(body).into_response())
+        flat,
+        render,
+    ))
 }
 
 async fn rows_of(app: &App, ids: &PathIds) -> Result<Vec<LedgerRow>, ApiError> {

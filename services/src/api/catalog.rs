@@ -308,6 +308,18 @@ impl ListQuery {
     }
 }
 
+/// The `status` list filter of grants and provider connections (`active|revoked|expired`).
+pub fn lifecycle_filter(status: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match status {
+        None => Ok(None),
+        Some(v @ ("active" | "revoked" | "expired")) => {
+            Ok(Some(Filter::Eq("status", v.to_owned())))
+        }
+        Some(_) => Err(ApiError::bad_request("invalid_query")
+            .description("status must be active, revoked or expired")),
+    }
+}
+
 /// Lists one page of a zone's objects of `kind`.
 pub async fn list_page(
     app: &App,

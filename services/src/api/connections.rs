@@ -184,13 +184,7 @@ async fn list(
     if let Some(v) = q.subject_id {
         filters.push(Filter::Eq("subject_id", v));
     }
-    if let Some(v) = q.status {
-        if !matches!(v.as_str(), "active" | "revoked" | "expired") {
-            return Err(ApiError::bad_request("invalid_query")
-                .description("status must be active, revoked or expired"));
-        }
-        filters.push(Filter::Eq("status", v));
-    }
+    filters.extend(common::lifecycle_filter(q.status.as_deref())?);
     let rows = common::list_page(&app, ids.at(0), KIND, Status::Live, &filters, &page).await?;
     Ok(Json(common::page_body(&rows, page.limit, render_row)))
 }

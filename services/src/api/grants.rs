@@ -166,13 +166,7 @@ async fn list(
     if let Some(v) = &q.provider_id {
         filters.push(Filter::GrantProvider(v.clone()));
     }
-    if let Some(v) = &q.status {
-        if !matches!(v.as_str(), "active" | "revoked" | "expired") {
-            return Err(ApiError::bad_request("invalid_query")
-                .description("status must be active, revoked or expired"));
-        }
-        filters.push(Filter::Eq("status", v.clone()));
-    }
+    filters.extend(common::lifecycle_filter(q.status.as_deref())?);
     if let Some(v) = &q.scopes {
         let scopes: Vec<String> = v
             .split(',')

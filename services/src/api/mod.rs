@@ -6,6 +6,7 @@ pub mod applications;
 pub mod audit;
 pub mod catalog;
 pub mod connections;
+pub mod feed;
 pub mod grants;
 pub mod params;
 pub mod policies;
