@@ -25,6 +25,9 @@ pub enum AggregateKind {
     Resource,
     Grant,
     ProviderConnection,
+    AuthorityRecord,
+    Session,
+    Approval,
     /// One admin audit record (each its own single-event aggregate).
     AdminAudit,
     /// One ingested audit-ledger record (single-event aggregate, id = the producer's id).
@@ -43,6 +46,9 @@ impl AggregateKind {
             AggregateKind::Resource => "resource",
             AggregateKind::Grant => "grant",
             AggregateKind::ProviderConnection => "provider_connection",
+            AggregateKind::AuthorityRecord => "authority_record",
+            AggregateKind::Session => "session",
+            AggregateKind::Approval => "approval",
             AggregateKind::AdminAudit => "admin_audit",
             AggregateKind::Audit => "audit",
         }
@@ -59,6 +65,9 @@ impl AggregateKind {
             "resource" => Some(AggregateKind::Resource),
             "grant" => Some(AggregateKind::Grant),
             "provider_connection" => Some(AggregateKind::ProviderConnection),
+            "authority_record" => Some(AggregateKind::AuthorityRecord),
+            "session" => Some(AggregateKind::Session),
+            "approval" => Some(AggregateKind::Approval),
             "admin_audit" => Some(AggregateKind::AdminAudit),
             "audit" => Some(AggregateKind::Audit),
             _ => None,

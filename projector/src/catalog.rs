@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use serval_domain::catalog::{self, CatalogKind, Entity};
+use serval_domain::catalog::{self, CatalogEvent, CatalogKind, Entity, EntityData, Updated};
 use serval_domain::Event;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -17,6 +17,14 @@ use sqlx::{PgConnection, PgExecutor, Postgres, Row};
 use crate::projection::{Applied, Projection};
 
 pub struct CatalogProjection;
+
+/// An update that records an operator's decision on an approval hold.
+pub fn is_approval_decision(u: &Updated) -> bool {
+    matches!(u.data, EntityData::Approval(_))
+        && u.changed_fields
+            .iter()
+            .any(|f| f == "satisfied_at" || f == "rejected_at")
+}
 
 pub const TABLES: [&str; 1] = ["catalog_objects"];
 
@@ -66,7 +74,30 @@ pub enum Filter {
     ContainsAll(&'static str, Vec<String>),
     /// Grants whose resource is served by this provider.
     GrantProvider(String),
+    /// The object's id.
+    Id(String),
+    /// `created_at` at or after the instant (RFC 3339).
+    CreatedFrom(String),
+    /// `created_at` at or before the instant (RFC 3339).
+    CreatedTo(String),
+    /// Authority records whose status, read with expiry, is this one.
+    RecordStatus(String),
+    /// Approval holds in this state (§15 precedence, expiry read against the clock).
+    ApprovalState(String),
 }
+
+/// An authority record's status with expiry applied (what `effective_status` says).
+const RECORD_STATUS_SQL: &str = "CASE WHEN doc #>> '{data,authority_record,status}' = 'active'
+     AND (doc #>> '{data,authority_record,expires_at}')::timestamptz <= now() THEN 'expired'
+     ELSE doc #>> '{data,authority_record,status}' END";
+
+/// An approval's state by §15 precedence (what `ApprovalData::state` says).
+const APPROVAL_STATE_SQL: &str = "CASE
+     WHEN doc #>> '{data,approval,consumed_at}' IS NOT NULL THEN 'consumed'
+     WHEN doc #>> '{data,approval,rejected_at}' IS NOT NULL THEN 'rejected'
+     WHEN (doc #>> '{data,approval,expires_at}')::timestamptz <= now() THEN 'expired'
+     WHEN doc #>> '{data,approval,satisfied_at}' IS NOT NULL THEN 'approved'
+     ELSE 'pending' END";
 
 /// Which rows a list walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +137,11 @@ pub async fn list<'e>(
                 " AND EXISTS (SELECT 1 FROM catalog_objects r WHERE r.id = catalog_objects.doc #>> '{{data,grant,resource_id}}'
                    AND r.doc #>> '{{data,resource,credential_provider_id}}' = ${n})"
             )),
+            Filter::Id(_) => sql.push_str(&format!(" AND id = ${n}")),
+            Filter::CreatedFrom(_) => sql.push_str(&format!(" AND created_at >= ${n}::timestamptz")),
+            Filter::CreatedTo(_) => sql.push_str(&format!(" AND created_at <= ${n}::timestamptz")),
+            Filter::RecordStatus(_) => sql.push_str(&format!(" AND ({RECORD_STATUS_SQL}) = ${n}")),
+            Filter::ApprovalState(_) => sql.push_str(&format!(" AND ({APPROVAL_STATE_SQL}) = ${n}")),
         }
     }
     if after.is_some() {
@@ -118,7 +154,13 @@ pub async fn list<'e>(
     let mut q: Query<'_, Postgres, PgArguments> = sqlx::query(&sql).bind(zone_id);
     for f in filters {
         q = match f {
-            Filter::Eq(_, v) | Filter::GrantProvider(v) => q.bind(v.clone()),
+            Filter::Eq(_, v)
+            | Filter::GrantProvider(v)
+            | Filter::Id(v)
+            | Filter::CreatedFrom(v)
+            | Filter::CreatedTo(v)
+            | Filter::RecordStatus(v)
+            | Filter::ApprovalState(v) => q.bind(v.clone()),
             Filter::ContainsAll(_, vs) => q.bind(Value::from(vs.clone())),
         };
     }
@@ -230,7 +272,20 @@ impl Projection for CatalogProjection {
             }
         }
         let changed: Vec<&Entity> = touched.iter().filter_map(|id| state.get(id)).collect();
-        store_many(tx, &changed).await
+        store_many(tx, &changed).await?;
+        // §15: a decision wakes the STS long-pollers once the decided row is readable (the
+        // notification is delivered when this transaction commits).
+        for a in batch {
+            if let Event::Catalog(CatalogEvent::Updated(u)) = &a.event {
+                if is_approval_decision(u) {
+                    sqlx::query("SELECT pg_notify('caracal_approval_decided', $1)")
+                        .bind(&a.recorded.envelope.aggregate_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +305,105 @@ pub async fn expired_dcr<'e>(
           LIMIT $2",
     )
     .bind(cutoff)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// How many sessions name each of `ids` as their parent (`child_count`).
+pub async fn child_counts<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT doc #>> '{data,session,parent_session_id}', count(*) FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND doc #>> '{data,session,parent_session_id}' = ANY($2)
+          GROUP BY 1",
+    )
+    .bind(zone_id)
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .map(|rows: Vec<(String, i64)>| rows.into_iter().collect())
+}
+
+/// Decisions on other holds with the same binding: `binding → (approved, rejected)`
+/// counted over every hold of the zone with one of `bindings`, so a caller subtracts the
+/// hold's own decision.
+pub async fn binding_decisions<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    bindings: &[String],
+) -> Result<HashMap<String, (i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT doc #>> '{data,approval,binding}',
+                count(*) FILTER (WHERE doc #>> '{data,approval,satisfied_at}' IS NOT NULL
+                                   AND doc #>> '{data,approval,rejected_at}' IS NULL),
+                count(*) FILTER (WHERE doc #>> '{data,approval,rejected_at}' IS NOT NULL)
+           FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'approval'
+            AND doc #>> '{data,approval,binding}' = ANY($2)
+          GROUP BY 1",
+    )
+    .bind(zone_id)
+    .bind(bindings)
+    .fetch_all(db)
+    .await
+    .map(|rows: Vec<(String, i64, i64)>| rows.into_iter().map(|(b, a, r)| (b, (a, r))).collect())
+}
+
+/// The counts of a zone's holds per state (`/approvals/counts`).
+pub async fn approval_state_counts<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {APPROVAL_STATE_SQL} AS state, count(*) FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'approval' GROUP BY 1"
+    ))
+    .bind(zone_id)
+    .fetch_all(db)
+    .await
+    .map(|rows: Vec<(String, i64)>| rows.into_iter().collect())
+}
+
+/// Ids of a subject's authority records still marked active (grant-revocation cascade).
+pub async fn active_records_of_subject<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    subject_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'authority_record'
+            AND doc #>> '{data,authority_record,subject_id}' = $2
+            AND doc #>> '{data,authority_record,status}' = 'active'
+          ORDER BY created_at, id",
+    )
+    .bind(zone_id)
+    .bind(subject_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Authority records still marked active whose `expires_at` has passed, oldest first:
+/// `(zone_id, id)` pairs for the reaper (management-api.md §18).
+pub async fn due_authority_records<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT zone_id, id FROM catalog_objects
+          WHERE kind = 'authority_record'
+            AND doc #>> '{data,authority_record,status}' = 'active'
+            AND (doc #>> '{data,authority_record,expires_at}')::timestamptz <= $1
+          ORDER BY (doc #>> '{data,authority_record,expires_at}')::timestamptz
+          LIMIT $2",
+    )
+    .bind(now)
     .bind(limit)
     .fetch_all(db)
     .await

@@ -10,7 +10,7 @@
 //! grows with the aggregates that own revocation, policy activation and lifecycle events.
 
 use redis::aio::ConnectionManager;
-use serval_domain::catalog::CatalogEvent;
+use serval_domain::catalog::{CatalogEvent, EntityData};
 use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::Event;
 use serval_streams::topics::{self, TopicMessage};
@@ -90,6 +90,96 @@ fn credential_revealed(
     }
 }
 
+/// The `step_up_decided` audit frame of an operator's approval decision (§16).
+fn step_up_decided(
+    applied: &Applied,
+    hold: &serval_domain::catalog::ApprovalData,
+    audit_key: Option<&[u8]>,
+) -> TopicMessage {
+    let env = &applied.recorded.envelope;
+    let request_id = env
+        .request_id
+        .clone()
+        .unwrap_or_else(|| env.event_id.clone());
+    let decision = if hold.rejected_at.is_some() {
+        "rejected"
+    } else {
+        "approved"
+    };
+    let mut metadata = serde_json::json!({
+        "challenge_id": env.aggregate_id,
+        "tier": hold.tier,
+        "approver_class": hold.approver_class,
+        "privacy_mode": hold.privacy_mode,
+        "binding": hold.binding,
+        "session_id": hold.session_id,
+        "approver_plane": "operator",
+        "approver_subject_id": hold.approver_subject_id,
+    });
+    let optional = [
+        (
+            "application_id",
+            hold.application_id.clone().map(Into::into),
+        ),
+        (
+            "subject_anchor",
+            hold.subject_anchor.clone().map(Into::into),
+        ),
+        ("reason", hold.decision_reason.clone().map(Into::into)),
+        (
+            "agent_labels",
+            (!hold.agent_labels.is_empty()).then(|| serde_json::json!(hold.agent_labels)),
+        ),
+    ];
+    if let Some(m) = metadata.as_object_mut() {
+        for (k, v) in optional {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), v);
+            }
+        }
+    }
+    let data = serde_json::json!({
+        "id": env.event_id,
+        "zone_id": env.zone_id,
+        "event_type": "step_up_decided",
+        "request_id": request_id,
+        "decision": decision,
+        "evaluation_status": "complete",
+        "determining_policies_json": [],
+        "diagnostics_json": [],
+        "metadata_json": metadata,
+        "occurred_at": env.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    })
+    .to_string();
+    let sig = audit_key.map(|k| topics::audit_frame_sig(k, &data));
+    TopicMessage {
+        topic: topics::AUDIT_EVENTS,
+        fields: vec![
+            ("id".to_owned(), Some(request_id)),
+            ("data".to_owned(), Some(data)),
+            ("sig".to_owned(), sig),
+        ],
+    }
+}
+
+/// `caracal.sessions.revoke` for an authority record the API revoked (§16: grant
+/// revocation, subject revoke).
+fn record_revoked(
+    applied: &Applied,
+    record: &serval_domain::catalog::AuthorityRecordData,
+) -> TopicMessage {
+    let env = &applied.recorded.envelope;
+    TopicMessage {
+        topic: topics::SESSIONS_REVOKE,
+        fields: vec![
+            ("zone_id".to_owned(), env.zone_id.clone()),
+            ("session_id".to_owned(), Some(env.aggregate_id.clone())),
+            ("reason".to_owned(), record.revoked_reason.clone()),
+            ("grant_id".to_owned(), record.revoked_by_grant.clone()),
+        ],
+    }
+}
+
 /// The public messages an event produces, without `outbox_id`.
 pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicMessage> {
     let zone_id = applied.recorded.envelope.zone_id.clone();
@@ -115,6 +205,24 @@ pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicM
         // §16: a credential reveal is queued as an audit frame.
         Event::Catalog(CatalogEvent::SecretRevealed(e)) => {
             vec![credential_revealed(applied, e, audit_key)]
+        }
+        // §16: operator approval decisions are queued as audit frames.
+        Event::Catalog(CatalogEvent::Updated(u)) if crate::catalog::is_approval_decision(u) => {
+            match &u.data {
+                EntityData::Approval(hold) => vec![step_up_decided(applied, hold, audit_key)],
+                _ => Vec::new(),
+            }
+        }
+        // §16: a revoked authority record is announced to every enforcement point.
+        Event::Catalog(CatalogEvent::Updated(u))
+            if u.changed_fields.iter().any(|f| f == "status") =>
+        {
+            match &u.data {
+                EntityData::AuthorityRecord(r) if r.status == "revoked" => {
+                    vec![record_revoked(applied, r)]
+                }
+                _ => Vec::new(),
+            }
         }
         // §16: "Everything else emits no stream event (zone/… CRUD, admin tokens)".
         Event::Zone(_)

@@ -55,16 +55,14 @@ fn is_mutation(m: &Method) -> bool {
 /// The innermost `<collection>/<id>` pair of a path, and whether the path ends in a
 /// collection (a create, whose id comes from the response).
 fn entity_of(path: &str) -> (Option<(String, Option<String>)>, bool) {
-    // The seed's name of provider connections is the same collection.
+    // The seed's names of provider connections and approvals are the same collections.
     let segs: Vec<&str> = path
         .trim_start_matches("/v1/")
         .split('/')
-        .map(|s| {
-            if s == "provider-grants" {
-                "provider-connections"
-            } else {
-                s
-            }
+        .map(|s| match s {
+            "provider-grants" => "provider-connections",
+            "step-up-challenges" => "approvals",
+            s => s,
         })
         .collect();
     let mut found = None;

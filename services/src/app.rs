@@ -350,6 +350,10 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
             app.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::jobs::record_reaper(
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     let mut servers = Vec::new();
     for service in Service::HTTP {

@@ -140,8 +140,9 @@ pub fn zone_of_path(path: &str) -> Option<&str> {
 fn is_approval_decision(method: &Method, path: &str) -> bool {
     method == Method::POST
         && zone_of_path(path).is_some()
-        && (path.contains("/approvals/")
+        && ((path.contains("/approvals/")
             && (path.ends_with("/approve") || path.ends_with("/reject")))
+            || (path.contains("/step-up-challenges/") && path.ends_with("/satisfy")))
 }
 
 /// Checks the authorization matrix (§3.2 steps 3–7) for an authenticated token.

@@ -143,6 +143,13 @@ pub struct Config {
     /// How long past `expires_at` a DCR application is archived by the cleanup job.
     #[arg(long, env = "SERVAL_DCR_CLEANUP_GRACE_SECS", default_value_t = 86_400)]
     pub dcr_cleanup_grace_secs: u64,
+    /// Seconds between runs of the authority-record reaper (§18; 0 disables it).
+    #[arg(
+        long,
+        env = "SERVAL_RECORD_REAPER_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub record_reaper_interval_secs: u64,
     /// Requests per minute on `/v1/` per client IP and per admin token (0 disables).
     #[arg(long, env = "API_V1_RATE_LIMIT_PER_MIN", default_value_t = 600)]
     pub api_v1_rate_limit_per_min: u64,

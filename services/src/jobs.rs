@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serval_domain::catalog::{CatalogCommand, CatalogKind};
+use serval_domain::catalog::{CatalogCommand, CatalogKind, EntityData};
 use tokio::sync::watch;
 
 use crate::api::catalog::{self as common, WriteCtx};
@@ -13,10 +13,15 @@ use crate::http::ApiError;
 
 /// Applications archived per run.
 const DCR_BATCH: i64 = 500;
+/// Authority records marked expired per reaper run.
+const REAPER_BATCH: i64 = 500;
 
-/// Archives DCR applications `grace` past their `expires_at`, every `interval`.
-pub async fn dcr_cleanup(app: App, mut stop: watch::Receiver<bool>) {
-    let interval = Duration::from_secs(app.cfg.dcr_cleanup_interval_secs);
+/// Runs `once` every `interval` until stopped (a zero interval disables the job).
+async fn every<F, Fut>(interval: Duration, name: &str, mut stop: watch::Receiver<bool>, once: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, ApiError>>,
+{
     if interval.is_zero() {
         return;
     }
@@ -25,14 +30,71 @@ pub async fn dcr_cleanup(app: App, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        match dcr_cleanup_once(&app).await {
+        match once().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(archived = n, "DCR cleanup archived expired applications"),
+            Ok(n) => tracing::info!(changed = n, job = name, "job run changed records"),
             Err(e) => {
-                tracing::warn!(error = %e.code().unwrap_or("internal"), "DCR cleanup run failed")
+                tracing::warn!(error = %e.code().unwrap_or("internal"), job = name, "job run failed")
             }
         }
     }
+}
+
+/// Archives DCR applications `grace` past their `expires_at`, every `interval`.
+pub async fn dcr_cleanup(app: App, stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(app.cfg.dcr_cleanup_interval_secs);
+    every(interval, "dcr-cleanup", stop, || dcr_cleanup_once(&app)).await
+}
+
+/// Marks active authority records past `expires_at` expired, every `interval`.
+pub async fn record_reaper(app: App, stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(app.cfg.record_reaper_interval_secs);
+    every(interval, "record-reaper", stop, || record_reaper_once(&app)).await
+}
+
+/// One reaper run: returns how many records it marked expired. Records of archived zones
+/// are reaped too (their zone no longer authenticates anything).
+pub async fn record_reaper_once(app: &App) -> Result<usize, ApiError> {
+    let now = chrono::Utc::now();
+    let due =
+        serval_projector::catalog::due_authority_records(&app.pool, now, REAPER_BATCH).await?;
+    let mut reaped = 0;
+    for (zone, id) in due {
+        let actor = "system:record-reaper";
+        let ctx = WriteCtx {
+            zone,
+            actor: serval_domain::Actor {
+                id: actor.to_owned(),
+                is_bootstrap: false,
+                via_operator_header: false,
+            },
+            rid: uuid::Uuid::new_v4().to_string(),
+            idem: None,
+            stamp: serval_domain::catalog::Stamp {
+                by: actor.to_owned(),
+                via_operator: false,
+            },
+        };
+        let result = common::commit(app, &ctx, &id, |state| {
+            let next = match state.map(|e| &e.data) {
+                Some(EntityData::AuthorityRecord(r)) => r.expired(chrono::Utc::now()),
+                _ => None,
+            };
+            let next = next.ok_or_else(|| ApiError::conflict("not_due"))?;
+            Ok(CatalogCommand::Replace {
+                data: EntityData::AuthorityRecord(next),
+                changed_fields: vec!["status".into()],
+                secret_rotated: false,
+            })
+        })
+        .await;
+        match result {
+            Ok(_) => reaped += 1,
+            Err(crate::write::Failure::Api(e)) if e.code() == Some("not_due") => {}
+            Err(e) => return Err(ApiError::from(e)),
+        }
+    }
+    Ok(reaped)
 }
 
 /// One run: returns how many applications it archived.

@@ -8,12 +8,25 @@ use common::{Admin, Options, Server};
 use serde_json::{json, Value};
 
 /// Builds a zone with one of everything, changed a few times.
-async fn populate(admin: &Admin) -> String {
+async fn populate(server: &Server, admin: &Admin) -> String {
     let (_, z) = admin
         .post("/v1/zones", json!({"name": "rebuilt", "dcr_enabled": true}))
         .await;
     let z = z["id"].as_str().unwrap().to_owned();
     let base = format!("/v1/zones/{z}");
+    produce_runtime(server, &z).await;
+    common::eventually(10, || async {
+        let (s, _) = admin.get(&format!("{base}/approvals/h-2")).await;
+        (s == 200).then_some(())
+    })
+    .await;
+    let (s, d) = admin
+        .post(
+            &format!("{base}/approvals/h-1/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{d}");
     let mut app_ids = Vec::new();
     for i in 0..3 {
         let (s, a) = admin
@@ -116,6 +129,91 @@ async fn populate(admin: &Admin) -> String {
     z
 }
 
+/// Authority records of alice and bob, a session tree and two approval holds, produced as
+/// the STS and the Coordinator produce them.
+async fn produce_runtime(server: &Server, z: &str) {
+    use chrono::Utc;
+    use serval_domain::catalog::runtime::{ApprovalData, AuthorityRecordData, SessionData};
+    use serval_domain::catalog::{CatalogEvent, Created, EntityData};
+    let later = Utc::now() + chrono::Duration::hours(2);
+    let mut seeds = Vec::new();
+    for subject in ["alice", "bob"] {
+        seeds.push((
+            format!("ar-{subject}"),
+            EntityData::AuthorityRecord(AuthorityRecordData {
+                record_type: "user".into(),
+                subject_id: subject.into(),
+                application_id: None,
+                federated_user_issuer: Some("https://idp.example".into()),
+                parent_id: None,
+                status: "active".into(),
+                expires_at: later,
+                authenticated_at: Utc::now(),
+                revoked_at: None,
+                revoked_reason: None,
+                revoked_by_grant: None,
+            }),
+        ));
+    }
+    for (id, parent) in [("s-1", None), ("s-2", Some("s-1"))] {
+        seeds.push((
+            id.to_owned(),
+            EntityData::Session(SessionData {
+                application_id: "a".into(),
+                parent_session_id: parent.map(str::to_owned),
+                status: "active".into(),
+                lifecycle: "task".into(),
+                labels: vec!["l".into()],
+                depth: u32::from(parent.is_some()),
+                subject_authority_record_id: Some("ar-alice".into()),
+                subject_id: Some("alice".into()),
+                federated_user_id: None,
+                federated_user_issuer: None,
+                last_active_at: Utc::now(),
+                terminated_at: None,
+                termination_reason: None,
+                ttl_seconds: Some(60),
+            }),
+        ));
+    }
+    for id in ["h-1", "h-2"] {
+        seeds.push((
+            id.to_owned(),
+            EntityData::Approval(ApprovalData {
+                session_id: "ar-alice".into(),
+                principal_id: "a".into(),
+                application_id: None,
+                approval_type: "human_approval".into(),
+                tier: "t".into(),
+                approver_class: "any".into(),
+                privacy_mode: "standard".into(),
+                subject_anchor: None,
+                binding: "b".into(),
+                metadata_json: json!({"k": 1}),
+                decision_reason: None,
+                expires_at: later,
+                satisfied_at: None,
+                rejected_at: None,
+                consumed_at: None,
+                approver_subject_id: None,
+                principal_federated: false,
+                agent_labels: vec![],
+            }),
+        ));
+    }
+    for (id, data) in seeds {
+        let event = CatalogEvent::Created(Created {
+            zone_id: z.to_owned(),
+            data,
+            stamp: serval_domain::catalog::Stamp {
+                by: "sts".into(),
+                via_operator: false,
+            },
+        });
+        common::produce(server, z, &id, 0, event, "sts").await;
+    }
+}
+
 /// Every management `GET` of the zone (lists, each object, filtered and CSV views).
 async fn answers(admin: &Admin, z: &str) -> Vec<(String, Value)> {
     let base = format!("/v1/zones/{z}");
@@ -131,6 +229,14 @@ async fn answers(admin: &Admin, z: &str) -> Vec<(String, Value)> {
         format!("{base}/admin-audit?limit=1000"),
         format!("{base}/admin-audit?entity_type=applications&method=POST"),
         format!("{base}/admin-audit?format=csv&limit=1000"),
+        format!("{base}/authority-records"),
+        format!("{base}/authority-records?status=revoked&format=csv"),
+        format!("{base}/sessions"),
+        format!("{base}/agent-sessions?parent_id=s-1&format=csv"),
+        format!("{base}/approvals"),
+        format!("{base}/approvals/counts"),
+        format!("{base}/approvals/h-1"),
+        format!("{base}/step-up-challenges/h-2"),
     ];
     for (collection, extra) in [
         ("applications", "?status=archived"),
@@ -164,11 +270,18 @@ async fn answers(admin: &Admin, z: &str) -> Vec<(String, Value)> {
 async fn rebuilding_reproduces_every_get() {
     let mut server = Server::start(Options::default()).await;
     let admin = Admin::new(&server);
-    let z = populate(&admin).await;
+    let z = populate(&server, &admin).await;
     // Refusals are audited after the answer; nothing here was refused, so the log is still.
     server.wait_archived().await;
     let before = answers(&admin, &z).await;
     assert!(before.len() > 20);
+    // The grant revocation cascaded into bob's authority record.
+    let revoked = &before
+        .iter()
+        .find(|(p, _)| p.ends_with("status=revoked&format=csv"))
+        .unwrap()
+        .1;
+    assert!(revoked.to_string().contains("ar-bob"), "{revoked}");
 
     // In place, while the deployment runs.
     let (ok, out, err) = server.replay(&["rebuild"]);

@@ -3,9 +3,12 @@
 
 mod common;
 
+use chrono::Utc;
 use common::{Admin, Options, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
+use serval_domain::catalog::runtime::{ApprovalData, AuthorityRecordData, SessionData};
+use serval_domain::catalog::{CatalogEvent, Created, EntityData, Stamp};
 
 struct Ids {
     zone: String,
@@ -15,10 +18,11 @@ struct Ids {
     grant: String,
     policy: String,
     set: String,
+    approval: String,
 }
 
 /// A zone holding one of each object (created with the bootstrap token).
-async fn furnished(admin: &Admin, name: &str) -> Ids {
+async fn furnished(server: &Server, admin: &Admin, name: &str) -> Ids {
     let (_, z) = admin
         .post("/v1/zones", json!({"name": name, "dcr_enabled": true}))
         .await;
@@ -67,6 +71,29 @@ async fn furnished(admin: &Admin, name: &str) -> Ids {
     let (_, set) = admin
         .post(&format!("{b}/policy-sets"), json!({"name": "s"}))
         .await;
+    // Run-time records, produced as the STS and the Coordinator produce them.
+    let approval = format!("h-{name}");
+    for (rid, data) in runtime_records() {
+        let rid = if rid == "h" {
+            approval.clone()
+        } else {
+            format!("{rid}-{name}")
+        };
+        let event = CatalogEvent::Created(Created {
+            zone_id: zone.clone(),
+            data,
+            stamp: Stamp {
+                by: "sts".into(),
+                via_operator: false,
+            },
+        });
+        common::produce(server, &zone, &rid, 0, event, "sts").await;
+    }
+    common::eventually(10, || async {
+        let (s, _) = admin.get(&format!("{b}/approvals/{approval}")).await;
+        (s == 200).then_some(())
+    })
+    .await;
     Ids {
         zone,
         app: id(&a),
@@ -75,7 +102,72 @@ async fn furnished(admin: &Admin, name: &str) -> Ids {
         grant: id(&g),
         policy: id(&pol),
         set: id(&set),
+        approval,
     }
+}
+
+fn runtime_records() -> Vec<(&'static str, EntityData)> {
+    let later = Utc::now() + chrono::Duration::hours(1);
+    vec![
+        (
+            "ar",
+            EntityData::AuthorityRecord(AuthorityRecordData {
+                record_type: "user".into(),
+                subject_id: "u".into(),
+                application_id: None,
+                federated_user_issuer: None,
+                parent_id: None,
+                status: "active".into(),
+                expires_at: later,
+                authenticated_at: Utc::now(),
+                revoked_at: None,
+                revoked_reason: None,
+                revoked_by_grant: None,
+            }),
+        ),
+        (
+            "s",
+            EntityData::Session(SessionData {
+                application_id: "a".into(),
+                parent_session_id: None,
+                status: "active".into(),
+                lifecycle: "task".into(),
+                labels: vec![],
+                depth: 0,
+                subject_authority_record_id: None,
+                subject_id: None,
+                federated_user_id: None,
+                federated_user_issuer: None,
+                last_active_at: Utc::now(),
+                terminated_at: None,
+                termination_reason: None,
+                ttl_seconds: None,
+            }),
+        ),
+        (
+            "h",
+            EntityData::Approval(ApprovalData {
+                session_id: "ar".into(),
+                principal_id: "a".into(),
+                application_id: None,
+                approval_type: "human_approval".into(),
+                tier: "t".into(),
+                approver_class: "operator".into(),
+                privacy_mode: "standard".into(),
+                subject_anchor: None,
+                binding: "b".into(),
+                metadata_json: Value::Null,
+                decision_reason: None,
+                expires_at: later,
+                satisfied_at: None,
+                rejected_at: None,
+                consumed_at: None,
+                approver_subject_id: None,
+                principal_federated: false,
+                agent_labels: vec![],
+            }),
+        ),
+    ]
 }
 
 /// Every admin-token route below `/v1/zones/<zone>`, with a body fit for each write.
@@ -239,6 +331,30 @@ fn routes(i: &Ids) -> Vec<(Method, String, Value)> {
             json!({"input": {}}),
         ),
     ];
+    for name in [
+        "authority-records",
+        "sessions",
+        "agent-sessions",
+        "approvals/counts",
+    ] {
+        r.push((Method::GET, format!("{z}/{name}"), Value::Null));
+    }
+    for name in ["approvals", "step-up-challenges"] {
+        r.push((Method::GET, format!("{z}/{name}"), Value::Null));
+        r.push((
+            Method::GET,
+            format!("{z}/{name}/{}", i.approval),
+            Value::Null,
+        ));
+    }
+    for action in [
+        "approvals/{id}/approve",
+        "approvals/{id}/reject",
+        "step-up-challenges/{id}/satisfy",
+    ] {
+        let path = format!("{z}/{}", action.replace("{id}", &i.approval));
+        r.push((Method::POST, path, json!({"reason": "r"})));
+    }
     for name in ["provider-connections", "provider-grants"] {
         r.push((Method::GET, format!("{z}/{name}"), Value::Null));
         r.push((Method::POST, format!("{z}/{name}"), conn.clone()));
@@ -254,6 +370,10 @@ fn routes(i: &Ids) -> Vec<(Method, String, Value)> {
         ));
     }
     r
+}
+
+fn is_decision(path: &str) -> bool {
+    path.ends_with("/approve") || path.ends_with("/reject") || path.ends_with("/satisfy")
 }
 
 /// What the bootstrap token sees of a zone (everything but its admin audit, which records
@@ -272,10 +392,10 @@ async fn snapshot(admin: &Admin, i: &Ids) -> Vec<Value> {
 async fn a_zone_token_reaches_nothing_of_another_zone() {
     let server = Server::start(Options::default()).await;
     let admin = Admin::new(&server);
-    let mine = furnished(&admin, "mine").await;
-    let theirs = furnished(&admin, "theirs").await;
+    let mine = furnished(&server, &admin, "mine").await;
+    let theirs = furnished(&server, &admin, "theirs").await;
     let mut tokens = Vec::new();
-    for capability in ["write", "read"] {
+    for capability in ["write", "read", "approve"] {
         let (s, t) = admin
             .post(
                 "/v1/admin-tokens",
@@ -294,11 +414,13 @@ async fn a_zone_token_reaches_nothing_of_another_zone() {
         for (m, p, body) in &all {
             let body = (!body.is_null()).then(|| body.clone());
             let (s, e) = token.call(m.clone(), p, body).await;
-            // §3.2 checks the capability (step 3) before the scope (step 6).
-            let want = if *capability == "read" && *m != Method::GET {
-                "admin_token_read_only"
-            } else {
-                "admin_token_zone_mismatch"
+            // §3.2 checks the capability (steps 3-5) before the scope (step 6).
+            let decision = is_decision(p);
+            let want = match *capability {
+                "read" if *m != Method::GET => "admin_token_read_only",
+                "approve" if *m != Method::GET && !decision => "admin_token_approve_only",
+                "write" if decision => "approve_capability_required",
+                _ => "admin_token_zone_mismatch",
             };
             assert_eq!(
                 (s, e),
@@ -317,7 +439,17 @@ async fn a_zone_token_reaches_nothing_of_another_zone() {
     // cannot write there.
     let (_, write) = &tokens[0];
     let (_, read) = &tokens[1];
+    let (_, approve) = &tokens[2];
     for (m, p, body) in routes(&mine) {
+        if is_decision(&p) {
+            // Only the approve capability decides; the hold takes one decision.
+            let (s, e) = approve.call(m.clone(), &p, Some(body.clone())).await;
+            assert!(
+                s == 200 || e["error"] == "approval_not_decidable",
+                "{m} {p}: {s} {e}"
+            );
+            continue;
+        }
         if m == Method::DELETE || (m == Method::PATCH && p.ends_with(&mine.zone)) {
             continue; // keep the zone and its objects for the remaining calls
         }

@@ -1,5 +1,6 @@
 //! The zone catalog: applications, providers, resources, grants and provider connections
-//! (spec: management-api.md §6, §7, §8, §12, §13).
+//! (spec: management-api.md §6, §7, §8, §12, §13), and the run-time records the STS and
+//! Coordinator create (authority records, sessions, approvals: §14.3, §14.4, §15).
 //!
 //! These five share one life cycle — created in a zone, replaced by later writes, archived —
 //! so they share one event shape: every `created`/`updated` event carries the object's whole
@@ -18,6 +19,7 @@ pub mod grant;
 pub mod provider;
 pub mod provider_config;
 pub mod resource;
+pub mod runtime;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,7 @@ pub use connection::ConnectionData;
 pub use grant::GrantData;
 pub use provider::ProviderData;
 pub use resource::ResourceData;
+pub use runtime::{ApprovalData, AuthorityRecordData, SessionData};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,15 +43,21 @@ pub enum CatalogKind {
     Resource,
     Grant,
     ProviderConnection,
+    AuthorityRecord,
+    Session,
+    Approval,
 }
 
 impl CatalogKind {
-    pub const ALL: [CatalogKind; 5] = [
+    pub const ALL: [CatalogKind; 8] = [
         CatalogKind::Application,
         CatalogKind::Provider,
         CatalogKind::Resource,
         CatalogKind::Grant,
         CatalogKind::ProviderConnection,
+        CatalogKind::AuthorityRecord,
+        CatalogKind::Session,
+        CatalogKind::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +67,9 @@ impl CatalogKind {
             CatalogKind::Resource => "resource",
             CatalogKind::Grant => "grant",
             CatalogKind::ProviderConnection => "provider_connection",
+            CatalogKind::AuthorityRecord => "authority_record",
+            CatalogKind::Session => "session",
+            CatalogKind::Approval => "approval",
         }
     }
 
@@ -68,6 +80,9 @@ impl CatalogKind {
             CatalogKind::Resource => AggregateKind::Resource,
             CatalogKind::Grant => AggregateKind::Grant,
             CatalogKind::ProviderConnection => AggregateKind::ProviderConnection,
+            CatalogKind::AuthorityRecord => AggregateKind::AuthorityRecord,
+            CatalogKind::Session => AggregateKind::Session,
+            CatalogKind::Approval => AggregateKind::Approval,
         }
     }
 
@@ -104,6 +119,24 @@ impl CatalogKind {
                 "provider_connection.archived",
                 "provider_connection.secret_revealed",
             ],
+            CatalogKind::AuthorityRecord => [
+                "authority_record.created",
+                "authority_record.updated",
+                "authority_record.archived",
+                "authority_record.secret_revealed",
+            ],
+            CatalogKind::Session => [
+                "session.created",
+                "session.updated",
+                "session.archived",
+                "session.secret_revealed",
+            ],
+            CatalogKind::Approval => [
+                "approval.created",
+                "approval.updated",
+                "approval.archived",
+                "approval.secret_revealed",
+            ],
         }
     }
 }
@@ -117,6 +150,9 @@ pub enum EntityData {
     Resource(ResourceData),
     Grant(GrantData),
     ProviderConnection(ConnectionData),
+    AuthorityRecord(AuthorityRecordData),
+    Session(SessionData),
+    Approval(ApprovalData),
 }
 
 impl EntityData {
@@ -127,6 +163,9 @@ impl EntityData {
             EntityData::Resource(_) => CatalogKind::Resource,
             EntityData::Grant(_) => CatalogKind::Grant,
             EntityData::ProviderConnection(_) => CatalogKind::ProviderConnection,
+            EntityData::AuthorityRecord(_) => CatalogKind::AuthorityRecord,
+            EntityData::Session(_) => CatalogKind::Session,
+            EntityData::Approval(_) => CatalogKind::Approval,
         }
     }
 
@@ -378,8 +417,11 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
         EntityData::Application(a) => a.name_reservation(),
         EntityData::Provider(p) => Some((PROVIDER_IDENTIFIER, reservation_value(&p.identifier))),
         EntityData::Resource(r) => Some((RESOURCE_IDENTIFIER, reservation_value(&r.identifier))),
-        EntityData::Grant(_) => None,
         EntityData::ProviderConnection(c) => c.key_reservation(),
+        EntityData::Grant(_)
+        | EntityData::AuthorityRecord(_)
+        | EntityData::Session(_)
+        | EntityData::Approval(_) => None,
     }
 }
 

@@ -138,6 +138,9 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
         CatalogKind::Resource => "resource_not_found",
         CatalogKind::Grant => "grant_not_found",
         CatalogKind::ProviderConnection => "provider_connection_not_found",
+        CatalogKind::AuthorityRecord => "authority_record_not_found",
+        CatalogKind::Session => "session_not_found",
+        CatalogKind::Approval => "approval_not_found",
     })
 }
 

@@ -49,6 +49,16 @@ pub fn parse_fields(
     Ok(Some(out))
 }
 
+/// A query value that must be one of `allowed` (else `400 invalid_query`).
+pub fn one_of(name: &str, v: &str, allowed: &[&str]) -> Result<String, ApiError> {
+    if allowed.contains(&v) {
+        Ok(v.to_owned())
+    } else {
+        Err(ApiError::bad_request("invalid_query")
+            .description(format!("{name} must be one of {}", allowed.join(", "))))
+    }
+}
+
 /// `format`: `json` (default) or `csv`.
 pub fn is_csv(v: &Option<String>) -> Result<bool, ApiError> {
     match v.as_deref() {

@@ -284,11 +284,24 @@ async fn create(
     common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render_created)).await
 }
 
-/// Revocation: `status:"revoked"`, repeatable (`204` again).
+/// Revocation: `status:"revoked"`, repeatable (`204` again). §18: every active authority
+/// record of the grant's user is revoked with it; a repeated call finishes that cascade.
 async fn revoke(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
     let current = load_grant(&app, &ctx.zone, ids.at(1)).await?;
-    if matches!(&current.data, EntityData::Grant(g) if g.status == "revoked") {
+    let EntityData::Grant(g) = &current.data else {
+        return Err(common::data_mismatch());
+    };
+    let user_id = g.user_id.clone();
+    if g.status == "revoked" {
+        super::authority_records::revoke_subject(
+            &app,
+            &ctx,
+            &user_id,
+            "grant_revoked",
+            Some(ids.at(1)),
+        )
+        .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let w = common::commit(&app, &ctx, ids.at(1), |state| {
@@ -305,5 +318,15 @@ async fn revoke(State(app): State<App>, req: Req, ids: PathIds) -> Result<Respon
     })
     .await
     .map_err(ApiError::from)?;
+    if !matches!(w.outcome, crate::write::Outcome::Replay { .. }) {
+        super::authority_records::revoke_subject(
+            &app,
+            &ctx,
+            &user_id,
+            "grant_revoked",
+            Some(ids.at(1)),
+        )
+        .await?;
+    }
     common::answer(&app, &ctx, w, StatusCode::NO_CONTENT, None).await
 }

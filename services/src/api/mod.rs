@@ -3,7 +3,9 @@
 pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
+pub mod approvals;
 pub mod audit;
+pub mod authority_records;
 pub mod catalog;
 pub mod connections;
 pub mod feed;
@@ -16,6 +18,7 @@ pub mod providers;
 pub mod resources;
 pub mod routes;
 pub mod schema;
+pub mod sessions;
 pub mod zones;
 
 use axum::routing::get;
@@ -35,7 +38,10 @@ pub fn router(app: App) -> Router<App> {
         .merge(grants::router())
         .merge(connections::router())
         .merge(admin_audit::router())
-        .merge(audit::router());
+        .merge(audit::router())
+        .merge(authority_records::router())
+        .merge(sessions::router())
+        .merge(approvals::router());
     let (admin, mut ops) = admin.into_parts();
     let (open, open_ops) = connections::callback_router().into_parts();
     ops.extend(open_ops);

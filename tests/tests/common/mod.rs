@@ -551,3 +551,34 @@ pub async fn system_log(server: &Server) -> Vec<serval_streams::read::RecordedEv
         })
         .collect()
 }
+
+/// Appends the creation of a run-time record (authority record, session, approval hold) to
+/// a zone's log as its producer (the STS or the Coordinator) does, signed with the
+/// server's key, and hints the projector. Returns the aggregate version after the append.
+#[allow(dead_code)]
+pub async fn produce(
+    server: &Server,
+    zone: &str,
+    id: &str,
+    expected_version: u64,
+    event: serval_domain::catalog::CatalogEvent,
+    actor: &str,
+) -> u64 {
+    use serval_streams::{AppendOutcome, AppendRequest, LogStream};
+    let store = server.store().await;
+    let stream = LogStream::Zone(zone.to_owned());
+    let req = AppendRequest::new(
+        stream.clone(),
+        Some(zone.to_owned()),
+        id,
+        expected_version,
+        vec![serval_domain::Event::Catalog(event)],
+        actor.to_owned(),
+    );
+    match store.append(&req).await.expect("append") {
+        AppendOutcome::Appended { .. } => {}
+        AppendOutcome::Duplicate(_) => panic!("no idempotency key, no duplicate"),
+    }
+    store.hint_activity(&stream).await.expect("hint");
+    expected_version + 1
+}

@@ -1,0 +1,298 @@
+//! Authority records, governed sessions and approval holds (management-api.md §14.3, §14.4,
+//! §15): the state the STS and the Coordinator create at run time. The Management API reads
+//! them, decides approvals, and changes them in the cascades and jobs of §18.
+//!
+//! They share the catalog's state-carrying events because their life cycle is the same —
+//! created once, replaced by later writes — and a projector then needs no new fold. Times a
+//! record carries (`revoked_at`, `satisfied_at`, …) come in with the command: the domain
+//! has no clock.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An authority record: the anchor one STS identity exchange creates (JWT `sid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityRecordData {
+    /// `user` | `application`.
+    pub record_type: String,
+    pub subject_id: String,
+    pub application_id: Option<String>,
+    /// The federated user issuer (users only).
+    pub federated_user_issuer: Option<String>,
+    pub parent_id: Option<String>,
+    /// `active` | `revoked` | `expired` as last written; see [`Self::effective_status`].
+    pub status: String,
+    pub expires_at: DateTime<Utc>,
+    pub authenticated_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+    /// The grant whose revocation revoked this record (`caracal.sessions.revoke` `grant_id`).
+    pub revoked_by_grant: Option<String>,
+}
+
+pub const RECORD_TYPES: [&str; 2] = ["user", "application"];
+pub const RECORD_STATUSES: [&str; 3] = ["active", "revoked", "expired"];
+
+impl AuthorityRecordData {
+    /// An active record past its expiry reads `expired` before the reaper writes it.
+    pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
+        if self.status == "active" && self.expires_at <= now {
+            "expired"
+        } else {
+            &self.status
+        }
+    }
+
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.effective_status(now) == "active"
+    }
+
+    /// The record revoked at `at`; `None` when it is no longer active (nothing to change).
+    pub fn revoked(
+        &self,
+        at: DateTime<Utc>,
+        reason: &str,
+        grant_id: Option<&str>,
+    ) -> Option<AuthorityRecordData> {
+        if self.status != "active" {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = "revoked".into();
+        next.revoked_at = Some(at);
+        next.revoked_reason = Some(reason.to_owned());
+        next.revoked_by_grant = grant_id.map(str::to_owned);
+        Some(next)
+    }
+
+    /// The record marked `expired` by the reaper; `None` unless it is active and due.
+    pub fn expired(&self, now: DateTime<Utc>) -> Option<AuthorityRecordData> {
+        if self.status != "active" || self.expires_at > now {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = "expired".into();
+        Some(next)
+    }
+}
+
+/// A governed Session: one running agent execution (the Coordinator's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionData {
+    pub application_id: String,
+    pub parent_session_id: Option<String>,
+    /// `active` | `suspended` | `terminated` | `expired`.
+    pub status: String,
+    /// `task` | `service`.
+    pub lifecycle: String,
+    pub labels: Vec<String>,
+    pub depth: u32,
+    pub subject_authority_record_id: Option<String>,
+    pub subject_id: Option<String>,
+    pub federated_user_id: Option<String>,
+    pub federated_user_issuer: Option<String>,
+    pub last_active_at: DateTime<Utc>,
+    pub terminated_at: Option<DateTime<Utc>>,
+    pub termination_reason: Option<String>,
+    pub ttl_seconds: Option<u64>,
+}
+
+pub const SESSION_STATUSES: [&str; 4] = ["active", "suspended", "terminated", "expired"];
+pub const LIFECYCLES: [&str; 2] = ["task", "service"];
+pub const LABEL_MAX_CHARS: usize = 64;
+
+/// An approval hold (formerly "step-up challenge"): STS creates it when a mint is allowed
+/// but gated by an approval tier; it releases at most one mandate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalData {
+    /// The authority record the hold belongs to (`session_id` on the wire).
+    pub session_id: String,
+    pub principal_id: String,
+    pub application_id: Option<String>,
+    pub approval_type: String,
+    pub tier: String,
+    /// `operator` | `subject` | `any`.
+    pub approver_class: String,
+    pub privacy_mode: String,
+    pub subject_anchor: Option<String>,
+    /// Hex request hash the agent printed.
+    pub binding: String,
+    pub metadata_json: Value,
+    pub decision_reason: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub satisfied_at: Option<DateTime<Utc>>,
+    pub rejected_at: Option<DateTime<Utc>>,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub approver_subject_id: Option<String>,
+    pub principal_federated: bool,
+    /// Labels of the requesting agent's session, copied into the decision's audit frame.
+    #[serde(default)]
+    pub agent_labels: Vec<String>,
+}
+
+pub const APPROVAL_STATES: [&str; 5] = ["pending", "approved", "rejected", "expired", "consumed"];
+pub const REASON_MAX_CHARS: usize = 500;
+
+/// An operator's decision on a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    /// The state a decided hold reads, and the audit frame's `decision`.
+    pub fn state(self) -> &'static str {
+        match self {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+        }
+    }
+}
+
+/// Why a hold cannot take an operator's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionRefused {
+    /// Not pending: carries the current state.
+    NotDecidable(&'static str),
+    /// Pending, but reserved for the subject's own decision.
+    SubjectOnly,
+}
+
+impl ApprovalData {
+    /// §15 precedence: consumed > rejected > expired > approved > pending.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.consumed_at.is_some() {
+            "consumed"
+        } else if self.rejected_at.is_some() {
+            "rejected"
+        } else if self.expires_at <= now {
+            "expired"
+        } else if self.satisfied_at.is_some() {
+            "approved"
+        } else {
+            "pending"
+        }
+    }
+
+    /// The hold after an operator decision (a single guarded update: pending, unexpired,
+    /// class `operator` or `any`).
+    pub fn decided(
+        &self,
+        decision: Decision,
+        approver: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ApprovalData, DecisionRefused> {
+        let state = self.state(now);
+        if state != "pending" {
+            return Err(DecisionRefused::NotDecidable(state));
+        }
+        if self.approver_class == "subject" {
+            return Err(DecisionRefused::SubjectOnly);
+        }
+        let mut next = self.clone();
+        match decision {
+            Decision::Approve => next.satisfied_at = Some(now),
+            Decision::Reject => next.rejected_at = Some(now),
+        }
+        next.approver_subject_id = Some(approver.to_owned());
+        next.decision_reason = reason.map(str::to_owned);
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn hold(class: &str, now: DateTime<Utc>) -> ApprovalData {
+        ApprovalData {
+            session_id: "ar".into(),
+            principal_id: "p".into(),
+            application_id: None,
+            approval_type: "human_approval".into(),
+            tier: "t1".into(),
+            approver_class: class.into(),
+            privacy_mode: "standard".into(),
+            subject_anchor: None,
+            binding: "ab".into(),
+            metadata_json: Value::Null,
+            decision_reason: None,
+            expires_at: now + Duration::minutes(5),
+            satisfied_at: None,
+            rejected_at: None,
+            consumed_at: None,
+            approver_subject_id: None,
+            principal_federated: false,
+            agent_labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn state_precedence() {
+        let now = Utc::now();
+        let mut h = hold("operator", now);
+        assert_eq!(h.state(now), "pending");
+        h.satisfied_at = Some(now);
+        assert_eq!(h.state(now), "approved");
+        assert_eq!(h.state(now + Duration::minutes(6)), "expired");
+        h.rejected_at = Some(now);
+        assert_eq!(h.state(now + Duration::minutes(6)), "rejected");
+        h.consumed_at = Some(now);
+        assert_eq!(h.state(now), "consumed");
+    }
+
+    #[test]
+    fn only_pending_operator_holds_take_a_decision() {
+        let now = Utc::now();
+        let h = hold("any", now);
+        let approved = h
+            .decided(Decision::Approve, "admin:t", Some("ok"), now)
+            .unwrap();
+        assert_eq!(approved.state(now), "approved");
+        assert_eq!(approved.approver_subject_id.as_deref(), Some("admin:t"));
+        assert_eq!(
+            approved.decided(Decision::Reject, "admin:t", None, now),
+            Err(DecisionRefused::NotDecidable("approved"))
+        );
+        assert_eq!(
+            hold("subject", now).decided(Decision::Approve, "admin:t", None, now),
+            Err(DecisionRefused::SubjectOnly)
+        );
+        let later = now + Duration::minutes(10);
+        assert_eq!(
+            hold("subject", now).decided(Decision::Reject, "admin:t", None, later),
+            Err(DecisionRefused::NotDecidable("expired"))
+        );
+    }
+
+    #[test]
+    fn records_revoke_and_expire_once() {
+        let now = Utc::now();
+        let r = AuthorityRecordData {
+            record_type: "user".into(),
+            subject_id: "u".into(),
+            application_id: None,
+            federated_user_issuer: None,
+            parent_id: None,
+            status: "active".into(),
+            expires_at: now + Duration::minutes(1),
+            authenticated_at: now,
+            revoked_at: None,
+            revoked_reason: None,
+            revoked_by_grant: None,
+        };
+        assert!(r.is_active(now));
+        assert_eq!(r.effective_status(now + Duration::minutes(2)), "expired");
+        assert!(r.expired(now).is_none());
+        let x = r.expired(now + Duration::minutes(2)).unwrap();
+        assert_eq!(x.status, "expired");
+        assert!(x.revoked(now, "grant_revoked", None).is_none());
+        let v = r.revoked(now, "grant_revoked", Some("g")).unwrap();
+        assert_eq!(v.revoked_by_grant.as_deref(), Some("g"));
+        assert!(v.revoked(now, "again", None).is_none());
+    }
+}
