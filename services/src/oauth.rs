@@ -29,14 +29,14 @@ pub fn state_digest(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
 }
 
-fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+pub fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     config
         .get(key)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
 }
 
-fn string_map(config: &Map<String, Value>, key: &str) -> Vec<(String, String)> {
+pub fn string_map(config: &Map<String, Value>, key: &str) -> Vec<(String, String)> {
     config
         .get(key)
         .and_then(Value::as_object)
@@ -113,11 +113,13 @@ pub fn endpoint_allowed(config: &Map<String, Value>, endpoint: &str) -> bool {
 
 /// The HTTP client for upstream token and revocation endpoints: HTTPS with the public web
 /// roots plus, when `SERVAL_UPSTREAM_CA_FILE` names a PEM file, that extra root; no
-/// redirects (an endpoint must be the allowlisted one itself); bounded time.
+/// redirects (an endpoint must be the allowlisted one itself); bounded time; private
+/// addresses only for hosts in `CARACAL_PRIVATE_EGRESS_HOSTS` (`crate::egress`).
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let mut b = reqwest::Client::builder()
+            .dns_resolver(crate::egress::resolver())
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
@@ -140,7 +142,7 @@ pub fn client() -> &'static reqwest::Client {
 }
 
 /// Adds the provider's client authentication to a token or revocation request form.
-fn authenticate(
+pub fn authenticate(
     config: &Map<String, Value>,
     secrets: &BTreeMap<String, String>,
     form: &mut Vec<(String, String)>,
@@ -236,6 +238,11 @@ pub async fn exchange_code(
         ("code_verifier".into(), verifier.into()),
     ];
     form.extend(string_map(config, "token_params"));
+    if !crate::egress::literal_allowed(endpoint) {
+        return Err(ExchangeError::Failed(
+            "token endpoint is a private address".into(),
+        ));
+    }
     let req = client()
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json");
@@ -270,6 +277,9 @@ pub async fn revoke(
     };
     if !endpoint_allowed(config, endpoint) {
         return "unsupported";
+    }
+    if !crate::egress::literal_allowed(endpoint) {
+        return "failed";
     }
     // The refresh token is preferred: revoking it ends the whole grant.
     let (token, hint) = match (tokens.get("refresh_token"), tokens.get("access_token")) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::provider::{self, ProviderData};
@@ -22,6 +22,7 @@ use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::ApiError;
+use crate::probes;
 use crate::secrets::{Binding, SecretError};
 use crate::write::Failure;
 use axum::http::Method;
@@ -55,6 +56,21 @@ pub fn router() -> Routes {
                 "404 zone_not_found",
                 "409 reserved_namespace",
                 "409 provider_identifier_conflict",
+                "422 provider_check_failed",
+                "429 provider_test_rate_limited",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/test"),
+            test,
+            "Probe an OAuth provider's token endpoint (ok|auth_failed|unreachable|endpoint_error|config_error)",
+            200,
+            &[
+                "400 provider_check_unsupported",
+                "404 provider_not_found",
+                "429 provider_test_rate_limited",
                 "502 secret_backend_unavailable",
             ],
         )
@@ -252,24 +268,24 @@ async fn create(
     }
     let config = f.object("config_json")?.unwrap_or_default();
     let resolved = provider_config::resolve(&kind, &config).map_err(config_error)?;
-    if f.boolean("check")? == Some(true) {
-        return Err(
-            ApiError::bad_request("provider_check_unsupported").description(
-                if provider_config::is_oauth(&kind) {
-                    "this build does not make outbound connectivity checks"
-                } else {
-                    "connectivity checks exist only for the OAuth kinds"
-                },
-            ),
-        );
+    let check = f.boolean("check")? == Some(true);
+    if check && !provider_config::is_oauth(&kind) {
+        return Err(check_unsupported());
     }
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
+    if check {
+        let result = probe(&app, &ctx.zone, &kind, &resolved.public, &resolved.secrets).await?;
+        if result.status != "ok" {
+            return Err(check_failed(&result));
+        }
+    }
     let id = uuid::Uuid::now_v7().to_string();
     let sealed = seal(&app, &ctx.zone, &id, &resolved.secrets).await?;
     let explicit = identifier.is_some();
     let public_json = Value::Object(resolved.public).to_string();
     let secret_keys: Vec<String> = resolved.secrets.keys().cloned().collect();
-    let unverified = provider_config::is_oauth(&kind).then(chrono::Utc::now);
+    // An OAuth provider created without a passing check is stamped unverified (§7).
+    let unverified = (provider_config::is_oauth(&kind) && !check).then(chrono::Utc::now);
     for _ in 0..8 {
         let ident = match &identifier {
             Some(i) => i.clone(),
@@ -309,6 +325,69 @@ async fn create(
         }
     }
     Err(identifier_conflict())
+}
+
+fn check_unsupported() -> ApiError {
+    ApiError::bad_request("provider_check_unsupported")
+        .description("connectivity checks exist only for the OAuth kinds")
+}
+
+fn check_failed(result: &probes::Check) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "provider_check_failed")
+        .description(result.detail.clone())
+        .with("details", json!({ "check": result.to_json() }))
+}
+
+/// One probe of an OAuth provider, counted against the zone's provider bucket.
+async fn probe(
+    app: &App,
+    zone: &str,
+    kind: &str,
+    public: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<probes::Check, ApiError> {
+    if probes::rate_limited(app, probes::Class::Provider, zone).await {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "provider_test_rate_limited",
+        ));
+    }
+    Ok(probes::provider(kind, public, secrets).await)
+}
+
+/// `POST …/providers/:id/test` [extended]: probes the token endpoint and records the
+/// outcome in `connectivity_failed_at` (set on failure, cleared on success).
+async fn test(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    let id = ids.at(1).to_owned();
+    let current = common::live(&app, &ctx.zone, &id, KIND).await?;
+    let p = common::provider(&current)?.clone();
+    if !provider_config::is_oauth(&p.kind) {
+        return Err(check_unsupported());
+    }
+    let public: Map<String, Value> = serde_json::from_str(&p.config_json).unwrap_or_default();
+    let secrets = unseal(&app, &ctx.zone, &id, &p.sealed_secrets).await?;
+    let result = probe(&app, &ctx.zone, &p.kind, &public, &secrets).await?;
+    let failed = result.status != "ok";
+    if failed != p.connectivity_failed_at.is_some() {
+        let at = result.checked_at;
+        common::commit(&app, &ctx, &id, |state| {
+            let Some(EntityData::Provider(p)) = state.filter(|e| e.is_live()).map(|e| &e.data)
+            else {
+                return Err(common::not_found(KIND));
+            };
+            let mut p = p.clone();
+            p.connectivity_failed_at = failed.then_some(at);
+            Ok(CatalogCommand::Replace {
+                data: EntityData::Provider(p),
+                changed_fields: vec!["connectivity_failed_at".into()],
+                secret_rotated: false,
+            })
+        })
+        .await
+        .map_err(ApiError::from)?;
+    }
+    Ok(Json(result.to_json()).into_response())
 }
 
 async fn patch(

@@ -18,6 +18,7 @@ use super::routes::Routes;
 use crate::app::App;
 use crate::http::body::RawBody;
 use crate::http::ApiError;
+use crate::probes;
 use crate::write::Failure;
 use axum::http::Method;
 
@@ -55,6 +56,20 @@ pub fn router() -> Routes {
                 "404 provider_not_found",
                 "409 reserved_namespace",
                 "409 resource_identifier_conflict",
+                "422 resource_check_failed",
+                "429 resource_test_rate_limited",
+            ],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/test"),
+            test,
+            "Probe a resource's upstream with an invalid mandate (guarded|unverified|unreachable|endpoint_error)",
+            200,
+            &[
+                "400 resource_verification_unsupported",
+                "404 resource_not_found",
+                "429 resource_test_rate_limited",
             ],
         )
         .op(
@@ -197,10 +212,6 @@ fn read_input(f: &Fields) -> Result<Input, ApiError> {
             ));
         }
     }
-    if f.boolean("check")? == Some(true) {
-        return Err(ApiError::bad_request("resource_verification_unsupported")
-            .description("this build does not probe upstreams"));
-    }
     Ok(Input {
         name,
         identifier,
@@ -227,6 +238,38 @@ async fn finish(app: &App, zone: &str, mut r: ResourceData) -> Result<ResourceDa
     Ok(r)
 }
 
+/// The create-time `check` and the test route: only a resource whose provider is
+/// `caracal_mandate` (the upstream verifies mandates itself) with an upstream URL can be
+/// probed; probes share the zone's resource bucket.
+async fn probe(app: &App, zone: &str, r: &ResourceData) -> Result<probes::Check, ApiError> {
+    let unsupported = || {
+        ApiError::bad_request("resource_verification_unsupported").description(
+            "only resources with an upstream_url and a caracal_mandate provider can be probed",
+        )
+    };
+    let (Some(url), Some(pid)) = (&r.upstream_url, &r.credential_provider_id) else {
+        return Err(unsupported());
+    };
+    let provider = common::live(app, zone, pid, CatalogKind::Provider).await?;
+    if common::provider(&provider)?.kind != "caracal_mandate" {
+        return Err(unsupported());
+    }
+    if probes::rate_limited(app, probes::Class::Resource, zone).await {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_test_rate_limited",
+        ));
+    }
+    Ok(probes::resource(url).await)
+}
+
+/// `POST …/resources/:id/test` [extended]: probes the upstream, changes nothing.
+async fn test(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
+    let e = common::live(&app, ids.at(0), ids.at(1), KIND).await?;
+    let r = common::resource(&e)?;
+    Ok(Json(probe(&app, ids.at(0), r).await?.to_json()))
+}
+
 async fn create(
     State(app): State<App>,
     req: Req,
@@ -235,6 +278,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let f = Fields::parse(&req.headers, &raw, INVALID)?;
     let input = read_input(&f)?;
+    let check = f.boolean("check")? == Some(true);
     let actor = req.actor();
     let Some(scopes) = input.scopes.clone() else {
         return Err(ApiError::bad_request(INVALID).description("scopes is required"));
@@ -266,6 +310,16 @@ async fn create(
     .await?;
     if read::count_live(&app.pool, &ctx.zone, KIND).await? >= resource::DEFAULT_MAX_PER_ZONE {
         return Err(ApiError::conflict("resource_quota_exceeded"));
+    }
+    if check {
+        let result = probe(&app, &ctx.zone, &data).await?;
+        if matches!(result.status, "unreachable" | "endpoint_error") {
+            return Err(
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "resource_check_failed")
+                    .description(result.detail.clone())
+                    .with("details", json!({ "check": result.to_json() })),
+            );
+        }
     }
     let id = uuid::Uuid::now_v7().to_string();
     for _ in 0..8 {

@@ -2,6 +2,8 @@
 //! real `serval` binary started on ephemeral ports.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,0 +1,143 @@
+//! Outbound calls to operator-supplied hosts (OAuth token and revocation endpoints,
+//! connectivity probes): private, loopback and link-local addresses are refused unless the
+//! host is listed in `CARACAL_PRIVATE_EGRESS_HOSTS` (operations.md), so a provider or
+//! resource URL cannot be aimed at the deployment's own network.
+//!
+//! The check runs where the address is chosen — in the HTTP client's DNS resolver — so a
+//! name that resolves differently between a check and the connection cannot slip through.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// `CARACAL_PRIVATE_EGRESS_HOSTS`: comma-separated host names or IP literals.
+fn allowed_private_hosts() -> &'static Vec<String> {
+    static HOSTS: OnceLock<Vec<String>> = OnceLock::new();
+    HOSTS.get_or_init(|| {
+        std::env::var("CARACAL_PRIVATE_EGRESS_HOSTS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().trim_matches(['[', ']']).to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect()
+    })
+}
+
+fn private_allowed(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+    allowed_private_hosts().contains(&host)
+}
+
+/// Whether an address is publicly routable (not private, loopback, link-local, shared,
+/// documentation, multicast or unspecified).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to private addresses (not in CARACAL_PRIVATE_EGRESS_HOSTS)")]
+pub struct PrivateEgress(pub String);
+
+/// Resolves with the system resolver and drops non-public addresses of hosts not allowed
+/// to be private.
+pub struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let keep: Vec<SocketAddr> = if private_allowed(&host) {
+                addrs
+            } else {
+                addrs.into_iter().filter(|a| is_public(a.ip())).collect()
+            };
+            if keep.is_empty() {
+                return Err(
+                    Box::new(PrivateEgress(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
+            }
+            Ok(Box::new(keep.into_iter()) as Addrs)
+        })
+    }
+}
+
+pub fn resolver() -> Arc<GuardedResolver> {
+    Arc::new(GuardedResolver)
+}
+
+/// The resolver never sees IP literals: checks a URL's literal host before a request.
+pub fn literal_allowed(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)) || private_allowed(&ip.to_string()),
+        Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)) || private_allowed(&ip.to_string()),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ranges_are_not_public() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn literal_hosts_are_checked() {
+        assert!(!literal_allowed("https://127.0.0.1/token"));
+        assert!(!literal_allowed("https://[::1]/token"));
+        assert!(literal_allowed("https://8.8.8.8/token"));
+        assert!(literal_allowed("https://idp.example/token"));
+    }
+}
