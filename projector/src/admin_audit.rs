@@ -141,6 +141,10 @@ pub async fn chain<'e>(
 }
 
 impl Projection for AdminAuditProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::AdminAudit(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::ADMIN_AUDIT
     }

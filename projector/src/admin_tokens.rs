@@ -142,6 +142,10 @@ async fn store(tx: &mut PgConnection, t: &AdminToken) -> Result<(), sqlx::Error>
 }
 
 impl Projection for AdminTokensProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::AdminToken(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::ADMIN_TOKENS
     }

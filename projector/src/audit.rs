@@ -168,6 +168,10 @@ pub async fn load<'e>(
 }
 
 impl Projection for AuditProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::Audit(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::AUDIT
     }

@@ -28,9 +28,9 @@ pub fn is_approval_decision(u: &Updated) -> bool {
 
 pub const TABLES: [&str; 1] = ["catalog_objects"];
 
-fn decode(doc: Value) -> Result<Entity, sqlx::Error> {
-    serde_json::from_value(doc).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
+// Rows are read as `Json<Entity>`: the document is parsed straight into the entity, with
+// no intermediate `serde_json::Value` (a list page parses each row once, not twice).
+type Doc = sqlx::types::Json<Entity>;
 
 fn encode(e: &Entity) -> Result<Value, sqlx::Error> {
     serde_json::to_value(e).map_err(|e| sqlx::Error::Encode(Box::new(e)))
@@ -42,13 +42,13 @@ pub async fn load<'e>(
     zone_id: &str,
     id: &str,
 ) -> Result<Option<Entity>, sqlx::Error> {
-    let doc: Option<Value> =
+    let doc: Option<Doc> =
         sqlx::query_scalar("SELECT doc FROM catalog_objects WHERE id = $1 AND zone_id = $2")
             .bind(id)
             .bind(zone_id)
             .fetch_optional(db)
             .await?;
-    doc.map(decode).transpose()
+    Ok(doc.map(|d| d.0))
 }
 
 /// Objects by id (any zone), for joining names into list rows.
@@ -56,13 +56,11 @@ pub async fn load_many<'e>(
     db: impl PgExecutor<'e>,
     ids: &[String],
 ) -> Result<HashMap<String, Entity>, sqlx::Error> {
-    let docs: Vec<Value> = sqlx::query_scalar("SELECT doc FROM catalog_objects WHERE id = ANY($1)")
+    let docs: Vec<Doc> = sqlx::query_scalar("SELECT doc FROM catalog_objects WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(db)
         .await?;
-    docs.into_iter()
-        .map(|d| decode(d).map(|e| (e.id.clone(), e)))
-        .collect()
+    Ok(docs.into_iter().map(|d| (d.0.id.clone(), d.0)).collect())
 }
 
 /// A list filter on the object's data (`doc.data.<kind>.<field>`).
@@ -169,7 +167,7 @@ pub async fn list<'e>(
     }
     let rows = q.fetch_all(db).await?;
     rows.into_iter()
-        .map(|r| decode(r.try_get::<Value, _>("doc")?))
+        .map(|r| r.try_get::<Doc, _>("doc").map(|d| d.0))
         .collect()
 }
 
@@ -206,10 +204,10 @@ pub async fn count_live<'e>(
 
 /// Every object, ordered by id (rebuild comparisons, restore).
 pub async fn all<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Entity>, sqlx::Error> {
-    let docs: Vec<Value> = sqlx::query_scalar("SELECT doc FROM catalog_objects ORDER BY id")
+    let docs: Vec<Doc> = sqlx::query_scalar("SELECT doc FROM catalog_objects ORDER BY id")
         .fetch_all(db)
         .await?;
-    docs.into_iter().map(decode).collect()
+    Ok(docs.into_iter().map(|d| d.0).collect())
 }
 
 async fn store_many(tx: &mut PgConnection, rows: &[&Entity]) -> Result<(), sqlx::Error> {
@@ -240,6 +238,10 @@ async fn store_many(tx: &mut PgConnection, rows: &[&Entity]) -> Result<(), sqlx:
 }
 
 impl Projection for CatalogProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::Catalog(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::CATALOG
     }

@@ -687,6 +687,10 @@ async fn apply_set(
 }
 
 impl Projection for PoliciesProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::Policy(_) | Event::PolicySet(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::POLICIES
     }

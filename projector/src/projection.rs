@@ -17,6 +17,12 @@ pub trait Projection: Send + Sync + 'static {
     /// Unique name; keys the checkpoint rows.
     fn name(&self) -> &'static str;
 
+    /// Whether this projection does anything with an event. A batch it wants nothing of
+    /// costs no transaction: the runner only moves its position (`Runner::apply`).
+    fn wants(&self, _event: &Applied) -> bool {
+        true
+    }
+
     /// Applies a batch inside the runner's transaction. Must not commit.
     fn apply_batch(
         &self,

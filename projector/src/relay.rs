@@ -257,6 +257,10 @@ pub fn with_outbox_id(msg: &TopicMessage, outbox_id: String) -> Vec<(String, Opt
 }
 
 impl Projection for RelayProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        !topic_messages(a, self.audit_key.as_deref()).is_empty()
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::RELAY
     }

@@ -24,6 +24,11 @@ use crate::visibility::{Visibility, NOTIFY_CHANNEL};
 
 /// Entries read per batch (one XREAD, one transaction).
 pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// Postgres session options for every pool that runs projections: a projection commit
+/// does not wait for the WAL flush (see `Runner::apply`). Services only read Postgres, so
+/// their shared pool is unaffected.
+pub const PG_SESSION_OPTIONS: [(&str, &str); 1] = [("synchronous_commit", "off")];
+
 /// How long one XREAD blocks waiting for new entries.
 pub const DEFAULT_BLOCK_MS: usize = 1_000;
 /// How often streams outside the blocking read (zones with empty logs) are checked.
@@ -95,6 +100,58 @@ pub struct Runner<P: Projection> {
     cfg: Arc<ProjectorConfig>,
     visibility: Arc<Visibility>,
     applied_here: u64,
+    /// Streams whose position moved past entries this projection wants nothing of without
+    /// a transaction: stream → (position stored in Postgres, entries passed since).
+    unflushed: BTreeMap<String, (EntryId, u64)>,
+    /// When the oldest unflushed move happened.
+    unflushed_since: Option<std::time::Instant>,
+}
+
+/// How long a position moved over unwanted entries may stay out of Postgres.
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Moves checkpoints `(stream, from, to, entries)`, each guarded on `from`: two runners of
+/// one projection (or a rebuild swap) can never both apply the same entries. Each move
+/// notifies waiters in other processes.
+async fn write_checkpoints(
+    tx: &mut PgConnection,
+    name: &str,
+    moves: &[(String, EntryId, EntryId, u64)],
+) -> Result<(), RunnerError> {
+    for (stream, from, last, count) in moves {
+        // One round trip: the guarded move, and its notification only if it moved.
+        let moved = sqlx::query(
+            "WITH moved AS (
+               INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
+               VALUES ($1, $2, $3, $4, $5, now())
+               ON CONFLICT (projection, stream) DO UPDATE
+               SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
+                   events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+                   updated_at = now()
+               WHERE projection_checkpoints.last_ms = $6 AND projection_checkpoints.last_seq = $7
+               RETURNING 1)
+             SELECT pg_notify($8, $9) FROM moved",
+        )
+        .bind(name)
+        .bind(stream)
+        .bind(last.ms as i64)
+        .bind(last.seq as i64)
+        .bind(*count as i64)
+        .bind(from.ms as i64)
+        .bind(from.seq as i64)
+        .bind(NOTIFY_CHANNEL)
+        .bind(format!("{name} {stream} {last}"))
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_none();
+        if moved {
+            return Err(RunnerError::CheckpointMoved {
+                projection: name.to_owned(),
+                stream: stream.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 pub async fn load_checkpoint(
@@ -144,6 +201,8 @@ impl<P: Projection> Runner<P> {
             cfg,
             visibility,
             applied_here: 0,
+            unflushed: BTreeMap::new(),
+            unflushed_since: None,
         }
     }
 
@@ -294,16 +353,33 @@ impl<P: Projection> Runner<P> {
                 }
             }
             if reply.is_empty() {
+                // Idle: store the positions moved without a transaction.
+                match self.flush(&positions).await {
+                    Ok(()) => {}
+                    Err(RunnerError::CheckpointMoved { .. }) => {
+                        self.forget_unflushed();
+                        positions = self.positions().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
                 if stop_when_idle {
                     return Ok(total);
                 }
                 continue;
             }
+            let t_read = std::time::Instant::now();
             let checked = self.check_redis(reply);
-            match self.apply(&mut positions, checked).await {
+            let applied = self.apply(&mut positions, checked).await;
+            tracing::debug!(
+                projection = self.name(),
+                elapsed_us = t_read.elapsed().as_micros() as u64,
+                "batch applied"
+            );
+            match applied {
                 Ok(n) => total += n,
                 Err(RunnerError::CheckpointMoved { stream, .. }) => {
                     tracing::info!(projection = self.name(), %stream, "checkpoint moved elsewhere; reloading");
+                    self.forget_unflushed();
                     positions = self.positions().await?;
                 }
                 Err(e) => return Err(e),
@@ -404,12 +480,14 @@ impl<P: Projection> Runner<P> {
                 {
                     Ok(n) => total += n,
                     Err(RunnerError::CheckpointMoved { .. }) => {
+                        self.forget_unflushed();
                         positions = self.positions().await?
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
+        self.flush(&positions).await?;
         Ok(total)
     }
 
@@ -464,13 +542,35 @@ impl<P: Projection> Runner<P> {
             advanced.push((key, last, count));
         }
 
-        let mut tx = self.pool.begin().await?;
         // The log, not Postgres, is the source of truth: if Postgres loses the last few
         // commits in a crash it loses rows and checkpoint together, and the runner re-applies
-        // those entries. So a projection commit need not wait for the WAL flush.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // those entries. So a projection commit need not wait for the WAL flush: the pools
+        // that run projections connect with `synchronous_commit=off` (`PG_SESSION_OPTIONS`).
+        // Nothing here for this projection: move the position without a transaction. The
+        // read model is as current as if the batch had been applied, so waiters may pass;
+        // Postgres learns the position with the next transaction or within `FLUSH_AFTER`.
+        if dead.is_empty()
+            && new_streams.is_empty()
+            && !batch.iter().any(|a| self.projection.wants(a))
+        {
+            for (stream, last, count) in advanced {
+                let db = positions.get(&stream).copied().unwrap_or(EntryId::ZERO);
+                self.unflushed.entry(stream.clone()).or_insert((db, 0)).1 += count;
+                self.visibility.advance(name, &stream, last);
+                positions.insert(stream, last);
+            }
+            self.unflushed_since
+                .get_or_insert_with(std::time::Instant::now);
+            if self
+                .unflushed_since
+                .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+            {
+                self.flush(positions).await?;
+            }
+            // Counted as passed, like the events a transaction ignores.
+            return Ok(batch.len() as u64);
+        }
+        let mut tx = self.pool.begin().await?;
         self.projection.apply_batch(&mut tx, &batch).await?;
         self.applied_here += batch.len() as u64;
         if let Some((p, n)) = &self.cfg.crash_after {
@@ -482,42 +582,22 @@ impl<P: Projection> Runner<P> {
         if !dead.is_empty() {
             self.record_dead_letters(&mut tx, &dead).await?;
         }
+        // This batch's streams, and every stream moved without a transaction since.
+        let mut moves: Vec<(String, EntryId, EntryId, u64)> = Vec::new();
         for (stream, last, count) in &advanced {
-            // Guarded on the position this batch started from: two runners of one projection
-            // (or a rebuild swap) can never both apply the same entries.
-            let from = positions.get(stream).copied().unwrap_or(EntryId::ZERO);
-            let moved = sqlx::query(
-                "INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, now())
-                 ON CONFLICT (projection, stream) DO UPDATE
-                 SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
-                     events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-                     updated_at = now()
-                 WHERE projection_checkpoints.last_ms = $6 AND projection_checkpoints.last_seq = $7",
-            )
-            .bind(name)
-            .bind(stream)
-            .bind(last.ms as i64)
-            .bind(last.seq as i64)
-            .bind(*count as i64)
-            .bind(from.ms as i64)
-            .bind(from.seq as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 0;
-            if moved {
-                return Err(RunnerError::CheckpointMoved {
-                    projection: name.to_owned(),
-                    stream: stream.clone(),
-                });
-            }
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(format!("{name} {stream} {last}"))
-                .execute(&mut *tx)
-                .await?;
+            let (from, extra) = match self.unflushed.get(stream) {
+                Some((db, n)) => (*db, *n),
+                None => (positions.get(stream).copied().unwrap_or(EntryId::ZERO), 0),
+            };
+            moves.push((stream.clone(), from, *last, count + extra));
         }
+        for (stream, (db, n)) in &self.unflushed {
+            if !advanced.iter().any(|(s, _, _)| s == stream) {
+                let at = positions.get(stream).copied().unwrap_or(*db);
+                moves.push((stream.clone(), *db, at, *n));
+            }
+        }
+        write_checkpoints(&mut tx, name, &moves).await?;
         for stream in &new_streams {
             sqlx::query(
                 "INSERT INTO projection_checkpoints (projection, stream) VALUES ($1, $2)
@@ -529,6 +609,8 @@ impl<P: Projection> Runner<P> {
             .await?;
         }
         tx.commit().await?;
+        self.unflushed.clear();
+        self.unflushed_since = None;
 
         for stream in new_streams {
             positions.entry(stream).or_insert(EntryId::ZERO);
@@ -552,6 +634,32 @@ impl<P: Projection> Runner<P> {
                 .inc();
         }
         Ok(batch.len() as u64)
+    }
+
+    fn forget_unflushed(&mut self) {
+        self.unflushed.clear();
+        self.unflushed_since = None;
+    }
+
+    /// Stores the positions moved without a transaction.
+    async fn flush(&mut self, positions: &BTreeMap<String, EntryId>) -> Result<(), RunnerError> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let moves: Vec<(String, EntryId, EntryId, u64)> = self
+            .unflushed
+            .iter()
+            .map(|(stream, (db, n))| {
+                let at = positions.get(stream).copied().unwrap_or(*db);
+                (stream.clone(), *db, at, *n)
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        write_checkpoints(&mut tx, self.name(), &moves).await?;
+        tx.commit().await?;
+        self.unflushed.clear();
+        self.unflushed_since = None;
+        Ok(())
     }
 
     async fn record_dead_letters(

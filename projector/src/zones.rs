@@ -157,6 +157,10 @@ async fn store_many(tx: &mut PgConnection, zones: &[&Zone]) -> Result<(), sqlx::
 }
 
 impl Projection for ZonesProjection {
+    fn wants(&self, a: &Applied) -> bool {
+        matches!(a.event, Event::Zone(_))
+    }
+
     fn name(&self) -> &'static str {
         serval_schema::projections::ZONES
     }

@@ -111,6 +111,7 @@ impl Context {
             tracing::log::LevelFilter::Debug,
             std::time::Duration::from_secs(1),
         );
+        opts = opts.options(serval_projector::runner::PG_SESSION_OPTIONS);
         if let Some(s) = schema {
             opts = opts.options([("search_path", s)]);
         }

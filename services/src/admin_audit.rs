@@ -292,9 +292,7 @@ async fn append(app: &App, mut record: AdminAuditRecord, hint: bool) -> Result<(
     .with_request_id(&rid);
     app.store.append(&req).await.map_err(|e| e.to_string())?;
     if hint {
-        if let Err(e) = app.store.hint_activity(&stream).await {
-            tracing::debug!(error = %e, "activity hint not published");
-        }
+        crate::write::hint_new_stream(app, &stream).await;
     }
     Ok(())
 }

@@ -110,7 +110,9 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
 pub async fn connect_pg(cfg: &Config) -> anyhow::Result<PgPool> {
     ensure_database(&cfg.database_url).await?;
     let opts: PgConnectOptions = cfg.database_url.parse()?;
-    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    let opts = opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options(serval_projector::runner::PG_SESSION_OPTIONS);
     let pool = PgPoolOptions::new()
         .max_connections(cfg.db_pool_max)
         .acquire_timeout(Duration::from_secs(5))

@@ -119,6 +119,35 @@ pub fn idempotency(
     }))
 }
 
+fn hinted() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static HINTED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    HINTED.get_or_init(Default::default)
+}
+
+/// Publishes the activity hint of a zone stream that may just have got its first entry,
+/// once per stream and process.
+pub async fn hint_new_stream(app: &App, stream: &LogStream) {
+    if !matches!(stream, LogStream::Zone(_)) {
+        return;
+    }
+    let key = app.store.keys().log(stream);
+    let first = hinted()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone());
+    if !first {
+        return;
+    }
+    if let Err(e) = app.store.hint_activity(stream).await {
+        tracing::debug!(error = %e, "activity hint not published");
+        hinted()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+}
+
 async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
     let key = app.store.keys().log(stream);
     app.visibility
@@ -171,10 +200,11 @@ where
                 let last = entry_ids.last().copied().unwrap_or_default();
                 // A new aggregate may be the first entry of its zone's stream: tell the
                 // projectors, so they need not wait for their sweep to find the stream.
-                if req.expected_version == 0 && matches!(stream, LogStream::Zone(_)) {
-                    if let Err(e) = app.store.hint_activity(&stream).await {
-                        tracing::debug!(error = %e, "activity hint not published");
-                    }
+                // Once per stream and process: a runner keeps a stream it has seen with
+                // entries in its blocking read, and a runner started later finds it by its
+                // sweep — so repeating the hint would only cost an fsync per create.
+                if req.expected_version == 0 {
+                    hint_new_stream(app, &stream).await;
                 }
                 let t1 = std::time::Instant::now();
                 let visible = wait_visible(app, projection, &stream, last).await;

@@ -165,3 +165,60 @@ fn serval_migrate_applies_the_schema() {
     });
     assert!(n >= 1);
 }
+
+/// A projection that wants nothing of a zone's events moves past them without a
+/// transaction; its stored checkpoint still reaches the log head once the writes stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn projections_store_positions_they_passed_without_applying() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "passed"})).await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        let (s, _) = admin
+            .post(
+                &format!("/v1/zones/{z}/applications"),
+                json!({"name": format!("app {i}"), "registration_method": "managed"}),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    let stream = server
+        .key_space()
+        .log(&serval_streams::LogStream::Zone(z.clone()));
+    let client = redis::Client::open(server.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let head: Vec<(String, std::collections::HashMap<String, redis::Value>)> =
+        redis::cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    let head = head[0].0.clone();
+    let pool = common::pool(&server.db_url).await;
+    // `zones` and `policies` want none of these events; `catalog` wants them all.
+    for projection in ["zones", "policies", "catalog"] {
+        common::eventually(10, || {
+            let (pool, stream, head) = (pool.clone(), stream.clone(), head.clone());
+            async move {
+                let at: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT last_ms, last_seq FROM projection_checkpoints
+                      WHERE projection = $1 AND stream = $2",
+                )
+                .bind(projection)
+                .bind(&stream)
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten();
+                at.filter(|(ms, seq)| format!("{ms}-{seq}") == head)
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+}
