@@ -6,6 +6,8 @@
 //! path. Exception: `429 rate_limited` answers are not recorded — the budgets exist to
 //! protect capacity, and a flood of rejected requests must not grow the (never trimmed) log.
 
+use std::sync::{Arc, Mutex};
+
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -103,6 +105,156 @@ fn change_kind(method: &Method, path: &str, created: bool) -> &'static str {
     }
 }
 
+/// What the record of a request is built from besides its outcome.
+struct RequestFacts {
+    method: Method,
+    path: String,
+    rid: String,
+    headers: axum::http::HeaderMap,
+    body_json: Option<Value>,
+}
+
+/// The §14.2 record of a request that ended with `status`; `created_id` is the id a `201`
+/// create answered with.
+fn build_record(
+    facts: &RequestFacts,
+    status: StatusCode,
+    principal: Option<&Principal>,
+    created_id: Option<String>,
+) -> AdminAuditRecord {
+    let RequestFacts {
+        method,
+        path,
+        rid,
+        headers,
+        body_json,
+    } = facts;
+    let success = status.is_success() || status.is_redirection();
+    let (entity, ends_in_collection) = entity_of(path);
+    let created = status == StatusCode::CREATED && ends_in_collection;
+    let created_id = if created { created_id } else { None };
+    let zone = match zone_of_path(path) {
+        Some(z) => Some(z.to_owned()),
+        None if path == "/v1/zones" && created => created_id.clone(),
+        None => None,
+    };
+    let mut payload = Map::new();
+    payload.insert(
+        "rls_mode".into(),
+        json!(if zone.is_some() {
+            "zone_scoped"
+        } else {
+            "control_plane_wildcard"
+        }),
+    );
+    payload.insert("rls_zone_guc".into(), json!(zone.as_deref().unwrap_or("*")));
+    if success {
+        let kind = change_kind(method, path, created);
+        payload.insert("change_kind".into(), json!(kind));
+        let (fields, rotated) = body_json
+            .as_ref()
+            .map(admin_audit::changed_fields)
+            .unwrap_or_default();
+        if !fields.is_empty() {
+            payload.insert("changed_fields".into(), json!(fields));
+        }
+        if rotated || kind == "secret_rotation" {
+            payload.insert("secret_rotated".into(), json!(true));
+        }
+    }
+    let (entity_type, entity_id) = match entity {
+        Some((t, id)) => (Some(t), id.or(created_id)),
+        None => (None, None),
+    };
+    AdminAuditRecord {
+        request_id: rid.clone(),
+        actor_id: principal.map(|p| p.actor(headers).id),
+        actor_name: principal.map(|p| p.token.name.clone()),
+        actor_scope: principal.map(|p| {
+            match p.token.scope {
+                TokenScope::Global => "global",
+                TokenScope::Zone => "zone",
+            }
+            .to_owned()
+        }),
+        action: format!("{method} {path}"),
+        method: method.as_str().to_owned(),
+        path: path.clone(),
+        zone_id: zone,
+        entity_type,
+        entity_id,
+        status_code: status.as_u16(),
+        payload_json: Value::Object(payload).to_string(),
+    }
+}
+
+tokio::task_local! {
+    static EARLY: Arc<EarlyAudit>;
+}
+
+/// The record of a write, appended as soon as the write itself is in the log — with the
+/// route's documented success status — so its fsync overlaps the wait for the read model
+/// instead of following it. The layer compares it with the record the actual answer calls
+/// for and releases the answer only once it is durable; if they differ (the handler failed
+/// after its write), the actual record is appended as well.
+struct EarlyAudit {
+    facts: RequestFacts,
+    expected: StatusCode,
+    state: Mutex<EarlyState>,
+}
+
+#[derive(Default)]
+struct EarlyState {
+    principal: Option<Principal>,
+    fired: Option<(
+        AdminAuditRecord,
+        tokio::task::JoinHandle<Result<(), String>>,
+    )>,
+}
+
+impl EarlyAudit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EarlyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Called by the authentication layer: who the request's record names.
+pub fn note_principal(p: &Principal) {
+    let _ = EARLY.try_with(|h| h.lock().principal = Some(p.clone()));
+}
+
+/// Called by the write path when a request's first write is in the log.
+pub fn note_written(app: &App, aggregate_id: &str) {
+    let Ok(hook) = EARLY.try_with(Arc::clone) else {
+        return;
+    };
+    let mut st = hook.lock();
+    if st.fired.is_some() {
+        return;
+    }
+    let Some(principal) = st.principal.clone() else {
+        return;
+    };
+    let record = build_record(
+        &hook.facts,
+        hook.expected,
+        Some(&principal),
+        Some(aggregate_id.to_owned()),
+    );
+    let created = hook.expected == StatusCode::CREATED;
+    // The write passed its zone check (or created the zone), so the record belongs on the
+    // zone's chain even before the zones read model shows a new zone.
+    if let Some(zone) = &record.zone_id {
+        known_zones()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(zone.clone());
+    }
+    let (app, early) = (app.clone(), record.clone());
+    let handle = tokio::spawn(async move { append(&app, early, created).await });
+    st.fired = Some((record, handle));
+}
+
 pub async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -127,8 +279,37 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     } else {
         (req, None)
     };
+    let facts = RequestFacts {
+        method,
+        path,
+        rid,
+        headers,
+        body_json,
+    };
+    let expected = if mutation {
+        crate::api::routes::documented_ok(&facts.method, &facts.path)
+            .and_then(|s| StatusCode::from_u16(s).ok())
+    } else {
+        None
+    };
     let t_handler = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let (resp, facts, fired) = match expected {
+        Some(expected) => {
+            let hook = Arc::new(EarlyAudit {
+                facts,
+                expected,
+                state: Mutex::new(EarlyState::default()),
+            });
+            let resp = EARLY.scope(hook.clone(), next.run(req)).await;
+            let Ok(hook) = Arc::try_unwrap(hook) else {
+                tracing::error!("admin audit hook still shared after the handler");
+                return ApiError::internal("admin audit hook still shared").into_response();
+            };
+            let st = hook.state.into_inner().unwrap_or_else(|p| p.into_inner());
+            (resp, hook.facts, st.fired)
+        }
+        None => (next.run(req).await, facts, None),
+    };
     tracing::debug!(
         elapsed_us = t_handler.elapsed().as_micros() as u64,
         "handler"
@@ -139,10 +320,9 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         return resp;
     }
     let principal = resp.extensions().get::<Principal>().cloned();
-    let (entity, ends_in_collection) = entity_of(&path);
-    let created = status == StatusCode::CREATED && ends_in_collection;
+    let (_, ends_in_collection) = entity_of(&facts.path);
     // A create's id is in its response body.
-    let (resp, created_id) = if created {
+    let (resp, created_id) = if status == StatusCode::CREATED && ends_in_collection {
         let (parts, body) = resp.into_parts();
         let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
         let id = serde_json::from_slice::<Value>(&bytes)
@@ -152,59 +332,24 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     } else {
         (resp, None)
     };
-    let zone = match zone_of_path(&path) {
-        Some(z) => Some(z.to_owned()),
-        None if path == "/v1/zones" && created => created_id.clone(),
-        None => None,
-    };
-    let mut payload = Map::new();
-    payload.insert(
-        "rls_mode".into(),
-        json!(if zone.is_some() {
-            "zone_scoped"
-        } else {
-            "control_plane_wildcard"
-        }),
-    );
-    payload.insert("rls_zone_guc".into(), json!(zone.as_deref().unwrap_or("*")));
-    if success {
-        let kind = change_kind(&method, &path, created);
-        payload.insert("change_kind".into(), json!(kind));
-        let (fields, rotated) = body_json
-            .as_ref()
-            .map(admin_audit::changed_fields)
-            .unwrap_or_default();
-        if !fields.is_empty() {
-            payload.insert("changed_fields".into(), json!(fields));
-        }
-        if rotated || kind == "secret_rotation" {
-            payload.insert("secret_rotated".into(), json!(true));
+    let created = created_id.is_some();
+    let record = build_record(&facts, status, principal.as_ref(), created_id);
+    if let Some((early, handle)) = fired {
+        let t0 = std::time::Instant::now();
+        let appended = handle.await.map_err(|e| e.to_string()).and_then(|r| r);
+        tracing::debug!(
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "admin audit awaited"
+        );
+        match appended {
+            Ok(()) if early == record => return resp,
+            Ok(()) => tracing::warn!(
+                request_id = %facts.rid,
+                "the answer differs from the write's early audit record; recording it too"
+            ),
+            Err(e) => tracing::warn!(error = %e, "early admin audit record not appended; retrying"),
         }
     }
-    let (entity_type, entity_id) = match entity {
-        Some((t, id)) => (Some(t), id.or(created_id)),
-        None => (None, None),
-    };
-    let record = AdminAuditRecord {
-        request_id: rid,
-        actor_id: principal.as_ref().map(|p| p.actor(&headers).id),
-        actor_name: principal.as_ref().map(|p| p.token.name.clone()),
-        actor_scope: principal.as_ref().map(|p| {
-            match p.token.scope {
-                TokenScope::Global => "global",
-                TokenScope::Zone => "zone",
-            }
-            .to_owned()
-        }),
-        action: format!("{method} {path}"),
-        method: method.as_str().to_owned(),
-        path,
-        zone_id: zone,
-        entity_type,
-        entity_id,
-        status_code: status.as_u16(),
-        payload_json: Value::Object(payload).to_string(),
-    };
     if success {
         let t0 = std::time::Instant::now();
         let appended = append(&app, record, created).await;
@@ -230,7 +375,6 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         resp
     }
 }
-
 /// Zones known to exist. A zone row is never deleted (archiving keeps it), so a positive
 /// answer never goes stale; ids are UUIDv7, so one set serves every deployment in the
 /// process. Saves a read-model query on every audited write.

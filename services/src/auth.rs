@@ -215,6 +215,7 @@ pub async fn require_admin(State(app): State<App>, mut req: Request, next: Next)
         return rate_limited();
     }
     req.extensions_mut().insert(principal.clone());
+    crate::admin_audit::note_principal(&principal);
     let mut resp = next.run(req).await;
     // The admin audit (an outer layer) attributes the request to this principal.
     resp.extensions_mut().insert(principal);

@@ -206,6 +206,8 @@ where
                 if req.expected_version == 0 {
                     hint_new_stream(app, &stream).await;
                 }
+                // The request's admin-audit record goes to the log while we wait below.
+                crate::admin_audit::note_written(app, &req.aggregate_id);
                 let t1 = std::time::Instant::now();
                 let visible = wait_visible(app, projection, &stream, last).await;
                 tracing::debug!(

@@ -45,6 +45,7 @@ pub fn router(app: App) -> Router<App> {
     let (admin, mut ops) = admin.into_parts();
     let (open, open_ops) = connections::callback_router().into_parts();
     ops.extend(open_ops);
+    routes::remember_documented(&ops);
     let doc = routes::openapi(&ops);
     let v1 = admin
         .layer(axum::middleware::from_fn_with_state(

@@ -32,6 +32,42 @@ pub struct Op {
     pub auth: bool,
 }
 
+/// Path templates and documented success statuses of the mutating routes, for the admin
+/// audit's early record (`admin_audit::note_written`). Set once when the router is built.
+static DOCUMENTED: std::sync::OnceLock<Vec<(Method, Vec<String>, u16)>> =
+    std::sync::OnceLock::new();
+
+pub fn remember_documented(ops: &[Op]) {
+    let table = ops
+        .iter()
+        .filter(|o| o.auth && o.method != Method::GET)
+        .map(|o| {
+            let segs = o.path.split('/').map(str::to_owned).collect();
+            (o.method.clone(), segs, o.ok)
+        })
+        .collect();
+    let _ = DOCUMENTED.set(table);
+}
+
+/// The documented success status of the route `method path` reaches; where templates
+/// overlap (`…/counts` and `…/{id}`), the one with more literal segments wins, as in the
+/// router.
+pub fn documented_ok(method: &Method, path: &str) -> Option<u16> {
+    let segs: Vec<&str> = path.split('/').collect();
+    DOCUMENTED
+        .get()?
+        .iter()
+        .filter(|(m, t, _)| {
+            m == method
+                && t.len() == segs.len()
+                && t.iter()
+                    .zip(&segs)
+                    .all(|(t, s)| t.starts_with('{') || t == s)
+        })
+        .max_by_key(|(_, t, _)| t.iter().filter(|s| !s.starts_with('{')).count())
+        .map(|(_, _, ok)| *ok)
+}
+
 /// A router under construction with the documentation of each route it holds.
 pub struct Routes {
     router: Router<App>,
