@@ -268,14 +268,9 @@ async fn create(
         secret_hash: Some(hash),
         sealed_secret: sealed,
     });
-    let w = common::commit(&app, &ctx, &id, |_| {
-        Ok(CatalogCommand::Create {
-            zone_id: ctx.zone.clone(),
-            data: data.clone(),
-        })
-    })
-    .await
-    .map_err(map_failure)?;
+    let w = common::commit_create(&app, &ctx, &id, &data)
+        .await
+        .map_err(map_failure)?;
     let global = req.is_global();
     let render = move |e: &Entity| {
         let mut v = render_with_secret(e, &secret, false);
@@ -519,14 +514,9 @@ async fn register_dcr(
         secret_hash: Some(hash),
         sealed_secret: None,
     });
-    let w = common::commit(&app, &ctx, &id, |_| {
-        Ok(CatalogCommand::Create {
-            zone_id: ctx.zone.clone(),
-            data: data.clone(),
-        })
-    })
-    .await
-    .map_err(map_failure)?;
+    let w = common::commit_create(&app, &ctx, &id, &data)
+        .await
+        .map_err(map_failure)?;
     let render = move |e: &Entity| {
         let mut v = render_with_secret(e, &secret, true);
         if let Value::Object(m) = &mut v {

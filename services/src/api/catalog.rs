@@ -168,13 +168,49 @@ pub async fn commit<F>(app: &App, ctx: &WriteCtx, id: &str, plan: F) -> Result<W
 where
     F: Fn(Option<&Entity>) -> Result<CatalogCommand, ApiError> + Sync,
 {
+    commit_with(app, ctx, id, plan, false).await
+}
+
+/// Creates object `id` (a fresh UUIDv7). The first attempt skips reading the object: the
+/// append is conditional on version 0, so if the id were taken it would conflict, and the
+/// retry reads the real state.
+pub async fn commit_create(
+    app: &App,
+    ctx: &WriteCtx,
+    id: &str,
+    data: &EntityData,
+) -> Result<Written, Failure> {
+    let plan = |_: Option<&Entity>| {
+        Ok(CatalogCommand::Create {
+            zone_id: ctx.zone.clone(),
+            data: data.clone(),
+        })
+    };
+    commit_with(app, ctx, id, plan, true).await
+}
+
+async fn commit_with<F>(
+    app: &App,
+    ctx: &WriteCtx,
+    id: &str,
+    plan: F,
+    assume_new: bool,
+) -> Result<Written, Failure>
+where
+    F: Fn(Option<&Entity>) -> Result<CatalogCommand, ApiError> + Sync,
+{
     let before = std::sync::Mutex::new(None::<Entity>);
+    let first = std::sync::atomic::AtomicBool::new(assume_new);
     let outcome = write::execute(app, CATALOG, ctx.stream(), ctx.idem.clone(), || {
-        let (plan, before) = (&plan, &before);
+        let (plan, before, first) = (&plan, &before, &first);
         async move {
-            let state = read::load(&app.pool, &ctx.zone, id)
-                .await
-                .map_err(ApiError::from)?;
+            let state = if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                None
+            } else {
+                read::load(&app.pool, &ctx.zone, id)
+                    .await
+                    .map_err(ApiError::from)?
+            };
             let command = plan(state.as_ref())?;
             let events =
                 catalog::decide(state.as_ref(), &command, &ctx.stamp).map_err(catalog_error)?;
@@ -218,6 +254,9 @@ where
     Ok(Written { outcome, entity })
 }
 
+/// The object after a write. Appended now: the state the write was decided on folded with
+/// its events — exactly what the read model holds once it has passed them (the append was
+/// conditional on that state's version), without reading it back.
 async fn written(
     app: &App,
     zone: &str,
@@ -225,16 +264,12 @@ async fn written(
     outcome: &Outcome,
     before: Option<Entity>,
 ) -> Result<Option<Entity>, ApiError> {
-    if outcome.visible() {
-        if let Some(e) = read::load(&app.pool, zone, id).await? {
-            return Ok(Some(e));
-        }
-    }
     let Outcome::Applied {
         events, envelopes, ..
     } = outcome
     else {
-        return Ok(None);
+        // A retried request's first answer was not recorded: the read model has it.
+        return Ok(read::load(&app.pool, zone, id).await?);
     };
     Ok(events
         .iter()

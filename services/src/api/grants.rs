@@ -273,14 +273,9 @@ async fn create(
         scopes,
         status: "active".into(),
     });
-    let w = common::commit(&app, &ctx, &id, |_| {
-        Ok(CatalogCommand::Create {
-            zone_id: ctx.zone.clone(),
-            data: data.clone(),
-        })
-    })
-    .await
-    .map_err(ApiError::from)?;
+    let w = common::commit_create(&app, &ctx, &id, &data)
+        .await
+        .map_err(ApiError::from)?;
     common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render_created)).await
 }
 

@@ -307,13 +307,7 @@ async fn create(
             sealed_secrets: sealed.clone(),
             connectivity_failed_at: unverified,
         });
-        let result = common::commit(&app, &ctx, &id, |_| {
-            Ok(CatalogCommand::Create {
-                zone_id: ctx.zone.clone(),
-                data: data.clone(),
-            })
-        })
-        .await;
+        let result = common::commit_create(&app, &ctx, &id, &data).await;
         match result {
             Ok(w) => {
                 return common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render)).await

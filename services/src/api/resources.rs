@@ -337,13 +337,7 @@ async fn create(
         d.name = input.name.clone().unwrap_or_else(|| ident.clone());
         d.identifier = ident;
         let data = EntityData::Resource(d);
-        let result = common::commit(&app, &ctx, &id, |_| {
-            Ok(CatalogCommand::Create {
-                zone_id: ctx.zone.clone(),
-                data: data.clone(),
-            })
-        })
-        .await;
+        let result = common::commit_create(&app, &ctx, &id, &data).await;
         match result {
             Ok(w) => {
                 return common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render)).await
