@@ -410,3 +410,71 @@ pub async fn due_authority_records<'e>(
     .fetch_all(db)
     .await
 }
+
+/// Live DCR applications of a zone (ids, oldest first): what a DCR `revoke_live` shutdown
+/// archives.
+pub async fn live_dcr_application_ids<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'application' AND archived_at IS NULL
+            AND doc #>> '{data,application,registration_method}' = 'dcr'
+            AND (doc #>> '{data,application,expires_at}')::timestamptz > now()
+          ORDER BY created_at, id",
+    )
+    .bind(zone_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The application-type authority records of `applications` and every record descending
+/// from them (by `parent_id`), any status.
+pub async fn application_record_trees<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    applications: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE tree(id) AS (
+           SELECT id FROM catalog_objects
+            WHERE zone_id = $1 AND kind = 'authority_record'
+              AND doc #>> '{data,authority_record,record_type}' = 'application'
+              AND (doc #>> '{data,authority_record,application_id}' = ANY($2)
+                   OR doc #>> '{data,authority_record,subject_id}' = ANY($2))
+           UNION
+           SELECT c.id FROM catalog_objects c JOIN tree t
+               ON c.doc #>> '{data,authority_record,parent_id}' = t.id
+            WHERE c.zone_id = $1 AND c.kind = 'authority_record')
+         SELECT id FROM tree ORDER BY id",
+    )
+    .bind(zone_id)
+    .bind(applications)
+    .fetch_all(db)
+    .await
+}
+
+/// The sessions of `applications` and every session descending from them (by
+/// `parent_session_id`), any status.
+pub async fn application_session_trees<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    applications: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE tree(id) AS (
+           SELECT id FROM catalog_objects
+            WHERE zone_id = $1 AND kind = 'session'
+              AND doc #>> '{data,session,application_id}' = ANY($2)
+           UNION
+           SELECT c.id FROM catalog_objects c JOIN tree t
+               ON c.doc #>> '{data,session,parent_session_id}' = t.id
+            WHERE c.zone_id = $1 AND c.kind = 'session')
+         SELECT id FROM tree ORDER BY id",
+    )
+    .bind(zone_id)
+    .bind(applications)
+    .fetch_all(db)
+    .await
+}

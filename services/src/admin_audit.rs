@@ -375,6 +375,47 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         resp
     }
 }
+/// Appends a named-action record (e.g. `DCR shutdown revoke_live`, §5) for a request that
+/// also gets its ordinary record.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_action(
+    app: &App,
+    principal: &Principal,
+    headers: &axum::http::HeaderMap,
+    rid: &str,
+    zone: &str,
+    path: &str,
+    action: &str,
+    payload: Value,
+) -> Result<(), String> {
+    let (entity, _) = entity_of(path);
+    let (entity_type, entity_id) = match entity {
+        Some((t, id)) => (Some(t), id),
+        None => (None, None),
+    };
+    let record = AdminAuditRecord {
+        request_id: rid.to_owned(),
+        actor_id: Some(principal.actor(headers).id),
+        actor_name: Some(principal.token.name.clone()),
+        actor_scope: Some(
+            match principal.token.scope {
+                TokenScope::Global => "global",
+                TokenScope::Zone => "zone",
+            }
+            .to_owned(),
+        ),
+        action: action.to_owned(),
+        method: "PATCH".to_owned(),
+        path: path.to_owned(),
+        zone_id: Some(zone.to_owned()),
+        entity_type,
+        entity_id,
+        status_code: 200,
+        payload_json: payload.to_string(),
+    };
+    append(app, record, false).await
+}
+
 /// Zones known to exist. A zone row is never deleted (archiving keeps it), so a positive
 /// answer never goes stale; ids are UUIDv7, so one set serves every deployment in the
 /// process. Saves a read-model query on every audited write.

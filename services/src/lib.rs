@@ -18,6 +18,7 @@ pub mod app;
 pub mod audit_ingest;
 pub mod auth;
 pub mod bootstrap;
+pub mod cascade;
 pub mod config;
 pub mod egress;
 pub mod http;

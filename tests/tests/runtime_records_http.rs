@@ -721,3 +721,158 @@ async fn revoking_a_grant_revokes_its_subjects_records_and_the_reaper_expires() 
     .await;
     assert_eq!(stored, "expired");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dcr_revoke_live_cascades_to_records_and_sessions() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin
+        .post(
+            "/v1/zones",
+            json!({"name": "dcr shutdown", "dcr_enabled": true}),
+        )
+        .await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    let (s, dcr) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications/dcr"),
+            json!({"name": "dyn"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{dcr}");
+    let dcr_id = dcr["id"].as_str().unwrap().to_owned();
+    let (_, managed) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "kept", "registration_method": "managed"}),
+        )
+        .await;
+    let managed_id = managed["id"].as_str().unwrap().to_owned();
+    let hour = Utc::now() + chrono::Duration::hours(1);
+    let app_record = |app: &str, parent: Option<&str>, kind: &str| {
+        let mut d = record(kind, app, hour);
+        if let EntityData::AuthorityRecord(r) = &mut d {
+            r.application_id = Some(app.to_owned());
+            r.parent_id = parent.map(str::to_owned);
+        }
+        d
+    };
+    let app_session = |app: &str, parent: Option<&str>, status: &str| {
+        let mut d = session(parent, "task", status, &[]);
+        if let EntityData::Session(s) = &mut d {
+            s.application_id = app.to_owned();
+            s.subject_authority_record_id = Some("ar-dcr".into());
+        }
+        d
+    };
+    let seeds = [
+        ("ar-dcr", app_record(&dcr_id, None, "application")),
+        ("ar-child", app_record("someone", Some("ar-dcr"), "user")),
+        ("ar-kept", app_record(&managed_id, None, "application")),
+        ("s-1", app_session(&dcr_id, None, "active")),
+        ("s-2", app_session(&managed_id, Some("s-1"), "suspended")),
+        ("s-kept", app_session(&managed_id, None, "active")),
+    ];
+    for (id, data) in seeds {
+        produce(&server, &z, id, 0, created(&z, data, "sts"), "sts").await;
+    }
+    eventually(10, || async {
+        let (_, v) = admin.get(&format!("/v1/zones/{z}/sessions")).await;
+        (v["items"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
+    .await;
+
+    let (s, e) = admin
+        .patch(&format!("/v1/zones/{z}"), json!({"dcr_enabled": false}))
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (409, Some("dcr_shutdown_required")),
+        "{e}"
+    );
+    let (s, zone) = admin
+        .patch(
+            &format!("/v1/zones/{z}"),
+            json!({"dcr_enabled": false, "dcr_shutdown": "revoke_live"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{zone}");
+    assert_eq!(zone["dcr_enabled"], false);
+
+    let (s, _) = admin
+        .get(&format!("/v1/zones/{z}/applications/{dcr_id}"))
+        .await;
+    assert_eq!(s, 404, "the DCR application is archived");
+    let (s, _) = admin
+        .get(&format!("/v1/zones/{z}/applications/{managed_id}"))
+        .await;
+    assert_eq!(s, 200);
+    let (_, records) = admin
+        .get(&format!("/v1/zones/{z}/authority-records?status=revoked"))
+        .await;
+    let mut revoked = ids(&records);
+    revoked.sort();
+    assert_eq!(revoked, ["ar-child", "ar-dcr"]);
+    assert!(records["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["revoked_reason"] == "dcr_shutdown"));
+    let (_, sessions) = admin
+        .get(&format!("/v1/zones/{z}/sessions?status=terminated"))
+        .await;
+    let mut terminated = ids(&sessions);
+    terminated.sort();
+    assert_eq!(terminated, ["s-1", "s-2"]);
+    assert_eq!(sessions["items"][0]["termination_reason"], "dcr_shutdown");
+    let (_, live) = admin
+        .get(&format!("/v1/zones/{z}/sessions?status=active"))
+        .await;
+    assert_eq!(ids(&live), ["s-kept"]);
+
+    // The named admin-audit action with its counts.
+    let (_, audit) = admin
+        .get(&format!("/v1/zones/{z}/admin-audit?limit=1000"))
+        .await;
+    let shutdown = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "DCR shutdown revoke_live")
+        .unwrap_or_else(|| panic!("{audit}"))
+        .clone();
+    let p = &shutdown["payload_json"];
+    assert_eq!(p["dcr_registration_disabled"], true, "{shutdown}");
+    assert_eq!(p["dcr_shutdown_mode"], "revoke_live");
+    assert_eq!(p["live_dcr_applications"], 1);
+    assert_eq!(p["revoked_applications"], 1);
+    assert_eq!(p["revoked_authority_records"], 2);
+    assert_eq!(p["terminated_sessions"], 2);
+
+    // Each terminated session is announced on caracal.agents.lifecycle.
+    let topic = format!("{}:caracal.agents.lifecycle", server.prefix);
+    let conn = redis::Client::open(server.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entries = eventually(10, || {
+        let (mut conn, topic) = (conn.clone(), topic.clone());
+        async move {
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(&topic)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (entries.len() == 2).then_some(entries)
+        }
+    })
+    .await;
+    for (_, fields) in entries {
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+        assert_eq!(get("event").as_deref(), Some("terminate"));
+        assert_eq!(get("reason").as_deref(), Some("dcr_shutdown"));
+    }
+}

@@ -98,6 +98,20 @@ pub struct SessionData {
     pub ttl_seconds: Option<u64>,
 }
 
+impl SessionData {
+    /// The session terminated at `at`; `None` unless it is active or suspended.
+    pub fn terminated(&self, at: DateTime<Utc>, reason: &str) -> Option<SessionData> {
+        if self.status != "active" && self.status != "suspended" {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = "terminated".into();
+        next.terminated_at = Some(at);
+        next.termination_reason = Some(reason.to_owned());
+        Some(next)
+    }
+}
+
 pub const SESSION_STATUSES: [&str; 4] = ["active", "suspended", "terminated", "expired"];
 pub const LIFECYCLES: [&str; 2] = ["task", "service"];
 pub const LABEL_MAX_CHARS: usize = 64;

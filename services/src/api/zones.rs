@@ -7,9 +7,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use serval_domain::zone::{
-    self, DcrShutdownMode, Zone, ZoneCommand, ZoneContext, ZoneError, ZonePatch,
+    self, DcrShutdownMode, DcrShutdownOutcome, Zone, ZoneCommand, ZoneContext, ZoneError,
+    ZoneEvent, ZonePatch,
 };
 use serval_domain::{Actor, Event};
+use serval_projector::catalog as read_catalog;
 use serval_projector::zones as read;
 use serval_schema::projections::ZONES;
 use serval_streams::append::Reservation;
@@ -399,11 +401,90 @@ async fn patch(
     match outcome {
         Ok(o) => {
             let before = before.into_inner().unwrap_or_else(|p| p.into_inner());
+            if let Some(mode) = dcr_shutdown_of(&o) {
+                dcr_shutdown(&app, &principal, &headers, &rid, &id, uri.path(), mode).await?;
+            }
             finish(&app, o, before, StatusCode::OK, &idem, true).await
         }
         Err(Failure::Taken { .. }) => Err(slug_conflict()),
         Err(Failure::Api(e)) => Err(e),
     }
+}
+
+/// The DCR shutdown branch a PATCH just took, if any.
+fn dcr_shutdown_of(o: &Outcome) -> Option<DcrShutdownOutcome> {
+    let Outcome::Applied { events, .. } = o else {
+        return None;
+    };
+    events.iter().find_map(|e| match e {
+        Event::Zone(ZoneEvent::Updated(u)) => u.dcr_shutdown,
+        _ => None,
+    })
+}
+
+/// §5 DCR shutdown: `revoke_live` cascades to the live DCR applications, their authority
+/// records and sessions (`crate::cascade`); every mode is recorded in the admin audit as
+/// the named action `DCR shutdown <mode>` with its counts.
+async fn dcr_shutdown(
+    app: &App,
+    principal: &Principal,
+    headers: &HeaderMap,
+    rid: &str,
+    zone: &str,
+    path: &str,
+    mode: DcrShutdownOutcome,
+) -> Result<(), ApiError> {
+    let actor = principal.actor(headers);
+    let ctx = super::catalog::WriteCtx {
+        zone: zone.to_owned(),
+        stamp: serval_domain::catalog::Stamp {
+            by: actor.id.clone(),
+            via_operator: false,
+        },
+        actor,
+        rid: rid.to_owned(),
+        idem: None,
+    };
+    let (name, counts) = match mode {
+        DcrShutdownOutcome::RevokeLive => (
+            "revoke_live",
+            crate::cascade::dcr_revoke_live(app, &ctx).await?,
+        ),
+        DcrShutdownOutcome::KeepLive => {
+            let live = read_catalog::live_dcr_applications(&app.pool, zone).await?;
+            (
+                "keep_live",
+                crate::cascade::ShutdownCounts {
+                    live_dcr_applications: live.max(0) as u64,
+                    ..Default::default()
+                },
+            )
+        }
+        DcrShutdownOutcome::NoLive => ("no_live", Default::default()),
+    };
+    let mut payload = serde_json::to_value(&counts).unwrap_or_default();
+    if let Some(m) = payload.as_object_mut() {
+        m.insert("dcr_registration_disabled".into(), true.into());
+        m.insert("dcr_shutdown_mode".into(), name.into());
+        m.insert("rls_mode".into(), "zone_scoped".into());
+        m.insert("rls_zone_guc".into(), zone.into());
+    }
+    crate::admin_audit::record_action(
+        app,
+        principal,
+        headers,
+        rid,
+        zone,
+        path,
+        &format!("DCR shutdown {name}"),
+        payload,
+    )
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit_unavailable").description(format!(
+            "DCR shutdown applied but its audit record failed: {e}"
+        ))
+    })
 }
 
 async fn archive(
