@@ -22,7 +22,7 @@ pub struct ShutdownCounts {
 }
 
 /// A cascade step's context: never under the triggering request's idempotency key.
-fn step_ctx(ctx: &WriteCtx) -> WriteCtx {
+pub fn step_ctx(ctx: &WriteCtx) -> WriteCtx {
     WriteCtx {
         zone: ctx.zone.clone(),
         actor: ctx.actor.clone(),
@@ -32,8 +32,9 @@ fn step_ctx(ctx: &WriteCtx) -> WriteCtx {
     }
 }
 
-/// Commits `next(state)` for `id`; `Ok(false)` when there is nothing to change.
-async fn step<F>(
+/// Replaces the data of live object `id` with `next(data)`, decided again on every conflict
+/// retry; `Ok(false)` when `next` finds nothing to change (already in its final state).
+pub async fn step<F>(
     app: &App,
     ctx: &WriteCtx,
     id: &str,

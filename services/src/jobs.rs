@@ -75,23 +75,15 @@ pub async fn record_reaper_once(app: &App) -> Result<usize, ApiError> {
                 via_operator: false,
             },
         };
-        let result = common::commit(app, &ctx, &id, |state| {
-            let next = match state.map(|e| &e.data) {
-                Some(EntityData::AuthorityRecord(r)) => r.expired(chrono::Utc::now()),
-                _ => None,
-            };
-            let next = next.ok_or_else(|| ApiError::conflict("not_due"))?;
-            Ok(CatalogCommand::Replace {
-                data: EntityData::AuthorityRecord(next),
-                changed_fields: vec!["status".into()],
-                secret_rotated: false,
-            })
+        let expired = crate::cascade::step(app, &ctx, &id, &["status"], |d| match d {
+            EntityData::AuthorityRecord(r) => r
+                .expired(chrono::Utc::now())
+                .map(EntityData::AuthorityRecord),
+            _ => None,
         })
-        .await;
-        match result {
-            Ok(_) => reaped += 1,
-            Err(crate::write::Failure::Api(e)) if e.code() == Some("not_due") => {}
-            Err(e) => return Err(ApiError::from(e)),
+        .await?;
+        if expired {
+            reaped += 1;
         }
     }
     Ok(reaped)

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::response::Response;
 use serde_json::{json, Value};
 use serval_domain::catalog::runtime::{RECORD_STATUSES, RECORD_TYPES};
-use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
+use serval_domain::catalog::{CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
 
 use super::catalog::{self as common, WriteCtx};
@@ -143,40 +143,21 @@ pub async fn revoke_subject(
     grant_id: Option<&str>,
 ) -> Result<usize, ApiError> {
     let ids = read::active_records_of_subject(&app.pool, &ctx.zone, subject_id).await?;
-    // Each record's write stands alone: never under the triggering request's idempotency key.
-    let cascade = WriteCtx {
-        zone: ctx.zone.clone(),
-        actor: ctx.actor.clone(),
-        rid: ctx.rid.clone(),
-        idem: None,
-        stamp: ctx.stamp.clone(),
-    };
+    let ctx = crate::cascade::step_ctx(ctx);
+    let changed = ["revoked_at", "revoked_reason", "status"];
     let mut revoked = 0;
     for id in ids {
-        let result = common::commit(app, &cascade, &id, |state| {
-            let next = match state.map(|e| &e.data) {
-                Some(EntityData::AuthorityRecord(r)) if r.is_active(chrono::Utc::now()) => {
-                    r.revoked(chrono::Utc::now(), reason, grant_id)
-                }
-                _ => None,
-            };
-            let next = next.ok_or_else(|| ApiError::conflict("not_active"))?;
-            Ok(CatalogCommand::Replace {
-                data: EntityData::AuthorityRecord(next),
-                changed_fields: vec![
-                    "revoked_at".into(),
-                    "revoked_reason".into(),
-                    "status".into(),
-                ],
-                secret_rotated: false,
-            })
+        // Revoked or expired meanwhile: nothing left to do for that one.
+        let now = chrono::Utc::now;
+        if crate::cascade::step(app, &ctx, &id, &changed, |d| match d {
+            EntityData::AuthorityRecord(r) if r.is_active(now()) => r
+                .revoked(now(), reason, grant_id)
+                .map(EntityData::AuthorityRecord),
+            _ => None,
         })
-        .await;
-        match result {
-            Ok(_) => revoked += 1,
-            // Revoked or expired meanwhile: nothing left to do for this one.
-            Err(crate::write::Failure::Api(e)) if e.code() == Some("not_active") => {}
-            Err(e) => return Err(ApiError::from(e)),
+        .await?
+        {
+            revoked += 1;
         }
     }
     Ok(revoked)
