@@ -46,11 +46,13 @@ impl RelayProjection {
     }
 }
 
-/// The `credential_revealed` audit frame of a secret reveal (management-api.md §16): `id`
-/// = the request id, `data` = the audit event as compact JSON, `sig` over `data`.
-fn credential_revealed(
+/// An audit frame for `caracal.audit.events` (§16): `id` = the request id, `data` = the
+/// audit event as compact JSON, `sig` over `data` under `AUDIT_HMAC_KEY`.
+fn audit_frame(
     applied: &Applied,
-    e: &serval_domain::catalog::SecretRevealed,
+    event_type: &str,
+    decision: &str,
+    metadata: serde_json::Value,
     audit_key: Option<&[u8]>,
 ) -> TopicMessage {
     let env = &applied.recorded.envelope;
@@ -58,24 +60,16 @@ fn credential_revealed(
         .request_id
         .clone()
         .unwrap_or_else(|| env.event_id.clone());
-    let id_key = match e.kind {
-        serval_domain::catalog::CatalogKind::Application => "application_id",
-        _ => "object_id",
-    };
     let data = serde_json::json!({
         "id": env.event_id,
         "zone_id": env.zone_id,
-        "event_type": "credential_revealed",
+        "event_type": event_type,
         "request_id": request_id,
-        "decision": "allow",
+        "decision": decision,
         "evaluation_status": "complete",
         "determining_policies_json": [],
         "diagnostics_json": [],
-        "metadata_json": {
-            "credential": e.credential,
-            id_key: env.aggregate_id,
-            "actor": e.by,
-        },
+        "metadata_json": metadata,
         "occurred_at": env.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     })
     .to_string();
@@ -90,6 +84,26 @@ fn credential_revealed(
     }
 }
 
+/// The `credential_revealed` audit frame of a secret reveal (management-api.md §16): `id`
+/// = the request id, `data` = the audit event as compact JSON, `sig` over `data`.
+fn credential_revealed(
+    applied: &Applied,
+    e: &serval_domain::catalog::SecretRevealed,
+    audit_key: Option<&[u8]>,
+) -> TopicMessage {
+    let env = &applied.recorded.envelope;
+    let id_key = match e.kind {
+        serval_domain::catalog::CatalogKind::Application => "application_id",
+        _ => "object_id",
+    };
+    let metadata = serde_json::json!({
+        "credential": e.credential,
+        id_key: env.aggregate_id,
+        "actor": e.by,
+    });
+    audit_frame(applied, "credential_revealed", "allow", metadata, audit_key)
+}
+
 /// The `step_up_decided` audit frame of an operator's approval decision (§16).
 fn step_up_decided(
     applied: &Applied,
@@ -97,10 +111,6 @@ fn step_up_decided(
     audit_key: Option<&[u8]>,
 ) -> TopicMessage {
     let env = &applied.recorded.envelope;
-    let request_id = env
-        .request_id
-        .clone()
-        .unwrap_or_else(|| env.event_id.clone());
     let decision = if hold.rejected_at.is_some() {
         "rejected"
     } else {
@@ -138,28 +148,7 @@ fn step_up_decided(
             }
         }
     }
-    let data = serde_json::json!({
-        "id": env.event_id,
-        "zone_id": env.zone_id,
-        "event_type": "step_up_decided",
-        "request_id": request_id,
-        "decision": decision,
-        "evaluation_status": "complete",
-        "determining_policies_json": [],
-        "diagnostics_json": [],
-        "metadata_json": metadata,
-        "occurred_at": env.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    })
-    .to_string();
-    let sig = audit_key.map(|k| topics::audit_frame_sig(k, &data));
-    TopicMessage {
-        topic: topics::AUDIT_EVENTS,
-        fields: vec![
-            ("id".to_owned(), Some(request_id)),
-            ("data".to_owned(), Some(data)),
-            ("sig".to_owned(), sig),
-        ],
-    }
+    audit_frame(applied, "step_up_decided", decision, metadata, audit_key)
 }
 
 /// `caracal.sessions.revoke` for an authority record the API revoked (§16: grant

@@ -114,6 +114,14 @@ struct RequestFacts {
     body_json: Option<Value>,
 }
 
+fn actor_scope(p: &Principal) -> String {
+    match p.token.scope {
+        TokenScope::Global => "global",
+        TokenScope::Zone => "zone",
+    }
+    .to_owned()
+}
+
 /// The §14.2 record of a request that ended with `status`; `created_id` is the id a `201`
 /// create answered with.
 fn build_record(
@@ -170,13 +178,7 @@ fn build_record(
         request_id: rid.clone(),
         actor_id: principal.map(|p| p.actor(headers).id),
         actor_name: principal.map(|p| p.token.name.clone()),
-        actor_scope: principal.map(|p| {
-            match p.token.scope {
-                TokenScope::Global => "global",
-                TokenScope::Zone => "zone",
-            }
-            .to_owned()
-        }),
+        actor_scope: principal.map(actor_scope),
         action: format!("{method} {path}"),
         method: method.as_str().to_owned(),
         path: path.clone(),
@@ -397,13 +399,7 @@ pub async fn record_action(
         request_id: rid.to_owned(),
         actor_id: Some(principal.actor(headers).id),
         actor_name: Some(principal.token.name.clone()),
-        actor_scope: Some(
-            match principal.token.scope {
-                TokenScope::Global => "global",
-                TokenScope::Zone => "zone",
-            }
-            .to_owned(),
-        ),
+        actor_scope: Some(actor_scope(principal)),
         action: action.to_owned(),
         method: "PATCH".to_owned(),
         path: path.to_owned(),

@@ -117,27 +117,34 @@ pub fn endpoint_allowed(config: &Map<String, Value>, endpoint: &str) -> bool {
 /// addresses only for hosts in `CARACAL_PRIVATE_EGRESS_HOSTS` (`crate::egress`).
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let mut b = reqwest::Client::builder()
-            .dns_resolver(crate::egress::resolver())
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .https_only(true);
-        if let Some(pem) =
-            std::env::var_os("SERVAL_UPSTREAM_CA_FILE").and_then(|p| std::fs::read(p).ok())
-        {
-            match reqwest::Certificate::from_pem(&pem) {
-                Ok(cert) => b = b.add_root_certificate(cert),
-                Err(e) => {
-                    tracing::warn!(error = %e, "SERVAL_UPSTREAM_CA_FILE is not a PEM certificate")
-                }
+    CLIENT.get_or_init(|| build(upstream_builder().https_only(true)))
+}
+
+/// What every client for operator-supplied hosts shares: the private-address rule, no
+/// redirects, bounded time, the public web roots plus `SERVAL_UPSTREAM_CA_FILE`.
+pub fn upstream_builder() -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .dns_resolver(crate::egress::resolver())
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    if let Some(pem) =
+        std::env::var_os("SERVAL_UPSTREAM_CA_FILE").and_then(|p| std::fs::read(p).ok())
+    {
+        match reqwest::Certificate::from_pem(&pem) {
+            Ok(cert) => b = b.add_root_certificate(cert),
+            Err(e) => {
+                tracing::warn!(error = %e, "SERVAL_UPSTREAM_CA_FILE is not a PEM certificate")
             }
         }
-        b.build().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "upstream HTTP client falls back to defaults");
-            reqwest::Client::new()
-        })
+    }
+    b
+}
+
+pub fn build(b: reqwest::ClientBuilder) -> reqwest::Client {
+    b.build().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "upstream HTTP client falls back to defaults");
+        reqwest::Client::new()
     })
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -165,21 +164,7 @@ pub async fn provider(
 /// redirects, bounded time, the same private-address rule.
 fn resource_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let mut b = reqwest::Client::builder()
-            .dns_resolver(crate::egress::resolver())
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10));
-        if let Some(pem) =
-            std::env::var_os("SERVAL_UPSTREAM_CA_FILE").and_then(|p| std::fs::read(p).ok())
-        {
-            if let Ok(cert) = reqwest::Certificate::from_pem(&pem) {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        b.build().unwrap_or_else(|_| reqwest::Client::new())
-    })
+    CLIENT.get_or_init(|| oauth::build(oauth::upstream_builder()))
 }
 
 /// A token shaped like a mandate that no issuer signed.
