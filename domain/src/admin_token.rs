@@ -224,6 +224,7 @@ pub fn evolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::given::{given, AdminTokenAggregate, Given};
 
     fn mint(scope: TokenScope, zone: Option<&str>) -> AdminTokenCommand {
         AdminTokenCommand::Mint {
@@ -236,36 +237,32 @@ mod tests {
         }
     }
 
+    fn none() -> Given<AdminTokenAggregate> {
+        given([])
+    }
+
     #[test]
     fn zone_scope_needs_a_zone_and_global_forbids_one() {
         let a = Actor::system();
-        assert_eq!(
-            decide(None, &mint(TokenScope::Zone, None), &a),
-            Err(AdminTokenError::ZoneIdRequired)
-        );
-        assert_eq!(
-            decide(None, &mint(TokenScope::Global, Some("z")), &a),
-            Err(AdminTokenError::ZoneIdNotAllowedForGlobal)
-        );
-        assert!(decide(None, &mint(TokenScope::Zone, Some("z")), &a).is_ok());
+        none()
+            .when(&mint(TokenScope::Zone, None), &a)
+            .then_error(AdminTokenError::ZoneIdRequired);
+        none()
+            .when(&mint(TokenScope::Global, Some("z")), &a)
+            .then_error(AdminTokenError::ZoneIdNotAllowedForGlobal);
+        assert!(none()
+            .when(&mint(TokenScope::Zone, Some("z")), &a)
+            .result()
+            .is_ok());
     }
 
     #[test]
     fn revoking_twice_is_not_found() {
         let a = Actor::system();
-        let meta = |v| EventMeta {
-            event_id: format!("e{v}"),
-            aggregate_id: "t".into(),
-            aggregate_version: v,
-            occurred_at: chrono::DateTime::<Utc>::UNIX_EPOCH,
-        };
-        let ev = decide(None, &mint(TokenScope::Global, None), &a).unwrap();
-        let t = evolve(None, &meta(1), &ev[0]);
-        let rev = decide(t.as_ref(), &AdminTokenCommand::Revoke, &a).unwrap();
-        let t = evolve(t, &meta(2), &rev[0]);
-        assert_eq!(
-            decide(t.as_ref(), &AdminTokenCommand::Revoke, &a),
-            Err(AdminTokenError::NotFound)
-        );
+        none()
+            .and(&mint(TokenScope::Global, None), &a)
+            .and(&AdminTokenCommand::Revoke, &a)
+            .when(&AdminTokenCommand::Revoke, &a)
+            .then_error(AdminTokenError::NotFound);
     }
 }

@@ -11,6 +11,7 @@ pub mod admin_token;
 pub mod audit;
 pub mod catalog;
 pub mod event;
+pub mod given;
 pub mod policy;
 pub mod validation;
 pub mod zone;

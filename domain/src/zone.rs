@@ -409,7 +409,7 @@ pub fn evolve(state: Option<Zone>, meta: &EventMeta, event: &ZoneEvent) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use crate::given::{self, Given, ZoneAggregate};
 
     fn ctx() -> ZoneContext {
         ZoneContext {
@@ -422,21 +422,8 @@ mod tests {
         }
     }
 
-    fn at(v: u64) -> EventMeta {
-        EventMeta {
-            event_id: format!("e{v}"),
-            aggregate_id: "z1".into(),
-            aggregate_version: v,
-            occurred_at: Utc.timestamp_opt(1_700_000_000 + v as i64, 0).unwrap(),
-        }
-    }
-
-    /// given(past events).when(command).then(result)
-    fn given(events: &[ZoneEvent]) -> Option<Zone> {
-        events
-            .iter()
-            .enumerate()
-            .fold(None, |s, (i, e)| evolve(s, &at(i as u64 + 1), e))
+    fn given(events: &[ZoneEvent]) -> Given<ZoneAggregate> {
+        given::given(events.iter().cloned())
     }
 
     fn created(dcr: bool) -> ZoneEvent {
@@ -455,7 +442,17 @@ mod tests {
 
     #[test]
     fn create_trims_the_name_and_defaults_the_operator_flags() {
-        let z = given(&[created(false)]).unwrap();
+        let z = given(&[])
+            .when(
+                &ZoneCommand::Create {
+                    name: " Payments ".into(),
+                    slug: "payments".into(),
+                    dcr_enabled: false,
+                },
+                &ctx(),
+            )
+            .then_state()
+            .unwrap();
         assert_eq!(z.name, "Payments");
         assert!(z.operator_coauthor_badge);
         assert!(!z.operator_governed);
@@ -470,40 +467,34 @@ mod tests {
             slug: "ops".into(),
             dcr_enabled: false,
         };
-        assert_eq!(
-            decide(None, &cmd, &ctx()),
-            Err(ZoneError::ReservedNamespace)
-        );
+        given(&[])
+            .when(&cmd, &ctx())
+            .then_error(ZoneError::ReservedNamespace);
         let mut boot = ctx();
         boot.actor.is_bootstrap = true;
-        assert!(decide(None, &cmd, &boot).is_ok());
+        assert!(given(&[]).when(&cmd, &boot).result().is_ok());
     }
 
     #[test]
     fn empty_patch_is_no_fields() {
-        let z = given(&[created(false)]);
-        let r = decide(
-            z.as_ref(),
-            &ZoneCommand::Update(ZonePatch::default()),
-            &ctx(),
-        );
-        assert_eq!(r, Err(ZoneError::NoFields));
+        given(&[created(false)])
+            .when(&ZoneCommand::Update(ZonePatch::default()), &ctx())
+            .then_error(ZoneError::NoFields);
     }
 
     #[test]
     fn dcr_shutdown_without_disabling_is_not_applicable() {
-        let z = given(&[created(true)]);
         let patch = ZonePatch {
             dcr_shutdown: Some(DcrShutdownMode::KeepLive),
             ..Default::default()
         };
-        let r = decide(z.as_ref(), &ZoneCommand::Update(patch), &ctx());
-        assert_eq!(r, Err(ZoneError::DcrShutdownNotApplicable));
+        given(&[created(true)])
+            .when(&ZoneCommand::Update(patch), &ctx())
+            .then_error(ZoneError::DcrShutdownNotApplicable);
     }
 
     #[test]
     fn disabling_dcr_with_live_apps_requires_a_mode() {
-        let z = given(&[created(true)]);
         let mut c = ctx();
         c.live_dcr_applications = 3;
         let patch = ZonePatch {
@@ -511,18 +502,18 @@ mod tests {
             operator_governed: Some(true),
             ..Default::default()
         };
-        let r = decide(z.as_ref(), &ZoneCommand::Update(patch.clone()), &c);
-        assert_eq!(
-            r,
-            Err(ZoneError::DcrShutdownRequired {
-                live_dcr_applications: 3
-            })
-        );
+        given(&[created(true)])
+            .when(&ZoneCommand::Update(patch.clone()), &c)
+            .then_error(ZoneError::DcrShutdownRequired {
+                live_dcr_applications: 3,
+            });
         let with_mode = ZonePatch {
             dcr_shutdown: Some(DcrShutdownMode::KeepLive),
             ..patch
         };
-        let events = decide(z.as_ref(), &ZoneCommand::Update(with_mode), &c).unwrap();
+        let (_, events) = given(&[created(true)])
+            .when(&ZoneCommand::Update(with_mode), &c)
+            .events();
         let ZoneEvent::Updated(u) = &events[0] else {
             panic!("expected an update")
         };
@@ -539,11 +530,9 @@ mod tests {
                 archived_by: "x".into(),
             }),
         ]);
-        assert!(z.as_ref().unwrap().archived_at.is_some());
-        assert_eq!(
-            decide(z.as_ref(), &ZoneCommand::Archive, &ctx()),
-            Err(ZoneError::NotFound)
-        );
+        assert!(z.state().unwrap().archived_at.is_some());
+        z.when(&ZoneCommand::Archive, &ctx())
+            .then_error(ZoneError::NotFound);
     }
 
     #[test]

@@ -428,14 +428,10 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::given::{given, CatalogAggregate, Given};
 
-    fn meta(v: u64) -> EventMeta {
-        EventMeta {
-            event_id: format!("e{v}"),
-            aggregate_id: "a1".into(),
-            aggregate_version: v,
-            occurred_at: DateTime::from_timestamp(1_700_000_000 + v as i64, 0).unwrap(),
-        }
+    fn none() -> Given<CatalogAggregate> {
+        given([])
     }
 
     fn grant(status: &str) -> EntityData {
@@ -461,55 +457,48 @@ mod tests {
             zone_id: "z".into(),
             data: grant("active"),
         };
-        let evs = decide(None, &create, &stamp()).unwrap();
-        let e = evolve(None, &meta(1), &evs[0]).unwrap();
+        let g = none().and(&create, &stamp());
+        let e = g.state().unwrap();
         assert_eq!(e.zone_id, "z");
         assert_eq!(e.updated_at, None);
-        assert_eq!(
-            decide(Some(&e), &create, &stamp()),
-            Err(CatalogError::AlreadyExists)
-        );
+        let g = g.when(&create, &stamp());
+        assert_eq!(g.result(), &Err(CatalogError::AlreadyExists));
         let replace = CatalogCommand::Replace {
             data: grant("revoked"),
             changed_fields: vec!["status".into()],
             secret_rotated: false,
         };
-        let evs = decide(Some(&e), &replace, &stamp()).unwrap();
-        let e = evolve(Some(e), &meta(2), &evs[0]).unwrap();
+        let g = g.history().and(&replace, &stamp());
+        let e = g.state().unwrap();
         assert_eq!(e.data, grant("revoked"));
         assert_eq!(e.version, 2);
         assert!(e.updated_at.is_some());
         let archive = CatalogCommand::Archive {
             kind: CatalogKind::Grant,
         };
-        let evs = decide(Some(&e), &archive, &stamp()).unwrap();
-        let e = evolve(Some(e), &meta(3), &evs[0]).unwrap();
-        assert!(!e.is_live());
-        assert_eq!(
-            decide(Some(&e), &archive, &stamp()),
-            Err(CatalogError::NotFound(CatalogKind::Grant))
-        );
+        let g = g.and(&archive, &stamp());
+        assert!(!g.state().unwrap().is_live());
+        g.when(&archive, &stamp())
+            .then_error(CatalogError::NotFound(CatalogKind::Grant));
     }
 
     #[test]
     fn a_command_for_another_kind_finds_nothing() {
-        let evs = decide(
-            None,
-            &CatalogCommand::Create {
-                zone_id: "z".into(),
-                data: grant("active"),
-            },
-            &stamp(),
-        )
-        .unwrap();
-        let e = evolve(None, &meta(1), &evs[0]).unwrap();
-        let archive = CatalogCommand::Archive {
-            kind: CatalogKind::Provider,
-        };
-        assert_eq!(
-            decide(Some(&e), &archive, &stamp()),
-            Err(CatalogError::NotFound(CatalogKind::Provider))
-        );
+        none()
+            .and(
+                &CatalogCommand::Create {
+                    zone_id: "z".into(),
+                    data: grant("active"),
+                },
+                &stamp(),
+            )
+            .when(
+                &CatalogCommand::Archive {
+                    kind: CatalogKind::Provider,
+                },
+                &stamp(),
+            )
+            .then_error(CatalogError::NotFound(CatalogKind::Provider));
     }
 
     #[test]

@@ -220,6 +220,8 @@ impl ApprovalData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{CatalogCommand, CatalogEvent, EntityData, Stamp};
+    use crate::given::{given, CatalogAggregate};
     use chrono::Duration;
 
     fn hold(class: &str, now: DateTime<Utc>) -> ApprovalData {
@@ -308,5 +310,42 @@ mod tests {
         let v = r.revoked(now, "grant_revoked", Some("g")).unwrap();
         assert_eq!(v.revoked_by_grant.as_deref(), Some("g"));
         assert!(v.revoked(now, "again", None).is_none());
+    }
+
+    /// An operator's decision is one state-carrying replace of the hold; deciding again on
+    /// the decided hold is refused by the data rule before any event is produced.
+    #[test]
+    fn a_decision_is_one_replace_of_the_hold() {
+        let now = Utc::now();
+        let stamp = Stamp {
+            by: "admin:t".into(),
+            via_operator: false,
+        };
+        let created = given::<CatalogAggregate>([]).and(
+            &CatalogCommand::Create {
+                zone_id: "z".into(),
+                data: EntityData::Approval(hold("operator", now)),
+            },
+            &stamp,
+        );
+        let approved = hold("operator", now)
+            .decided(Decision::Approve, "admin:t", None, now)
+            .unwrap();
+        let replace = CatalogCommand::Replace {
+            data: EntityData::Approval(approved.clone()),
+            changed_fields: vec!["satisfied_at".into()],
+            secret_rotated: false,
+        };
+        let (history, events) = created.when(&replace, &stamp).events();
+        assert!(matches!(&events[..], [CatalogEvent::Updated(_)]));
+        let after = history.when(&replace, &stamp).then(&events);
+        let EntityData::Approval(h) = &after.state().unwrap().data else {
+            panic!("an approval hold")
+        };
+        assert_eq!(h.state(now), "approved");
+        assert_eq!(
+            h.decided(Decision::Reject, "admin:t", None, now),
+            Err(DecisionRefused::NotDecidable("approved"))
+        );
     }
 }

@@ -329,6 +329,7 @@ pub fn version_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::given::{given, meta, Given, PolicyAggregate};
 
     const DOC: &str =
         "# caracal:data-document\npackage caracal.authz\nimport rego.v1\napp_ids := {}\n";
@@ -344,15 +345,6 @@ mod tests {
         }
     }
 
-    fn meta(v: u64) -> EventMeta {
-        EventMeta {
-            event_id: format!("e{v}"),
-            aggregate_id: "p1".into(),
-            aggregate_version: v,
-            occurred_at: DateTime::from_timestamp(1_700_000_000 + v as i64, 0).unwrap(),
-        }
-    }
-
     fn create(name: &str) -> PolicyCommand {
         PolicyCommand::Create {
             zone_id: "z".into(),
@@ -363,29 +355,34 @@ mod tests {
         }
     }
 
+    fn none() -> Given<PolicyAggregate> {
+        given([])
+    }
+
     #[test]
     fn create_version_archive() {
-        let ev = decide(None, &create("grants"), &ctx(false)).unwrap();
-        let p = evolve(None, &meta(1), &ev[0]).unwrap();
+        let created = none().and(&create("grants"), &ctx(false));
+        let p = created.state().unwrap().clone();
         assert_eq!(p.latest_version, 1);
         assert!(p.created_via_operator);
         let add = PolicyCommand::AddVersion {
             content: DOC.replace("{}", "{\"a\": \"b\"}"),
             version_id: "v2".into(),
         };
-        let ev2 = decide(Some(&p), &add, &ctx(false)).unwrap();
+        let (history, ev2) = created.when(&add, &ctx(false)).events();
         let row = version_row(&p, &meta(2), &ev2[0]).unwrap();
         assert_eq!(row.version, 2);
         assert_eq!(row.content_sha256, content_sha256(&row.content));
-        let p = evolve(Some(p), &meta(2), &ev2[0]).unwrap();
-        let ev3 = decide(Some(&p), &PolicyCommand::Archive, &ctx(false)).unwrap();
-        let p = evolve(Some(p), &meta(3), &ev3[0]).unwrap();
+        let archived = history
+            .when(&add, &ctx(false))
+            .then(&ev2)
+            .and(&PolicyCommand::Archive, &ctx(false));
+        let p = archived.state().unwrap();
         assert!(p.archived_at.is_some());
-        assert!(reservations(&p).is_empty());
-        assert_eq!(
-            decide(Some(&p), &PolicyCommand::Archive, &ctx(false)),
-            Err(PolicyError::NotFound)
-        );
+        assert!(reservations(p).is_empty());
+        archived
+            .when(&PolicyCommand::Archive, &ctx(false))
+            .then_error(PolicyError::NotFound);
     }
 
     #[test]
@@ -395,17 +392,19 @@ mod tests {
             version_id: "v".into(),
         };
         assert!(matches!(
-            decide(None, &add, &ctx(false)),
+            none().when(&add, &ctx(false)).result(),
             Err(PolicyError::InvalidRego(_))
         ));
     }
 
     #[test]
     fn reserved_names_need_the_bootstrap_token() {
-        assert_eq!(
-            decide(None, &create(" CARACAL.SYS/x"), &ctx(false)),
-            Err(PolicyError::ReservedNamespace)
-        );
-        assert!(decide(None, &create("caracal.sys/x"), &ctx(true)).is_ok());
+        none()
+            .when(&create(" CARACAL.SYS/x"), &ctx(false))
+            .then_error(PolicyError::ReservedNamespace);
+        assert!(none()
+            .when(&create("caracal.sys/x"), &ctx(true))
+            .result()
+            .is_ok());
     }
 }

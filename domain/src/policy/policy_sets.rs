@@ -419,6 +419,7 @@ pub fn evolve(mut c: Catalog, aggregate_version: u64, event: &PolicySetEvent) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::given::{given, Given, PolicySetsAggregate};
 
     fn ctx() -> PolicySetContext {
         PolicySetContext {
@@ -429,15 +430,6 @@ mod tests {
             },
             zone_operator_coauthor_badge: true,
         }
-    }
-
-    fn apply(c: Catalog, cmd: PolicySetCommand) -> Result<Catalog, PolicySetError> {
-        let events = decide(&c, &cmd, &ctx())?;
-        let v = c.version;
-        Ok(events
-            .iter()
-            .enumerate()
-            .fold(c, |c, (i, e)| evolve(c, v + 1 + i as u64, e)))
     }
 
     fn manifest(ids: &[&str]) -> CheckedManifest {
@@ -451,81 +443,77 @@ mod tests {
         .unwrap()
     }
 
+    fn sets() -> Given<PolicySetsAggregate> {
+        given([])
+    }
+
     #[test]
     fn one_active_set_and_delete_clears_it() {
-        let mut c = Catalog::default();
+        let mut c = sets();
         for (set, name) in [("a", "A"), ("b", "B")] {
-            c = apply(
-                c,
-                PolicySetCommand::Create {
-                    policy_set_id: set.into(),
-                    name: name.into(),
-                    description: None,
-                },
-            )
-            .unwrap();
-            c = apply(
-                c,
-                PolicySetCommand::AddVersion {
-                    policy_set_id: set.into(),
-                    version_id: format!("{set}1"),
-                    manifest: manifest(&["pv1"]),
-                },
-            )
-            .unwrap();
+            c = c
+                .and(
+                    &PolicySetCommand::Create {
+                        policy_set_id: set.into(),
+                        name: name.into(),
+                        description: None,
+                    },
+                    &ctx(),
+                )
+                .and(
+                    &PolicySetCommand::AddVersion {
+                        policy_set_id: set.into(),
+                        version_id: format!("{set}1"),
+                        manifest: manifest(&["pv1"]),
+                    },
+                    &ctx(),
+                );
         }
-        c = apply(
-            c,
-            PolicySetCommand::Activate {
+        let c = c.and(
+            &PolicySetCommand::Activate {
                 policy_set_id: "a".into(),
                 version_id: "a1".into(),
             },
-        )
-        .unwrap();
-        let ev = decide(
-            &c,
-            &PolicySetCommand::Activate {
-                policy_set_id: "b".into(),
-                version_id: "b1".into(),
-            },
             &ctx(),
-        )
-        .unwrap();
+        );
+        let activate_b = PolicySetCommand::Activate {
+            policy_set_id: "b".into(),
+            version_id: "b1".into(),
+        };
+        let (c, ev) = c.when(&activate_b, &ctx()).events();
         let PolicySetEvent::Activated(a) = &ev[0] else {
             panic!()
         };
         assert_eq!(a.deactivated_policy_set_id.as_deref(), Some("a"));
         // A version of another set is not this set's version.
-        assert_eq!(
-            decide(
-                &c,
-                &PolicySetCommand::Activate {
-                    policy_set_id: "b".into(),
-                    version_id: "a1".into()
-                },
-                &ctx()
-            ),
-            Err(PolicySetError::VersionNotFound)
+        let c = c.when(
+            &PolicySetCommand::Activate {
+                policy_set_id: "b".into(),
+                version_id: "a1".into(),
+            },
+            &ctx(),
         );
-        let c = apply(
-            c,
-            PolicySetCommand::Archive {
+        assert_eq!(c.result(), &Err(PolicySetError::VersionNotFound));
+        let c = sets_after(c).and(
+            &PolicySetCommand::Archive {
                 policy_set_id: "a".into(),
             },
-        )
-        .unwrap();
-        assert_eq!(c.active, None);
-        assert_eq!(
-            decide(
-                &c,
-                &PolicySetCommand::Activate {
-                    policy_set_id: "a".into(),
-                    version_id: "a1".into()
-                },
-                &ctx()
-            ),
-            Err(PolicySetError::NotFound)
+            &ctx(),
         );
+        assert_eq!(c.state().unwrap().active, None);
+        c.when(
+            &PolicySetCommand::Activate {
+                policy_set_id: "a".into(),
+                version_id: "a1".into(),
+            },
+            &ctx(),
+        )
+        .then_error(PolicySetError::NotFound);
+    }
+
+    /// The history a refused decision was taken on (a refusal changes nothing).
+    fn sets_after(w: crate::given::When<PolicySetsAggregate>) -> Given<PolicySetsAggregate> {
+        w.history()
     }
 
     #[test]
@@ -535,19 +523,16 @@ mod tests {
             name: "same".into(),
             description: None,
         };
-        let c = apply(Catalog::default(), create("a")).unwrap();
-        assert_eq!(
-            decide(&c, &create("b"), &ctx()),
-            Err(PolicySetError::NameConflict)
-        );
-        let c = apply(
-            c,
-            PolicySetCommand::Archive {
+        let c = sets().and(&create("a"), &ctx());
+        let c = c.when(&create("b"), &ctx());
+        assert_eq!(c.result(), &Err(PolicySetError::NameConflict));
+        let c = sets_after(c).and(
+            &PolicySetCommand::Archive {
                 policy_set_id: "a".into(),
             },
-        )
-        .unwrap();
-        assert!(decide(&c, &create("b"), &ctx()).is_ok());
+            &ctx(),
+        );
+        assert!(c.when(&create("b"), &ctx()).result().is_ok());
     }
 
     #[test]

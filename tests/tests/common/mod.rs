@@ -140,7 +140,7 @@ impl Options {
 }
 
 pub fn serval_bin() -> PathBuf {
-    workspace_bin("serval-services", "serval")
+    workspace_bin("serval", "serval")
 }
 
 pub fn replay_bin() -> PathBuf {

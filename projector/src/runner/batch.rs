@@ -1,0 +1,217 @@
+//! One batch: decode the verified entries, apply the ones the projection wants and move
+//! the checkpoints in one transaction (dead letters in the same one); and the same from the
+//! Postgres archive for rebuilds that must not depend on Redis.
+
+use std::collections::BTreeMap;
+
+use serval_domain::zone::ZoneEvent;
+use serval_domain::Event;
+use serval_streams::read::{self};
+use serval_streams::{EntryId, LogStream};
+use sqlx::{PgPool, Row};
+
+use crate::metrics::METRICS;
+use crate::projection::{Applied, Projection};
+
+use super::checkpoints::write_checkpoints;
+use super::dead_letters::DeadLetter;
+use super::Checked;
+use super::{Runner, RunnerError};
+
+impl<P: Projection> Runner<P> {
+    /// Applies everything in the Postgres archive (`public.event_archive` of `archive`)
+    /// after this projection's checkpoints: a rebuild that does not need Redis. Returns the
+    /// number of events applied.
+    pub async fn catch_up_from_archive(&mut self, archive: &PgPool) -> Result<u64, RunnerError> {
+        let mut positions = self.positions().await?;
+        let system = self.cfg.keys.log(&LogStream::System);
+        let mut streams: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT stream FROM public.event_archive ORDER BY stream")
+                .fetch_all(archive)
+                .await?;
+        // Zones are created in the system stream: apply it first.
+        streams.sort_by_key(|s| *s != system);
+        let mut total = 0;
+        for key in streams {
+            let Some(stream) = self.cfg.keys.parse_log(&key) else {
+                continue;
+            };
+            loop {
+                let from = positions.get(&key).copied().unwrap_or(EntryId::ZERO);
+                if self.cfg.until.is_some_and(|u| from >= u) {
+                    break;
+                }
+                let rows = sqlx::query(
+                    "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM public.event_archive
+                     WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
+                     ORDER BY stream, entry_ms, entry_seq LIMIT $4",
+                )
+                .bind(&key)
+                .bind(from.ms as i64)
+                .bind(from.seq as i64)
+                .bind(self.cfg.batch_size as i64)
+                .fetch_all(archive)
+                .await?;
+                let mut checked: Vec<Checked> = rows
+                    .into_iter()
+                    .map(|r| {
+                        let id = EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64);
+                        let (body, sig, kid): (Vec<u8>, Vec<u8>, String) = (r.get(2), r.get(3), r.get(4));
+                        let raw = serde_json::json!({ "env": { "hex": hex::encode(&body) }, "kid": kid, "sig": hex::encode(&sig) });
+                        let verified = read::verify_parts(&self.cfg.signer, &key, &stream, id, body, kid, sig)
+                            .map_err(|e| (e.reason(), e.to_string(), raw));
+                        (id, verified)
+                    })
+                    .collect();
+                if let Some(u) = self.cfg.until {
+                    checked.retain(|(id, _)| *id <= u);
+                }
+                if checked.is_empty() {
+                    break;
+                }
+                match self
+                    .apply(&mut positions, vec![(key.clone(), checked)])
+                    .await
+                {
+                    Ok(n) => total += n,
+                    Err(RunnerError::CheckpointMoved { .. }) => {
+                        self.forget_unflushed();
+                        positions = self.positions().await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.flush(&positions).await?;
+        Ok(total)
+    }
+
+    pub(super) async fn apply(
+        &mut self,
+        positions: &mut BTreeMap<String, EntryId>,
+        checked: Vec<(String, Vec<Checked>)>,
+    ) -> Result<u64, RunnerError> {
+        let name = self.name();
+        let mut batch = Vec::new();
+        let mut dead = Vec::new();
+        let mut new_streams = Vec::new();
+        let mut advanced: Vec<(String, EntryId, u64)> = Vec::new();
+        for (key, entries) in checked {
+            let Some(last) = entries.last().map(|(id, _)| *id) else {
+                continue;
+            };
+            let stream = self.cfg.keys.parse_log(&key);
+            let count = entries.len() as u64;
+            for (id, verified) in entries {
+                let decoded =
+                    verified.and_then(|recorded| match recorded.decode(&self.cfg.upcasters) {
+                        Ok(event) => Ok(Applied { recorded, event }),
+                        Err(e) => {
+                            let raw = serde_json::json!({
+                                "env": { "hex": hex::encode(&recorded.body) },
+                                "kid": recorded.kid,
+                                "sig": hex::encode(&recorded.sig),
+                            });
+                            Err(("undecodable", e.to_string(), raw))
+                        }
+                    });
+                match decoded {
+                    Ok(a) => {
+                        if let (Some(LogStream::System), Event::Zone(ZoneEvent::Created(_))) =
+                            (&stream, &a.event)
+                        {
+                            let zone = LogStream::Zone(a.recorded.envelope.aggregate_id.clone());
+                            new_streams.push(self.cfg.keys.log(&zone));
+                        }
+                        batch.push(a);
+                    }
+                    Err((reason, detail, raw)) => dead.push(DeadLetter {
+                        stream: key.clone(),
+                        entry_id: id,
+                        reason,
+                        detail,
+                        raw,
+                    }),
+                }
+            }
+            advanced.push((key, last, count));
+        }
+
+        // The log, not Postgres, is the source of truth: if Postgres loses the last few
+        // commits in a crash it loses rows and checkpoint together, and the runner re-applies
+        // those entries. So a projection commit need not wait for the WAL flush: the pools
+        // that run projections connect with `synchronous_commit=off` (`PG_SESSION_OPTIONS`).
+        if dead.is_empty()
+            && new_streams.is_empty()
+            && !batch.iter().any(|a| self.projection.wants(a))
+        {
+            self.pass_unwanted(positions, advanced).await?;
+            // Counted as passed, like the events a transaction ignores.
+            return Ok(batch.len() as u64);
+        }
+        let mut tx = self.pool.begin().await?;
+        self.projection.apply_batch(&mut tx, &batch).await?;
+        self.applied_here += batch.len() as u64;
+        if let Some((p, n)) = &self.cfg.crash_after {
+            if p == name && self.applied_here >= *n {
+                tracing::error!(projection = name, "test hook: aborting inside a batch");
+                std::process::abort();
+            }
+        }
+        if !dead.is_empty() {
+            self.record_dead_letters(&mut tx, &dead).await?;
+        }
+        // This batch's streams, and every stream moved without a transaction since.
+        let mut moves: Vec<(String, EntryId, EntryId, u64)> = Vec::new();
+        for (stream, last, count) in &advanced {
+            let (from, extra) = match self.unflushed.get(stream) {
+                Some((db, n)) => (*db, *n),
+                None => (positions.get(stream).copied().unwrap_or(EntryId::ZERO), 0),
+            };
+            moves.push((stream.clone(), from, *last, count + extra));
+        }
+        for (stream, (db, n)) in &self.unflushed {
+            if !advanced.iter().any(|(s, _, _)| s == stream) {
+                let at = positions.get(stream).copied().unwrap_or(*db);
+                moves.push((stream.clone(), *db, at, *n));
+            }
+        }
+        write_checkpoints(&mut tx, name, &moves).await?;
+        for stream in &new_streams {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, stream) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(name)
+            .bind(stream)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.unflushed.clear();
+        self.unflushed_since = None;
+
+        for stream in new_streams {
+            positions.entry(stream).or_insert(EntryId::ZERO);
+        }
+        for (stream, last, _) in advanced {
+            self.visibility.advance(name, &stream, last);
+            positions.insert(stream, last);
+        }
+        if let Some(f) = &self.cfg.on_batch {
+            f(batch.len() as u64 + dead.len() as u64);
+        }
+        METRICS.batches.with_label_values(&[name]).inc();
+        METRICS
+            .applied
+            .with_label_values(&[name])
+            .inc_by(batch.len() as u64);
+        for d in &dead {
+            METRICS
+                .dead_letters
+                .with_label_values(&[name, d.reason])
+                .inc();
+        }
+        Ok(batch.len() as u64)
+    }
+}

@@ -1,0 +1,67 @@
+//! Checkpoint rows: the guarded move (with its notification) and the read of one.
+
+use serval_streams::EntryId;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::visibility::NOTIFY_CHANNEL;
+
+use super::RunnerError;
+
+/// Moves checkpoints `(stream, from, to, entries)`, each guarded on `from`: two runners of
+/// one projection (or a rebuild swap) can never both apply the same entries. Each move
+/// notifies waiters in other processes.
+pub(super) async fn write_checkpoints(
+    tx: &mut PgConnection,
+    name: &str,
+    moves: &[(String, EntryId, EntryId, u64)],
+) -> Result<(), RunnerError> {
+    for (stream, from, last, count) in moves {
+        // One round trip: the guarded move, and its notification only if it moved.
+        let moved = sqlx::query(
+            "WITH moved AS (
+               INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
+               VALUES ($1, $2, $3, $4, $5, now())
+               ON CONFLICT (projection, stream) DO UPDATE
+               SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
+                   events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+                   updated_at = now()
+               WHERE projection_checkpoints.last_ms = $6 AND projection_checkpoints.last_seq = $7
+               RETURNING 1)
+             SELECT pg_notify($8, $9) FROM moved",
+        )
+        .bind(name)
+        .bind(stream)
+        .bind(last.ms as i64)
+        .bind(last.seq as i64)
+        .bind(*count as i64)
+        .bind(from.ms as i64)
+        .bind(from.seq as i64)
+        .bind(NOTIFY_CHANNEL)
+        .bind(format!("{name} {stream} {last}"))
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_none();
+        if moved {
+            return Err(RunnerError::CheckpointMoved {
+                projection: name.to_owned(),
+                stream: stream.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn load_checkpoint(
+    pool: &PgPool,
+    projection: &str,
+    stream: &str,
+) -> Result<Option<EntryId>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last_ms, last_seq FROM projection_checkpoints WHERE projection = $1 AND stream = $2",
+    )
+    .bind(projection)
+    .bind(stream)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64)))
+}

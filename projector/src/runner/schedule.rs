@@ -1,0 +1,206 @@
+//! Which streams a runner reads and when: the system stream and every stream seen with
+//! entries in one blocking `XREAD` (with the writers' activity hints), the quiet ones swept
+//! on a timer; replay bounds; verification of what was read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use serval_streams::read::{self, RawEntry};
+use serval_streams::{EntryId, LogStream};
+use sqlx::Row;
+
+use crate::projection::Projection;
+
+use super::dead_letters::raw_fields_json;
+use super::{Checked, SWEEP_CHUNK, SWEEP_INTERVAL_MS};
+use super::{Runner, RunnerError};
+
+impl<P: Projection> Runner<P> {
+    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_millis(self.cfg.block_ms as u64 + 5_000));
+        self.redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// The streams this projection follows and where it stands on each.
+    pub(super) async fn positions(&self) -> Result<BTreeMap<String, EntryId>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT stream, last_ms, last_seq FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(self.name())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pos: BTreeMap<String, EntryId> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    EntryId::new(r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64),
+                )
+            })
+            .collect();
+        pos.entry(self.cfg.keys.log(&LogStream::System))
+            .or_insert(EntryId::ZERO);
+        Ok(pos)
+    }
+
+    pub(super) async fn follow(&mut self, stop_when_idle: bool) -> Result<u64, RunnerError> {
+        let mut conn = self.connect().await?;
+        let mut positions = self.positions().await?;
+        let system = self.cfg.keys.log(&LogStream::System);
+        // Streams in the blocking read: the system stream and every stream seen with entries.
+        // The others (zones whose stream is still empty) are swept without blocking, so a
+        // deployment with many quiet zones does not put every key in every XREAD.
+        let mut hot: BTreeSet<String> = BTreeSet::from([system]);
+        let mut last_sweep: Option<std::time::Instant> = None;
+        // Writers' hints that a zone stream got its first entries (see `KeySpace::activity`),
+        // followed from their current end while the runner follows the live log.
+        let activity = self.cfg.keys.activity();
+        let mut activity_at = if stop_when_idle || self.cfg.until.is_some() {
+            None
+        } else {
+            Some(read::last_entry_id(&mut conn, &activity).await?)
+        };
+        let mut total = 0;
+        loop {
+            let until = self.cfg.until;
+            let pending =
+                |keys: &mut dyn Iterator<Item = (&String, &EntryId)>| -> Vec<(String, EntryId)> {
+                    keys.filter(|(_, v)| until.is_none_or(|u| **v < u))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect()
+                };
+            let sweep_due = stop_when_idle
+                || last_sweep.is_none_or(|t| {
+                    t.elapsed() >= std::time::Duration::from_millis(SWEEP_INTERVAL_MS)
+                });
+            let mut reply = Vec::new();
+            if sweep_due {
+                // Checked on a timer even when the hot streams are busy, so quiet zones
+                // are never starved.
+                last_sweep = Some(std::time::Instant::now());
+                let cold = pending(&mut positions.iter().filter(|(k, _)| !hot.contains(*k)));
+                for chunk in cold.chunks(SWEEP_CHUNK) {
+                    let found = self.bounded(
+                        read::read_after(&mut conn, chunk, self.cfg.batch_size, None).await?,
+                    );
+                    if !found.is_empty() {
+                        hot.extend(found.iter().map(|(k, _)| k.clone()));
+                        reply = found;
+                        break;
+                    }
+                }
+            }
+            if reply.is_empty() {
+                let hot_streams = pending(&mut positions.iter().filter(|(k, _)| hot.contains(*k)));
+                let block = if stop_when_idle {
+                    None
+                } else {
+                    let left = SWEEP_INTERVAL_MS
+                        .saturating_sub(last_sweep.map_or(0, |t| t.elapsed().as_millis() as u64));
+                    Some((left as usize).clamp(1, self.cfg.block_ms))
+                };
+                let mut streams = hot_streams;
+                if let Some(at) = activity_at {
+                    streams.push((activity.clone(), at));
+                }
+                if !streams.is_empty() {
+                    let mut raw =
+                        read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+                    if let Some(i) = raw.iter().position(|(k, _)| *k == activity) {
+                        let (_, hints) = raw.swap_remove(i);
+                        if let Some((last, _)) = hints.last() {
+                            activity_at = Some(*last);
+                        }
+                        for (_, fields) in &hints {
+                            if let Some(key) = read::field_bytes(fields, "stream")
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                            {
+                                // Also for a stream not followed yet: it is hot from the
+                                // moment its zone's creation adds it.
+                                hot.insert(key.to_owned());
+                            }
+                        }
+                    }
+                    reply = self.bounded(raw);
+                } else if let Some(ms) = block {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+                }
+            }
+            if reply.is_empty() {
+                // Idle: store the positions moved without a transaction.
+                match self.flush(&positions).await {
+                    Ok(()) => {}
+                    Err(RunnerError::CheckpointMoved { .. }) => {
+                        self.forget_unflushed();
+                        positions = self.positions().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if stop_when_idle {
+                    return Ok(total);
+                }
+                continue;
+            }
+            let t_read = std::time::Instant::now();
+            let checked = self.check_redis(reply);
+            let applied = self.apply(&mut positions, checked).await;
+            tracing::debug!(
+                projection = self.name(),
+                elapsed_us = t_read.elapsed().as_micros() as u64,
+                "batch applied"
+            );
+            match applied {
+                Ok(n) => total += n,
+                Err(RunnerError::CheckpointMoved { stream, .. }) => {
+                    tracing::info!(projection = self.name(), %stream, "checkpoint moved elsewhere; reloading");
+                    self.forget_unflushed();
+                    positions = self.positions().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Drops entries after the replay bound and streams left with nothing.
+    fn bounded(&self, mut reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<RawEntry>)> {
+        if let Some(u) = self.cfg.until {
+            // A point-in-time replay applies nothing after its bound.
+            for (_, entries) in &mut reply {
+                entries.retain(|(id, _)| *id <= u);
+            }
+        }
+        reply.retain(|(_, e)| !e.is_empty());
+        reply
+    }
+
+    /// Verifies and decodes raw stream entries.
+    fn check_redis(&self, reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<Checked>)> {
+        reply
+            .into_iter()
+            .map(|(key, entries)| {
+                let stream = self.cfg.keys.parse_log(&key);
+                let checked = entries
+                    .into_iter()
+                    .map(|(id, fields)| {
+                        let verified = match &stream {
+                            Some(s) => read::verify_entry(&self.cfg.signer, &key, s, id, &fields)
+                                .map_err(|e| (e.reason(), e.to_string())),
+                            None => Err(("wrong_stream", "not a log stream key".to_owned())),
+                        };
+                        (
+                            id,
+                            verified.map_err(|(r, d)| (r, d, raw_fields_json(&fields))),
+                        )
+                    })
+                    .collect();
+                (key, checked)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,514 @@
+//! Providers (management-api.md §7): list, get, create, PATCH, DELETE. Secrets are sealed at
+//! intake and never returned.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use serval_domain::catalog::provider::{self, ProviderData};
+use serval_domain::catalog::provider_config::{self, ConfigError};
+use serval_domain::catalog::resource::slug;
+use serval_domain::catalog::{
+    CatalogCommand, CatalogKind, Entity, EntityData, PROVIDER_IDENTIFIER,
+};
+
+use super::applications::secret_backend;
+use super::catalog::{self as common, Fields, ListQuery, WriteCtx};
+use super::params::PathIds;
+use super::routes::Routes;
+use crate::probes;
+use axum::http::Method;
+use serval_kit::http::body::RawBody;
+use serval_kit::http::ApiError;
+use serval_kit::request::Req;
+use serval_kit::secrets::{Binding, SecretError};
+use serval_kit::state::App;
+use serval_kit::write::Failure;
+
+const KIND: CatalogKind = CatalogKind::Provider;
+const INVALID: &str = "invalid_provider";
+const PURPOSE: &str = "provider_config";
+
+pub fn router() -> Routes {
+    let base = "/v1/zones/{zone}/providers";
+    Routes::new("providers")
+        .op(
+            Method::GET,
+            base,
+            list,
+            "List providers",
+            200,
+            &["400 invalid_query"],
+        )
+        .op(
+            Method::POST,
+            base,
+            create,
+            "Create a provider (secrets sealed)",
+            201,
+            &[
+                "400 invalid_provider",
+                "400 invalid_provider_identifier",
+                "400 invalid_provider_config",
+                "400 provider_check_unsupported",
+                "404 zone_not_found",
+                "409 reserved_namespace",
+                "409 provider_identifier_conflict",
+                "422 provider_check_failed",
+                "429 provider_test_rate_limited",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::POST,
+            &format!("{base}/{{id}}/test"),
+            test,
+            "Probe an OAuth provider's token endpoint (ok|auth_failed|unreachable|endpoint_error|config_error)",
+            200,
+            &[
+                "400 provider_check_unsupported",
+                "404 provider_not_found",
+                "429 provider_test_rate_limited",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::GET,
+            &format!("{base}/{{id}}"),
+            get_one,
+            "Get a provider",
+            200,
+            &["404 provider_not_found"],
+        )
+        .op(
+            Method::PATCH,
+            &format!("{base}/{{id}}"),
+            patch,
+            "Update a provider",
+            200,
+            &[
+                "400 invalid_provider",
+                "400 invalid_provider_identifier",
+                "400 invalid_provider_config",
+                "400 provider_config_required",
+                "400 no_fields",
+                "404 provider_not_found",
+                "409 provider_identifier_conflict",
+                "502 secret_backend_unavailable",
+            ],
+        )
+        .op(
+            Method::DELETE,
+            &format!("{base}/{{id}}"),
+            archive,
+            "Archive a provider (sealed secrets deleted)",
+            204,
+            &["404 provider_not_found"],
+        )
+}
+
+pub fn render(e: &Entity) -> Value {
+    let EntityData::Provider(p) = &e.data else {
+        return Value::Null;
+    };
+    let config: Value = serde_json::from_str(&p.config_json).unwrap_or_else(|_| json!({}));
+    let mut m = Map::new();
+    m.insert("id".into(), json!(e.id));
+    m.insert("zone_id".into(), json!(e.zone_id));
+    m.insert("name".into(), json!(p.name));
+    m.insert("identifier".into(), json!(p.identifier));
+    m.insert("kind".into(), json!(p.kind));
+    m.insert("config_json".into(), config);
+    m.insert("secret_config_keys".into(), json!(p.secret_config_keys));
+    m.insert(
+        "connectivity_failed_at".into(),
+        common::opt_ts(p.connectivity_failed_at),
+    );
+    common::attribution(e, &mut m);
+    m.insert("archived_at".into(), common::opt_ts(e.archived_at));
+    Value::Object(m)
+}
+
+fn config_error(e: ConfigError) -> ApiError {
+    ApiError::bad_request(e.code).description(e.description)
+}
+
+fn identifier_conflict() -> ApiError {
+    ApiError::conflict("provider_identifier_conflict")
+        .description("a live provider with this identifier exists in the zone")
+}
+
+fn reserved() -> ApiError {
+    ApiError::conflict("reserved_namespace")
+        .description("the caracal.sys namespace is reserved for the bootstrap token")
+}
+
+async fn list(
+    State(app): State<App>,
+    ids: PathIds,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let page = q.page()?;
+    let status = q.archive_status()?;
+    let rows = common::list_page(&app, ids.at(0), KIND, status, &[], &page).await?;
+    Ok(Json(common::page_body(&rows, page.limit, render)))
+}
+
+async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
+    Ok(Json(render(
+        &common::live(&app, ids.at(0), ids.at(1), KIND).await?,
+    )))
+}
+
+/// Trimmed non-blank string, or `None`.
+fn non_blank(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn check_identifier(id: &str, is_bootstrap: bool) -> Result<(), ApiError> {
+    if !provider::is_identifier(id) {
+        return Err(ApiError::bad_request("invalid_provider_identifier")
+            .description("identifier must match ^provider://[a-z0-9]+(?:-[a-z0-9]+)*$"));
+    }
+    if provider::is_reserved_identifier(id) && !is_bootstrap {
+        return Err(reserved());
+    }
+    Ok(())
+}
+
+fn check_kind(kind: &str) -> Result<(), ApiError> {
+    if provider_config::is_kind(kind) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(INVALID).description(format!(
+            "kind must be one of {}",
+            provider_config::KINDS.join(", ")
+        )))
+    }
+}
+
+async fn seal(
+    app: &App,
+    zone: &str,
+    id: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<Option<String>, ApiError> {
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let plain = serde_json::to_vec(secrets).map_err(ApiError::internal)?;
+    let binding = Binding {
+        zone_id: zone,
+        object_id: id,
+        purpose: PURPOSE,
+    };
+    app.custody
+        .seal(&binding, &plain)
+        .await
+        .map(Some)
+        .map_err(secret_backend)
+}
+
+async fn unseal(
+    app: &App,
+    zone: &str,
+    id: &str,
+    sealed: &Option<String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(sealed) = sealed else {
+        return Ok(BTreeMap::new());
+    };
+    let binding = Binding {
+        zone_id: zone,
+        object_id: id,
+        purpose: PURPOSE,
+    };
+    let plain = app
+        .custody
+        .open(&binding, sealed)
+        .await
+        .map_err(secret_backend)?;
+    serde_json::from_slice(&plain).map_err(|_| secret_backend(SecretError::Corrupt))
+}
+
+/// The sealed secrets of a provider, opened (for upstream OAuth calls).
+pub async fn secrets_of(app: &App, e: &Entity) -> Result<BTreeMap<String, String>, ApiError> {
+    let p = common::provider(e)?;
+    unseal(app, &e.zone_id, &e.id, &p.sealed_secrets).await
+}
+
+async fn create(
+    State(app): State<App>,
+    req: Req,
+    ids: PathIds,
+    RawBody(raw): RawBody,
+) -> Result<Response, ApiError> {
+    let f = Fields::parse(&req.headers, &raw, INVALID)?;
+    let actor = req.actor();
+    let name = non_blank(f.string("name")?);
+    let identifier = non_blank(f.string("identifier")?);
+    let kind = f
+        .string("kind")?
+        .ok_or_else(|| ApiError::bad_request(INVALID).description("kind is required"))?;
+    check_kind(&kind)?;
+    if name.is_none() && identifier.is_none() {
+        return Err(ApiError::bad_request(INVALID).description("name or identifier is required"));
+    }
+    if let Some(n) = &name {
+        if n.chars().count() > 200 {
+            return Err(
+                ApiError::bad_request(INVALID).description("name must be at most 200 characters")
+            );
+        }
+    }
+    if let Some(id) = &identifier {
+        check_identifier(id, actor.is_bootstrap)?;
+    }
+    let config = f.object("config_json")?.unwrap_or_default();
+    let resolved = provider_config::resolve(&kind, &config).map_err(config_error)?;
+    let check = f.boolean("check")? == Some(true);
+    if check && !provider_config::is_oauth(&kind) {
+        return Err(check_unsupported());
+    }
+    let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
+    if check {
+        let result = probe(&app, &ctx.zone, &kind, &resolved.public, &resolved.secrets).await?;
+        if result.status != "ok" {
+            return Err(check_failed(&result));
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let sealed = seal(&app, &ctx.zone, &id, &resolved.secrets).await?;
+    let explicit = identifier.is_some();
+    let public_json = Value::Object(resolved.public).to_string();
+    let secret_keys: Vec<String> = resolved.secrets.keys().cloned().collect();
+    // An OAuth provider created without a passing check is stamped unverified (§7).
+    let unverified = (provider_config::is_oauth(&kind) && !check).then(chrono::Utc::now);
+    for _ in 0..8 {
+        let ident = match &identifier {
+            Some(i) => i.clone(),
+            None => {
+                let base = slug(
+                    name.as_deref().unwrap_or(&format!("{kind} provider")),
+                    "provider",
+                );
+                let base = format!("provider://{}", base.trim_matches('-'));
+                common::free_identifier(&app, &ctx.zone, PROVIDER_IDENTIFIER, &base).await?
+            }
+        };
+        let data = EntityData::Provider(ProviderData {
+            name: name.clone().unwrap_or_else(|| ident.clone()),
+            identifier: ident,
+            kind: kind.clone(),
+            config_json: public_json.clone(),
+            secret_config_keys: secret_keys.clone(),
+            sealed_secrets: sealed.clone(),
+            connectivity_failed_at: unverified,
+        });
+        let result = common::commit_create(&app, &ctx, &id, &data).await;
+        match result {
+            Ok(w) => {
+                return common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render)).await
+            }
+            Err(Failure::Taken { .. }) if explicit => return Err(identifier_conflict()),
+            // A concurrent create took the derived identifier: derive again.
+            Err(Failure::Taken { .. }) => continue,
+            Err(Failure::Api(e)) => return Err(e),
+        }
+    }
+    Err(identifier_conflict())
+}
+
+fn check_unsupported() -> ApiError {
+    ApiError::bad_request("provider_check_unsupported")
+        .description("connectivity checks exist only for the OAuth kinds")
+}
+
+fn check_failed(result: &probes::Check) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "provider_check_failed")
+        .description(result.detail.clone())
+        .with("details", json!({ "check": result.to_json() }))
+}
+
+/// One probe of an OAuth provider, counted against the zone's provider bucket.
+async fn probe(
+    app: &App,
+    zone: &str,
+    kind: &str,
+    public: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<probes::Check, ApiError> {
+    if probes::rate_limited(app, probes::Class::Provider, zone).await {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "provider_test_rate_limited",
+        ));
+    }
+    Ok(probes::provider(kind, public, secrets).await)
+}
+
+/// `POST …/providers/:id/test` [extended]: probes the token endpoint and records the
+/// outcome in `connectivity_failed_at` (set on failure, cleared on success).
+async fn test(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    let id = ids.at(1).to_owned();
+    let current = common::live(&app, &ctx.zone, &id, KIND).await?;
+    let p = common::provider(&current)?.clone();
+    if !provider_config::is_oauth(&p.kind) {
+        return Err(check_unsupported());
+    }
+    let public: Map<String, Value> = serde_json::from_str(&p.config_json).unwrap_or_default();
+    let secrets = unseal(&app, &ctx.zone, &id, &p.sealed_secrets).await?;
+    let result = probe(&app, &ctx.zone, &p.kind, &public, &secrets).await?;
+    let failed = result.status != "ok";
+    if failed != p.connectivity_failed_at.is_some() {
+        let at = result.checked_at;
+        common::commit(&app, &ctx, &id, |state| {
+            let Some(EntityData::Provider(p)) = state.filter(|e| e.is_live()).map(|e| &e.data)
+            else {
+                return Err(common::not_found(KIND));
+            };
+            let mut p = p.clone();
+            p.connectivity_failed_at = failed.then_some(at);
+            Ok(CatalogCommand::Replace {
+                data: EntityData::Provider(p),
+                changed_fields: vec!["connectivity_failed_at".into()],
+                secret_rotated: false,
+            })
+        })
+        .await
+        .map_err(ApiError::from)?;
+    }
+    Ok(Json(result.to_json()).into_response())
+}
+
+async fn patch(
+    State(app): State<App>,
+    req: Req,
+    ids: PathIds,
+    RawBody(raw): RawBody,
+) -> Result<Response, ApiError> {
+    let f = Fields::parse(&req.headers, &raw, INVALID)?;
+    let actor = req.actor();
+    let name = f.string("name")?;
+    let identifier = f.string("identifier")?;
+    let kind = f.string("kind")?;
+    let config = f.object("config_json")?;
+    if name.is_none() && identifier.is_none() && kind.is_none() && config.is_none() {
+        return Err(ApiError::bad_request("no_fields"));
+    }
+    let name = match name {
+        Some(n) => {
+            let n = n.trim().to_owned();
+            if n.is_empty() || n.chars().count() > 200 {
+                return Err(
+                    ApiError::bad_request(INVALID).description("name must be 1-200 characters")
+                );
+            }
+            Some(n)
+        }
+        None => None,
+    };
+    if let Some(i) = &identifier {
+        check_identifier(i, actor.is_bootstrap)?;
+    }
+    if let Some(k) = &kind {
+        check_kind(k)?;
+        if config.is_none() {
+            return Err(ApiError::bad_request("provider_config_required")
+                .description("sending kind requires config_json"));
+        }
+    }
+    let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
+    let id = ids.at(1).to_owned();
+    let current = common::live(&app, &ctx.zone, &id, KIND).await?;
+    let cur = common::provider(&current)?.clone();
+    // The new configuration, if the body changes it.
+    let mut new_config: Option<(String, Vec<String>, Option<String>, String)> = None;
+    if let Some(cfg) = &config {
+        let effective_kind = kind.clone().unwrap_or_else(|| cur.kind.clone());
+        let supplies_secret = cfg.keys().any(|k| provider_config::is_secret_key(k));
+        let (resolved, sealed) = if kind.is_none() && !supplies_secret {
+            // Secrets left out: keep the sealed document (it must hold what the kind needs).
+            let kept = unseal(&app, &ctx.zone, &id, &cur.sealed_secrets).await?;
+            let mut merged = cfg.clone();
+            for (k, v) in &kept {
+                merged.insert(k.clone(), Value::String(v.clone()));
+            }
+            let r = provider_config::resolve(&effective_kind, &merged).map_err(config_error)?;
+            (r, cur.sealed_secrets.clone())
+        } else {
+            let r = provider_config::resolve(&effective_kind, cfg).map_err(config_error)?;
+            let sealed = seal(&app, &ctx.zone, &id, &r.secrets).await?;
+            (r, sealed)
+        };
+        new_config = Some((
+            Value::Object(resolved.public).to_string(),
+            resolved.secrets.keys().cloned().collect(),
+            sealed,
+            effective_kind,
+        ));
+    }
+    let mut changed: Vec<String> = Vec::new();
+    for (present, field) in [
+        (name.is_some(), "name"),
+        (identifier.is_some(), "identifier"),
+        (kind.is_some(), "kind"),
+        (config.is_some(), "config_json"),
+    ] {
+        if present {
+            changed.push(field.into());
+        }
+    }
+    let rotated = new_config
+        .as_ref()
+        .is_some_and(|(_, keys, sealed, _)| !keys.is_empty() && *sealed != cur.sealed_secrets);
+    let result = common::commit(&app, &ctx, &id, |state| {
+        let Some(EntityData::Provider(p)) = state.filter(|e| e.is_live()).map(|e| &e.data) else {
+            return Err(common::not_found(KIND));
+        };
+        let mut p = p.clone();
+        if let Some(n) = &name {
+            p.name = n.clone();
+        }
+        if let Some(i) = &identifier {
+            p.identifier = i.clone();
+        }
+        if let Some((public, keys, sealed, kind)) = &new_config {
+            if *kind != p.kind && provider_config::is_oauth(kind) {
+                p.connectivity_failed_at = Some(chrono::Utc::now());
+            }
+            if !provider_config::is_oauth(kind) {
+                p.connectivity_failed_at = None;
+            }
+            p.kind = kind.clone();
+            p.config_json = public.clone();
+            p.secret_config_keys = keys.clone();
+            p.sealed_secrets = sealed.clone();
+        }
+        Ok(CatalogCommand::Replace {
+            data: EntityData::Provider(p),
+            changed_fields: changed.clone(),
+            secret_rotated: rotated,
+        })
+    })
+    .await;
+    match result {
+        Ok(w) => common::answer(&app, &ctx, w, StatusCode::OK, Some(&render)).await,
+        Err(Failure::Taken { .. }) => Err(identifier_conflict()),
+        Err(Failure::Api(e)) => Err(e),
+    }
+}
+
+async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    let w = common::commit(&app, &ctx, ids.at(1), |_| {
+        Ok(CatalogCommand::Archive { kind: KIND })
+    })
+    .await
+    .map_err(ApiError::from)?;
+    common::answer(&app, &ctx, w, StatusCode::NO_CONTENT, None).await
+}

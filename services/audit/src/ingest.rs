@@ -1,0 +1,218 @@
+//! The Audit service's ingester (events-and-audit.md §11.3): reads `caracal.audit.events`
+//! through the consumer group `audit-ingestor`, verifies each frame's `sig` under
+//! `AUDIT_HMAC_KEY`, and appends it to its zone's log as an `audit.ingested` event (the
+//! ledger projection chains it). Frames it cannot take go to `caracal.audit.events.dlq`
+//! with a reason; a frame is acknowledged only once it is in the log or in the DLQ, so a
+//! crash re-reads it (and the duplicate is recognised).
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use serval_domain::audit::{self, AuditEvent, AuditRecord, FrameError};
+use serval_domain::validation::is_valid_identifier;
+use serval_domain::Event;
+use serval_streams::append::AppendError;
+use serval_streams::{topics, AppendRequest, LogStream};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use serval_kit::state::App;
+
+pub const GROUP: &str = "audit-ingestor";
+
+/// What became of one frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Ingested,
+    Duplicate,
+    DeadLetter(String),
+}
+
+fn consumer_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "audit-worker-0".to_owned())
+}
+
+fn field(map: &std::collections::HashMap<String, redis::Value>, name: &str) -> Option<Vec<u8>> {
+    match map.get(name) {
+        Some(redis::Value::BulkString(b)) => Some(b.clone()),
+        Some(redis::Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn sig_ok(key: &[u8], data: &[u8], sig: Option<&[u8]>) -> bool {
+    let Some(sig) = sig.and_then(|s| hex::decode(s).ok()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(data);
+    mac.verify_slice(&sig).is_ok()
+}
+
+async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
+    if !is_valid_identifier(&record.zone_id) || !is_valid_identifier(&record.id) {
+        return Ok(Outcome::DeadLetter(
+            "json_parse_error:invalid id or zone_id".into(),
+        ));
+    }
+    let zone = serval_projector::zones::load(&app.pool, &record.zone_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if zone.is_none() {
+        return Ok(Outcome::DeadLetter("unknown_zone".into()));
+    }
+    let stream = LogStream::Zone(record.zone_id.clone());
+    let req = AppendRequest::new(
+        stream.clone(),
+        Some(record.zone_id.clone()),
+        record.id.clone(),
+        0,
+        vec![Event::Audit(AuditEvent::Ingested(record.clone()))],
+        "system:audit-ingestor".to_owned(),
+    )
+    .with_request_id(&record.request_id);
+    match app.store.append(&req).await {
+        Ok(_) => Ok(Outcome::Ingested),
+        // The id is taken: a re-delivery (benign) or a different frame under a used id.
+        Err(AppendError::VersionConflict { .. }) => {
+            let mut stored = None;
+            for _ in 0..50 {
+                stored = serval_projector::audit::load(&app.pool, &record.zone_id, &record.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if stored.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match stored {
+                Some(s) if s.content_sha256 == audit::content_sha256(&record) => {
+                    Ok(Outcome::Duplicate)
+                }
+                Some(_) => Ok(Outcome::DeadLetter("tamper_on_replay".into())),
+                None => Err("the stored record of a duplicate id is not visible".into()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn process(
+    app: &App,
+    fields: &std::collections::HashMap<String, redis::Value>,
+) -> Result<Outcome, String> {
+    let Some(data) = field(fields, "data") else {
+        return Ok(Outcome::DeadLetter(FrameError::MissingData.reason()));
+    };
+    let sig = field(fields, "sig");
+    // In development without a key frames are taken unsigned; with a key, never.
+    let key = &app.secrets.audit_key;
+    if !key.is_empty() && !sig_ok(key, &data, sig.as_deref()) {
+        return Ok(Outcome::DeadLetter("hmac_verify_failed".into()));
+    }
+    let sig = sig.and_then(|s| String::from_utf8(s).ok());
+    match audit::parse_frame(&data, sig) {
+        Ok(record) => ingest(app, record).await,
+        Err(e) => Ok(Outcome::DeadLetter(e.reason())),
+    }
+}
+
+async fn dead_letter(
+    conn: &mut ConnectionManager,
+    dlq: &str,
+    entry_id: &str,
+    fields: &std::collections::HashMap<String, redis::Value>,
+    reason: &str,
+) -> redis::RedisResult<()> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(dlq).arg("*");
+    cmd.arg("reason").arg(reason);
+    cmd.arg("source_entry_id").arg(entry_id);
+    for name in ["id", "data", "sig"] {
+        if let Some(v) = field(fields, name) {
+            cmd.arg(name).arg(v);
+        }
+    }
+    let _: String = cmd.query_async(conn).await?;
+    Ok(())
+}
+
+/// Runs until `stop`: pending frames of this consumer first (a previous run's), then new ones.
+pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    let topic = app.store.keys().topic(topics::AUDIT_EVENTS);
+    let dlq = app.store.keys().topic(topics::AUDIT_EVENTS_DLQ);
+    let consumer = consumer_name();
+    let Some(mut conn) =
+        serval_kit::state::connect_dedicated(&app.cfg.redis_url, "audit ingester", &mut stop).await
+    else {
+        return;
+    };
+    let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&topic, GROUP, "0").await;
+    if let Err(e) = created {
+        if e.code() != Some("BUSYGROUP") {
+            tracing::warn!(error = %e, "audit ingester cannot create its consumer group");
+        }
+    }
+    let mut cursor = "0".to_owned();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let opts = StreamReadOptions::default()
+            .group(GROUP, &consumer)
+            .count(100)
+            .block(1_000);
+        let keys = [topic.as_str()];
+        let ids = [cursor.as_str()];
+        let read = tokio::select! {
+            r = conn.xread_options::<_, _, StreamReadReply>(&keys, &ids, &opts) => r,
+            _ = stop.changed() => return,
+        };
+        let reply = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit ingester: redis error; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if entries.is_empty() && cursor == "0" {
+            // Own pending entries done: new frames from here on.
+            cursor = ">".to_owned();
+            continue;
+        }
+        for entry in entries {
+            let outcome = match process(&app, &entry.map).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // Not acknowledged: it stays pending and is retried from the start.
+                    tracing::warn!(error = %e, entry = %entry.id, "audit frame not ingested; will retry");
+                    cursor = "0".to_owned();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            };
+            if let Outcome::DeadLetter(reason) = &outcome {
+                tracing::warn!(reason, entry = %entry.id, "audit frame dead-lettered");
+                if let Err(e) = dead_letter(&mut conn, &dlq, &entry.id, &entry.map, reason).await {
+                    tracing::warn!(error = %e, "audit DLQ write failed; will retry");
+                    cursor = "0".to_owned();
+                    break;
+                }
+            }
+            let acked: redis::RedisResult<i64> = conn.xack(&topic, GROUP, &[&entry.id]).await;
+            if let Err(e) = acked {
+                tracing::warn!(error = %e, "audit frame not acknowledged");
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Audit service (:9090). Today: the ingestor that moves `caracal.audit.events` frames
+//! into the log (events-and-audit.md §11.3), and the operational routes. The ledger's read
+//! routes are served by the Management API under `/v1/zones/{zone}/audit`.
+
+pub mod ingest;
+
+use axum::Router;
+use serval_kit::App;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Starts the audit ingestor.
+pub fn start(app: &App, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    vec![tokio::spawn(ingest::run(app.clone(), stop.clone()))]
+}
+
+/// The Audit service's own routes (the operational ones are added by `serve::finish`).
+pub fn router() -> Router<App> {
+    Router::new()
+}

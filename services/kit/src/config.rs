@@ -1,0 +1,330 @@
+//! Configuration: environment variables with Caracal's names (operations.md §3–§4), every
+//! one also a flag. With nothing set, development defaults and generated keys.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Service {
+    Api,
+    Coordinator,
+    Sts,
+    Gateway,
+    Audit,
+    /// Projections, the archiver and the topic relay.
+    Projector,
+}
+
+impl Service {
+    pub const HTTP: [Service; 5] = [
+        Service::Api,
+        Service::Coordinator,
+        Service::Sts,
+        Service::Gateway,
+        Service::Audit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Api => "api",
+            Service::Coordinator => "coordinator",
+            Service::Sts => "sts",
+            Service::Gateway => "gateway",
+            Service::Audit => "audit",
+            Service::Projector => "projector",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Dev,
+    Rc,
+    Stable,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/serval"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// `dev`, `rc` or `stable`. Unset: `stable` when every required key is configured,
+    /// otherwise development mode with generated keys (announced loudly).
+    #[arg(long, env = "CARACAL_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    #[arg(long, env = "CARACAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "STREAMS_HMAC_KEY", hide_env_values = true)]
+    pub streams_hmac_key: Option<String>,
+    #[arg(long, env = "STREAMS_HMAC_KEY_PREVIOUS", hide_env_values = true)]
+    pub streams_hmac_key_previous: Option<String>,
+    #[arg(long, env = "AUDIT_HMAC_KEY", hide_env_values = true)]
+    pub audit_hmac_key: Option<String>,
+    #[arg(long, env = "SECRET_STORE_KEK", hide_env_values = true)]
+    pub secret_store_kek: Option<String>,
+    #[arg(long, env = "METRICS_BEARER", hide_env_values = true)]
+    pub metrics_bearer: Option<String>,
+    /// Signs internal calls to the STS (`/internal/policy/*`); unset = those routes answer
+    /// `503 config_missing`.
+    #[arg(long, env = "GATEWAY_STS_HMAC_KEY", hide_env_values = true)]
+    pub gateway_sts_hmac_key: Option<String>,
+    #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
+    pub issuer_url: String,
+    /// Where development keys and the generated admin token are kept (git-ignored).
+    #[arg(long, env = "SERVAL_DATA_DIR", default_value = ".serval")]
+    pub data_dir: PathBuf,
+    /// Prefix of every Redis key Serval owns (tests use one per test).
+    #[arg(long, env = "SERVAL_KEY_PREFIX", default_value = "serval")]
+    pub key_prefix: String,
+    /// Prefix of the public `caracal.*` topic keys (empty in production).
+    #[arg(long, env = "SERVAL_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "SERVAL_API_PORT", default_value_t = 3000)]
+    pub api_port: u16,
+    #[arg(long, env = "SERVAL_COORDINATOR_PORT", default_value_t = 4000)]
+    pub coordinator_port: u16,
+    #[arg(long, env = "SERVAL_STS_PORT", default_value_t = 8080)]
+    pub sts_port: u16,
+    #[arg(long, env = "SERVAL_GATEWAY_PORT", default_value_t = 8081)]
+    pub gateway_port: u16,
+    #[arg(long, env = "SERVAL_AUDIT_PORT", default_value_t = 9090)]
+    pub audit_port: u16,
+    #[arg(long, env = "DB_POOL_MAX", default_value_t = 20)]
+    pub db_pool_max: u32,
+    #[arg(long, env = "API_BODY_LIMIT_BYTES", default_value_t = 1_048_576)]
+    pub body_limit_bytes: usize,
+    /// How long a write waits for its read model before answering "not yet projected".
+    #[arg(
+        long,
+        env = "SERVAL_WRITE_VISIBILITY_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub write_visibility_timeout_ms: u64,
+    /// Seconds between runs of the DCR cleanup job (§18; 0 disables it).
+    #[arg(long, env = "SERVAL_DCR_CLEANUP_INTERVAL_SECS", default_value_t = 60)]
+    pub dcr_cleanup_interval_secs: u64,
+    /// How long past `expires_at` a DCR application is archived by the cleanup job.
+    #[arg(long, env = "SERVAL_DCR_CLEANUP_GRACE_SECS", default_value_t = 86_400)]
+    pub dcr_cleanup_grace_secs: u64,
+    /// Seconds between runs of the authority-record reaper (§18; 0 disables it).
+    #[arg(
+        long,
+        env = "SERVAL_RECORD_REAPER_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub record_reaper_interval_secs: u64,
+    /// Requests per minute on `/v1/` per client IP and per admin token (0 disables).
+    #[arg(long, env = "API_V1_RATE_LIMIT_PER_MIN", default_value_t = 600)]
+    pub api_v1_rate_limit_per_min: u64,
+    /// Failed authentications per minute per client IP before `429` replaces `401`.
+    #[arg(long, env = "ADMIN_AUTH_FAIL_LIMIT_PER_MIN", default_value_t = 60)]
+    pub admin_auth_fail_limit_per_min: u64,
+    /// `/ready` requests per minute per client IP (0 disables).
+    #[arg(long, env = "READY_RATE_LIMIT_PER_MIN", default_value_t = 120)]
+    pub ready_rate_limit_per_min: u64,
+    /// Readiness fails when a projection trails the log by more than this.
+    #[arg(long, env = "SERVAL_READY_LAG_MAX_MS", default_value_t = 30_000)]
+    pub ready_lag_max_ms: u64,
+    /// Test hook: `<projection>:<n>` aborts the process inside a batch.
+    #[arg(long, env = "SERVAL_TEST_CRASH_AFTER_EVENTS", hide = true)]
+    pub test_crash_after_events: Option<String>,
+}
+
+/// Keys and tokens after resolving `_FILE` forms and development defaults.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub mode: Mode,
+    pub admin_token: Option<String>,
+    pub streams_key: Vec<u8>,
+    pub streams_key_previous: Option<Vec<u8>>,
+    pub audit_key: Vec<u8>,
+    pub kek: Vec<u8>,
+    pub metrics_bearer: Option<String>,
+    /// Development mode generated something; say so loudly.
+    pub generated: Vec<&'static str>,
+    /// The admin token was generated just now and must be shown once.
+    pub show_admin_token: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DevSecrets {
+    admin_token: Option<String>,
+    streams_hmac_key: Option<String>,
+    audit_hmac_key: Option<String>,
+    secret_store_kek: Option<String>,
+}
+
+/// `NAME_FILE` support: when `NAME` is empty and `NAME_FILE` names a file, its trimmed
+/// content is the value. An unreadable or empty file is fatal.
+fn from_file(name: &str, direct: &Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(v) = direct.as_ref().filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(v.trim().to_owned()));
+    }
+    let Ok(path) = std::env::var(format!("{name}_FILE")) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{name}_FILE={path} is unreadable"))?;
+    let text = text.trim_end().to_owned();
+    if text.is_empty() {
+        bail!("{name}_FILE={path} is empty");
+    }
+    Ok(Some(text))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn load_dev(path: &Path) -> anyhow::Result<DevSecrets> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DevSecrets::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn save_dev(path: &Path, s: &DevSecrets) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn decode_key(name: &str, hex_key: &str, exact: Option<usize>) -> anyhow::Result<Vec<u8>> {
+    let bytes = hex::decode(hex_key.trim()).with_context(|| format!("{name} is not hex"))?;
+    match exact {
+        Some(n) if bytes.len() != n => bail!("{name} must decode to exactly {n} bytes"),
+        None if bytes.len() < 32 => bail!("{name} must decode to at least 32 bytes"),
+        _ => Ok(bytes),
+    }
+}
+
+impl Config {
+    pub fn resolve_secrets(&self) -> anyhow::Result<Secrets> {
+        let admin = from_file("CARACAL_ADMIN_TOKEN", &self.admin_token)?;
+        let streams = from_file("STREAMS_HMAC_KEY", &self.streams_hmac_key)?;
+        let streams_prev = from_file("STREAMS_HMAC_KEY_PREVIOUS", &self.streams_hmac_key_previous)?;
+        let audit = from_file("AUDIT_HMAC_KEY", &self.audit_hmac_key)?;
+        let kek = from_file("SECRET_STORE_KEK", &self.secret_store_kek)?;
+        let metrics_bearer = from_file("METRICS_BEARER", &self.metrics_bearer)?;
+        let complete = streams.is_some() && audit.is_some() && kek.is_some();
+        let mode = match self.mode {
+            Some(m) => m,
+            None if complete => Mode::Stable,
+            None => Mode::Dev,
+        };
+        if mode != Mode::Dev && !complete {
+            bail!("CARACAL_MODE={mode:?}: STREAMS_HMAC_KEY, AUDIT_HMAC_KEY and SECRET_STORE_KEK are required");
+        }
+        let mut generated = Vec::new();
+        let mut show_admin_token = false;
+        let (admin, streams, audit, kek) = if mode == Mode::Dev {
+            let path = self.data_dir.join("dev-secrets.json");
+            let mut dev = load_dev(&path)?;
+            let mut changed = false;
+            let mut fill = |slot: &mut Option<String>,
+                            given: Option<String>,
+                            what: &'static str,
+                            make: fn() -> String| {
+                if let Some(v) = given {
+                    return v;
+                }
+                if slot.is_none() {
+                    *slot = Some(make());
+                    changed = true;
+                    generated.push(what);
+                }
+                slot.clone().unwrap_or_default()
+            };
+            let had_admin = dev.admin_token.is_some();
+            let admin_v = fill(
+                &mut dev.admin_token,
+                admin.clone(),
+                "CARACAL_ADMIN_TOKEN",
+                || random_hex(32),
+            );
+            let streams_v = fill(
+                &mut dev.streams_hmac_key,
+                streams,
+                "STREAMS_HMAC_KEY",
+                || random_hex(32),
+            );
+            let audit_v = fill(&mut dev.audit_hmac_key, audit, "AUDIT_HMAC_KEY", || {
+                random_hex(32)
+            });
+            let kek_v = fill(&mut dev.secret_store_kek, kek, "SECRET_STORE_KEK", || {
+                random_hex(32)
+            });
+            show_admin_token = admin.is_none() && !had_admin;
+            if changed {
+                save_dev(&path, &dev)?;
+            }
+            (Some(admin_v), streams_v, audit_v, kek_v)
+        } else {
+            (
+                admin,
+                streams.unwrap_or_default(),
+                audit.unwrap_or_default(),
+                kek.unwrap_or_default(),
+            )
+        };
+        Ok(Secrets {
+            mode,
+            admin_token: admin,
+            streams_key: decode_key("STREAMS_HMAC_KEY", &streams, None)?,
+            streams_key_previous: streams_prev
+                .map(|k| decode_key("STREAMS_HMAC_KEY_PREVIOUS", &k, None))
+                .transpose()?,
+            audit_key: decode_key("AUDIT_HMAC_KEY", &audit, None)?,
+            kek: decode_key("SECRET_STORE_KEK", &kek, Some(32))?,
+            metrics_bearer,
+            generated,
+            show_admin_token,
+        })
+    }
+
+    pub fn port(&self, service: Service) -> u16 {
+        match service {
+            Service::Api => self.api_port,
+            Service::Coordinator => self.coordinator_port,
+            Service::Sts => self.sts_port,
+            Service::Gateway => self.gateway_port,
+            Service::Audit => self.audit_port,
+            Service::Projector => 0,
+        }
+    }
+
+    pub fn crash_hook(&self) -> anyhow::Result<Option<(String, u64)>> {
+        let Some(spec) = &self.test_crash_after_events else {
+            return Ok(None);
+        };
+        let (p, n) = spec
+            .split_once(':')
+            .context("SERVAL_TEST_CRASH_AFTER_EVENTS must be <projection>:<n>")?;
+        Ok(Some((p.to_owned(), n.parse().context("crash hook count")?)))
+    }
+}

@@ -1,0 +1,320 @@
+//! The write path (ARCHITECTURE.md §3): build the command's events from the current read
+//! model, append them atomically and conditionally, retry on a version conflict, then wait
+//! until the read model has passed the new entry so the caller reads its own write.
+
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+use serval_domain::Event;
+use serval_streams::append::{Idempotency, IdempotencyRecord};
+use serval_streams::{AppendError, AppendOutcome, AppendRequest, EntryId, Envelope, LogStream};
+use sha2::{Digest, Sha256};
+
+use crate::http::ApiError;
+use crate::metrics::METRICS;
+use crate::state::App;
+
+/// Conflicts are retried this many times (each after the read model caught up) before
+/// the caller gets `409`.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// Response header set when a write is durable but its read model had not yet passed it.
+pub const PROJECTION_HEADER: &str = "x-serval-projection";
+
+pub enum Outcome {
+    /// Appended now.
+    Applied {
+        aggregate_id: String,
+        events: Vec<Event>,
+        envelopes: Vec<Envelope>,
+        visible: bool,
+    },
+    /// A retry of a request whose first answer was recorded: answer it verbatim.
+    Replay { status: u16, body: String },
+    /// A retry of a request that was appended but whose answer was not recorded (the first
+    /// attempt died in between): answer from the read model.
+    ReplayUnrecorded { aggregate_id: String, visible: bool },
+}
+
+impl Outcome {
+    /// Whether the read model had passed the write when it was answered.
+    pub fn visible(&self) -> bool {
+        match self {
+            Outcome::Applied { visible, .. } | Outcome::ReplayUnrecorded { visible, .. } => {
+                *visible
+            }
+            Outcome::Replay { .. } => true,
+        }
+    }
+
+    /// The first event appended now, with its envelope.
+    pub fn first_appended(&self) -> Option<(&Event, &Envelope)> {
+        match self {
+            Outcome::Applied {
+                events, envelopes, ..
+            } => events.first().zip(envelopes.first()),
+            _ => None,
+        }
+    }
+}
+
+pub enum Failure {
+    Api(ApiError),
+    /// A uniqueness reservation is held by another aggregate.
+    Taken {
+        key: String,
+    },
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Api(e) => e,
+            Failure::Taken { key } => {
+                ApiError::internal(format!("unmapped reservation conflict on {key}"))
+            }
+        }
+    }
+}
+
+/// Reads `Idempotency-Key` (an extension: an official client never sends it). The record is
+/// named by (actor, key); the fingerprint binds it to this exact request.
+pub fn idempotency(
+    headers: &HeaderMap,
+    actor_id: &str,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    let Some(key) = key else {
+        return Err(ApiError::bad_request("invalid_request")
+            .description("Idempotency-Key must be 1-255 visible ASCII characters"));
+    };
+    let key_digest = hex::encode(Sha256::digest(format!("{actor_id}\n{key}").as_bytes()));
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(path.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    Ok(Some(Idempotency {
+        key_digest,
+        fingerprint: hex::encode(h.finalize()),
+    }))
+}
+
+fn hinted() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static HINTED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    HINTED.get_or_init(Default::default)
+}
+
+/// Publishes the activity hint of a zone stream that may just have got its first entry,
+/// once per stream and process.
+pub async fn hint_new_stream(app: &App, stream: &LogStream) {
+    if !matches!(stream, LogStream::Zone(_)) {
+        return;
+    }
+    let key = app.store.keys().log(stream);
+    let first = hinted()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone());
+    if !first {
+        return;
+    }
+    if let Err(e) = app.store.hint_activity(stream).await {
+        tracing::debug!(error = %e, "activity hint not published");
+        hinted()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+}
+
+async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
+    let key = app.store.keys().log(stream);
+    app.visibility
+        .wait(&app.pool, projection, &key, id, app.visibility_timeout())
+        .await
+}
+
+fn replay(
+    record: IdempotencyRecord,
+    idem: &Idempotency,
+) -> Result<Option<(String, EntryId)>, Failure> {
+    if record.fingerprint() != Some(idem.fingerprint.as_str()) {
+        return Err(Failure::Api(
+            ApiError::conflict("idempotency_key_conflict")
+                .description("this Idempotency-Key was used for a different request"),
+        ));
+    }
+    Ok(record
+        .aggregate_id()
+        .map(str::to_owned)
+        .zip(record.last_entry_id()))
+}
+
+/// Runs `build` (load state, decide) and appends its request, retrying on version conflicts.
+pub async fn execute<F, Fut>(
+    app: &App,
+    projection: &str,
+    stream: LogStream,
+    idem: Option<Idempotency>,
+    mut build: F,
+) -> Result<Outcome, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<AppendRequest, Failure>>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let mut req = build().await?;
+        req.stream = stream.clone();
+        req.idempotency = idem.clone();
+        METRICS.append_calls.inc();
+        let t0 = std::time::Instant::now();
+        let appended = app.store.append(&req).await;
+        tracing::debug!(elapsed_us = t0.elapsed().as_micros() as u64, "append");
+        match appended {
+            Ok(AppendOutcome::Appended {
+                entry_ids,
+                envelopes,
+            }) => {
+                METRICS.append_events.inc_by(entry_ids.len() as u64);
+                let last = entry_ids.last().copied().unwrap_or_default();
+                // A new aggregate may be the first entry of its zone's stream: tell the
+                // projectors, so they need not wait for their sweep to find the stream.
+                // Once per stream and process: a runner keeps a stream it has seen with
+                // entries in its blocking read, and a runner started later finds it by its
+                // sweep — so repeating the hint would only cost an fsync per create.
+                if req.expected_version == 0 {
+                    hint_new_stream(app, &stream).await;
+                }
+                // The request's admin-audit record goes to the log while we wait below.
+                crate::admin_audit::note_written(app, &req.aggregate_id);
+                let t1 = std::time::Instant::now();
+                let visible = wait_visible(app, projection, &stream, last).await;
+                tracing::debug!(
+                    elapsed_us = t1.elapsed().as_micros() as u64,
+                    projection,
+                    "visible"
+                );
+                if !visible {
+                    METRICS.writes_unprojected.inc();
+                }
+                return Ok(Outcome::Applied {
+                    aggregate_id: req.aggregate_id,
+                    events: req.events,
+                    envelopes,
+                    visible,
+                });
+            }
+            Ok(AppendOutcome::Duplicate(record)) => {
+                let Some(idem) = &idem else {
+                    return Err(Failure::Api(ApiError::internal(
+                        "duplicate without an idempotency key",
+                    )));
+                };
+                if let Some((status, body)) = record.response() {
+                    if record.fingerprint() == Some(idem.fingerprint.as_str()) {
+                        return Ok(Outcome::Replay {
+                            status,
+                            body: body.to_owned(),
+                        });
+                    }
+                }
+                let Some((aggregate_id, last)) = replay(record, idem)? else {
+                    return Err(Failure::Api(ApiError::internal(
+                        "incomplete idempotency record",
+                    )));
+                };
+                let visible = wait_visible(app, projection, &stream, last).await;
+                return Ok(Outcome::ReplayUnrecorded {
+                    aggregate_id,
+                    visible,
+                });
+            }
+            Err(AppendError::VersionConflict { .. }) => {
+                METRICS.append_conflicts.inc();
+                // Reload only once the read model has caught up with the log's head.
+                let key = app.store.keys().log(&stream);
+                let head = app
+                    .store
+                    .last_entry_id(&key)
+                    .await
+                    .map_err(ApiError::from)?;
+                wait_visible(app, projection, &stream, head).await;
+            }
+            Err(AppendError::ReservationTaken { key }) => return Err(Failure::Taken { key }),
+            Err(e) => return Err(Failure::Api(ApiError::internal(e))),
+        }
+    }
+    Err(Failure::Api(
+        ApiError::conflict("conflict").description("the object kept changing; retry the request"),
+    ))
+}
+
+/// Builds the JSON response of a write, marks it when not yet projected, and records it as
+/// the first answer of an idempotent request.
+pub async fn respond(
+    app: &App,
+    stream: &LogStream,
+    idem: &Option<Idempotency>,
+    status: StatusCode,
+    body: Option<Value>,
+    visible: bool,
+) -> Response {
+    let text = body.as_ref().map(Value::to_string).unwrap_or_default();
+    if let Some(i) = idem {
+        if let Err(e) = app
+            .store
+            .record_response(stream, &i.key_digest, status.as_u16(), &text)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the idempotent answer");
+        }
+    }
+    let mut resp = match body {
+        Some(b) => (status, Json(b)).into_response(),
+        None => status.into_response(),
+    };
+    if !visible {
+        resp.headers_mut()
+            .insert(PROJECTION_HEADER, HeaderValue::from_static("pending"));
+    }
+    resp
+}
+
+/// Answers a replayed request with its recorded first answer.
+pub fn replayed(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut resp = if body.is_empty() {
+        status.into_response()
+    } else {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}

@@ -1,0 +1,93 @@
+//! Start-up: resolve the keys, build the shared state (pools, migrations), start the
+//! projector and each chosen service's background tasks, serve the chosen services until
+//! SIGINT/SIGTERM, then drain.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serval_kit::config::{Config, Mode, Secrets, Service};
+use serval_kit::serve;
+use tokio::sync::watch;
+
+fn banner(secrets: &Secrets, cfg: &Config) {
+    if secrets.mode != Mode::Dev {
+        return;
+    }
+    eprintln!("==================================================================");
+    eprintln!(" SERVAL IS RUNNING IN DEVELOPMENT MODE");
+    eprintln!(
+        " Keys live in {} (never use them in production).",
+        cfg.data_dir.join("dev-secrets.json").display()
+    );
+    for g in &secrets.generated {
+        eprintln!(" generated {g}");
+    }
+    if secrets.show_admin_token {
+        if let Some(t) = &secrets.admin_token {
+            eprintln!(" Admin token (shown once): {t}");
+        }
+    } else {
+        eprintln!(" Admin token: see CARACAL_ADMIN_TOKEN or the dev-secrets file.");
+    }
+    eprintln!("==================================================================");
+}
+
+/// Runs the given services (and the projector if listed) until SIGINT/SIGTERM.
+pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> {
+    let secrets = cfg.resolve_secrets()?;
+    banner(&secrets, &cfg);
+    let app = serval_kit::state::build_state(cfg, secrets).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if services.contains(&Service::Projector) {
+        tasks.extend(crate::projector::start(&app, &stop_rx).await?);
+    } else {
+        tokio::spawn(app.visibility.clone().listen(app.pool.clone()));
+    }
+    if services.contains(&Service::Sts) {
+        tasks.extend(serval_sts::start(&app, &stop_rx));
+    }
+    if services.contains(&Service::Audit) {
+        tasks.extend(serval_audit::start(&app, &stop_rx));
+    }
+    if services.contains(&Service::Api) {
+        tasks.extend(serval_api::start(&app, &stop_rx).await?);
+    }
+    let mut servers = Vec::new();
+    for service in Service::HTTP {
+        if !services.contains(&service) {
+            continue;
+        }
+        let routes = match service {
+            Service::Api => serval_api::router(app.clone()),
+            Service::Coordinator => serval_coordinator::router(),
+            Service::Sts => serval_sts::router(),
+            Service::Gateway => serval_gateway::router(),
+            Service::Audit => serval_audit::router(),
+            Service::Projector => continue,
+        };
+        let router = serve::finish(&app, service, routes);
+        servers.push(serve::listen(&app, service, router, stop_rx.clone()).await?);
+    }
+    println!("serval: ready");
+    serve::shutdown_signal().await;
+    tracing::info!("shutting down");
+    app.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(15), s).await;
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(())
+}
+
+/// Applies the migrations and exits (`serval migrate`).
+pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
+    let pool = serval_kit::state::connect_pg(cfg).await?;
+    serval_schema::migrate(&pool).await?;
+    println!("serval: migrations applied");
+    Ok(())
+}

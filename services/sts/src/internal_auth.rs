@@ -1,0 +1,63 @@
+//! Internal-call signatures (management-api.md §11, sts.md §10): headers
+//! `X-Caracal-Gateway-Timestamp` (unix s), `X-Caracal-Gateway-Request` (id) and
+//! `X-Caracal-Gateway-Signature` = hex HMAC-SHA256 under `GATEWAY_STS_HMAC_KEY` over
+//! `<unix>\n<request id>\n<METHOD>\n<path>\n<hex sha256(body)>`.
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use serval_kit::http::ApiError;
+use serval_kit::state::App;
+
+/// Accepted clock difference between caller and STS.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The canonical string a signature covers.
+pub fn canonical(ts: &str, request_id: &str, method: &str, path: &str, body: &[u8]) -> String {
+    format!(
+        "{ts}\n{request_id}\n{method}\n{path}\n{}",
+        hex::encode(Sha256::digest(body))
+    )
+}
+
+pub fn verify(
+    app: &App,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some(key) = app
+        .cfg
+        .gateway_sts_hmac_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+    else {
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "config_missing")
+                .description("GATEWAY_STS_HMAC_KEY is not configured"),
+        );
+    };
+    let denied =
+        || ApiError::unauthorized("access_denied").description("invalid internal signature");
+    let (Some(ts), Some(rid), Some(sig)) = (
+        header(headers, "x-caracal-gateway-timestamp"),
+        header(headers, "x-caracal-gateway-request"),
+        header(headers, "x-caracal-gateway-signature"),
+    ) else {
+        return Err(denied());
+    };
+    let at: i64 = ts.parse().map_err(|_| denied())?;
+    if (chrono::Utc::now().timestamp() - at).abs() > MAX_SKEW_SECS {
+        return Err(denied());
+    }
+    let sig = hex::decode(sig).map_err(|_| denied())?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| denied())?;
+    mac.update(canonical(ts, rid, method.as_str(), path, body).as_bytes());
+    mac.verify_slice(&sig).map_err(|_| denied())
+}
