@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Admin, Options, Server};
+use common::{Admin, Server};
 use serde_json::{json, Value};
 
 async fn zone(admin: &Admin, dcr: bool) -> String {
@@ -15,7 +15,7 @@ async fn zone(admin: &Admin, dcr: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn managed_application_lifecycle_and_secret_custody() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, false).await;
     let base = format!("/v1/zones/{z}/applications");
@@ -134,7 +134,7 @@ async fn managed_application_lifecycle_and_secret_custody() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_validation_codes() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, false).await;
     let base = format!("/v1/zones/{z}/applications");
@@ -256,7 +256,7 @@ async fn create_validation_codes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dcr_registration_and_zone_status() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let off = zone(&admin, false).await;
     let (s, e) = admin
@@ -333,7 +333,7 @@ async fn dcr_registration_and_zone_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_reveal_is_published_as_a_signed_credential_revealed_audit_frame() {
     use hmac::{Hmac, Mac};
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, false).await;
     let (_, a) = admin

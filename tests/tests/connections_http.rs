@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Admin, Options, Server};
+use common::{Admin, Server};
 use serde_json::{json, Value};
 
 async fn zone_with_provider(admin: &Admin, revocation: bool) -> (String, String) {
@@ -33,7 +33,7 @@ async fn zone_with_provider(admin: &Admin, revocation: bool) -> (String, String)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upsert_list_and_revoke_under_both_names() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let (z, pid) = zone_with_provider(&admin, true).await;
     let base = format!("/v1/zones/{z}/provider-connections");
@@ -152,7 +152,7 @@ async fn upsert_list_and_revoke_under_both_names() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_use_the_documented_codes() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let (z, pid) = zone_with_provider(&admin, false).await;
     let base = format!("/v1/zones/{z}/provider-connections");
@@ -252,7 +252,7 @@ async fn refusals_use_the_documented_codes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authorize_issues_pkce_state_that_the_callback_redeems_once() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let (z, pid) = zone_with_provider(&admin, false).await;
     let (other, _) = zone_with_provider(&admin, false).await;

@@ -101,7 +101,7 @@ fn grants_doc(scopes: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_and_templates() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
 
     let (s, r) = admin
@@ -235,7 +235,7 @@ async fn validate_and_templates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_lifecycle_versions_and_errors() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, "Policies").await;
 
@@ -422,7 +422,7 @@ async fn policy_lifecycle_versions_and_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_sets_versions_activation_and_simulation() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, "Sets").await;
     let other = zone(&admin, "Other").await;
@@ -1017,7 +1017,7 @@ async fn rebuilding_policy_projections_reproduces_every_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn zone_tokens_stay_in_their_zone() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let mine = zone(&admin, "Mine").await;
     let theirs = zone(&admin, "Theirs").await;

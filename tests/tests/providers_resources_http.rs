@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Admin, Options, Server};
+use common::{Admin, Server};
 use serde_json::{json, Value};
 
 async fn zone(admin: &Admin) -> String {
@@ -13,7 +13,7 @@ async fn zone(admin: &Admin) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_kinds_sealing_and_lifecycle() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin).await;
     let base = format!("/v1/zones/{z}/providers");
@@ -156,7 +156,7 @@ async fn provider_kinds_sealing_and_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_scopes_operations_and_provider_binding() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin).await;
     let (_, p) = admin

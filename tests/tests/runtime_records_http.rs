@@ -141,7 +141,7 @@ async fn csv(admin: &Admin, path: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authority_records_list_filter_page_and_export() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, "records").await;
     let hour = chrono::Duration::hours(1);
@@ -244,7 +244,7 @@ async fn authority_records_list_filter_page_and_export() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_answer_under_both_names_with_every_filter() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, "sessions").await;
     let seeds = [
@@ -367,7 +367,7 @@ async fn make_token(admin: &Admin, zone: &str, capability: &str) -> Admin {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn approvals_list_and_decide_under_both_names() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let z = zone(&admin, "approvals").await;
     let t0 = Utc::now();
@@ -724,7 +724,7 @@ async fn revoking_a_grant_revokes_its_subjects_records_and_the_reaper_expires() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dcr_revoke_live_cascades_to_records_and_sessions() {
-    let server = Server::start(Options::default()).await;
+    let server = Server::shared().await;
     let admin = Admin::new(&server);
     let (_, z) = admin
         .post(

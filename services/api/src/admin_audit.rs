@@ -137,13 +137,15 @@ async fn list(
     )
     .await?;
     Ok(feed::answer(
-        "admin-audit",
-        ids.at(0),
+        feed::Shape {
+            name: "admin-audit",
+            zone: ids.at(0),
+            csv: csv_out,
+            columns: fields.as_deref().unwrap_or(&EXPORT),
+            projected: fields.is_some(),
+        },
         &rows,
         page.limit,
-        csv_out,
-        fields.as_deref().unwrap_or(&EXPORT),
-        fields.is_some(),
         |r| (r.occurred_at, r.id.clone()),
         flat,
         render,

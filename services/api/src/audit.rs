@@ -247,13 +247,15 @@ async fn list(
     )
     .await?;
     Ok(feed::answer(
-        "audit",
-        ids.at(0),
+        feed::Shape {
+            name: "audit",
+            zone: ids.at(0),
+            csv: csv_out,
+            columns: fields.as_deref().unwrap_or(&export),
+            projected: fields.is_some(),
+        },
         &rows,
         page.limit,
-        csv_out,
-        fields.as_deref().unwrap_or(&export),
-        fields.is_some(),
         |r| (r.occurred_at, r.id.clone()),
         flat,
         render,

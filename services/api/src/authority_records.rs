@@ -118,13 +118,15 @@ async fn list(
     .await?;
     let now = chrono::Utc::now();
     Ok(feed::answer(
-        "authority-records",
-        zone,
+        feed::Shape {
+            name: "authority-records",
+            zone: zone,
+            csv: csv_out,
+            columns: &COLUMNS,
+            projected: false,
+        },
         &rows,
         page.limit,
-        csv_out,
-        &COLUMNS,
-        false,
         |e| (e.created_at, e.id.clone()),
         |e| render(e, now),
         |e| render(e, now),

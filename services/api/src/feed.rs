@@ -78,21 +78,33 @@ pub fn project(row: &Value, fields: &[&str]) -> Value {
     Value::Object(m)
 }
 
+/// How a feed answers: its name and zone (for the CSV file name), CSV or JSON, the columns
+/// of a CSV export or of projected rows, and whether the caller chose `fields`.
+pub struct Shape<'a> {
+    pub name: &'a str,
+    pub zone: &'a str,
+    pub csv: bool,
+    pub columns: &'a [&'a str],
+    pub projected: bool,
+}
+
 /// The feed's answer: a CSV export of `columns`, or a page of `render`ed items — or of flat
 /// rows projected to `columns` when the caller chose `fields` (`projected`).
-#[allow(clippy::too_many_arguments)]
 pub fn answer<T>(
-    name: &str,
-    zone: &str,
+    shape: Shape<'_>,
     rows: &[T],
     limit: i64,
-    csv_out: bool,
-    columns: &[&str],
-    projected: bool,
     key: impl Fn(&T) -> (DateTime<Utc>, String),
     flat: impl Fn(&T) -> Value,
     render: impl Fn(&T) -> Value,
 ) -> Response {
+    let Shape {
+        name,
+        zone,
+        csv: csv_out,
+        columns,
+        projected,
+    } = shape;
     if csv_out {
         let flat_rows: Vec<Value> = rows.iter().map(&flat).collect();
         return csv::response(name, zone, csv::render(columns, &flat_rows));

@@ -72,7 +72,8 @@ impl Routes {
         H: Handler<T, App>,
         T: 'static,
     {
-        self.register(method, path, handler, summary, ok, errors, true)
+        let op = self.doc(method, path, summary, ok, errors, true);
+        self.register(op, handler)
     }
 
     /// Registers a route reached without an admin token.
@@ -89,33 +90,20 @@ impl Routes {
         H: Handler<T, App>,
         T: 'static,
     {
-        self.register(method, path, handler, summary, ok, errors, false)
+        let op = self.doc(method, path, summary, ok, errors, false);
+        self.register(op, handler)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn register<H, T>(
-        mut self,
+    fn doc(
+        &self,
         method: Method,
         path: &str,
-        handler: H,
         summary: &'static str,
         ok: u16,
         errors: &'static [&'static str],
         auth: bool,
-    ) -> Self
-    where
-        H: Handler<T, App>,
-        T: 'static,
-    {
-        let filter = match method {
-            Method::GET => MethodFilter::GET,
-            Method::POST => MethodFilter::POST,
-            Method::PUT => MethodFilter::PUT,
-            Method::PATCH => MethodFilter::PATCH,
-            _ => MethodFilter::DELETE,
-        };
-        self.router = self.router.route(path, on(filter, handler));
-        self.ops.push(Op {
+    ) -> Op {
+        Op {
             method,
             path: path.to_owned(),
             tag: self.tag,
@@ -123,7 +111,23 @@ impl Routes {
             ok,
             errors,
             auth,
-        });
+        }
+    }
+
+    fn register<H, T>(mut self, op: Op, handler: H) -> Self
+    where
+        H: Handler<T, App>,
+        T: 'static,
+    {
+        let filter = match op.method {
+            Method::GET => MethodFilter::GET,
+            Method::POST => MethodFilter::POST,
+            Method::PUT => MethodFilter::PUT,
+            Method::PATCH => MethodFilter::PATCH,
+            _ => MethodFilter::DELETE,
+        };
+        self.router = self.router.route(&op.path, on(filter, handler));
+        self.ops.push(op);
         self
     }
 

@@ -159,13 +159,15 @@ async fn list(
     let page_ids: Vec<String> = rows.iter().map(|e| e.id.clone()).collect();
     let children = read::child_counts(&app.pool, zone, &page_ids).await?;
     Ok(feed::answer(
-        "sessions",
-        zone,
+        feed::Shape {
+            name: "sessions",
+            zone: zone,
+            csv: csv_out,
+            columns: &COLUMNS,
+            projected: false,
+        },
         &rows,
         page.limit,
-        csv_out,
-        &COLUMNS,
-        false,
         |e| (e.created_at, e.id.clone()),
         |e| render(e, &children),
         |e| render(e, &children),

@@ -149,6 +149,9 @@ pub fn replay_bin() -> PathBuf {
 
 pub struct Server {
     child: Option<Child>,
+    /// The write end of the shared server's watchdog pipe (see [`Server::shared`]): held
+    /// for the life of the test process, closed by its exit.
+    lifeline: Option<std::process::ChildStdin>,
     pub urls: HashMap<String, String>,
     pub db_url: String,
     pub redis_url: String,
@@ -158,8 +161,26 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The server a test binary's zone-isolated tests share (see [`Server::shared`]).
+static SHARED: tokio::sync::OnceCell<Server> = tokio::sync::OnceCell::const_new();
+
 impl Server {
+    /// One `serval up` per test binary, for tests that isolate themselves by zone (they
+    /// create their own zones and read nothing global: zone lists, the global admin audit,
+    /// metrics, readiness, restarts). It is started once, by whichever test comes first,
+    /// under a watchdog that stops it when the test process exits (a static is never
+    /// dropped): `sh` waits on a pipe the test process holds and kills the server at EOF.
+    pub async fn shared() -> &'static Server {
+        SHARED
+            .get_or_init(|| Server::launch(Options::default(), true))
+            .await
+    }
+
     pub async fn start(opts: Options) -> Server {
+        Server::launch(opts, false).await
+    }
+
+    async fn launch(opts: Options, watchdog: bool) -> Server {
         let db_url = match opts.db_url {
             Some(u) => u,
             None => fresh_db().await,
@@ -168,7 +189,16 @@ impl Server {
         let prefix = opts.prefix.unwrap_or_else(|| unique(KEY_PREFIX));
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("serval.log");
-        let mut cmd = Command::new(serval_bin());
+        let mut cmd = if watchdog {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#""$0" "$@" </dev/null & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid""#)
+                .arg(serval_bin())
+                .stdin(Stdio::piped());
+            c
+        } else {
+            Command::new(serval_bin())
+        };
         if opts.services.is_empty() {
             cmd.arg("up");
         } else {
@@ -202,6 +232,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("spawn serval");
+        let lifeline = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -233,6 +264,7 @@ impl Server {
         }
         Server {
             child: Some(child),
+            lifeline,
             urls,
             db_url,
             redis_url,
@@ -314,6 +346,7 @@ impl Server {
 
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
+        self.lifeline = None;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
