@@ -120,7 +120,7 @@ async fn list(
     Ok(feed::answer(
         feed::Shape {
             name: "authority-records",
-            zone: zone,
+            zone,
             csv: csv_out,
             columns: &COLUMNS,
             projected: false,

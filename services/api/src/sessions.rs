@@ -161,7 +161,7 @@ async fn list(
     Ok(feed::answer(
         feed::Shape {
             name: "sessions",
-            zone: zone,
+            zone,
             csv: csv_out,
             columns: &COLUMNS,
             projected: false,
