@@ -16,7 +16,7 @@ async fn zone(admin: &Admin, dcr: bool) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn managed_application_lifecycle_and_secret_custody() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, false).await;
     let base = format!("/v1/zones/{z}/applications");
 
@@ -135,7 +135,7 @@ async fn managed_application_lifecycle_and_secret_custody() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_validation_codes() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, false).await;
     let base = format!("/v1/zones/{z}/applications");
     let (s, tok) = admin
@@ -257,7 +257,7 @@ async fn create_validation_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dcr_registration_and_zone_status() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let off = zone(&admin, false).await;
     let (s, e) = admin
         .post(
@@ -334,7 +334,7 @@ async fn dcr_registration_and_zone_status() {
 async fn a_secret_reveal_is_published_as_a_signed_credential_revealed_audit_frame() {
     use hmac::{Hmac, Mac};
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, false).await;
     let (_, a) = admin
         .post(

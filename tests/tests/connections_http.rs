@@ -34,7 +34,7 @@ async fn zone_with_provider(admin: &Admin, revocation: bool) -> (String, String)
 #[tokio::test(flavor = "multi_thread")]
 async fn upsert_list_and_revoke_under_both_names() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let (z, pid) = zone_with_provider(&admin, true).await;
     let base = format!("/v1/zones/{z}/provider-connections");
     let seed = format!("/v1/zones/{z}/provider-grants");
@@ -153,7 +153,7 @@ async fn upsert_list_and_revoke_under_both_names() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_use_the_documented_codes() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let (z, pid) = zone_with_provider(&admin, false).await;
     let base = format!("/v1/zones/{z}/provider-connections");
     let (_, key) = admin
@@ -253,7 +253,7 @@ async fn refusals_use_the_documented_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn authorize_issues_pkce_state_that_the_callback_redeems_once() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let (z, pid) = zone_with_provider(&admin, false).await;
     let (other, _) = zone_with_provider(&admin, false).await;
     let base = format!("/v1/zones/{z}/provider-grants");

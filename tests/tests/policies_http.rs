@@ -102,7 +102,7 @@ fn grants_doc(scopes: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_and_templates() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
 
     let (s, r) = admin
         .post(
@@ -236,7 +236,7 @@ async fn validate_and_templates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_lifecycle_versions_and_errors() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, "Policies").await;
 
     let content = bindings_doc();
@@ -423,7 +423,7 @@ async fn policy_lifecycle_versions_and_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_sets_versions_activation_and_simulation() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, "Sets").await;
     let other = zone(&admin, "Other").await;
 
@@ -1018,7 +1018,7 @@ async fn rebuilding_policy_projections_reproduces_every_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn zone_tokens_stay_in_their_zone() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let mine = zone(&admin, "Mine").await;
     let theirs = zone(&admin, "Theirs").await;
     let (pid, _) = policy(&admin, &theirs, "bindings", &bindings_doc()).await;

@@ -14,7 +14,7 @@ async fn zone(admin: &Admin) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_kinds_sealing_and_lifecycle() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin).await;
     let base = format!("/v1/zones/{z}/providers");
 
@@ -157,7 +157,7 @@ async fn provider_kinds_sealing_and_lifecycle() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_scopes_operations_and_provider_binding() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin).await;
     let (_, p) = admin
         .post(

@@ -142,7 +142,7 @@ async fn csv(admin: &Admin, path: &str) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn authority_records_list_filter_page_and_export() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, "records").await;
     let hour = chrono::Duration::hours(1);
     let seeds = [
@@ -155,7 +155,7 @@ async fn authority_records_list_filter_page_and_export() {
         ),
     ];
     for (id, data) in seeds {
-        produce(&server, &z, id, 0, created(&z, data, "sts"), "sts").await;
+        produce(server, &z, id, 0, created(&z, data, "sts"), "sts").await;
     }
     let base = format!("/v1/zones/{z}/authority-records");
     let all = eventually(10, || async {
@@ -245,7 +245,7 @@ async fn authority_records_list_filter_page_and_export() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_answer_under_both_names_with_every_filter() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, "sessions").await;
     let seeds = [
         (
@@ -261,7 +261,7 @@ async fn sessions_answer_under_both_names_with_every_filter() {
     ];
     for (id, data) in seeds {
         produce(
-            &server,
+            server,
             &z,
             id,
             0,
@@ -368,7 +368,7 @@ async fn make_token(admin: &Admin, zone: &str, capability: &str) -> Admin {
 #[tokio::test(flavor = "multi_thread")]
 async fn approvals_list_and_decide_under_both_names() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let z = zone(&admin, "approvals").await;
     let t0 = Utc::now();
     let mut approved_earlier = hold("operator", "high", "b-shared", 600);
@@ -383,7 +383,7 @@ async fn approvals_list_and_decide_under_both_names() {
     ];
     for (id, data) in seeds {
         produce(
-            &server,
+            server,
             &z,
             id,
             0,
@@ -725,7 +725,7 @@ async fn revoking_a_grant_revokes_its_subjects_records_and_the_reaper_expires() 
 #[tokio::test(flavor = "multi_thread")]
 async fn dcr_revoke_live_cascades_to_records_and_sessions() {
     let server = Server::shared().await;
-    let admin = Admin::new(&server);
+    let admin = Admin::new(server);
     let (_, z) = admin
         .post(
             "/v1/zones",
@@ -774,7 +774,7 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
         ("s-kept", app_session(&managed_id, None, "active")),
     ];
     for (id, data) in seeds {
-        produce(&server, &z, id, 0, created(&z, data, "sts"), "sts").await;
+        produce(server, &z, id, 0, created(&z, data, "sts"), "sts").await;
     }
     eventually(10, || async {
         let (_, v) = admin.get(&format!("/v1/zones/{z}/sessions")).await;
