@@ -28,6 +28,8 @@ pub enum AggregateKind {
     AuthorityRecord,
     Session,
     Approval,
+    /// A zone's mandate signing key (catalog kind `signing_key`).
+    SigningKey,
     /// One admin audit record (each its own single-event aggregate).
     AdminAudit,
     /// One ingested audit-ledger record (single-event aggregate, id = the producer's id).
@@ -49,6 +51,7 @@ impl AggregateKind {
             AggregateKind::AuthorityRecord => "authority_record",
             AggregateKind::Session => "session",
             AggregateKind::Approval => "approval",
+            AggregateKind::SigningKey => "signing_key",
             AggregateKind::AdminAudit => "admin_audit",
             AggregateKind::Audit => "audit",
         }
@@ -68,6 +71,7 @@ impl AggregateKind {
             "authority_record" => Some(AggregateKind::AuthorityRecord),
             "session" => Some(AggregateKind::Session),
             "approval" => Some(AggregateKind::Approval),
+            "signing_key" => Some(AggregateKind::SigningKey),
             "admin_audit" => Some(AggregateKind::AdminAudit),
             "audit" => Some(AggregateKind::Audit),
             _ => None,

@@ -52,6 +52,7 @@ fn epoch() -> DateTime<Utc> {
 }
 
 /// A history folded with `evolve`.
+#[must_use = "a history asserts nothing until `when(..).then(..)`"]
 pub struct Given<A: Aggregate> {
     state: Option<A::State>,
     version: u64,
@@ -94,6 +95,7 @@ impl<A: Aggregate> Given<A> {
 }
 
 /// A decision taken on a history.
+#[must_use = "a decision asserts nothing until `then`, `then_error` or `then_state`"]
 pub struct When<A: Aggregate> {
     given: Given<A>,
     result: Result<Vec<A::Event>, A::Error>,

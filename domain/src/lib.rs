@@ -11,7 +11,8 @@ pub mod admin_token;
 pub mod audit;
 pub mod catalog;
 pub mod event;
-pub mod given;
+#[cfg(test)]
+pub(crate) mod given;
 pub mod policy;
 pub mod validation;
 pub mod zone;

@@ -523,6 +523,16 @@ mod tests {
     }
 
     #[test]
+    fn archiving_a_live_zone_records_who_archived_it() {
+        let archived = given(&[created(false)])
+            .when(&ZoneCommand::Archive, &ctx())
+            .then(&[ZoneEvent::Archived(ZoneArchived {
+                archived_by: "admin:t1".into(),
+            })]);
+        assert!(archived.state().unwrap().archived_at.is_some());
+    }
+
+    #[test]
     fn archived_zones_are_not_found() {
         let z = given(&[
             created(false),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Admin, Server};
+use common::{Admin, Options, Server};
 use serde_json::{json, Value};
 
 async fn zone(admin: &Admin, dcr: bool) -> String {
@@ -333,8 +333,8 @@ async fn dcr_registration_and_zone_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_reveal_is_published_as_a_signed_credential_revealed_audit_frame() {
     use hmac::{Hmac, Mac};
-    let server = Server::shared().await;
-    let admin = Admin::new(server);
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
     let z = zone(&admin, false).await;
     let (_, a) = admin
         .post(

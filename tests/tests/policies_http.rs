@@ -422,8 +422,8 @@ async fn policy_lifecycle_versions_and_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_sets_versions_activation_and_simulation() {
-    let server = Server::shared().await;
-    let admin = Admin::new(server);
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
     let z = zone(&admin, "Sets").await;
     let other = zone(&admin, "Other").await;
 

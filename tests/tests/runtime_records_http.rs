@@ -724,8 +724,8 @@ async fn revoking_a_grant_revokes_its_subjects_records_and_the_reaper_expires() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dcr_revoke_live_cascades_to_records_and_sessions() {
-    let server = Server::shared().await;
-    let admin = Admin::new(server);
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
     let (_, z) = admin
         .post(
             "/v1/zones",
@@ -774,7 +774,7 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
         ("s-kept", app_session(&managed_id, None, "active")),
     ];
     for (id, data) in seeds {
-        produce(server, &z, id, 0, created(&z, data, "sts"), "sts").await;
+        produce(&server, &z, id, 0, created(&z, data, "sts"), "sts").await;
     }
     eventually(10, || async {
         let (_, v) = admin.get(&format!("/v1/zones/{z}/sessions")).await;

@@ -20,6 +20,7 @@ pub mod provider;
 pub mod provider_config;
 pub mod resource;
 pub mod runtime;
+pub mod signing_key;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ pub use grant::GrantData;
 pub use provider::ProviderData;
 pub use resource::ResourceData;
 pub use runtime::{ApprovalData, AuthorityRecordData, SessionData};
+pub use signing_key::SigningKeyData;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,10 +48,11 @@ pub enum CatalogKind {
     AuthorityRecord,
     Session,
     Approval,
+    SigningKey,
 }
 
 impl CatalogKind {
-    pub const ALL: [CatalogKind; 8] = [
+    pub const ALL: [CatalogKind; 9] = [
         CatalogKind::Application,
         CatalogKind::Provider,
         CatalogKind::Resource,
@@ -58,6 +61,7 @@ impl CatalogKind {
         CatalogKind::AuthorityRecord,
         CatalogKind::Session,
         CatalogKind::Approval,
+        CatalogKind::SigningKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl CatalogKind {
             CatalogKind::AuthorityRecord => "authority_record",
             CatalogKind::Session => "session",
             CatalogKind::Approval => "approval",
+            CatalogKind::SigningKey => "signing_key",
         }
     }
 
@@ -83,6 +88,7 @@ impl CatalogKind {
             CatalogKind::AuthorityRecord => AggregateKind::AuthorityRecord,
             CatalogKind::Session => AggregateKind::Session,
             CatalogKind::Approval => AggregateKind::Approval,
+            CatalogKind::SigningKey => AggregateKind::SigningKey,
         }
     }
 
@@ -137,6 +143,12 @@ impl CatalogKind {
                 "approval.archived",
                 "approval.secret_revealed",
             ],
+            CatalogKind::SigningKey => [
+                "signing_key.created",
+                "signing_key.updated",
+                "signing_key.archived",
+                "signing_key.secret_revealed",
+            ],
         }
     }
 }
@@ -153,6 +165,7 @@ pub enum EntityData {
     AuthorityRecord(AuthorityRecordData),
     Session(SessionData),
     Approval(ApprovalData),
+    SigningKey(SigningKeyData),
 }
 
 impl EntityData {
@@ -166,6 +179,7 @@ impl EntityData {
             EntityData::AuthorityRecord(_) => CatalogKind::AuthorityRecord,
             EntityData::Session(_) => CatalogKind::Session,
             EntityData::Approval(_) => CatalogKind::Approval,
+            EntityData::SigningKey(_) => CatalogKind::SigningKey,
         }
     }
 
@@ -418,6 +432,10 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
         EntityData::Provider(p) => Some((PROVIDER_IDENTIFIER, reservation_value(&p.identifier))),
         EntityData::Resource(r) => Some((RESOURCE_IDENTIFIER, reservation_value(&r.identifier))),
         EntityData::ProviderConnection(c) => c.key_reservation(),
+        EntityData::SigningKey(k) => Some((
+            signing_key::GENERATION,
+            reservation_value(&k.generation.to_string()),
+        )),
         EntityData::Grant(_)
         | EntityData::AuthorityRecord(_)
         | EntityData::Session(_)

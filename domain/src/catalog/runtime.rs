@@ -337,8 +337,11 @@ mod tests {
             secret_rotated: false,
         };
         let (history, events) = created.when(&replace, &stamp).events();
-        assert!(matches!(&events[..], [CatalogEvent::Updated(_)]));
-        let after = history.when(&replace, &stamp).then(&events);
+        let [CatalogEvent::Updated(u)] = &events[..] else {
+            panic!("one update: {events:?}")
+        };
+        assert_eq!(u.changed_fields, ["satisfied_at"]);
+        let after = history.and(&replace, &stamp);
         let EntityData::Approval(h) = &after.state().unwrap().data else {
             panic!("an approval hold")
         };

@@ -374,8 +374,7 @@ mod tests {
         assert_eq!(row.version, 2);
         assert_eq!(row.content_sha256, content_sha256(&row.content));
         let archived = history
-            .when(&add, &ctx(false))
-            .then(&ev2)
+            .and(&add, &ctx(false))
             .and(&PolicyCommand::Archive, &ctx(false));
         let p = archived.state().unwrap();
         assert!(p.archived_at.is_some());

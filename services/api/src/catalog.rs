@@ -100,6 +100,7 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
         CatalogKind::AuthorityRecord => "authority_record_not_found",
         CatalogKind::Session => "session_not_found",
         CatalogKind::Approval => "approval_not_found",
+        CatalogKind::SigningKey => "signing_key_not_found",
     })
 }
 

@@ -79,6 +79,9 @@ pub struct Config {
     pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
+    /// Enables `POST /internal/zones/{zone}/signing-key/rotate` on the STS (404 when unset).
+    #[arg(long, env = "STS_ADMIN_TOKEN", hide_env_values = true)]
+    pub sts_admin_token: Option<String>,
     /// Where development keys and the generated admin token are kept (git-ignored).
     #[arg(long, env = "SERVAL_DATA_DIR", default_value = ".serval")]
     pub data_dir: PathBuf,

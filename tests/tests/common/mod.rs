@@ -167,9 +167,11 @@ static SHARED: tokio::sync::OnceCell<Server> = tokio::sync::OnceCell::const_new(
 impl Server {
     /// One `serval up` per test binary, for tests that isolate themselves by zone (they
     /// create their own zones and read nothing global: zone lists, the global admin audit,
-    /// metrics, readiness, restarts). It is started once, by whichever test comes first,
-    /// under a watchdog that stops it when the test process exits (a static is never
-    /// dropped): `sh` waits on a pipe the test process holds and kills the server at EOF.
+    /// topics, metrics, readiness, restarts) and produce ids no other test of the binary
+    /// produces (catalog ids are unique across zones). It is started once, by whichever
+    /// test comes first, under a watchdog that stops it when the test process exits (a
+    /// static is never dropped): `sh` waits on a pipe the test process holds, then kills
+    /// the server and removes its data directory.
     pub async fn shared() -> &'static Server {
         SHARED
             .get_or_init(|| Server::launch(Options::default(), true))
@@ -192,7 +194,11 @@ impl Server {
         let mut cmd = if watchdog {
             let mut c = Command::new("sh");
             c.arg("-c")
-                .arg(r#""$0" "$@" </dev/null & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid""#)
+                .arg(
+                    r#"dir=$1; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid"; rm -rf "$dir""#,
+                )
+                .arg("serval-watchdog")
+                .arg(dir.path())
                 .arg(serval_bin())
                 .stdin(Stdio::piped());
             c
@@ -254,7 +260,13 @@ impl Server {
                     }
                 }
                 Err(_) => {
-                    let _ = child.kill();
+                    if watchdog {
+                        // Closing the pipe makes the watchdog stop the server it started.
+                        drop(lifeline);
+                        let _ = child.wait();
+                    } else {
+                        let _ = child.kill();
+                    }
                     panic!(
                         "serval did not start:\n{}",
                         std::fs::read_to_string(&log).unwrap_or_default()

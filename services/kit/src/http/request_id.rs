@@ -46,8 +46,12 @@ pub async fn layer(State(service): State<&'static str>, mut req: Request, next: 
         resp = complete_internal_error(resp, &id).await;
     }
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert(X_REQUEST_ID.clone(), v);
+    // A handler that answers with its own id (the STS token endpoint adopts any inbound id
+    // verbatim, sts.md §1) keeps it.
+    if !h.contains_key(&X_REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(X_REQUEST_ID.clone(), v);
+        }
     }
     if is_v1 {
         h.insert(

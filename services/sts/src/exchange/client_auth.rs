@@ -1,0 +1,127 @@
+//! Client-secret authentication (sts.md §11.1): the application must exist in `zone_id`,
+//! be live and unexpired and have a stored Argon2id hash. A verified secret is remembered
+//! for an hour as SHA-256 of the presented secret keyed by the stored hash, so a rotation
+//! (a new hash) invalidates it by construction; cold verifications (64 MiB each) run at most
+//! [`COLD_VERIFICATIONS`] at a time on the blocking pool, so a flood of wrong secrets can
+//! neither exhaust memory nor starve the runtime.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use serval_domain::catalog::{ApplicationData, EntityData};
+use serval_projector::catalog as read;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use serval_kit::secrets::verify_client_secret;
+use serval_kit::App;
+
+use super::error::StsError;
+use super::form::TokenForm;
+
+pub const COLD_VERIFICATIONS: usize = 2;
+const CACHE_MAX: usize = 8_192;
+const CACHE_TTL: Duration = Duration::from_secs(3_600);
+
+/// An authenticated application.
+pub struct Client {
+    pub id: String,
+    pub zone_id: String,
+    pub data: ApplicationData,
+}
+
+pub struct SecretVerifier {
+    verified: Mutex<HashMap<String, ([u8; 32], Instant)>>,
+    cold: Semaphore,
+}
+
+impl Default for SecretVerifier {
+    fn default() -> Self {
+        SecretVerifier {
+            verified: Mutex::default(),
+            cold: Semaphore::new(COLD_VERIFICATIONS),
+        }
+    }
+}
+
+impl SecretVerifier {
+    async fn verify(&self, secret: &str, stored: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if let Some((digest, at)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stored)
+        {
+            if at.elapsed() < CACHE_TTL {
+                return bool::from(digest.ct_eq(&presented));
+            }
+        }
+        let Ok(_permit) = self.cold.acquire().await else {
+            return false;
+        };
+        let (s, h) = (secret.to_owned(), stored.to_owned());
+        let ok = tokio::task::spawn_blocking(move || verify_client_secret(&s, &h))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(stored.to_owned(), (presented, Instant::now()));
+        }
+        ok
+    }
+
+    /// §5.1 step 3: `401 access_denied` "invalid client credentials" for every failure,
+    /// except valid credentials of another zone (`403 zone_invalid`).
+    pub async fn authenticate(&self, app: &App, form: &TokenForm) -> Result<Client, StsError> {
+        let (Some(app_id), Some(zone)) = (form.get("application_id"), form.get("zone_id")) else {
+            return Err(StsError::invalid_client());
+        };
+        let Some(secret) = form.get("client_secret") else {
+            return Err(StsError::invalid_client());
+        };
+        let found = read::load_many(&app.pool, &[app_id.to_owned()])
+            .await
+            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+        let Some(entity) = found.into_values().next() else {
+            return Err(StsError::invalid_client());
+        };
+        let EntityData::Application(data) = entity.data else {
+            return Err(StsError::invalid_client());
+        };
+        if entity.archived_at.is_some() || !data.is_unexpired(Utc::now()) {
+            return Err(StsError::invalid_client());
+        }
+        let Some(stored) = data.secret_hash.as_deref() else {
+            return Err(StsError::invalid_client());
+        };
+        if !self.verify(secret, stored).await {
+            return Err(StsError::invalid_client());
+        }
+        if entity.zone_id != zone {
+            return Err(StsError::new(
+                StatusCode::FORBIDDEN,
+                "zone_invalid",
+                format!(
+                    "application {app_id} belongs to zone {}, not {zone}",
+                    entity.zone_id
+                ),
+            ));
+        }
+        Ok(Client {
+            id: entity.id,
+            zone_id: entity.zone_id,
+            data,
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! The token request's encoding rules (sts.md §3), checked before any authentication, in
+//! the spec's order.
+
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::error::StsError;
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Body cap of every STS POST.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The Gateway's headers (all three, or none).
+pub const GATEWAY_HEADERS: [&str; 3] = [
+    "x-caracal-gateway-timestamp",
+    "x-caracal-gateway-request",
+    "x-caracal-gateway-signature",
+];
+/// Fields whose mere presence is refused (client assertions are not a Caracal contract).
+const FORBIDDEN: [&str; 3] = ["actor_token", "client_assertion", "client_assertion_type"];
+
+/// A token request that passed the encoding rules.
+#[derive(Debug, Default)]
+pub struct TokenForm {
+    fields: BTreeMap<String, String>,
+    /// Trimmed, deduplicated, sorted.
+    pub resources: Vec<String>,
+    /// `ttl_seconds` (0 = default).
+    pub ttl_seconds: i64,
+    /// Any of the Gateway's headers was present.
+    pub gateway: bool,
+}
+
+impl TokenForm {
+    /// A field's value; absent and empty are the same.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Requested scopes: split on whitespace, as sent (not deduplicated).
+    pub fn scopes(&self) -> Vec<String> {
+        self.get("scope")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn bad(description: &str) -> StsError {
+    StsError::new(StatusCode::BAD_REQUEST, "invalid_token", description)
+}
+
+/// Applies §3's rules to the raw request.
+pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<TokenForm, StsError> {
+    if query.is_some() {
+        return Err(bad("query parameters are not allowed"));
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media.as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(StsError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_token",
+            "content type must be application/x-www-form-urlencoded",
+        ));
+    }
+    if body.len() > MAX_BODY {
+        return Err(StsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ));
+    }
+    if std::str::from_utf8(body).is_err() {
+        return Err(bad("malformed request body"));
+    }
+    let mut form = TokenForm::default();
+    let mut resources = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if k == "resource" {
+            resources.push(v.into_owned());
+            continue;
+        }
+        if form.fields.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(bad(&format!("duplicate form field: {k}")));
+        }
+    }
+    for f in FORBIDDEN {
+        if form.fields.contains_key(f) {
+            return Err(bad(&format!("{f} is not supported")));
+        }
+    }
+    if let Some(t) = form.fields.get("ttl_seconds").filter(|t| !t.is_empty()) {
+        form.ttl_seconds = t.parse::<i64>().map_err(|_| bad("invalid ttl_seconds"))?;
+    }
+    form.gateway = GATEWAY_HEADERS.iter().any(|h| headers.contains_key(*h));
+    let mut trimmed = Vec::with_capacity(resources.len());
+    for r in resources {
+        let r = r.trim();
+        if r.is_empty() {
+            return Err(bad("resource must not be empty"));
+        }
+        trimmed.push(r.to_owned());
+    }
+    trimmed.sort();
+    trimmed.dedup();
+    form.resources = trimmed;
+    if form.get("grant_type") != Some(GRANT_TYPE) {
+        return Err(bad("unsupported grant_type"));
+    }
+    match form.get("subject_token_type") {
+        None | Some(ACCESS_TOKEN) | Some(ID_TOKEN) => {}
+        Some(_) => return Err(bad("unsupported subject_token_type")),
+    }
+    if form.get("subject_token").is_some() != form.get("subject_token_type").is_some() {
+        return Err(bad(
+            "subject_token and subject_token_type must be sent together",
+        ));
+    }
+    Ok(form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    fn code(r: Result<TokenForm, StsError>) -> (u16, String) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.description)
+    }
+
+    #[test]
+    fn encoding_rules_in_order() {
+        let h = form_headers();
+        let ok = format!(
+            "grant_type={}&resource=b&resource=%20a%20&resource=b",
+            GRANT_TYPE
+        );
+        let f = parse(None, &h, ok.as_bytes()).unwrap();
+        assert_eq!(f.resources, ["a", "b"]);
+        assert_eq!(code(parse(Some("x=1"), &h, ok.as_bytes())).0, 400);
+        assert_eq!(code(parse(None, &HeaderMap::new(), ok.as_bytes())).0, 415);
+        let big = vec![b'a'; MAX_BODY + 1];
+        assert_eq!(code(parse(None, &h, &big)).0, 413);
+        let dup = format!("{ok}&zone_id=a&zone_id=b");
+        assert_eq!(
+            code(parse(None, &h, dup.as_bytes())).1,
+            "duplicate form field: zone_id"
+        );
+        let assertion = format!("{ok}&client_assertion=");
+        assert_eq!(code(parse(None, &h, assertion.as_bytes())).0, 400);
+        let ttl = format!("{ok}&ttl_seconds=1.5");
+        assert_eq!(
+            code(parse(None, &h, ttl.as_bytes())).1,
+            "invalid ttl_seconds"
+        );
+        let blank = format!("{ok}&resource=%20");
+        assert_eq!(
+            code(parse(None, &h, blank.as_bytes())).1,
+            "resource must not be empty"
+        );
+        assert_eq!(
+            code(parse(None, &h, b"grant_type=password")).1,
+            "unsupported grant_type"
+        );
+        let lone = format!("{ok}&subject_token=t");
+        assert_eq!(code(parse(None, &h, lone.as_bytes())).0, 400);
+    }
+}

@@ -1,0 +1,605 @@
+//! `POST /oauth/2/token` (sts.md §3–§5, §8–§10): the RFC 8693 token exchange.
+//!
+//! Built so far: the encoding rules ([`form`]), client-secret authentication
+//! ([`client_auth`]), the authority-record binding of `session_id`, Session/Delegation
+//! references, the per-resource checks and the policy decision, lifetimes, the authority
+//! record as an event, the ES256 mandate signed with the zone's key ([`crate::keys`]),
+//! `jti` registration and the `token_exchange` audit frames ([`audit`]). That mints the
+//! **bootstrap** class (`use=session`, scope `agent:lifecycle`). The classes that need the
+//! Coordinator's Delegations (delegated mint), the Gateway (re-exchange) and federated
+//! issuers (federation) answer with the refusal the contract gives when their inputs cannot
+//! be validated.
+
+pub mod audit;
+pub mod client_auth;
+pub mod error;
+pub mod form;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::{json, Map, Value};
+use serval_domain::catalog::{
+    self, AuthorityRecordData, CatalogCommand, Entity, EntityData, ResourceData, Stamp,
+};
+use serval_domain::policy::bundle::INPUT_SCHEMA_VERSION;
+use serval_domain::Event;
+use serval_projector::catalog::{self as read, Filter, Status};
+use serval_streams::{AppendRequest, LogStream};
+
+use serval_kit::http::ApiError;
+use serval_kit::policy_engine::EngineError;
+use serval_kit::App;
+
+use self::audit::Frame;
+use self::client_auth::Client;
+use self::error::StsError;
+use self::form::{TokenForm, ACCESS_TOKEN, ID_TOKEN};
+use crate::Sts;
+
+/// The scope of the bootstrap class.
+pub const LIFECYCLE_SCOPE: &str = "agent:lifecycle";
+/// Lifetimes without a subject token (§8.4).
+const DEFAULT_TTL: i64 = 900;
+const MAX_TTL: i64 = 3_600;
+
+/// The request id of a token request: the inbound `X-Request-Id` verbatim, else a UUIDv7.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+pub async fn token(
+    State(app): State<App>,
+    Extension(sts): Extension<Arc<Sts>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rid = request_id(&headers);
+    match exchange(&app, &sts, &rid, uri.query(), &headers, &body).await {
+        Ok(mut resp) => {
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                resp.headers_mut().insert("x-request-id", v);
+            }
+            resp
+        }
+        Err(e) => e.respond(&rid),
+    }
+}
+
+/// A resource the exchange granted.
+struct Granted {
+    identifier: String,
+}
+
+/// The outcome of one resource's checks.
+struct Checked {
+    granted: Option<Granted>,
+    frame: Frame,
+}
+
+async fn exchange(
+    app: &App,
+    sts: &Sts,
+    rid: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, StsError> {
+    let form = form::parse(query, headers, body)?;
+    if form.gateway {
+        // The Gateway's HMAC-authenticated re-exchange (§11.2) is not served yet.
+        return Err(StsError::access_denied(
+            StatusCode::UNAUTHORIZED,
+            "invalid gateway exchange signature",
+        ));
+    }
+    let client = sts.secrets.authenticate(app, &form).await?;
+    match form.get("subject_token_type") {
+        Some(ID_TOKEN) => {
+            return Err(StsError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "invalid subject_token: the zone has no federated user issuer",
+            ))
+        }
+        Some(ACCESS_TOKEN) => {
+            return Err(StsError::access_denied(
+                StatusCode::FORBIDDEN,
+                "resource exchanges must use the Gateway",
+            ))
+        }
+        _ => {}
+    }
+    if form.resources.is_empty() {
+        return Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+            "at least one resource is required",
+        ));
+    }
+    let now = Utc::now();
+    let bound_record = bind_authority_record(app, &client, &form, now).await?;
+    check_session_references(app, &client, &form, now).await?;
+    let requested = form.scopes();
+    let mut checked = Vec::with_capacity(form.resources.len());
+    for r in &form.resources {
+        checked.push(
+            check_resource(
+                app,
+                rid,
+                &client,
+                &form,
+                &requested,
+                bound_record.as_deref(),
+                r,
+            )
+            .await?,
+        );
+    }
+    let granted: Vec<&Granted> = checked.iter().filter_map(|c| c.granted.as_ref()).collect();
+    if granted.is_empty() {
+        let frames: Vec<Frame> = checked.into_iter().map(|c| c.frame).collect();
+        let reason = frames_reason(&frames);
+        audit::publish(app, &frames).await?;
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            match reason {
+                Some(r) => format!("policy denied ({r})"),
+                None => "policy denied".to_owned(),
+            },
+        ));
+    }
+    let ttl = lifetime(form.ttl_seconds)?;
+    let targets: Vec<String> = granted.iter().map(|g| g.identifier.clone()).collect();
+    let expires_at = now + Duration::seconds(ttl);
+    let sid = create_authority_record(app, rid, &client, bound_record.as_deref(), now, expires_at)
+        .await?;
+    let signer = sts.keys.signer(app, &client.zone_id).await?;
+    let jti = uuid::Uuid::now_v7().to_string();
+    let scope = form
+        .get("scope")
+        .map(str::to_owned)
+        .filter(|s| !s.trim().is_empty());
+    let mut claims = json!({
+        "iss": app.cfg.issuer_url,
+        "sub": client.id,
+        "aud": [app.cfg.issuer_url],
+        "exp": expires_at.timestamp(),
+        "iat": now.timestamp(),
+        "jti": jti,
+        "zone_id": client.zone_id,
+        "client_id": client.id,
+        "sid": sid,
+        "root_sid": sid,
+        "use": "session",
+        "sub_type": "application",
+        "target": targets,
+    });
+    if let (Some(s), Some(m)) = (&scope, claims.as_object_mut()) {
+        m.insert("scope".into(), json!(s));
+    }
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(signer.kid.clone());
+    header.typ = Some("JWT".into());
+    let token = jsonwebtoken::encode(&header, &claims, &signer.key)
+        .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
+    register_jti(app, &client, &jti, now, ttl).await?;
+    let frames: Vec<Frame> = checked.into_iter().map(|c| c.frame).collect();
+    audit::publish(app, &frames).await?;
+    let mut body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "issued_token_type": ACCESS_TOKEN,
+        "target_resources": targets,
+    });
+    if let (Some(s), Some(m)) = (&scope, body.as_object_mut()) {
+        m.insert("scope".into(), json!(s));
+    }
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+fn frames_reason(frames: &[Frame]) -> Option<String> {
+    frames.iter().find_map(|f| {
+        if f.evaluation_status == "complete" {
+            f.diagnostics
+                .as_array()
+                .and_then(|d| d.iter().find_map(|x| x.get("reason")))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        } else {
+            None
+        }
+    })
+}
+
+/// §8.4: `0`/absent = default; negative or above the cap refused (after evaluation).
+fn lifetime(ttl: i64) -> Result<i64, StsError> {
+    match ttl {
+        0 => Ok(DEFAULT_TTL),
+        t if t < 0 => Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+            "ttl_seconds must be positive",
+        )),
+        t if t > MAX_TTL => Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+            "ttl_seconds exceeds token TTL cap",
+        )),
+        t => Ok(t),
+    }
+}
+
+/// §5.4: a `session_id` must name an active, unexpired `application` record of the caller
+/// in the zone.
+async fn bind_authority_record(
+    app: &App,
+    client: &Client,
+    form: &TokenForm,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StsError> {
+    let Some(id) = form.get("session_id") else {
+        return Ok(None);
+    };
+    let record = read::load(&app.pool, &client.zone_id, id)
+        .await
+        .map_err(ApiError::from)?;
+    let ok = match record.as_ref().map(|e| &e.data) {
+        Some(EntityData::AuthorityRecord(r)) => {
+            r.is_active(now) && r.record_type == "application" && r.subject_id == client.id
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "authority record is not an active record of this application",
+        ));
+    }
+    Ok(Some(id.to_owned()))
+}
+
+/// §5.4: Session and Delegation references. Delegations are the Coordinator's; until it
+/// records them none exists, so a Delegation reference cannot be validated.
+async fn check_session_references(
+    app: &App,
+    client: &Client,
+    form: &TokenForm,
+    now: DateTime<Utc>,
+) -> Result<(), StsError> {
+    let session = form.get("agent_session_id");
+    if form.get("delegation_edge_id").is_some() {
+        if session.is_none() {
+            return Err(StsError::access_denied(
+                StatusCode::FORBIDDEN,
+                "delegation requires a target Session",
+            ));
+        }
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "delegation edge not found",
+        ));
+    }
+    let Some(session) = session else {
+        return Ok(());
+    };
+    let entity = read::load(&app.pool, &client.zone_id, session)
+        .await
+        .map_err(ApiError::from)?;
+    let Some(Entity {
+        data: EntityData::Session(s),
+        archived_at: None,
+        ..
+    }) = entity
+    else {
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "Session not found",
+        ));
+    };
+    let live = s.status == "active"
+        && s.ttl_seconds
+            .is_none_or(|t| s.last_active_at + Duration::seconds(t as i64) > now);
+    if !live {
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "Session is not live",
+        ));
+    }
+    if s.application_id != client.id {
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "Session is not owned by the caller",
+        ));
+    }
+    Ok(())
+}
+
+/// A resource of the zone by public identifier or row id, live.
+async fn resolve(app: &App, zone: &str, r: &str) -> Result<Option<Entity>, ApiError> {
+    let by_identifier = read::list(
+        &app.pool,
+        zone,
+        catalog::CatalogKind::Resource,
+        Status::Live,
+        &[Filter::Eq("identifier", r.to_owned())],
+        None,
+        1,
+    )
+    .await?;
+    if let Some(e) = by_identifier.into_iter().next() {
+        return Ok(Some(e));
+    }
+    Ok(read::load(&app.pool, zone, r)
+        .await?
+        .filter(|e| e.is_live() && matches!(e.data, EntityData::Resource(_))))
+}
+
+/// The scopes a resource can be minted for: its declared scopes, plus `agent:lifecycle`
+/// when it has an upstream URL (§4.2).
+fn mintable_scopes(r: &ResourceData) -> Vec<String> {
+    let mut s = r.scopes.clone();
+    if r.upstream_url.as_deref().is_some_and(|u| !u.is_empty())
+        && !s.iter().any(|x| x == LIFECYCLE_SCOPE)
+    {
+        s.push(LIFECYCLE_SCOPE.to_owned());
+    }
+    s
+}
+
+/// §5.2 for one resource: existence, scopes, the policy decision. A failing resource is
+/// skipped and audited; an engine error fails the request.
+async fn check_resource(
+    app: &App,
+    rid: &str,
+    client: &Client,
+    form: &TokenForm,
+    requested: &[String],
+    record: Option<&str>,
+    r: &str,
+) -> Result<Checked, StsError> {
+    let mut metadata = Map::new();
+    metadata.insert("application_id".into(), json!(client.id));
+    metadata.insert("application_name".into(), json!(client.data.name));
+    metadata.insert(
+        "application_registration_method".into(),
+        json!(client.data.registration_method.as_str()),
+    );
+    metadata.insert("resource".into(), json!(r));
+    metadata.insert("requested_scopes".into(), json!(requested));
+    metadata.insert("session_id".into(), json!(record.unwrap_or_default()));
+    metadata.insert(
+        "agent_session_id".into(),
+        json!(form.get("agent_session_id").unwrap_or_default()),
+    );
+    metadata.insert(
+        "delegation_edge_id".into(),
+        json!(form.get("delegation_edge_id").unwrap_or_default()),
+    );
+    metadata.insert("subject_kind".into(), json!("application"));
+    let skipped = |status: &str, metadata: Map<String, Value>| Checked {
+        granted: None,
+        frame: Frame {
+            zone_id: client.zone_id.clone(),
+            request_id: rid.to_owned(),
+            event_type: "token_exchange",
+            decision: "deny",
+            evaluation_status: status.to_owned(),
+            determining_policies: json!([]),
+            diagnostics: json!([]),
+            metadata,
+            policy: None,
+        },
+    };
+    let Some(resource) = resolve(app, &client.zone_id, r).await? else {
+        return Ok(skipped("resource_not_found", metadata));
+    };
+    let EntityData::Resource(data) = &resource.data else {
+        return Ok(skipped("resource_not_found", metadata));
+    };
+    let scopes = mintable_scopes(data);
+    if !requested.iter().all(|s| scopes.contains(s)) {
+        return Ok(skipped("scope_mismatch", metadata));
+    }
+    let mut principal = json!({
+        "type": "Application",
+        "id": client.id,
+        "zone_id": client.zone_id,
+        "registration_method": client.data.registration_method.as_str(),
+    });
+    if let (Some(s), Some(p)) = (form.get("agent_session_id"), principal.as_object_mut()) {
+        p.insert("agent_session_id".into(), json!(s));
+    }
+    let input = json!({
+        "schema_version": INPUT_SCHEMA_VERSION,
+        "principal": principal,
+        "resource": {
+            "type": "Resource",
+            "id": resource.id,
+            "identifier": data.identifier,
+            "scopes": scopes,
+        },
+        "action": { "id": "TokenExchange" },
+        "session": { "id": record.unwrap_or_default() },
+        "context": {
+            "actor_claims": { "caracal_client_id": client.id },
+            "trace_id": rid,
+            "session_id": record.unwrap_or_default(),
+            "agent_session_id": form.get("agent_session_id").unwrap_or_default(),
+            "delegation_edge_id": form.get("delegation_edge_id").unwrap_or_default(),
+            "challenge_resolved": false,
+            "requested_scopes": requested,
+        },
+    });
+    metadata.insert("policy_input".into(), input.clone());
+    let decided = app.engines.decide(&app.pool, &client.zone_id, &input).await;
+    let (result, policy) = match decided {
+        Ok(d) => (
+            d.result,
+            Some((
+                d.loaded.version_id.clone(),
+                d.loaded.manifest_sha256.clone(),
+            )),
+        ),
+        // A zone without an active policy set evaluates the deny-all module (§6.1).
+        Err(EngineError::NoPolicy) => (
+            json!({
+                "decision": "deny",
+                "evaluation_status": "complete",
+                "determining_policies": [],
+                "diagnostics": [{ "reason": "no_active_policy_set" }],
+            }),
+            None,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, zone = %client.zone_id, "policy evaluation failed");
+            let frame = skipped("policy_eval_failed", metadata).frame;
+            audit::publish(app, &[frame]).await?;
+            return Err(StsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "policy_eval_failed",
+                "policy evaluation unavailable",
+            ));
+        }
+    };
+    let allow = serval_domain::policy::bundle::is_allow(&result);
+    let diagnostics = result.get("diagnostics").cloned().unwrap_or(json!([]));
+    Ok(Checked {
+        granted: allow.then(|| Granted {
+            identifier: data.identifier.clone(),
+        }),
+        frame: Frame {
+            zone_id: client.zone_id.clone(),
+            request_id: rid.to_owned(),
+            event_type: "token_exchange",
+            decision: if allow { "allow" } else { "deny" },
+            evaluation_status: "complete".to_owned(),
+            determining_policies: result
+                .get("determining_policies")
+                .cloned()
+                .unwrap_or(json!([])),
+            diagnostics,
+            metadata,
+            policy,
+        },
+    })
+}
+
+/// The mint's authority record (§5.1 step 13) as an event: an `application` record of the
+/// caller, expiring with the mandate.
+async fn create_authority_record(
+    app: &App,
+    rid: &str,
+    client: &Client,
+    parent: Option<&str>,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<String, StsError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let data = AuthorityRecordData {
+        record_type: "application".into(),
+        subject_id: client.id.clone(),
+        application_id: Some(client.id.clone()),
+        federated_user_issuer: None,
+        parent_id: parent.map(str::to_owned),
+        status: "active".into(),
+        expires_at,
+        authenticated_at: now,
+        revoked_at: None,
+        revoked_reason: None,
+        revoked_by_grant: None,
+    };
+    let actor = format!("application:{}", client.id);
+    let stamp = Stamp {
+        by: actor.clone(),
+        via_operator: false,
+    };
+    let events = catalog::decide(
+        None,
+        &CatalogCommand::Create {
+            zone_id: client.zone_id.clone(),
+            data: EntityData::AuthorityRecord(data),
+        },
+        &stamp,
+    )
+    .map_err(|e| ApiError::internal(format!("authority record: {e}")))?;
+    let req = AppendRequest::new(
+        LogStream::Zone(client.zone_id.clone()),
+        Some(client.zone_id.clone()),
+        id.clone(),
+        0,
+        events.into_iter().map(Event::Catalog).collect(),
+        actor,
+    )
+    .with_request_id(rid);
+    app.store
+        .append(&req)
+        .await
+        .map_err(|e| ApiError::internal(format!("authority record append: {e}")))?;
+    Ok(id)
+}
+
+/// §12: every issued `jti` registered set-if-absent for the token's lifetime; a collision
+/// or a Redis error fails the exchange (the token is never returned).
+async fn register_jti(
+    app: &App,
+    client: &Client,
+    jti: &str,
+    now: DateTime<Utc>,
+    ttl: i64,
+) -> Result<(), StsError> {
+    let key = format!(
+        "{}:{{z:{}}}:jti:{jti}",
+        app.store.keys().prefix(),
+        client.zone_id
+    );
+    let mut conn = app.redis.clone();
+    let set: bool = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("{}|{}", client.id, now.timestamp()))
+        .arg("NX")
+        .arg("EX")
+        .arg(ttl.max(1))
+        .query_async::<Option<String>>(&mut conn)
+        .await
+        .map_err(ApiError::from)?
+        .is_some();
+    if !set {
+        let mut metadata = Map::new();
+        metadata.insert("jti".into(), json!(jti));
+        metadata.insert("app_id".into(), json!(client.id));
+        audit::publish(
+            app,
+            &[Frame {
+                zone_id: client.zone_id.clone(),
+                request_id: jti.to_owned(),
+                event_type: "jti_collision",
+                decision: "deny",
+                evaluation_status: "anomaly".to_owned(),
+                determining_policies: json!([]),
+                diagnostics: json!([]),
+                metadata,
+                policy: None,
+            }],
+        )
+        .await?;
+        return Err(ApiError::internal("jti collision").into());
+    }
+    Ok(())
+}

@@ -1,0 +1,594 @@
+//! The STS token exchange (sts.md §3–§5, §8–§13) against the real binary: the bootstrap
+//! class end to end (application secret → policy → authority record → ES256 mandate →
+//! `jti` → audit frames), every refusal it can reach, the JWKS and key rotation, and the
+//! official Python clients (`caracalai-oauth`, `caracalai-verify`) against it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{eventually, Admin, Options, Server};
+use serde_json::{json, Value};
+
+const STS_ADMIN: &str = "sts-admin-token-for-tests";
+const RESOURCE: &str = "resource://tickets";
+
+/// A server whose STS listens where `ISSUER_URL` says (verifiers fetch the JWKS from the
+/// issuer).
+async fn server() -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let server = Server::start(Options {
+        env: vec![
+            ("SERVAL_STS_PORT".into(), port.to_string()),
+            ("ISSUER_URL".into(), issuer.clone()),
+            ("STS_ADMIN_TOKEN".into(), STS_ADMIN.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(server.url("sts"), issuer);
+    (server, issuer)
+}
+
+/// A zone with a managed application, the `resource://tickets` resource and (when
+/// `policy`) an active policy set granting the resource to the application.
+struct Zone {
+    id: String,
+    app: String,
+    secret: String,
+}
+
+async fn zone(admin: &Admin, policy: bool) -> Zone {
+    let (s, z) = admin.post("/v1/zones", json!({"name": "sts"})).await;
+    assert_eq!(s, 201, "{z}");
+    let z = z["id"].as_str().unwrap().to_owned();
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "ticket-bot", "registration_method": "managed"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let app = a["id"].as_str().unwrap().to_owned();
+    let secret = a["client_secret"].as_str().unwrap().to_owned();
+    let (s, p) = admin
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "mandate", "kind": "caracal_mandate"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    // `agent:lifecycle` is mintable on a resource with an upstream URL (sts.md §4.2).
+    let (s, r) = admin
+        .post(
+            &format!("/v1/zones/{z}/resources"),
+            json!({"name": "Tickets", "identifier": RESOURCE, "scopes": ["tickets:read"],
+                   "upstream_url": "https://tickets.example", "credential_provider_id": p["id"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    if policy {
+        let content = format!(
+            "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\n\
+             app_ids := {{\"bot\": \"{app}\"}}\n\n\
+             grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"tickets:read\"]}}}}}}\n"
+        );
+        let (s, p) = admin
+            .post(
+                &format!("/v1/zones/{z}/policies"),
+                json!({"name": "grants", "content": content}),
+            )
+            .await;
+        assert_eq!(s, 201, "{p}");
+        let (s, set) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets"),
+                json!({"name": "main"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{set}");
+        let set = set["id"].as_str().unwrap();
+        let (s, v) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets/{set}/versions"),
+                json!({"manifest": [{"policy_version_id": p["version_id"]}]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, act) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets/{set}/activate"),
+                json!({"version_id": v["version_id"]}),
+            )
+            .await;
+        assert_eq!(s, 202, "{act}");
+    }
+    Zone { id: z, app, secret }
+}
+
+/// `POST /oauth/2/token` with a form body; status, headers' request id, JSON body.
+async fn exchange(sts: &str, fields: &[(&str, &str)]) -> (u16, Option<String>, Value) {
+    exchange_with(sts, fields, &[]).await
+}
+
+async fn exchange_with(
+    sts: &str,
+    fields: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = reqwest::Client::new()
+        .post(format!("{sts}/oauth/2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        rid,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+fn bootstrap<'a>(z: &'a Zone, scope: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", GRANT),
+        ("zone_id", &z.id),
+        ("application_id", &z.app),
+        ("client_secret", &z.secret),
+        ("resource", RESOURCE),
+        ("scope", scope),
+    ]
+}
+
+fn segment(token: &str, i: usize) -> Value {
+    let part = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// The `token_exchange` frames of a zone's request that reached the audit ledger.
+async fn frames(admin: &Admin, zone: &str, rid: &str, n: usize) -> Vec<Value> {
+    eventually(20, || async {
+        let (_, v) = admin
+            .get(&format!("/v1/zones/{zone}/audit/by-request/{rid}"))
+            .await;
+        let items = v.as_array().cloned().unwrap_or_default();
+        (items.len() >= n).then_some(items)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_mints_a_session_mandate_with_its_record_jti_and_audit() {
+    let (server, issuer) = server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    // The active binding reaches the STS through the log; until then the zone denies.
+    let (s, rid, body) = eventually(20, || async {
+        let r = exchange_with(
+            &issuer,
+            &bootstrap(&z, "agent:lifecycle"),
+            &[("x-request-id", "req-boot-1")],
+        )
+        .await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(rid.as_deref(), Some("req-boot-1"));
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["scope"], "agent:lifecycle");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(body["target_resources"], json!([RESOURCE]));
+    let token = body["access_token"].as_str().unwrap();
+    let header = segment(token, 0);
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["typ"], "JWT");
+    let claims = segment(token, 1);
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["aud"], json!([issuer]));
+    assert_eq!(claims["sub"], z.app.as_str());
+    assert_eq!(claims["client_id"], z.app.as_str());
+    assert_eq!(claims["zone_id"], z.id.as_str());
+    assert_eq!(claims["use"], "session");
+    assert_eq!(claims["sub_type"], "application");
+    assert_eq!(claims["scope"], "agent:lifecycle");
+    assert_eq!(claims["target"], json!([RESOURCE]));
+    assert_eq!(claims["sid"], claims["root_sid"]);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims.get("nbf").is_none() && claims.get("act").is_none());
+    // The signature is raw r‖s (64 bytes).
+    let sig = URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(2).unwrap())
+        .unwrap();
+    assert_eq!(sig.len(), 64);
+
+    // The JWKS lists the signing key (the zone's first, created by this mint).
+    let jwks: reqwest::Response =
+        reqwest::get(format!("{issuer}/.well-known/jwks.json?zone_id={}", z.id))
+            .await
+            .unwrap();
+    assert_eq!(jwks.status(), 200);
+    assert_eq!(
+        jwks.headers()["cache-control"],
+        "public, max-age=300, must-revalidate"
+    );
+    let jwks: Value = jwks.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], header["kid"]);
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    assert_eq!(keys[0]["alg"], "ES256");
+    assert!(keys[0].get("d").is_none(), "no private part in the JWKS");
+
+    // The authority record is an event, readable through the Management API.
+    let sid = claims["sid"].as_str().unwrap().to_owned();
+    let record = eventually(20, || async {
+        let (_, v) = admin
+            .get(&format!(
+                "/v1/zones/{}/authority-records?authority_record_id={sid}",
+                z.id
+            ))
+            .await;
+        v["items"].as_array().and_then(|i| i.first().cloned())
+    })
+    .await;
+    assert_eq!(record["subject_id"], z.app.as_str());
+    assert_eq!(record["status"], "active");
+
+    // The jti is registered for the token's life.
+    let mut conn = server.store().await.connection();
+    let jti = claims["jti"].as_str().unwrap();
+    let key = format!("{}:{{z:{}}}:jti:{jti}", server.prefix, z.id);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((850..=900).contains(&ttl), "jti ttl {ttl}");
+
+    // The decision is an audit frame, ingested into the ledger with its policy input.
+    let items = frames(&admin, &z.id, "req-boot-1", 1).await;
+    let allow = items
+        .iter()
+        .find(|i| i["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{items:?}"));
+    assert_eq!(allow["event_type"], "token_exchange");
+    assert_eq!(allow["evaluation_status"], "complete");
+    assert!(allow["policy_set_version_id"].is_string(), "{allow}");
+    assert_eq!(allow["metadata_json"]["application_id"], z.app.as_str());
+    assert_eq!(
+        allow["metadata_json"]["policy_input"]["context"]["requested_scopes"],
+        json!(["agent:lifecycle"])
+    );
+
+    // Nothing secret is in the log: the signing key's private half is sealed.
+    let logs = server.logs();
+    assert!(!logs.contains(&z.secret));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_answers_its_documented_error() {
+    let (server, sts) = server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let other = zone(&admin, true).await;
+    // Wait for the binding to load, so refusals below are the ones under test.
+    eventually(20, || async {
+        (exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await.0 == 200).then_some(())
+    })
+    .await;
+    let code = |r: &(u16, Option<String>, Value)| {
+        (
+            r.0,
+            r.2["error"].as_str().unwrap_or_default().to_owned(),
+            r.2["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+
+    // Encoding rules, before authentication.
+    let raw = reqwest::Client::new()
+        .post(format!("{sts}/oauth/2/token"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 415);
+    let rid = raw.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(body["requestId"], rid.as_str());
+    // The inbound request id is used verbatim, in the header and the body (sts.md §1).
+    let mut wrong_grant = bootstrap(&z, "agent:lifecycle");
+    wrong_grant[0] = ("grant_type", "password");
+    let r = exchange_with(&sts, &wrong_grant, &[("x-request-id", "odd id/1 ~")]).await;
+    assert_eq!(r.1.as_deref(), Some("odd id/1 ~"));
+    assert_eq!(r.2["requestId"], "odd id/1 ~");
+    let mut dup = bootstrap(&z, "agent:lifecycle");
+    dup.push(("zone_id", "again"));
+    assert_eq!(
+        code(&exchange(&sts, &dup).await),
+        (
+            400,
+            "invalid_token".into(),
+            "duplicate form field: zone_id".into()
+        )
+    );
+    let mut assertion = bootstrap(&z, "agent:lifecycle");
+    assertion.push(("client_assertion", ""));
+    assert_eq!(code(&exchange(&sts, &assertion).await).0, 400);
+    let mut ttl = bootstrap(&z, "agent:lifecycle");
+    ttl.push(("ttl_seconds", "ten"));
+    assert_eq!(code(&exchange(&sts, &ttl).await).2, "invalid ttl_seconds");
+    let mut grant = bootstrap(&z, "agent:lifecycle");
+    grant[0] = ("grant_type", "client_credentials");
+    assert_eq!(
+        code(&exchange(&sts, &grant).await).2,
+        "unsupported grant_type"
+    );
+
+    // Client authentication.
+    let mut wrong = bootstrap(&z, "agent:lifecycle");
+    wrong[3] = ("client_secret", "cs_wrong");
+    assert_eq!(
+        code(&exchange(&sts, &wrong).await),
+        (
+            401,
+            "access_denied".into(),
+            "invalid client credentials".into()
+        )
+    );
+    let mut unknown = bootstrap(&z, "agent:lifecycle");
+    unknown[2] = ("application_id", "no-such-app");
+    assert_eq!(code(&exchange(&sts, &unknown).await).0, 401);
+    let mut elsewhere = bootstrap(&z, "agent:lifecycle");
+    elsewhere[1] = ("zone_id", &other.id);
+    assert_eq!(code(&exchange(&sts, &elsewhere).await).1, "zone_invalid");
+
+    // After authentication.
+    let no_resource: Vec<_> = bootstrap(&z, "agent:lifecycle")
+        .into_iter()
+        .filter(|(k, _)| *k != "resource")
+        .collect();
+    assert_eq!(
+        code(&exchange(&sts, &no_resource).await),
+        (
+            400,
+            "invalid_token".into(),
+            "at least one resource is required".into()
+        )
+    );
+    let mut subject = bootstrap(&z, "agent:lifecycle");
+    subject.push(("subject_token", "x.y.z"));
+    subject.push((
+        "subject_token_type",
+        "urn:ietf:params:oauth:token-type:access_token",
+    ));
+    assert_eq!(
+        code(&exchange(&sts, &subject).await),
+        (
+            403,
+            "access_denied".into(),
+            "resource exchanges must use the Gateway".into()
+        )
+    );
+    let mut edge = bootstrap(&z, "tickets:read");
+    edge.push(("delegation_edge_id", "e1"));
+    assert_eq!(
+        code(&exchange(&sts, &edge).await).2,
+        "delegation requires a target Session"
+    );
+    let mut session = bootstrap(&z, "tickets:read");
+    session.push(("agent_session_id", "s-none"));
+    assert_eq!(code(&exchange(&sts, &session).await).2, "Session not found");
+    let mut record = bootstrap(&z, "agent:lifecycle");
+    record.push(("session_id", "ar-none"));
+    assert_eq!(code(&exchange(&sts, &record).await).0, 403);
+    let mut long = bootstrap(&z, "agent:lifecycle");
+    long.push(("ttl_seconds", "3601"));
+    assert_eq!(
+        code(&exchange(&sts, &long).await).2,
+        "ttl_seconds exceeds token TTL cap"
+    );
+    let mut negative = bootstrap(&z, "agent:lifecycle");
+    negative.push(("ttl_seconds", "-5"));
+    assert_eq!(
+        code(&exchange(&sts, &negative).await).2,
+        "ttl_seconds must be positive"
+    );
+    let mut short = bootstrap(&z, "agent:lifecycle");
+    short.push(("ttl_seconds", "60"));
+    assert_eq!(exchange(&sts, &short).await.2["expires_in"], 60);
+
+    // A business scope without a Session or Delegation matches no rule of the contract.
+    let business = exchange_with(
+        &sts,
+        &bootstrap(&z, "tickets:read"),
+        &[("x-request-id", "req-business")],
+    )
+    .await;
+    assert_eq!(
+        code(&business),
+        (
+            403,
+            "access_denied".into(),
+            "policy denied (no_rule_matched)".into()
+        )
+    );
+    // Skips are audited with their reason.
+    let mut missing = bootstrap(&z, "agent:lifecycle");
+    missing[4] = ("resource", "resource://nowhere");
+    let r = exchange_with(&sts, &missing, &[("x-request-id", "req-missing")]).await;
+    assert_eq!(
+        code(&r),
+        (403, "access_denied".into(), "policy denied".into())
+    );
+    let mut scope = bootstrap(&z, "tickets:write");
+    scope[4] = ("resource", RESOURCE);
+    let r = exchange_with(&sts, &scope, &[("x-request-id", "req-scope")]).await;
+    assert_eq!(r.0, 403);
+    let items = frames(&admin, &z.id, "req-missing", 1).await;
+    assert_eq!(items[0]["evaluation_status"], "resource_not_found");
+    assert_eq!(items[0]["decision"], "deny");
+    let items = frames(&admin, &z.id, "req-scope", 1).await;
+    assert_eq!(items[0]["evaluation_status"], "scope_mismatch");
+    let items = frames(&admin, &z.id, "req-business", 1).await;
+    assert_eq!(items[0]["evaluation_status"], "complete");
+    assert_eq!(
+        items[0]["diagnostics_json"],
+        json!([{"reason": "no_rule_matched"}])
+    );
+
+    // A zone without an active policy set denies everything.
+    let bare = zone(&admin, false).await;
+    assert_eq!(
+        code(&exchange(&sts, &bootstrap(&bare, "agent:lifecycle")).await).2,
+        "policy denied (no_active_policy_set)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_and_rotation_publish_the_next_key_before_it_signs() {
+    let (server, sts) = server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let jwks = |zone: String| {
+        let sts = sts.clone();
+        async move {
+            let r = reqwest::get(format!("{sts}/.well-known/jwks.json?zone_id={zone}"))
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let r = reqwest::get(format!("{sts}/.well-known/jwks.json"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // A zone that never minted has no keys.
+    assert_eq!(jwks(z.id.clone()).await.0, 404);
+    let first = eventually(20, || async {
+        let r = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+        (r.0 == 200).then_some(r.2)
+    })
+    .await;
+    let kid1 = segment(first["access_token"].as_str().unwrap(), 0)["kid"].clone();
+
+    let rotate = |token: &'static str| {
+        let url = format!("{sts}/internal/zones/{}/signing-key/rotate", z.id);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(rotate("wrong").await.0, 401);
+    let (s, body) = rotate(STS_ADMIN).await;
+    assert_eq!(s, 200, "{body}");
+    let rotated: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rotated["rotated"], true);
+    let kid2 = rotated["kid"].clone();
+    assert_ne!(kid1, kid2);
+    // Published at once, signing only later: a mint right after the rotation is signed
+    // with the key every verifier already knows.
+    let (_, doc) = jwks(z.id.clone()).await;
+    let kids: Vec<&Value> = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
+    assert_eq!(kids, [&kid1, &kid2]);
+    let after = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+    assert_eq!(after.0, 200);
+    assert_eq!(
+        segment(after.2["access_token"].as_str().unwrap(), 0)["kid"],
+        kid1
+    );
+    // The key events are in the log; the private halves only sealed.
+    let pool = common::pool(&server.db_url).await;
+    let docs: Vec<Value> = sqlx::query_scalar(
+        "SELECT doc FROM catalog_objects WHERE kind = 'signing_key' AND zone_id = $1",
+    )
+    .bind(&z.id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(docs.len(), 2);
+    for d in docs {
+        let sealed = d["data"]["signing_key"]["sealed_private_key"]
+            .as_str()
+            .unwrap();
+        assert!(!sealed.contains("PRIVATE KEY") && sealed.len() > 100);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_oauth_and_verify_clients_accept_the_bootstrap_mandate() {
+    let (server, sts) = server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    eventually(20, || async {
+        (exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await.0 == 200).then_some(())
+    })
+    .await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join("sts_bootstrap.py");
+    let out = Command::new(common::python())
+        .arg(script)
+        .env("STS_URL", &sts)
+        .env("ZONE_ID", &z.id)
+        .env("APPLICATION_ID", &z.app)
+        .env("CLIENT_SECRET", &z.secret)
+        .env("RESOURCE", RESOURCE)
+        .env("STS_ADMIN_TOKEN", STS_ADMIN)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "sts_bootstrap.py failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.logs()
+    );
+}
