@@ -19,6 +19,10 @@ const RESOURCE: &str = "resource://tickets";
 /// A server whose STS listens where `ISSUER_URL` says (verifiers fetch the JWKS from the
 /// issuer).
 async fn server() -> (Server, String) {
+    server_with(&[]).await
+}
+
+async fn server_with(extra: &[(&str, &str)]) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -30,7 +34,10 @@ async fn server() -> (Server, String) {
             ("SERVAL_STS_PORT".into(), port.to_string()),
             ("ISSUER_URL".into(), issuer.clone()),
             ("STS_ADMIN_TOKEN".into(), STS_ADMIN.into()),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect(),
         ..Default::default()
     })
     .await;
@@ -110,6 +117,16 @@ async fn zone(admin: &Admin, policy: bool) -> Zone {
             )
             .await;
         assert_eq!(s, 202, "{act}");
+        // Mint only once the STS has loaded the binding (no attempt spends a budget).
+        let status = format!(
+            "/v1/zones/{z}/policy-sets/{set}/activation-status?version_id={}",
+            v["version_id"].as_str().unwrap()
+        );
+        eventually(20, || async {
+            let (_, st) = admin.get(&status).await;
+            (st["propagation_status"] == "loaded").then_some(())
+        })
+        .await;
     }
     Zone { id: z, app, secret }
 }
@@ -352,6 +369,31 @@ async fn every_refusal_answers_its_documented_error() {
     let mut ttl = bootstrap(&z, "agent:lifecycle");
     ttl.push(("ttl_seconds", "ten"));
     assert_eq!(code(&exchange(&sts, &ttl).await).2, "invalid ttl_seconds");
+    let names: Vec<String> = (0..33).map(|i| format!("resource://r{i}")).collect();
+    let mut many = bootstrap(&z, "agent:lifecycle");
+    many.extend(names.iter().map(|n| ("resource", n.as_str())));
+    assert_eq!(
+        code(&exchange(&sts, &many).await),
+        (
+            400,
+            "invalid_token".into(),
+            "at most 32 resource values are accepted".into()
+        )
+    );
+    let gateway = exchange_with(
+        &sts,
+        &bootstrap(&z, "agent:lifecycle"),
+        &[("x-caracal-gateway-timestamp", "1")],
+    )
+    .await;
+    assert_eq!(
+        code(&gateway),
+        (
+            401,
+            "access_denied".into(),
+            "invalid gateway exchange signature".into()
+        )
+    );
     let mut grant = bootstrap(&z, "agent:lifecycle");
     grant[0] = ("grant_type", "client_credentials");
     assert_eq!(
@@ -590,5 +632,55 @@ async fn official_oauth_and_verify_clients_accept_the_bootstrap_mandate() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         server.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_lock_the_application_out_and_mints_are_budgeted() {
+    let (server, sts) = server_with(&[
+        ("STS_AUTH_FAIL_LIMIT_PER_MIN", "3"),
+        ("STS_MINT_RATE_LIMIT_PER_MIN", "2"),
+    ])
+    .await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    // Two mints of the resource fit the budget (the first waits for the binding).
+    eventually(20, || async {
+        (exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await.0 == 200).then_some(())
+    })
+    .await;
+    let second = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+    assert_eq!(second.0, 200, "{}", second.2);
+    // The third is skipped as rate limited: no resource left, so the exchange is denied.
+    let third = exchange_with(
+        &sts,
+        &bootstrap(&z, "agent:lifecycle"),
+        &[("x-request-id", "req-third")],
+    )
+    .await;
+    assert_eq!(
+        (third.0, third.2["error"].as_str()),
+        (403, Some("access_denied"))
+    );
+    let items = frames(&admin, &z.id, "req-third", 1).await;
+    assert_eq!(items[0]["evaluation_status"], "rate_limited");
+
+    // Three failures answer 401; the fourth crosses the limit and answers 429, and from
+    // then on the application id is locked out, right secret or not.
+    let mut wrong = bootstrap(&z, "agent:lifecycle");
+    wrong[3] = ("client_secret", "cs_wrong");
+    for _ in 0..3 {
+        assert_eq!(exchange(&sts, &wrong).await.0, 401);
+    }
+    let locked = exchange(&sts, &wrong).await;
+    assert_eq!(
+        (locked.0, locked.2["error"].as_str()),
+        (429, Some("provider_rate_limited"))
+    );
+    let right = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+    assert_eq!(right.0, 429, "{}", right.2);
+    assert_eq!(
+        right.2["error_description"],
+        "authentication rate limit exceeded"
     );
 }

@@ -21,6 +21,9 @@ pub const PUBLISH_LEAD_SECS: i64 = 360;
 pub const GRACE_SECS: i64 = 24 * 3600;
 /// The sealing purpose of a signing key's private half.
 pub const SEAL_PURPOSE: &str = "zone_signing_key";
+/// A zone's first key signs from this long before its creation, so processes whose clocks
+/// lag the creator's still find it signing.
+pub const FIRST_KEY_BACKDATE_SECS: i64 = 60;
 /// Reservation kind: one key per generation and zone.
 pub const GENERATION: &str = "signing_key_generation";
 
@@ -44,11 +47,14 @@ pub struct KeyRef<'a> {
     pub key: &'a SigningKeyData,
 }
 
-/// The key that signs at `now`: the highest generation whose `signs_from` has come.
+/// The key that signs at `now`: the highest generation whose `signs_from` has come; if none
+/// has (a clock far behind the creator's), the first generation, which was published when
+/// it was created. `None` only for a zone without keys.
 pub fn signing<'a>(keys: &[KeyRef<'a>], now: DateTime<Utc>) -> Option<KeyRef<'a>> {
     keys.iter()
         .filter(|k| k.key.signs_from <= now)
         .max_by_key(|k| k.key.generation)
+        .or_else(|| keys.iter().min_by_key(|k| k.key.generation))
         .cloned()
 }
 
@@ -93,7 +99,7 @@ pub fn next(keys: &[KeyRef<'_>], now: DateTime<Utc>) -> (u64, DateTime<Utc>) {
     let generation = keys.iter().map(|k| k.key.generation).max().unwrap_or(0) + 1;
     let signs_from = if generation == 1 {
         // No verifier can have cached a key set of a zone that never had one.
-        now
+        now - Duration::seconds(FIRST_KEY_BACKDATE_SECS)
     } else {
         now + Duration::seconds(PUBLISH_LEAD_SECS)
     };
@@ -118,7 +124,10 @@ mod tests {
     fn a_rotated_key_is_published_before_it_signs_and_the_old_one_stays_in_grace() {
         let t0 = DateTime::<Utc>::UNIX_EPOCH + Duration::days(20_000);
         let (g1, s1) = next(&[], t0);
-        assert_eq!((g1, s1), (1, t0));
+        assert_eq!(
+            (g1, s1),
+            (1, t0 - Duration::seconds(FIRST_KEY_BACKDATE_SECS))
+        );
         let k1 = key(g1, s1);
         let ids = ["k1", "k2"];
         let one = [KeyRef {

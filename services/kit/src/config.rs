@@ -133,6 +133,14 @@ pub struct Config {
     /// Failed authentications per minute per client IP before `429` replaces `401`.
     #[arg(long, env = "ADMIN_AUTH_FAIL_LIMIT_PER_MIN", default_value_t = 60)]
     pub admin_auth_fail_limit_per_min: u64,
+    /// STS: failed client authentications per minute per application id before the id is
+    /// locked out for a minute (`429 provider_rate_limited`; 0 disables).
+    #[arg(long, env = "STS_AUTH_FAIL_LIMIT_PER_MIN", default_value_t = 60)]
+    pub sts_auth_fail_limit_per_min: u64,
+    /// STS: mints per minute per (zone, resource, application); over it the resource is
+    /// skipped (`rate_limited`; 0 disables).
+    #[arg(long, env = "STS_MINT_RATE_LIMIT_PER_MIN", default_value_t = 1000)]
+    pub sts_mint_rate_limit_per_min: u64,
     /// `/ready` requests per minute per client IP (0 disables).
     #[arg(long, env = "READY_RATE_LIMIT_PER_MIN", default_value_t = 120)]
     pub ready_rate_limit_per_min: u64,

@@ -101,10 +101,14 @@ impl KeyStore {
             loaded: Instant::now(),
             keys,
         });
-        self.sets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(zone.to_owned(), set.clone());
+        // Zones without keys are not remembered: the unauthenticated JWKS route must not
+        // grow the cache with every zone id someone makes up.
+        if !set.keys.is_empty() {
+            self.sets
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(zone.to_owned(), set.clone());
+        }
         Ok(set)
     }
 
@@ -138,6 +142,7 @@ impl KeyStore {
         self.open(app, zone, &kid).await
     }
 
+    /// Creates the zone's first key; never adds one to a zone that has keys.
     async fn create_first(&self, app: &App, zone: &str) -> Result<String, ApiError> {
         let _guard = self.creating.lock().await;
         let set = self.set(app, zone, true).await?;
@@ -159,7 +164,7 @@ impl KeyStore {
     async fn add(&self, app: &App, zone: &str, set: &KeySet) -> Result<String, ApiError> {
         let (generation, signs_from) = signing_key::next(&set.refs(), Utc::now());
         let kid = uuid::Uuid::now_v7().to_string();
-        let data = generate(app, zone, &kid, generation, signs_from).await?;
+        let (data, pkcs8) = generate(app, zone, &kid, generation, signs_from).await?;
         let stamp = Stamp {
             by: ACTOR.to_owned(),
             via_operator: false,
@@ -193,6 +198,17 @@ impl KeyStore {
         .await;
         match appended {
             Ok(_) => {
+                // Usable at once, whether or not the read model shows it yet.
+                self.signers
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        kid.clone(),
+                        Arc::new(Signer {
+                            kid: kid.clone(),
+                            key: EncodingKey::from_ec_der(&pkcs8),
+                        }),
+                    );
                 self.set(app, zone, true).await?;
                 Ok(kid)
             }
@@ -260,7 +276,7 @@ async fn generate(
     kid: &str,
     generation: u64,
     signs_from: DateTime<Utc>,
-) -> Result<SigningKeyData, ApiError> {
+) -> Result<(SigningKeyData, Zeroizing<Vec<u8>>), ApiError> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
         .map_err(|_| ApiError::internal("cannot generate a signing key"))?;
@@ -281,11 +297,12 @@ async fn generate(
         .seal(&binding, pkcs8.as_ref())
         .await
         .map_err(|e| ApiError::internal(format!("cannot seal a signing key: {e}")))?;
-    Ok(SigningKeyData {
+    let data = SigningKeyData {
         generation,
         x: URL_SAFE_NO_PAD.encode(&point[1..33]),
         y: URL_SAFE_NO_PAD.encode(&point[33..65]),
         sealed_private_key: sealed,
         signs_from,
-    })
+    };
+    Ok((data, Zeroizing::new(pkcs8.as_ref().to_vec())))
 }

@@ -25,6 +25,21 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A deny frame for the same request and resource, with `status` as its reason.
+    pub fn denied(&self, status: &str) -> Frame {
+        Frame {
+            zone_id: self.zone_id.clone(),
+            request_id: self.request_id.clone(),
+            event_type: self.event_type,
+            decision: "deny",
+            evaluation_status: status.to_owned(),
+            determining_policies: json!([]),
+            diagnostics: json!([]),
+            metadata: self.metadata.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
     fn data(&self) -> String {
         let mut data = json!({
             "id": uuid::Uuid::now_v7().to_string(),

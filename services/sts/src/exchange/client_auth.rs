@@ -26,6 +26,9 @@ use super::form::TokenForm;
 pub const COLD_VERIFICATIONS: usize = 2;
 const CACHE_MAX: usize = 8_192;
 const CACHE_TTL: Duration = Duration::from_secs(3_600);
+/// How long a cold verification waits for a permit before the exchange is refused as
+/// retryable (a flood of wrong secrets must not queue everyone else's forever).
+const COLD_WAIT: Duration = Duration::from_secs(2);
 
 /// An authenticated application.
 pub struct Client {
@@ -49,7 +52,7 @@ impl Default for SecretVerifier {
 }
 
 impl SecretVerifier {
-    async fn verify(&self, secret: &str, stored: &str) -> bool {
+    async fn verify(&self, secret: &str, stored: &str) -> Result<bool, StsError> {
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if let Some((digest, at)) = self
             .verified
@@ -58,11 +61,19 @@ impl SecretVerifier {
             .get(stored)
         {
             if at.elapsed() < CACHE_TTL {
-                return bool::from(digest.ct_eq(&presented));
+                return Ok(bool::from(digest.ct_eq(&presented)));
             }
         }
-        let Ok(_permit) = self.cold.acquire().await else {
-            return false;
+        let busy = || {
+            StsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "client authentication is busy; retry",
+            )
+        };
+        let _permit = match tokio::time::timeout(COLD_WAIT, self.cold.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(busy()),
         };
         let (s, h) = (secret.to_owned(), stored.to_owned());
         let ok = tokio::task::spawn_blocking(move || verify_client_secret(&s, &h))
@@ -72,13 +83,18 @@ impl SecretVerifier {
             let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= CACHE_MAX {
                 cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
+            }
+            if cache.len() >= CACHE_MAX {
+                // Drop the oldest eighth rather than everything: a full cache must not send
+                // every client through the cold path at once.
+                let mut ages: Vec<Instant> = cache.values().map(|(_, at)| *at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 8];
+                cache.retain(|_, (_, at)| *at > cut);
             }
             cache.insert(stored.to_owned(), (presented, Instant::now()));
         }
-        ok
+        Ok(ok)
     }
 
     /// §5.1 step 3: `401 access_denied` "invalid client credentials" for every failure,
@@ -105,7 +121,14 @@ impl SecretVerifier {
         let Some(stored) = data.secret_hash.as_deref() else {
             return Err(StsError::invalid_client());
         };
-        if !self.verify(secret, stored).await {
+        if !self.verify(secret, stored).await? {
+            return Err(StsError::invalid_client());
+        }
+        // A deleted (archived) zone's applications mint nothing.
+        let zone_row = serval_projector::zones::load(&app.pool, &entity.zone_id)
+            .await
+            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+        if zone_row.is_none_or(|z| z.archived_at.is_some()) {
             return Err(StsError::invalid_client());
         }
         if entity.zone_id != zone {

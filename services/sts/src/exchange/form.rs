@@ -18,6 +18,8 @@ pub const GATEWAY_HEADERS: [&str; 3] = [
     "x-caracal-gateway-request",
     "x-caracal-gateway-signature",
 ];
+/// Resources one request may name (each costs a lookup, a decision and an audit frame).
+pub const MAX_RESOURCES: usize = 32;
 /// Fields whose mere presence is refused (client assertions are not a Caracal contract).
 const FORBIDDEN: [&str; 3] = ["actor_token", "client_assertion", "client_assertion_type"];
 
@@ -101,6 +103,20 @@ pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<To
         form.ttl_seconds = t.parse::<i64>().map_err(|_| bad("invalid ttl_seconds"))?;
     }
     form.gateway = GATEWAY_HEADERS.iter().any(|h| headers.contains_key(*h));
+    if form.gateway {
+        // The Gateway's HMAC-authenticated re-exchange (§11.2) is not served yet, so no
+        // signature can verify; checked where §3 checks the HMAC.
+        return Err(StsError::new(
+            StatusCode::UNAUTHORIZED,
+            "access_denied",
+            "invalid gateway exchange signature",
+        ));
+    }
+    if resources.len() > MAX_RESOURCES {
+        return Err(bad(&format!(
+            "at most {MAX_RESOURCES} resource values are accepted"
+        )));
+    }
     let mut trimmed = Vec::with_capacity(resources.len());
     for r in resources {
         let r = r.trim();

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod client_auth;
 pub mod error;
 pub mod form;
+pub mod limits;
 
 use std::sync::Arc;
 
@@ -67,28 +68,41 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     let rid = request_id(&headers);
-    match exchange(&app, &sts, &rid, uri.query(), &headers, &body).await {
+    let mut frames = Vec::new();
+    match exchange(&app, &sts, &rid, uri.query(), &headers, &body, &mut frames).await {
         Ok(mut resp) => {
             if let Ok(v) = HeaderValue::from_str(&rid) {
                 resp.headers_mut().insert("x-request-id", v);
             }
             resp
         }
-        Err(e) => e.respond(&rid),
+        Err(e) => {
+            // Every decision taken is evidence, also when the exchange fails after it; an
+            // allow that did not become a mandate is followed by `exchange_denied`.
+            if !frames.is_empty() {
+                if let Some(allow) = frames.iter().find(|f| f.decision == "allow") {
+                    let mut denied = allow.denied("exchange_denied");
+                    denied.metadata.insert("error".into(), json!(e.code));
+                    frames.push(denied);
+                }
+                if let Err(pe) = audit::publish(&app, &frames).await {
+                    tracing::error!(error = ?pe, request_id = %rid, "audit frames of a failed exchange not published");
+                    return StsError::from(pe).respond(&rid);
+                }
+            }
+            e.respond(&rid)
+        }
     }
 }
 
 /// A resource the exchange granted.
 struct Granted {
+    id: String,
     identifier: String,
 }
 
-/// The outcome of one resource's checks.
-struct Checked {
-    granted: Option<Granted>,
-    frame: Frame,
-}
-
+/// The exchange; the audit frames of its decisions are collected in `frames` (published
+/// here before a success, by [`token`] after a failure).
 async fn exchange(
     app: &App,
     sts: &Sts,
@@ -96,6 +110,7 @@ async fn exchange(
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
+    frames: &mut Vec<Frame>,
 ) -> Result<Response, StsError> {
     let form = form::parse(query, headers, body)?;
     if form.gateway {
@@ -105,7 +120,15 @@ async fn exchange(
             "invalid gateway exchange signature",
         ));
     }
-    let client = sts.secrets.authenticate(app, &form).await?;
+    let application_id = form.get("application_id").unwrap_or_default().to_owned();
+    limits::check_lockout(app, &application_id).await?;
+    let client = match sts.secrets.authenticate(app, &form).await {
+        Ok(c) => c,
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            return Err(limits::count_failure(app, &application_id, e).await)
+        }
+        Err(e) => return Err(e),
+    };
     match form.get("subject_token_type") {
         Some(ID_TOKEN) => {
             return Err(StsError::new(
@@ -133,26 +156,25 @@ async fn exchange(
     let bound_record = bind_authority_record(app, &client, &form, now).await?;
     check_session_references(app, &client, &form, now).await?;
     let requested = form.scopes();
-    let mut checked = Vec::with_capacity(form.resources.len());
+    let mut granted: Vec<Granted> = Vec::with_capacity(form.resources.len());
     for r in &form.resources {
-        checked.push(
-            check_resource(
-                app,
-                rid,
-                &client,
-                &form,
-                &requested,
-                bound_record.as_deref(),
-                r,
-            )
-            .await?,
-        );
+        let g = check_resource(
+            app,
+            rid,
+            &client,
+            &form,
+            (&requested, bound_record.as_deref()),
+            r,
+            frames,
+        )
+        .await?;
+        // A resource named twice (by identifier and by id) is one target.
+        if let Some(g) = g.filter(|g| !granted.iter().any(|x| x.id == g.id)) {
+            granted.push(g);
+        }
     }
-    let granted: Vec<&Granted> = checked.iter().filter_map(|c| c.granted.as_ref()).collect();
     if granted.is_empty() {
-        let frames: Vec<Frame> = checked.into_iter().map(|c| c.frame).collect();
-        let reason = frames_reason(&frames);
-        audit::publish(app, &frames).await?;
+        let reason = frames_reason(frames);
         return Err(StsError::access_denied(
             StatusCode::FORBIDDEN,
             match reason {
@@ -164,9 +186,10 @@ async fn exchange(
     let ttl = lifetime(form.ttl_seconds)?;
     let targets: Vec<String> = granted.iter().map(|g| g.identifier.clone()).collect();
     let expires_at = now + Duration::seconds(ttl);
+    // The key first: a zone whose key cannot be opened must not collect orphan records.
+    let signer = sts.keys.signer(app, &client.zone_id).await?;
     let sid = create_authority_record(app, rid, &client, bound_record.as_deref(), now, expires_at)
         .await?;
-    let signer = sts.keys.signer(app, &client.zone_id).await?;
     let jti = uuid::Uuid::now_v7().to_string();
     let scope = form
         .get("scope")
@@ -196,8 +219,8 @@ async fn exchange(
     let token = jsonwebtoken::encode(&header, &claims, &signer.key)
         .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
     register_jti(app, &client, &jti, now, ttl).await?;
-    let frames: Vec<Frame> = checked.into_iter().map(|c| c.frame).collect();
-    audit::publish(app, &frames).await?;
+    let done = std::mem::take(frames);
+    audit::publish(app, &done).await?;
     let mut body = json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -260,7 +283,11 @@ async fn bind_authority_record(
     let record = read::load(&app.pool, &client.zone_id, id)
         .await
         .map_err(ApiError::from)?;
-    let ok = match record.as_ref().map(|e| &e.data) {
+    let ok = match record
+        .as_ref()
+        .filter(|e| e.archived_at.is_none())
+        .map(|e| &e.data)
+    {
         Some(EntityData::AuthorityRecord(r)) => {
             r.is_active(now) && r.record_type == "application" && r.subject_id == client.id
         }
@@ -370,10 +397,10 @@ async fn check_resource(
     rid: &str,
     client: &Client,
     form: &TokenForm,
-    requested: &[String],
-    record: Option<&str>,
+    (requested, record): (&[String], Option<&str>),
     r: &str,
-) -> Result<Checked, StsError> {
+    frames: &mut Vec<Frame>,
+) -> Result<Option<Granted>, StsError> {
     let mut metadata = Map::new();
     metadata.insert("application_id".into(), json!(client.id));
     metadata.insert("application_name".into(), json!(client.data.name));
@@ -393,29 +420,40 @@ async fn check_resource(
         json!(form.get("delegation_edge_id").unwrap_or_default()),
     );
     metadata.insert("subject_kind".into(), json!("application"));
-    let skipped = |status: &str, metadata: Map<String, Value>| Checked {
-        granted: None,
-        frame: Frame {
-            zone_id: client.zone_id.clone(),
-            request_id: rid.to_owned(),
-            event_type: "token_exchange",
-            decision: "deny",
-            evaluation_status: status.to_owned(),
-            determining_policies: json!([]),
-            diagnostics: json!([]),
-            metadata,
-            policy: None,
-        },
+    let skipped = |status: &str, metadata: Map<String, Value>| Frame {
+        zone_id: client.zone_id.clone(),
+        request_id: rid.to_owned(),
+        event_type: "token_exchange",
+        decision: "deny",
+        evaluation_status: status.to_owned(),
+        determining_policies: json!([]),
+        diagnostics: json!([]),
+        metadata,
+        policy: None,
     };
-    let Some(resource) = resolve(app, &client.zone_id, r).await? else {
-        return Ok(skipped("resource_not_found", metadata));
+    let resource = match resolve(app, &client.zone_id, r).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            frames.push(skipped("resource_not_found", metadata));
+            return Ok(None);
+        }
+        Err(e) => {
+            frames.push(skipped("exchange_denied", metadata));
+            return Err(e.into());
+        }
     };
     let EntityData::Resource(data) = &resource.data else {
-        return Ok(skipped("resource_not_found", metadata));
+        frames.push(skipped("resource_not_found", metadata));
+        return Ok(None);
     };
     let scopes = mintable_scopes(data);
     if !requested.iter().all(|s| scopes.contains(s)) {
-        return Ok(skipped("scope_mismatch", metadata));
+        frames.push(skipped("scope_mismatch", metadata));
+        return Ok(None);
+    }
+    if !limits::mint_allowed(app, &client.zone_id, &resource.id, &client.id).await {
+        frames.push(skipped("rate_limited", metadata));
+        return Ok(None);
     }
     let mut principal = json!({
         "type": "Application",
@@ -469,8 +507,7 @@ async fn check_resource(
         ),
         Err(e) => {
             tracing::error!(error = %e, zone = %client.zone_id, "policy evaluation failed");
-            let frame = skipped("policy_eval_failed", metadata).frame;
-            audit::publish(app, &[frame]).await?;
+            frames.push(skipped("policy_eval_failed", metadata));
             return Err(StsError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "policy_eval_failed",
@@ -478,27 +515,40 @@ async fn check_resource(
             ));
         }
     };
+    // Only a complete allow or deny is usable (§6.4).
+    let usable = result.get("evaluation_status").and_then(Value::as_str) == Some("complete")
+        && matches!(
+            result.get("decision").and_then(Value::as_str),
+            Some("allow" | "deny")
+        );
+    if !usable {
+        frames.push(skipped("policy_eval_failed", metadata));
+        return Err(StsError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_eval_failed",
+            "policy evaluation unavailable",
+        ));
+    }
     let allow = serval_domain::policy::bundle::is_allow(&result);
     let diagnostics = result.get("diagnostics").cloned().unwrap_or(json!([]));
-    Ok(Checked {
-        granted: allow.then(|| Granted {
-            identifier: data.identifier.clone(),
-        }),
-        frame: Frame {
-            zone_id: client.zone_id.clone(),
-            request_id: rid.to_owned(),
-            event_type: "token_exchange",
-            decision: if allow { "allow" } else { "deny" },
-            evaluation_status: "complete".to_owned(),
-            determining_policies: result
-                .get("determining_policies")
-                .cloned()
-                .unwrap_or(json!([])),
-            diagnostics,
-            metadata,
-            policy,
-        },
-    })
+    frames.push(Frame {
+        zone_id: client.zone_id.clone(),
+        request_id: rid.to_owned(),
+        event_type: "token_exchange",
+        decision: if allow { "allow" } else { "deny" },
+        evaluation_status: "complete".to_owned(),
+        determining_policies: result
+            .get("determining_policies")
+            .cloned()
+            .unwrap_or(json!([])),
+        diagnostics,
+        metadata,
+        policy,
+    });
+    Ok(allow.then(|| Granted {
+        id: resource.id.clone(),
+        identifier: data.identifier.clone(),
+    }))
 }
 
 /// The mint's authority record (§5.1 step 13) as an event: an `application` record of the
