@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{python, Options, Server};
+use common::{run_interop, Options, Server};
 
 fn run(server: &Server, script: &str) {
-    run_with(server, script, &[]);
-}
-
-fn run_with(server: &Server, script: &str, env: &[(&str, &str)]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("interop")
-        .join(script);
-    let out = Command::new(python())
-        .arg(path)
-        .env("CARACAL_API_URL", server.api())
-        .env("CARACAL_ADMIN_TOKEN", server.token())
-        .envs(env.iter().copied())
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.logs()
-    );
+    run_interop(server, script, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,5 +119,5 @@ async fn official_admin_client_reads_records_sessions_and_decides_approvals() {
         (count(&a) + count(&r) + count(&s) == n).then_some(())
     })
     .await;
-    run_with(&server, "admin_runtime.py", &[("ZONE_ID", z.as_str())]);
+    run_interop(&server, "admin_runtime.py", &[("ZONE_ID", z.as_str())]);
 }

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{eventually, Admin, Options, Server};
@@ -613,25 +610,17 @@ async fn official_oauth_and_verify_clients_accept_the_bootstrap_mandate() {
         (exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await.0 == 200).then_some(())
     })
     .await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("interop")
-        .join("sts_bootstrap.py");
-    let out = Command::new(common::python())
-        .arg(script)
-        .env("STS_URL", &sts)
-        .env("ZONE_ID", &z.id)
-        .env("APPLICATION_ID", &z.app)
-        .env("CLIENT_SECRET", &z.secret)
-        .env("RESOURCE", RESOURCE)
-        .env("STS_ADMIN_TOKEN", STS_ADMIN)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "sts_bootstrap.py failed:\n{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.logs()
+    common::run_interop(
+        &server,
+        "sts_bootstrap.py",
+        &[
+            ("STS_URL", &sts),
+            ("ZONE_ID", &z.id),
+            ("APPLICATION_ID", &z.app),
+            ("CLIENT_SECRET", &z.secret),
+            ("RESOURCE", RESOURCE),
+            ("STS_ADMIN_TOKEN", STS_ADMIN),
+        ],
     );
 }
 

@@ -580,6 +580,28 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs `tests/interop/<script>` with the virtualenv's Python and `env`; fails the test with
+/// the script's output and the server's log unless it succeeds.
+pub fn run_interop(server: &Server, script: &str, env: &[(&str, &str)]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .env("CARACAL_API_URL", server.api())
+        .env("CARACAL_ADMIN_TOKEN", server.token())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.logs()
+    );
+}
+
 /// Every entry of the system log stream, verified and decoded (envelope only).
 #[allow(dead_code)]
 pub async fn system_log(server: &Server) -> Vec<serval_streams::read::RecordedEvent> {
