@@ -401,3 +401,41 @@ async fn a_secret_reveal_is_published_as_a_signed_credential_revealed_audit_fram
     );
     assert!(!field("outbox_id").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_secret_reveal_is_recorded_even_under_one_idempotency_key() {
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let z = zone(&admin, false).await;
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "reveal-twice", "registration_method": "managed"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let path = format!(
+        "/v1/zones/{z}/applications/{}/client-secret",
+        a["id"].as_str().unwrap()
+    );
+    for _ in 0..2 {
+        let r = admin
+            .req(reqwest::Method::GET, &path)
+            .header("idempotency-key", "same-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("idempotent-replayed").is_none());
+    }
+    // Two reveals, two `credential_revealed` records in the zone's audit ledger.
+    common::eventually(20, || async {
+        let (_, v) = admin
+            .get(&format!(
+                "/v1/zones/{z}/audit?event_type=credential_revealed"
+            ))
+            .await;
+        (v["items"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+}

@@ -377,7 +377,10 @@ async fn rotate_secret(
     req: Req,
     ids: PathIds,
 ) -> Result<Response, ApiError> {
-    let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    let mut ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    // Every reveal is recorded: an `Idempotency-Key` would answer a repeat from the first
+    // reveal's record and append no `secret_revealed` (no audit frame), so it is ignored.
+    ctx.idem = None;
     let id = ids.at(1).to_owned();
     let current = common::live(&app, &ctx.zone, &id, KIND).await?;
     let managed = common::application(&current)?.registration_method == RegistrationMethod::Managed;
@@ -417,7 +420,10 @@ async fn reveal_secret(
     req: Req,
     ids: PathIds,
 ) -> Result<Response, ApiError> {
-    let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    let mut ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
+    // Every reveal is recorded: an `Idempotency-Key` would answer a repeat from the first
+    // reveal's record and append no `secret_revealed` (no audit frame), so it is ignored.
+    ctx.idem = None;
     let id = ids.at(1).to_owned();
     let current = common::live(&app, &ctx.zone, &id, KIND).await?;
     let a = common::application(&current)?;
