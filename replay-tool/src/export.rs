@@ -42,8 +42,9 @@ pub struct ExportArgs {
     pub to_id: Option<EntryId>,
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: Format,
+    /// Where to write; standard output when absent or `-`, as Unix tools do.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 }
 
 /// One exported record (MessagePack form): the exact signed bytes and their signature.
@@ -73,7 +74,12 @@ pub async fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<u64> {
         (None, Some(t)) => Some(EntryId::new(t.timestamp_millis() as u64, u64::MAX)),
         _ => None,
     };
-    let mut out = BufWriter::new(std::fs::File::create(&args.out)?);
+    let to_file = args.out.as_ref().filter(|p| p.as_os_str() != "-");
+    let sink: Box<dyn Write> = match to_file {
+        Some(path) => Box::new(std::fs::File::create(path)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(sink);
     let mut progress = Progress::new("export", None);
     let mut written = 0u64;
     for stream in &streams {
@@ -117,9 +123,7 @@ pub async fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<u64> {
     }
     out.flush()?;
     let (n, secs) = progress.finish();
-    eprintln!(
-        "exported {n} events to {} in {secs:.2}s",
-        args.out.display()
-    );
+    let target = to_file.map_or_else(|| "standard output".to_owned(), |p| p.display().to_string());
+    eprintln!("exported {n} events to {target} in {secs:.2}s");
     Ok(written)
 }

@@ -284,3 +284,18 @@ async fn resources_scopes_operations_and_provider_binding() {
     let (_, arch) = admin.get(&format!("{base}?status=archived")).await;
     assert_eq!(arch["items"][0]["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_byte_secret_is_sealed_not_a_dropped_connection() {
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let z = zone(&admin).await;
+    let (s, p) = admin
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "utf8", "kind": "bearer_token",
+                   "config_json": {"bearer_token": "abcdefé1"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+}

@@ -525,6 +525,16 @@ async fn tail_resumes_through_a_consumer_group_and_export_round_trips() {
             "exported bytes verify offline"
         );
     }
+    // Without `--out` (or with `--out -`) the export goes to standard output.
+    for args in [&["export"][..], &["export", "--out", "-"][..]] {
+        let (ok, out, err) = server.replay(args);
+        assert!(ok, "{err}");
+        let streamed: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(streamed, lines, "stdout export equals the file export");
+    }
     let mp = dir.path().join("log.msgpack");
     let to = lines[3]["entry_id"].as_str().unwrap();
     let (ok, _, err) = server.replay(&[

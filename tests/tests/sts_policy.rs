@@ -103,6 +103,18 @@ async fn the_engine_cache_follows_the_log_and_fails_closed() {
     let (_, z) = admin.post("/v1/zones", json!({ "name": "Engine" })).await;
     let z = z["id"].as_str().unwrap().to_owned();
 
+    // An extreme timestamp is a refusal, not an overflow that drops the connection.
+    let extreme = sts
+        .http
+        .get(format!("{}/internal/policy/status/{z}", sts.base))
+        .header("x-caracal-gateway-timestamp", i64::MIN.to_string())
+        .header("x-caracal-gateway-request", "n")
+        .header("x-caracal-gateway-signature", "00")
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(extreme.status(), 401);
+
     // No active set: fail closed.
     let (s, r) = sts.decide(&z, &mint(&z, &["ledger:read"])).await;
     assert_eq!(

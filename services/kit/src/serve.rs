@@ -26,6 +26,7 @@ pub fn finish(app: &App, service: Service, routes: Router<App>) -> Router {
     http::ops::router(ready_style(service))
         .merge(routes)
         .fallback(http::error::not_found)
+        .layer(axum::middleware::from_fn(http::panic::layer))
         .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(
             service.name(),

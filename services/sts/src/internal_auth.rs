@@ -53,7 +53,12 @@ pub fn verify(
         return Err(denied());
     };
     let at: i64 = ts.parse().map_err(|_| denied())?;
-    if (chrono::Utc::now().timestamp() - at).abs() > MAX_SKEW_SECS {
+    // Checked arithmetic: an extreme timestamp is a refusal, not an overflow.
+    let skew = chrono::Utc::now()
+        .timestamp()
+        .checked_sub(at)
+        .and_then(i64::checked_abs);
+    if skew.is_none_or(|s| s > MAX_SKEW_SECS) {
         return Err(denied());
     }
     let sig = hex::decode(sig).map_err(|_| denied())?;

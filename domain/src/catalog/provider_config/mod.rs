@@ -347,6 +347,14 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_byte_character_at_the_scheme_length_is_no_panic() {
+        let r = resolve("bearer_token", &obj(json!({"bearer_token": "abcdefé1"})));
+        assert!(r.is_ok(), "{r:?}");
+        let r = resolve("bearer_token", &obj(json!({"bearer_token": "Bearer abc"})));
+        assert!(r.is_err());
+    }
+
+    #[test]
     fn api_key_header_mode_defaults_and_seals() {
         let r = resolve(
             "api_key",

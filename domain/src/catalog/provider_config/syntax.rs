@@ -144,7 +144,11 @@ pub(super) fn reject_scheme_prefix(
 ) -> Result<(), ConfigError> {
     if let Some(s) = secret {
         let prefix = format!("{scheme} ");
-        if s.len() > prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(&prefix) {
+        // `get`, not indexing: the prefix length may fall inside a multi-byte character.
+        if s.len() > prefix.len()
+            && s.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        {
             return Err(bad(format!(
                 "{key} must not start with its scheme {scheme:?}"
             )));

@@ -5,6 +5,7 @@ pub mod csv;
 pub mod error;
 pub mod ops;
 pub mod pagination;
+pub mod panic;
 pub mod redact;
 pub mod request_id;
 
