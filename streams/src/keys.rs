@@ -103,6 +103,23 @@ impl KeySpace {
         format!("{}:activity", self.prefix)
     }
 
+    /// An issued mandate's `jti` (STS), in its zone's slot; lives as long as the mandate.
+    pub fn jti(&self, zone_id: &str, jti: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:jti:{jti}", self.prefix)
+    }
+
+    /// The STS's failed-authentication counter and lock-out flag of one application id
+    /// (`digest` of the id), in one slot so one script touches both.
+    pub fn sts_auth_failures(&self, digest: &str) -> (String, String) {
+        let tag = format!("{}:{{sts-authfail:{digest}}}", self.prefix);
+        (format!("{tag}:count"), format!("{tag}:blocked"))
+    }
+
+    /// The STS's mint budget of one (resource, application) pair (`digest`) in a zone.
+    pub fn mint_budget(&self, zone_id: &str, digest: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:rl:mint:{digest}", self.prefix)
+    }
+
     pub fn dead_letters(&self) -> String {
         format!("{}:deadletters", self.prefix)
     }

@@ -50,15 +50,20 @@ impl Bucket {
     }
 }
 
-/// The counter key stem of a subject in a bucket (the subject is hashed: tokens never
-/// appear in key names).
-fn stem(app: &App, bucket: Bucket, subject: &str) -> String {
+/// A subject as it appears in a key name: 24 hex characters of its SHA-256 (tokens and ids
+/// never appear in key names).
+pub fn subject_digest(subject: &str) -> String {
     use sha2::{Digest, Sha256};
-    let digest = hex::encode(&Sha256::digest(subject.as_bytes())[..12]);
+    hex::encode(&Sha256::digest(subject.as_bytes())[..12])
+}
+
+/// The counter key stem of a subject in a bucket.
+fn stem(app: &App, bucket: Bucket, subject: &str) -> String {
     format!(
-        "{}:rl:{}:{digest}",
+        "{}:rl:{}:{}",
         app.store.keys().prefix(),
-        bucket.name()
+        bucket.name(),
+        subject_digest(subject)
     )
 }
 
@@ -104,20 +109,31 @@ pub async fn opened_window_exceeded(
     limit: u64,
     window_ms: u64,
 ) -> bool {
-    use sha2::{Digest, Sha256};
-    let digest = hex::encode(&Sha256::digest(subject.as_bytes())[..12]);
-    let key = format!("{}:rl:{bucket}:{digest}", app.store.keys().prefix());
-    let mut conn = app.store.connection();
-    let n: Result<u64, _> = Script::new(OPENED_WINDOW_LUA)
-        .key(key)
-        .arg(window_ms)
-        .invoke_async(&mut conn)
-        .await;
-    match n {
+    let key = format!(
+        "{}:rl:{bucket}:{}",
+        app.store.keys().prefix(),
+        subject_digest(subject)
+    );
+    match count_in_opened_window(app, &key, window_ms).await {
         Ok(n) => n > limit,
         Err(e) => {
             tracing::warn!(error = %e, bucket, "rate limiter unavailable; request allowed");
             false
         }
     }
+}
+
+/// Counts one event on `key` in a window opened by its first event; the count so far. The
+/// caller decides what a Redis failure means (the API lets it through, the STS refuses).
+pub async fn count_in_opened_window(
+    app: &App,
+    key: &str,
+    window_ms: u64,
+) -> Result<u64, redis::RedisError> {
+    let mut conn = app.store.connection();
+    Script::new(OPENED_WINDOW_LUA)
+        .key(key)
+        .arg(window_ms)
+        .invoke_async(&mut conn)
+        .await
 }

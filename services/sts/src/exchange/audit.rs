@@ -25,18 +25,38 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A deny frame for the same request and resource, with `status` as its reason.
-    pub fn denied(&self, status: &str) -> Frame {
+    /// A deny that no policy evaluated: `status` is its reason (a skip, an anomaly).
+    pub fn refusal(
+        zone_id: &str,
+        request_id: &str,
+        event_type: &'static str,
+        status: &str,
+        metadata: Map<String, Value>,
+    ) -> Frame {
         Frame {
-            zone_id: self.zone_id.clone(),
-            request_id: self.request_id.clone(),
-            event_type: self.event_type,
+            zone_id: zone_id.to_owned(),
+            request_id: request_id.to_owned(),
+            event_type,
             decision: "deny",
             evaluation_status: status.to_owned(),
             determining_policies: json!([]),
             diagnostics: json!([]),
-            metadata: self.metadata.clone(),
+            metadata,
+            policy: None,
+        }
+    }
+
+    /// A deny frame for the same request and resource, with `status` as its reason.
+    pub fn denied(&self, status: &str) -> Frame {
+        Frame {
             policy: self.policy.clone(),
+            ..Frame::refusal(
+                &self.zone_id,
+                &self.request_id,
+                self.event_type,
+                status,
+                self.metadata.clone(),
+            )
         }
     }
 

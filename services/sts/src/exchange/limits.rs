@@ -4,8 +4,8 @@
 
 use axum::http::StatusCode;
 use redis::Script;
-use sha2::{Digest, Sha256};
 
+use serval_kit::rate_limit::{count_in_opened_window, subject_digest};
 use serval_kit::App;
 
 use super::error::StsError;
@@ -22,25 +22,11 @@ end
 return 0
 ";
 
-/// A fixed window opened by the first mint. KEYS[1] counter. Returns the count.
-const MINT_LUA: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
-return n
-";
-
-fn digest(s: &str) -> String {
-    hex::encode(&Sha256::digest(s.as_bytes())[..12])
-}
-
 /// Both keys of an application id's failure budget, in one slot.
 fn failure_keys(app: &App, application_id: &str) -> (String, String) {
-    let tag = format!(
-        "{}:{{sts-authfail:{}}}",
-        app.store.keys().prefix(),
-        digest(application_id)
-    );
-    (format!("{tag}:count"), format!("{tag}:blocked"))
+    app.store
+        .keys()
+        .sts_auth_failures(&subject_digest(application_id))
 }
 
 fn limited(description: &str) -> StsError {
@@ -105,14 +91,11 @@ pub async fn mint_allowed(app: &App, zone: &str, resource_id: &str, application_
     if limit == 0 {
         return true;
     }
-    let key = format!(
-        "{}:{{z:{zone}}}:rl:mint:{}",
-        app.store.keys().prefix(),
-        digest(&format!("{resource_id}\n{application_id}"))
+    let key = app.store.keys().mint_budget(
+        zone,
+        &subject_digest(&format!("{resource_id}\n{application_id}")),
     );
-    let mut conn = app.store.connection();
-    let n: Result<u64, _> = Script::new(MINT_LUA).key(key).invoke_async(&mut conn).await;
-    match n {
+    match count_in_opened_window(app, &key, 60_000).await {
         Ok(n) => n <= limit,
         Err(e) => {
             tracing::warn!(error = %e, "STS mint limiter unavailable; resource skipped");

@@ -420,16 +420,8 @@ async fn check_resource(
         json!(form.get("delegation_edge_id").unwrap_or_default()),
     );
     metadata.insert("subject_kind".into(), json!("application"));
-    let skipped = |status: &str, metadata: Map<String, Value>| Frame {
-        zone_id: client.zone_id.clone(),
-        request_id: rid.to_owned(),
-        event_type: "token_exchange",
-        decision: "deny",
-        evaluation_status: status.to_owned(),
-        determining_policies: json!([]),
-        diagnostics: json!([]),
-        metadata,
-        policy: None,
+    let skipped = |status: &str, metadata: Map<String, Value>| {
+        Frame::refusal(&client.zone_id, rid, "token_exchange", status, metadata)
     };
     let resource = match resolve(app, &client.zone_id, r).await {
         Ok(Some(r)) => r,
@@ -614,11 +606,7 @@ async fn register_jti(
     now: DateTime<Utc>,
     ttl: i64,
 ) -> Result<(), StsError> {
-    let key = format!(
-        "{}:{{z:{}}}:jti:{jti}",
-        app.store.keys().prefix(),
-        client.zone_id
-    );
+    let key = app.store.keys().jti(&client.zone_id, jti);
     let mut conn = app.redis.clone();
     let set: bool = redis::cmd("SET")
         .arg(&key)
@@ -636,17 +624,13 @@ async fn register_jti(
         metadata.insert("app_id".into(), json!(client.id));
         audit::publish(
             app,
-            &[Frame {
-                zone_id: client.zone_id.clone(),
-                request_id: jti.to_owned(),
-                event_type: "jti_collision",
-                decision: "deny",
-                evaluation_status: "anomaly".to_owned(),
-                determining_policies: json!([]),
-                diagnostics: json!([]),
+            &[Frame::refusal(
+                &client.zone_id,
+                jti,
+                "jti_collision",
+                "anomaly",
                 metadata,
-                policy: None,
-            }],
+            )],
         )
         .await?;
         return Err(ApiError::internal("jti collision").into());
