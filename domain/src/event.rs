@@ -7,6 +7,7 @@ use crate::admin_audit::AdminAuditEvent;
 use crate::admin_token::AdminTokenEvent;
 use crate::audit::AuditEvent;
 use crate::catalog::CatalogEvent;
+use crate::delegation::DelegationEvent;
 use crate::policy::policies::PolicyEvent;
 use crate::policy::policy_sets::PolicySetEvent;
 use crate::zone::ZoneEvent;
@@ -34,6 +35,12 @@ pub enum AggregateKind {
     AdminAudit,
     /// One ingested audit-ledger record (single-event aggregate, id = the producer's id).
     Audit,
+    /// A zone's Delegation graph (one aggregate per zone; its version is the graph epoch).
+    DelegationGraph,
+    /// A long-lived service registration (catalog kind `agent_service`).
+    AgentService,
+    /// A Coordinator invocation (catalog kind `invocation`).
+    Invocation,
 }
 
 impl AggregateKind {
@@ -54,6 +61,9 @@ impl AggregateKind {
             AggregateKind::SigningKey => "signing_key",
             AggregateKind::AdminAudit => "admin_audit",
             AggregateKind::Audit => "audit",
+            AggregateKind::DelegationGraph => "delegation_graph",
+            AggregateKind::AgentService => "agent_service",
+            AggregateKind::Invocation => "invocation",
         }
     }
 
@@ -74,6 +84,9 @@ impl AggregateKind {
             "signing_key" => Some(AggregateKind::SigningKey),
             "admin_audit" => Some(AggregateKind::AdminAudit),
             "audit" => Some(AggregateKind::Audit),
+            "delegation_graph" => Some(AggregateKind::DelegationGraph),
+            "agent_service" => Some(AggregateKind::AgentService),
+            "invocation" => Some(AggregateKind::Invocation),
             _ => None,
         }
     }
@@ -101,6 +114,7 @@ pub enum Event {
     Catalog(CatalogEvent),
     AdminAudit(AdminAuditEvent),
     Audit(AuditEvent),
+    Delegation(DelegationEvent),
 }
 
 impl Event {
@@ -114,6 +128,7 @@ impl Event {
             Event::Catalog(e) => e.event_type(),
             Event::AdminAudit(e) => e.event_type(),
             Event::Audit(e) => e.event_type(),
+            Event::Delegation(e) => e.event_type(),
         }
     }
 
@@ -126,6 +141,7 @@ impl Event {
             Event::Catalog(e) => e.kind().aggregate_kind(),
             Event::AdminAudit(_) => AggregateKind::AdminAudit,
             Event::Audit(_) => AggregateKind::Audit,
+            Event::Delegation(_) => AggregateKind::DelegationGraph,
         }
     }
 }

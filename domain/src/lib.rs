@@ -10,6 +10,7 @@ pub mod admin_audit;
 pub mod admin_token;
 pub mod audit;
 pub mod catalog;
+pub mod delegation;
 pub mod event;
 #[cfg(test)]
 pub(crate) mod given;

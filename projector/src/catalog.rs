@@ -26,7 +26,7 @@ pub fn is_approval_decision(u: &Updated) -> bool {
             .any(|f| f == "satisfied_at" || f == "rejected_at")
 }
 
-pub const TABLES: [&str; 1] = ["catalog_objects"];
+pub const TABLES: [&str; 3] = ["catalog_objects", "delegation_edges", "delegation_graphs"];
 
 // Rows are read as `Json<Entity>`: the document is parsed straight into the entity, with
 // no intermediate `serde_json::Value` (a list page parses each row once, not twice).
@@ -239,7 +239,7 @@ async fn store_many(tx: &mut PgConnection, rows: &[&Entity]) -> Result<(), sqlx:
 
 impl Projection for CatalogProjection {
     fn wants(&self, a: &Applied) -> bool {
-        matches!(a.event, Event::Catalog(_))
+        matches!(a.event, Event::Catalog(_) | Event::Delegation(_))
     }
 
     fn name(&self) -> &'static str {
@@ -257,6 +257,12 @@ impl Projection for CatalogProjection {
             let id = &a.recorded.envelope.aggregate_id;
             if matches!(a.event, Event::Catalog(_)) && seen.insert(id.clone()) {
                 touched.push(id.clone());
+            }
+        }
+        for a in batch {
+            if let Event::Delegation(e) = &a.event {
+                let zone = a.recorded.envelope.zone_id.as_deref().unwrap_or_default();
+                crate::delegations::apply(&mut *tx, zone, &a.recorded.meta(), e).await?;
             }
         }
         if touched.is_empty() {

@@ -169,46 +169,6 @@ fn record_revoked(
     }
 }
 
-/// A governed session the API terminated (§16: DCR `revoke_live`, subject revoke): the
-/// lifecycle event, and the revocation of the session anchored on its subject record.
-fn session_terminated(
-    applied: &Applied,
-    session: &serval_domain::catalog::SessionData,
-) -> Vec<TopicMessage> {
-    let env = &applied.recorded.envelope;
-    let reason = session.termination_reason.clone();
-    vec![
-        TopicMessage {
-            topic: topics::AGENTS_LIFECYCLE,
-            fields: vec![
-                ("event".to_owned(), Some("terminate".to_owned())),
-                ("zone_id".to_owned(), env.zone_id.clone()),
-                (
-                    "agent_session_id".to_owned(),
-                    Some(env.aggregate_id.clone()),
-                ),
-                ("parent_id".to_owned(), session.parent_session_id.clone()),
-                ("reason".to_owned(), reason.clone()),
-            ],
-        },
-        TopicMessage {
-            topic: topics::SESSIONS_REVOKE,
-            fields: vec![
-                ("zone_id".to_owned(), env.zone_id.clone()),
-                (
-                    "session_id".to_owned(),
-                    session.subject_authority_record_id.clone(),
-                ),
-                (
-                    "agent_session_id".to_owned(),
-                    Some(env.aggregate_id.clone()),
-                ),
-                ("reason".to_owned(), reason),
-            ],
-        },
-    ]
-}
-
 /// The public messages an event produces, without `outbox_id`.
 pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicMessage> {
     let zone_id = applied.recorded.envelope.zone_id.clone();
@@ -223,6 +183,9 @@ pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicM
             ),
         ],
     };
+    if let Some(m) = crate::relay_coordination::messages(applied) {
+        return m;
+    }
     match &applied.event {
         // §16: activation, and deleting the active set (no version = the zone has no policy).
         Event::PolicySet(PolicySetEvent::Activated(e)) => {
@@ -250,9 +213,6 @@ pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicM
                 EntityData::AuthorityRecord(r) if r.status == "revoked" => {
                     vec![record_revoked(applied, r)]
                 }
-                EntityData::Session(s) if s.status == "terminated" => {
-                    session_terminated(applied, s)
-                }
                 _ => Vec::new(),
             }
         }
@@ -263,7 +223,8 @@ pub fn topic_messages(applied: &Applied, audit_key: Option<&[u8]>) -> Vec<TopicM
         | Event::PolicySet(_)
         | Event::Catalog(_)
         | Event::AdminAudit(_)
-        | Event::Audit(_) => Vec::new(),
+        | Event::Audit(_)
+        | Event::Delegation(_) => Vec::new(),
     }
 }
 

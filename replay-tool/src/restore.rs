@@ -72,8 +72,10 @@ impl Derived {
                     self.catalog.insert(meta.aggregate_id.clone(), c);
                 }
             }
-            // Set names are decided inside the catalog aggregate: no reservation.
-            Ok(Event::PolicySet(_) | Event::AdminAudit(_) | Event::Audit(_)) | Err(_) => {}
+            // Set names are decided inside the catalog aggregate, edges inside the graph:
+            // no reservation.
+            Ok(Event::PolicySet(_) | Event::AdminAudit(_) | Event::Audit(_) | Event::Delegation(_))
+            | Err(_) => {}
         }
     }
 

@@ -13,6 +13,7 @@ use serval_domain::admin_audit::AdminAuditEvent;
 use serval_domain::admin_token::AdminTokenEvent;
 use serval_domain::audit::AuditEvent;
 use serval_domain::catalog::{CatalogEvent, CatalogKind};
+use serval_domain::delegation::DelegationEvent;
 use serval_domain::policy::policies::PolicyEvent;
 use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::zone::ZoneEvent;
@@ -51,6 +52,7 @@ pub fn current_version(event_type: &str) -> Option<u16> {
         AdminAuditEvent::RECORDED => Some(1),
         AuditEvent::INGESTED => Some(1),
         t if catalog_kind(t).is_some() => Some(1),
+        t if DelegationEvent::TYPES.contains(&t) => Some(1),
         _ => None,
     }
 }
@@ -85,6 +87,9 @@ pub fn encode(event: &Event) -> Result<(&'static str, u16, Vec<u8>), CodecError>
         Event::Catalog(CatalogEvent::SecretRevealed(p)) => to_vec(p)?,
         Event::AdminAudit(AdminAuditEvent::Recorded(p)) => to_vec(p)?,
         Event::Audit(AuditEvent::Ingested(p)) => to_vec(p)?,
+        Event::Delegation(DelegationEvent::EdgeCreated(p)) => to_vec(p)?,
+        Event::Delegation(DelegationEvent::EdgesRevoked(p)) => to_vec(p)?,
+        Event::Delegation(DelegationEvent::EdgesExpired(p)) => to_vec(p)?,
     };
     let version =
         current_version(event_type).ok_or_else(|| CodecError::UnknownType(event_type.into()))?;
@@ -156,6 +161,15 @@ fn decode_current(event_type: &str, b: &[u8]) -> Result<Event, CodecError> {
         PolicySetEvent::ARCHIVED => Event::PolicySet(PolicySetEvent::Archived(from_slice(b)?)),
         AdminAuditEvent::RECORDED => Event::AdminAudit(AdminAuditEvent::Recorded(from_slice(b)?)),
         AuditEvent::INGESTED => Event::Audit(AuditEvent::Ingested(from_slice(b)?)),
+        "delegation.edge_created" => {
+            Event::Delegation(DelegationEvent::EdgeCreated(from_slice(b)?))
+        }
+        "delegation.edges_revoked" => {
+            Event::Delegation(DelegationEvent::EdgesRevoked(from_slice(b)?))
+        }
+        "delegation.edges_expired" => {
+            Event::Delegation(DelegationEvent::EdgesExpired(from_slice(b)?))
+        }
         other => return decode_catalog(other, b),
     })
 }

@@ -173,6 +173,7 @@ async fn produce_runtime(server: &Server, z: &str) {
                 terminated_at: None,
                 termination_reason: None,
                 ttl_seconds: Some(60),
+                ..Default::default()
             }),
         ));
     }

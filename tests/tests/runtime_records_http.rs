@@ -53,6 +53,7 @@ fn session(parent: Option<&str>, lifecycle: &str, status: &str, labels: &[&str])
         terminated_at: (status == "terminated").then(Utc::now),
         termination_reason: (status == "terminated").then(|| "requested".into()),
         ttl_seconds: Some(600),
+        ..Default::default()
     })
 }
 

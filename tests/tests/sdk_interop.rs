@@ -65,6 +65,7 @@ async fn official_admin_client_reads_records_sessions_and_decides_approvals() {
             terminated_at: None,
             termination_reason: None,
             ttl_seconds: None,
+            ..Default::default()
         })
     };
     let hold = |class: &str, binding: &str| {

@@ -142,6 +142,7 @@ fn runtime_records() -> Vec<(&'static str, EntityData)> {
                 terminated_at: None,
                 termination_reason: None,
                 ttl_seconds: None,
+                ..Default::default()
             }),
         ),
         (

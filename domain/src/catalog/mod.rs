@@ -13,9 +13,11 @@
 //! sealed copies, provider credentials and connection tokens as AES-256-GCM envelopes (made
 //! by the services, which hold the keys).
 
+pub mod agent_service;
 pub mod application;
 pub mod connection;
 pub mod grant;
+pub mod invocation;
 pub mod provider;
 pub mod provider_config;
 pub mod resource;
@@ -29,9 +31,11 @@ use thiserror::Error;
 
 use crate::event::{AggregateKind, EventMeta};
 
+pub use agent_service::AgentServiceData;
 pub use application::ApplicationData;
 pub use connection::ConnectionData;
 pub use grant::GrantData;
+pub use invocation::InvocationData;
 pub use provider::ProviderData;
 pub use resource::ResourceData;
 pub use runtime::{ApprovalData, AuthorityRecordData, SessionData};
@@ -49,10 +53,12 @@ pub enum CatalogKind {
     Session,
     Approval,
     SigningKey,
+    AgentService,
+    Invocation,
 }
 
 impl CatalogKind {
-    pub const ALL: [CatalogKind; 9] = [
+    pub const ALL: [CatalogKind; 11] = [
         CatalogKind::Application,
         CatalogKind::Provider,
         CatalogKind::Resource,
@@ -62,6 +68,8 @@ impl CatalogKind {
         CatalogKind::Session,
         CatalogKind::Approval,
         CatalogKind::SigningKey,
+        CatalogKind::AgentService,
+        CatalogKind::Invocation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +83,8 @@ impl CatalogKind {
             CatalogKind::Session => "session",
             CatalogKind::Approval => "approval",
             CatalogKind::SigningKey => "signing_key",
+            CatalogKind::AgentService => "agent_service",
+            CatalogKind::Invocation => "invocation",
         }
     }
 
@@ -89,6 +99,8 @@ impl CatalogKind {
             CatalogKind::Session => AggregateKind::Session,
             CatalogKind::Approval => AggregateKind::Approval,
             CatalogKind::SigningKey => AggregateKind::SigningKey,
+            CatalogKind::AgentService => AggregateKind::AgentService,
+            CatalogKind::Invocation => AggregateKind::Invocation,
         }
     }
 
@@ -149,6 +161,18 @@ impl CatalogKind {
                 "signing_key.archived",
                 "signing_key.secret_revealed",
             ],
+            CatalogKind::AgentService => [
+                "agent_service.created",
+                "agent_service.updated",
+                "agent_service.archived",
+                "agent_service.secret_revealed",
+            ],
+            CatalogKind::Invocation => [
+                "invocation.created",
+                "invocation.updated",
+                "invocation.archived",
+                "invocation.secret_revealed",
+            ],
         }
     }
 }
@@ -166,6 +190,8 @@ pub enum EntityData {
     Session(SessionData),
     Approval(ApprovalData),
     SigningKey(SigningKeyData),
+    AgentService(AgentServiceData),
+    Invocation(InvocationData),
 }
 
 impl EntityData {
@@ -180,6 +206,8 @@ impl EntityData {
             EntityData::Session(_) => CatalogKind::Session,
             EntityData::Approval(_) => CatalogKind::Approval,
             EntityData::SigningKey(_) => CatalogKind::SigningKey,
+            EntityData::AgentService(_) => CatalogKind::AgentService,
+            EntityData::Invocation(_) => CatalogKind::Invocation,
         }
     }
 
@@ -436,6 +464,14 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
             signing_key::GENERATION,
             reservation_value(&k.generation.to_string()),
         )),
+        EntityData::AgentService(a) => Some((
+            agent_service::ENDPOINT,
+            agent_service::endpoint_key(&a.application_id, &a.endpoint_url),
+        )),
+        EntityData::Invocation(i) => i
+            .idempotency_digest
+            .as_ref()
+            .map(|d| (invocation::IDEMPOTENCY, d.clone())),
         EntityData::Grant(_)
         | EntityData::AuthorityRecord(_)
         | EntityData::Session(_)

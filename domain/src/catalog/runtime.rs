@@ -78,7 +78,7 @@ impl AuthorityRecordData {
 }
 
 /// A governed Session: one running agent execution (the Coordinator's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionData {
     pub application_id: String,
     pub parent_session_id: Option<String>,
@@ -96,9 +96,98 @@ pub struct SessionData {
     pub terminated_at: Option<DateTime<Utc>>,
     pub termination_reason: Option<String>,
     pub ttl_seconds: Option<u64>,
+    /// The start's `metadata` object (Coordinator Sessions).
+    #[serde(default)]
+    pub metadata: Value,
+    /// Services only: the lease (§10.2).
+    #[serde(default)]
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub heartbeat_deadline_at: Option<DateTime<Utc>>,
+    /// 0 for tasks, ≥ 1 for services.
+    #[serde(default)]
+    pub lease_generation: u64,
+    #[serde(default)]
+    pub suspension_reason: Option<String>,
+    /// The start instant (a Session written before this field reads its row's creation).
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Whether the transition this state records announces the revocation of the subject
+    /// record (§12.1 exemptions are decided by the writer); `None` = yes (writers before
+    /// the Coordinator always announced it).
+    #[serde(default)]
+    pub revokes_subject: Option<bool>,
 }
 
 impl SessionData {
+    pub fn is_service(&self) -> bool {
+        self.lifecycle == "service"
+    }
+
+    /// Live for capacity and Delegations (§4.1 step 7, §7.1): a task inside its TTL, a
+    /// service with a future lease deadline.
+    pub fn is_live(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        if self.status != "active" && self.status != "suspended" {
+            return false;
+        }
+        if self.is_service() {
+            self.heartbeat_deadline_at.is_some_and(|d| d > now)
+        } else {
+            self.ttl_deadline(started_at).is_none_or(|d| d > now)
+        }
+    }
+
+    /// When a task's TTL runs out.
+    pub fn ttl_deadline(&self, started_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = self.started_at.unwrap_or(started_at);
+        self.ttl_seconds
+            .map(|t| start + chrono::Duration::seconds(t.min(i64::MAX as u64) as i64))
+    }
+
+    /// Suspended (§12.1); `None` unless active.
+    pub fn suspended(&self, reason: &str) -> Option<SessionData> {
+        if self.status != "active" {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = "suspended".into();
+        next.suspension_reason = Some(reason.to_owned());
+        Some(next)
+    }
+
+    /// Resumed (§12.2): services get a fresh deadline; `None` unless suspended.
+    pub fn resumed(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Option<SessionData> {
+        if self.status != "suspended" {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = "active".into();
+        next.suspension_reason = None;
+        if next.is_service() {
+            next.heartbeat_deadline_at = Some(now + lease);
+        }
+        Some(next)
+    }
+
+    /// A new lease generation (§5.3): fences every earlier holder.
+    pub fn leased(&self, now: DateTime<Utc>, lease: chrono::Duration) -> SessionData {
+        let mut next = self.clone();
+        next.lease_generation += 1;
+        next.last_heartbeat_at = Some(now);
+        next.heartbeat_deadline_at = Some(now + lease);
+        next.last_active_at = now;
+        next
+    }
+
+    /// A heartbeat (§5.4): extends the deadline only.
+    pub fn beat(&self, now: DateTime<Utc>, lease: chrono::Duration) -> SessionData {
+        let mut next = self.clone();
+        next.last_heartbeat_at = Some(now);
+        next.heartbeat_deadline_at = Some(now + lease);
+        next.last_active_at = now;
+        next
+    }
+
     /// The session terminated at `at`; `None` unless it is active or suspended.
     pub fn terminated(&self, at: DateTime<Utc>, reason: &str) -> Option<SessionData> {
         if self.status != "active" && self.status != "suspended" {
@@ -108,6 +197,13 @@ impl SessionData {
         next.status = "terminated".into();
         next.terminated_at = Some(at);
         next.termination_reason = Some(reason.to_owned());
+        Some(next)
+    }
+
+    /// The root of a TTL sweep: `expired` (reason `ttl`); `None` unless active or suspended.
+    pub fn expired(&self, at: DateTime<Utc>) -> Option<SessionData> {
+        let mut next = self.terminated(at, "ttl")?;
+        next.status = "expired".into();
         Some(next)
     }
 }

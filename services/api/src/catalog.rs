@@ -101,6 +101,8 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
         CatalogKind::Session => "session_not_found",
         CatalogKind::Approval => "approval_not_found",
         CatalogKind::SigningKey => "signing_key_not_found",
+        CatalogKind::AgentService => "agent_service_not_found",
+        CatalogKind::Invocation => "invocation_not_found",
     })
 }
 

@@ -1,0 +1,253 @@
+//! The Delegation graph read model: `delegation_edges` and `delegation_graphs` (writer and
+//! queries). Applied by the catalog projection, so a graph change and the Sessions it
+//! concerns become readable in the same kind of transaction.
+
+use chrono::{DateTime, Utc};
+use serval_domain::delegation::{self, DelegationEvent, Edge, Graph};
+use sqlx::{PgConnection, PgExecutor};
+
+pub const TABLES: [&str; 2] = ["delegation_edges", "delegation_graphs"];
+
+type Doc = sqlx::types::Json<Edge>;
+
+fn encode(e: &Edge) -> Result<serde_json::Value, sqlx::Error> {
+    serde_json::to_value(e).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+async fn store(tx: &mut PgConnection, e: &Edge) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delegation_edges (id, zone_id, source_session_id, target_session_id,
+             issuer_application_id, receiver_application_id, status, expires_at, created_at, doc)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, doc = EXCLUDED.doc",
+    )
+    .bind(&e.id)
+    .bind(&e.zone_id)
+    .bind(&e.source_session_id)
+    .bind(&e.target_session_id)
+    .bind(&e.issuer_application_id)
+    .bind(&e.receiver_application_id)
+    .bind(&e.status)
+    .bind(e.expires_at)
+    .bind(e.created_at)
+    .bind(encode(e)?)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies one graph event inside the projection's transaction.
+pub async fn apply(
+    tx: &mut PgConnection,
+    zone_id: &str,
+    meta: &serval_domain::EventMeta,
+    event: &DelegationEvent,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<String> = match event {
+        DelegationEvent::EdgeCreated(c) => vec![c.edge.id.clone()],
+        DelegationEvent::EdgesRevoked(r) => r.edge_ids.clone(),
+        DelegationEvent::EdgesExpired(x) => x.edge_ids.clone(),
+    };
+    let mut graph = Graph::from_edges(
+        load_ids(&mut *tx, zone_id, &ids)
+            .await?
+            .into_iter(),
+    );
+    delegation::evolve(&mut graph, meta, event);
+    for id in &ids {
+        if let Some(e) = graph.get(id) {
+            store(&mut *tx, e).await?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO delegation_graphs (zone_id, epoch) VALUES ($1, $2)
+         ON CONFLICT (zone_id) DO UPDATE SET epoch = EXCLUDED.epoch",
+    )
+    .bind(zone_id)
+    .bind(meta.aggregate_version as i64)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn load_ids<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    ids: &[String],
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> =
+        sqlx::query_scalar("SELECT doc FROM delegation_edges WHERE zone_id = $1 AND id = ANY($2)")
+            .bind(zone_id)
+            .bind(ids)
+            .fetch_all(db)
+            .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// The zone's graph epoch (0 before its first change).
+pub async fn epoch<'e>(db: impl PgExecutor<'e>, zone_id: &str) -> Result<u64, sqlx::Error> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT epoch FROM delegation_graphs WHERE zone_id = $1")
+        .bind(zone_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+pub async fn load<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    id: &str,
+) -> Result<Option<Edge>, sqlx::Error> {
+    let doc: Option<Doc> =
+        sqlx::query_scalar("SELECT doc FROM delegation_edges WHERE zone_id = $1 AND id = $2")
+            .bind(zone_id)
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(doc.map(|d| d.0))
+}
+
+/// Every `active` edge into `session` (expired ones included; callers apply the clock).
+pub async fn active_inbound<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    session: &str,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM delegation_edges
+          WHERE zone_id = $1 AND target_session_id = $2 AND status = 'active'",
+    )
+    .bind(zone_id)
+    .bind(session)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// Every edge into `session`, any status.
+pub async fn all_inbound<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    session: &str,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM delegation_edges WHERE zone_id = $1 AND target_session_id = $2",
+    )
+    .bind(zone_id)
+    .bind(session)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// The `active` edges reachable from `session` by following active edges forward, to
+/// `depth` edges (`None`: unbounded, set semantics make it terminate). One query.
+pub async fn active_downstream<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    session: &str,
+    depth: Option<u32>,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "WITH RECURSIVE reach(session, depth) AS (
+            SELECT $2::text, 0
+            UNION
+            SELECT e.target_session_id, r.depth + 1
+              FROM delegation_edges e JOIN reach r ON e.source_session_id = r.session
+             WHERE e.zone_id = $1 AND e.status = 'active' AND r.depth < $3)
+         SELECT doc FROM delegation_edges e
+          WHERE e.zone_id = $1 AND e.status = 'active'
+            AND e.source_session_id IN (SELECT session FROM reach)",
+    )
+    .bind(zone_id)
+    .bind(session)
+    .bind(depth.map(i64::from).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// Every `active` edge with one of `sessions` at either end.
+pub async fn active_touching<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    sessions: &[String],
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM delegation_edges
+          WHERE zone_id = $1 AND status = 'active'
+            AND (source_session_id = ANY($2) OR target_session_id = ANY($2))",
+    )
+    .bind(zone_id)
+    .bind(sessions)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// Active edges past their expiry (the cleaner's batch), at most `limit`.
+pub async fn due<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM delegation_edges WHERE status = 'active' AND expires_at <= $1
+          ORDER BY zone_id, id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// Which list a page walks.
+#[derive(Debug, Clone)]
+pub enum Listing {
+    /// Live edges of the zone.
+    Active,
+    Inbound(String),
+    Outbound(String),
+}
+
+/// One page, id descending, after `cursor` (an edge id), optionally only edges whose issuer
+/// or receiver is `reader`.
+pub async fn page<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    listing: &Listing,
+    reader: Option<&str>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let (filter, arg) = match listing {
+        Listing::Active => ("status = 'active' AND expires_at > now()", None),
+        Listing::Inbound(s) => ("target_session_id = $5", Some(s.clone())),
+        Listing::Outbound(s) => ("source_session_id = $5", Some(s.clone())),
+    };
+    let sql = format!(
+        "SELECT doc FROM delegation_edges
+          WHERE zone_id = $1 AND {filter}
+            AND ($2::text IS NULL OR issuer_application_id = $2 OR receiver_application_id = $2)
+            AND ($3::text IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4"
+    );
+    let docs: Vec<Doc> = sqlx::query_scalar(&sql)
+        .bind(zone_id)
+        .bind(reader)
+        .bind(cursor)
+        .bind(limit)
+        .bind(arg)
+        .fetch_all(db)
+        .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// Every edge (a rebuild comparison, tests).
+pub async fn all<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar("SELECT doc FROM delegation_edges ORDER BY id")
+        .fetch_all(db)
+        .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
