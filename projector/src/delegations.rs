@@ -251,3 +251,59 @@ pub async fn all<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Edge>, sqlx::Error> 
         .await?;
     Ok(docs.into_iter().map(|d| d.0).collect())
 }
+
+/// The part of a zone's graph a decision looks at, at one epoch.
+pub struct GraphView {
+    pub epoch: u64,
+    pub graph: Graph,
+}
+
+/// Which edges a decision loads with the epoch.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// A creation: the source's inbound edges and everything the target reaches.
+    Create { source: String, target: String },
+    /// A revocation walk from an edge.
+    Revoke { edge: String },
+    /// Edges touching ended Sessions.
+    Touching(Vec<String>),
+    /// Named edges.
+    Edges(Vec<String>),
+}
+
+/// The epoch and the edges of `scope`, from one `REPEATABLE READ` snapshot.
+pub async fn view(pool: &sqlx::PgPool, zone: &str, scope: &Scope) -> Result<GraphView, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let epoch = epoch(&mut *tx, zone).await?;
+    let edges: Vec<Edge> = match scope {
+        Scope::Create { source, target } => {
+            let mut v = active_inbound(&mut *tx, zone, source).await?;
+            v.extend(active_downstream(&mut *tx, zone, target, None).await?);
+            v
+        }
+        Scope::Revoke { edge } => match load(&mut *tx, zone, edge).await? {
+            Some(e) => {
+                let mut v = active_downstream(
+                    &mut *tx,
+                    zone,
+                    &e.target_session_id,
+                    Some(delegation::WALK_LIMIT),
+                )
+                .await?;
+                v.push(e);
+                v
+            }
+            None => Vec::new(),
+        },
+        Scope::Touching(sessions) => active_touching(&mut *tx, zone, sessions).await?,
+        Scope::Edges(ids) => load_ids(&mut *tx, zone, ids).await?,
+    };
+    tx.commit().await?;
+    Ok(GraphView {
+        epoch,
+        graph: Graph::from_edges(edges),
+    })
+}

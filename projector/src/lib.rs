@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod policies;
 pub mod projection;
 pub mod relay;
+pub mod sessions;
 mod relay_coordination;
 pub mod runner;
 pub mod status;

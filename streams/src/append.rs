@@ -38,6 +38,8 @@ pub struct Idempotency {
     pub key_digest: String,
     /// Digest of the request (method, path, body); a retry must match it.
     pub fingerprint: String,
+    /// How long the record is kept; `None` = [`IDEMPOTENCY_TTL_SECS`].
+    pub ttl_secs: Option<u64>,
 }
 
 /// Everything one command appends.
@@ -238,7 +240,7 @@ impl EventStore {
         let (idem_key, idem_ttl, fingerprint) = match &req.idempotency {
             Some(i) => (
                 self.keys.idempotency(stream, &i.key_digest),
-                IDEMPOTENCY_TTL_SECS,
+                i.ttl_secs.unwrap_or(IDEMPOTENCY_TTL_SECS).max(1),
                 i.fingerprint.as_str(),
             ),
             // An unused key of the same slot keeps the KEYS layout fixed.

@@ -147,6 +147,40 @@ pub struct Config {
     /// Readiness fails when a projection trails the log by more than this.
     #[arg(long, env = "SERVAL_READY_LAG_MAX_MS", default_value_t = 30_000)]
     pub ready_lag_max_ms: u64,
+    /// The Coordinator's operator token (coordinator.md §2.3); unset = no operator access.
+    #[arg(long, env = "CARACAL_COORDINATOR_TOKEN", hide_env_values = true)]
+    pub coordinator_token: Option<String>,
+    /// The scope a runtime bearer needs on the Coordinator (§2.1).
+    #[arg(long, env = "AGENT_COORDINATOR_SCOPE", default_value = "agent:lifecycle")]
+    pub agent_coordinator_scope: String,
+    /// Coordinator requests per minute per client IP (0 disables).
+    #[arg(long, env = "COORDINATOR_RATE_LIMIT_PER_MIN", default_value_t = 600)]
+    pub coordinator_rate_limit_per_min: u64,
+    /// `POST /v1/verify` per client IP per minute (0 disables).
+    #[arg(long, env = "VERIFY_RATE_LIMIT_PER_MIN", default_value_t = 60)]
+    pub verify_rate_limit_per_min: u64,
+    /// Invocation mutations per zone and `client_id` per minute (0 disables).
+    #[arg(long, env = "INVOCATION_RATE_LIMIT_PER_MIN", default_value_t = 120)]
+    pub invocation_rate_limit_per_min: u64,
+    /// The flat `/v1/*` lifecycle façade per client IP per minute (0 disables).
+    #[arg(long, env = "V1_RATE_LIMIT_PER_MIN", default_value_t = 300)]
+    pub v1_rate_limit_per_min: u64,
+    #[arg(long, env = "MAX_AGENTS_PER_ZONE", default_value_t = 50)]
+    pub max_agents_per_zone: u64,
+    #[arg(long, env = "MAX_AGENTS_PER_APP", default_value_t = 200)]
+    pub max_agents_per_app: u64,
+    #[arg(long, env = "SERVICE_AGENT_LEASE_SECONDS", default_value_t = 120)]
+    pub service_agent_lease_seconds: u64,
+    /// Keys idempotency receipts (HMAC-SHA-256); unset = derived from `STREAMS_HMAC_KEY`.
+    #[arg(long, env = "IDEMPOTENCY_HMAC_KEY", hide_env_values = true)]
+    pub idempotency_hmac_key: Option<String>,
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 604_800)]
+    pub idempotency_retention_seconds: u64,
+    #[arg(long, env = "GENERATED_IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub generated_idempotency_retention_seconds: u64,
+    /// Seconds between Coordinator sweeps (TTL, leases, deadlines, edge expiry; 0 disables).
+    #[arg(long, env = "SERVAL_COORDINATOR_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    pub coordinator_sweep_interval_secs: u64,
     /// Test hook: `<projection>:<n>` aborts the process inside a batch.
     #[arg(long, env = "SERVAL_TEST_CRASH_AFTER_EVENTS", hide = true)]
     pub test_crash_after_events: Option<String>,

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod egress;
 pub mod http;
+pub mod mandate;
 pub mod metrics;
 pub mod oauth;
 pub mod policy_engine;

@@ -34,6 +34,8 @@ pub struct AppState {
     pub sts_local: AtomicBool,
     /// Sealed-secret custody (per-zone data keys under `SECRET_STORE_KEK`).
     pub custody: crate::secrets::Custody,
+    /// Verifies STS mandates in process (Coordinator, Gateway).
+    pub mandates: crate::mandate::MandateVerifier,
 }
 
 impl AppState {
@@ -200,5 +202,6 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         engines: PolicyEngines::default(),
         sts_local: AtomicBool::new(false),
         custody,
+        mandates: Default::default(),
     }))
 }

@@ -116,6 +116,7 @@ pub fn idempotency(
     Ok(Some(Idempotency {
         key_digest,
         fingerprint: hex::encode(h.finalize()),
+        ttl_secs: None,
     }))
 }
 

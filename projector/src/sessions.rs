@@ -1,0 +1,195 @@
+//! Coordinator queries over the Sessions in `catalog_objects` (kind `session`): capacity
+//! counts, children and subtrees (one recursive query each, never one query per node).
+
+use chrono::{DateTime, Utc};
+use serval_domain::catalog::Entity;
+use sqlx::PgExecutor;
+
+type Doc = sqlx::types::Json<Entity>;
+
+/// A Session counts against capacity while live (§4.1 step 7): tasks inside their TTL,
+/// services with a future lease deadline, and suspended services.
+const LIVE_SQL: &str = "doc #>> '{data,session,status}' IN ('active', 'suspended')
+   AND CASE WHEN doc #>> '{data,session,lifecycle}' = 'service'
+            THEN doc #>> '{data,session,status}' = 'suspended'
+                 OR (doc #>> '{data,session,heartbeat_deadline_at}')::timestamptz > $2
+            ELSE doc #>> '{data,session,ttl_seconds}' IS NULL
+                 OR COALESCE((doc #>> '{data,session,started_at}')::timestamptz, created_at)
+                    + make_interval(secs => (doc #>> '{data,session,ttl_seconds}')::double precision) > $2
+       END";
+
+/// Live Sessions of the zone, and of `application` among them.
+pub async fn live_counts<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    application: &str,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64), sqlx::Error> {
+    let sql = format!(
+        "SELECT count(*), count(*) FILTER (WHERE doc #>> '{{data,session,application_id}}' = $3)
+           FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND doc #>> '{{data,session,status}}' IN ('active', 'suspended') AND {LIVE_SQL}"
+    );
+    sqlx::query_as(&sql)
+        .bind(zone_id)
+        .bind(now)
+        .bind(application)
+        .fetch_one(db)
+        .await
+}
+
+/// Children of `parent` still active or suspended.
+pub async fn open_children<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    parent: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND doc #>> '{data,session,parent_session_id}' = $2
+            AND doc #>> '{data,session,status}' IN ('active', 'suspended')",
+    )
+    .bind(zone_id)
+    .bind(parent)
+    .fetch_one(db)
+    .await
+}
+
+/// One page of the direct children of `parent`, id descending, after `cursor`.
+pub async fn children<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    parent: &str,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Entity>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND doc #>> '{data,session,parent_session_id}' = $2
+            AND ($3::text IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4",
+    )
+    .bind(zone_id)
+    .bind(parent)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// A Session and every descendant reachable through Sessions whose status is one of
+/// `through` (the root whatever its status), root first, then by depth.
+pub async fn subtree<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    root: &str,
+    through: &[&str],
+) -> Result<Vec<Entity>, sqlx::Error> {
+    let through: Vec<String> = through.iter().map(|s| s.to_string()).collect();
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "WITH RECURSIVE tree(id, depth) AS (
+            SELECT id, 0 FROM catalog_objects WHERE zone_id = $1 AND kind = 'session' AND id = $2
+            UNION
+            SELECT c.id, t.depth + 1 FROM catalog_objects c JOIN tree t
+                ON c.doc #>> '{data,session,parent_session_id}' = t.id
+             WHERE c.zone_id = $1 AND c.kind = 'session'
+               AND c.doc #>> '{data,session,status}' = ANY($3) AND t.depth < 64)
+         SELECT c.doc FROM tree t JOIN catalog_objects c ON c.id = t.id
+          ORDER BY t.depth, c.id",
+    )
+    .bind(zone_id)
+    .bind(root)
+    .bind(&through)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+/// One page of a zone's Sessions, id descending, with the list filters of §4.2.
+pub async fn page<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    filters: &SessionFilters,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Entity>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "SELECT doc FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND ($2::text IS NULL OR doc #>> '{data,session,status}' = $2)
+            AND ($3::text IS NULL OR doc #>> '{data,session,lifecycle}' = $3)
+            AND ($4::text IS NULL OR doc #>> '{data,session,application_id}' = $4)
+            AND ($5::jsonb IS NULL OR doc #> '{data,session,labels}' @> $5)
+            AND ($6::text IS NULL OR id < $6)
+          ORDER BY id DESC LIMIT $7",
+    )
+    .bind(zone_id)
+    .bind(&filters.status)
+    .bind(&filters.lifecycle)
+    .bind(&filters.application_id)
+    .bind(filters.label.as_ref().map(|l| serde_json::json!([l])))
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilters {
+    pub status: Option<String>,
+    pub lifecycle: Option<String>,
+    pub application_id: Option<String>,
+    pub label: Option<String>,
+}
+
+/// Sessions due for a sweep: tasks past their TTL (active or suspended) and active services
+/// past their lease deadline, at most `limit`: `(zone_id, id, is_service)`.
+pub async fn due<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT zone_id, id, doc #>> '{data,session,lifecycle}' = 'service' FROM catalog_objects
+          WHERE kind = 'session' AND doc #>> '{data,session,status}' IN ('active', 'suspended')
+            AND CASE WHEN doc #>> '{data,session,lifecycle}' = 'service'
+                     THEN doc #>> '{data,session,status}' = 'active'
+                          AND (doc #>> '{data,session,heartbeat_deadline_at}')::timestamptz <= $1
+                     ELSE doc #>> '{data,session,ttl_seconds}' IS NOT NULL
+                          AND COALESCE((doc #>> '{data,session,started_at}')::timestamptz, created_at)
+                              + make_interval(secs => (doc #>> '{data,session,ttl_seconds}')::double precision) <= $1
+                END
+          ORDER BY id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Open Sessions (other than `except`) attributed to `record`: a revocation of the record
+/// is then exempt (§12.1).
+pub async fn others_on_record<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    record: &str,
+    except: &[String],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM catalog_objects
+          WHERE zone_id = $1 AND kind = 'session'
+            AND doc #>> '{data,session,subject_authority_record_id}' = $2
+            AND doc #>> '{data,session,status}' IN ('active', 'suspended')
+            AND NOT (id = ANY($3))",
+    )
+    .bind(zone_id)
+    .bind(record)
+    .bind(except)
+    .fetch_one(db)
+    .await
+}
