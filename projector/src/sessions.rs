@@ -193,3 +193,112 @@ pub async fn others_on_record<'e>(
     .fetch_one(db)
     .await
 }
+
+/// One page of a zone's objects of `kind`, id descending after `cursor`, where every
+/// `(field, value)` of `eq` matches `doc.data.<kind>.<field>` and, with `either`, one of
+/// its two fields equals its value.
+pub async fn kind_page<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    kind: serval_domain::catalog::CatalogKind,
+    eq: &[(&'static str, String)],
+    either: Option<(&'static str, &'static str, String)>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Entity>, sqlx::Error> {
+    let k = kind.as_str();
+    let mut sql = format!(
+        "SELECT doc FROM catalog_objects WHERE zone_id = $1 AND kind = '{k}' AND ($2::text IS NULL OR id < $2)"
+    );
+    let mut n = 3;
+    for (field, _) in eq {
+        sql.push_str(&format!(" AND doc #>> '{{data,{k},{field}}}' = ${n}"));
+        n += 1;
+    }
+    if let Some((a, b, _)) = &either {
+        sql.push_str(&format!(
+            " AND (doc #>> '{{data,{k},{a}}}' = ${n} OR doc #>> '{{data,{k},{b}}}' = ${n})"
+        ));
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ");
+    sql.push_str(&limit.max(0).to_string());
+    let mut q = sqlx::query_scalar::<_, Doc>(&sql).bind(zone_id).bind(cursor);
+    for (_, v) in eq {
+        q = q.bind(v.clone());
+    }
+    if let Some((_, _, v)) = either {
+        q = q.bind(v);
+    }
+    Ok(q.fetch_all(db).await?.into_iter().map(|d| d.0).collect())
+}
+
+/// Running invocations past their deadline: `(zone_id, id)`, at most `limit`.
+pub async fn invocations_due<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT zone_id, id FROM catalog_objects
+          WHERE kind = 'invocation' AND doc #>> '{data,invocation,status}' = 'running'
+            AND (doc #>> '{data,invocation,deadline_at}')::timestamptz <= $1
+          ORDER BY id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Active edges with an ended Session at either end (a cascade a crash interrupted):
+/// `(zone_id, ended session id)` pairs, at most `limit`.
+pub async fn orphaned_edge_ends<'e>(
+    db: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT e.zone_id, s.id FROM delegation_edges e
+           JOIN catalog_objects s ON s.zone_id = e.zone_id AND s.kind = 'session'
+            AND s.id IN (e.source_session_id, e.target_session_id)
+          WHERE e.status = 'active'
+            AND s.doc #>> '{data,session,status}' IN ('terminated', 'expired')
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Counts by status for the Coordinator's `/stats`.
+pub struct CoordinatorCounts {
+    pub sessions: serde_json::Value,
+    pub invocations: serde_json::Value,
+    pub delegations: serde_json::Value,
+}
+
+pub async fn coordinator_counts(pool: &sqlx::PgPool) -> Result<CoordinatorCounts, sqlx::Error> {
+    let by = |rows: Vec<(String, i64)>| {
+        serde_json::Value::Object(rows.into_iter().map(|(k, v)| (k, v.into())).collect())
+    };
+    let sessions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT doc #>> '{data,session,status}', count(*) FROM catalog_objects
+          WHERE kind = 'session' GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let invocations: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT doc #>> '{data,invocation,status}', count(*) FROM catalog_objects
+          WHERE kind = 'invocation' GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let delegations: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM delegation_edges GROUP BY 1")
+            .fetch_all(pool)
+            .await?;
+    Ok(CoordinatorCounts {
+        sessions: by(sessions),
+        invocations: by(invocations),
+        delegations: by(delegations),
+    })
+}

@@ -58,18 +58,23 @@ pub fn subject_digest(subject: &str) -> String {
 }
 
 /// The counter key stem of a subject in a bucket.
-fn stem(app: &App, bucket: Bucket, subject: &str) -> String {
+fn stem(app: &App, bucket: &str, subject: &str) -> String {
     format!(
         "{}:rl:{}:{}",
         app.store.keys().prefix(),
-        bucket.name(),
+        bucket,
         subject_digest(subject)
     )
 }
 
 /// Counts one event for `subject`; true when it is over the bucket's limit (0 = disabled).
 pub async fn exceeded(app: &App, bucket: Bucket, subject: &str) -> bool {
-    let limit = bucket.limit(app);
+    minute_exceeded(app, bucket.name(), subject, bucket.limit(app)).await
+}
+
+/// Counts one event for `subject` in the named bucket's current minute (Redis clock); true
+/// when over `limit` (0 = disabled). Redis failures let it through.
+pub async fn minute_exceeded(app: &App, bucket: &str, subject: &str, limit: u64) -> bool {
     if limit == 0 {
         return false;
     }
@@ -81,7 +86,7 @@ pub async fn exceeded(app: &App, bucket: Bucket, subject: &str) -> bool {
     match n {
         Ok(n) => n > limit,
         Err(e) => {
-            tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; request allowed");
+            tracing::warn!(error = %e, bucket, "rate limiter unavailable; request allowed");
             false
         }
     }

@@ -48,6 +48,9 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
     if services.contains(&Service::Sts) {
         tasks.extend(serval_sts::start(&app, &stop_rx));
     }
+    if services.contains(&Service::Coordinator) {
+        tasks.extend(serval_coordinator::start(&app, &stop_rx));
+    }
     if services.contains(&Service::Audit) {
         tasks.extend(serval_audit::start(&app, &stop_rx));
     }
@@ -61,7 +64,7 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
         }
         let routes = match service {
             Service::Api => serval_api::router(app.clone()),
-            Service::Coordinator => serval_coordinator::router(),
+            Service::Coordinator => serval_coordinator::router(&app),
             Service::Sts => serval_sts::router(),
             Service::Gateway => serval_gateway::router(),
             Service::Audit => serval_audit::router(),
