@@ -183,6 +183,12 @@ pub async fn create_edge(
             });
             let r = Receipt::new(app, DELEGATION_CREATE, zone, &issuer, &key, false, &fingerprint);
             r.check_limit(app).await?;
+            if let Some((_, answer)) = r.peek(app).await? {
+                return match answer {
+                    Some((status, body)) => replay_edge(app, zone, status, &body).await,
+                    None => Err(idempotency::inactive()),
+                };
+            }
             Some(r)
         }
         None => None,

@@ -175,6 +175,27 @@ impl Receipt {
         Ok(())
     }
 
+    /// The record of this key when one exists: `Err(409 idempotency_key_conflict)` for
+    /// another request, else the created object's id and the recorded answer (if any).
+    pub async fn peek(&self, app: &App) -> Result<Option<(String, Option<(u16, String)>)>, ApiError> {
+        let stream = LogStream::Zone(self.zone.clone());
+        let key = app.store.keys().idempotency(&stream, &self.idem.key_digest);
+        let mut conn = app.store.connection();
+        let fields: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut conn, key).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        if fields.get("fingerprint") != Some(&self.idem.fingerprint) {
+            return Err(map_conflict(ApiError::conflict("idempotency_key_conflict")));
+        }
+        let answer = fields
+            .get("status")
+            .and_then(|s| s.parse().ok())
+            .zip(fields.get("body").cloned());
+        Ok(Some((fields.get("aggregate_id").cloned().unwrap_or_default(), answer)))
+    }
+
     /// Counts the receipt just created (best effort: the record itself is already stored).
     pub async fn count(&self, app: &App) {
         let mut conn = app.store.connection();

@@ -112,8 +112,11 @@ pub async fn create(
     receipt.check_limit(&app).await?;
     let stream = LogStream::Zone(zone.clone());
     // A replay is answered before the rate limit (§6.1).
-    if let Some((status, body)) = stored_answer(&app, &stream, &receipt).await? {
-        return Ok(idempotency::replayed(status, &body));
+    if let Some((id, answer)) = receipt.peek(&app).await? {
+        return match answer {
+            Some((status, body)) => Ok(idempotency::replayed(status, &body)),
+            None => replay_created(&app, &zone, &id).await,
+        };
     }
     rate_limited(&app, &zone, &p).await?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -145,11 +148,7 @@ pub async fn create(
         Ok(Outcome::Applied { aggregate_id, .. }) => aggregate_id,
         Ok(Outcome::Replay { status, body }) => return Ok(idempotency::replayed(status, &body)),
         Ok(Outcome::ReplayUnrecorded { aggregate_id, .. }) => {
-            let e = read::load(&app.pool, &zone, &aggregate_id).await?.ok_or_else(not_found)?;
-            return match &e.data {
-                EntityData::Invocation(i) => Ok(idempotency::replayed(201, &render::invocation(&e, i, false).to_string())),
-                _ => Err(not_found()),
-            };
+            return replay_created(&app, &zone, &aggregate_id).await
         }
         Err(Failure::Api(e)) => return Err(idempotency::map_conflict(e)),
         Err(f) => return Err(f.into()),
@@ -163,22 +162,16 @@ pub async fn create(
     Ok(serval_kit::write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(render::invocation(&e, i, false)), true).await)
 }
 
-/// The recorded first answer of a receipt, when its fingerprint matches (a mismatch is the
-/// conflict of §14).
-async fn stored_answer(app: &App, stream: &LogStream, r: &Receipt) -> Result<Option<(u16, String)>, ApiError> {
-    let key = app.store.keys().idempotency(stream, &r.idem.key_digest);
-    let mut conn = app.store.connection();
-    let fields: std::collections::HashMap<String, String> = redis::AsyncCommands::hgetall(&mut conn, key).await?;
-    if fields.is_empty() {
-        return Ok(None);
+/// A creation whose answer was not recorded, answered from the read model.
+async fn replay_created(app: &App, zone: &str, id: &str) -> Result<Response, ApiError> {
+    let e = read::load(&app.pool, zone, id).await?.ok_or_else(not_found)?;
+    match &e.data {
+        EntityData::Invocation(i) => Ok(idempotency::replayed(
+            201,
+            &render::invocation(&e, i, false).to_string(),
+        )),
+        _ => Err(not_found()),
     }
-    if fields.get("fingerprint") != Some(&r.idem.fingerprint) {
-        return Err(idempotency::map_conflict(ApiError::conflict("idempotency_key_conflict")));
-    }
-    Ok(fields
-        .get("status")
-        .and_then(|s| s.parse().ok())
-        .zip(fields.get("body").cloned()))
 }
 
 fn invocation_of(e: &Entity) -> Result<&InvocationData, ApiError> {

@@ -157,6 +157,15 @@ pub async fn start(
             });
             let r = Receipt::new(&app, SESSION_START, &zone, &s.application_id, &key, generated, &fingerprint);
             r.check_limit(&app).await?;
+            // A key on record answers before the zone's state is looked at (§4.1 step 3).
+            if let Some((id, answer)) = r.peek(&app).await? {
+                return match answer {
+                    Some((status, body)) => {
+                        replay_if_live(&app, &zone, status, &body, "agent_session_id").await
+                    }
+                    None => replay_unrecorded(&app, &zone, &id).await,
+                };
+            }
             Some(r)
         }
         None => None,
@@ -268,15 +277,7 @@ pub async fn start(
             return replay_if_live(&app, &zone, status, &body, "agent_session_id").await
         }
         Outcome::ReplayUnrecorded { aggregate_id, .. } => {
-            let e = read::load(&app.pool, &zone, &aggregate_id).await?;
-            return match e.as_ref().and_then(|e| session_data(e).map(|s| (e, s))) {
-                Some((e, s)) if matches!(s.status.as_str(), "active" | "suspended") => {
-                    let mut v = render::session(e, s, SessionShape::Start);
-                    v["delegation_edge_id"] = Value::Null;
-                    Ok(idempotency::replayed(201, &v.to_string()))
-                }
-                _ => Err(idempotency::inactive()),
-            };
+            return replay_unrecorded(&app, &zone, &aggregate_id).await
         }
         Outcome::Applied { aggregate_id, .. } => aggregate_id,
     };
@@ -303,8 +304,22 @@ pub async fn start(
     Ok(serval_kit::write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(v), true).await)
 }
 
+/// A replay of a start whose first attempt died before its answer was recorded: answered
+/// from the read model while the Session is live.
+async fn replay_unrecorded(app: &App, zone: &str, id: &str) -> Result<Response, ApiError> {
+    let e = read::load(&app.pool, zone, id).await?;
+    match e.as_ref().and_then(|e| session_data(e).map(|s| (e, s))) {
+        Some((e, s)) if matches!(s.status.as_str(), "active" | "suspended") => {
+            let mut v = render::session(e, s, SessionShape::Start);
+            v["delegation_edge_id"] = Value::Null;
+            Ok(idempotency::replayed(201, &v.to_string()))
+        }
+        _ => Err(idempotency::inactive()),
+    }
+}
+
 /// A replayed creation, only while the object it created is live (§14).
-async fn replay_if_live(
+pub async fn replay_if_live(
     app: &App,
     zone: &str,
     status: u16,

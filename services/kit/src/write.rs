@@ -149,6 +149,21 @@ pub async fn hint_new_stream(app: &App, stream: &LogStream) {
     }
 }
 
+/// Waits until `projection` has passed every entry of `stream` appended before this call
+/// (read-your-writes for a read that missed: a writer elsewhere may have appended without
+/// waiting for the read model, as the STS does). False on timeout or when the head is
+/// unreadable.
+pub async fn catch_up(app: &App, projection: &str, stream: &LogStream) -> bool {
+    let key = app.store.keys().log(stream);
+    match app.store.last_entry_id(&key).await {
+        Ok(head) => wait_visible(app, projection, stream, head).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "log head unreadable");
+            false
+        }
+    }
+}
+
 async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
     let key = app.store.keys().log(stream);
     app.visibility

@@ -2,6 +2,7 @@
 //! real `serval` binary started on ephemeral ports.
 #![allow(dead_code)]
 
+pub mod runtime;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -234,6 +235,10 @@ impl Server {
             .env("API_V1_RATE_LIMIT_PER_MIN", "0")
             .env("READY_RATE_LIMIT_PER_MIN", "0")
             .env("ADMIN_AUTH_FAIL_LIMIT_PER_MIN", "0")
+            .env("COORDINATOR_RATE_LIMIT_PER_MIN", "0")
+            .env("VERIFY_RATE_LIMIT_PER_MIN", "0")
+            .env("V1_RATE_LIMIT_PER_MIN", "0")
+            .env("INVOCATION_RATE_LIMIT_PER_MIN", "0")
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());

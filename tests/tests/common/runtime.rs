@@ -1,0 +1,173 @@
+//! What run-time tests share: a server whose STS listens where `ISSUER_URL` says, a zone
+//! with an application, a resource and (optionally) an active policy granting it, and the
+//! STS token exchange.
+
+use serde_json::{json, Value};
+
+use super::{eventually, Admin, Options, Server};
+
+pub const STS_ADMIN: &str = "sts-admin-token-for-tests";
+pub const RESOURCE: &str = "resource://tickets";
+
+/// A server whose STS listens where `ISSUER_URL` says (verifiers fetch the JWKS from the
+/// issuer).
+pub async fn server() -> (Server, String) {
+    server_with(&[]).await
+}
+
+pub async fn server_with(extra: &[(&str, &str)]) -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let server = Server::start(Options {
+        env: vec![
+            ("SERVAL_STS_PORT".into(), port.to_string()),
+            ("ISSUER_URL".into(), issuer.clone()),
+            ("STS_ADMIN_TOKEN".into(), STS_ADMIN.into()),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(server.url("sts"), issuer);
+    (server, issuer)
+}
+
+/// A zone with a managed application, the `resource://tickets` resource and (when
+/// `policy`) an active policy set granting the resource to the application.
+pub struct Zone {
+    pub id: String,
+    pub app: String,
+    pub secret: String,
+}
+
+pub async fn zone(admin: &Admin, policy: bool) -> Zone {
+    let (s, z) = admin.post("/v1/zones", json!({"name": "sts"})).await;
+    assert_eq!(s, 201, "{z}");
+    let z = z["id"].as_str().unwrap().to_owned();
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "ticket-bot", "registration_method": "managed"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let app = a["id"].as_str().unwrap().to_owned();
+    let secret = a["client_secret"].as_str().unwrap().to_owned();
+    let (s, p) = admin
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "mandate", "kind": "caracal_mandate"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    // `agent:lifecycle` is mintable on a resource with an upstream URL (sts.md §4.2).
+    let (s, r) = admin
+        .post(
+            &format!("/v1/zones/{z}/resources"),
+            json!({"name": "Tickets", "identifier": RESOURCE, "scopes": ["tickets:read"],
+                   "upstream_url": "https://tickets.example", "credential_provider_id": p["id"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    if policy {
+        let content = format!(
+            "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\n\
+             app_ids := {{\"bot\": \"{app}\"}}\n\n\
+             grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"tickets:read\"]}}}}}}\n"
+        );
+        let (s, p) = admin
+            .post(
+                &format!("/v1/zones/{z}/policies"),
+                json!({"name": "grants", "content": content}),
+            )
+            .await;
+        assert_eq!(s, 201, "{p}");
+        let (s, set) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets"),
+                json!({"name": "main"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{set}");
+        let set = set["id"].as_str().unwrap();
+        let (s, v) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets/{set}/versions"),
+                json!({"manifest": [{"policy_version_id": p["version_id"]}]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, act) = admin
+            .post(
+                &format!("/v1/zones/{z}/policy-sets/{set}/activate"),
+                json!({"version_id": v["version_id"]}),
+            )
+            .await;
+        assert_eq!(s, 202, "{act}");
+        // Mint only once the STS has loaded the binding (no attempt spends a budget).
+        let status = format!(
+            "/v1/zones/{z}/policy-sets/{set}/activation-status?version_id={}",
+            v["version_id"].as_str().unwrap()
+        );
+        eventually(20, || async {
+            let (_, st) = admin.get(&status).await;
+            (st["propagation_status"] == "loaded").then_some(())
+        })
+        .await;
+    }
+    Zone { id: z, app, secret }
+}
+
+/// `POST /oauth/2/token` with a form body; status, headers' request id, JSON body.
+pub async fn exchange(sts: &str, fields: &[(&str, &str)]) -> (u16, Option<String>, Value) {
+    exchange_with(sts, fields, &[]).await
+}
+
+pub async fn exchange_with(
+    sts: &str,
+    fields: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = reqwest::Client::new()
+        .post(format!("{sts}/oauth/2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        rid,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+pub fn bootstrap<'a>(z: &'a Zone, scope: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", GRANT),
+        ("zone_id", &z.id),
+        ("application_id", &z.app),
+        ("client_secret", &z.secret),
+        ("resource", RESOURCE),
+        ("scope", scope),
+    ]
+}
+
