@@ -497,3 +497,27 @@ async fn invocations_verify_and_the_flat_v1_facade() {
     let (_, v) = c.get(&format!("{zp}/agents/{root}")).await;
     assert_eq!(v["termination_reason"], "all done");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_sdk_drives_sessions_delegations_and_revocation() {
+    let (server, issuer) = coordinator_server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    mandate(&issuer, &z).await;
+    let topics = format!("{}:", server.prefix);
+    common::run_interop(
+        &server,
+        "coordinator_sdk.py",
+        &[
+            ("STS_URL", &issuer),
+            ("COORDINATOR_URL", server.url("coordinator")),
+            ("ZONE_ID", &z.id),
+            ("APPLICATION_ID", &z.app),
+            ("CLIENT_SECRET", &z.secret),
+            ("RESOURCE", RESOURCE),
+            ("REDIS_URL", &server.redis_url),
+            ("TOPIC_PREFIX", &topics),
+            ("STREAMS_HMAC_KEY", &server.keys.streams),
+        ],
+    );
+}

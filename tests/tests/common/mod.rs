@@ -598,6 +598,7 @@ pub fn run_interop(server: &Server, script: &str, env: &[(&str, &str)]) {
         .envs(env.iter().copied())
         .output()
         .expect("run python");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "{script} failed:\n{}\n{}\nserver log:\n{}",
