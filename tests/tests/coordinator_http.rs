@@ -521,3 +521,41 @@ async fn the_official_sdk_drives_sessions_delegations_and_revocation() {
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_admin_client_makes_its_coordinator_calls() {
+    let (server, issuer) = coordinator_server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let c = Coord::new(&server, &mandate(&issuer, &z).await);
+    let zp = format!("/zones/{}", z.id);
+    let (_, root) = c.post(&format!("{zp}/agents"), json!({"application_id": z.app})).await;
+    let root = root["agent_session_id"].as_str().unwrap().to_owned();
+    let (s, child) = c
+        .post(&format!("{zp}/agents"), json!({"application_id": z.app, "parent_id": root, "parent_authority": "none"}))
+        .await;
+    assert_eq!(s, 201, "{child}");
+    let child = child["agent_session_id"].as_str().unwrap().to_owned();
+    let (s, edge) = c
+        .post(
+            &format!("{zp}/delegations"),
+            json!({"source_session_id": root, "target_session_id": child,
+                   "issuer_application_id": z.app, "receiver_application_id": z.app,
+                   "scopes": ["tickets:read"], "resource_id": RESOURCE, "ttl_seconds": 600}),
+        )
+        .await;
+    assert_eq!(s, 201, "{edge}");
+    let coord = server.url("coordinator").to_owned();
+    common::run_interop(
+        &server,
+        "coordinator_admin.py",
+        &[
+            ("COORDINATOR_URL", &coord),
+            ("COORDINATOR_TOKEN", OPERATOR),
+            ("ZONE_ID", &z.id),
+            ("ROOT", &root),
+            ("CHILD", &child),
+            ("EDGE", edge["delegation_edge_id"].as_str().unwrap()),
+        ],
+    );
+}
