@@ -253,6 +253,21 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     let revokes = topic(&server, "caracal.sessions.revoke").await;
     assert!(revokes.iter().all(|m| m["session_id"] != sid), "{revokes:?}");
 
+    // Mutations and refusals of authenticated callers are on the zone's admin-audit chain;
+    // refusals before authentication are not.
+    let (s, v) = admin.get(&format!("/v1/zones/{}/admin-audit?limit=500", z.id)).await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let start = items
+        .iter()
+        .find(|r| r["method"] == "POST" && r["status_code"] == 201 && r["path"] == agents.as_str())
+        .unwrap_or_else(|| panic!("no start record in {v}"));
+    assert_eq!(start["actor_name"], z.app.as_str());
+    assert_eq!(start["entity_type"], "session");
+    assert!(items.iter().any(|r| r["status_code"] == 403 && r["method"] == "POST"), "{v}");
+    assert!(items.iter().any(|r| r["method"] == "DELETE" && r["status_code"] == 204), "{v}");
+    assert!(!items.iter().any(|r| r["status_code"] == 401), "{v}");
+
     // One source of truth: the Management API lists the Coordinator's Sessions.
     let (s, v) = admin.get(&format!("/v1/zones/{}/sessions", z.id)).await;
     assert_eq!(s, 200, "{v}");

@@ -99,7 +99,7 @@ pub async fn authenticate(
 ) -> Result<Principal, ApiError> {
     let token = bearer(headers)?;
     if operator == Operator::Allowed && is_valid_identifier(path_zone) && is_operator(app, token) {
-        return Ok(Principal {
+        let p = Principal {
             zone_id: path_zone.to_owned(),
             scopes: vec![app.cfg.agent_coordinator_scope.clone(), ADMIN.to_owned()],
             subject: OPERATOR.to_owned(),
@@ -108,7 +108,9 @@ pub async fn authenticate(
             delegation_edge_id: None,
             authority_record_id: None,
             operator: true,
-        });
+        };
+        crate::audit::note(&p);
+        return Ok(p);
     }
     let zone = unverified_zone(token).map_err(|_| invalid_token())?;
     let claims = app
@@ -135,7 +137,7 @@ pub async fn authenticate(
     let client_id = claims.text("client_id").ok_or_else(invalid_token)?.to_owned();
     let sid = claims.text("sid").map(str::to_owned);
     identity_live(app, &zone, &client_id, sid.as_deref()).await?;
-    Ok(Principal {
+    let p = Principal {
         zone_id: zone,
         scopes,
         subject,
@@ -144,7 +146,9 @@ pub async fn authenticate(
         delegation_edge_id: claims.text("delegation_edge_id").map(str::to_owned),
         authority_record_id: sid,
         operator: false,
-    })
+    };
+    crate::audit::note(&p);
+    Ok(p)
 }
 
 /// §2.1's last row: the application is live in the zone and unexpired, and the `sid`

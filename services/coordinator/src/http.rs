@@ -128,17 +128,6 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn boolean(&mut self, name: &str) -> Option<bool> {
-        match self.map.get(name) {
-            None => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(_) => {
-                self.fail(name, "Expected boolean");
-                None
-            }
-        }
-    }
-
     pub fn object(&mut self, name: &str) -> Option<Map<String, Value>> {
         match self.map.get(name) {
             None => None,

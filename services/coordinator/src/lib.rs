@@ -3,6 +3,7 @@
 //! (`auth.rs`); every change is an event (`store.rs`): Sessions, registrations and
 //! invocations are catalog objects, a zone's graph one aggregate whose version is its epoch.
 
+mod audit;
 mod auth;
 mod cascade;
 mod delegations;
@@ -71,6 +72,7 @@ pub fn router(app: &App) -> Router<App> {
         .route("/v1/delegate-to-existing-agent", post(facade::delegate_to_existing))
         .route("/v1/revoke-delegation", post(facade::revoke_delegation))
         .route("/stats", get(operator::stats))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), audit::layer))
         .layer(axum::middleware::from_fn_with_state(app.clone(), operator::ip_limit))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }

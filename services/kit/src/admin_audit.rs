@@ -440,6 +440,12 @@ async fn zone_exists(app: &App, zone: &str) -> Result<bool, String> {
     Ok(exists)
 }
 
+/// Appends a record built elsewhere (the Coordinator's, coordinator.md §2.5) on its zone's
+/// chain, or the global one when the zone does not exist. Durable when it returns `Ok`.
+pub async fn append_record(app: &App, record: AdminAuditRecord) -> Result<(), String> {
+    append(app, record, false).await
+}
+
 async fn append(app: &App, mut record: AdminAuditRecord, hint: bool) -> Result<(), String> {
     // A zone chain only for a zone that exists; anything else is on the global chain.
     let known = match &record.zone_id {
