@@ -148,22 +148,39 @@ pub async fn active_downstream<'e>(
     session: &str,
     depth: Option<u32>,
 ) -> Result<Vec<Edge>, sqlx::Error> {
-    let docs: Vec<Doc> = sqlx::query_scalar(
-        "WITH RECURSIVE reach(session, depth) AS (
-            SELECT $2::text, 0
+    // LATERAL probes (kept apart by `OFFSET 0`, which stops the planner from flattening them)
+    // keep every step an index lookup on (zone, source) whatever the planner believes about
+    // the table (a zone that grew since the last ANALYZE). Unbounded, the
+    // recursion is over sessions alone, so set semantics end it even on a cycle of active
+    // edges that are past their expiry.
+    let (reach, next) = match depth {
+        Some(_) => ("reach(session, depth)", "n.target_session_id, r.depth + 1"),
+        None => ("reach(session)", "n.target_session_id"),
+    };
+    let (seed, bound) = match depth {
+        Some(_) => ("$2::text, 0", "WHERE r.depth < $3"),
+        None => ("$2::text", ""),
+    };
+    let sql = format!(
+        "WITH RECURSIVE {reach} AS (
+            SELECT {seed}
             UNION
-            SELECT e.target_session_id, r.depth + 1
-              FROM delegation_edges e JOIN reach r ON e.source_session_id = r.session
-             WHERE e.zone_id = $1 AND e.status = 'active' AND r.depth < $3)
-         SELECT doc FROM delegation_edges e
-          WHERE e.zone_id = $1 AND e.status = 'active'
-            AND e.source_session_id IN (SELECT session FROM reach)",
-    )
-    .bind(zone_id)
-    .bind(session)
-    .bind(depth.map(i64::from).unwrap_or(i64::MAX))
-    .fetch_all(db)
-    .await?;
+            SELECT {next}
+              FROM reach r CROSS JOIN LATERAL (
+                   SELECT e.target_session_id FROM delegation_edges e
+                    WHERE e.zone_id = $1 AND e.source_session_id = r.session
+                      AND e.status = 'active' OFFSET 0) n
+             {bound})
+         SELECT x.doc FROM (SELECT DISTINCT session FROM reach) s CROSS JOIN LATERAL (
+                SELECT e.doc FROM delegation_edges e
+                 WHERE e.zone_id = $1 AND e.source_session_id = s.session
+                   AND e.status = 'active' OFFSET 0) x"
+    );
+    let mut q = sqlx::query_scalar::<_, Doc>(&sql).bind(zone_id).bind(session);
+    if let Some(d) = depth {
+        q = q.bind(i64::from(d));
+    }
+    let docs = q.fetch_all(db).await?;
     Ok(docs.into_iter().map(|d| d.0).collect())
 }
 

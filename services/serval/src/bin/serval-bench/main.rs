@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+mod coordinator;
+
 use clap::{Parser, Subcommand};
 use serval_domain::zone::{ZoneCreated, ZoneEvent, ZoneUpdated};
 use serval_domain::Event;
@@ -67,6 +69,28 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Coordinator: Session create+close cycles, Delegation create, effective authority at
+    /// the end of a depth-10 chain, traverse and impact in a zone of `--edges` edges.
+    Coordinator {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value = "http://127.0.0.1:4000")]
+        coordinator: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        sts: String,
+        #[arg(long, env = "CARACAL_ADMIN_TOKEN")]
+        token: String,
+        #[arg(long, env = "CARACAL_COORDINATOR_TOKEN")]
+        operator: String,
+        #[arg(long, default_value_t = 4_000)]
+        cycles: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2_000)]
+        samples: usize,
+        #[arg(long, default_value_t = 10_000)]
+        edges: usize,
+    },
     /// Management API latency: create-provider (an `api_key` provider, its key sealed) and
     /// list-applications (a page of 50), against a running stack.
     Catalog {
@@ -117,7 +141,7 @@ fn request(id: &str, expected: u64, events: Vec<Event>) -> AppendRequest {
     )
 }
 
-fn percentiles(mut xs: Vec<Duration>) -> String {
+pub(crate) fn percentiles(mut xs: Vec<Duration>) -> String {
     xs.sort();
     let p = |q: f64| xs[((xs.len() as f64 - 1.0) * q).round() as usize];
     format!(
@@ -402,7 +426,7 @@ fn provider_body(name: &str) -> serde_json::Value {
 
 /// A minimal HTTP/1.1 client over hyper-free std+tokio sockets would be overkill; axum's
 /// dependency tree already carries hyper, so use it through a tiny wrapper.
-mod reqwest_free {
+pub(crate) mod reqwest_free {
     use anyhow::Context;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
@@ -426,18 +450,40 @@ mod reqwest_free {
             }
         }
 
-        async fn send(
+        /// The same connection pool against another base URL and bearer.
+        pub fn with(&self, base: &str, token: &str) -> Self {
+            Client {
+                inner: self.inner.clone(),
+                base: base.trim_end_matches('/').to_owned(),
+                token: token.to_owned(),
+            }
+        }
+
+        pub async fn send(
             &self,
             method: &str,
             path: &str,
             body: Option<String>,
         ) -> anyhow::Result<(u16, Bytes)> {
-            let req = hyper::Request::builder()
+            self.send_typed(method, path, body, "application/json").await
+        }
+
+        pub async fn send_typed(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<String>,
+            content_type: &str,
+        ) -> anyhow::Result<(u16, Bytes)> {
+            let mut req = hyper::Request::builder()
                 .method(method)
                 .uri(format!("{}{}", self.base, path))
-                .header("authorization", format!("Bearer {}", self.token))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+                .header("authorization", format!("Bearer {}", self.token));
+            // Like the SDKs: no content type on a body-less call.
+            if body.is_some() {
+                req = req.header("content-type", content_type);
+            }
+            let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
             let resp = self.inner.request(req).await?;
             let status = resp.status().as_u16();
             let bytes = resp.into_body().collect().await?.to_bytes();
@@ -520,5 +566,29 @@ async fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
         } => bench_catalog(&url, &token, requests, concurrency.max(1)).await,
+        Cmd::Coordinator {
+            url,
+            coordinator,
+            sts,
+            token,
+            operator,
+            cycles,
+            concurrency,
+            samples,
+            edges,
+        } => {
+            coordinator::run(coordinator::Targets {
+                api: url,
+                coordinator,
+                sts,
+                token,
+                operator,
+                cycles,
+                concurrency: concurrency.max(1),
+                samples: samples.max(1),
+                edges,
+            })
+            .await
+        }
     }
 }
