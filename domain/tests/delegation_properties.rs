@@ -53,9 +53,16 @@ fn has_live_cycle(g: &Graph) -> bool {
     // Depth-first search for a back edge over live edges.
     let mut adj: HashMap<&str, Vec<&str>> = HashMap::new();
     for e in g.edges.values().filter(|e| e.is_live(now())) {
-        adj.entry(&e.source_session_id).or_default().push(&e.target_session_id);
+        adj.entry(&e.source_session_id)
+            .or_default()
+            .push(&e.target_session_id);
     }
-    fn visit<'a>(n: &'a str, adj: &HashMap<&'a str, Vec<&'a str>>, on: &mut HashSet<&'a str>, done: &mut HashSet<&'a str>) -> bool {
+    fn visit<'a>(
+        n: &'a str,
+        adj: &HashMap<&'a str, Vec<&'a str>>,
+        on: &mut HashSet<&'a str>,
+        done: &mut HashSet<&'a str>,
+    ) -> bool {
         if on.contains(n) {
             return true;
         }
@@ -63,12 +70,17 @@ fn has_live_cycle(g: &Graph) -> bool {
             return false;
         }
         on.insert(n);
-        let found = adj.get(n).into_iter().flatten().any(|m| visit(m, adj, on, done));
+        let found = adj
+            .get(n)
+            .into_iter()
+            .flatten()
+            .any(|m| visit(m, adj, on, done));
         on.remove(n);
         found
     }
     let mut done = HashSet::new();
-    adj.keys().any(|n| visit(n, &adj, &mut HashSet::new(), &mut done))
+    adj.keys()
+        .any(|n| visit(n, &adj, &mut HashSet::new(), &mut done))
 }
 
 proptest! {

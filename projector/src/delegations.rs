@@ -48,11 +48,7 @@ pub async fn apply(
         DelegationEvent::EdgesRevoked(r) => r.edge_ids.clone(),
         DelegationEvent::EdgesExpired(x) => x.edge_ids.clone(),
     };
-    let mut graph = Graph::from_edges(
-        load_ids(&mut *tx, zone_id, &ids)
-            .await?
-            .into_iter(),
-    );
+    let mut graph = Graph::from_edges(load_ids(&mut *tx, zone_id, &ids).await?);
     delegation::evolve(&mut graph, meta, event);
     for id in &ids {
         if let Some(e) = graph.get(id) {
@@ -86,10 +82,11 @@ async fn load_ids<'e>(
 
 /// The zone's graph epoch (0 before its first change).
 pub async fn epoch<'e>(db: impl PgExecutor<'e>, zone_id: &str) -> Result<u64, sqlx::Error> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT epoch FROM delegation_graphs WHERE zone_id = $1")
-        .bind(zone_id)
-        .fetch_optional(db)
-        .await?;
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM delegation_graphs WHERE zone_id = $1")
+            .bind(zone_id)
+            .fetch_optional(db)
+            .await?;
     Ok(v.unwrap_or(0).max(0) as u64)
 }
 
@@ -176,7 +173,9 @@ pub async fn active_downstream<'e>(
                  WHERE e.zone_id = $1 AND e.source_session_id = s.session
                    AND e.status = 'active' OFFSET 0) x"
     );
-    let mut q = sqlx::query_scalar::<_, Doc>(&sql).bind(zone_id).bind(session);
+    let mut q = sqlx::query_scalar::<_, Doc>(&sql)
+        .bind(zone_id)
+        .bind(session);
     if let Some(d) = depth {
         q = q.bind(i64::from(d));
     }
@@ -289,7 +288,11 @@ pub enum Scope {
 }
 
 /// The epoch and the edges of `scope`, from one `REPEATABLE READ` snapshot.
-pub async fn view(pool: &sqlx::PgPool, zone: &str, scope: &Scope) -> Result<GraphView, sqlx::Error> {
+pub async fn view(
+    pool: &sqlx::PgPool,
+    zone: &str,
+    scope: &Scope,
+) -> Result<GraphView, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)

@@ -28,7 +28,12 @@ fn msg(topic: &'static str, fields: Fields) -> TopicMessage {
 }
 
 fn zone(applied: &Applied) -> String {
-    applied.recorded.envelope.zone_id.clone().unwrap_or_default()
+    applied
+        .recorded
+        .envelope
+        .zone_id
+        .clone()
+        .unwrap_or_default()
 }
 
 /// The lifecycle message of a Session transition, and its revocation when one is due.
@@ -67,7 +72,10 @@ fn session_messages(applied: &Applied, s: &SessionData, created: bool) -> Vec<To
     }
     match s.status.as_str() {
         "suspended" => {
-            let reason = s.suspension_reason.clone().unwrap_or_else(|| "requested".into());
+            let reason = s
+                .suspension_reason
+                .clone()
+                .unwrap_or_else(|| "requested".into());
             let mut f = base("suspend");
             f.push(field("reason", reason.clone()));
             f.push(field("dedupe_key", format!("suspend:{id}:{ts}")));
@@ -82,7 +90,10 @@ fn session_messages(applied: &Applied, s: &SessionData, created: bool) -> Vec<To
             out.push(msg(topics::AGENTS_LIFECYCLE, f));
         }
         "terminated" | "expired" => {
-            let reason = s.termination_reason.clone().unwrap_or_else(|| "requested".into());
+            let reason = s
+                .termination_reason
+                .clone()
+                .unwrap_or_else(|| "requested".into());
             let mut f = base("terminate");
             f.push(field("reason", reason.clone()));
             f.push(field("dedupe_key", format!("terminate:{id}")));

@@ -222,7 +222,9 @@ pub async fn kind_page<'e>(
     }
     sql.push_str(" ORDER BY id DESC LIMIT ");
     sql.push_str(&limit.max(0).to_string());
-    let mut q = sqlx::query_scalar::<_, Doc>(&sql).bind(zone_id).bind(cursor);
+    let mut q = sqlx::query_scalar::<_, Doc>(&sql)
+        .bind(zone_id)
+        .bind(cursor);
     for (_, v) in eq {
         q = q.bind(v.clone());
     }

@@ -74,7 +74,9 @@ impl Derived {
             }
             // Set names are decided inside the catalog aggregate, edges inside the graph:
             // no reservation.
-            Ok(Event::PolicySet(_) | Event::AdminAudit(_) | Event::Audit(_) | Event::Delegation(_))
+            Ok(
+                Event::PolicySet(_) | Event::AdminAudit(_) | Event::Audit(_) | Event::Delegation(_),
+            )
             | Err(_) => {}
         }
     }

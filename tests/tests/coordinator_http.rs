@@ -52,7 +52,11 @@ impl Coord {
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
         let text = resp.text().await.unwrap();
-        (status, hdrs, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            hdrs,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -61,7 +65,9 @@ impl Coord {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (s, _, v) = self.call(reqwest::Method::POST, path, Some(body), &[]).await;
+        let (s, _, v) = self
+            .call(reqwest::Method::POST, path, Some(body), &[])
+            .await;
         (s, v)
     }
 
@@ -137,11 +143,23 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     let agents = format!("/zones/{}/agents", z.id);
 
     // §2.1 in order: no bearer, a bad token, another zone's path, a bad path id.
-    let anon = Coord { base: c.base.clone(), bearer: None };
-    assert_eq!(anon.get(&agents).await, (401, json!({"error": "missing_token"})));
+    let anon = Coord {
+        base: c.base.clone(),
+        bearer: None,
+    };
+    assert_eq!(
+        anon.get(&agents).await,
+        (401, json!({"error": "missing_token"}))
+    );
     let junk = Coord::new(&server, "not.a.jwt");
-    assert_eq!(junk.get(&agents).await, (401, json!({"error": "invalid_token"})));
-    assert_eq!(c.get("/zones/other-zone/agents").await, (403, json!({"error": "zone_mismatch"})));
+    assert_eq!(
+        junk.get(&agents).await,
+        (401, json!({"error": "invalid_token"}))
+    );
+    assert_eq!(
+        c.get("/zones/other-zone/agents").await,
+        (403, json!({"error": "zone_mismatch"}))
+    );
     let (s, v) = c.get(&format!("{agents}/bad%20id")).await;
     assert_eq!((s, &v["error"]), (400, &json!("invalid_params")), "{v}");
     // The operator token is a JWT anywhere off its allowlist.
@@ -150,7 +168,12 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     assert_eq!((s, &v["error"]), (401, &json!("invalid_token")));
 
     // Start a root task.
-    let (s, root) = c.post(&agents, json!({"application_id": z.app, "labels": [" researcher "]})).await;
+    let (s, root) = c
+        .post(
+            &agents,
+            json!({"application_id": z.app, "labels": [" researcher "]}),
+        )
+        .await;
     assert_eq!(s, 201, "{root}");
     assert_eq!(root["lifecycle"], "task");
     assert_eq!(root["ttl_seconds"], 3600);
@@ -163,31 +186,71 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     let root_id = root["agent_session_id"].as_str().unwrap().to_owned();
 
     // Validation and ownership.
-    let (s, v) = c.post(&agents, json!({"application_id": z.app, "lifecycle": "service", "ttl_seconds": 5})).await;
+    let (s, v) = c
+        .post(
+            &agents,
+            json!({"application_id": z.app, "lifecycle": "service", "ttl_seconds": 5}),
+        )
+        .await;
     assert_eq!((s, &v["error"]), (400, &json!("invalid_body")), "{v}");
     assert_eq!(v["details"]["issues"][0]["path"], json!(["ttl_seconds"]));
     assert!(v["requestId"].is_string());
-    let (s, v) = c.post(&agents, json!({"application_id": "someone-else"})).await;
-    assert_eq!((s, v), (403, json!({"error": "application_ownership_required"})));
-    let (s, v) = c.post(&agents, json!({"application_id": z.app, "parent_id": "nope"})).await;
+    let (s, v) = c
+        .post(&agents, json!({"application_id": "someone-else"}))
+        .await;
+    assert_eq!(
+        (s, v),
+        (403, json!({"error": "application_ownership_required"}))
+    );
+    let (s, v) = c
+        .post(
+            &agents,
+            json!({"application_id": z.app, "parent_id": "nope"}),
+        )
+        .await;
     assert_eq!((s, v), (404, json!({"error": "parent_not_found"})));
-    let (s, v) = c.post(&agents, json!({"application_id": z.app, "subject_session_id": "nope"})).await;
+    let (s, v) = c
+        .post(
+            &agents,
+            json!({"application_id": z.app, "subject_session_id": "nope"}),
+        )
+        .await;
     assert_eq!((s, &v["error"]), (404, &json!("session_not_found")));
 
     // Idempotent start: a replay answers the first body; another request is a conflict.
-    let key = [("idempotency-key", "0123456789abcdef0123456789abcdef"), ("idempotency-key-kind", "generated")];
+    let key = [
+        ("idempotency-key", "0123456789abcdef0123456789abcdef"),
+        ("idempotency-key-kind", "generated"),
+    ];
     let body = json!({"application_id": z.app, "parent_id": root_id});
-    let (s1, _, first) = c.call(reqwest::Method::POST, &agents, Some(body.clone()), &key).await;
+    let (s1, _, first) = c
+        .call(reqwest::Method::POST, &agents, Some(body.clone()), &key)
+        .await;
     assert_eq!(s1, 201, "{first}");
-    let (s2, h2, again) = c.call(reqwest::Method::POST, &agents, Some(body), &key).await;
+    let (s2, h2, again) = c
+        .call(reqwest::Method::POST, &agents, Some(body), &key)
+        .await;
     assert_eq!((s2, &again), (201, &first));
-    assert_eq!(h2.get("idempotency-replayed").map(String::as_str), Some("true"));
+    assert_eq!(
+        h2.get("idempotency-replayed").map(String::as_str),
+        Some("true")
+    );
     let (s3, _, v) = c
-        .call(reqwest::Method::POST, &agents, Some(json!({"application_id": z.app})), &key)
+        .call(
+            reqwest::Method::POST,
+            &agents,
+            Some(json!({"application_id": z.app})),
+            &key,
+        )
         .await;
     assert_eq!((s3, &v["error"]), (409, &json!("idempotency_key_conflict")));
     let (s, _, v) = c
-        .call(reqwest::Method::POST, &agents, Some(json!({"application_id": z.app})), &[("idempotency-key", &"k".repeat(256))])
+        .call(
+            reqwest::Method::POST,
+            &agents,
+            Some(json!({"application_id": z.app})),
+            &[("idempotency-key", &"k".repeat(256))],
+        )
         .await;
     assert_eq!((s, &v["error"]), (400, &json!("idempotency_key_invalid")));
     let child = first["agent_session_id"].as_str().unwrap().to_owned();
@@ -211,28 +274,65 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     let cursor = v["next_cursor"].as_str().unwrap().to_owned();
     let (s, v) = c.get(&format!("{agents}?limit=1&cursor={cursor}")).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(c.get(&format!("{agents}?cursor=unknown")).await, (400, json!({"error": "invalid_cursor"})));
+    assert_eq!(
+        c.get(&format!("{agents}?cursor=unknown")).await,
+        (400, json!({"error": "invalid_cursor"}))
+    );
 
     // Suspend and resume a subtree.
-    assert_eq!(c.patch(&format!("{agents}/{root_id}/suspend")).await, (200, json!({"suspended": 2})));
-    assert_eq!(c.patch(&format!("{agents}/{root_id}/suspend")).await, (409, json!({"error": "session_not_found_or_not_active"})));
-    assert_eq!(c.get(&format!("{agents}/{child}")).await.1["status"], "suspended");
-    assert_eq!(c.patch(&format!("{agents}/{root_id}/resume")).await, (200, json!({"resumed": 2})));
-    assert_eq!(c.patch(&format!("{agents}/{root_id}/resume")).await, (409, json!({"error": "session_not_found_or_not_suspended"})));
+    assert_eq!(
+        c.patch(&format!("{agents}/{root_id}/suspend")).await,
+        (200, json!({"suspended": 2}))
+    );
+    assert_eq!(
+        c.patch(&format!("{agents}/{root_id}/suspend")).await,
+        (409, json!({"error": "session_not_found_or_not_active"}))
+    );
+    assert_eq!(
+        c.get(&format!("{agents}/{child}")).await.1["status"],
+        "suspended"
+    );
+    assert_eq!(
+        c.patch(&format!("{agents}/{root_id}/resume")).await,
+        (200, json!({"resumed": 2}))
+    );
+    assert_eq!(
+        c.patch(&format!("{agents}/{root_id}/resume")).await,
+        (409, json!({"error": "session_not_found_or_not_suspended"}))
+    );
 
     // Terminate the subtree: both end, a repeat is 404.
-    let (s, _) = c.delete(&format!("{agents}/{root_id}?reason=done"), None).await;
+    let (s, _) = c
+        .delete(&format!("{agents}/{root_id}?reason=done"), None)
+        .await;
     assert_eq!(s, 204);
     let (_, v) = c.get(&format!("{agents}/{root_id}")).await;
-    assert_eq!((v["status"].as_str(), v["termination_reason"].as_str()), (Some("terminated"), Some("done")));
+    assert_eq!(
+        (v["status"].as_str(), v["termination_reason"].as_str()),
+        (Some("terminated"), Some("done"))
+    );
     assert!(v["terminated_at"].is_string());
-    assert_eq!(c.get(&format!("{agents}/{child}")).await.1["termination_reason"], "parent_terminated");
-    assert_eq!(c.delete(&format!("{agents}/{root_id}"), None).await, (404, json!({"error": "session_not_found"})));
+    assert_eq!(
+        c.get(&format!("{agents}/{child}")).await.1["termination_reason"],
+        "parent_terminated"
+    );
+    assert_eq!(
+        c.delete(&format!("{agents}/{root_id}"), None).await,
+        (404, json!({"error": "session_not_found"}))
+    );
     // A replay of a start whose Session ended is no longer served.
     let (s, _, v) = c
-        .call(reqwest::Method::POST, &agents, Some(json!({"application_id": z.app, "parent_id": root_id})), &key)
+        .call(
+            reqwest::Method::POST,
+            &agents,
+            Some(json!({"application_id": z.app, "parent_id": root_id})),
+            &key,
+        )
         .await;
-    assert_eq!((s, &v["error"]), (409, &json!("idempotency_result_inactive")));
+    assert_eq!(
+        (s, &v["error"]),
+        (409, &json!("idempotency_result_inactive"))
+    );
 
     // The topics: spawn, suspend, resume, terminate (with the literal `null` parent).
     let lifecycle = eventually(20, || async {
@@ -251,11 +351,16 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
     assert!(spawn.contains_key("_sig") && spawn.contains_key("outbox_id"));
     // The lifecycle mandate's record is application-typed: ending Sessions does not revoke it.
     let revokes = topic(&server, "caracal.sessions.revoke").await;
-    assert!(revokes.iter().all(|m| m["session_id"] != sid), "{revokes:?}");
+    assert!(
+        revokes.iter().all(|m| m["session_id"] != sid),
+        "{revokes:?}"
+    );
 
     // Mutations and refusals of authenticated callers are on the zone's admin-audit chain;
     // refusals before authentication are not.
-    let (s, v) = admin.get(&format!("/v1/zones/{}/admin-audit?limit=500", z.id)).await;
+    let (s, v) = admin
+        .get(&format!("/v1/zones/{}/admin-audit?limit=500", z.id))
+        .await;
     assert_eq!(s, 200, "{v}");
     let items = v["items"].as_array().unwrap();
     let start = items
@@ -264,8 +369,18 @@ async fn sessions_authenticate_start_list_and_end_with_their_cascades() {
         .unwrap_or_else(|| panic!("no start record in {v}"));
     assert_eq!(start["actor_name"], z.app.as_str());
     assert_eq!(start["entity_type"], "session");
-    assert!(items.iter().any(|r| r["status_code"] == 403 && r["method"] == "POST"), "{v}");
-    assert!(items.iter().any(|r| r["method"] == "DELETE" && r["status_code"] == 204), "{v}");
+    assert!(
+        items
+            .iter()
+            .any(|r| r["status_code"] == 403 && r["method"] == "POST"),
+        "{v}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|r| r["method"] == "DELETE" && r["status_code"] == 204),
+        "{v}"
+    );
     assert!(!items.iter().any(|r| r["status_code"] == 401), "{v}");
 
     // One source of truth: the Management API lists the Coordinator's Sessions.
@@ -282,7 +397,12 @@ async fn service_sessions_lease_heartbeat_and_fence() {
     let z = zone(&admin, true).await;
     let c = Coord::new(&server, &mandate(&issuer, &z).await);
     let agents = format!("/zones/{}/agents", z.id);
-    let (s, svc) = c.post(&agents, json!({"application_id": z.app, "lifecycle": "service"})).await;
+    let (s, svc) = c
+        .post(
+            &agents,
+            json!({"application_id": z.app, "lifecycle": "service"}),
+        )
+        .await;
     assert_eq!(s, 201, "{svc}");
     assert_eq!(svc["lease_generation"], 1);
     assert_eq!(svc["ttl_seconds"], Value::Null);
@@ -296,7 +416,10 @@ async fn service_sessions_lease_heartbeat_and_fence() {
     assert_eq!(v["agent"]["status"], "active");
     assert_eq!(v["service"], Value::Null);
     assert_eq!(c.post(&beat, json!({})).await.1["error"], "invalid_body");
-    assert_eq!(c.post(&beat, json!({"lease_generation": 7})).await, (409, json!({"error": "session_lease_fenced"})));
+    assert_eq!(
+        c.post(&beat, json!({"lease_generation": 7})).await,
+        (409, json!({"error": "session_lease_fenced"}))
+    );
 
     // A new lease generation fences the old holder.
     let (s, v) = c.post(&format!("{agents}/{id}/lease"), json!(null)).await;
@@ -316,17 +439,46 @@ async fn service_sessions_lease_heartbeat_and_fence() {
     assert_eq!((s, &again["id"]), (201, &reg["id"]));
     assert_eq!(again["capabilities"], json!(["chat"]));
     let (s, v) = c
-        .post(&beat, json!({"lease_generation": 2, "status": "degraded", "service_id": reg["id"]}))
+        .post(
+            &beat,
+            json!({"lease_generation": 2, "status": "degraded", "service_id": reg["id"]}),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["service"]["health"], "degraded");
-    assert_eq!(c.post(&beat, json!({"lease_generation": 2, "service_id": "nope"})).await.1["error"], "agent_service_not_found");
+    assert_eq!(
+        c.post(&beat, json!({"lease_generation": 2, "service_id": "nope"}))
+            .await
+            .1["error"],
+        "agent_service_not_found"
+    );
 
     // Terminating a service needs the current generation.
-    assert_eq!(c.delete(&format!("{agents}/{id}"), None).await, (400, json!({"error": "lease_generation_required"})));
-    assert_eq!(c.delete(&format!("{agents}/{id}"), Some(json!({"lease_generation": 1}))).await, (409, json!({"error": "session_lease_fenced"})));
-    assert_eq!(c.delete(&format!("{agents}/{id}"), Some(json!({"lease_generation": 2}))).await.0, 204);
-    assert_eq!(c.post(&beat, json!({"lease_generation": 2})).await, (409, json!({"error": "session_not_live"})));
+    assert_eq!(
+        c.delete(&format!("{agents}/{id}"), None).await,
+        (400, json!({"error": "lease_generation_required"}))
+    );
+    assert_eq!(
+        c.delete(
+            &format!("{agents}/{id}"),
+            Some(json!({"lease_generation": 1}))
+        )
+        .await,
+        (409, json!({"error": "session_lease_fenced"}))
+    );
+    assert_eq!(
+        c.delete(
+            &format!("{agents}/{id}"),
+            Some(json!({"lease_generation": 2}))
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        c.post(&beat, json!({"lease_generation": 2})).await,
+        (409, json!({"error": "session_not_live"}))
+    );
     drop(server);
 }
 
@@ -340,7 +492,9 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     let zp = format!("/zones/{}", z.id);
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        let (s, v) = c.post(&format!("{zp}/agents"), json!({"application_id": z.app})).await;
+        let (s, v) = c
+            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
+            .await;
         assert_eq!(s, 201, "{v}");
         sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
     }
@@ -356,54 +510,171 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     let dz = format!("{zp}/delegations");
 
     // Refusals before anything is written.
-    let (s, v) = c.post(&dz, edge(a, b, json!(["tickets:read"]), json!({}))).await;
-    assert_eq!((s, v), (403, json!({"error": "broad_delegation_permission_required"})));
-    let (s, v) = c.post(&dz, edge(a, a, json!([]), json!({"resources": [RESOURCE]}))).await;
+    let (s, v) = c
+        .post(&dz, edge(a, b, json!(["tickets:read"]), json!({})))
+        .await;
+    assert_eq!(
+        (s, v),
+        (
+            403,
+            json!({"error": "broad_delegation_permission_required"})
+        )
+    );
+    let (s, v) = c
+        .post(&dz, edge(a, a, json!([]), json!({"resources": [RESOURCE]})))
+        .await;
     assert_eq!((s, v), (400, json!({"error": "self_delegation_denied"})));
-    let (s, v) = c.post(&dz, edge(a, b, json!([]), json!({"resources": [RESOURCE], "colour": 1}))).await;
-    assert_eq!((s, v), (400, json!({"error": "invalid_delegation_constraint"})));
-    let (s, v) = c.post(&dz, edge(a, b, json!(["tickets:write"]), json!({"resources": [RESOURCE]}))).await;
-    assert_eq!((s, v), (403, json!({"error": "delegation_scopes_exceed_resource"})));
-    let (s, v) = c.post(&dz, edge(a, b, json!([]), json!({"resources": ["resource://missing"]}))).await;
+    let (s, v) = c
+        .post(
+            &dz,
+            edge(
+                a,
+                b,
+                json!([]),
+                json!({"resources": [RESOURCE], "colour": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (400, json!({"error": "invalid_delegation_constraint"}))
+    );
+    let (s, v) = c
+        .post(
+            &dz,
+            edge(
+                a,
+                b,
+                json!(["tickets:write"]),
+                json!({"resources": [RESOURCE]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (403, json!({"error": "delegation_scopes_exceed_resource"}))
+    );
+    let (s, v) = c
+        .post(
+            &dz,
+            edge(
+                a,
+                b,
+                json!([]),
+                json!({"resources": ["resource://missing"]}),
+            ),
+        )
+        .await;
     assert_eq!((s, v), (404, json!({"error": "resource_not_found"})));
     let mut no_expiry = edge(a, b, json!([]), json!({"resources": [RESOURCE]}));
     no_expiry.as_object_mut().unwrap().remove("ttl_seconds");
-    assert_eq!(c.post(&dz, no_expiry).await, (400, json!({"error": "delegation_expiry_required"})));
+    assert_eq!(
+        c.post(&dz, no_expiry).await,
+        (400, json!({"error": "delegation_expiry_required"}))
+    );
 
     // A root edge A → B, then B → C narrowing it.
-    let (s, ab) = c.post(&dz, edge(a, b, json!(["tickets:read"]), json!({"resources": [RESOURCE], "max_hops": 3}))).await;
+    let (s, ab) = c
+        .post(
+            &dz,
+            edge(
+                a,
+                b,
+                json!(["tickets:read"]),
+                json!({"resources": [RESOURCE], "max_hops": 3}),
+            ),
+        )
+        .await;
     assert_eq!(s, 201, "{ab}");
     assert_eq!(ab["allow_reason"][2], "source_authority_root");
     assert_eq!(ab["effective_authority"]["max_hops"], 3);
     assert_eq!(ab["edge_version"], 0);
     let ab_id = ab["delegation_edge_id"].as_str().unwrap().to_owned();
-    let (s, v) = c.post(&dz, edge(b, cc, json!(["tickets:read"]), json!({"resources": [RESOURCE], "max_hops": 3}))).await;
-    assert_eq!((s, &v["error"]), (403, &json!("delegation_exceeds_parent_authority")), "{v}");
-    let (s, bc) = c.post(&dz, edge(b, cc, json!(["tickets:read"]), json!({"resources": [RESOURCE], "max_hops": 2}))).await;
+    let (s, v) = c
+        .post(
+            &dz,
+            edge(
+                b,
+                cc,
+                json!(["tickets:read"]),
+                json!({"resources": [RESOURCE], "max_hops": 3}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (403, &json!("delegation_exceeds_parent_authority")),
+        "{v}"
+    );
+    let (s, bc) = c
+        .post(
+            &dz,
+            edge(
+                b,
+                cc,
+                json!(["tickets:read"]),
+                json!({"resources": [RESOURCE], "max_hops": 2}),
+            ),
+        )
+        .await;
     assert_eq!(s, 201, "{bc}");
     assert_eq!(bc["parent_edge_id"], ab_id.as_str());
     assert_eq!(bc["allow_reason"][2], "parent_authority_narrowed");
     let bc_id = bc["delegation_edge_id"].as_str().unwrap().to_owned();
     // C → A would close a cycle.
-    let (s, v) = c.post(&dz, edge(cc, a, json!(["tickets:read"]), json!({"resources": [RESOURCE], "max_hops": 1}))).await;
+    let (s, v) = c
+        .post(
+            &dz,
+            edge(
+                cc,
+                a,
+                json!(["tickets:read"]),
+                json!({"resources": [RESOURCE], "max_hops": 1}),
+            ),
+        )
+        .await;
     assert_eq!((s, v), (409, json!({"error": "delegation_cycle_denied"})));
 
     // Reads.
     let (s, v) = c.get(&format!("{dz}/inbound/{cc}")).await;
     assert_eq!(s, 200);
     assert_eq!(v["items"][0]["id"], bc_id.as_str());
-    assert_eq!(c.get(&format!("{dz}/inbound/{cc}/{bc_id}")).await, (200, json!({"id": bc_id, "status": "active"})));
-    assert_eq!(c.get(&format!("{dz}/inbound/{d}/{bc_id}")).await, (404, json!({"error": "delegation_not_found"})));
-    assert_eq!(c.get(&format!("{dz}/active")).await.1["items"].as_array().unwrap().len(), 2);
-    let (s, v) = c.get(&format!("{zp}/agents/{cc}/effective-authority")).await;
+    assert_eq!(
+        c.get(&format!("{dz}/inbound/{cc}/{bc_id}")).await,
+        (200, json!({"id": bc_id, "status": "active"}))
+    );
+    assert_eq!(
+        c.get(&format!("{dz}/inbound/{d}/{bc_id}")).await,
+        (404, json!({"error": "delegation_not_found"}))
+    );
+    assert_eq!(
+        c.get(&format!("{dz}/active")).await.1["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (s, v) = c
+        .get(&format!("{zp}/agents/{cc}/effective-authority"))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["effective_scopes"], json!(["tickets:read"]));
     assert_eq!(v["effective_max_hops"], 2);
     assert_eq!(v["effective_resources"], json!([RESOURCE]));
-    assert_eq!(c.get(&format!("{dz}/{ab_id}/traverse")).await, (403, json!({"error": "coordinator_admin_required"})));
+    assert_eq!(
+        c.get(&format!("{dz}/{ab_id}/traverse")).await,
+        (403, json!({"error": "coordinator_admin_required"}))
+    );
     let (s, v) = op.get(&format!("{dz}/{ab_id}/traverse")).await;
     assert_eq!(s, 200);
-    assert_eq!(v.as_array().unwrap().iter().map(|h| h["depth"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["depth"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
     let (s, imp) = op.get(&format!("{dz}/{ab_id}/impact")).await;
     assert_eq!(s, 200);
     assert_eq!(imp["affected_sessions"], json!([b, cc]));
@@ -413,31 +684,59 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["revoked_edges"], 2);
     assert_eq!(v["terminated_sessions"], 2);
-    assert_eq!(c.get(&format!("{zp}/agents/{cc}")).await.1["status"], "terminated");
-    assert_eq!(c.get(&format!("{zp}/agents/{a}")).await.1["status"], "active");
-    assert_eq!(c.patch(&format!("{dz}/{ab_id}/revoke")).await, (404, json!({"error": "delegation_not_found"})));
+    assert_eq!(
+        c.get(&format!("{zp}/agents/{cc}")).await.1["status"],
+        "terminated"
+    );
+    assert_eq!(
+        c.get(&format!("{zp}/agents/{a}")).await.1["status"],
+        "active"
+    );
+    assert_eq!(
+        c.patch(&format!("{dz}/{ab_id}/revoke")).await,
+        (404, json!({"error": "delegation_not_found"}))
+    );
     let (_, v) = c.get(&format!("{dz}/inbound/{b}")).await;
     assert_eq!(v["items"][0]["status"], "revoked");
     assert_eq!(v["items"][0]["edge_version"], 1);
-    assert!(op.get(&format!("{dz}/{ab_id}/traverse")).await.1.as_array().unwrap().is_empty());
+    assert!(op
+        .get(&format!("{dz}/{ab_id}/traverse"))
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     // The graph's topic carries monotonic epochs; the revocation names its subjects.
     let inv = eventually(20, || async {
         let t = topic(&server, "caracal.delegations.invalidate").await;
-        t.iter().any(|m| m["event"] == "edge_revoke" && m.contains_key("affected_edges")).then_some(t)
+        t.iter()
+            .any(|m| m["event"] == "edge_revoke" && m.contains_key("affected_edges"))
+            .then_some(t)
     })
     .await;
     let epochs: Vec<u64> = inv.iter().map(|m| m["epoch"].parse().unwrap()).collect();
     assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
     assert_eq!(inv[0]["event"], "edge_create");
-    let named = inv.iter().find(|m| m.get("affected_edges").is_some()).unwrap();
-    assert_eq!((named["edge_id"].as_str(), named["affected_edges"].as_str()), (ab_id.as_str(), "2"));
+    let named = inv
+        .iter()
+        .find(|m| m.get("affected_edges").is_some())
+        .unwrap();
+    assert_eq!(
+        (named["edge_id"].as_str(), named["affected_edges"].as_str()),
+        (ab_id.as_str(), "2")
+    );
     let revokes = eventually(20, || async {
         let t = topic(&server, "caracal.sessions.revoke").await;
-        t.iter().any(|m| m.get("delegation_edge_id") == Some(&ab_id)).then_some(t)
+        t.iter()
+            .any(|m| m.get("delegation_edge_id") == Some(&ab_id))
+            .then_some(t)
     })
     .await;
-    let r = revokes.iter().find(|m| m.get("delegation_edge_id") == Some(&ab_id)).unwrap();
+    let r = revokes
+        .iter()
+        .find(|m| m.get("delegation_edge_id") == Some(&ab_id))
+        .unwrap();
     assert_eq!(r["reason"], "delegation_revoked");
 }
 
@@ -452,27 +751,62 @@ async fn invocations_verify_and_the_flat_v1_facade() {
 
     // Invocations.
     let (_, reg) = c
-        .post(&format!("{zp}/agent-services"), json!({"application_id": z.app, "endpoint_url": "https://svc.example"}))
+        .post(
+            &format!("{zp}/agent-services"),
+            json!({"application_id": z.app, "endpoint_url": "https://svc.example"}),
+        )
         .await;
-    let (s, v) = c.post(&format!("{zp}/invocations"), json!({"service_id": reg["id"], "method": "run"})).await;
+    let (s, v) = c
+        .post(
+            &format!("{zp}/invocations"),
+            json!({"service_id": reg["id"], "method": "run"}),
+        )
+        .await;
     assert_eq!((s, &v["error"]), (400, &json!("invalid_body")));
     let create = json!({"service_id": reg["id"], "method": "run", "idempotency_key": "inv-1", "timeout_ms": 5000});
     let (s, inv) = c.post(&format!("{zp}/invocations"), create.clone()).await;
     assert_eq!(s, 201, "{inv}");
     assert_eq!(inv["status"], "pending");
-    assert_eq!(inv["retry_policy_json"], json!({"max_attempts": 3, "backoff_ms": 1000}));
-    let (s, h, again) = c.call(reqwest::Method::POST, &format!("{zp}/invocations"), Some(create), &[]).await;
+    assert_eq!(
+        inv["retry_policy_json"],
+        json!({"max_attempts": 3, "backoff_ms": 1000})
+    );
+    let (s, h, again) = c
+        .call(
+            reqwest::Method::POST,
+            &format!("{zp}/invocations"),
+            Some(create),
+            &[],
+        )
+        .await;
     assert_eq!((s, &again), (201, &inv));
-    assert_eq!(h.get("idempotency-replayed").map(String::as_str), Some("true"));
+    assert_eq!(
+        h.get("idempotency-replayed").map(String::as_str),
+        Some("true")
+    );
     let id = inv["id"].as_str().unwrap();
-    assert_eq!(c.patch(&format!("{zp}/invocations/{id}/complete")).await.1["error"], "invalid_body");
+    assert_eq!(
+        c.patch(&format!("{zp}/invocations/{id}/complete")).await.1["error"],
+        "invalid_body"
+    );
     let (s, v) = c.patch(&format!("{zp}/invocations/{id}/start")).await;
-    assert_eq!((s, &v["status"], &v["attempts"]), (200, &json!("running"), &json!(1)));
+    assert_eq!(
+        (s, &v["status"], &v["attempts"]),
+        (200, &json!("running"), &json!(1))
+    );
     let (s, _, v) = c
-        .call(reqwest::Method::PATCH, &format!("{zp}/invocations/{id}/complete"), Some(json!({"status": "succeeded"})), &[])
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{zp}/invocations/{id}/complete"),
+            Some(json!({"status": "succeeded"})),
+            &[],
+        )
         .await;
     assert_eq!((s, &v["status"]), (200, &json!("succeeded")));
-    assert_eq!(c.patch(&format!("{zp}/invocations/{id}/cancel")).await, (409, json!({"error": "invocation_not_cancelable"})));
+    assert_eq!(
+        c.patch(&format!("{zp}/invocations/{id}/cancel")).await,
+        (409, json!({"error": "invocation_not_cancelable"}))
+    );
     let (_, list) = c.get(&format!("{zp}/invocations?status=succeeded")).await;
     assert_eq!(list["items"][0]["id"], id);
     assert!(list["items"][0].get("retry_policy_json").is_none());
@@ -482,32 +816,85 @@ async fn invocations_verify_and_the_flat_v1_facade() {
     })
     .await;
     let names: Vec<&str> = events.iter().map(|m| m["event"].as_str()).collect();
-    assert_eq!(names, ["invocation.created", "invocation.started", "invocation.succeeded"]);
+    assert_eq!(
+        names,
+        [
+            "invocation.created",
+            "invocation.started",
+            "invocation.succeeded"
+        ]
+    );
 
     // /v1/verify: public, strict, camelCase claims.
-    let anon = Coord { base: c.base.clone(), bearer: None };
-    let (s, v) = anon.post("/v1/verify", json!({"zone_id": z.id, "token": token, "required_scope": "agent:lifecycle"})).await;
+    let anon = Coord {
+        base: c.base.clone(),
+        bearer: None,
+    };
+    let (s, v) = anon
+        .post(
+            "/v1/verify",
+            json!({"zone_id": z.id, "token": token, "required_scope": "agent:lifecycle"}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["valid"], true);
     assert_eq!(v["claims"]["clientId"], z.app.as_str());
     assert_eq!(v["claims"]["use"], "session");
     assert_eq!(v["claims"]["scope"], "agent:lifecycle");
     let (s, v) = anon.post("/v1/verify", json!({"zone_id": z.id, "authorization": format!("Bearer {token}"), "require_session": true})).await;
-    assert_eq!((s, v), (401, json!({"valid": false, "error": "token_invalid"})));
-    assert_eq!(anon.post("/v1/verify", json!({"zone_id": z.id, "extra": 1})).await, (400, json!({"valid": false, "error": "invalid_request"})));
-    assert_eq!(anon.post("/v1/verify", json!({"zone_id": z.id})).await, (400, json!({"valid": false, "error": "missing_token"})));
-    assert_eq!(anon.post("/v1/verify", json!({"zone_id": "other", "token": token})).await.0, 401);
+    assert_eq!(
+        (s, v),
+        (401, json!({"valid": false, "error": "token_invalid"}))
+    );
+    assert_eq!(
+        anon.post("/v1/verify", json!({"zone_id": z.id, "extra": 1}))
+            .await,
+        (400, json!({"valid": false, "error": "invalid_request"}))
+    );
+    assert_eq!(
+        anon.post("/v1/verify", json!({"zone_id": z.id})).await,
+        (400, json!({"valid": false, "error": "missing_token"}))
+    );
+    assert_eq!(
+        anon.post("/v1/verify", json!({"zone_id": "other", "token": token}))
+            .await
+            .0,
+        401
+    );
 
     // The flat façade: begin, spawn-child, end.
     let sid = claims(&token)["sid"].as_str().unwrap().to_owned();
-    let (s, v) = c.post("/v1/begin", json!({"zone_id": z.id, "application_id": z.app, "subject_session_id": sid})).await;
+    let (s, v) = c
+        .post(
+            "/v1/begin",
+            json!({"zone_id": z.id, "application_id": z.app, "subject_session_id": sid}),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let root = v["agent_session_id"].as_str().unwrap().to_owned();
     let (s, v) = c.post("/v1/spawn-child", json!({"zone_id": z.id, "application_id": z.app, "subject_session_id": sid, "parent_agent_session_id": root})).await;
     assert_eq!((s, &v["parent_id"]), (201, &json!(root)));
-    assert_eq!(c.post("/v1/begin", json!({"application_id": z.app})).await.1["error"], "invalid_body");
-    assert_eq!(anon.post("/v1/begin", json!({"zone_id": z.id, "application_id": z.app, "subject_session_id": sid})).await.0, 401);
-    let (s, _) = c.post("/v1/end", json!({"zone_id": z.id, "agent_session_id": root, "reason": "all done"})).await;
+    assert_eq!(
+        c.post("/v1/begin", json!({"application_id": z.app}))
+            .await
+            .1["error"],
+        "invalid_body"
+    );
+    assert_eq!(
+        anon.post(
+            "/v1/begin",
+            json!({"zone_id": z.id, "application_id": z.app, "subject_session_id": sid})
+        )
+        .await
+        .0,
+        401
+    );
+    let (s, _) = c
+        .post(
+            "/v1/end",
+            json!({"zone_id": z.id, "agent_session_id": root, "reason": "all done"}),
+        )
+        .await;
     assert_eq!(s, 204);
     let (_, v) = c.get(&format!("{zp}/agents/{root}")).await;
     assert_eq!(v["termination_reason"], "all done");
@@ -544,10 +931,15 @@ async fn the_official_admin_client_makes_its_coordinator_calls() {
     let z = zone(&admin, true).await;
     let c = Coord::new(&server, &mandate(&issuer, &z).await);
     let zp = format!("/zones/{}", z.id);
-    let (_, root) = c.post(&format!("{zp}/agents"), json!({"application_id": z.app})).await;
+    let (_, root) = c
+        .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
+        .await;
     let root = root["agent_session_id"].as_str().unwrap().to_owned();
     let (s, child) = c
-        .post(&format!("{zp}/agents"), json!({"application_id": z.app, "parent_id": root, "parent_authority": "none"}))
+        .post(
+            &format!("{zp}/agents"),
+            json!({"application_id": z.app, "parent_id": root, "parent_authority": "none"}),
+        )
         .await;
     assert_eq!(s, 201, "{child}");
     let child = child["agent_session_id"].as_str().unwrap().to_owned();

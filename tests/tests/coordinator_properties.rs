@@ -22,10 +22,19 @@ enum Op {
     Suspend(u8),
     Resume(u8),
     Terminate(u8),
-    Delegate { from: u8, to: u8, hops: u8, parent: Option<u8> },
+    Delegate {
+        from: u8,
+        to: u8,
+        hops: u8,
+        parent: Option<u8>,
+    },
     Revoke(u8),
     /// Delegate onwards from the target of an existing edge (a child edge, when it is live).
-    Extend { edge: u8, to: u8, hops: u8 },
+    Extend {
+        edge: u8,
+        to: u8,
+        hops: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,7 +59,13 @@ struct Ctx {
 }
 
 impl Ctx {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>, bearer: &str) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        bearer: &str,
+    ) -> (u16, Value) {
         let mut req = reqwest::Client::new()
             .request(method, format!("{}/zones/{}{path}", self.base, self.zone))
             .header("authorization", format!("Bearer {bearer}"));
@@ -116,7 +131,10 @@ async fn check(ctx: &Ctx) -> Result<(), String> {
         }
     }
     let edges = ctx.edges().await;
-    let by_id: HashMap<&str, &Value> = edges.iter().map(|e| (e["id"].as_str().unwrap(), e)).collect();
+    let by_id: HashMap<&str, &Value> = edges
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
     let hops = |e: &Value| e["constraints_json"]["max_hops"].as_u64().unwrap_or(1);
     let mut adjacency: HashMap<String, Vec<String>> = HashMap::new();
     for e in edges.iter().filter(|e| e["status"] == "active") {
@@ -128,8 +146,18 @@ async fn check(ctx: &Ctx) -> Result<(), String> {
         }
         if let Some(p) = e["parent_edge_id"].as_str() {
             let parent = by_id[p];
-            let ps: HashSet<&str> = parent["scopes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-            if !e["scopes"].as_array().unwrap().iter().all(|s| ps.contains(s.as_str().unwrap())) {
+            let ps: HashSet<&str> = parent["scopes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect();
+            if !e["scopes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| ps.contains(s.as_str().unwrap()))
+            {
                 return Err(format!("edge {} widens the scopes of {p}", e["id"]));
             }
             if hops(e) >= hops(parent) {
@@ -142,7 +170,12 @@ async fn check(ctx: &Ctx) -> Result<(), String> {
             .push(e["target_session_id"].as_str().unwrap().to_owned());
     }
     // No cycle: depth-first search for a back edge.
-    fn cyclic(n: &str, adj: &HashMap<String, Vec<String>>, on: &mut HashSet<String>, done: &mut HashSet<String>) -> bool {
+    fn cyclic(
+        n: &str,
+        adj: &HashMap<String, Vec<String>>,
+        on: &mut HashSet<String>,
+        done: &mut HashSet<String>,
+    ) -> bool {
         if on.contains(n) {
             return true;
         }
@@ -150,7 +183,11 @@ async fn check(ctx: &Ctx) -> Result<(), String> {
             return false;
         }
         on.insert(n.to_owned());
-        let found = adj.get(n).into_iter().flatten().any(|m| cyclic(m, adj, on, done));
+        let found = adj
+            .get(n)
+            .into_iter()
+            .flatten()
+            .any(|m| cyclic(m, adj, on, done));
         on.remove(n);
         found
     }
@@ -174,7 +211,9 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
                 if let Some(p) = parent.and_then(|i| pick(&ids, i)) {
                     body["parent_id"] = json!(p);
                 }
-                let (s, v) = ctx.call(Method::POST, "/agents", Some(body), &ctx.token).await;
+                let (s, v) = ctx
+                    .call(Method::POST, "/agents", Some(body), &ctx.token)
+                    .await;
                 if s == 201 {
                     ids.push(v["agent_session_id"].as_str().unwrap().to_owned());
                 } else if ![404, 429].contains(&s) {
@@ -193,11 +232,22 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
                     return Err(format!("{path}: {s} {v}"));
                 }
             }
-            Op::Delegate { from, to, hops, parent } => {
+            Op::Delegate {
+                from,
+                to,
+                hops,
+                parent,
+            } => {
                 let sessions = ctx.sessions().await;
-                let live: Vec<String> = ids.iter().filter(|i| sessions[*i].1 == "active").cloned().collect();
+                let live: Vec<String> = ids
+                    .iter()
+                    .filter(|i| sessions[*i].1 == "active")
+                    .cloned()
+                    .collect();
                 let Some(a) = pick(&live, from) else { continue };
-                let Some(b) = pick_other(&live, to, &a) else { continue };
+                let Some(b) = pick_other(&live, to, &a) else {
+                    continue;
+                };
                 let mut body = json!({"source_session_id": a, "target_session_id": b,
                     "issuer_application_id": ctx.app, "receiver_application_id": ctx.app,
                     "scopes": ["tickets:read"], "resource_id": RESOURCE,
@@ -205,7 +255,9 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
                 if let Some(p) = parent.and_then(|i| pick(&edges, i)) {
                     body["parent_edge_id"] = json!(p);
                 }
-                let (s, v) = ctx.call(Method::POST, "/delegations", Some(body), &ctx.token).await;
+                let (s, v) = ctx
+                    .call(Method::POST, "/delegations", Some(body), &ctx.token)
+                    .await;
                 match s {
                     201 => edges.push(v["delegation_edge_id"].as_str().unwrap().to_owned()),
                     400 | 403 | 404 | 409 => {}
@@ -213,17 +265,33 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
                 }
             }
             Op::Extend { edge, to, hops } => {
-                let Some(e) = pick(&edges, edge) else { continue };
+                let Some(e) = pick(&edges, edge) else {
+                    continue;
+                };
                 let all = ctx.edges().await;
-                let Some(from) = all.iter().find(|x| x["id"] == e.as_str()).and_then(|x| x["target_session_id"].as_str().map(str::to_owned)) else { continue };
+                let Some(from) = all
+                    .iter()
+                    .find(|x| x["id"] == e.as_str())
+                    .and_then(|x| x["target_session_id"].as_str().map(str::to_owned))
+                else {
+                    continue;
+                };
                 let sessions = ctx.sessions().await;
-                let live: Vec<String> = ids.iter().filter(|i| sessions[*i].1 == "active").cloned().collect();
-                let Some(b) = pick_other(&live, to, &from) else { continue };
+                let live: Vec<String> = ids
+                    .iter()
+                    .filter(|i| sessions[*i].1 == "active")
+                    .cloned()
+                    .collect();
+                let Some(b) = pick_other(&live, to, &from) else {
+                    continue;
+                };
                 let body = json!({"source_session_id": from, "target_session_id": b,
                     "issuer_application_id": ctx.app, "receiver_application_id": ctx.app,
                     "scopes": ["tickets:read"], "resource_id": RESOURCE,
                     "constraints": {"max_hops": hops}, "ttl_seconds": 3000 - 10 * edges.len()});
-                let (s, v) = ctx.call(Method::POST, "/delegations", Some(body), &ctx.token).await;
+                let (s, v) = ctx
+                    .call(Method::POST, "/delegations", Some(body), &ctx.token)
+                    .await;
                 match s {
                     201 => edges.push(v["delegation_edge_id"].as_str().unwrap().to_owned()),
                     400 | 403 | 404 | 409 => {}
@@ -232,17 +300,49 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
             }
             Op::Revoke(i) => {
                 let Some(e) = pick(&edges, i) else { continue };
-                let (si, impact) = ctx.call(Method::GET, &format!("/delegations/{e}/impact"), None, OPERATOR).await;
-                let (s, v) = ctx.call(Method::PATCH, &format!("/delegations/{e}/revoke"), None, &ctx.token).await;
+                let (si, impact) = ctx
+                    .call(
+                        Method::GET,
+                        &format!("/delegations/{e}/impact"),
+                        None,
+                        OPERATOR,
+                    )
+                    .await;
+                let (s, v) = ctx
+                    .call(
+                        Method::PATCH,
+                        &format!("/delegations/{e}/revoke"),
+                        None,
+                        &ctx.token,
+                    )
+                    .await;
                 match (si, s) {
                     (200, 200) => {
-                        let predicted: Vec<&str> = impact["affected_edges"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+                        let predicted: Vec<&str> = impact["affected_edges"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|h| h["id"].as_str().unwrap())
+                            .collect();
                         if v["revoked_edges"].as_u64() != Some(predicted.len() as u64) {
                             return Err(format!("revoke {e}: {v} vs impact {impact}"));
                         }
-                        let now: HashMap<String, String> = ctx.edges().await.into_iter().map(|x| (x["id"].as_str().unwrap().to_owned(), x["status"].as_str().unwrap().to_owned())).collect();
+                        let now: HashMap<String, String> = ctx
+                            .edges()
+                            .await
+                            .into_iter()
+                            .map(|x| {
+                                (
+                                    x["id"].as_str().unwrap().to_owned(),
+                                    x["status"].as_str().unwrap().to_owned(),
+                                )
+                            })
+                            .collect();
                         if let Some(p) = predicted.iter().find(|p| now[**p] != "revoked") {
-                            return Err(format!("impact named {p}, which the revocation left {}", now[*p]));
+                            return Err(format!(
+                                "impact named {p}, which the revocation left {}",
+                                now[*p]
+                            ));
                         }
                     }
                     (404, 404) => {}
@@ -254,7 +354,8 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
     }
     // Leave capacity for the next case.
     for id in &ids {
-        ctx.call(Method::DELETE, &format!("/agents/{id}"), None, &ctx.token).await;
+        ctx.call(Method::DELETE, &format!("/agents/{id}"), None, &ctx.token)
+            .await;
     }
     Ok(())
 }
@@ -278,7 +379,10 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
         pool: common::pool(&server.db_url).await,
     };
     let handle = tokio::runtime::Handle::current();
-    let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        ..Config::default()
+    });
     let result = tokio::task::block_in_place(|| {
         runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
             handle
@@ -292,25 +396,45 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
 
     // Replaying the log rebuilds the same rows.
     let snapshot = |pool: sqlx::PgPool| async move {
-        let edges: Vec<(String, Value)> = sqlx::query_as("SELECT id, doc FROM delegation_edges ORDER BY id")
-            .fetch_all(&pool).await.unwrap();
-        let graphs: Vec<(String, i64)> = sqlx::query_as("SELECT zone_id, epoch FROM delegation_graphs ORDER BY zone_id")
-            .fetch_all(&pool).await.unwrap();
-        let objects: Vec<(String, i64, Value)> = sqlx::query_as(
-            "SELECT id, version, doc FROM catalog_objects ORDER BY id")
-            .fetch_all(&pool).await.unwrap();
+        let edges: Vec<(String, Value)> =
+            sqlx::query_as("SELECT id, doc FROM delegation_edges ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let graphs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT zone_id, epoch FROM delegation_graphs ORDER BY zone_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let objects: Vec<(String, i64, Value)> =
+            sqlx::query_as("SELECT id, version, doc FROM catalog_objects ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         (edges, graphs, objects)
     };
     let before = snapshot(ctx.pool.clone()).await;
-    let revoked = before.0.iter().filter(|(_, d)| d["status"] == "revoked").count();
-    let narrowed = before.0.iter().filter(|(_, d)| !d["parent_edge_id"].is_null()).count();
+    let revoked = before
+        .0
+        .iter()
+        .filter(|(_, d)| d["status"] == "revoked")
+        .count();
+    let narrowed = before
+        .0
+        .iter()
+        .filter(|(_, d)| !d["parent_edge_id"].is_null())
+        .count();
     eprintln!(
         "{} edges ({revoked} revoked, {narrowed} narrowing a parent), {} catalog objects",
         before.0.len(),
         before.2.len()
     );
     // The sequences must have exercised what the properties speak of.
-    assert!(revoked > 0 && narrowed > 0, "too little happened: {} edges", before.0.len());
+    assert!(
+        revoked > 0 && narrowed > 0,
+        "too little happened: {} edges",
+        before.0.len()
+    );
     let (ok, out, err) = server.replay(&["rebuild", "--projection", "catalog"]);
     assert!(ok, "{out}{err}");
     let after = snapshot(ctx.pool.clone()).await;

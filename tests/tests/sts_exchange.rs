@@ -10,7 +10,9 @@ use base64::Engine;
 use common::{eventually, Admin};
 use serde_json::{json, Value};
 
-use common::runtime::{bootstrap, exchange, exchange_with, server, server_with, zone, RESOURCE, STS_ADMIN};
+use common::runtime::{
+    bootstrap, exchange, exchange_with, server, server_with, zone, RESOURCE, STS_ADMIN,
+};
 
 fn segment(token: &str, i: usize) -> Value {
     let part = token.split('.').nth(i).unwrap();

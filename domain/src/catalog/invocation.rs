@@ -57,7 +57,8 @@ pub enum Refused {
 impl InvocationData {
     /// §6.4: from `pending` or `failed` while attempts remain.
     pub fn started(&self, now: DateTime<Utc>) -> Result<InvocationData, Refused> {
-        if !matches!(self.status.as_str(), "pending" | "failed") || self.attempts >= self.max_attempts
+        if !matches!(self.status.as_str(), "pending" | "failed")
+            || self.attempts >= self.max_attempts
         {
             return Err(Refused::NotStartable);
         }
@@ -72,7 +73,11 @@ impl InvocationData {
     }
 
     /// §6.5: `pending` → `canceled`; `running`/`cancel_requested` → `cancel_requested`.
-    pub fn cancelled(&self, now: DateTime<Utc>, reason: Option<&str>) -> Result<InvocationData, Refused> {
+    pub fn cancelled(
+        &self,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<InvocationData, Refused> {
         let status = match self.status.as_str() {
             "pending" => "canceled",
             "running" | "cancel_requested" => "cancel_requested",
@@ -174,14 +179,20 @@ mod tests {
         let failed = run.swept(late).unwrap();
         assert_eq!(failed.status, "failed");
         let again = failed.started(late).unwrap();
-        assert_eq!(again.swept(late + Duration::seconds(2)).unwrap().status, "timed_out");
+        assert_eq!(
+            again.swept(late + Duration::seconds(2)).unwrap().status,
+            "timed_out"
+        );
         let cr = again.cancelled(late, Some("x")).unwrap();
         assert_eq!(cr.status, "cancel_requested");
         assert_eq!(cr.metadata["cancel_reason"], "x");
         let done = cr.completed(late, true, Value::Null, None).unwrap();
         assert_eq!(done.status, "succeeded");
         assert_eq!(done.cancelled(late, None), Err(Refused::NotCancelable));
-        assert_eq!(done.completed(late, true, Value::Null, None), Err(Refused::NotCompletable));
+        assert_eq!(
+            done.completed(late, true, Value::Null, None),
+            Err(Refused::NotCompletable)
+        );
         assert_eq!(pending().cancelled(now, None).unwrap().status, "canceled");
     }
 }

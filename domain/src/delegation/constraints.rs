@@ -79,8 +79,12 @@ pub fn parse(value: &Value) -> Result<Constraints, DelegationRefusal> {
                 }
                 c.resources = Some(out);
             }
-            "max_hops" => c.max_hops = Some(int_in(v, 1, MAX_HOPS.into()).ok_or_else(|| bad("max_hops"))?),
-            "max_depth" => max_depth = Some(int_in(v, 1, MAX_HOPS.into()).ok_or_else(|| bad("max_depth"))?),
+            "max_hops" => {
+                c.max_hops = Some(int_in(v, 1, MAX_HOPS.into()).ok_or_else(|| bad("max_hops"))?)
+            }
+            "max_depth" => {
+                max_depth = Some(int_in(v, 1, MAX_HOPS.into()).ok_or_else(|| bad("max_depth"))?)
+            }
             "ttl_seconds" => {
                 c.ttl_seconds =
                     Some(int_in(v, 1, MAX_TTL_SECONDS.into()).ok_or_else(|| bad("ttl_seconds"))?)
@@ -92,7 +96,9 @@ pub fn parse(value: &Value) -> Result<Constraints, DelegationRefusal> {
                         .ok_or_else(|| bad("expires_at"))?,
                 )
             }
-            "budget" => c.budget = Some(int_in(v, 1, MAX_BUDGET.into()).ok_or_else(|| bad("budget"))?),
+            "budget" => {
+                c.budget = Some(int_in(v, 1, MAX_BUDGET.into()).ok_or_else(|| bad("budget"))?)
+            }
             "policy_approved" => {
                 c.policy_approved = Some(v.as_bool().ok_or_else(|| bad("policy_approved"))?)
             }
@@ -113,7 +119,9 @@ pub fn parse(value: &Value) -> Result<Constraints, DelegationRefusal> {
     }
     match (c.max_hops, max_depth) {
         (Some(h), Some(d)) if h != d => {
-            return Err(DelegationRefusal::InvalidConstraint("invalid_max_hops".into()))
+            return Err(DelegationRefusal::InvalidConstraint(
+                "invalid_max_hops".into(),
+            ))
         }
         (None, Some(d)) => c.max_hops = Some(d),
         _ => {}
@@ -164,23 +172,33 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         assert_eq!(
             parse(&json!({"colour": 1})),
-            Err(DelegationRefusal::InvalidConstraint("invalid_delegation_constraint".into()))
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_delegation_constraint".into()
+            ))
         );
         assert_eq!(
             parse(&json!([])),
-            Err(DelegationRefusal::InvalidConstraint("invalid_delegation_constraint".into()))
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_delegation_constraint".into()
+            ))
         );
         assert_eq!(
             parse(&json!({"max_hops": 11})),
-            Err(DelegationRefusal::InvalidConstraint("invalid_max_hops".into()))
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_max_hops".into()
+            ))
         );
         assert_eq!(
             parse(&json!({"max_hops": 2, "max_depth": 3})),
-            Err(DelegationRefusal::InvalidConstraint("invalid_max_hops".into()))
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_max_hops".into()
+            ))
         );
         assert_eq!(
             parse(&json!({"expires_at": "2026-01-01T00:00:00+05:30"})),
-            Err(DelegationRefusal::InvalidConstraint("invalid_expires_at".into()))
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_expires_at".into()
+            ))
         );
     }
 
@@ -197,7 +215,10 @@ mod tests {
         let a = json!({"max_depth": 2, "budget": 3});
         let b = json!({"budget": 4});
         let mut m = normalize(a.as_object(), b.as_object(), Some(60));
-        assert_eq!(Value::Object(m.clone()), json!({"max_depth": 2, "max_hops": 2, "budget": 4, "ttl_seconds": 60}));
+        assert_eq!(
+            Value::Object(m.clone()),
+            json!({"max_depth": 2, "max_hops": 2, "budget": 4, "ttl_seconds": 60})
+        );
         mark_broad(&mut m);
         assert_eq!(m["broad_reason"], json!(DEFAULT_BROAD_REASON));
         assert_eq!(m["policy_approved"], json!(true));

@@ -22,7 +22,9 @@ use thiserror::Error;
 use crate::event::EventMeta;
 pub use constraints::Constraints;
 pub use narrowing::{check_narrowing, ResolvedResource};
-pub use walk::{effective_authority, impact, reachable, revoke_walk, traverse, EffectiveAuthority, Hop, Impact};
+pub use walk::{
+    effective_authority, impact, reachable, revoke_walk, traverse, EffectiveAuthority, Hop, Impact,
+};
 
 /// Traversal, impact and revocation walks stop at this many edges (§11.4).
 pub const WALK_LIMIT: u32 = 10;
@@ -74,7 +76,9 @@ impl Edge {
 
     /// A resource-unbound edge (`broad_reason` set by creation).
     pub fn broad_reason(&self) -> Option<&str> {
-        self.constraints_json.get("broad_reason").and_then(Value::as_str)
+        self.constraints_json
+            .get("broad_reason")
+            .and_then(Value::as_str)
     }
 }
 
@@ -111,6 +115,9 @@ pub struct EdgesExpired {
     pub at: DateTime<Utc>,
 }
 
+// Events are built one at a time and moved into the log; boxing the edge would only add an
+// allocation to every creation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DelegationEvent {
     EdgeCreated(EdgeCreated),
@@ -266,7 +273,14 @@ pub fn decide_create(graph: &Graph, cmd: &CreateEdge) -> Result<CreateDecision, 
             check_narrowing(p, &edge, &child, &cmd.resolved)?;
         }
     }
-    if !cmd.mirror && reachable(graph, &edge.target_session_id, &edge.source_session_id, cmd.now) {
+    if !cmd.mirror
+        && reachable(
+            graph,
+            &edge.target_session_id,
+            &edge.source_session_id,
+            cmd.now,
+        )
+    {
         return Err(DelegationRefusal::Cycle);
     }
     edge.parent_edge_id = parent.map(|p| p.id.clone());
@@ -329,7 +343,10 @@ pub fn decide_expire(graph: &Graph, now: DateTime<Utc>) -> Option<DelegationEven
         .filter(|e| e.status == "active" && e.expires_at <= now)
         .map(|e| e.id.clone())
         .collect();
-    (!ids.is_empty()).then(|| DelegationEvent::EdgesExpired(EdgesExpired { edge_ids: ids, at: now }))
+    (!ids.is_empty()).then_some(DelegationEvent::EdgesExpired(EdgesExpired {
+        edge_ids: ids,
+        at: now,
+    }))
 }
 
 /// Applies one event to the graph (the projection does the same to its rows).

@@ -29,7 +29,11 @@ pub(crate) fn edge(id: &str, from: &str, to: &str, scopes: &[&str], hops: u32) -
     }
 }
 
-fn create(graph: &Graph, e: Edge, parent: Option<&str>) -> Result<CreateDecision, DelegationRefusal> {
+fn create(
+    graph: &Graph,
+    e: Edge,
+    parent: Option<&str>,
+) -> Result<CreateDecision, DelegationRefusal> {
     decide_create(
         graph,
         &CreateEdge {
@@ -117,12 +121,21 @@ fn cycles_of_any_length_are_refused() {
     let mut g = Graph::default();
     // Built backwards, so every edge is a root (its source has no inbound edge yet).
     for i in (0..12).rev() {
-        let e = edge(&format!("e{i:02}"), &format!("s{i}"), &format!("s{}", i + 1), &[], 10);
+        let e = edge(
+            &format!("e{i:02}"),
+            &format!("s{i}"),
+            &format!("s{}", i + 1),
+            &[],
+            10,
+        );
         let d = create(&g, e, None).unwrap();
         apply(&mut g, &d.event);
     }
     let back = edge("ex", "s12", "s0", &[], 1);
-    assert_eq!(create(&g, back, None).unwrap_err(), DelegationRefusal::Cycle);
+    assert_eq!(
+        create(&g, back, None).unwrap_err(),
+        DelegationRefusal::Cycle
+    );
     assert_eq!(
         create(&g, edge("ey", "s3", "s3", &[], 1), None).unwrap_err(),
         DelegationRefusal::SelfDelegation
@@ -136,7 +149,13 @@ fn revoke_walks_downstream_and_impact_agrees() {
     add(&mut g, edge("e2", "s2", "s3", &["r"], 3), None);
     add(&mut g, edge("e3", "s3", "s4", &["r"], 2), None);
     let imp = impact(&g, "e1", t0()).unwrap();
-    assert_eq!(imp.affected_edges.iter().map(|h| h.depth).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        imp.affected_edges
+            .iter()
+            .map(|h| h.depth)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(imp.affected_sessions, vec!["s2", "s3", "s4"]);
     let ev = decide_revoke(&g, "e2", t0()).unwrap();
     apply(&mut g, &ev);
@@ -144,7 +163,10 @@ fn revoke_walks_downstream_and_impact_agrees() {
     assert_eq!(g.get("e2").unwrap().status, "revoked");
     assert_eq!(g.get("e2").unwrap().edge_version, 1);
     assert_eq!(g.get("e3").unwrap().status, "revoked");
-    assert_eq!(decide_revoke(&g, "e2", t0()), Err(DelegationRefusal::NotFound));
+    assert_eq!(
+        decide_revoke(&g, "e2", t0()),
+        Err(DelegationRefusal::NotFound)
+    );
     assert!(traverse(&g, "e2", t0()).is_empty());
 }
 

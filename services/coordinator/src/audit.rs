@@ -75,7 +75,10 @@ pub async fn layer(State(app): State<App>, req: Request, next: Next) -> Response
         return resp;
     };
     let status = resp.status();
-    let mutation = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let mutation = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
     let failed = status.as_u16() >= 400;
     if (!mutation && !failed) || status == StatusCode::TOO_MANY_REQUESTS {
         return resp;

@@ -76,7 +76,10 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(missing_token)?;
-    let token = raw.strip_prefix("Bearer ").ok_or_else(missing_token)?.trim();
+    let token = raw
+        .strip_prefix("Bearer ")
+        .ok_or_else(missing_token)?
+        .trim();
     if token.is_empty() || token.len() > MAX_TOKEN_CHARS {
         return Err(missing_token());
     }
@@ -134,7 +137,10 @@ pub async fn authenticate(
     if zone != path_zone {
         return Err(ApiError::forbidden("zone_mismatch"));
     }
-    let client_id = claims.text("client_id").ok_or_else(invalid_token)?.to_owned();
+    let client_id = claims
+        .text("client_id")
+        .ok_or_else(invalid_token)?
+        .to_owned();
     let sid = claims.text("sid").map(str::to_owned);
     identity_live(app, &zone, &client_id, sid.as_deref()).await?;
     let p = Principal {

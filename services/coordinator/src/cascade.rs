@@ -105,7 +105,9 @@ pub async fn terminate(
     let tree = q::subtree(&app.pool, zone, root, &["active", "suspended"]).await?;
     let open: Vec<&Entity> = tree
         .iter()
-        .filter(|e| session_data(e).is_some_and(|s| matches!(s.status.as_str(), "active" | "suspended")))
+        .filter(|e| {
+            session_data(e).is_some_and(|s| matches!(s.status.as_str(), "active" | "suspended"))
+        })
         .collect();
     let ids: Vec<String> = open.iter().map(|e| e.id.clone()).collect();
     let now = Utc::now();
@@ -150,15 +152,24 @@ pub async fn revoke_touching(
     if ended.is_empty() {
         return Ok(0);
     }
-    let written = store::graph_write(app, w, zone, Scope::Touching(ended.to_vec()), None, |view| {
-        Ok(delegation::decide_end_sessions(&view.graph, ended, reason, at).map(|ev| {
-            let n = match &ev {
-                delegation::DelegationEvent::EdgesRevoked(r) => r.edge_ids.len(),
-                _ => 0,
-            };
-            (ev, n)
-        }))
-    })
+    let written = store::graph_write(
+        app,
+        w,
+        zone,
+        Scope::Touching(ended.to_vec()),
+        None,
+        |view| {
+            Ok(
+                delegation::decide_end_sessions(&view.graph, ended, reason, at).map(|ev| {
+                    let n = match &ev {
+                        delegation::DelegationEvent::EdgesRevoked(r) => r.edge_ids.len(),
+                        _ => 0,
+                    };
+                    (ev, n)
+                }),
+            )
+        },
+    )
     .await?;
     Ok(written.map(|(n, _, _)| n).unwrap_or(0))
 }

@@ -55,14 +55,25 @@ fn endpoint_live(e: &Entity, now: DateTime<Utc>) -> Option<String> {
 }
 
 /// A live resource of the zone by row id or (`by_id` false) identifier only.
-async fn resolve(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Option<ResolvedResource>, ApiError> {
+async fn resolve(
+    app: &App,
+    zone: &str,
+    key: &str,
+    by_id: bool,
+) -> Result<Option<ResolvedResource>, ApiError> {
     let as_resource = |e: Entity| match e.data {
         EntityData::Resource(r) if e.archived_at.is_none() => Some((e.id, r)),
         _ => None,
     };
     if by_id {
-        if let Some((id, r)) = read::load(&app.pool, zone, key).await?.and_then(as_resource) {
-            return Ok(Some(ResolvedResource { id, identifier: r.identifier }));
+        if let Some((id, r)) = read::load(&app.pool, zone, key)
+            .await?
+            .and_then(as_resource)
+        {
+            return Ok(Some(ResolvedResource {
+                id,
+                identifier: r.identifier,
+            }));
         }
     }
     let rows = read::list(
@@ -78,10 +89,17 @@ async fn resolve(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Option
     Ok(rows
         .into_iter()
         .find_map(as_resource)
-        .map(|(id, r)| ResolvedResource { id, identifier: r.identifier }))
+        .map(|(id, r)| ResolvedResource {
+            id,
+            identifier: r.identifier,
+        }))
 }
 
-async fn resource_scopes(app: &App, zone: &str, ids: &[String]) -> Result<BTreeSet<String>, ApiError> {
+async fn resource_scopes(
+    app: &App,
+    zone: &str,
+    ids: &[String],
+) -> Result<BTreeSet<String>, ApiError> {
     let rows = read::load_many(&app.pool, ids).await?;
     let mut out = BTreeSet::new();
     for e in rows.values().filter(|e| e.zone_id == zone) {
@@ -118,11 +136,21 @@ pub async fn create_edge(
     let mut f = Fields::new(body);
     let source = f.nonempty("source_session_id", true).unwrap_or_default();
     let target = f.nonempty("target_session_id", true).unwrap_or_default();
-    let issuer = f.nonempty("issuer_application_id", true).unwrap_or_default();
-    let receiver = f.nonempty("receiver_application_id", true).unwrap_or_default();
+    let issuer = f
+        .nonempty("issuer_application_id", true)
+        .unwrap_or_default();
+    let receiver = f
+        .nonempty("receiver_application_id", true)
+        .unwrap_or_default();
     let parent_edge_id = f.nonempty("parent_edge_id", false);
-    let resource_key = f.string("resource_id", false, true).filter(|s| !s.is_empty());
-    let scopes = f.strings("scopes", 256, |s| (s.is_empty()).then_some("scope must not be empty")).unwrap_or_default();
+    let resource_key = f
+        .string("resource_id", false, true)
+        .filter(|s| !s.is_empty());
+    let scopes = f
+        .strings("scopes", 256, |s| {
+            (s.is_empty()).then_some("scope must not be empty")
+        })
+        .unwrap_or_default();
     let constraints_obj = match f.raw("constraints") {
         None => None,
         Some(Value::Object(m)) => Some(m.clone()),
@@ -143,9 +171,12 @@ pub async fn create_edge(
         },
         None => None,
     };
-    let ttl = f.int("ttl_seconds", 1, constraints::MAX_TTL_SECONDS.into()).map(|t| t as u32);
+    let ttl = f
+        .int("ttl_seconds", 1, constraints::MAX_TTL_SECONDS.into())
+        .map(|t| t as u32);
     f.finish()?;
-    let mut normalized = constraints::normalize(constraints_json_obj.as_ref(), constraints_obj.as_ref(), ttl);
+    let mut normalized =
+        constraints::normalize(constraints_json_obj.as_ref(), constraints_obj.as_ref(), ttl);
     let parsed = constraints::parse(&Value::Object(normalized.clone())).map_err(refusal)?;
     let expires_at = match (top_expires.or(parsed.expires_at), parsed.ttl_seconds) {
         (Some(t), _) => t,
@@ -181,7 +212,15 @@ pub async fn create_edge(
                 "scopes": sorted_scopes, "constraints": normalized,
                 "expires_at": top_expires.map(render::ts), "ttl_seconds": ttl,
             });
-            let r = Receipt::new(app, DELEGATION_CREATE, zone, &issuer, &key, false, &fingerprint);
+            let r = Receipt::new(
+                app,
+                DELEGATION_CREATE,
+                zone,
+                &issuer,
+                &key,
+                false,
+                &fingerprint,
+            );
             r.check_limit(app).await?;
             if let Some((_, answer)) = r.peek(app).await? {
                 return match answer {
@@ -208,14 +247,20 @@ pub async fn create_edge(
     let mut resolved: Vec<ResolvedResource> = Vec::new();
     let mut bound: Option<ResolvedResource> = None;
     if let Some(k) = &resource_key {
-        let r = resolve(app, zone, k, true).await?.ok_or_else(|| ApiError::not_found("resource_not_found"))?;
+        let r = resolve(app, zone, k, true)
+            .await?
+            .ok_or_else(|| ApiError::not_found("resource_not_found"))?;
         bound = Some(r.clone());
         resolved.push(r);
     }
     if let Some(list) = &parsed.resources {
         let mut from_list = Vec::new();
         for k in list {
-            from_list.push(resolve(app, zone, k, false).await?.ok_or_else(|| ApiError::not_found("resource_not_found"))?);
+            from_list.push(
+                resolve(app, zone, k, false)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("resource_not_found"))?,
+            );
         }
         if let Some(b) = &bound {
             if !from_list.iter().any(|r| r.id == b.id) {
@@ -263,7 +308,10 @@ pub async fn create_edge(
         now,
     };
     let w = writer(p, rid);
-    let scope = Scope::Create { source: source.clone(), target: target.clone() };
+    let scope = Scope::Create {
+        source: source.clone(),
+        target: target.clone(),
+    };
     let written = store::graph_write(
         app,
         &w,
@@ -291,22 +339,38 @@ pub async fn create_edge(
     if let Some(r) = &receipt {
         r.count(app).await;
     }
-    let edge = q::load(&app.pool, zone, &id).await?.ok_or_else(|| ApiError::internal("edge not readable"))?;
+    let edge = q::load(&app.pool, zone, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("edge not readable"))?;
     let mut v = render::edge(&edge);
-    let m = v.as_object_mut().ok_or_else(|| ApiError::internal("edge shape"))?;
+    let m = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::internal("edge shape"))?;
     m.remove("id");
     m.remove("broad_reason");
     m.insert("delegation_edge_id".into(), json!(edge.id));
     m.insert(
         "warnings".into(),
-        if broad { json!(["resource_null_delegation_broadens_resource_matching"]) } else { json!([]) },
+        if broad {
+            json!(["resource_null_delegation_broadens_resource_matching"])
+        } else {
+            json!([])
+        },
     );
     m.insert(
         "allow_reason".into(),
         json!([
             "same_zone_endpoints_active",
-            if broad { "broad_delegation_elevated" } else { "resource_scope_checked" },
-            if parent.is_some() { "parent_authority_narrowed" } else { "source_authority_root" },
+            if broad {
+                "broad_delegation_elevated"
+            } else {
+                "resource_scope_checked"
+            },
+            if parent.is_some() {
+                "parent_authority_narrowed"
+            } else {
+                "source_authority_root"
+            },
             "typed_constraints_validated",
         ]),
     );
@@ -340,8 +404,14 @@ pub async fn create_edge(
 
 async fn replay_edge(app: &App, zone: &str, status: u16, body: &str) -> Result<Response, ApiError> {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let id = parsed.get("delegation_edge_id").and_then(Value::as_str).unwrap_or_default();
-    if q::load(&app.pool, zone, id).await?.is_some_and(|e| e.is_live(Utc::now())) {
+    let id = parsed
+        .get("delegation_edge_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if q::load(&app.pool, zone, id)
+        .await?
+        .is_some_and(|e| e.is_live(Utc::now()))
+    {
         Ok(idempotency::replayed(status, body))
     } else {
         Err(idempotency::inactive())
@@ -365,16 +435,34 @@ async fn reader_owns(app: &App, p: &Principal, zone: &str, session: &str) -> Res
     }
 }
 
-async fn list_page(app: &App, p: &Principal, zone: &str, listing: Listing, raw: Option<&str>) -> Result<Json<Value>, ApiError> {
+async fn list_page(
+    app: &App,
+    p: &Principal,
+    zone: &str,
+    listing: Listing,
+    raw: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
     let lq = ListQuery::parse(raw, &[])?;
     if let Some(c) = &lq.cursor {
         if q::load(&app.pool, zone, c).await?.is_none() {
             return Err(ApiError::bad_request("invalid_cursor"));
         }
     }
-    let rows = q::page(&app.pool, zone, &listing, p.reader(), lq.cursor.as_deref(), lq.limit).await?;
+    let rows = q::page(
+        &app.pool,
+        zone,
+        &listing,
+        p.reader(),
+        lq.cursor.as_deref(),
+        lq.limit,
+    )
+    .await?;
     let items = rows.iter().map(render::edge).collect();
-    Ok(Json(crate::http::page(items, rows.iter().map(|e| e.id.clone()).collect(), lq.limit)))
+    Ok(Json(crate::http::page(
+        items,
+        rows.iter().map(|e| e.id.clone()).collect(),
+        lq.limit,
+    )))
 }
 
 /// `GET /zones/:zoneId/delegations/active`.
@@ -454,7 +542,11 @@ pub async fn traverse(
     path_ids(&[&zone, &id])?;
     admin_only(&p)?;
     let view = store::load_view(&app, &zone, &Scope::Revoke { edge: id.clone() }).await?;
-    Ok(Json(json!(delegation::traverse(&view.graph, &id, Utc::now()))))
+    Ok(Json(json!(delegation::traverse(
+        &view.graph,
+        &id,
+        Utc::now()
+    ))))
 }
 
 /// `GET /zones/:zoneId/delegations/:id/impact`.
@@ -472,7 +564,11 @@ pub async fn impact(
     let rows = read::load_many(&app.pool, &imp.affected_sessions).await?;
     let mut records: Vec<String> = Vec::new();
     for s in &imp.affected_sessions {
-        if let Some(r) = rows.get(s).and_then(session_data).and_then(|d| d.subject_authority_record_id.clone()) {
+        if let Some(r) = rows
+            .get(s)
+            .and_then(session_data)
+            .and_then(|d| d.subject_authority_record_id.clone())
+        {
             if !records.contains(&r) {
                 records.push(r);
             }
@@ -539,8 +635,14 @@ pub async fn revoke_edge(
     zone: &str,
     id: &str,
 ) -> Result<Value, ApiError> {
-    let edge = q::load(&app.pool, zone, id).await?.ok_or_else(|| ApiError::not_found("delegation_not_found"))?;
-    if !p.may(&edge.issuer_application_id, "coordinator.delegate_from", true) {
+    let edge = q::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delegation_not_found"))?;
+    if !p.may(
+        &edge.issuer_application_id,
+        "coordinator.delegate_from",
+        true,
+    ) {
         return Err(ApiError::forbidden("issuer_ownership_required"));
     }
     if edge.status != "active" {
@@ -550,7 +652,14 @@ pub async fn revoke_edge(
     let now = Utc::now();
     // The subjects of the targets the walk reaches, read before deciding: the revocation
     // event carries them, so the relay announces them with the edge (§12.4).
-    let preview = store::load_view(app, zone, &Scope::Revoke { edge: id.to_owned() }).await?;
+    let preview = store::load_view(
+        app,
+        zone,
+        &Scope::Revoke {
+            edge: id.to_owned(),
+        },
+    )
+    .await?;
     let mut targets: Vec<String> = Vec::new();
     for eid in delegation::revoke_walk(&preview.graph, id) {
         if let Some(e) = preview.graph.get(&eid) {
@@ -568,30 +677,41 @@ pub async fn revoke_edge(
                 .then(|| (t.clone(), s.subject_authority_record_id.clone()))
         })
         .collect();
-    let written = store::graph_write(app, &w, zone, Scope::Revoke { edge: id.to_owned() }, None, |view| {
-        let mut ev = delegation::decide_revoke(&view.graph, id, now).map_err(refusal)?;
-        let mut ended_targets: Vec<String> = Vec::new();
-        if let DelegationEvent::EdgesRevoked(r) = &mut ev {
-            for eid in &r.edge_ids {
-                let Some(e) = view.graph.get(eid) else { continue };
-                let t = &e.target_session_id;
-                if let Some(record) = running.get(t) {
-                    if !ended_targets.contains(t) {
-                        ended_targets.push(t.clone());
-                    }
-                    if let Some(record) = record {
-                        if !r.revoked_subjects.iter().any(|x| &x.record_id == record) {
-                            r.revoked_subjects.push(RevokedSubject {
-                                record_id: record.clone(),
-                                agent_session_id: t.clone(),
-                            });
+    let written = store::graph_write(
+        app,
+        &w,
+        zone,
+        Scope::Revoke {
+            edge: id.to_owned(),
+        },
+        None,
+        |view| {
+            let mut ev = delegation::decide_revoke(&view.graph, id, now).map_err(refusal)?;
+            let mut ended_targets: Vec<String> = Vec::new();
+            if let DelegationEvent::EdgesRevoked(r) = &mut ev {
+                for eid in &r.edge_ids {
+                    let Some(e) = view.graph.get(eid) else {
+                        continue;
+                    };
+                    let t = &e.target_session_id;
+                    if let Some(record) = running.get(t) {
+                        if !ended_targets.contains(t) {
+                            ended_targets.push(t.clone());
+                        }
+                        if let Some(record) = record {
+                            if !r.revoked_subjects.iter().any(|x| &x.record_id == record) {
+                                r.revoked_subjects.push(RevokedSubject {
+                                    record_id: record.clone(),
+                                    agent_session_id: t.clone(),
+                                });
+                            }
                         }
                     }
                 }
             }
-        }
-        Ok(Some((ev, ended_targets)))
-    })
+            Ok(Some((ev, ended_targets)))
+        },
+    )
     .await?;
     let Some((targets, _, Outcome::Applied { events, .. })) = written else {
         return Err(ApiError::not_found("delegation_not_found"));

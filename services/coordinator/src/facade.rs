@@ -19,14 +19,20 @@ use crate::{delegations, sessions};
 
 async fn limited(app: &App, conn: Option<&ConnectInfo<SocketAddr>>) -> Result<(), ApiError> {
     let ip = crate::auth::client_ip(conn);
-    if serval_kit::rate_limit::minute_exceeded(app, "coord-v1", &ip, app.cfg.v1_rate_limit_per_min).await {
+    if serval_kit::rate_limit::minute_exceeded(app, "coord-v1", &ip, app.cfg.v1_rate_limit_per_min)
+        .await
+    {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
     }
     Ok(())
 }
 
 /// The body, its `zone_id`, and the fields the façade reads (`invalid_body` otherwise).
-fn read(headers: &HeaderMap, raw: &[u8], required: &[&str]) -> Result<(Map<String, Value>, String), ApiError> {
+fn read(
+    headers: &HeaderMap,
+    raw: &[u8],
+    required: &[&str],
+) -> Result<(Map<String, Value>, String), ApiError> {
     let body = object(headers, raw)?;
     let mut f = Fields::new(&body);
     let zone = f.nonempty("zone_id", true).unwrap_or_default();
@@ -39,7 +45,10 @@ fn read(headers: &HeaderMap, raw: &[u8], required: &[&str]) -> Result<(Map<Strin
 
 fn json_headers(headers: &HeaderMap) -> HeaderMap {
     let mut h = headers.clone();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h
 }
 
@@ -86,7 +95,16 @@ pub async fn begin(
         Err(e) => return e.into_response(),
     };
     let inner = pick(&body, &SESSION_FIELDS);
-    into(sessions::start(State(app), Path(zone), rid, json_headers(&headers), RawBody(inner)).await)
+    into(
+        sessions::start(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(&headers),
+            RawBody(inner),
+        )
+        .await,
+    )
 }
 
 /// `POST /v1/spawn-child`.
@@ -100,14 +118,31 @@ pub async fn spawn_child(
     if let Err(e) = limited(&app, Some(&conn)).await {
         return e.into_response();
     }
-    let (body, zone) = match read(&headers, &raw, &["application_id", "subject_session_id", "parent_agent_session_id"]) {
+    let (body, zone) = match read(
+        &headers,
+        &raw,
+        &[
+            "application_id",
+            "subject_session_id",
+            "parent_agent_session_id",
+        ],
+    ) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let mut fields: Vec<(&str, &str)> = SESSION_FIELDS[..6].to_vec();
     fields.push(("parent_agent_session_id", "parent_id"));
     let inner = pick(&body, &fields);
-    into(sessions::start(State(app), Path(zone), rid, json_headers(&headers), RawBody(inner)).await)
+    into(
+        sessions::start(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(&headers),
+            RawBody(inner),
+        )
+        .await,
+    )
 }
 
 /// `POST /v1/end`: `204` like the zone route.
@@ -125,23 +160,45 @@ pub async fn end(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let id = body.get("agent_session_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id = body
+        .get("agent_session_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let query = match body.get("reason") {
         None => None,
         Some(Value::String(r)) if (1..=256).contains(&r.chars().count()) => {
             Some(format!("reason={}", encode(r)))
         }
-        Some(_) => return crate::http::invalid_body(vec![crate::http::issue("reason", "1-256 characters")]).into_response(),
+        Some(_) => {
+            return crate::http::invalid_body(vec![crate::http::issue(
+                "reason",
+                "1-256 characters",
+            )])
+            .into_response()
+        }
     };
     let mut h = headers.clone();
     h.remove(header::CONTENT_TYPE);
-    into(sessions::terminate(State(app), Path((zone, id)), RawQuery(query), rid, h, RawBody(Bytes::new())).await)
+    into(
+        sessions::terminate(
+            State(app),
+            Path((zone, id)),
+            RawQuery(query),
+            rid,
+            h,
+            RawBody(Bytes::new()),
+        )
+        .await,
+    )
 }
 
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -168,14 +225,27 @@ pub async fn exchange(
     if let Err(e) = limited(&app, Some(&conn)).await {
         return e.into_response();
     }
-    let (body, zone) = match read(&headers, &raw, &["source_session_id", "target_session_id", "expires_at"]) {
+    let (body, zone) = match read(
+        &headers,
+        &raw,
+        &["source_session_id", "target_session_id", "expires_at"],
+    ) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let mut fields = EXCHANGE_FIELDS.to_vec();
     fields.push(("target_session_id", "target_session_id"));
     let inner = pick(&body, &fields);
-    into(delegations::create(State(app), Path(zone), rid, json_headers(&headers), RawBody(inner)).await)
+    into(
+        delegations::create(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(&headers),
+            RawBody(inner),
+        )
+        .await,
+    )
 }
 
 /// `POST /v1/delegate-to-existing-agent`.
@@ -189,7 +259,11 @@ pub async fn delegate_to_existing(
     if let Err(e) = limited(&app, Some(&conn)).await {
         return e.into_response();
     }
-    let (body, zone) = match read(&headers, &raw, &["from_agent_session_id", "to_agent_session_id", "expires_at"]) {
+    let (body, zone) = match read(
+        &headers,
+        &raw,
+        &["from_agent_session_id", "to_agent_session_id", "expires_at"],
+    ) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -197,7 +271,16 @@ pub async fn delegate_to_existing(
     fields.push(("from_agent_session_id", "source_session_id"));
     fields.push(("to_agent_session_id", "target_session_id"));
     let inner = pick(&body, &fields);
-    into(delegations::create(State(app), Path(zone), rid, json_headers(&headers), RawBody(inner)).await)
+    into(
+        delegations::create(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(&headers),
+            RawBody(inner),
+        )
+        .await,
+    )
 }
 
 /// `POST /v1/revoke-delegation`.
@@ -215,6 +298,10 @@ pub async fn revoke_delegation(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let id = body.get("delegation_edge_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id = body
+        .get("delegation_edge_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     into(delegations::revoke(State(app), Path((zone, id)), rid, headers).await)
 }

@@ -36,7 +36,12 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         })
         .unwrap_or(false)
@@ -51,8 +56,10 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
         return Ok(Map::new());
     }
     if typed && !is_json(headers) {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body")
-            .description("unsupported content type; send application/json"));
+        return Err(
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body")
+                .description("unsupported content type; send application/json"),
+        );
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -152,7 +159,10 @@ impl<'a> Fields<'a> {
             return None;
         };
         if list.len() > max_items {
-            self.fail(name, &format!("Array must contain at most {max_items} element(s)"));
+            self.fail(
+                name,
+                &format!("Array must contain at most {max_items} element(s)"),
+            );
             return None;
         }
         let mut out = Vec::with_capacity(list.len());
@@ -192,6 +202,9 @@ impl<'a> Fields<'a> {
         }
     }
 }
+
+/// A list filter: its query name and the check its value must pass.
+pub type FilterRule = (&'static str, fn(&str) -> bool);
 
 /// A list query (§1): `limit` 1–500 (default 100), `cursor`, and the route's filters.
 pub struct ListQuery {
@@ -257,7 +270,7 @@ impl ListQuery {
     /// Parses `limit`, `cursor` and the `allowed` filters (each checked by `check`).
     pub fn parse(
         raw: Option<&str>,
-        allowed: &[(&str, fn(&str) -> bool)],
+        allowed: &[FilterRule],
     ) -> Result<ListQuery, ApiError> {
         let mut params = query_map(raw)?;
         let limit = match params.remove("limit") {

@@ -149,7 +149,9 @@ impl Receipt {
         app.store.keys().reservation(
             &stream,
             "idem_receipts",
-            &hex::encode(Sha256::digest(format!("{}\n{}", self.op, self.scope).as_bytes())),
+            &hex::encode(Sha256::digest(
+                format!("{}\n{}", self.op, self.scope).as_bytes(),
+            )),
         )
     }
 
@@ -177,7 +179,10 @@ impl Receipt {
 
     /// The record of this key when one exists: `Err(409 idempotency_key_conflict)` for
     /// another request, else the created object's id and the recorded answer (if any).
-    pub async fn peek(&self, app: &App) -> Result<Option<(String, Option<(u16, String)>)>, ApiError> {
+    pub async fn peek(
+        &self,
+        app: &App,
+    ) -> Result<Option<(String, Option<(u16, String)>)>, ApiError> {
         let stream = LogStream::Zone(self.zone.clone());
         let key = app.store.keys().idempotency(&stream, &self.idem.key_digest);
         let mut conn = app.store.connection();
@@ -193,7 +198,10 @@ impl Receipt {
             .get("status")
             .and_then(|s| s.parse().ok())
             .zip(fields.get("body").cloned());
-        Ok(Some((fields.get("aggregate_id").cloned().unwrap_or_default(), answer)))
+        Ok(Some((
+            fields.get("aggregate_id").cloned().unwrap_or_default(),
+            answer,
+        )))
     }
 
     /// Counts the receipt just created (best effort: the record itself is already stored).
@@ -226,15 +234,19 @@ pub fn replayed(status: u16, body: &str) -> Response {
 }
 
 pub fn inactive() -> ApiError {
-    ApiError::conflict("idempotency_result_inactive")
-        .with("message", json!("the object this key created is no longer live"))
+    ApiError::conflict("idempotency_result_inactive").with(
+        "message",
+        json!("the object this key created is no longer live"),
+    )
 }
 
 /// The write path's `idempotency_key_conflict`, with the `message` §14 documents.
 pub fn map_conflict(e: ApiError) -> ApiError {
     if e.code() == Some("idempotency_key_conflict") {
-        ApiError::conflict("idempotency_key_conflict")
-            .with("message", json!("this Idempotency-Key was used for a different request"))
+        ApiError::conflict("idempotency_key_conflict").with(
+            "message",
+            json!("this Idempotency-Key was used for a different request"),
+        )
     } else {
         e
     }

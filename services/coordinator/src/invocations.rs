@@ -35,7 +35,14 @@ fn not_found() -> ApiError {
 
 async fn rate_limited(app: &App, zone: &str, p: &Principal) -> Result<(), ApiError> {
     let subject = format!("{zone}\n{}", p.client_id);
-    if serval_kit::rate_limit::minute_exceeded(app, "coord-invoke", &subject, app.cfg.invocation_rate_limit_per_min).await {
+    if serval_kit::rate_limit::minute_exceeded(
+        app,
+        "coord-invoke",
+        &subject,
+        app.cfg.invocation_rate_limit_per_min,
+    )
+    .await
+    {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
     }
     Ok(())
@@ -43,7 +50,9 @@ async fn rate_limited(app: &App, zone: &str, p: &Principal) -> Result<(), ApiErr
 
 /// A source or target Session: an active task inside its TTL.
 async fn task_session(app: &App, zone: &str, id: &str) -> Result<Entity, ApiError> {
-    let e = read::load(&app.pool, zone, id).await?.ok_or_else(|| ApiError::not_found("session_not_found"))?;
+    let e = read::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session_not_found"))?;
     let now = Utc::now();
     let ok = session_data(&e).is_some_and(|s| {
         s.status == "active" && !s.is_service() && s.is_live(render::started_at(&e, s), now)
@@ -94,7 +103,9 @@ pub async fn create(
     let mut owner = service_app.clone();
     if let Some(s) = &source {
         let e = task_session(&app, &zone, s).await?;
-        owner = session_data(&e).map(|d| d.application_id.clone()).unwrap_or(owner);
+        owner = session_data(&e)
+            .map(|d| d.application_id.clone())
+            .unwrap_or(owner);
     }
     if let Some(t) = &target {
         task_session(&app, &zone, t).await?;
@@ -108,7 +119,15 @@ pub async fn create(
         "method": method, "params": params, "metadata": metadata, "timeout_ms": timeout_ms,
         "retry_policy": {"max_attempts": max_attempts, "backoff_ms": backoff_ms},
     });
-    let receipt = Receipt::new(&app, INVOCATION_CREATE, &zone, &owner, &key, false, &fingerprint);
+    let receipt = Receipt::new(
+        &app,
+        INVOCATION_CREATE,
+        &zone,
+        &owner,
+        &key,
+        false,
+        &fingerprint,
+    );
     receipt.check_limit(&app).await?;
     let stream = LogStream::Zone(zone.clone());
     // A replay is answered before the rate limit (§6.1).
@@ -141,9 +160,21 @@ pub async fn create(
         error_json: Value::Null,
         idempotency_digest: Some(receipt.idem.key_digest.clone()),
     };
-    let reserve = vec![Reservation { kind: IDEMPOTENCY, value: receipt.idem.key_digest.clone() }];
+    let reserve = vec![Reservation {
+        kind: IDEMPOTENCY,
+        value: receipt.idem.key_digest.clone(),
+    }];
     let w = writer(&p, &rid);
-    let outcome = store::create(&app, &w, &zone, &id, EntityData::Invocation(data), reserve, Some(receipt.idem.clone())).await;
+    let outcome = store::create(
+        &app,
+        &w,
+        &zone,
+        &id,
+        EntityData::Invocation(data),
+        reserve,
+        Some(receipt.idem.clone()),
+    )
+    .await;
     let id = match outcome {
         Ok(Outcome::Applied { aggregate_id, .. }) => aggregate_id,
         Ok(Outcome::Replay { status, body }) => return Ok(idempotency::replayed(status, &body)),
@@ -154,17 +185,29 @@ pub async fn create(
         Err(f) => return Err(f.into()),
     };
     receipt.count(&app).await;
-    let e = read::load(&app.pool, &zone, &id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, &zone, &id)
+        .await?
+        .ok_or_else(not_found)?;
     let EntityData::Invocation(i) = &e.data else {
         return Err(not_found());
     };
     let idem = Some(receipt.idem.clone());
-    Ok(serval_kit::write::respond(&app, &stream, &idem, StatusCode::CREATED, Some(render::invocation(&e, i, false)), true).await)
+    Ok(serval_kit::write::respond(
+        &app,
+        &stream,
+        &idem,
+        StatusCode::CREATED,
+        Some(render::invocation(&e, i, false)),
+        true,
+    )
+    .await)
 }
 
 /// A creation whose answer was not recorded, answered from the read model.
 async fn replay_created(app: &App, zone: &str, id: &str) -> Result<Response, ApiError> {
-    let e = read::load(&app.pool, zone, id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(not_found)?;
     match &e.data {
         EntityData::Invocation(i) => Ok(idempotency::replayed(
             201,
@@ -189,7 +232,9 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers, &zone, Operator::Refused).await?;
     path_ids(&[&zone, &id])?;
-    let e = read::load(&app.pool, &zone, &id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, &zone, &id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(Json(render::invocation(&e, invocation_of(&e)?, false)))
 }
 
@@ -211,7 +256,10 @@ pub async fn list(
         ],
     )?;
     if let Some(c) = &lq.cursor {
-        let ok = matches!(read::load(&app.pool, &zone, c).await?.map(|e| e.data), Some(EntityData::Invocation(_)));
+        let ok = matches!(
+            read::load(&app.pool, &zone, c).await?.map(|e| e.data),
+            Some(EntityData::Invocation(_))
+        );
         if !ok {
             return Err(ApiError::bad_request("invalid_cursor"));
         }
@@ -223,8 +271,19 @@ pub async fn list(
     if let Some(s) = lq.get("service_id") {
         eq.push(("service_id", s));
     }
-    let either = lq.get("session_id").map(|s| ("source_session_id", "target_session_id", s));
-    let rows = serval_projector::sessions::kind_page(&app.pool, &zone, CatalogKind::Invocation, &eq, either, lq.cursor.as_deref(), lq.limit).await?;
+    let either = lq
+        .get("session_id")
+        .map(|s| ("source_session_id", "target_session_id", s));
+    let rows = serval_projector::sessions::kind_page(
+        &app.pool,
+        &zone,
+        CatalogKind::Invocation,
+        &eq,
+        either,
+        lq.cursor.as_deref(),
+        lq.limit,
+    )
+    .await?;
     let items = rows
         .iter()
         .filter_map(|e| match &e.data {
@@ -232,7 +291,11 @@ pub async fn list(
             _ => None,
         })
         .collect();
-    Ok(Json(crate::http::page(items, rows.iter().map(|e| e.id.clone()).collect(), lq.limit)))
+    Ok(Json(crate::http::page(
+        items,
+        rows.iter().map(|e| e.id.clone()).collect(),
+        lq.limit,
+    )))
 }
 
 #[derive(Clone, Copy)]
@@ -273,18 +336,27 @@ async fn transition(
                 }
             };
             let metadata = f.object("metadata");
-            (None, status.as_deref() == Some("succeeded"), error, metadata)
+            (
+                None,
+                status.as_deref() == Some("succeeded"),
+                error,
+                metadata,
+            )
         }
     };
     f.finish()?;
-    let e = read::load(&app.pool, zone, id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(not_found)?;
     let i = invocation_of(&e)?;
     if !p.may(&i.service_application_id, "coordinator.invoke_from", true) {
         return Err(forbidden());
     }
     let refused = std::sync::Mutex::new(None);
     let updated = store::update(app, &writer(&p, rid), zone, id, &["status"], |cur| {
-        let EntityData::Invocation(i) = &cur.data else { return None };
+        let EntityData::Invocation(i) = &cur.data else {
+            return None;
+        };
         let now = Utc::now();
         let next = match t {
             Transition::Start => i.started(now),
@@ -301,12 +373,14 @@ async fn transition(
     })
     .await?;
     let Some(e) = updated else {
-        return Err(match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(Refused::NotStartable) => ApiError::conflict("invocation_not_startable"),
-            Some(Refused::NotCancelable) => ApiError::conflict("invocation_not_cancelable"),
-            Some(Refused::NotCompletable) => ApiError::conflict("invocation_not_completable"),
-            None => not_found(),
-        });
+        return Err(
+            match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(Refused::NotStartable) => ApiError::conflict("invocation_not_startable"),
+                Some(Refused::NotCancelable) => ApiError::conflict("invocation_not_cancelable"),
+                Some(Refused::NotCompletable) => ApiError::conflict("invocation_not_completable"),
+                None => not_found(),
+            },
+        );
     };
     Ok(Json(render::invocation(&e, invocation_of(&e)?, false)))
 }

@@ -18,7 +18,14 @@ pub async fn ip_limit(State(app): State<App>, req: Request, next: Next) -> Respo
     let exempt = req.uri().path() == "/health" && req.uri().query().is_none();
     if !exempt {
         let ip = crate::auth::client_ip(req.extensions().get::<ConnectInfo<SocketAddr>>());
-        if serval_kit::rate_limit::minute_exceeded(&app, "coord-ip", &ip, app.cfg.coordinator_rate_limit_per_min).await {
+        if serval_kit::rate_limit::minute_exceeded(
+            &app,
+            "coord-ip",
+            &ip,
+            app.cfg.coordinator_rate_limit_per_min,
+        )
+        .await
+        {
             return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited").into_response();
         }
     }
@@ -38,7 +45,10 @@ pub async fn requeue(
         return Err(ApiError::forbidden("coordinator_admin_required"));
     }
     if uuid::Uuid::parse_str(&zone).is_err() || uuid::Uuid::parse_str(&id).is_err() {
-        return Err(crate::http::invalid_body(vec![crate::http::issue("id", "Invalid uuid")]));
+        return Err(crate::http::invalid_body(vec![crate::http::issue(
+            "id",
+            "Invalid uuid",
+        )]));
     }
     Err(ApiError::not_found("dead_outbox_not_found"))
 }

@@ -34,7 +34,9 @@ fn url_like(s: &str) -> bool {
         return false;
     };
     !scheme.is_empty()
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         && !rest.is_empty()
         && !rest.starts_with('/')
         && !s.chars().any(char::is_whitespace)
@@ -58,7 +60,9 @@ pub async fn register(
         f.fail("endpoint_url", "Invalid url");
     }
     let protocol_versions = f
-        .strings("protocol_versions", 64, |s| s.is_empty().then_some("must not be empty"))
+        .strings("protocol_versions", 64, |s| {
+            s.is_empty().then_some("must not be empty")
+        })
         .unwrap_or_default();
     let framework = f.object("framework");
     let (framework_name, framework_version) = match &framework {
@@ -90,20 +94,36 @@ pub async fn register(
     let key = endpoint_key(&application_id, &endpoint_url);
     let stream = LogStream::Zone(zone.clone());
     for _ in 0..3 {
-        let holder = app.store.reservation_holder(&stream, ENDPOINT, &key).await?;
+        let holder = app
+            .store
+            .reservation_holder(&stream, ENDPOINT, &key)
+            .await?;
         let id = if let Some(id) = holder {
-            let updated = store::update(&app, &w, &zone, &id, &["capabilities", "metadata_json", "protocol_versions", "framework_name", "framework_version"], |cur| match &cur.data {
-                EntityData::AgentService(a) => {
-                    let mut next = a.clone();
-                    next.protocol_versions = protocol_versions.clone();
-                    next.framework_name = framework_name.clone();
-                    next.framework_version = framework_version.clone();
-                    next.capabilities = capabilities.clone();
-                    next.metadata_json = Value::Object(metadata.clone());
-                    Some(EntityData::AgentService(next))
-                }
-                _ => None,
-            })
+            let updated = store::update(
+                &app,
+                &w,
+                &zone,
+                &id,
+                &[
+                    "capabilities",
+                    "metadata_json",
+                    "protocol_versions",
+                    "framework_name",
+                    "framework_version",
+                ],
+                |cur| match &cur.data {
+                    EntityData::AgentService(a) => {
+                        let mut next = a.clone();
+                        next.protocol_versions = protocol_versions.clone();
+                        next.framework_name = framework_name.clone();
+                        next.framework_version = framework_version.clone();
+                        next.capabilities = capabilities.clone();
+                        next.metadata_json = Value::Object(metadata.clone());
+                        Some(EntityData::AgentService(next))
+                    }
+                    _ => None,
+                },
+            )
             .await?;
             match updated {
                 Some(e) => e.id,
@@ -122,15 +142,30 @@ pub async fn register(
                 metadata_json: Value::Object(metadata.clone()),
                 last_heartbeat_at: None,
             };
-            let reserve = vec![Reservation { kind: ENDPOINT, value: key.clone() }];
-            match store::create(&app, &w, &zone, &id, EntityData::AgentService(data), reserve, None).await {
+            let reserve = vec![Reservation {
+                kind: ENDPOINT,
+                value: key.clone(),
+            }];
+            match store::create(
+                &app,
+                &w,
+                &zone,
+                &id,
+                EntityData::AgentService(data),
+                reserve,
+                None,
+            )
+            .await
+            {
                 Ok(_) => id,
                 // A concurrent registration of the same endpoint won: update it instead.
                 Err(Failure::Taken { .. }) => continue,
                 Err(f) => return Err(f.into()),
             }
         };
-        let e = read::load(&app.pool, &zone, &id).await?.ok_or_else(|| ApiError::internal("registration not readable"))?;
+        let e = read::load(&app.pool, &zone, &id)
+            .await?
+            .ok_or_else(|| ApiError::internal("registration not readable"))?;
         if let EntityData::AgentService(a) = &e.data {
             return Ok((StatusCode::CREATED, Json(render::service(&e, a))).into_response());
         }
@@ -149,12 +184,24 @@ pub async fn list(
     path_ids(&[&zone])?;
     let lq = ListQuery::parse(raw.as_deref(), &[])?;
     if let Some(c) = &lq.cursor {
-        let ok = matches!(read::load(&app.pool, &zone, c).await?.map(|e| e.data), Some(EntityData::AgentService(_)));
+        let ok = matches!(
+            read::load(&app.pool, &zone, c).await?.map(|e| e.data),
+            Some(EntityData::AgentService(_))
+        );
         if !ok {
             return Err(ApiError::bad_request("invalid_cursor"));
         }
     }
-    let rows = serval_projector::sessions::kind_page(&app.pool, &zone, CatalogKind::AgentService, &[], None, lq.cursor.as_deref(), lq.limit).await?;
+    let rows = serval_projector::sessions::kind_page(
+        &app.pool,
+        &zone,
+        CatalogKind::AgentService,
+        &[],
+        None,
+        lq.cursor.as_deref(),
+        lq.limit,
+    )
+    .await?;
     let items = rows
         .iter()
         .filter_map(|e| match &e.data {
@@ -162,7 +209,11 @@ pub async fn list(
             _ => None,
         })
         .collect();
-    Ok(Json(crate::http::page(items, rows.iter().map(|e| e.id.clone()).collect(), lq.limit)))
+    Ok(Json(crate::http::page(
+        items,
+        rows.iter().map(|e| e.id.clone()).collect(),
+        lq.limit,
+    )))
 }
 
 #[cfg(test)]

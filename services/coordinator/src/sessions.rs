@@ -7,10 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Duration, Utc};
 use serde_json::{json, Map, Value};
-use serval_domain::catalog::{
-    application::RegistrationMethod, Entity, EntityData, SessionData,
-};
 use serval_domain::catalog::runtime::LABEL_MAX_CHARS;
+use serval_domain::catalog::{application::RegistrationMethod, Entity, EntityData, SessionData};
 use serval_domain::delegation::{self, CreateEdge, Edge};
 use serval_kit::http::body::RawBody;
 use serval_kit::http::request_id::RequestId;
@@ -69,7 +67,9 @@ fn parse_start(body: &Map<String, Value>, p: &Principal) -> Result<Start, ApiErr
     let application_id = f.nonempty("application_id", true);
     let subject = f.string("subject_session_id", false, false);
     let parent_id = f.string("parent_id", false, true);
-    let lifecycle = f.one_of("lifecycle", &["task", "service"]).unwrap_or_else(|| "task".into());
+    let lifecycle = f
+        .one_of("lifecycle", &["task", "service"])
+        .unwrap_or_else(|| "task".into());
     let labels = f
         .strings("labels", MAX_LABELS, |s| {
             let t = s.trim();
@@ -85,7 +85,10 @@ fn parse_start(body: &Map<String, Value>, p: &Principal) -> Result<Start, ApiErr
         .collect();
     let ttl = f.int("ttl_seconds", 1, MAX_TTL);
     if f.present("ttl_seconds") && lifecycle == "service" {
-        f.fail("ttl_seconds", "ttl_seconds is not allowed for service sessions");
+        f.fail(
+            "ttl_seconds",
+            "ttl_seconds is not allowed for service sessions",
+        );
     }
     let inherit = f
         .one_of("parent_authority", &["inherit", "none"])
@@ -155,7 +158,15 @@ pub async fn start(
                 "inherit_parent_edge_id": s.inherit_parent_edge_id,
                 "metadata": s.metadata,
             });
-            let r = Receipt::new(&app, SESSION_START, &zone, &s.application_id, &key, generated, &fingerprint);
+            let r = Receipt::new(
+                &app,
+                SESSION_START,
+                &zone,
+                &s.application_id,
+                &key,
+                generated,
+                &fingerprint,
+            );
             r.check_limit(&app).await?;
             // A key on record answers before the zone's state is looked at (§4.1 step 3).
             if let Some((id, answer)) = r.peek(&app).await? {
@@ -184,17 +195,26 @@ pub async fn start(
         Some(EntityData::AuthorityRecord(r)) if r.is_active(now)
     );
     if !record_live {
-        return Err(not_found().with("detail", json!("subject authority record is not active in this zone")));
+        return Err(not_found().with(
+            "detail",
+            json!("subject authority record is not active in this zone"),
+        ));
     }
     let (zone_live, app_live) = q::live_counts(&app.pool, &zone, &s.application_id, now).await?;
     if zone_live as u64 >= app.cfg.max_agents_per_zone {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "session_zone_limit_exceeded"));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "session_zone_limit_exceeded",
+        ));
     }
     if dcr && app_live > 0 {
         return Err(ApiError::conflict("dcr_application_already_bound"));
     }
     if app_live as u64 >= app.cfg.max_agents_per_app {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "session_limit_exceeded"));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "session_limit_exceeded",
+        ));
     }
     let mut depth = 0;
     let mut mirror_of: Option<Edge> = None;
@@ -220,11 +240,17 @@ pub async fn start(
             return Err(ApiError::forbidden("parent_ownership_required"));
         }
         if q::open_children(&app.pool, &zone, &parent.id).await? >= MAX_CHILDREN {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "session_children_limit_exceeded"));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "session_children_limit_exceeded",
+            ));
         }
         depth = ps.depth + 1;
         if depth > MAX_DEPTH {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "session_depth_limit_exceeded"));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "session_depth_limit_exceeded",
+            ));
         }
         if s.inherit {
             mirror_of = inherited_edge(&app, &zone, parent_id, &s).await?;
@@ -290,12 +316,22 @@ pub async fn start(
             Ok(id) => edge_id = json!(id),
             Err(e) => {
                 // The start is undone: the Session ends before anyone could use it.
-                cascade::terminate(&app, &w, &zone, &session_id, "start_failed", Ending::Terminate).await?;
+                cascade::terminate(
+                    &app,
+                    &w,
+                    &zone,
+                    &session_id,
+                    "start_failed",
+                    Ending::Terminate,
+                )
+                .await?;
                 return Err(e);
             }
         }
     }
-    let entity = read::load(&app.pool, &zone, &session_id).await?.ok_or_else(|| ApiError::internal("started session not readable"))?;
+    let entity = read::load(&app.pool, &zone, &session_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("started session not readable"))?;
     let sd = session_data(&entity).ok_or_else(|| ApiError::internal("not a session"))?;
     let mut v = render::session(&entity, sd, SessionShape::Start);
     v["delegation_edge_id"] = edge_id;
@@ -327,13 +363,18 @@ pub async fn replay_if_live(
     id_field: &str,
 ) -> Result<Response, ApiError> {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let id = parsed.get(id_field).and_then(Value::as_str).unwrap_or_default();
+    let id = parsed
+        .get(id_field)
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let now = Utc::now();
     let live = if id_field == "agent_session_id" {
         matches!(read::load(&app.pool, zone, id).await?.as_ref().and_then(session_data),
             Some(s) if matches!(s.status.as_str(), "active" | "suspended"))
     } else {
-        edges::load(&app.pool, zone, id).await?.is_some_and(|e| e.is_live(now))
+        edges::load(&app.pool, zone, id)
+            .await?
+            .is_some_and(|e| e.is_live(now))
     };
     if live {
         Ok(idempotency::replayed(status, body))
@@ -408,19 +449,26 @@ async fn mirror(
         now,
     };
     let scope = Scope::Edges(vec![parent_edge.id.clone()]);
-    store::graph_write(app, w, zone, scope, None, |view| {
-        match delegation::decide_create(&view.graph, &cmd) {
+    store::graph_write(
+        app,
+        w,
+        zone,
+        scope,
+        None,
+        |view| match delegation::decide_create(&view.graph, &cmd) {
             Ok(d) => Ok(Some((d.event, ()))),
             Err(_) => Err(ApiError::conflict("inherit_parent_edge_not_active")),
-        }
-    })
+        },
+    )
     .await?;
     Ok(id)
 }
 
-fn session_filters() -> [(&'static str, fn(&str) -> bool); 4] {
+fn session_filters() -> [crate::http::FilterRule; 4] {
     [
-        ("status", |v| serval_domain::catalog::runtime::SESSION_STATUSES.contains(&v)),
+        ("status", |v| {
+            serval_domain::catalog::runtime::SESSION_STATUSES.contains(&v)
+        }),
         ("lifecycle", |v| v == "task" || v == "service"),
         ("application_id", |v| !v.is_empty()),
         ("label", |v| !v.is_empty()),
@@ -478,7 +526,9 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers, &zone, Operator::Allowed).await?;
     path_ids(&[&zone, &id])?;
-    let e = read::load(&app.pool, &zone, &id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, &zone, &id)
+        .await?
+        .ok_or_else(not_found)?;
     let s = session_data(&e).ok_or_else(not_found)?;
     Ok(Json(render::session(&e, s, SessionShape::Full)))
 }
@@ -501,7 +551,9 @@ pub async fn children(
 
 /// Loads a Session for a mutation and checks §4.5's authorization.
 async fn owned_session(app: &App, p: &Principal, zone: &str, id: &str) -> Result<Entity, ApiError> {
-    let e = read::load(&app.pool, zone, id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(not_found)?;
     let s = session_data(&e).ok_or_else(not_found)?;
     if !p.may(&s.application_id, "coordinator.spawn_for", true) {
         return Err(ownership());
@@ -585,7 +637,9 @@ pub async fn terminate_session(
     reason: &str,
     generation: Option<u64>,
 ) -> Result<(), ApiError> {
-    let e = read::load(&app.pool, zone, id).await?.ok_or_else(not_found)?;
+    let e = read::load(&app.pool, zone, id)
+        .await?
+        .ok_or_else(not_found)?;
     let s = session_data(&e).ok_or_else(not_found)?;
     if !matches!(s.status.as_str(), "active" | "suspended") {
         return Err(not_found());
@@ -602,7 +656,8 @@ pub async fn terminate_session(
             Some(_) => {}
         }
     }
-    let ended = cascade::terminate(app, &writer(p, rid), zone, id, reason, Ending::Terminate).await?;
+    let ended =
+        cascade::terminate(app, &writer(p, rid), zone, id, reason, Ending::Terminate).await?;
     if ended.is_empty() {
         return Err(not_found());
     }
@@ -611,7 +666,12 @@ pub async fn terminate_session(
 
 /// Checks shared by lease and heartbeat (§5.3, §5.4) after the Session's state checks:
 /// the bearer's `sid` is an active application-typed record of the Session's application.
-async fn lease_holder(app: &App, p: &Principal, zone: &str, s: &SessionData) -> Result<(), ApiError> {
+async fn lease_holder(
+    app: &App,
+    p: &Principal,
+    zone: &str,
+    s: &SessionData,
+) -> Result<(), ApiError> {
     if p.operator || p.admin() && p.authority_record_id.is_none() {
         return Ok(());
     }
@@ -664,7 +724,15 @@ pub async fn lease(
     }
     let w = writer(&p, &rid);
     if subject_inactive(&app, &zone, &s).await? {
-        cascade::terminate(&app, &w, &zone, &id, "subject_authority_inactive", Ending::Terminate).await?;
+        cascade::terminate(
+            &app,
+            &w,
+            &zone,
+            &id,
+            "subject_authority_inactive",
+            Ending::Terminate,
+        )
+        .await?;
         return Err(ApiError::conflict("session_subject_inactive"));
     }
     let now = Utc::now();
@@ -704,7 +772,9 @@ pub async fn heartbeat(
     if !f.present("lease_generation") {
         f.fail("lease_generation", "Required");
     }
-    let health = f.one_of("status", &serval_domain::catalog::agent_service::HEALTH).unwrap_or_else(|| "healthy".into());
+    let health = f
+        .one_of("status", &serval_domain::catalog::agent_service::HEALTH)
+        .unwrap_or_else(|| "healthy".into());
     let service_id = f.nonempty("service_id", false);
     let active_invocations = f.int("active_invocations", 0, i64::MAX).unwrap_or(0);
     let metadata = f.object("metadata").unwrap_or_default();
@@ -720,7 +790,15 @@ pub async fn heartbeat(
     }
     let w = writer(&p, &rid);
     if subject_inactive(&app, &zone, &s).await? {
-        cascade::terminate(&app, &w, &zone, &id, "subject_authority_inactive", Ending::Terminate).await?;
+        cascade::terminate(
+            &app,
+            &w,
+            &zone,
+            &id,
+            "subject_authority_inactive",
+            Ending::Terminate,
+        )
+        .await?;
         return Err(ApiError::conflict("session_subject_inactive"));
     }
     if generation != s.lease_generation {
@@ -753,19 +831,21 @@ pub async fn heartbeat(
     let mut service_out = Value::Null;
     if let Some(reg) = service {
         let reg_id = reg.id.clone();
-        let done = store::update(&app, &w, &zone, &reg_id, &["health"], |cur| match &cur.data {
-            EntityData::AgentService(a) => {
-                let mut next = a.clone();
-                next.health = health.clone();
-                next.last_heartbeat_at = Some(Utc::now());
-                if let Value::Object(m) = &mut next.metadata_json {
-                    for (k, v) in &metadata {
-                        m.insert(k.clone(), v.clone());
+        let done = store::update(&app, &w, &zone, &reg_id, &["health"], |cur| {
+            match &cur.data {
+                EntityData::AgentService(a) => {
+                    let mut next = a.clone();
+                    next.health = health.clone();
+                    next.last_heartbeat_at = Some(Utc::now());
+                    if let Value::Object(m) = &mut next.metadata_json {
+                        for (k, v) in &metadata {
+                            m.insert(k.clone(), v.clone());
+                        }
                     }
+                    Some(EntityData::AgentService(next))
                 }
-                Some(EntityData::AgentService(next))
+                _ => None,
             }
-            _ => None,
         })
         .await?;
         if let Some(r) = done {

@@ -7,12 +7,12 @@ use axum::http::StatusCode;
 use serval_domain::catalog::{self, CatalogCommand, Entity, EntityData, Stamp};
 use serval_domain::delegation::{self, DelegationEvent};
 use serval_domain::Event;
-use serval_schema::projections::CATALOG;
-use serval_streams::append::{Idempotency, Reservation};
-use serval_streams::{AppendRequest, LogStream};
 use serval_kit::http::ApiError;
 use serval_kit::write::{self, Failure, Outcome};
 use serval_kit::App;
+use serval_schema::projections::CATALOG;
+use serval_streams::append::{Idempotency, Reservation};
+use serval_streams::{AppendRequest, LogStream};
 
 const UNCHANGED: &str = "__unchanged";
 
@@ -79,26 +79,20 @@ pub async fn create(
         zone_id: zone.to_owned(),
         data,
     };
-    write::execute(
-        app,
-        CATALOG,
-        LogStream::Zone(zone.to_owned()),
-        idem,
-        || {
-            let command = command.clone();
-            let reserve = reserve.clone();
-            async move {
-                let events = catalog::decide(None, &command, &w.stamp())
-                    .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
-                    .into_iter()
-                    .map(Event::Catalog)
-                    .collect();
-                let mut req = w.request(zone, id, 0, events);
-                req.reserve = reserve;
-                Ok(req)
-            }
-        },
-    )
+    write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+        let command = command.clone();
+        let reserve = reserve.clone();
+        async move {
+            let events = catalog::decide(None, &command, &w.stamp())
+                .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
+                .into_iter()
+                .map(Event::Catalog)
+                .collect();
+            let mut req = w.request(zone, id, 0, events);
+            req.reserve = reserve;
+            Ok(req)
+        }
+    })
     .await
 }
 
@@ -125,10 +119,16 @@ where
                 .map_err(ApiError::from)?
                 .filter(Entity::is_live);
             let Some(current) = current else {
-                return Err(Failure::Api(ApiError::new(StatusCode::NOT_MODIFIED, UNCHANGED)));
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
             };
             let Some(data) = change(&current) else {
-                return Err(Failure::Api(ApiError::new(StatusCode::NOT_MODIFIED, UNCHANGED)));
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
             };
             let command = CatalogCommand::Replace {
                 data,
@@ -184,7 +184,10 @@ where
         async move {
             let view = load_view(app, zone, &scope).await?;
             let Some((event, extra)) = decide(&view)? else {
-                return Err(Failure::Api(ApiError::new(StatusCode::NOT_MODIFIED, UNCHANGED)));
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
             };
             *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
             Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))

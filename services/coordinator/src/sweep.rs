@@ -41,16 +41,38 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
     let now = Utc::now();
     for (zone, id, service) in q::due(&app.pool, now, BATCH).await? {
         if service {
-            cascade::suspend(app, &Writer::system("lease-sweeper"), &zone, &id, "service_heartbeat_lost").await?;
+            cascade::suspend(
+                app,
+                &Writer::system("lease-sweeper"),
+                &zone,
+                &id,
+                "service_heartbeat_lost",
+            )
+            .await?;
         } else {
-            cascade::terminate(app, &Writer::system("ttl-sweeper"), &zone, &id, "ttl", Ending::Expire).await?;
+            cascade::terminate(
+                app,
+                &Writer::system("ttl-sweeper"),
+                &zone,
+                &id,
+                "ttl",
+                Ending::Expire,
+            )
+            .await?;
         }
     }
     for (zone, id) in q::invocations_due(&app.pool, now, BATCH).await? {
-        store::update(app, &Writer::system("deadline-enforcer"), &zone, &id, &["status"], |cur| match &cur.data {
-            EntityData::Invocation(i) => i.swept(Utc::now()).map(EntityData::Invocation),
-            _ => None,
-        })
+        store::update(
+            app,
+            &Writer::system("deadline-enforcer"),
+            &zone,
+            &id,
+            &["status"],
+            |cur| match &cur.data {
+                EntityData::Invocation(i) => i.swept(Utc::now()).map(EntityData::Invocation),
+                _ => None,
+            },
+        )
         .await?;
     }
     let mut by_zone: BTreeMap<String, Vec<String>> = BTreeMap::new();

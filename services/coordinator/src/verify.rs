@@ -22,7 +22,17 @@ const FIELDS: [&str; 6] = [
     "require_delegation",
 ];
 const REQUIRED: [&str; 12] = [
-    "exp", "iat", "jti", "sub", "client_id", "sid", "root_sid", "use", "sub_type", "iss", "aud",
+    "exp",
+    "iat",
+    "jti",
+    "sub",
+    "client_id",
+    "sid",
+    "root_sid",
+    "use",
+    "sub_type",
+    "iss",
+    "aud",
     "zone_id",
 ];
 const MAX_HOPS: u64 = 10;
@@ -46,7 +56,14 @@ pub async fn verify(
     RawBody(raw): RawBody,
 ) -> Response {
     let ip = crate::auth::client_ip(Some(&conn));
-    if serval_kit::rate_limit::minute_exceeded(&app, "coord-verify", &ip, app.cfg.verify_rate_limit_per_min).await {
+    if serval_kit::rate_limit::minute_exceeded(
+        &app,
+        "coord-verify",
+        &ip,
+        app.cfg.verify_rate_limit_per_min,
+    )
+    .await
+    {
         return answer(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     }
     let Ok(body) = crate::http::object(&headers, &raw) else {
@@ -69,14 +86,22 @@ pub async fn verify(
             Some(_) => Err(()),
         }
     };
-    let (Ok(Some(zone)), Ok(token), Ok(authorization), Ok(required_scope), Ok(req_session), Ok(req_delegation)) = (
+    let (
+        Ok(Some(zone)),
+        Ok(token),
+        Ok(authorization),
+        Ok(required_scope),
+        Ok(req_session),
+        Ok(req_delegation),
+    ) = (
         str_field("zone_id"),
         str_field("token"),
         str_field("authorization"),
         str_field("required_scope"),
         bool_field("require_session"),
         bool_field("require_delegation"),
-    ) else {
+    )
+    else {
         return invalid_request();
     };
     if !is_valid_identifier(&zone) {
@@ -96,12 +121,17 @@ pub async fn verify(
     };
     let c = &claims.0;
     let text = |k: &str| c.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let ok = ["jti", "sub", "client_id", "sid", "root_sid"].iter().all(|k| text(k).is_some())
+    let ok = ["jti", "sub", "client_id", "sid", "root_sid"]
+        .iter()
+        .all(|k| text(k).is_some())
         && matches!(text("use"), Some("session" | "resource"))
         && matches!(text("sub_type"), Some("user" | "application"))
-        && c.get("scope").is_none_or(|s| s.as_str().is_some_and(|s| !s.is_empty()))
-        && c.get("hop_count").is_none_or(|h| h.as_u64().is_some_and(|h| h <= MAX_HOPS))
-        && c.get("delegation_graph_epoch").is_none_or(|h| h.as_u64().is_some());
+        && c.get("scope")
+            .is_none_or(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+        && c.get("hop_count")
+            .is_none_or(|h| h.as_u64().is_some_and(|h| h <= MAX_HOPS))
+        && c.get("delegation_graph_epoch")
+            .is_none_or(|h| h.as_u64().is_some());
     if !ok {
         return token_invalid();
     }
@@ -142,7 +172,10 @@ pub async fn verify(
             out.insert(to.into(), v.clone());
         }
     }
-    out.insert("scope".into(), c.get("scope").cloned().unwrap_or_else(|| json!("")));
+    out.insert(
+        "scope".into(),
+        c.get("scope").cloned().unwrap_or_else(|| json!("")),
+    );
     if let Some(Value::Array(chain)) = c.get("delegation_chain") {
         let items: Vec<Value> = chain
             .iter()
@@ -162,5 +195,9 @@ pub async fn verify(
             .collect();
         out.insert("delegationChain".into(), Value::Array(items));
     }
-    (StatusCode::OK, Json(json!({ "valid": true, "claims": out }))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({ "valid": true, "claims": out })),
+    )
+        .into_response()
 }

@@ -151,7 +151,11 @@ pub struct Config {
     #[arg(long, env = "CARACAL_COORDINATOR_TOKEN", hide_env_values = true)]
     pub coordinator_token: Option<String>,
     /// The scope a runtime bearer needs on the Coordinator (§2.1).
-    #[arg(long, env = "AGENT_COORDINATOR_SCOPE", default_value = "agent:lifecycle")]
+    #[arg(
+        long,
+        env = "AGENT_COORDINATOR_SCOPE",
+        default_value = "agent:lifecycle"
+    )]
     pub agent_coordinator_scope: String,
     /// Coordinator requests per minute per client IP (0 disables).
     #[arg(long, env = "COORDINATOR_RATE_LIMIT_PER_MIN", default_value_t = 600)]
@@ -176,10 +180,18 @@ pub struct Config {
     pub idempotency_hmac_key: Option<String>,
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 604_800)]
     pub idempotency_retention_seconds: u64,
-    #[arg(long, env = "GENERATED_IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "GENERATED_IDEMPOTENCY_RETENTION_SECONDS",
+        default_value_t = 86_400
+    )]
     pub generated_idempotency_retention_seconds: u64,
     /// Seconds between Coordinator sweeps (TTL, leases, deadlines, edge expiry; 0 disables).
-    #[arg(long, env = "SERVAL_COORDINATOR_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "SERVAL_COORDINATOR_SWEEP_INTERVAL_SECS",
+        default_value_t = 5
+    )]
     pub coordinator_sweep_interval_secs: u64,
     /// Test hook: `<projection>:<n>` aborts the process inside a batch.
     #[arg(long, env = "SERVAL_TEST_CRASH_AFTER_EVENTS", hide = true)]

@@ -170,4 +170,3 @@ pub fn bootstrap<'a>(z: &'a Zone, scope: &'a str) -> Vec<(&'a str, &'a str)> {
         ("scope", scope),
     ]
 }
-

@@ -24,7 +24,13 @@ pub struct Targets {
 
 const RESOURCE: &str = "resource://bench";
 
-async fn json_of(c: &Client, method: &str, path: &str, body: Option<Value>, want: u16) -> anyhow::Result<Value> {
+async fn json_of(
+    c: &Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    want: u16,
+) -> anyhow::Result<Value> {
     let bytes = c.expect(method, path, body, want).await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
@@ -33,7 +39,10 @@ async fn json_of(c: &Client, method: &str, path: &str, body: Option<Value>, want
 }
 
 fn id(v: &Value, field: &str) -> anyhow::Result<String> {
-    Ok(v[field].as_str().with_context(|| format!("{field} in {v}"))?.to_owned())
+    Ok(v[field]
+        .as_str()
+        .with_context(|| format!("{field} in {v}"))?
+        .to_owned())
 }
 
 fn form(fields: &[(&str, &str)]) -> String {
@@ -47,7 +56,9 @@ fn form(fields: &[(&str, &str)]) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -58,25 +69,69 @@ fn encode(s: &str) -> String {
 async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, String)> {
     let zone = admin.create_zone("bench coordinator").await?;
     let zp = format!("/v1/zones/{zone}");
-    let app = json_of(admin, "POST", &format!("{zp}/applications"), Some(json!({"name": "bench-agent", "registration_method": "managed"})), 201).await?;
+    let app = json_of(
+        admin,
+        "POST",
+        &format!("{zp}/applications"),
+        Some(json!({"name": "bench-agent", "registration_method": "managed"})),
+        201,
+    )
+    .await?;
     let (app_id, secret) = (id(&app, "id")?, id(&app, "client_secret")?);
-    let provider = json_of(admin, "POST", &format!("{zp}/providers"), Some(json!({"name": "mandate", "kind": "caracal_mandate"})), 201).await?;
+    let provider = json_of(
+        admin,
+        "POST",
+        &format!("{zp}/providers"),
+        Some(json!({"name": "mandate", "kind": "caracal_mandate"})),
+        201,
+    )
+    .await?;
     json_of(admin, "POST", &format!("{zp}/resources"), Some(json!({"name": "Bench", "identifier": RESOURCE,
         "scopes": ["bench:read"], "upstream_url": "https://bench.example", "credential_provider_id": provider["id"]})), 201).await?;
     let content = format!(
         "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\napp_ids := {{\"bot\": \"{app_id}\"}}\n\n\
          grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"bench:read\"]}}}}}}\n"
     );
-    let policy = json_of(admin, "POST", &format!("{zp}/policies"), Some(json!({"name": "grants", "content": content})), 201).await?;
-    let set = json_of(admin, "POST", &format!("{zp}/policy-sets"), Some(json!({"name": "main"})), 201).await?;
+    let policy = json_of(
+        admin,
+        "POST",
+        &format!("{zp}/policies"),
+        Some(json!({"name": "grants", "content": content})),
+        201,
+    )
+    .await?;
+    let set = json_of(
+        admin,
+        "POST",
+        &format!("{zp}/policy-sets"),
+        Some(json!({"name": "main"})),
+        201,
+    )
+    .await?;
     let set_id = id(&set, "id")?;
-    let version = json_of(admin, "POST", &format!("{zp}/policy-sets/{set_id}/versions"),
-        Some(json!({"manifest": [{"policy_version_id": policy["version_id"]}]})), 201).await?;
+    let version = json_of(
+        admin,
+        "POST",
+        &format!("{zp}/policy-sets/{set_id}/versions"),
+        Some(json!({"manifest": [{"policy_version_id": policy["version_id"]}]})),
+        201,
+    )
+    .await?;
     let version_id = id(&version, "version_id")?;
-    json_of(admin, "POST", &format!("{zp}/policy-sets/{set_id}/activate"), Some(json!({"version_id": version_id})), 202).await?;
+    json_of(
+        admin,
+        "POST",
+        &format!("{zp}/policy-sets/{set_id}/activate"),
+        Some(json!({"version_id": version_id})),
+        202,
+    )
+    .await?;
     let sts = admin.with(&t.sts, "");
     let body = form(&[
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
         ("zone_id", &zone),
         ("application_id", &app_id),
         ("client_secret", &secret),
@@ -84,7 +139,14 @@ async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, S
         ("scope", "agent:lifecycle"),
     ]);
     for _ in 0..200 {
-        let (status, bytes) = sts.send_typed("POST", "/oauth/2/token", Some(body.clone()), "application/x-www-form-urlencoded").await?;
+        let (status, bytes) = sts
+            .send_typed(
+                "POST",
+                "/oauth/2/token",
+                Some(body.clone()),
+                "application/x-www-form-urlencoded",
+            )
+            .await?;
         if status == 200 {
             let v: Value = serde_json::from_slice(&bytes)?;
             return Ok((zone, app_id, id(&v, "access_token")?));
@@ -101,14 +163,22 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
     let op = admin.with(&t.coordinator, &t.operator);
     let agents = format!("/zones/{zone}/agents");
     let start = |c: Client, agents: String, app: String| async move {
-        let v = json_of(&c, "POST", &agents, Some(json!({"application_id": app, "parent_authority": "none"})), 201).await?;
+        let v = json_of(
+            &c,
+            "POST",
+            &agents,
+            Some(json!({"application_id": app, "parent_authority": "none"})),
+            201,
+        )
+        .await?;
         id(&v, "agent_session_id")
     };
 
     // 1. Session create + close cycles.
     for _ in 0..20 {
         let s = start(c.clone(), agents.clone(), app.clone()).await?;
-        c.expect("DELETE", &format!("{agents}/{s}"), None, 204).await?;
+        c.expect("DELETE", &format!("{agents}/{s}"), None, 204)
+            .await?;
     }
     let per = (t.cycles / t.concurrency).max(1);
     let t0 = Instant::now();
@@ -119,9 +189,17 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t1 = Instant::now();
-                let v = json_of(&c, "POST", &agents, Some(json!({"application_id": app, "parent_authority": "none"})), 201).await?;
+                let v = json_of(
+                    &c,
+                    "POST",
+                    &agents,
+                    Some(json!({"application_id": app, "parent_authority": "none"})),
+                    201,
+                )
+                .await?;
                 let s = id(&v, "agent_session_id")?;
-                c.expect("DELETE", &format!("{agents}/{s}"), None, 204).await?;
+                c.expect("DELETE", &format!("{agents}/{s}"), None, 204)
+                    .await?;
                 lat.push(t1.elapsed());
             }
             anyhow::Ok(lat)
@@ -151,19 +229,35 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
     let mut create = Vec::new();
     for i in 0..t.samples + 20 {
         let t1 = Instant::now();
-        c.expect("POST", &dz, Some(edge_body(&a, &b, 1, 3600)), 201).await?;
+        c.expect("POST", &dz, Some(edge_body(&a, &b, 1, 3600)), 201)
+            .await?;
         if i >= 20 {
             create.push(t1.elapsed());
         }
     }
-    println!("delegation create (root edge, resource-bound, 1 client): {}", percentiles(create));
+    println!(
+        "delegation create (root edge, resource-bound, 1 client): {}",
+        percentiles(create)
+    );
 
     // 3. Effective authority at the end of a depth-10 chain.
     let mut chain = vec![start(c.clone(), agents.clone(), app.clone()).await?];
     let mut first_edge = String::new();
     for depth in 0..10u32 {
         let next = start(c.clone(), agents.clone(), app.clone()).await?;
-        let v = json_of(&c, "POST", &dz, Some(edge_body(&chain[chain.len() - 1], &next, 10 - depth, 3600 - depth * 10)), 201).await?;
+        let v = json_of(
+            &c,
+            "POST",
+            &dz,
+            Some(edge_body(
+                &chain[chain.len() - 1],
+                &next,
+                10 - depth,
+                3600 - depth * 10,
+            )),
+            201,
+        )
+        .await?;
         if depth == 0 {
             first_edge = id(&v, "delegation_edge_id")?;
         }
@@ -172,7 +266,10 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
     let last = chain.last().context("chain")?.clone();
     let path = format!("{agents}/{last}/effective-authority");
     let v = json_of(&c, "GET", &path, None, 200).await?;
-    anyhow::ensure!(v["effective_max_hops"] == 1, "unexpected effective authority {v}");
+    anyhow::ensure!(
+        v["effective_max_hops"] == 1,
+        "unexpected effective authority {v}"
+    );
     let mut ea = Vec::new();
     for i in 0..t.samples + 50 {
         let t1 = Instant::now();
@@ -181,7 +278,10 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
             ea.push(t1.elapsed());
         }
     }
-    println!("effective authority, end of a depth-10 chain: {}", percentiles(ea));
+    println!(
+        "effective authority, end of a depth-10 chain: {}",
+        percentiles(ea)
+    );
 
     // 4. Traverse and impact in a zone of `edges` edges: fill with root edges between
     // sources and sinks that no walk from the chain reaches.
@@ -197,7 +297,13 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
     let per = fill / t.concurrency + 1;
     let mut tasks = Vec::new();
     for w in 0..t.concurrency {
-        let (c, dz, sources, sinks, app) = (c.clone(), dz.clone(), sources.clone(), sinks.clone(), app.clone());
+        let (c, dz, sources, sinks, app) = (
+            c.clone(),
+            dz.clone(),
+            sources.clone(),
+            sinks.clone(),
+            app.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
                 let n = w * per + i;
@@ -214,7 +320,10 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
         task.await??;
     }
     let active = json_of(&op, "GET", &format!("{dz}/active?limit=1"), None, 200).await?;
-    anyhow::ensure!(active["items"].as_array().is_some_and(|a| a.len() == 1), "{active}");
+    anyhow::ensure!(
+        active["items"].as_array().is_some_and(|a| a.len() == 1),
+        "{active}"
+    );
     println!(
         "filled the zone to ~{} edges in {:.1}s ({:.0} creates/s, {} clients)",
         have + per * t.concurrency,
@@ -225,7 +334,11 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
     for (name, suffix) in [("traverse", "traverse"), ("impact", "impact")] {
         let path = format!("{dz}/{first_edge}/{suffix}");
         let v = json_of(&op, "GET", &path, None, 200).await?;
-        let n = if name == "traverse" { v.as_array().map(Vec::len) } else { v["affected_edges"].as_array().map(Vec::len) };
+        let n = if name == "traverse" {
+            v.as_array().map(Vec::len)
+        } else {
+            v["affected_edges"].as_array().map(Vec::len)
+        };
         anyhow::ensure!(n == Some(10), "{name} of the chain walked {n:?} edges");
         let mut lat = Vec::new();
         for i in 0..t.samples + 50 {
@@ -235,7 +348,10 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
                 lat.push(t1.elapsed());
             }
         }
-        println!("{name} of a 10-edge chain in that zone: {}", percentiles(lat));
+        println!(
+            "{name} of a 10-edge chain in that zone: {}",
+            percentiles(lat)
+        );
     }
     Ok(())
 }

@@ -465,7 +465,8 @@ pub(crate) mod reqwest_free {
             path: &str,
             body: Option<String>,
         ) -> anyhow::Result<(u16, Bytes)> {
-            self.send_typed(method, path, body, "application/json").await
+            self.send_typed(method, path, body, "application/json")
+                .await
         }
 
         pub async fn send_typed(
