@@ -167,20 +167,21 @@ fn graph_messages(applied: &Applied, e: &DelegationEvent) -> Vec<TopicMessage> {
                     ],
                 ));
                 for s in &r.revoked_subjects {
-                    out.push(msg(
-                        topics::SESSIONS_REVOKE,
-                        vec![
-                            field("zone_id", z.clone()),
-                            field("session_id", s.record_id.clone()),
-                            field("agent_session_id", s.agent_session_id.clone()),
-                            field("delegation_edge_id", named.clone()),
-                            field("reason", "delegation_revoked"),
-                            field(
-                                "dedupe_key",
-                                format!("delegation:{named}:subject:{}", s.record_id),
-                            ),
-                        ],
-                    ));
+                    let mut f = vec![
+                        field("zone_id", z.clone()),
+                        field("agent_session_id", s.agent_session_id.clone()),
+                        field("delegation_edge_id", named.clone()),
+                        field("reason", "delegation_revoked"),
+                    ];
+                    let dedupe = match &s.record_id {
+                        Some(record) => {
+                            f.push(field("session_id", record.clone()));
+                            format!("delegation:{named}:subject:{record}")
+                        }
+                        None => format!("delegation:{named}:session:{}", s.agent_session_id),
+                    };
+                    f.push(field("dedupe_key", dedupe));
+                    out.push(msg(topics::SESSIONS_REVOKE, f));
                 }
             } else {
                 for id in &r.edge_ids {

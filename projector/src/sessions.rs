@@ -304,3 +304,30 @@ pub async fn coordinator_counts(pool: &sqlx::PgPool) -> Result<CoordinatorCounts
         delegations: by(delegations),
     })
 }
+
+/// Open Sessions a cascade left behind (a crash or a race with a start): those whose parent
+/// has ended, and those that are the target of an edge the revoke route revoked —
+/// `(zone_id, id)`, at most `limit`.
+pub async fn stranded<'e>(
+    db: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.zone_id, c.id FROM catalog_objects c
+           JOIN catalog_objects p ON p.zone_id = c.zone_id AND p.kind = 'session'
+            AND p.id = c.doc #>> '{data,session,parent_session_id}'
+          WHERE c.kind = 'session'
+            AND c.doc #>> '{data,session,status}' IN ('active', 'suspended')
+            AND p.doc #>> '{data,session,status}' IN ('terminated', 'expired')
+         UNION
+         SELECT s.zone_id, s.id FROM delegation_edges e
+           JOIN catalog_objects s ON s.zone_id = e.zone_id AND s.kind = 'session'
+            AND s.id = e.target_session_id
+          WHERE e.status = 'revoked' AND e.doc ->> 'end_reason' = 'delegation_revoked'
+            AND s.doc #>> '{data,session,status}' IN ('active', 'suspended')
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -850,7 +850,8 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
     assert_eq!(p["revoked_authority_records"], 2);
     assert_eq!(p["terminated_sessions"], 2);
 
-    // Each terminated session is announced on caracal.agents.lifecycle.
+    // Each terminated session is announced on caracal.agents.lifecycle (after the spawn of
+    // each of the three).
     let topic = format!("{}:caracal.agents.lifecycle", server.prefix);
     let conn = redis::Client::open(server.redis_url.as_str())
         .unwrap()
@@ -867,7 +868,11 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
                 .query_async(&mut conn)
                 .await
                 .ok()?;
-            (entries.len() == 2).then_some(entries)
+            let ends: Vec<_> = entries
+                .into_iter()
+                .filter(|(_, f)| f.iter().any(|(k, v)| k == "event" && v == "terminate"))
+                .collect();
+            (ends.len() == 2).then_some(ends)
         }
     })
     .await;

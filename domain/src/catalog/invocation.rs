@@ -28,7 +28,7 @@ pub struct InvocationData {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub error_json: Value,
-    /// HMAC of the creation's idempotency key (its reservation value); never the key.
+    /// HMAC of the creation's idempotency key (the receipt's name); never the key.
     pub idempotency_digest: Option<String>,
 }
 
@@ -42,9 +42,6 @@ pub const STATUSES: [&str; 8] = [
     "timed_out",
     "dead",
 ];
-
-/// Reservation kind: one invocation per (owning application, idempotency key).
-pub const IDEMPOTENCY: &str = "invocation_idempotency";
 
 /// Why a transition is refused (the wire's `409` codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -468,11 +468,8 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
             agent_service::ENDPOINT,
             agent_service::endpoint_key(&a.application_id, &a.endpoint_url),
         )),
-        EntityData::Invocation(i) => i
-            .idempotency_digest
-            .as_ref()
-            .map(|d| (invocation::IDEMPOTENCY, d.clone())),
-        EntityData::Grant(_)
+        EntityData::Invocation(_)
+        | EntityData::Grant(_)
         | EntityData::AuthorityRecord(_)
         | EntityData::Session(_)
         | EntityData::Approval(_) => None,

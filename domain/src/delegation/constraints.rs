@@ -66,7 +66,9 @@ pub fn parse(value: &Value) -> Result<Constraints, DelegationRefusal> {
         match k.as_str() {
             "resources" => {
                 let list = v.as_array().ok_or_else(|| bad("resources"))?;
-                if list.len() > MAX_RESOURCES {
+                // An empty list would bind no resource without being a (permissioned) broad
+                // edge.
+                if list.is_empty() || list.len() > MAX_RESOURCES {
                     return Err(bad("resources"));
                 }
                 let mut out = Vec::with_capacity(list.len());
@@ -186,6 +188,12 @@ mod tests {
             parse(&json!({"max_hops": 11})),
             Err(DelegationRefusal::InvalidConstraint(
                 "invalid_max_hops".into()
+            ))
+        );
+        assert_eq!(
+            parse(&json!({"resources": []})),
+            Err(DelegationRefusal::InvalidConstraint(
+                "invalid_resources".into()
             ))
         );
         assert_eq!(

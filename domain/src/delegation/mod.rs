@@ -26,6 +26,9 @@ pub use walk::{
     effective_authority, impact, reachable, revoke_walk, traverse, EffectiveAuthority, Hop, Impact,
 };
 
+/// `end_reason` prefix of an edge ended because a Session at one of its ends ended.
+pub const SESSION_ENDED: &str = "session_ended:";
+
 /// Traversal, impact and revocation walks stop at this many edges (§11.4).
 pub const WALK_LIMIT: u32 = 10;
 
@@ -59,7 +62,8 @@ pub struct Edge {
     pub edge_version: u64,
     pub revoked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    /// The reason an edge ended (`delegation_revoked`, a terminate cascade's reason, `expired`).
+    /// Why an edge ended: `delegation_revoked` (the revoke route's walk),
+    /// `session_ended:<reason>` (a Session at one end ended), `expired`.
     #[serde(default)]
     pub end_reason: Option<String>,
 }
@@ -95,17 +99,19 @@ pub struct EdgesRevoked {
     /// The edge the revoke route named (absent for a terminate cascade).
     pub named_edge: Option<String>,
     pub at: DateTime<Utc>,
-    /// The revoke route's fan-out (§12.4): the subject authority records of the target
-    /// Sessions still running when it was decided, each announced on
-    /// `caracal.sessions.revoke`.
+    /// The revoke route's fan-out (§12.4): the target Sessions still running when it was
+    /// decided, each announced on `caracal.sessions.revoke` with its subject record unless
+    /// that record is exempt.
     #[serde(default)]
     pub revoked_subjects: Vec<RevokedSubject>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedSubject {
-    /// The authority record (`session_id` on the wire).
-    pub record_id: String,
+    /// The authority record (`session_id` on the wire); `None` when the record is exempt
+    /// (application-typed, or still used by another open Session): the message then
+    /// names only the Session and the Delegation.
+    pub record_id: Option<String>,
     pub agent_session_id: String,
 }
 
@@ -356,13 +362,19 @@ pub fn evolve(graph: &mut Graph, _meta: &EventMeta, event: &DelegationEvent) {
             graph.edges.insert(c.edge.id.clone(), c.edge.clone());
         }
         DelegationEvent::EdgesRevoked(r) => {
+            // The revoke route's walk ends its targets; a Session's end only ends the edges
+            // touching it. The reason tells a repair which is which.
+            let reason = match &r.named_edge {
+                Some(_) => r.reason.clone(),
+                None => format!("{SESSION_ENDED}{}", r.reason),
+            };
             for id in &r.edge_ids {
                 if let Some(e) = graph.edges.get_mut(id) {
                     if e.status == "active" {
                         e.status = "revoked".into();
                         e.revoked_at = Some(r.at);
                         e.edge_version += 1;
-                        e.end_reason = Some(r.reason.clone());
+                        e.end_reason = Some(reason.clone());
                     }
                 }
             }

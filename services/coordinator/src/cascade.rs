@@ -16,7 +16,7 @@ use crate::store::{self, Scope, Writer};
 
 /// Whether ending the Sessions `affected` announces the revocation of `record` (§12.1): not
 /// when the record is application-typed or another open Session outside the set uses it.
-async fn announces(
+pub async fn announces(
     app: &App,
     zone: &str,
     record: Option<&str>,
@@ -102,6 +102,21 @@ pub async fn terminate(
     reason: &str,
     ending: Ending,
 ) -> Result<Vec<String>, ApiError> {
+    terminate_fenced(app, w, zone, root, reason, ending, None).await
+}
+
+/// As [`terminate`]; with `generation`, the root ends only while its lease generation is
+/// still that one (checked in the conditional update, so a holder fenced between the
+/// caller's read and the write cannot end its successor's Session).
+pub async fn terminate_fenced(
+    app: &App,
+    w: &Writer,
+    zone: &str,
+    root: &str,
+    reason: &str,
+    ending: Ending,
+    generation: Option<u64>,
+) -> Result<Vec<String>, ApiError> {
     let tree = q::subtree(&app.pool, zone, root, &["active", "suspended"]).await?;
     let open: Vec<&Entity> = tree
         .iter()
@@ -124,6 +139,9 @@ pub async fn terminate(
         let why = if is_root { reason } else { "parent_terminated" };
         let done = store::update(app, w, zone, &e.id, &["status"], |cur| {
             let s = session_data(cur)?;
+            if is_root && generation.is_some_and(|g| g != s.lease_generation) {
+                return None;
+            }
             let mut next = match (is_root, ending) {
                 (true, Ending::Expire) => s.expired(now)?,
                 _ => s.terminated(now, why)?,
@@ -132,8 +150,11 @@ pub async fn terminate(
             Some(EntityData::Session(next))
         })
         .await?;
-        if done.is_some() {
-            ended.push(e.id.clone());
+        match done {
+            Some(_) => ended.push(e.id.clone()),
+            // A fenced root ends nothing below it either.
+            None if is_root && generation.is_some() => return Ok(Vec::new()),
+            None => {}
         }
     }
     revoke_touching(app, w, zone, &ended, reason, now).await?;

@@ -669,14 +669,33 @@ pub async fn revoke_edge(
         }
     }
     let rows = read::load_many(&app.pool, &targets).await?;
-    let running: std::collections::HashMap<String, Option<String>> = targets
+    let open: Vec<String> = targets
         .iter()
-        .filter_map(|t| {
-            let s = rows.get(t).and_then(session_data)?;
-            matches!(s.status.as_str(), "active" | "suspended")
-                .then(|| (t.clone(), s.subject_authority_record_id.clone()))
+        .filter(|t| {
+            rows.get(*t)
+                .and_then(session_data)
+                .is_some_and(|s| matches!(s.status.as_str(), "active" | "suspended"))
         })
+        .cloned()
         .collect();
+    // Each running target with its subject record and, unless the record is exempt (§12.1:
+    // application-typed — an SDK's own lifecycle record — or still used by another open
+    // Session), the record announced: a revocation must not let one application revoke
+    // another's credentials.
+    let mut running: std::collections::HashMap<String, (Option<String>, Option<String>)> =
+        std::collections::HashMap::new();
+    for t in &open {
+        let record = rows
+            .get(t)
+            .and_then(session_data)
+            .and_then(|s| s.subject_authority_record_id.clone());
+        let announced = if cascade::announces(app, zone, record.as_deref(), &open).await? {
+            record.clone()
+        } else {
+            None
+        };
+        running.insert(t.clone(), (record, announced));
+    }
     let written = store::graph_write(
         app,
         &w,
@@ -694,17 +713,13 @@ pub async fn revoke_edge(
                         continue;
                     };
                     let t = &e.target_session_id;
-                    if let Some(record) = running.get(t) {
+                    if let Some((_, announced)) = running.get(t) {
                         if !ended_targets.contains(t) {
                             ended_targets.push(t.clone());
-                        }
-                        if let Some(record) = record {
-                            if !r.revoked_subjects.iter().any(|x| &x.record_id == record) {
-                                r.revoked_subjects.push(RevokedSubject {
-                                    record_id: record.clone(),
-                                    agent_session_id: t.clone(),
-                                });
-                            }
+                            r.revoked_subjects.push(RevokedSubject {
+                                record_id: announced.clone(),
+                                agent_session_id: t.clone(),
+                            });
                         }
                     }
                 }
@@ -716,15 +731,21 @@ pub async fn revoke_edge(
     let Some((targets, _, Outcome::Applied { events, .. })) = written else {
         return Err(ApiError::not_found("delegation_not_found"));
     };
-    let (revoked, subjects) = events
+    let revoked = events
         .iter()
         .find_map(|e| match e {
             serval_domain::Event::Delegation(DelegationEvent::EdgesRevoked(r)) => {
-                Some((r.edge_ids.len(), r.revoked_subjects.len()))
+                Some(r.edge_ids.len())
             }
             _ => None,
         })
         .unwrap_or_default();
+    // §7.9: the distinct subject records of the still-running targets (exempt or not).
+    let subjects = targets
+        .iter()
+        .filter_map(|t| running.get(t).and_then(|(record, _)| record.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let mut terminated = 0;
     for t in &targets {
         terminated += cascade::terminate(app, &w, zone, t, "delegation_revoked", Ending::Terminate)

@@ -43,6 +43,22 @@ fn read(
     Ok((body, zone))
 }
 
+/// The façade is not on the operator allowlist (§2.3): there the operator token is a JWT
+/// like any other bearer, and fails as one.
+fn refuse_operator(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match (bearer, app.cfg.coordinator_token.as_deref()) {
+        (Some(b), Some(t)) if !t.is_empty() && b == t => {
+            Err(ApiError::unauthorized("invalid_token"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn json_headers(headers: &HeaderMap) -> HeaderMap {
     let mut h = headers.clone();
     h.insert(
@@ -154,6 +170,9 @@ pub async fn end(
     RawBody(raw): RawBody,
 ) -> Response {
     if let Err(e) = limited(&app, Some(&conn)).await {
+        return e.into_response();
+    }
+    if let Err(e) = refuse_operator(&app, &headers) {
         return e.into_response();
     }
     let (body, zone) = match read(&headers, &raw, &["agent_session_id"]) {
@@ -292,6 +311,9 @@ pub async fn revoke_delegation(
     RawBody(raw): RawBody,
 ) -> Response {
     if let Err(e) = limited(&app, Some(&conn)).await {
+        return e.into_response();
+    }
+    if let Err(e) = refuse_operator(&app, &headers) {
         return e.into_response();
     }
     let (body, zone) = match read(&headers, &raw, &["delegation_edge_id"]) {

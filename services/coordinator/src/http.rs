@@ -268,10 +268,7 @@ fn decode(s: &str) -> String {
 
 impl ListQuery {
     /// Parses `limit`, `cursor` and the `allowed` filters (each checked by `check`).
-    pub fn parse(
-        raw: Option<&str>,
-        allowed: &[FilterRule],
-    ) -> Result<ListQuery, ApiError> {
+    pub fn parse(raw: Option<&str>, allowed: &[FilterRule]) -> Result<ListQuery, ApiError> {
         let mut params = query_map(raw)?;
         let limit = match params.remove("limit") {
             None => DEFAULT_LIMIT,

@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
-use serval_domain::catalog::invocation::{self as inv, Refused, IDEMPOTENCY};
+use serval_domain::catalog::invocation::{self as inv, Refused};
 use serval_domain::catalog::{CatalogKind, Entity, EntityData, InvocationData};
 use serval_kit::http::body::RawBody;
 use serval_kit::http::request_id::RequestId;
@@ -15,7 +15,6 @@ use serval_kit::http::ApiError;
 use serval_kit::write::{Failure, Outcome};
 use serval_kit::App;
 use serval_projector::catalog as read;
-use serval_streams::append::Reservation;
 use serval_streams::LogStream;
 
 use crate::auth::{authenticate, Operator, Principal};
@@ -160,10 +159,6 @@ pub async fn create(
         error_json: Value::Null,
         idempotency_digest: Some(receipt.idem.key_digest.clone()),
     };
-    let reserve = vec![Reservation {
-        kind: IDEMPOTENCY,
-        value: receipt.idem.key_digest.clone(),
-    }];
     let w = writer(&p, &rid);
     let outcome = store::create(
         &app,
@@ -171,7 +166,7 @@ pub async fn create(
         &zone,
         &id,
         EntityData::Invocation(data),
-        reserve,
+        Vec::new(),
         Some(receipt.idem.clone()),
     )
     .await;

@@ -656,10 +656,22 @@ pub async fn terminate_session(
             Some(_) => {}
         }
     }
-    let ended =
-        cascade::terminate(app, &writer(p, rid), zone, id, reason, Ending::Terminate).await?;
+    let fence = (s.is_service() && !p.admin()).then_some(s.lease_generation);
+    let ended = cascade::terminate_fenced(
+        app,
+        &writer(p, rid),
+        zone,
+        id,
+        reason,
+        Ending::Terminate,
+        fence,
+    )
+    .await?;
     if ended.is_empty() {
-        return Err(not_found());
+        return Err(match fence {
+            Some(_) => ApiError::conflict("session_lease_fenced"),
+            None => not_found(),
+        });
     }
     Ok(())
 }

@@ -36,11 +36,18 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One pass of every sweeper.
+fn logged(what: &str, zone: &str, r: Result<impl Sized, ApiError>) {
+    if let Err(e) = r {
+        tracing::warn!(error = ?e.body, what, zone, "sweep item failed; retrying next pass");
+    }
+}
+
+/// One pass of every sweeper. A failing item is logged and left for the next pass; it never
+/// stops the others (one zone's trouble must not stall every zone's expiry).
 pub async fn once(app: &App) -> Result<(), ApiError> {
     let now = Utc::now();
     for (zone, id, service) in q::due(&app.pool, now, BATCH).await? {
-        if service {
+        let r = if service {
             cascade::suspend(
                 app,
                 &Writer::system("lease-sweeper"),
@@ -48,7 +55,8 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
                 &id,
                 "service_heartbeat_lost",
             )
-            .await?;
+            .await
+            .map(|_| ())
         } else {
             cascade::terminate(
                 app,
@@ -58,11 +66,13 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
                 "ttl",
                 Ending::Expire,
             )
-            .await?;
-        }
+            .await
+            .map(|_| ())
+        };
+        logged("session sweep", &zone, r);
     }
     for (zone, id) in q::invocations_due(&app.pool, now, BATCH).await? {
-        store::update(
+        let r = store::update(
             app,
             &Writer::system("deadline-enforcer"),
             &zone,
@@ -73,7 +83,8 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
                 _ => None,
             },
         )
-        .await?;
+        .await;
+        logged("invocation deadline", &zone, r);
     }
     let mut by_zone: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in serval_projector::delegations::due(&app.pool, now, BATCH).await? {
@@ -81,18 +92,27 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
     }
     let w = Writer::system("edge-cleaner");
     for (zone, ids) in by_zone {
-        store::graph_write(app, &w, &zone, Scope::Edges(ids), None, |view| {
+        let r = store::graph_write(app, &w, &zone, Scope::Edges(ids), None, |view| {
             Ok(delegation::decide_expire(&view.graph, Utc::now()).map(|e| (e, ())))
         })
-        .await?;
+        .await;
+        logged("edge expiry", &zone, r);
+    }
+    // Repairs: what an interrupted cascade, or a start racing its parent's end, left open.
+    let w = Writer::system("cascade-repair");
+    for (zone, id) in q::stranded(&app.pool, BATCH).await? {
+        let r =
+            cascade::terminate(app, &w, &zone, &id, "parent_terminated", Ending::Terminate).await;
+        logged("stranded session", &zone, r);
     }
     let mut orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (zone, session) in q::orphaned_edge_ends(&app.pool, BATCH).await? {
         orphans.entry(zone).or_default().push(session);
     }
-    let w = Writer::system("cascade-repair");
     for (zone, ended) in orphans {
-        cascade::revoke_touching(app, &w, &zone, &ended, "parent_terminated", Utc::now()).await?;
+        let r =
+            cascade::revoke_touching(app, &w, &zone, &ended, "parent_terminated", Utc::now()).await;
+        logged("orphaned edges", &zone, r);
     }
     Ok(())
 }
