@@ -183,6 +183,24 @@ pub async fn active_downstream<'e>(
     Ok(docs.into_iter().map(|d| d.0).collect())
 }
 
+/// Whether any `active` edge has one of `sessions` at either end (a cascade's cheap test
+/// before it loads a view and appends).
+pub async fn any_active_touching<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    sessions: &[String],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM delegation_edges
+          WHERE zone_id = $1 AND status = 'active'
+            AND (source_session_id = ANY($2) OR target_session_id = ANY($2)))",
+    )
+    .bind(zone_id)
+    .bind(sessions)
+    .fetch_one(db)
+    .await
+}
+
 /// Every `active` edge with one of `sessions` at either end.
 pub async fn active_touching<'e>(
     db: impl PgExecutor<'e>,
@@ -293,9 +311,8 @@ pub async fn view(
     zone: &str,
     scope: &Scope,
 ) -> Result<GraphView, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
     let epoch = epoch(&mut *tx, zone).await?;
     let edges: Vec<Edge> = match scope {

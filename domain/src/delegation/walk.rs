@@ -1,7 +1,7 @@
 //! Walks over the graph: traversal and impact (§13.2), the revoke walk (§12.4), cycle
 //! reachability (§11.3) and effective authority (§13.1).
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,9 +17,20 @@ pub struct Hop {
     pub depth: u32,
 }
 
+/// The edges accepted by `follow`, by source Session (built once per walk, so a walk costs
+/// the edges it looks at, not edges × Sessions).
+fn by_source(graph: &Graph, follow: impl Fn(&Edge) -> bool) -> HashMap<&str, Vec<&Edge>> {
+    let mut out: HashMap<&str, Vec<&Edge>> = HashMap::new();
+    for e in graph.edges.values().filter(|e| follow(e)) {
+        out.entry(e.source_session_id.as_str()).or_default().push(e);
+    }
+    out
+}
+
 /// Breadth-first from `start` over edges accepted by `follow`, never revisiting an edge,
 /// depth capped at [`WALK_LIMIT`]; sorted by `(depth, id)`.
 fn walk(graph: &Graph, start: &Edge, follow: impl Fn(&Edge) -> bool) -> Vec<Hop> {
+    let next_of = by_source(graph, follow);
     let mut seen: HashSet<&str> = HashSet::from([start.id.as_str()]);
     let mut out = vec![Hop {
         id: start.id.clone(),
@@ -32,10 +43,11 @@ fn walk(graph: &Graph, start: &Edge, follow: impl Fn(&Edge) -> bool) -> Vec<Hop>
         if depth >= WALK_LIMIT {
             continue;
         }
-        for next in graph
-            .edges
-            .values()
-            .filter(|n| n.source_session_id == e.target_session_id && follow(n))
+        for next in next_of
+            .get(e.target_session_id.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
         {
             if seen.insert(next.id.as_str()) {
                 out.push(Hop {
@@ -102,17 +114,14 @@ pub fn impact(graph: &Graph, edge_id: &str, now: DateTime<Utc>) -> Option<Impact
 /// Whether `to` is reachable from `from` over live edges. Unbounded (Caracal stops at 10
 /// edges, which lets an 11-edge cycle close): the graph may hold no cycle of any length.
 pub fn reachable(graph: &Graph, from: &str, to: &str, now: DateTime<Utc>) -> bool {
+    let next_of = by_source(graph, |e| e.is_live(now));
     let mut seen: HashSet<&str> = HashSet::from([from]);
     let mut queue = VecDeque::from([from]);
     while let Some(s) = queue.pop_front() {
         if s == to {
             return true;
         }
-        for e in graph
-            .edges
-            .values()
-            .filter(|e| e.source_session_id == s && e.is_live(now))
-        {
+        for e in next_of.get(s).into_iter().flatten() {
             if seen.insert(e.target_session_id.as_str()) {
                 queue.push_back(e.target_session_id.as_str());
             }

@@ -170,7 +170,9 @@ pub async fn revoke_touching(
     reason: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ApiError> {
-    if ended.is_empty() {
+    if ended.is_empty()
+        || !serval_projector::delegations::any_active_touching(&app.pool, zone, ended).await?
+    {
         return Ok(0);
     }
     let written = store::graph_write(

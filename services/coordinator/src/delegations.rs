@@ -60,20 +60,26 @@ async fn resolve(
     zone: &str,
     key: &str,
     by_id: bool,
-) -> Result<Option<ResolvedResource>, ApiError> {
+) -> Result<Option<(ResolvedResource, Vec<String>)>, ApiError> {
     let as_resource = |e: Entity| match e.data {
-        EntityData::Resource(r) if e.archived_at.is_none() => Some((e.id, r)),
+        EntityData::Resource(r) if e.archived_at.is_none() => Some((
+            ResolvedResource {
+                id: e.id,
+                identifier: r.identifier,
+            },
+            r.scopes,
+        )),
         _ => None,
     };
-    if by_id {
-        if let Some((id, r)) = read::load(&app.pool, zone, key)
+    // Row ids are UUIDs; an identifier names its scheme (`resource://…`): ask the likely
+    // form first, the other only when it misses.
+    let by_identifier_first = key.contains("://") || !by_id;
+    if by_id && !by_identifier_first {
+        if let Some(r) = read::load(&app.pool, zone, key)
             .await?
             .and_then(as_resource)
         {
-            return Ok(Some(ResolvedResource {
-                id,
-                identifier: r.identifier,
-            }));
+            return Ok(Some(r));
         }
     }
     let rows = read::list(
@@ -86,28 +92,15 @@ async fn resolve(
         1,
     )
     .await?;
-    Ok(rows
-        .into_iter()
-        .find_map(as_resource)
-        .map(|(id, r)| ResolvedResource {
-            id,
-            identifier: r.identifier,
-        }))
-}
-
-async fn resource_scopes(
-    app: &App,
-    zone: &str,
-    ids: &[String],
-) -> Result<BTreeSet<String>, ApiError> {
-    let rows = read::load_many(&app.pool, ids).await?;
-    let mut out = BTreeSet::new();
-    for e in rows.values().filter(|e| e.zone_id == zone) {
-        if let EntityData::Resource(r) = &e.data {
-            out.extend(r.scopes.iter().cloned());
-        }
+    if let Some(r) = rows.into_iter().find_map(as_resource) {
+        return Ok(Some(r));
     }
-    Ok(out)
+    if by_id && by_identifier_first {
+        return Ok(read::load(&app.pool, zone, key)
+            .await?
+            .and_then(as_resource));
+    }
+    Ok(None)
 }
 
 /// `POST /zones/:zoneId/delegations`.
@@ -245,22 +238,24 @@ pub async fn create_edge(
         return Err(ApiError::conflict("delegation_application_mismatch"));
     }
     let mut resolved: Vec<ResolvedResource> = Vec::new();
+    let mut declared: BTreeSet<String> = BTreeSet::new();
     let mut bound: Option<ResolvedResource> = None;
     if let Some(k) = &resource_key {
-        let r = resolve(app, zone, k, true)
+        let (r, scopes) = resolve(app, zone, k, true)
             .await?
             .ok_or_else(|| ApiError::not_found("resource_not_found"))?;
         bound = Some(r.clone());
         resolved.push(r);
+        declared.extend(scopes);
     }
     if let Some(list) = &parsed.resources {
         let mut from_list = Vec::new();
         for k in list {
-            from_list.push(
-                resolve(app, zone, k, false)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("resource_not_found"))?,
-            );
+            let (r, scopes) = resolve(app, zone, k, false)
+                .await?
+                .ok_or_else(|| ApiError::not_found("resource_not_found"))?;
+            from_list.push(r);
+            declared.extend(scopes);
         }
         if let Some(b) = &bound {
             if !from_list.iter().any(|r| r.id == b.id) {
@@ -273,12 +268,8 @@ pub async fn create_edge(
             }
         }
     }
-    if !resolved.is_empty() {
-        let ids: Vec<String> = resolved.iter().map(|r| r.id.clone()).collect();
-        let declared = resource_scopes(app, zone, &ids).await?;
-        if !sorted_scopes.iter().all(|s| declared.contains(s)) {
-            return Err(ApiError::forbidden("delegation_scopes_exceed_resource"));
-        }
+    if !resolved.is_empty() && !sorted_scopes.iter().all(|s| declared.contains(s)) {
+        return Err(ApiError::forbidden("delegation_scopes_exceed_resource"));
     }
     let id = uuid::Uuid::now_v7().to_string();
     let edge = Edge {
