@@ -966,3 +966,63 @@ async fn the_official_admin_client_makes_its_coordinator_calls() {
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_receipts_are_found_under_the_previous_key_after_a_rotation() {
+    const ONE: &str = "idempotency-key-one-0123456789abcdef";
+    const TWO: &str = "idempotency-key-two-0123456789abcdef";
+    let (mut server, issuer) = server_with(&[("IDEMPOTENCY_HMAC_KEY", ONE)]).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let token = mandate(&issuer, &z).await;
+    let agents = format!("/zones/{}/agents", z.id);
+    let key = [("idempotency-key", "rotation-1")];
+    let body = json!({"application_id": z.app});
+    let c = Coord::new(&server, &token);
+    let (s, _, first) = c
+        .call(reqwest::Method::POST, &agents, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, 201, "{first}");
+
+    // The same deployment restarted with the key rotated (the STS where the issuer says).
+    let port = issuer.rsplit(':').next().unwrap().to_owned();
+    let restart = |keys: Vec<(&str, &str)>| common::Options {
+        db_url: Some(server.db_url.clone()),
+        redis_url: Some(server.redis_url.clone()),
+        prefix: Some(server.prefix.clone()),
+        keys: server.keys.clone(),
+        env: [
+            ("SERVAL_STS_PORT", port.as_str()),
+            ("ISSUER_URL", issuer.as_str()),
+        ]
+        .into_iter()
+        .chain(keys)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..Default::default()
+    };
+    let rotated = restart(vec![
+        ("IDEMPOTENCY_HMAC_KEY", TWO),
+        ("IDEMPOTENCY_HMAC_KEY_PREVIOUS", ONE),
+    ]);
+    server.kill();
+    let server = Server::start(rotated).await;
+    let c = Coord::new(&server, &token);
+    let (s, h, again) = c
+        .call(reqwest::Method::POST, &agents, Some(body.clone()), &key)
+        .await;
+    assert_eq!((s, &again), (201, &first));
+    assert_eq!(
+        h.get("idempotency-replayed").map(String::as_str),
+        Some("true")
+    );
+    let (s, _, v) = c
+        .call(
+            reqwest::Method::POST,
+            &agents,
+            Some(json!({"application_id": z.app, "labels": ["x"]})),
+            &key,
+        )
+        .await;
+    assert_eq!((s, &v["error"]), (409, &json!("idempotency_key_conflict")));
+}

@@ -4,6 +4,8 @@
 //! object. Record names are HMACs of the domain-separated key; plaintext keys are never
 //! stored. Live receipts per (operation, zone, scope) are counted in a sorted set.
 
+use std::collections::HashMap;
+
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -102,9 +104,17 @@ fn hmac_key(app: &App) -> Vec<u8> {
     }
 }
 
+fn record_name(key: &[u8], op: &str, zone: &str, scope: &str, idem_key: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("serval.idempotency.v1\n{op}\n{zone}\n{scope}\n{idem_key}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// A receipt to create under: its record name and the request's fingerprint.
 pub struct Receipt {
     pub idem: Idempotency,
+    /// The record name under `IDEMPOTENCY_HMAC_KEY_PREVIOUS`, looked up too (§14).
+    previous: Option<String>,
     op: &'static str,
     zone: String,
     scope: String,
@@ -121,10 +131,13 @@ impl Receipt {
         generated: bool,
         request: &Value,
     ) -> Receipt {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hmac_key(app))
-            .expect("HMAC takes any key length");
-        mac.update(format!("serval.idempotency.v1\n{op}\n{zone}\n{scope}\n{key}").as_bytes());
-        let key_digest = hex::encode(mac.finalize().into_bytes());
+        let key_digest = record_name(&hmac_key(app), op, zone, scope, key);
+        let previous = app
+            .cfg
+            .idempotency_hmac_key_previous
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| record_name(k.as_bytes(), op, zone, scope, key));
         let fingerprint = hex::encode(Sha256::digest(canonical(request).as_bytes()));
         let ttl = if generated && op == SESSION_START {
             app.cfg.generated_idempotency_retention_seconds
@@ -137,6 +150,7 @@ impl Receipt {
                 fingerprint,
                 ttl_secs: Some(ttl),
             },
+            previous,
             op,
             zone: zone.to_owned(),
             scope: scope.to_owned(),
@@ -184,10 +198,15 @@ impl Receipt {
         app: &App,
     ) -> Result<Option<(String, Option<(u16, String)>)>, ApiError> {
         let stream = LogStream::Zone(self.zone.clone());
-        let key = app.store.keys().idempotency(&stream, &self.idem.key_digest);
         let mut conn = app.store.connection();
-        let fields: std::collections::HashMap<String, String> =
-            redis::AsyncCommands::hgetall(&mut conn, key).await?;
+        let mut fields: std::collections::HashMap<String, String> = HashMap::new();
+        for name in std::iter::once(&self.idem.key_digest).chain(self.previous.as_ref()) {
+            let key = app.store.keys().idempotency(&stream, name);
+            fields = redis::AsyncCommands::hgetall(&mut conn, key).await?;
+            if !fields.is_empty() {
+                break;
+            }
+        }
         if fields.is_empty() {
             return Ok(None);
         }

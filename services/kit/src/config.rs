@@ -178,6 +178,9 @@ pub struct Config {
     /// Keys idempotency receipts (HMAC-SHA-256); unset = derived from `STREAMS_HMAC_KEY`.
     #[arg(long, env = "IDEMPOTENCY_HMAC_KEY", hide_env_values = true)]
     pub idempotency_hmac_key: Option<String>,
+    /// The key before the last rotation: receipts named under it are still found (§14).
+    #[arg(long, env = "IDEMPOTENCY_HMAC_KEY_PREVIOUS", hide_env_values = true)]
+    pub idempotency_hmac_key_previous: Option<String>,
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECONDS", default_value_t = 604_800)]
     pub idempotency_retention_seconds: u64,
     #[arg(
