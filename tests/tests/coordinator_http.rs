@@ -635,6 +635,52 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
         .await;
     assert_eq!((s, v), (409, json!({"error": "delegation_cycle_denied"})));
 
+    // A retry whose first attempt died between the append and the answer: the receipt has no
+    // recorded answer, and the replay is answered from the entry the append wrote.
+    let key = [("idempotency-key", "edge-retry-1")];
+    let body = edge(
+        a,
+        d,
+        json!(["tickets:read"]),
+        json!({"resources": [RESOURCE]}),
+    );
+    let (s, _, first) = c
+        .call(reqwest::Method::POST, &dz, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, 201, "{first}");
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}:{{z:{}}}:idem:*", server.prefix, z.id);
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!records.is_empty(), "no receipt under {pattern}");
+    for r in &records {
+        let _: i64 = redis::cmd("HDEL")
+            .arg(r)
+            .arg("status")
+            .arg("body")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (s, h, again) = c.call(reqwest::Method::POST, &dz, Some(body), &key).await;
+    assert_eq!(s, 201, "{again}");
+    assert_eq!(again["delegation_edge_id"], first["delegation_edge_id"]);
+    assert_eq!(
+        h.get("idempotency-replayed").map(String::as_str),
+        Some("true")
+    );
+    let (s, v) = c
+        .patch(&format!(
+            "{dz}/{}/revoke",
+            first["delegation_edge_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
     // Reads.
     let (s, v) = c.get(&format!("{dz}/inbound/{cc}")).await;
     assert_eq!(s, 200);
@@ -711,7 +757,11 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     let inv = eventually(20, || async {
         let t = topic(&server, "caracal.delegations.invalidate").await;
         t.iter()
-            .any(|m| m["event"] == "edge_revoke" && m.contains_key("affected_edges"))
+            .any(|m| {
+                m["event"] == "edge_revoke"
+                    && m.contains_key("affected_edges")
+                    && m["edge_id"] == ab_id
+            })
             .then_some(t)
     })
     .await;
@@ -720,7 +770,7 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     assert_eq!(inv[0]["event"], "edge_create");
     let named = inv
         .iter()
-        .find(|m| m.get("affected_edges").is_some())
+        .find(|m| m.get("affected_edges").is_some() && m["edge_id"] == ab_id)
         .unwrap();
     assert_eq!(
         (named["edge_id"].as_str(), named["affected_edges"].as_str()),

@@ -21,6 +21,7 @@ use serval_kit::write::Outcome;
 use serval_kit::App;
 use serval_projector::catalog::{self as read, Filter, Status};
 use serval_projector::delegations::{self as q, Listing};
+use serval_streams::EntryId;
 
 use crate::auth::{authenticate, Operator, Principal};
 use crate::cascade::{self, Ending};
@@ -215,10 +216,10 @@ pub async fn create_edge(
                 &fingerprint,
             );
             r.check_limit(app).await?;
-            if let Some((_, answer)) = r.peek(app).await? {
-                return match answer {
+            if let Some(found) = r.peek(app).await? {
+                return match found.answer {
                     Some((status, body)) => replay_edge(app, zone, status, &body).await,
-                    None => Err(idempotency::inactive()),
+                    None => replay_unrecorded(app, zone, found.entry).await,
                 };
             }
             Some(r)
@@ -323,7 +324,12 @@ pub async fn create_edge(
     match outcome {
         Outcome::Replay { status, body } => return replay_edge(app, zone, status, &body).await,
         Outcome::ReplayUnrecorded { .. } => {
-            return Err(ApiError::conflict("idempotency_result_inactive"))
+            // A concurrent attempt with the same key created it: answer from its entry.
+            let entry = match &receipt {
+                Some(r) => r.peek(app).await?.and_then(|f| f.entry),
+                None => None,
+            };
+            return replay_unrecorded(app, zone, entry).await;
         }
         Outcome::Applied { .. } => {}
     }
@@ -333,7 +339,16 @@ pub async fn create_edge(
     let edge = q::load(&app.pool, zone, &id)
         .await?
         .ok_or_else(|| ApiError::internal("edge not readable"))?;
-    let mut v = render::edge(&edge);
+    let v = created_answer(&edge, parent.is_some(), &considered)?;
+    let stream = serval_streams::LogStream::Zone(zone.to_owned());
+    let idem = receipt.map(|r| r.idem);
+    Ok(serval_kit::write::respond(app, &stream, &idem, StatusCode::CREATED, Some(v), true).await)
+}
+
+/// The `201` answer of a creation (§7.1), from the edge as created.
+fn created_answer(edge: &Edge, narrowed: bool, considered: &[String]) -> Result<Value, ApiError> {
+    let broad = edge.broad_reason().is_some();
+    let mut v = render::edge(edge);
     let m = v
         .as_object_mut()
         .ok_or_else(|| ApiError::internal("edge shape"))?;
@@ -357,7 +372,7 @@ pub async fn create_edge(
             } else {
                 "resource_scope_checked"
             },
-            if parent.is_some() {
+            if narrowed {
                 "parent_authority_narrowed"
             } else {
                 "source_authority_root"
@@ -388,9 +403,49 @@ pub async fn create_edge(
             "parent_edges_considered": considered,
         }),
     );
+    Ok(v)
+}
+
+/// The edge a creation's receipt points at, read from the log entry the creating append
+/// wrote (its answer was never recorded: the first attempt died before answering).
+async fn created_by_entry(app: &App, zone: &str, entry: EntryId) -> Result<Option<Edge>, ApiError> {
     let stream = serval_streams::LogStream::Zone(zone.to_owned());
-    let idem = receipt.map(|r| r.idem);
-    Ok(serval_kit::write::respond(app, &stream, &idem, StatusCode::CREATED, Some(v), true).await)
+    let key = app.store.keys().log(&stream);
+    let mut conn = app.store.connection();
+    let at = entry.to_string();
+    let entries = serval_streams::read::read_range(&mut conn, &key, &at, &at, 1).await?;
+    let Some((id, fields)) = entries.into_iter().next() else {
+        return Ok(None);
+    };
+    let recorded =
+        serval_streams::read::verify_entry(app.store.signer(), &key, &stream, id, &fields)
+            .map_err(ApiError::internal)?;
+    match recorded.decode(&serval_streams::codec::Upcasters::default()) {
+        Ok(serval_domain::Event::Delegation(DelegationEvent::EdgeCreated(c))) => {
+            Ok(q::load(&app.pool, zone, &c.edge.id).await?)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Replays a creation whose answer was not recorded, while its edge is live.
+async fn replay_unrecorded(
+    app: &App,
+    zone: &str,
+    entry: Option<EntryId>,
+) -> Result<Response, ApiError> {
+    let edge = match entry {
+        Some(e) => created_by_entry(app, zone, e).await?,
+        None => None,
+    };
+    match edge {
+        Some(edge) if edge.is_live(Utc::now()) => {
+            let considered: Vec<String> = edge.parent_edge_id.iter().cloned().collect();
+            let v = created_answer(&edge, edge.parent_edge_id.is_some(), &considered)?;
+            Ok(idempotency::replayed(201, &v.to_string()))
+        }
+        _ => Err(idempotency::inactive()),
+    }
 }
 
 async fn replay_edge(app: &App, zone: &str, status: u16, body: &str) -> Result<Response, ApiError> {

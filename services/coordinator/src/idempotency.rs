@@ -110,6 +110,14 @@ fn record_name(key: &[u8], op: &str, zone: &str, scope: &str, idem_key: &str) ->
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// A receipt on record: the aggregate and log entry the creating append wrote, and the
+/// first answer when it was recorded.
+pub struct Found {
+    pub aggregate_id: String,
+    pub entry: Option<serval_streams::EntryId>,
+    pub answer: Option<(u16, String)>,
+}
+
 /// A receipt to create under: its record name and the request's fingerprint.
 pub struct Receipt {
     pub idem: Idempotency,
@@ -193,10 +201,7 @@ impl Receipt {
 
     /// The record of this key when one exists: `Err(409 idempotency_key_conflict)` for
     /// another request, else the created object's id and the recorded answer (if any).
-    pub async fn peek(
-        &self,
-        app: &App,
-    ) -> Result<Option<(String, Option<(u16, String)>)>, ApiError> {
+    pub async fn peek(&self, app: &App) -> Result<Option<Found>, ApiError> {
         let stream = LogStream::Zone(self.zone.clone());
         let mut conn = app.store.connection();
         let mut fields: std::collections::HashMap<String, String> = HashMap::new();
@@ -217,10 +222,11 @@ impl Receipt {
             .get("status")
             .and_then(|s| s.parse().ok())
             .zip(fields.get("body").cloned());
-        Ok(Some((
-            fields.get("aggregate_id").cloned().unwrap_or_default(),
+        Ok(Some(Found {
+            aggregate_id: fields.get("aggregate_id").cloned().unwrap_or_default(),
+            entry: fields.get("last_entry_id").and_then(|e| e.parse().ok()),
             answer,
-        )))
+        }))
     }
 
     /// Counts the receipt just created (best effort: the record itself is already stored).

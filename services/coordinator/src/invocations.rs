@@ -130,7 +130,12 @@ pub async fn create(
     receipt.check_limit(&app).await?;
     let stream = LogStream::Zone(zone.clone());
     // A replay is answered before the rate limit (§6.1).
-    if let Some((id, answer)) = receipt.peek(&app).await? {
+    if let Some(idempotency::Found {
+        aggregate_id: id,
+        answer,
+        ..
+    }) = receipt.peek(&app).await?
+    {
         return match answer {
             Some((status, body)) => Ok(idempotency::replayed(status, &body)),
             None => replay_created(&app, &zone, &id).await,

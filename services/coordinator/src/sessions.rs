@@ -169,7 +169,12 @@ pub async fn start(
             );
             r.check_limit(&app).await?;
             // A key on record answers before the zone's state is looked at (§4.1 step 3).
-            if let Some((id, answer)) = r.peek(&app).await? {
+            if let Some(idempotency::Found {
+                aggregate_id: id,
+                answer,
+                ..
+            }) = r.peek(&app).await?
+            {
                 return match answer {
                     Some((status, body)) => {
                         replay_if_live(&app, &zone, status, &body, "agent_session_id").await
