@@ -95,6 +95,71 @@ const SESSION_FIELDS: [(&str, &str); 7] = [
     ("parent_id", "parent_id"),
 ];
 
+/// What every façade route does first: the per-IP limit, the operator token refused where
+/// the zone route would accept it (`refuse_operator`), the body with its `zone_id` and
+/// `required` fields.
+async fn admit(
+    app: &App,
+    conn: &ConnectInfo<SocketAddr>,
+    headers: &HeaderMap,
+    raw: &[u8],
+    required: &[&str],
+    refuse_op: bool,
+) -> Result<(Map<String, Value>, String), ApiError> {
+    limited(app, Some(conn)).await?;
+    if refuse_op {
+        refuse_operator(app, headers)?;
+    }
+    read(headers, raw, required)
+}
+
+fn text(body: &Map<String, Value>, field: &str) -> String {
+    body.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `POST /zones/{zone}/agents` with the translated body.
+async fn start(
+    app: App,
+    rid: RequestId,
+    headers: &HeaderMap,
+    zone: String,
+    body: Bytes,
+) -> Response {
+    into(
+        sessions::start(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(headers),
+            RawBody(body),
+        )
+        .await,
+    )
+}
+
+/// `POST /zones/{zone}/delegations` with the translated body.
+async fn create(
+    app: App,
+    rid: RequestId,
+    headers: &HeaderMap,
+    zone: String,
+    body: Bytes,
+) -> Response {
+    into(
+        delegations::create(
+            State(app),
+            Path(zone),
+            rid,
+            json_headers(headers),
+            RawBody(body),
+        )
+        .await,
+    )
+}
+
 /// `POST /v1/begin`.
 pub async fn begin(
     State(app): State<App>,
@@ -103,24 +168,11 @@ pub async fn begin(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
+    let required = ["application_id", "subject_session_id"];
+    match admit(&app, &conn, &headers, &raw, &required, false).await {
+        Ok((body, zone)) => start(app, rid, &headers, zone, pick(&body, &SESSION_FIELDS)).await,
+        Err(e) => e.into_response(),
     }
-    let (body, zone) = match read(&headers, &raw, &["application_id", "subject_session_id"]) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let inner = pick(&body, &SESSION_FIELDS);
-    into(
-        sessions::start(
-            State(app),
-            Path(zone),
-            rid,
-            json_headers(&headers),
-            RawBody(inner),
-        )
-        .await,
-    )
 }
 
 /// `POST /v1/spawn-child`.
@@ -131,34 +183,19 @@ pub async fn spawn_child(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
+    let required = [
+        "application_id",
+        "subject_session_id",
+        "parent_agent_session_id",
+    ];
+    match admit(&app, &conn, &headers, &raw, &required, false).await {
+        Ok((body, zone)) => {
+            let mut fields: Vec<(&str, &str)> = SESSION_FIELDS[..6].to_vec();
+            fields.push(("parent_agent_session_id", "parent_id"));
+            start(app, rid, &headers, zone, pick(&body, &fields)).await
+        }
+        Err(e) => e.into_response(),
     }
-    let (body, zone) = match read(
-        &headers,
-        &raw,
-        &[
-            "application_id",
-            "subject_session_id",
-            "parent_agent_session_id",
-        ],
-    ) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let mut fields: Vec<(&str, &str)> = SESSION_FIELDS[..6].to_vec();
-    fields.push(("parent_agent_session_id", "parent_id"));
-    let inner = pick(&body, &fields);
-    into(
-        sessions::start(
-            State(app),
-            Path(zone),
-            rid,
-            json_headers(&headers),
-            RawBody(inner),
-        )
-        .await,
-    )
 }
 
 /// `POST /v1/end`: `204` like the zone route.
@@ -169,21 +206,10 @@ pub async fn end(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
-    }
-    if let Err(e) = refuse_operator(&app, &headers) {
-        return e.into_response();
-    }
-    let (body, zone) = match read(&headers, &raw, &["agent_session_id"]) {
+    let (body, zone) = match admit(&app, &conn, &headers, &raw, &["agent_session_id"], true).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let id = body
-        .get("agent_session_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
     let query = match body.get("reason") {
         None => None,
         Some(Value::String(r)) if (1..=256).contains(&r.chars().count()) => {
@@ -199,6 +225,7 @@ pub async fn end(
     };
     let mut h = headers.clone();
     h.remove(header::CONTENT_TYPE);
+    let id = text(&body, "agent_session_id");
     into(
         sessions::terminate(
             State(app),
@@ -241,30 +268,15 @@ pub async fn exchange(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
+    let required = ["source_session_id", "target_session_id", "expires_at"];
+    match admit(&app, &conn, &headers, &raw, &required, false).await {
+        Ok((body, zone)) => {
+            let mut fields = EXCHANGE_FIELDS.to_vec();
+            fields.push(("target_session_id", "target_session_id"));
+            create(app, rid, &headers, zone, pick(&body, &fields)).await
+        }
+        Err(e) => e.into_response(),
     }
-    let (body, zone) = match read(
-        &headers,
-        &raw,
-        &["source_session_id", "target_session_id", "expires_at"],
-    ) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let mut fields = EXCHANGE_FIELDS.to_vec();
-    fields.push(("target_session_id", "target_session_id"));
-    let inner = pick(&body, &fields);
-    into(
-        delegations::create(
-            State(app),
-            Path(zone),
-            rid,
-            json_headers(&headers),
-            RawBody(inner),
-        )
-        .await,
-    )
 }
 
 /// `POST /v1/delegate-to-existing-agent`.
@@ -275,31 +287,16 @@ pub async fn delegate_to_existing(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
+    let required = ["from_agent_session_id", "to_agent_session_id", "expires_at"];
+    match admit(&app, &conn, &headers, &raw, &required, false).await {
+        Ok((body, zone)) => {
+            let mut fields = EXCHANGE_FIELDS[..6].to_vec();
+            fields.push(("from_agent_session_id", "source_session_id"));
+            fields.push(("to_agent_session_id", "target_session_id"));
+            create(app, rid, &headers, zone, pick(&body, &fields)).await
+        }
+        Err(e) => e.into_response(),
     }
-    let (body, zone) = match read(
-        &headers,
-        &raw,
-        &["from_agent_session_id", "to_agent_session_id", "expires_at"],
-    ) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let mut fields = EXCHANGE_FIELDS[..6].to_vec();
-    fields.push(("from_agent_session_id", "source_session_id"));
-    fields.push(("to_agent_session_id", "target_session_id"));
-    let inner = pick(&body, &fields);
-    into(
-        delegations::create(
-            State(app),
-            Path(zone),
-            rid,
-            json_headers(&headers),
-            RawBody(inner),
-        )
-        .await,
-    )
 }
 
 /// `POST /v1/revoke-delegation`.
@@ -310,20 +307,11 @@ pub async fn revoke_delegation(
     headers: HeaderMap,
     RawBody(raw): RawBody,
 ) -> Response {
-    if let Err(e) = limited(&app, Some(&conn)).await {
-        return e.into_response();
+    match admit(&app, &conn, &headers, &raw, &["delegation_edge_id"], true).await {
+        Ok((body, zone)) => {
+            let id = text(&body, "delegation_edge_id");
+            into(delegations::revoke(State(app), Path((zone, id)), rid, headers).await)
+        }
+        Err(e) => e.into_response(),
     }
-    if let Err(e) = refuse_operator(&app, &headers) {
-        return e.into_response();
-    }
-    let (body, zone) = match read(&headers, &raw, &["delegation_edge_id"]) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let id = body
-        .get("delegation_edge_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    into(delegations::revoke(State(app), Path((zone, id)), rid, headers).await)
 }

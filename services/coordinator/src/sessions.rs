@@ -708,15 +708,51 @@ async fn lease_holder(
     }
 }
 
-/// A user-typed subject record no longer active (§5.3): the subtree is terminated.
-async fn subject_inactive(app: &App, zone: &str, s: &SessionData) -> Result<bool, ApiError> {
+/// §5.3: a user-typed subject record no longer active ends the subtree, and the call is
+/// `409 session_subject_inactive`.
+async fn end_if_subject_inactive(
+    app: &App,
+    w: &Writer,
+    zone: &str,
+    id: &str,
+    s: &SessionData,
+) -> Result<(), ApiError> {
     let Some(record) = &s.subject_authority_record_id else {
-        return Ok(false);
+        return Ok(());
     };
-    Ok(matches!(
+    let inactive = matches!(
         read::load(&app.pool, zone, record).await?.map(|e| e.data),
         Some(EntityData::AuthorityRecord(r)) if r.record_type == "user" && !r.is_active(Utc::now())
-    ))
+    );
+    if inactive {
+        cascade::terminate(
+            app,
+            w,
+            zone,
+            id,
+            "subject_authority_inactive",
+            Ending::Terminate,
+        )
+        .await?;
+        return Err(ApiError::conflict("session_subject_inactive"));
+    }
+    Ok(())
+}
+
+/// §5.3/§5.4: a lease past its deadline suspends the subtree, and the call is
+/// `409 session_lease_expired`.
+async fn suspend_if_lease_lost(
+    app: &App,
+    w: &Writer,
+    zone: &str,
+    id: &str,
+    s: &SessionData,
+) -> Result<(), ApiError> {
+    if s.heartbeat_deadline_at.is_some_and(|d| d <= Utc::now()) {
+        cascade::suspend(app, w, zone, id, "service_heartbeat_lost").await?;
+        return Err(ApiError::conflict("session_lease_expired"));
+    }
+    Ok(())
 }
 
 /// `POST /zones/:zoneId/agents/:id/lease`.
@@ -740,23 +776,8 @@ pub async fn lease(
         return Err(ApiError::conflict("session_not_live"));
     }
     let w = writer(&p, &rid);
-    if subject_inactive(&app, &zone, &s).await? {
-        cascade::terminate(
-            &app,
-            &w,
-            &zone,
-            &id,
-            "subject_authority_inactive",
-            Ending::Terminate,
-        )
-        .await?;
-        return Err(ApiError::conflict("session_subject_inactive"));
-    }
-    let now = Utc::now();
-    if s.heartbeat_deadline_at.is_some_and(|d| d <= now) {
-        cascade::suspend(&app, &w, &zone, &id, "service_heartbeat_lost").await?;
-        return Err(ApiError::conflict("session_lease_expired"));
-    }
+    end_if_subject_inactive(&app, &w, &zone, &id, &s).await?;
+    suspend_if_lease_lost(&app, &w, &zone, &id, &s).await?;
     lease_holder(&app, &p, &zone, &s).await?;
     let lease = Duration::seconds(app.cfg.service_agent_lease_seconds as i64);
     let updated = store::update(&app, &w, &zone, &id, &["lease_generation"], |cur| {
@@ -806,25 +827,12 @@ pub async fn heartbeat(
         return Err(ApiError::conflict("session_not_service"));
     }
     let w = writer(&p, &rid);
-    if subject_inactive(&app, &zone, &s).await? {
-        cascade::terminate(
-            &app,
-            &w,
-            &zone,
-            &id,
-            "subject_authority_inactive",
-            Ending::Terminate,
-        )
-        .await?;
-        return Err(ApiError::conflict("session_subject_inactive"));
-    }
+    end_if_subject_inactive(&app, &w, &zone, &id, &s).await?;
     if generation != s.lease_generation {
         return Err(ApiError::conflict("session_lease_fenced"));
     }
-    let now = Utc::now();
-    if s.status == "active" && s.heartbeat_deadline_at.is_some_and(|d| d <= now) {
-        cascade::suspend(&app, &w, &zone, &id, "service_heartbeat_lost").await?;
-        return Err(ApiError::conflict("session_lease_expired"));
+    if s.status == "active" {
+        suspend_if_lease_lost(&app, &w, &zone, &id, &s).await?;
     }
     lease_holder(&app, &p, &zone, &s).await?;
     let service = match &service_id {
