@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::json;
+use serval_domain::delegation::lineage::{self, MintAsk, SessionFacts};
 use serval_domain::delegation::{
     decide_create, decide_revoke, evolve, impact, CreateEdge, DelegationEvent, Edge, Graph,
 };
@@ -165,5 +166,69 @@ proptest! {
             }
             prop_assert!(!has_live_cycle(&g));
         }
+        lineage_never_widens(&g)?;
     }
+}
+
+/// A delegated mint resting on any edge of the graph, for every scope set it could ask:
+/// allowed only with the requested scopes inside the edge's, on a live edge whose every
+/// ancestor is live, within the edge's hop budget; the path ends at the edge.
+fn lineage_never_widens(g: &Graph) -> Result<(), TestCaseError> {
+    let edges: HashMap<String, Edge> = g.edges.clone().into_iter().collect();
+    let sessions: HashMap<String, SessionFacts> = (0..8)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                SessionFacts {
+                    application_id: "app".into(),
+                    live: true,
+                },
+            )
+        })
+        .collect();
+    for e in g.edges.values() {
+        for mask in 0u8..16 {
+            let requested: Vec<String> = SCOPES
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, s)| s.to_string())
+                .collect();
+            let ask = MintAsk {
+                edge_id: &e.id,
+                agent_session_id: &e.target_session_id,
+                caller: "app",
+                requested: &requested,
+                ttl_seconds: 0,
+                now: now(),
+            };
+            let mut ancestors_live = true;
+            let mut depth = 1u32;
+            let mut cur = e;
+            while let Some(p) = &cur.parent_edge_id {
+                cur = &g.edges[p];
+                ancestors_live &= cur.is_live(now());
+                depth += 1;
+            }
+            match lineage::validate(&edges, &sessions, &ask) {
+                Ok(l) => {
+                    prop_assert!(!requested.is_empty());
+                    prop_assert!(requested.iter().all(|s| e.scopes.contains(s)));
+                    prop_assert!(e.is_live(now()) && ancestors_live);
+                    prop_assert_eq!(l.path.last(), Some(&e.id));
+                    prop_assert!(l.path.len() as u32 <= e.constraints().unwrap().hops());
+                    prop_assert_eq!(l.chain.len(), l.path.len() + 1);
+                    prop_assert!(l.deadline <= e.expires_at);
+                }
+                Err(_) => prop_assert!(
+                    requested.is_empty()
+                        || !requested.iter().all(|s| e.scopes.contains(s))
+                        || !e.is_live(now())
+                        || !ancestors_live
+                        || depth > e.constraints().unwrap().hops()
+                ),
+            }
+        }
+    }
+    Ok(())
 }

@@ -104,6 +104,32 @@ pub async fn load<'e>(
     Ok(doc.map(|d| d.0))
 }
 
+/// An edge and its ancestors by `parent_edge_id`, in one statement: at most
+/// `WALK_LIMIT + 1` rows (one more than any lineage may hold, so an over-long one shows).
+pub async fn lineage<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    id: &str,
+) -> Result<Vec<Edge>, sqlx::Error> {
+    let docs: Vec<Doc> = sqlx::query_scalar(
+        "WITH RECURSIVE up(doc, parent, n) AS (
+             SELECT doc, doc->>'parent_edge_id', 1 FROM delegation_edges
+              WHERE zone_id = $1 AND id = $2
+             UNION ALL
+             SELECT e.doc, e.doc->>'parent_edge_id', up.n + 1
+               FROM up JOIN delegation_edges e ON e.zone_id = $1 AND e.id = up.parent
+              WHERE up.n <= $3
+         )
+         SELECT doc FROM up",
+    )
+    .bind(zone_id)
+    .bind(id)
+    .bind(delegation::WALK_LIMIT as i32)
+    .fetch_all(db)
+    .await?;
+    Ok(docs.into_iter().map(|d| d.0).collect())
+}
+
 /// Every `active` edge into `session` (expired ones included; callers apply the clock).
 pub async fn active_inbound<'e>(
     db: impl PgExecutor<'e>,

@@ -9,6 +9,7 @@
 //! the aggregate's version and `decide` runs on it as on the whole.
 
 pub mod constraints;
+pub mod lineage;
 mod narrowing;
 mod walk;
 

@@ -503,6 +503,29 @@ pub fn replay_with(
     )
 }
 
+/// A port for a process a test starts on a port it must know in advance (an STS where
+/// `ISSUER_URL` says, a Redis a test restarts). It is drawn below the kernel's ephemeral
+/// range, so no process binding port 0 (every other server in the tests) can take it
+/// between this check and the bind, or while a test restarts its owner; tests draw at
+/// random so two test processes rarely try the same one, and a port in use is skipped.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0),
+    );
+    loop {
+        let n = seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed));
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A Redis server owned by one test (its own port and data directory); killed on drop,
 /// including when the test panics.
 pub struct OwnedRedis {
@@ -513,12 +536,7 @@ pub struct OwnedRedis {
 
 impl OwnedRedis {
     pub fn start(dir: &std::path::Path, aof: bool) -> OwnedRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(dir, port, aof)
+        Self::start_on(dir, reserved_port(), aof)
     }
 
     pub fn start_on(dir: &std::path::Path, port: u16, aof: bool) -> OwnedRedis {

@@ -16,11 +16,7 @@ pub async fn server() -> (Server, String) {
 }
 
 pub async fn server_with(extra: &[(&str, &str)]) -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = super::reserved_port();
     let issuer = format!("http://127.0.0.1:{port}");
     let server = Server::start(Options {
         env: vec![

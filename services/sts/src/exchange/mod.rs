@@ -1,17 +1,17 @@
 //! `POST /oauth/2/token` (sts.md §3–§5, §8–§10): the RFC 8693 token exchange.
 //!
 //! Built so far: the encoding rules ([`form`]), client-secret authentication
-//! ([`client_auth`]), the authority-record binding of `session_id`, Session/Delegation
-//! references, the per-resource checks and the policy decision, lifetimes, the authority
-//! record as an event, the ES256 mandate signed with the zone's key ([`crate::keys`]),
-//! `jti` registration and the `token_exchange` audit frames ([`audit`]). That mints the
-//! **bootstrap** class (`use=session`, scope `agent:lifecycle`). The classes that need the
-//! Coordinator's Delegations (delegated mint), the Gateway (re-exchange) and federated
-//! issuers (federation) answer with the refusal the contract gives when their inputs cannot
-//! be validated.
+//! ([`client_auth`]), the authority-record binding of `session_id`, Session and Delegation
+//! references with the whole lineage ([`delegated`]), the per-resource checks and the policy
+//! decision, lifetimes, the authority record as an event, the ES256 mandate signed with the
+//! zone's key ([`crate::keys`]), `jti` registration and the `token_exchange` audit frames
+//! ([`audit`]). That mints the **bootstrap** class (`use=session`, scope `agent:lifecycle`)
+//! and the **delegated mint** (`use=gateway`). The Gateway re-exchange and federation
+//! answer with the refusal the contract gives when their inputs cannot be validated.
 
 pub mod audit;
 pub mod client_auth;
+pub mod delegated;
 pub mod error;
 pub mod form;
 pub mod limits;
@@ -40,6 +40,7 @@ use serval_kit::App;
 
 use self::audit::Frame;
 use self::client_auth::Client;
+use self::delegated::Governed;
 use self::error::StsError;
 use self::form::{TokenForm, ACCESS_TOKEN, ID_TOKEN};
 use crate::Sts;
@@ -93,6 +94,18 @@ pub async fn token(
             e.respond(&rid)
         }
     }
+}
+
+/// What every per-resource check of one exchange shares.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    rid: &'a str,
+    client: &'a Client,
+    form: &'a TokenForm,
+    requested: &'a [String],
+    /// The bound authority record (`session_id`).
+    record: Option<&'a str>,
+    governed: Option<&'a Governed>,
 }
 
 /// A resource the exchange granted.
@@ -154,20 +167,19 @@ async fn exchange(
     }
     let now = Utc::now();
     let bound_record = bind_authority_record(app, &client, &form, now).await?;
-    check_session_references(app, &client, &form, now).await?;
+    let governed = delegated::check(app, &client, &form, now).await?;
     let requested = form.scopes();
     let mut granted: Vec<Granted> = Vec::with_capacity(form.resources.len());
+    let ask = Ask {
+        rid,
+        client: &client,
+        form: &form,
+        requested: &requested,
+        record: bound_record.as_deref(),
+        governed: governed.as_ref(),
+    };
     for r in &form.resources {
-        let g = check_resource(
-            app,
-            rid,
-            &client,
-            &form,
-            (&requested, bound_record.as_deref()),
-            r,
-            frames,
-        )
-        .await?;
+        let g = check_resource(app, &ask, r, frames).await?;
         // A resource named twice (by identifier and by id) is one target.
         if let Some(g) = g.filter(|g| !granted.iter().any(|x| x.id == g.id)) {
             granted.push(g);
@@ -183,7 +195,20 @@ async fn exchange(
             },
         ));
     }
-    let ttl = lifetime(form.ttl_seconds)?;
+    let mut ttl = lifetime(form.ttl_seconds)?;
+    let delegation = governed.as_ref().and_then(|g| g.delegation.as_ref());
+    if let Some(d) = delegation {
+        ttl = d.lineage.lifetime(ttl, now).ok_or_else(|| {
+            StsError::access_denied(StatusCode::FORBIDDEN, "delegation has lapsed")
+        })?;
+    }
+    // §4.1: the class is mechanical; only the delegated mint yields a Gateway-ingress
+    // mandate, and only its claims name the Session and Delegation.
+    let class = if delegation.is_some() {
+        "gateway"
+    } else {
+        "session"
+    };
     let targets: Vec<String> = granted.iter().map(|g| g.identifier.clone()).collect();
     let expires_at = now + Duration::seconds(ttl);
     // The key first: a zone whose key cannot be opened must not collect orphan records.
@@ -206,12 +231,17 @@ async fn exchange(
         "client_id": client.id,
         "sid": sid,
         "root_sid": sid,
-        "use": "session",
+        "use": class,
         "sub_type": "application",
         "target": targets,
     });
-    if let (Some(s), Some(m)) = (&scope, claims.as_object_mut()) {
-        m.insert("scope".into(), json!(s));
+    if let Some(m) = claims.as_object_mut() {
+        if let Some(s) = &scope {
+            m.insert("scope".into(), json!(s));
+        }
+        if let Some(g) = governed.as_ref().filter(|_| delegation.is_some()) {
+            m.extend(g.claims());
+        }
     }
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(signer.kid.clone());
@@ -302,62 +332,6 @@ async fn bind_authority_record(
     Ok(Some(id.to_owned()))
 }
 
-/// §5.4: Session and Delegation references. Delegations are the Coordinator's; until it
-/// records them none exists, so a Delegation reference cannot be validated.
-async fn check_session_references(
-    app: &App,
-    client: &Client,
-    form: &TokenForm,
-    now: DateTime<Utc>,
-) -> Result<(), StsError> {
-    let session = form.get("agent_session_id");
-    if form.get("delegation_edge_id").is_some() {
-        if session.is_none() {
-            return Err(StsError::access_denied(
-                StatusCode::FORBIDDEN,
-                "delegation requires a target Session",
-            ));
-        }
-        return Err(StsError::access_denied(
-            StatusCode::FORBIDDEN,
-            "delegation edge not found",
-        ));
-    }
-    let Some(session) = session else {
-        return Ok(());
-    };
-    let entity = read::load(&app.pool, &client.zone_id, session)
-        .await
-        .map_err(ApiError::from)?;
-    let Some(Entity {
-        data: EntityData::Session(s),
-        archived_at: None,
-        ..
-    }) = entity
-    else {
-        return Err(StsError::access_denied(
-            StatusCode::FORBIDDEN,
-            "Session not found",
-        ));
-    };
-    let live = s.status == "active"
-        && s.ttl_seconds
-            .is_none_or(|t| s.last_active_at + Duration::seconds(t as i64) > now);
-    if !live {
-        return Err(StsError::access_denied(
-            StatusCode::FORBIDDEN,
-            "Session is not live",
-        ));
-    }
-    if s.application_id != client.id {
-        return Err(StsError::access_denied(
-            StatusCode::FORBIDDEN,
-            "Session is not owned by the caller",
-        ));
-    }
-    Ok(())
-}
-
 /// A resource of the zone by public identifier or row id, live.
 async fn resolve(app: &App, zone: &str, r: &str) -> Result<Option<Entity>, ApiError> {
     let by_identifier = read::list(
@@ -394,13 +368,18 @@ fn mintable_scopes(r: &ResourceData) -> Vec<String> {
 /// skipped and audited; an engine error fails the request.
 async fn check_resource(
     app: &App,
-    rid: &str,
-    client: &Client,
-    form: &TokenForm,
-    (requested, record): (&[String], Option<&str>),
+    ask: &Ask<'_>,
     r: &str,
     frames: &mut Vec<Frame>,
 ) -> Result<Option<Granted>, StsError> {
+    let Ask {
+        rid,
+        client,
+        form,
+        requested,
+        record,
+        governed,
+    } = *ask;
     let mut metadata = Map::new();
     metadata.insert("application_id".into(), json!(client.id));
     metadata.insert("application_name".into(), json!(client.data.name));
@@ -443,6 +422,11 @@ async fn check_resource(
         frames.push(skipped("scope_mismatch", metadata));
         return Ok(None);
     }
+    let delegation = governed.and_then(|g| g.delegation.as_ref());
+    if delegation.is_some_and(|d| !d.lineage.covers(&resource.id, &data.identifier)) {
+        frames.push(skipped("resource_outside_delegation", metadata));
+        return Ok(None);
+    }
     if !limits::mint_allowed(app, &client.zone_id, &resource.id, &client.id).await {
         frames.push(skipped("rate_limited", metadata));
         return Ok(None);
@@ -453,10 +437,12 @@ async fn check_resource(
         "zone_id": client.zone_id,
         "registration_method": client.data.registration_method.as_str(),
     });
-    if let (Some(s), Some(p)) = (form.get("agent_session_id"), principal.as_object_mut()) {
-        p.insert("agent_session_id".into(), json!(s));
+    if let (Some(g), Some(p)) = (governed, principal.as_object_mut()) {
+        p.insert("agent_session_id".into(), json!(g.session_id));
+        p.insert("lifecycle".into(), json!(g.session.lifecycle));
+        p.insert("labels".into(), json!(g.session.labels));
     }
-    let input = json!({
+    let mut input = json!({
         "schema_version": INPUT_SCHEMA_VERSION,
         "principal": principal,
         "resource": {
@@ -477,6 +463,12 @@ async fn check_resource(
             "requested_scopes": requested,
         },
     });
+    if let (Some(edge), Some(m)) = (
+        governed.and_then(Governed::edge_input),
+        input.as_object_mut(),
+    ) {
+        m.insert("delegation_edge".into(), edge);
+    }
     metadata.insert("policy_input".into(), input.clone());
     let decided = app.engines.decide(&app.pool, &client.zone_id, &input).await;
     let (result, policy) = match decided {

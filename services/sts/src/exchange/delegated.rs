@@ -1,0 +1,222 @@
+//! Session and Delegation references of an exchange (sts.md §5.4): the governed Session a
+//! mint acts for and, for the delegated mint (§4.3), the lineage of the Delegation it
+//! presents, read from the Coordinator's graph (`delegation_edges`) and Sessions.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use serval_domain::catalog::{Entity, EntityData, SessionData};
+use serval_domain::delegation::lineage::{self, Lineage, MintAsk, SessionFacts};
+use serval_projector::catalog as read;
+use serval_projector::delegations;
+
+use serval_kit::http::ApiError;
+use serval_kit::App;
+
+use super::client_auth::Client;
+use super::error::StsError;
+use super::form::TokenForm;
+
+/// The governed context of a mint.
+pub struct Governed {
+    pub session_id: String,
+    pub session: SessionData,
+    pub delegation: Option<Delegated>,
+}
+
+/// A validated Delegation and the graph epoch it was read at.
+pub struct Delegated {
+    pub lineage: Lineage,
+    pub epoch: u64,
+}
+
+fn denied(msg: impl Into<String>) -> StsError {
+    StsError::access_denied(StatusCode::FORBIDDEN, msg)
+}
+
+fn session_of(e: &Entity, zone: &str) -> Option<SessionData> {
+    match &e.data {
+        EntityData::Session(s) if e.zone_id == zone && e.archived_at.is_none() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Live for a mint: active (a suspended Session mints nothing), a task within its TTL or a
+/// service with a future lease deadline, and a `user` subject record still active.
+fn live(
+    e: &Entity,
+    s: &SessionData,
+    records: &HashMap<String, Entity>,
+    now: DateTime<Utc>,
+) -> bool {
+    if s.status != "active" || !s.is_live(e.created_at, now) {
+        return false;
+    }
+    match s
+        .subject_authority_record_id
+        .as_ref()
+        .map(|r| records.get(r))
+    {
+        None => true,
+        Some(Some(Entity {
+            data: EntityData::AuthorityRecord(r),
+            ..
+        })) => r.record_type != "user" || r.is_active(now),
+        Some(_) => false,
+    }
+}
+
+/// The Sessions `ids` of the zone with what a mint needs of them, their subject records
+/// read in the same round.
+async fn sessions(
+    app: &App,
+    zone: &str,
+    ids: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, (SessionData, SessionFacts)>, StsError> {
+    let rows = read::load_many(&app.pool, &ids)
+        .await
+        .map_err(ApiError::from)?;
+    let record_ids: Vec<String> = rows
+        .values()
+        .filter_map(|e| session_of(e, zone))
+        .filter_map(|s| s.subject_authority_record_id)
+        .collect();
+    let records = if record_ids.is_empty() {
+        HashMap::new()
+    } else {
+        read::load_many(&app.pool, &record_ids)
+            .await
+            .map_err(ApiError::from)?
+    };
+    Ok(rows
+        .values()
+        .filter_map(|e| {
+            let s = session_of(e, zone)?;
+            let facts = SessionFacts {
+                application_id: s.application_id.clone(),
+                live: live(e, &s, &records, now),
+            };
+            Some((e.id.clone(), (s, facts)))
+        })
+        .collect())
+}
+
+/// §5.4: `agent_session_id` (live, owned by the caller) and `delegation_edge_id` (its whole
+/// lineage). `None` when the exchange names no Session.
+pub async fn check(
+    app: &App,
+    client: &Client,
+    form: &TokenForm,
+    now: DateTime<Utc>,
+) -> Result<Option<Governed>, StsError> {
+    let session_id = form.get("agent_session_id");
+    let edge_id = form.get("delegation_edge_id");
+    let Some(session_id) = session_id else {
+        if edge_id.is_some() {
+            return Err(denied("delegation requires a target Session"));
+        }
+        return Ok(None);
+    };
+    let zone = client.zone_id.as_str();
+    let Some(edge_id) = edge_id else {
+        let found = sessions(app, zone, vec![session_id.to_owned()], now).await?;
+        let Some((s, facts)) = found.get(session_id) else {
+            return Err(denied("Session not found"));
+        };
+        if !facts.live {
+            return Err(denied("Session is not live"));
+        }
+        if s.application_id != client.id {
+            return Err(denied("Session is not owned by the caller"));
+        }
+        return Ok(Some(Governed {
+            session_id: session_id.to_owned(),
+            session: s.clone(),
+            delegation: None,
+        }));
+    };
+    // The epoch first: a mandate names the graph state it was checked against or an older
+    // one, never a newer one its checks did not see.
+    let epoch = delegations::epoch(&app.pool, zone)
+        .await
+        .map_err(ApiError::from)?;
+    let edges: HashMap<String, _> = delegations::lineage(&app.pool, zone, edge_id)
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    let mut ids: Vec<String> = edges
+        .values()
+        .flat_map(|e| [e.source_session_id.clone(), e.target_session_id.clone()])
+        .collect();
+    ids.push(session_id.to_owned());
+    ids.sort();
+    ids.dedup();
+    let mut found = sessions(app, zone, ids, now).await?;
+    let facts: HashMap<String, SessionFacts> = found
+        .iter()
+        .map(|(id, (_, f))| (id.clone(), f.clone()))
+        .collect();
+    let requested = form.scopes();
+    let ask = MintAsk {
+        edge_id,
+        agent_session_id: session_id,
+        caller: &client.id,
+        requested: &requested,
+        ttl_seconds: form.ttl_seconds,
+        now,
+    };
+    let lineage = lineage::validate(&edges, &facts, &ask).map_err(|r| denied(r.to_string()))?;
+    let Some((session, _)) = found.remove(session_id) else {
+        return Err(denied("Session not found"));
+    };
+    Ok(Some(Governed {
+        session_id: session_id.to_owned(),
+        session,
+        delegation: Some(Delegated { lineage, epoch }),
+    }))
+}
+
+impl Governed {
+    /// The policy input's `delegation_edge` object (§6.2).
+    pub fn edge_input(&self) -> Option<Value> {
+        let d = self.delegation.as_ref()?;
+        let e = &d.lineage.edge;
+        Some(json!({
+            "id": e.id,
+            "source_session_id": e.source_session_id,
+            "target_session_id": e.target_session_id,
+            "issuer_application_id": e.issuer_application_id,
+            "receiver_application_id": e.receiver_application_id,
+            "resource_id": e.resource_id,
+            "scopes": e.scopes,
+            "edge_version": e.edge_version,
+            "path": d.lineage.path,
+            "graph_epoch": d.epoch,
+            "constraints_json": e.constraints_json,
+        }))
+    }
+
+    /// The Session/Delegation claims of a delegated mandate (§8.2).
+    pub fn claims(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("agent_session_id".into(), json!(self.session_id));
+        if let Some(d) = &self.delegation {
+            let e = &d.lineage.edge;
+            m.insert("delegation_edge_id".into(), json!(e.id));
+            m.insert("source_session_id".into(), json!(e.source_session_id));
+            m.insert("target_session_id".into(), json!(e.target_session_id));
+            m.insert("delegation_path".into(), json!(d.lineage.path));
+            m.insert("delegation_chain".into(), json!(d.lineage.chain));
+            m.insert("hop_count".into(), json!(d.lineage.path.len()));
+            if d.epoch > 0 {
+                m.insert("delegation_graph_epoch".into(), json!(d.epoch));
+            }
+        }
+        m
+    }
+}
