@@ -21,6 +21,7 @@ pub mod policies;
 pub mod projection;
 pub mod relay;
 mod relay_coordination;
+pub mod revocations;
 pub mod runner;
 pub mod sessions;
 pub mod status;

@@ -11,6 +11,9 @@
 //! | `<p>:{tag}:idem:<digest>` | hash | idempotency record of a request (24 h) |
 //! | `<p>:{z:<zone>}:dek` | string | the zone's data key, wrapped by `SECRET_STORE_KEK` |
 //! | `<p>:oauth:<sha256(state)>` | string | a pending OAuth authorize (JSON; expires after 1 h, valid 600 s) |
+//! | `<p>:{z:<zone>}:jti:<jti>` | string | an issued mandate id (`<client>\|<unix>`, TTL = its lifetime) |
+//! | `<p>:{z:<zone>}:seen:<jti>` | string | a mandate the Gateway consumed (request id, TTL = its remaining life) |
+//! | `<p>:gw-nonce:<sha256(nonce)>` | string | a consumed Gateway→STS HMAC nonce (120 s) |
 //! | `<p>:activity` | stream | hints: a zone stream got its first entries (trimmed ~10,000) |
 //! | `<p>:deadletters` | stream | entries a projection refused (bad signature, undecodable) |
 //! | `<t>caracal.*` | streams | Caracal's public topics (`<t>` = topic prefix, default empty) |
@@ -106,6 +109,16 @@ impl KeySpace {
     /// An issued mandate's `jti` (STS), in its zone's slot; lives as long as the mandate.
     pub fn jti(&self, zone_id: &str, jti: &str) -> String {
         format!("{}:{{z:{zone_id}}}:jti:{jti}", self.prefix)
+    }
+
+    /// A Gateway→STS HMAC nonce, consumed once (sts.md §11.2).
+    pub fn gateway_nonce(&self, nonce_digest: &str) -> String {
+        format!("{}:gw-nonce:{nonce_digest}", self.prefix)
+    }
+
+    /// A mandate the Gateway has seen (gateway.md §5): single use.
+    pub fn gateway_seen(&self, zone_id: &str, jti: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:seen:{jti}", self.prefix)
     }
 
     /// The STS's failed-authentication counter and lock-out flag of one application id

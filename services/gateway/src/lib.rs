@@ -1,11 +1,75 @@
-//! The Gateway (:8081): verifies every governed call, re-exchanges its mandate, injects the
-//! upstream credential and streams the answer (gateway.md). Today it serves the operational
-//! routes only.
+//! The Gateway (:8081): verifies every governed call, re-exchanges its mandate at the STS,
+//! injects the upstream credential and streams the answer (gateway.md).
+//!
+//! * [`pipeline`]: the checks of §3 in their order, the upstream call and the streamed
+//!   answer (§9), the audit events (§13).
+//! * [`sts_client`]: the HMAC-signed exchange and its circuit breaker (§4).
+//! * [`upstream`]: the address rule, URL, headers and credential injection (§6–§8).
+//! * [`revocation`]: the in-memory revocation state, fed by the topics and snapshots (§10).
 
-use axum::Router;
+pub mod error;
+pub mod pipeline;
+pub mod revocation;
+pub mod sts_client;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Extension, Router};
 use serval_kit::App;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// The Gateway's own routes (the operational ones are added by `serve::finish`).
-pub fn router() -> Router<App> {
-    Router::new()
+/// What the Gateway keeps besides the shared state.
+pub struct Gateway {
+    pub revocations: Arc<revocation::Revocations>,
+    pub breaker: sts_client::Breaker,
+    /// To the STS: no redirects, `STS_TIMEOUT` (5 s).
+    pub sts: reqwest::Client,
+    /// To upstreams: no redirects, headers within `UPSTREAM_TIMEOUT`.
+    pub upstream: reqwest::Client,
+    pub allowlist: Vec<String>,
+}
+
+impl Gateway {
+    pub fn new(app: &App) -> Arc<Gateway> {
+        let sts = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(100)
+            .build()
+            .unwrap_or_default();
+        let upstream = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(app.cfg.upstream_timeout_secs))
+            .pool_max_idle_per_host(100)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .unwrap_or_default();
+        Arc::new(Gateway {
+            revocations: Arc::default(),
+            breaker: sts_client::Breaker::default(),
+            sts,
+            upstream,
+            allowlist: app
+                .cfg
+                .upstream_host_allowlist
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        })
+    }
+}
+
+/// Starts the revocation follower and snapshots.
+pub fn start(app: &App, gw: &Arc<Gateway>, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    revocation::start(app, gw.revocations.clone(), stop)
+}
+
+/// Every path the operational routes do not answer is a governed call.
+pub fn router(gw: Arc<Gateway>) -> Router<App> {
+    Router::new().fallback(pipeline::proxy).layer(Extension(gw))
 }

@@ -79,6 +79,21 @@ pub struct Config {
     pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
+    /// The STS the Gateway exchanges with (default: `ISSUER_URL`).
+    #[arg(long, env = "STS_URL")]
+    pub sts_url: Option<String>,
+    /// The Gateway's request body limit (gateway.md §14).
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Time to upstream response headers, seconds.
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value_t = 30)]
+    pub upstream_timeout_secs: u64,
+    /// Idle cut-off of every upstream body read, seconds.
+    #[arg(long, env = "STREAM_IDLE_TIMEOUT", default_value_t = 60)]
+    pub stream_idle_timeout_secs: u64,
+    /// Comma-separated upstream host allow-list (empty = any host that passes the safety rule).
+    #[arg(long, env = "UPSTREAM_HOST_ALLOWLIST", default_value = "")]
+    pub upstream_host_allowlist: String,
     /// Enables `POST /internal/zones/{zone}/signing-key/rotate` on the STS (404 when unset).
     #[arg(long, env = "STS_ADMIN_TOKEN", hide_env_values = true)]
     pub sts_admin_token: Option<String>,

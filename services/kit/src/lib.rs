@@ -16,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_audit;
+pub mod audit_frame;
 pub mod auth;
 pub mod config;
 pub mod egress;
+pub mod gateway_hmac;
 pub mod http;
 pub mod mandate;
 pub mod metrics;

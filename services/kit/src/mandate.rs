@@ -163,6 +163,30 @@ impl MandateVerifier {
         set.keys.get(kid).cloned().ok_or(Invalid::UnknownKey)
     }
 
+    /// The Gateway's check (gateway.md §3 step 11): an ES256 signature by a published key
+    /// of `zone`, and nothing else (the STS judges the claims at the exchange).
+    pub async fn verify_signature(
+        &self,
+        app: &App,
+        zone: &str,
+        token: &str,
+    ) -> Result<Claims, Invalid> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid::Malformed)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(Invalid::Claims("alg".into()));
+        }
+        let kid = header.kid.ok_or(Invalid::UnknownKey)?;
+        let key = self.key(app, zone, &kid).await?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.leeway = LEEWAY_SECS;
+        v.validate_aud = false;
+        v.validate_exp = false;
+        v.set_required_spec_claims::<&str>(&[]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
+            .map_err(|e| Invalid::Claims(e.to_string()))?;
+        Ok(Claims(data.claims))
+    }
+
     /// Verifies `token` as a mandate of `zone` (ES256, `iss` = `aud` = `ISSUER_URL`,
     /// 60 s leeway; `exp` checked when present, required when `require` names it).
     pub async fn verify(

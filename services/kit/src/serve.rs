@@ -23,9 +23,14 @@ fn ready_style(service: Service) -> http::ops::ReadyStyle {
 
 /// `routes` (the service's own) with the operational routes and the shared layers.
 pub fn finish(app: &App, service: Service, routes: Router<App>) -> Router {
-    http::ops::router(ready_style(service))
-        .merge(routes)
-        .fallback(http::error::not_found)
+    let routes = http::ops::router(ready_style(service)).merge(routes);
+    // The Gateway proxies every path it does not answer itself (its router's fallback).
+    let routes = if service == Service::Gateway {
+        routes
+    } else {
+        routes.fallback(http::error::not_found)
+    };
+    routes
         .layer(axum::middleware::from_fn(http::panic::layer))
         .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(

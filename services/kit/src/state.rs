@@ -50,6 +50,31 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// The Gateway↔STS request key (`GATEWAY_STS_HMAC_KEY`, hex ≥ 32 bytes). Development
+    /// mode without one derives it from the streams key, so the Gateway and STS of one dev
+    /// deployment agree; published modes have none until it is configured.
+    pub fn gateway_key(&self) -> Option<Vec<u8>> {
+        use hmac::Mac;
+        if let Some(k) = crate::gateway_hmac::key(self.cfg.gateway_sts_hmac_key.as_deref()) {
+            return Some(k);
+        }
+        if self.secrets.mode != crate::config::Mode::Dev {
+            return None;
+        }
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secrets.streams_key).ok()?;
+        m.update(b"serval.gateway-sts.dev");
+        Some(m.finalize().into_bytes().to_vec())
+    }
+
+    /// Where the Gateway reaches the STS: `STS_URL`, else the issuer (one deployment).
+    pub fn sts_url(&self) -> &str {
+        self.cfg
+            .sts_url
+            .as_deref()
+            .unwrap_or(&self.cfg.issuer_url)
+            .trim_end_matches('/')
+    }
 }
 
 /// Every projection this build runs, by name (for readiness and lag).

@@ -51,6 +51,10 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
     if services.contains(&Service::Coordinator) {
         tasks.extend(serval_coordinator::start(&app, &stop_rx));
     }
+    let gateway = serval_gateway::Gateway::new(&app);
+    if services.contains(&Service::Gateway) {
+        tasks.extend(serval_gateway::start(&app, &gateway, &stop_rx));
+    }
     if services.contains(&Service::Audit) {
         tasks.extend(serval_audit::start(&app, &stop_rx));
     }
@@ -66,7 +70,7 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
             Service::Api => serval_api::router(app.clone()),
             Service::Coordinator => serval_coordinator::router(&app),
             Service::Sts => serval_sts::router(),
-            Service::Gateway => serval_gateway::router(),
+            Service::Gateway => serval_gateway::router(gateway.clone()),
             Service::Audit => serval_audit::router(),
             Service::Projector => continue,
         };

@@ -43,6 +43,16 @@ pub struct Zone {
 }
 
 pub async fn zone(admin: &Admin, policy: bool) -> Zone {
+    zone_with(
+        admin,
+        policy,
+        json!({"upstream_url": "https://tickets.example"}),
+    )
+    .await
+}
+
+/// [`zone`] with the resource's upstream fields (`upstream_url`, `operations`, …) given.
+pub async fn zone_with(admin: &Admin, policy: bool, upstream: Value) -> Zone {
     let (s, z) = admin.post("/v1/zones", json!({"name": "sts"})).await;
     assert_eq!(s, 201, "{z}");
     let z = z["id"].as_str().unwrap().to_owned();
@@ -63,13 +73,12 @@ pub async fn zone(admin: &Admin, policy: bool) -> Zone {
         .await;
     assert_eq!(s, 201, "{p}");
     // `agent:lifecycle` is mintable on a resource with an upstream URL (sts.md §4.2).
-    let (s, r) = admin
-        .post(
-            &format!("/v1/zones/{z}/resources"),
-            json!({"name": "Tickets", "identifier": RESOURCE, "scopes": ["tickets:read"],
-                   "upstream_url": "https://tickets.example", "credential_provider_id": p["id"]}),
-        )
-        .await;
+    let mut body = json!({"name": "Tickets", "identifier": RESOURCE, "scopes": ["tickets:read"],
+                          "credential_provider_id": p["id"]});
+    if let (Some(b), Some(u)) = (body.as_object_mut(), upstream.as_object()) {
+        b.extend(u.clone());
+    }
+    let (s, r) = admin.post(&format!("/v1/zones/{z}/resources"), body).await;
     assert_eq!(s, 201, "{r}");
     if policy {
         let content = format!(

@@ -97,6 +97,38 @@ impl SecretVerifier {
         Ok(ok)
     }
 
+    /// The Gateway path (§11.2): the request's HMAC authenticated it, so the application is
+    /// identified, not authenticated: it must exist in `zone_id`, unarchived and unexpired,
+    /// in a live zone.
+    pub async fn identify(&self, app: &App, form: &TokenForm) -> Result<Client, StsError> {
+        let (Some(app_id), Some(zone)) = (form.get("application_id"), form.get("zone_id")) else {
+            return Err(StsError::invalid_client());
+        };
+        let found = read::load(&app.pool, zone, app_id)
+            .await
+            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+        let Some(entity) = found.filter(|e| e.archived_at.is_none()) else {
+            return Err(StsError::invalid_client());
+        };
+        let EntityData::Application(data) = entity.data else {
+            return Err(StsError::invalid_client());
+        };
+        if !data.is_unexpired(Utc::now()) {
+            return Err(StsError::invalid_client());
+        }
+        let zone_row = serval_projector::zones::load(&app.pool, &entity.zone_id)
+            .await
+            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+        if zone_row.is_none_or(|z| z.archived_at.is_some()) {
+            return Err(StsError::invalid_client());
+        }
+        Ok(Client {
+            id: entity.id,
+            zone_id: entity.zone_id,
+            data,
+        })
+    }
+
     /// §5.1 step 3: `401 access_denied` "invalid client credentials" for every failure,
     /// except valid credentials of another zone (`403 zone_invalid`).
     pub async fn authenticate(&self, app: &App, form: &TokenForm) -> Result<Client, StsError> {

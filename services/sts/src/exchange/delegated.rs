@@ -13,6 +13,7 @@ use serval_projector::catalog as read;
 use serval_projector::delegations;
 
 use serval_kit::http::ApiError;
+use serval_kit::mandate::Claims;
 use serval_kit::App;
 
 use super::client_auth::Client;
@@ -104,16 +105,61 @@ async fn sessions(
         .collect())
 }
 
+/// The Session and Delegation an exchange rests on, and the scopes it must stay inside.
+pub struct Refs {
+    pub session: Option<String>,
+    pub edge: Option<String>,
+    pub scopes: Vec<String>,
+    pub ttl_seconds: i64,
+}
+
+impl Refs {
+    /// A client exchange: the form's fields and requested scopes.
+    pub fn from_form(form: &TokenForm, requested: &[String]) -> Refs {
+        Refs {
+            session: form.get("agent_session_id").map(str::to_owned),
+            edge: form.get("delegation_edge_id").map(str::to_owned),
+            scopes: requested.to_vec(),
+            ttl_seconds: form.ttl_seconds,
+        }
+    }
+
+    /// The Gateway path (§5.1 step 6): the subject token's claims override the form's fields
+    /// and must not contradict them; the presented scopes must still fit the lineage.
+    pub fn from_subject(form: &TokenForm, claims: &Claims) -> Result<Refs, StsError> {
+        let pick = |name: &str, what: &str| -> Result<Option<String>, StsError> {
+            match (claims.text(name), form.get(name)) {
+                (Some(c), Some(f)) if c != f => Err(denied(format!("{what} mismatch"))),
+                (Some(c), _) => Ok(Some(c.to_owned())),
+                (None, f) => Ok(f.map(str::to_owned)),
+            }
+        };
+        let session = pick("agent_session_id", "Session")?;
+        let edge = pick("delegation_edge_id", "delegation edge")?;
+        if edge.is_none() {
+            // The mandate-use rule needs a Delegation; a mandate without one is no
+            // Gateway-ingress mandate.
+            return Err(denied("delegation edge missing from the subject token"));
+        }
+        Ok(Refs {
+            session,
+            edge,
+            scopes: claims.scopes(),
+            ttl_seconds: 0,
+        })
+    }
+}
+
 /// §5.4: `agent_session_id` (live, owned by the caller) and `delegation_edge_id` (its whole
 /// lineage). `None` when the exchange names no Session.
 pub async fn check(
     app: &App,
     client: &Client,
-    form: &TokenForm,
+    refs: &Refs,
     now: DateTime<Utc>,
 ) -> Result<Option<Governed>, StsError> {
-    let session_id = form.get("agent_session_id");
-    let edge_id = form.get("delegation_edge_id");
+    let session_id = refs.session.as_deref();
+    let edge_id = refs.edge.as_deref();
     let Some(session_id) = session_id else {
         if edge_id.is_some() {
             return Err(denied("delegation requires a target Session"));
@@ -161,13 +207,12 @@ pub async fn check(
         .iter()
         .map(|(id, (_, f))| (id.clone(), f.clone()))
         .collect();
-    let requested = form.scopes();
     let ask = MintAsk {
         edge_id,
         agent_session_id: session_id,
         caller: &client.id,
-        requested: &requested,
-        ttl_seconds: form.ttl_seconds,
+        requested: &refs.scopes,
+        ttl_seconds: refs.ttl_seconds,
         now,
     };
     let lineage = lineage::validate(&edges, &facts, &ask).map_err(|r| denied(r.to_string()))?;

@@ -9,11 +9,11 @@
 //! and the **delegated mint** (`use=gateway`). The Gateway re-exchange and federation
 //! answer with the refusal the contract gives when their inputs cannot be validated.
 
-pub mod audit;
 pub mod client_auth;
 pub mod delegated;
 pub mod error;
 pub mod form;
+pub mod gateway;
 pub mod limits;
 
 use std::sync::Arc;
@@ -35,15 +35,16 @@ use serval_projector::catalog::{self as read, Filter, Status};
 use serval_streams::{AppendRequest, LogStream};
 
 use serval_kit::http::ApiError;
+use serval_kit::mandate::Claims;
 use serval_kit::policy_engine::EngineError;
 use serval_kit::App;
 
-use self::audit::Frame;
 use self::client_auth::Client;
 use self::delegated::Governed;
 use self::error::StsError;
 use self::form::{TokenForm, ACCESS_TOKEN, ID_TOKEN};
 use crate::Sts;
+use serval_kit::audit_frame::{self as audit, Frame};
 
 /// The scope of the bootstrap class.
 pub const LIFECYCLE_SCOPE: &str = "agent:lifecycle";
@@ -70,7 +71,7 @@ pub async fn token(
 ) -> Response {
     let rid = request_id(&headers);
     let mut frames = Vec::new();
-    match exchange(&app, &sts, &rid, uri.query(), &headers, &body, &mut frames).await {
+    match exchange(&app, &sts, &rid, &uri, &headers, &body, &mut frames).await {
         Ok(mut resp) => {
             if let Ok(v) = HeaderValue::from_str(&rid) {
                 resp.headers_mut().insert("x-request-id", v);
@@ -106,12 +107,17 @@ struct Ask<'a> {
     /// The bound authority record (`session_id`).
     record: Option<&'a str>,
     governed: Option<&'a Governed>,
+    /// The Gateway path: the verified subject token's claims and the operation the Gateway
+    /// saw (`request_method`, `request_path`).
+    subject: Option<&'a Claims>,
+    operation: (&'a str, &'a str),
 }
 
 /// A resource the exchange granted.
 struct Granted {
     id: String,
     identifier: String,
+    data: ResourceData,
 }
 
 /// The exchange; the audit frames of its decisions are collected in `frames` (published
@@ -120,27 +126,33 @@ async fn exchange(
     app: &App,
     sts: &Sts,
     rid: &str,
-    query: Option<&str>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
     frames: &mut Vec<Frame>,
 ) -> Result<Response, StsError> {
-    let form = form::parse(query, headers, body)?;
-    if form.gateway {
-        // The Gateway's HMAC-authenticated re-exchange (§11.2) is not served yet.
-        return Err(StsError::access_denied(
-            StatusCode::UNAUTHORIZED,
-            "invalid gateway exchange signature",
-        ));
+    let form = form::parse(uri.query(), headers, body)?;
+    // §11.2: a Gateway-authenticated request needs no secret but a subject token, and skips
+    // the authentication-failure limiter.
+    let via_gateway = form.gateway;
+    if via_gateway {
+        gateway::verify(app, headers, &form, uri.path(), body).await?;
     }
     let application_id = form.get("application_id").unwrap_or_default().to_owned();
-    limits::check_lockout(app, &application_id).await?;
-    let client = match sts.secrets.authenticate(app, &form).await {
-        Ok(c) => c,
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-            return Err(limits::count_failure(app, &application_id, e).await)
+    let client = if via_gateway {
+        if form.get("subject_token").is_none() {
+            return Err(StsError::invalid_client());
         }
-        Err(e) => return Err(e),
+        sts.secrets.identify(app, &form).await?
+    } else {
+        limits::check_lockout(app, &application_id).await?;
+        match sts.secrets.authenticate(app, &form).await {
+            Ok(c) => c,
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+                return Err(limits::count_failure(app, &application_id, e).await)
+            }
+            Err(e) => return Err(e),
+        }
     };
     match form.get("subject_token_type") {
         Some(ID_TOKEN) => {
@@ -150,7 +162,7 @@ async fn exchange(
                 "invalid subject_token: the zone has no federated user issuer",
             ))
         }
-        Some(ACCESS_TOKEN) => {
+        Some(ACCESS_TOKEN) if !via_gateway => {
             return Err(StsError::access_denied(
                 StatusCode::FORBIDDEN,
                 "resource exchanges must use the Gateway",
@@ -166,9 +178,23 @@ async fn exchange(
         ));
     }
     let now = Utc::now();
-    let bound_record = bind_authority_record(app, &client, &form, now).await?;
-    let governed = delegated::check(app, &client, &form, now).await?;
     let requested = form.scopes();
+    let subject = if via_gateway {
+        Some(verify_subject(app, &client, &form).await?)
+    } else {
+        None
+    };
+    let (bound_record, refs) = match &subject {
+        Some(claims) => (
+            Some(bind_subject_record(app, &client, &form, claims, now).await?),
+            delegated::Refs::from_subject(&form, claims)?,
+        ),
+        None => (
+            bind_authority_record(app, &client, &form, now).await?,
+            delegated::Refs::from_form(&form, &requested),
+        ),
+    };
+    let governed = delegated::check(app, &client, &refs, now).await?;
     let mut granted: Vec<Granted> = Vec::with_capacity(form.resources.len());
     let ask = Ask {
         rid,
@@ -177,6 +203,11 @@ async fn exchange(
         requested: &requested,
         record: bound_record.as_deref(),
         governed: governed.as_ref(),
+        subject: subject.as_ref(),
+        operation: (
+            form.get("request_method").unwrap_or_default(),
+            form.get("request_path").unwrap_or_default(),
+        ),
     };
     for r in &form.resources {
         let g = check_resource(app, &ask, r, frames).await?;
@@ -195,7 +226,9 @@ async fn exchange(
             },
         ));
     }
-    let mut ttl = lifetime(form.ttl_seconds)?;
+    // §8.4: with a subject token the cap is the default.
+    let cap = if via_gateway { DEFAULT_TTL } else { MAX_TTL };
+    let mut ttl = lifetime(form.ttl_seconds, cap)?;
     let delegation = governed.as_ref().and_then(|g| g.delegation.as_ref());
     if let Some(d) = delegation {
         ttl = d.lineage.lifetime(ttl, now).ok_or_else(|| {
@@ -204,10 +237,10 @@ async fn exchange(
     }
     // §4.1: the class is mechanical; only the delegated mint yields a Gateway-ingress
     // mandate, and only its claims name the Session and Delegation.
-    let class = if delegation.is_some() {
-        "gateway"
-    } else {
-        "session"
+    let class = match (&subject, delegation) {
+        (Some(_), _) => "resource",
+        (None, Some(_)) => "gateway",
+        (None, None) => "session",
     };
     let targets: Vec<String> = granted.iter().map(|g| g.identifier.clone()).collect();
     let expires_at = now + Duration::seconds(ttl);
@@ -216,23 +249,38 @@ async fn exchange(
     let sid = create_authority_record(app, rid, &client, bound_record.as_deref(), now, expires_at)
         .await?;
     let jti = uuid::Uuid::now_v7().to_string();
-    let scope = form
-        .get("scope")
-        .map(str::to_owned)
-        .filter(|s| !s.trim().is_empty());
+    // A resource mandate inherits the presented mandate's subject, scope and root.
+    let scope = match &subject {
+        Some(c) => c.text("scope").map(str::to_owned),
+        None => form.get("scope").map(str::to_owned),
+    }
+    .filter(|s| !s.trim().is_empty());
+    let (sub, sub_type, root_sid) = match &subject {
+        Some(c) => (
+            c.text("sub").unwrap_or(&client.id).to_owned(),
+            c.text("sub_type").unwrap_or("application").to_owned(),
+            c.text("root_sid").unwrap_or(&sid).to_owned(),
+        ),
+        None => (client.id.clone(), "application".to_owned(), sid.clone()),
+    };
+    let aud = if subject.is_some() {
+        json!(targets)
+    } else {
+        json!([app.cfg.issuer_url])
+    };
     let mut claims = json!({
         "iss": app.cfg.issuer_url,
-        "sub": client.id,
-        "aud": [app.cfg.issuer_url],
+        "sub": sub,
+        "aud": aud,
         "exp": expires_at.timestamp(),
         "iat": now.timestamp(),
         "jti": jti,
         "zone_id": client.zone_id,
         "client_id": client.id,
         "sid": sid,
-        "root_sid": sid,
+        "root_sid": root_sid,
         "use": class,
-        "sub_type": "application",
+        "sub_type": sub_type,
         "target": targets,
     });
     if let Some(m) = claims.as_object_mut() {
@@ -249,6 +297,17 @@ async fn exchange(
     let token = jsonwebtoken::encode(&header, &claims, &signer.key)
         .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
     register_jti(app, &client, &jti, now, ttl).await?;
+    // §9.2: the upstream directives, Gateway path only; a credential that cannot be had
+    // fails the exchange after the record and token exist (§5.1 step 13).
+    let mut upstreams = Map::new();
+    if via_gateway {
+        for g in &granted {
+            upstreams.insert(
+                g.identifier.clone(),
+                gateway::directive(app, &client.zone_id, &g.data).await?,
+            );
+        }
+    }
     let done = std::mem::take(frames);
     audit::publish(app, &done).await?;
     let mut body = json!({
@@ -258,8 +317,13 @@ async fn exchange(
         "issued_token_type": ACCESS_TOKEN,
         "target_resources": targets,
     });
-    if let (Some(s), Some(m)) = (&scope, body.as_object_mut()) {
-        m.insert("scope".into(), json!(s));
+    if let Some(m) = body.as_object_mut() {
+        if let Some(s) = &scope {
+            m.insert("scope".into(), json!(s));
+        }
+        if via_gateway {
+            m.insert("upstreams".into(), Value::Object(upstreams));
+        }
     }
     let mut resp = Json(body).into_response();
     resp.headers_mut()
@@ -282,7 +346,7 @@ fn frames_reason(frames: &[Frame]) -> Option<String> {
 }
 
 /// §8.4: `0`/absent = default; negative or above the cap refused (after evaluation).
-fn lifetime(ttl: i64) -> Result<i64, StsError> {
+fn lifetime(ttl: i64, cap: i64) -> Result<i64, StsError> {
     match ttl {
         0 => Ok(DEFAULT_TTL),
         t if t < 0 => Err(StsError::new(
@@ -290,13 +354,89 @@ fn lifetime(ttl: i64) -> Result<i64, StsError> {
             "invalid_token",
             "ttl_seconds must be positive",
         )),
-        t if t > MAX_TTL => Err(StsError::new(
+        t if t > cap => Err(StsError::new(
             StatusCode::BAD_REQUEST,
             "invalid_token",
             "ttl_seconds exceeds token TTL cap",
         )),
         t => Ok(t),
     }
+}
+
+/// §5.1 step 5: the subject token of the Gateway path is a `use=gateway` mandate of this
+/// zone and issuer (ES256, a current or grace-period key, 60 s leeway); anything else is
+/// `401 invalid_token` "invalid subject_token" (resource mandates and session mandates
+/// included).
+async fn verify_subject(app: &App, client: &Client, form: &TokenForm) -> Result<Claims, StsError> {
+    let invalid = || {
+        StsError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "invalid subject_token",
+        )
+    };
+    let token = form.get("subject_token").ok_or_else(invalid)?;
+    let claims = app
+        .mandates
+        .verify(app, &client.zone_id, token, &["exp", "iat"])
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = ?e, "subject token refused");
+            invalid()
+        })?;
+    if claims.str("use") != Some("gateway") {
+        return Err(invalid());
+    }
+    Ok(claims)
+}
+
+/// §5.1 step 6: the subject token's `sid` names an active, unexpired record of the zone
+/// whose subject is the token's `sub`, issued to this application (and equal to
+/// `session_id` when one is sent).
+async fn bind_subject_record(
+    app: &App,
+    client: &Client,
+    form: &TokenForm,
+    claims: &Claims,
+    now: DateTime<Utc>,
+) -> Result<String, StsError> {
+    let Some(sid) = claims.text("sid") else {
+        return Err(StsError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "missing token authority record",
+        ));
+    };
+    let denied = || {
+        StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "token authority record is not active for this application",
+        )
+    };
+    if form.get("session_id").is_some_and(|s| s != sid)
+        || claims.text("client_id") != Some(&client.id)
+    {
+        return Err(denied());
+    }
+    let record = read::load(&app.pool, &client.zone_id, sid)
+        .await
+        .map_err(ApiError::from)?;
+    let Some(Entity {
+        data: EntityData::AuthorityRecord(r),
+        archived_at: None,
+        ..
+    }) = record
+    else {
+        return Err(StsError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "missing token authority record",
+        ));
+    };
+    if !r.is_active(now) || Some(r.subject_id.as_str()) != claims.text("sub") {
+        return Err(denied());
+    }
+    Ok(sid.to_owned())
 }
 
 /// §5.4: a `session_id` must name an active, unexpired `application` record of the caller
@@ -379,6 +519,8 @@ async fn check_resource(
         requested,
         record,
         governed,
+        subject,
+        operation,
     } = *ask;
     let mut metadata = Map::new();
     metadata.insert("application_id".into(), json!(client.id));
@@ -390,14 +532,20 @@ async fn check_resource(
     metadata.insert("resource".into(), json!(r));
     metadata.insert("requested_scopes".into(), json!(requested));
     metadata.insert("session_id".into(), json!(record.unwrap_or_default()));
-    metadata.insert(
-        "agent_session_id".into(),
-        json!(form.get("agent_session_id").unwrap_or_default()),
-    );
-    metadata.insert(
-        "delegation_edge_id".into(),
-        json!(form.get("delegation_edge_id").unwrap_or_default()),
-    );
+    let (session_ref, edge_ref) = match governed {
+        Some(g) => (
+            g.session_id.as_str(),
+            g.delegation
+                .as_ref()
+                .map_or("", |d| d.lineage.edge.id.as_str()),
+        ),
+        None => (
+            form.get("agent_session_id").unwrap_or_default(),
+            form.get("delegation_edge_id").unwrap_or_default(),
+        ),
+    };
+    metadata.insert("agent_session_id".into(), json!(session_ref));
+    metadata.insert("delegation_edge_id".into(), json!(edge_ref));
     metadata.insert("subject_kind".into(), json!("application"));
     let skipped = |status: &str, metadata: Map<String, Value>| {
         Frame::refusal(&client.zone_id, rid, "token_exchange", status, metadata)
@@ -426,6 +574,21 @@ async fn check_resource(
     if delegation.is_some_and(|d| !d.lineage.covers(&resource.id, &data.identifier)) {
         frames.push(skipped("resource_outside_delegation", metadata));
         return Ok(None);
+    }
+    if let Some(claims) = subject {
+        if !gateway::operation_permitted(data, operation.0, operation.1, &claims.scopes()) {
+            frames.push(skipped("operation_not_permitted", metadata));
+            return Err(StsError::new(
+                StatusCode::FORBIDDEN,
+                "operation_not_permitted",
+                format!(
+                    "operation {} {} is not permitted on resource {}",
+                    operation.0.to_ascii_uppercase(),
+                    operation.1.trim(),
+                    data.identifier
+                ),
+            ));
+        }
     }
     if !limits::mint_allowed(app, &client.zone_id, &resource.id, &client.id).await {
         frames.push(skipped("rate_limited", metadata));
@@ -457,12 +620,21 @@ async fn check_resource(
             "actor_claims": { "caracal_client_id": client.id },
             "trace_id": rid,
             "session_id": record.unwrap_or_default(),
-            "agent_session_id": form.get("agent_session_id").unwrap_or_default(),
-            "delegation_edge_id": form.get("delegation_edge_id").unwrap_or_default(),
+            "agent_session_id": session_ref,
+            "delegation_edge_id": edge_ref,
             "challenge_resolved": false,
             "requested_scopes": requested,
         },
     });
+    if let (Some(claims), Some(m)) = (subject, input.as_object_mut()) {
+        if let Some(ctx) = m.get_mut("context").and_then(Value::as_object_mut) {
+            ctx.insert("subject_claims".into(), Value::Object(claims.0.clone()));
+        }
+        if let Some(action) = m.get_mut("action").and_then(Value::as_object_mut) {
+            action.insert("method".into(), json!(operation.0.to_ascii_uppercase()));
+            action.insert("path".into(), json!(operation.1));
+        }
+    }
     if let (Some(edge), Some(m)) = (
         governed.and_then(Governed::edge_input),
         input.as_object_mut(),
@@ -532,6 +704,7 @@ async fn check_resource(
     Ok(allow.then(|| Granted {
         id: resource.id.clone(),
         identifier: data.identifier.clone(),
+        data: data.clone(),
     }))
 }
 

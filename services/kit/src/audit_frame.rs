@@ -1,13 +1,14 @@
-//! `token_exchange` audit frames (sts.md §19) on `caracal.audit.events`: one per policy
-//! decision and per skipped resource, published before the exchange answers (no decision
-//! without evidence; a frame that cannot be published fails the exchange).
+//! Audit frames on `caracal.audit.events` (events-and-audit.md §10): the STS's
+//! `token_exchange` decisions and skips (sts.md §19, published before the exchange answers:
+//! no decision without evidence) and the Gateway's `gateway_resource_request` /
+//! `replay_detected` events (gateway.md §13).
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use serval_streams::topics;
 
-use serval_kit::http::ApiError;
-use serval_kit::App;
+use crate::http::ApiError;
+use crate::App;
 
 /// One frame's data (the audit event), before signing.
 pub struct Frame {

@@ -1,0 +1,202 @@
+//! The Gateway's exchange with the STS (gateway.md §4): the signed form request, the
+//! mapping of its outcomes and the circuit breaker.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use rand::RngCore;
+use serde_json::{Map, Value};
+use serval_kit::gateway_hmac;
+use serval_kit::App;
+
+use crate::error::GatewayError;
+
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TOKEN_PATH: &str = "/oauth/2/token";
+/// Bodies read from the STS, success or error.
+const MAX_BODY: usize = 16 * 1024;
+const OPEN_FOR: Duration = Duration::from_secs(10);
+const TRIP_AFTER: u32 = 3;
+
+/// §4.4: three counted failures without a success in between open the circuit for 10 s.
+#[derive(Default)]
+pub struct Breaker {
+    state: Mutex<(u32, Option<Instant>)>,
+}
+
+impl Breaker {
+    pub fn open(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1.is_some_and(|t| t.elapsed() < OPEN_FOR)
+    }
+
+    fn failed(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 += 1;
+        if s.0 >= TRIP_AFTER {
+            s.1 = Some(Instant::now());
+        }
+    }
+
+    fn succeeded(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+    }
+}
+
+/// What a successful exchange gives the Gateway.
+pub struct Exchanged {
+    pub mandate: String,
+    pub directive: Map<String, Value>,
+}
+
+pub struct Exchange<'a> {
+    pub request_id: &'a str,
+    pub zone_id: &'a str,
+    pub client_id: &'a str,
+    pub bearer: &'a str,
+    pub resource: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+async fn read_capped(resp: reqwest::Response) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut resp = resp;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if out.len() + chunk.len() > MAX_BODY {
+            return None;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Some(out)
+}
+
+/// §4.1–§4.3.
+pub async fn exchange(
+    app: &App,
+    client: &reqwest::Client,
+    breaker: &Breaker,
+    x: &Exchange<'_>,
+) -> Result<Exchanged, GatewayError> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", GRANT)
+        .append_pair("zone_id", x.zone_id)
+        .append_pair("application_id", x.client_id)
+        .append_pair("subject_token", x.bearer)
+        .append_pair("subject_token_type", ACCESS_TOKEN)
+        .append_pair("resource", x.resource)
+        .append_pair("request_method", x.method)
+        .append_pair("request_path", x.path)
+        .append_pair("gateway_request_id", x.request_id)
+        .finish();
+    let mut req = client
+        .post(format!("{}{TOKEN_PATH}", app.sts_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .header("user-agent", "caracal-gateway")
+        .header("x-request-id", x.request_id);
+    if let Some(key) = app.gateway_key() {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = hex::encode(raw);
+        let sig = gateway_hmac::sign(&key, &ts, &nonce, "POST", TOKEN_PATH, body.as_bytes());
+        req = req
+            .header(gateway_hmac::TIMESTAMP, ts)
+            .header(gateway_hmac::NONCE, nonce)
+            .header(gateway_hmac::SIGNATURE, sig);
+    }
+    let unavailable = |status: StatusCode, msg: &str| {
+        GatewayError::new(status, "sts_unavailable", msg.to_owned())
+    };
+    let resp = match req.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            breaker.failed();
+            return Err(if e.is_timeout() {
+                unavailable(StatusCode::GATEWAY_TIMEOUT, "sts timeout")
+            } else {
+                unavailable(StatusCode::BAD_GATEWAY, "sts unavailable")
+            });
+        }
+    };
+    let status = resp.status();
+    let json_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false);
+    let body = read_capped(resp).await;
+    if status != StatusCode::OK {
+        let parsed: Option<Map<String, Value>> =
+            body.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        if let Some(err) = parsed
+            .as_ref()
+            .and_then(|m| m.get("error").and_then(Value::as_str).map(|e| (e, m)))
+        {
+            let description = err
+                .1
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(GatewayError::new(status, err.0, description.to_owned()));
+        }
+        if status.is_server_error() {
+            breaker.failed();
+        }
+        return Err(unavailable(
+            status,
+            status.canonical_reason().unwrap_or("sts error"),
+        ));
+    }
+    let invalid = || {
+        breaker.failed();
+        unavailable(StatusCode::BAD_GATEWAY, "sts response invalid")
+    };
+    if !json_type {
+        return Err(invalid());
+    }
+    let Some(mut body) = body
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(b).ok())
+    else {
+        return Err(invalid());
+    };
+    let Some(mandate) = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+    else {
+        return Err(invalid());
+    };
+    breaker.succeeded();
+    let directive = body
+        .get_mut("upstreams")
+        .and_then(Value::as_object_mut)
+        .and_then(|u| u.remove(x.resource))
+        .and_then(|d| match d {
+            Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .filter(|d| {
+            d.get("url")
+                .and_then(Value::as_str)
+                .is_some_and(|u| !u.is_empty())
+        })
+        .ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "resource upstream not configured".to_owned(),
+            )
+        })?;
+    Ok(Exchanged { mandate, directive })
+}

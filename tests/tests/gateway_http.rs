@@ -1,0 +1,517 @@
+//! The Gateway (gateway.md) against the real binary and a local echo upstream: a governed
+//! call is verified, re-exchanged at the STS, credential-injected and streamed; every
+//! refusal of the pipeline answers before anything reaches the upstream; replays and
+//! revoked Delegations are refused; the audit trail holds the call.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use common::runtime::{bootstrap, exchange, server, zone_with, Zone, GRANT, RESOURCE};
+use common::{eventually, Admin, Server};
+use serde_json::{json, Value};
+
+/// An upstream that answers every request with what it received, and counts them.
+struct Echo {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn echo() -> Echo {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let headers: HashMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            (
+                [("x-upstream", "echo"), ("server", "echo/1")],
+                axum::Json(json!({"method": method, "path": path, "query": query,
+                                   "headers": headers, "body": String::from_utf8_lossy(&body)})),
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Echo { url, hits }
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn coord(
+    base: &str,
+    bearer: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(bearer);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A zone whose resource routes to `upstream`, a root Session A delegating
+/// `tickets:read` on the resource to a Session B; returns the zone, B and the edge.
+async fn governed(server: &Server, issuer: &str, upstream: &str) -> (Zone, String, String, String) {
+    let admin = Admin::new(server);
+    let z = zone_with(
+        &admin,
+        true,
+        json!({"upstream_url": upstream, "operation_enforcement": "enforced",
+               "scopes": ["tickets:read", "tickets:write"],
+               "operations": [{"method": "GET", "path": "/v1/tickets", "scope": "tickets:read"},
+                              {"method": "POST", "path": "/v1/tickets", "scope": "tickets:write"}]}),
+    )
+    .await;
+    let (s, _, boot) = eventually(20, || async {
+        let r = exchange(issuer, &bootstrap(&z, "agent:lifecycle")).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 200, "{boot}");
+    let lifecycle = boot["access_token"].as_str().unwrap().to_owned();
+    let base = server.url("coordinator");
+    let zp = format!("/zones/{}", z.id);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = coord(
+            base,
+            &lifecycle,
+            reqwest::Method::POST,
+            &format!("{zp}/agents"),
+            Some(json!({"application_id": z.app, "labels": ["agent"]})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    let (s, e) = coord(
+        base,
+        &lifecycle,
+        reqwest::Method::POST,
+        &format!("{zp}/delegations"),
+        Some(
+            json!({"source_session_id": ids[0], "target_session_id": ids[1],
+                    "issuer_application_id": z.app, "receiver_application_id": z.app,
+                    "scopes": ["tickets:read"], "constraints": {"resources": [RESOURCE]},
+                    "ttl_seconds": 900}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let edge = e["delegation_edge_id"].as_str().unwrap().to_owned();
+    (z, ids[1].clone(), edge, lifecycle)
+}
+
+/// A fresh single-use Gateway mandate for Session `b` over `edge`.
+async fn mint(issuer: &str, z: &Zone, b: &str, edge: &str) -> String {
+    let (s, _, v) = exchange(
+        issuer,
+        &[
+            ("grant_type", GRANT),
+            ("zone_id", &z.id),
+            ("application_id", &z.app),
+            ("client_secret", &z.secret),
+            ("resource", RESOURCE),
+            ("scope", "tickets:read"),
+            ("agent_session_id", b),
+            ("delegation_edge_id", edge),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Headers, path, and the answer expected: status, `error`, part of the description.
+type Refusal<'a> = (Vec<(&'a str, String)>, &'a str, u16, &'a str, &'a str);
+
+struct Call {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Call {
+    let mut req =
+        reqwest::Client::new().request(method, format!("{}{path}", server.url("gateway")));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = resp.text().await.unwrap();
+    Call {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+fn refused(c: &Call, status: u16, error: &str, description: &str) {
+    assert_eq!(c.status, status, "{}", c.body);
+    assert_eq!(c.body["error"], error, "{}", c.body);
+    assert!(
+        c.body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(description),
+        "{description}: {}",
+        c.body
+    );
+    assert!(c.body["requestId"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(
+        c.headers.get("x-request-id").map(String::as_str),
+        c.body["requestId"].as_str()
+    );
+}
+
+/// Audit events of a request id on `caracal.audit.events`.
+async fn audit_events(server: &Server, rid: &str) -> Vec<Value> {
+    let key = server.key_space().topic("caracal.audit.events");
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .filter_map(|e| {
+            let data: String = redis::from_redis_value(e.map.get("data")?).ok()?;
+            let v: Value = serde_json::from_str(&data).ok()?;
+            (v["request_id"] == rid).then_some(v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_governed_call_reaches_the_upstream_with_a_resource_mandate_and_nothing_else_does() {
+    let upstream = echo().await;
+    let (server, issuer) = server().await;
+    let (z, b, edge, lifecycle) = governed(&server, &issuer, &upstream.url).await;
+    let gateway_mandate = mint(&issuer, &z, &b, &edge).await;
+    let presented = claims(&gateway_mandate);
+
+    // The governed call.
+    let ok = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets?limit=5",
+        &[
+            ("authorization", &format!("Bearer {gateway_mandate}")),
+            ("x-caracal-resource", RESOURCE),
+            ("x-request-id", "gw-call-1"),
+            ("x-caracal-session", "leak"),
+            ("baggage", "caracal.agent_session_id=s, team=blue"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}\n{}", ok.body, server.logs());
+    assert_eq!(ok.headers["x-request-id"], "gw-call-1");
+    assert_eq!(ok.headers["x-upstream"], "echo");
+    assert!(!ok.headers.contains_key("server"), "{:?}", ok.headers);
+    assert!(
+        ok.headers["x-caracal-token-expires-in"]
+            .parse::<i64>()
+            .unwrap()
+            > 35
+    );
+    let seen = &ok.body;
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/v1/tickets");
+    assert_eq!(seen["query"], "limit=5");
+    let h = seen["headers"].as_object().unwrap();
+    assert_eq!(h["x-request-id"], "gw-call-1");
+    assert!(h.keys().all(|k| !k.starts_with("x-caracal-")), "{h:?}");
+    assert_eq!(h["baggage"], "team=blue");
+    let bearer = h["authorization"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    assert_ne!(bearer, gateway_mandate);
+    let m = claims(bearer);
+    assert_eq!(m["use"], "resource");
+    assert_eq!(m["aud"], json!([RESOURCE]));
+    assert_eq!(m["scope"], "tickets:read");
+    assert_eq!(m["root_sid"], presented["root_sid"]);
+    assert_ne!(m["sid"], presented["sid"]);
+    assert_eq!(m["delegation_edge_id"], edge.as_str());
+    assert_eq!(m["agent_session_id"], b.as_str());
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 1);
+
+    // Every refusal answers before the upstream.
+    let auth = format!("Bearer {}", mint(&issuer, &z, &b, &edge).await);
+    let r = |extra: Vec<(&'static str, String)>| extra;
+    let cases: Vec<Refusal> = vec![
+        (
+            r(vec![("x-caracal-resource", RESOURCE.into())]),
+            "/v1/tickets",
+            401,
+            "invalid_token",
+            "missing bearer token",
+        ),
+        (
+            r(vec![
+                ("authorization", format!("Bearer {}", "a".repeat(5000))),
+                ("x-caracal-resource", RESOURCE.into()),
+            ]),
+            "/v1/tickets",
+            401,
+            "invalid_token",
+            "bearer token too large",
+        ),
+        (
+            r(vec![
+                ("authorization", "Bearer not.a-jwt".into()),
+                ("x-caracal-resource", RESOURCE.into()),
+            ]),
+            "/v1/tickets",
+            401,
+            "invalid_token",
+            "malformed bearer token",
+        ),
+        (
+            r(vec![
+                ("authorization", auth.clone()),
+                ("x-caracal-resource", RESOURCE.into()),
+                ("x-caracal-client-id", "me".into()),
+            ]),
+            "/v1/tickets",
+            400,
+            "invalid_token",
+            "client identity derives from the bearer token",
+        ),
+        (
+            r(vec![("authorization", auth.clone())]),
+            "/v1/tickets",
+            400,
+            "invalid_token",
+            "missing routing headers",
+        ),
+        (
+            r(vec![
+                ("authorization", auth.clone()),
+                ("x-caracal-resource", RESOURCE.into()),
+            ]),
+            // Double-encoded: the client's URL parser already resolves `%2e%2e`.
+            "/v1/%252e%252e/admin",
+            400,
+            "invalid_token",
+            "path traversal not permitted",
+        ),
+        (
+            r(vec![
+                ("authorization", auth.clone()),
+                ("x-caracal-resource", RESOURCE.into()),
+            ]),
+            "/v1/%5cadmin",
+            400,
+            "invalid_token",
+            "path traversal not permitted",
+        ),
+    ];
+    for (headers, path, status, error, description) in &cases {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let c = call(&server, reqwest::Method::GET, path, &hs).await;
+        refused(&c, *status, error, description);
+    }
+    // A signature that does not verify (the payload changed).
+    let parts: Vec<&str> = auth.trim_start_matches("Bearer ").split('.').collect();
+    let mut payload = claims(auth.trim_start_matches("Bearer "));
+    payload["scope"] = json!("tickets:read tickets:write");
+    use base64::Engine;
+    let forged = format!(
+        "Bearer {}.{}.{}",
+        parts[0],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string()),
+        parts[2]
+    );
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[("authorization", &forged), ("x-caracal-resource", RESOURCE)],
+    )
+    .await;
+    refused(&c, 401, "invalid_token", "bearer signature invalid");
+    // A lifecycle (session) mandate is no Gateway mandate: the STS refuses it.
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[
+            ("authorization", &format!("Bearer {lifecycle}")),
+            ("x-caracal-resource", RESOURCE),
+        ],
+    )
+    .await;
+    refused(&c, 401, "invalid_token", "invalid subject_token");
+    // A write with a read-only mandate: the operation floor (the mandate is spent).
+    let c = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/tickets",
+        &[("authorization", &auth), ("x-caracal-resource", RESOURCE)],
+    )
+    .await;
+    refused(&c, 403, "operation_not_permitted", "POST /v1/tickets");
+    // The same mandate again: a replay.
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[
+            ("authorization", &auth),
+            ("x-caracal-resource", RESOURCE),
+            ("x-request-id", "gw-replay-1"),
+        ],
+    )
+    .await;
+    refused(&c, 401, "invalid_token", "token replay detected");
+    // A mandate replayed after a successful call.
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[
+            ("authorization", &format!("Bearer {gateway_mandate}")),
+            ("x-caracal-resource", RESOURCE),
+        ],
+    )
+    .await;
+    refused(&c, 401, "invalid_token", "token replay detected");
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        1,
+        "a refusal reached the upstream"
+    );
+
+    // After the issuer revokes the Delegation, a mandate minted before it is refused.
+    let before = mint(&issuer, &z, &b, &edge).await;
+    let (s, v) = coord(
+        server.url("coordinator"),
+        &lifecycle,
+        reqwest::Method::PATCH,
+        &format!("/zones/{}/delegations/{edge}/revoke", z.id),
+        None,
+    )
+    .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[
+            ("authorization", &format!("Bearer {before}")),
+            ("x-caracal-resource", RESOURCE),
+        ],
+    )
+    .await;
+    assert!(
+        c.status == 401 || c.status == 403,
+        "{} {}",
+        c.status,
+        c.body
+    );
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        1,
+        "a revoked mandate reached the upstream"
+    );
+
+    // The audit trail: the STS's decision and the Gateway's call share the request id.
+    let trail = eventually(20, || async {
+        let t = audit_events(&server, "gw-call-1").await;
+        (t.iter()
+            .any(|e| e["event_type"] == "gateway_resource_request"))
+        .then_some(t)
+    })
+    .await;
+    assert!(
+        trail
+            .iter()
+            .any(|e| e["event_type"] == "token_exchange" && e["decision"] == "allow"),
+        "{trail:?}"
+    );
+    let call_event = trail
+        .iter()
+        .find(|e| e["event_type"] == "gateway_resource_request")
+        .unwrap();
+    assert_eq!(call_event["decision"], "allow");
+    assert_eq!(call_event["evaluation_status"], "executed");
+    let md = &call_event["metadata_json"];
+    assert_eq!(md["gateway_status"], 200, "{call_event}");
+    assert_eq!(md["upstream_status"], 200);
+    assert_eq!(md["result_class"], "success");
+    assert_eq!(md["method"], "GET");
+    assert_eq!(md["auth_mode"], "caracal_jwt");
+    assert_eq!(md["subject_fingerprint"].as_str().unwrap().len(), 16);
+    assert!(md["response_bytes"].as_u64().unwrap() > 0);
+    let replay = eventually(20, || async {
+        let t = audit_events(&server, "gw-replay-1").await;
+        t.into_iter().find(|e| e["event_type"] == "replay_detected")
+    })
+    .await;
+    assert_eq!(replay["decision"], "deny");
+    assert_eq!(replay["evaluation_status"], "anomaly");
+    assert!(
+        !serde_json::to_string(&trail)
+            .unwrap()
+            .contains(&gateway_mandate),
+        "a mandate reached the audit trail"
+    );
+}
