@@ -277,6 +277,7 @@ async fn a_governed_call_reaches_the_upstream_with_a_resource_mandate_and_nothin
     assert_eq!(h["x-request-id"], "gw-call-1");
     assert!(h.keys().all(|k| !k.starts_with("x-caracal-")), "{h:?}");
     assert_eq!(h["baggage"], "team=blue");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     let bearer = h["authorization"]
         .as_str()
         .unwrap()
@@ -513,5 +514,45 @@ async fn a_governed_call_reaches_the_upstream_with_a_resource_mandate_and_nothin
             .unwrap()
             .contains(&gateway_mandate),
         "a mandate reached the audit trail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_sdk_calls_through_the_gateway() {
+    let upstream = echo().await;
+    let (server, issuer) = server().await;
+    let admin = Admin::new(&server);
+    let z = zone_with(
+        &admin,
+        true,
+        json!({"upstream_url": upstream.url, "operation_enforcement": "enforced",
+               "scopes": ["tickets:read", "tickets:write"],
+               "operations": [{"method": "GET", "path": "/v1/tickets", "scope": "tickets:read"},
+                              {"method": "POST", "path": "/v1/tickets", "scope": "tickets:write"}]}),
+    )
+    .await;
+    // The policy binding is loaded once a bootstrap mint succeeds.
+    eventually(20, || async {
+        let r = exchange(&issuer, &bootstrap(&z, "agent:lifecycle")).await;
+        (r.0 == 200).then_some(())
+    })
+    .await;
+    common::run_interop(
+        &server,
+        "gateway_sdk.py",
+        &[
+            ("STS_URL", &issuer),
+            ("COORDINATOR_URL", server.url("coordinator")),
+            ("GATEWAY_URL", server.url("gateway")),
+            ("ZONE_ID", &z.id),
+            ("APPLICATION_ID", &z.app),
+            ("CLIENT_SECRET", &z.secret),
+            ("RESOURCE", RESOURCE),
+        ],
+    );
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        2,
+        "only the two allowed calls reached the upstream"
     );
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -127,9 +129,10 @@ pub async fn proxy(
     State(app): State<App>,
     Extension(gw): Extension<Arc<Gateway>>,
     RequestId(rid): RequestId,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    match governed(&app, &gw, &rid, req).await {
+    match governed(&app, &gw, &rid, peer, req).await {
         Ok(resp) => resp,
         Err(e) => e.respond(&rid),
     }
@@ -139,6 +142,7 @@ async fn governed(
     app: &App,
     gw: &Gateway,
     rid: &str,
+    peer: SocketAddr,
     req: Request,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
@@ -359,6 +363,9 @@ async fn governed(
         out_headers.insert("x-forwarded-host", h.clone());
     }
     out_headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        out_headers.insert("x-forwarded-for", v);
+    }
     // 19: the body is streamed and counted; past the limit the upload is cut.
     let limit = app.cfg.max_request_bytes;
     let mut sent = 0usize;

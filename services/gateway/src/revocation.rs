@@ -72,7 +72,7 @@ impl Revocations {
     }
 
     /// Replaces the snapshot from the read model.
-    pub async fn reload(&self, app: &App) -> Result<usize, sqlx::Error> {
+    pub async fn reload(&self, app: &App) -> Result<usize, serval_kit::http::ApiError> {
         let ids = serval_projector::revocations::snapshot(&app.pool).await?;
         let mut s = self.sets.write().unwrap_or_else(|p| p.into_inner());
         s.snapshot = ids.into_iter().collect();
@@ -205,7 +205,7 @@ pub fn start(
         }
         loop {
             if let Err(e) = rev.reload(&app).await {
-                tracing::warn!(error = %e, "revocation snapshot failed");
+                tracing::warn!(error = ?e, "revocation snapshot failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(SNAPSHOT_EVERY) => {}
