@@ -8,11 +8,14 @@ pub const TIMESTAMP: &str = "x-caracal-gateway-timestamp";
 pub const NONCE: &str = "x-caracal-gateway-request";
 pub const SIGNATURE: &str = "x-caracal-gateway-signature";
 
-/// The configured key: hex, at least 32 bytes.
+/// The MAC key: the configured value (hex of at least 32 bytes) as its text bytes, the
+/// convention the internal policy routes and their callers have always used.
 pub fn key(configured: Option<&str>) -> Option<Vec<u8>> {
-    hex::decode(configured?.trim())
+    let k = configured?.trim();
+    hex::decode(k)
         .ok()
-        .filter(|k| k.len() >= 32)
+        .filter(|raw| raw.len() >= 32)
+        .map(|_| k.as_bytes().to_vec())
 }
 
 fn mac(

@@ -64,7 +64,7 @@ impl AppState {
         }
         let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secrets.streams_key).ok()?;
         m.update(b"serval.gateway-sts.dev");
-        Some(m.finalize().into_bytes().to_vec())
+        Some(hex::encode(m.finalize().into_bytes()).into_bytes())
     }
 
     /// Where the Gateway reaches the STS: `STS_URL`, else the issuer (one deployment).

@@ -4,9 +4,7 @@
 //! `<unix>\n<request id>\n<METHOD>\n<path>\n<hex sha256(body)>`.
 
 use axum::http::{HeaderMap, Method, StatusCode};
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-
+use serval_kit::gateway_hmac;
 use serval_kit::http::ApiError;
 use serval_kit::state::App;
 
@@ -15,14 +13,6 @@ pub const MAX_SKEW_SECS: i64 = 300;
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The canonical string a signature covers.
-pub fn canonical(ts: &str, request_id: &str, method: &str, path: &str, body: &[u8]) -> String {
-    format!(
-        "{ts}\n{request_id}\n{method}\n{path}\n{}",
-        hex::encode(Sha256::digest(body))
-    )
 }
 
 pub fn verify(
@@ -46,9 +36,9 @@ pub fn verify(
     let denied =
         || ApiError::unauthorized("access_denied").description("invalid internal signature");
     let (Some(ts), Some(rid), Some(sig)) = (
-        header(headers, "x-caracal-gateway-timestamp"),
-        header(headers, "x-caracal-gateway-request"),
-        header(headers, "x-caracal-gateway-signature"),
+        header(headers, gateway_hmac::TIMESTAMP),
+        header(headers, gateway_hmac::NONCE),
+        header(headers, gateway_hmac::SIGNATURE),
     ) else {
         return Err(denied());
     };
@@ -61,8 +51,9 @@ pub fn verify(
     if skew.is_none_or(|s| s > MAX_SKEW_SECS) {
         return Err(denied());
     }
-    let sig = hex::decode(sig).map_err(|_| denied())?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| denied())?;
-    mac.update(canonical(ts, rid, method.as_str(), path, body).as_bytes());
-    mac.verify_slice(&sig).map_err(|_| denied())
+    if gateway_hmac::verify(key.as_bytes(), (ts, rid, sig), method.as_str(), path, body) {
+        Ok(())
+    } else {
+        Err(denied())
+    }
 }

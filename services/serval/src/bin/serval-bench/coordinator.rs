@@ -22,9 +22,9 @@ pub struct Targets {
     pub edges: usize,
 }
 
-const RESOURCE: &str = "resource://bench";
+pub const RESOURCE: &str = "resource://bench";
 
-async fn json_of(
+pub async fn json_of(
     c: &Client,
     method: &str,
     path: &str,
@@ -38,14 +38,14 @@ async fn json_of(
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-fn id(v: &Value, field: &str) -> anyhow::Result<String> {
+pub fn id(v: &Value, field: &str) -> anyhow::Result<String> {
     Ok(v[field]
         .as_str()
         .with_context(|| format!("{field} in {v}"))?
         .to_owned())
 }
 
-fn form(fields: &[(&str, &str)]) -> String {
+pub fn form(fields: &[(&str, &str)]) -> String {
     fields
         .iter()
         .map(|(k, v)| format!("{k}={}", encode(v)))
@@ -64,9 +64,17 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// A zone whose application may mint a lifecycle mandate for `RESOURCE`; returns
-/// (zone, application, lifecycle mandate).
-async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, String)> {
+/// What [`setup`] made.
+pub struct Setup {
+    pub zone: String,
+    pub app: String,
+    pub secret: String,
+    pub lifecycle: String,
+}
+
+/// A zone whose application owns `RESOURCE` (upstream `upstream`, scope `bench:read` for
+/// role `agent`) and has minted a lifecycle mandate for it.
+pub async fn setup(admin: &Client, sts_url: &str, upstream: &str) -> anyhow::Result<Setup> {
     let zone = admin.create_zone("bench coordinator").await?;
     let zp = format!("/v1/zones/{zone}");
     let app = json_of(
@@ -87,7 +95,7 @@ async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, S
     )
     .await?;
     json_of(admin, "POST", &format!("{zp}/resources"), Some(json!({"name": "Bench", "identifier": RESOURCE,
-        "scopes": ["bench:read"], "upstream_url": "https://bench.example", "credential_provider_id": provider["id"]})), 201).await?;
+        "scopes": ["bench:read"], "upstream_url": upstream, "credential_provider_id": provider["id"]})), 201).await?;
     let content = format!(
         "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\napp_ids := {{\"bot\": \"{app_id}\"}}\n\n\
          grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"bench:read\"]}}}}}}\n"
@@ -126,7 +134,7 @@ async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, S
         202,
     )
     .await?;
-    let sts = admin.with(&t.sts, "");
+    let sts = admin.with(sts_url, "");
     let body = form(&[
         (
             "grant_type",
@@ -149,7 +157,12 @@ async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, S
             .await?;
         if status == 200 {
             let v: Value = serde_json::from_slice(&bytes)?;
-            return Ok((zone, app_id, id(&v, "access_token")?));
+            return Ok(Setup {
+                zone,
+                app: app_id,
+                secret,
+                lifecycle: id(&v, "access_token")?,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -158,7 +171,12 @@ async fn setup(admin: &Client, t: &Targets) -> anyhow::Result<(String, String, S
 
 pub async fn run(t: Targets) -> anyhow::Result<()> {
     let admin = Client::new(&t.api, &t.token);
-    let (zone, app, mandate) = setup(&admin, &t).await?;
+    let Setup {
+        zone,
+        app,
+        lifecycle: mandate,
+        ..
+    } = setup(&admin, &t.sts, "https://bench.example").await?;
     let c = admin.with(&t.coordinator, &mandate);
     let op = admin.with(&t.coordinator, &t.operator);
     let agents = format!("/zones/{zone}/agents");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 mod coordinator;
+mod gateway;
 
 use clap::{Parser, Subcommand};
 use serval_domain::zone::{ZoneCreated, ZoneEvent, ZoneUpdated};
@@ -90,6 +91,24 @@ enum Cmd {
         samples: usize,
         #[arg(long, default_value_t = 10_000)]
         edges: usize,
+    },
+    /// Governed requests: delegated mint at the STS + a call through the Gateway to a local
+    /// echo upstream, against a running stack; and the same echo called directly.
+    Gateway {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value = "http://127.0.0.1:4000")]
+        coordinator: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        sts: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        gateway: String,
+        #[arg(long, env = "CARACAL_ADMIN_TOKEN")]
+        token: String,
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// Management API latency: create-provider (an `api_key` provider, its key sealed) and
     /// list-applications (a page of 50), against a running stack.
@@ -491,6 +510,28 @@ pub(crate) mod reqwest_free {
             Ok((status, bytes))
         }
 
+        /// A request with extra headers (a body-less one when `body` is `None`).
+        pub async fn send_with(
+            &self,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Option<String>,
+        ) -> anyhow::Result<(u16, Bytes)> {
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}{}", self.base, path))
+                .header("authorization", format!("Bearer {}", self.token));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+            let resp = self.inner.request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok((status, bytes))
+        }
+
         /// Sends a request and fails unless it answers `want`.
         pub async fn expect(
             &self,
@@ -567,6 +608,26 @@ async fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
         } => bench_catalog(&url, &token, requests, concurrency.max(1)).await,
+        Cmd::Gateway {
+            url,
+            coordinator,
+            sts,
+            gateway,
+            token,
+            requests,
+            concurrency,
+        } => {
+            gateway::run(gateway::Targets {
+                api: url,
+                coordinator,
+                sts,
+                gateway,
+                token,
+                requests: requests.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
         Cmd::Coordinator {
             url,
             coordinator,
