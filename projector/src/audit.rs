@@ -45,6 +45,30 @@ pub struct LedgerRow {
     pub content_sha256: String,
 }
 
+impl LedgerRow {
+    /// The §11.1 wire object (JSON text columns parsed; timestamps RFC 3339, milliseconds).
+    pub fn wire(&self) -> serde_json::Value {
+        let parse = |t: &str| serde_json::from_str(t).unwrap_or(serde_json::Value::Null);
+        let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        serde_json::json!({
+            "id": self.id,
+            "zone_id": self.zone_id,
+            "event_type": self.event_type,
+            "request_id": self.request_id,
+            "decision": self.decision,
+            "policy_set_id": self.policy_set_id,
+            "policy_set_version_id": self.policy_set_version_id,
+            "manifest_sha": self.manifest_sha,
+            "evaluation_status": self.evaluation_status,
+            "determining_policies_json": parse(&self.determining_policies_json),
+            "diagnostics_json": parse(&self.diagnostics_json),
+            "metadata_json": parse(&self.metadata_json),
+            "occurred_at": ts(self.occurred_at),
+            "ingested_at": ts(self.ingested_at),
+        })
+    }
+}
+
 const COLUMNS: &str = "id, zone_id, event_type, request_id, decision, policy_set_id,
     policy_set_version_id, manifest_sha, evaluation_status, determining_policies_json,
     diagnostics_json, metadata_json, occurred_at, ingested_at, content_sha256";
@@ -130,6 +154,54 @@ pub async fn list<'e>(
     .fetch_all(db)
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// A ledger row with its chain fields (the Audit service's search, events-and-audit.md §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedRow {
+    pub row: LedgerRow,
+    pub chain_seq: i64,
+    pub prev_content_sha256: String,
+    pub chain_hmac: Option<String>,
+}
+
+/// Rows of a zone in chain order after `after_seq`, `occurred_at` in `[since, until)`.
+pub async fn search<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    (since, until): (DateTime<Utc>, DateTime<Utc>),
+    decision: Option<&str>,
+    request_id: Option<&str>,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<ChainedRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS}, chain_seq, prev_content_sha256, chain_hmac FROM audit_events
+          WHERE zone_id = $1 AND chain_seq > $2
+            AND occurred_at >= $3 AND occurred_at < $4
+            AND ($5::text IS NULL OR decision = $5)
+            AND ($6::text IS NULL OR request_id = $6)
+          ORDER BY chain_seq LIMIT $7"
+    ))
+    .bind(zone_id)
+    .bind(after_seq)
+    .bind(since)
+    .bind(until)
+    .bind(decision)
+    .bind(request_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ChainedRow {
+                row: from_row(r)?,
+                chain_seq: r.try_get("chain_seq")?,
+                prev_content_sha256: r.try_get("prev_content_sha256")?,
+                chain_hmac: r.try_get("chain_hmac")?,
+            })
+        })
+        .collect()
 }
 
 /// A request's events, oldest first.

@@ -28,6 +28,20 @@ async fn echo() -> Echo {
         let counter = counter.clone();
         async move {
             counter.fetch_add(1, Ordering::SeqCst);
+            if req.uri().path() == "/v1/stream" {
+                // A slow stream: a chunk every 100 ms for 10 s.
+                let chunks = futures::stream::unfold(0u32, |n| async move {
+                    if n >= 100 {
+                        return None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    Some((
+                        Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("chunk {n}\n"))),
+                        n + 1,
+                    ))
+                });
+                return axum::body::Body::from_stream(chunks).into_response();
+            }
             let headers: HashMap<String, String> = req
                 .headers()
                 .iter()
@@ -98,6 +112,7 @@ async fn governed(server: &Server, issuer: &str, upstream: &str) -> (Zone, Strin
         json!({"upstream_url": upstream, "operation_enforcement": "enforced",
                "scopes": ["tickets:read", "tickets:write"],
                "operations": [{"method": "GET", "path": "/v1/tickets", "scope": "tickets:read"},
+                              {"method": "GET", "path": "/v1/stream", "scope": "tickets:read"},
                               {"method": "POST", "path": "/v1/tickets", "scope": "tickets:write"}]}),
     )
     .await;
@@ -555,4 +570,68 @@ async fn the_official_sdk_calls_through_the_gateway() {
         2,
         "only the two allowed calls reached the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_ends_a_stream_in_flight() {
+    let upstream = echo().await;
+    let (server, issuer) = server().await;
+    let (z, b, edge, lifecycle) = governed(&server, &issuer, &upstream.url).await;
+    let mandate = mint(&issuer, &z, &b, &edge).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/stream", server.url("gateway")))
+        .header("authorization", format!("Bearer {mandate}"))
+        .header("x-caracal-resource", RESOURCE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let mut resp = resp;
+    let mut received = String::new();
+    // Read a few chunks, then revoke the Delegation the mandate rests on.
+    while received.matches("chunk").count() < 3 {
+        let chunk = resp.chunk().await.unwrap().unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (s, v) = coord(
+        server.url("coordinator"),
+        &lifecycle,
+        reqwest::Method::PATCH,
+        &format!("/zones/{}/delegations/{edge}/revoke", z.id),
+        None,
+    )
+    .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    while let Ok(Some(c)) = resp.chunk().await {
+        received.push_str(&String::from_utf8_lossy(&c));
+    }
+    let chunks = received.matches("chunk").count();
+    // The upstream streams 100 chunks over 10 s; the revocation cut it long before.
+    assert!(
+        chunks < 60,
+        "the stream ran on after the revocation: {chunks} chunks"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    let trail = eventually(20, || async {
+        let key = server.key_space().topic("caracal.audit.events");
+        let client = redis::Client::open(common::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        reply.ids.into_iter().find_map(|e| {
+            let data: String = redis::from_redis_value(e.map.get("data")?).ok()?;
+            let v: Value = serde_json::from_str(&data).ok()?;
+            (v["event_type"] == "gateway_resource_request"
+                && v["metadata_json"]["revocation_interrupted"] == true)
+                .then_some(v)
+        })
+    })
+    .await;
+    assert!(trail["metadata_json"]["response_bytes"].as_u64().unwrap() > 0);
 }

@@ -123,22 +123,9 @@ fn metadata(r: &LedgerRow) -> Value {
 }
 
 fn render(r: &LedgerRow) -> Value {
-    json!({
-        "id": r.id,
-        "zone_id": r.zone_id,
-        "event_type": r.event_type,
-        "request_id": r.request_id,
-        "decision": r.decision,
-        "policy_set_id": r.policy_set_id,
-        "policy_set_version_id": r.policy_set_version_id,
-        "manifest_sha": r.manifest_sha,
-        "evaluation_status": r.evaluation_status,
-        "determining_policies_json": parse_json(&r.determining_policies_json),
-        "diagnostics_json": parse_json(&r.diagnostics_json),
-        "metadata_json": metadata(r),
-        "occurred_at": pagination::ts(r.occurred_at),
-        "ingested_at": pagination::ts(r.ingested_at),
-    })
+    let mut v = r.wire();
+    v["metadata_json"] = metadata(r);
+    v
 }
 
 /// Policy names of `determining_policies_json` (`[{"policy": name}]`).

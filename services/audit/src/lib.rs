@@ -1,8 +1,10 @@
-//! The Audit service (:9090). Today: the ingestor that moves `caracal.audit.events` frames
-//! into the log (events-and-audit.md §11.3), and the operational routes. The ledger's read
-//! routes are served by the Management API under `/v1/zones/{zone}/audit`.
+//! The Audit service (:9090): the ingestor that moves `caracal.audit.events` frames into the
+//! log (events-and-audit.md §11.3, `ingest.rs`) and its routes (§12, `routes.rs`): the
+//! ledger search in chain order and the dead-letter queue. The zone-scoped ledger routes are
+//! also served by the Management API under `/v1/zones/{zone}/audit`.
 
 pub mod ingest;
+pub mod routes;
 
 use axum::Router;
 use serval_kit::App;
@@ -16,5 +18,5 @@ pub fn start(app: &App, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
 
 /// The Audit service's own routes (the operational ones are added by `serve::finish`).
 pub fn router() -> Router<App> {
-    Router::new()
+    routes::router()
 }

@@ -43,7 +43,6 @@ impl Gateway {
         let upstream = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(app.cfg.upstream_timeout_secs))
             .pool_max_idle_per_host(100)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()

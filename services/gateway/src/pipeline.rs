@@ -15,6 +15,8 @@ use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::StreamExt;
+use http_body::Frame as BodyFrame;
+use http_body_util::StreamBody;
 use serde_json::{json, Map, Value};
 use serval_domain::validation::is_valid_identifier;
 use serval_kit::audit_frame::{self, Frame};
@@ -165,7 +167,11 @@ async fn governed(
     }
     let peeked = peek(token).ok_or_else(|| unauthorized("malformed bearer token"))?;
     let now = chrono::Utc::now().timestamp();
-    if peeked.exp - now < PREFLIGHT_SECS {
+    if peeked
+        .exp
+        .checked_sub(now)
+        .is_none_or(|left| left < PREFLIGHT_SECS)
+    {
         return Err(GatewayError::new(
             StatusCode::UNAUTHORIZED,
             "credential_expired_not_renewable",
@@ -246,15 +252,28 @@ async fn governed(
     }
     // 13
     let anchors = ["sid", "root_sid", "agent_session_id", "delegation_edge_id"];
-    let anchor_ids: Vec<String> = anchors
+    let mut anchor_ids: Vec<String> = anchors
         .iter()
         .map(|a| claim(&claims, a).to_owned())
         .collect();
+    // Every edge of the lineage: revoking an ancestor names only that edge on the topics.
+    let lineage: Vec<String> = claims
+        .get("delegation_path")
+        .and_then(Value::as_array)
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    anchor_ids.extend(lineage);
     if let Some(i) = anchor_ids
         .iter()
         .position(|a| gw.revocations.any_revoked([a.as_str()]))
     {
-        tracing::info!(request_id = %rid, anchor = anchors[i], id = %anchor_ids[i], "call refused: revoked anchor");
+        let anchor = anchors.get(i).copied().unwrap_or("delegation_path");
+        tracing::info!(request_id = %rid, anchor, id = %anchor_ids[i], "call refused: revoked anchor");
         return Err(unauthorized("session revoked"));
     }
     // 14–15
@@ -390,8 +409,18 @@ async fn governed(
         .request(method, url)
         .headers(out_headers)
         .body(reqwest::Body::wrap_stream(upload))
-        .send()
-        .await;
+        .send();
+    // `UPSTREAM_TIMEOUT` bounds the wait for the response headers only; body reads have
+    // the idle cut-off below.
+    let headers_within = std::time::Duration::from_secs(app.cfg.upstream_timeout_secs);
+    let Ok(sent_req) = tokio::time::timeout(headers_within, sent_req).await else {
+        return Err(fail(
+            &mut evidence,
+            "upstream_error",
+            "transport_error",
+            GatewayError::internal(StatusCode::GATEWAY_TIMEOUT, "upstream timeout"),
+        ));
+    };
     let upstream_resp = match sent_req {
         Ok(r) => r,
         Err(e) => {
@@ -456,6 +485,9 @@ async fn governed(
     resp_headers.insert("x-caracal-token-expires-in", HeaderValue::from(left));
     let idle = std::time::Duration::from_secs(app.cfg.stream_idle_timeout_secs);
     let revocations = gw.revocations.clone();
+    // Frames: data as it arrives; a revocation ends the body with the `X-Caracal-Revoked`
+    // trailer (§9); an upstream error or idle cut-off aborts it, so the caller sees a
+    // truncated body, never a complete-looking one.
     let stream = futures::stream::unfold(
         (upstream_resp.bytes_stream(), evidence, anchor_ids, false),
         move |(mut body, mut evidence, anchors, done)| {
@@ -467,15 +499,17 @@ async fn governed(
                 // Before each read: an anchor revoked mid-stream ends the stream.
                 if revocations.any_revoked(anchors.iter().map(String::as_str)) {
                     evidence.set("revocation_interrupted", json!(true));
-                    return None;
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("x-caracal-revoked", HeaderValue::from_static("true"));
+                    return Some((
+                        Ok::<_, std::io::Error>(BodyFrame::trailers(trailers)),
+                        (body, evidence, anchors, true),
+                    ));
                 }
                 match tokio::time::timeout(idle, body.next()).await {
                     Ok(Some(Ok(chunk))) => {
                         evidence.bytes += chunk.len() as u64;
-                        Some((
-                            Ok::<Bytes, std::io::Error>(chunk),
-                            (body, evidence, anchors, false),
-                        ))
+                        Some((Ok(BodyFrame::data(chunk)), (body, evidence, anchors, false)))
                     }
                     Ok(None) => None,
                     Ok(Some(Err(e))) => {
@@ -489,13 +523,17 @@ async fn governed(
                     Err(_) => {
                         evidence.status("upstream_error");
                         evidence.set("error_kind", json!("response_copy_failed"));
-                        None
+                        Some((
+                            Err(std::io::Error::other("upstream idle")),
+                            (body, evidence, anchors, true),
+                        ))
                     }
                 }
             }
         },
     );
-    let mut resp = Response::new(Body::from_stream(stream));
+    resp_headers.insert("trailer", HeaderValue::from_static("X-Caracal-Revoked"));
+    let mut resp = Response::new(Body::new(StreamBody::new(stream)));
     *resp.status_mut() = status;
     *resp.headers_mut() = resp_headers;
     if let Ok(v) = HeaderValue::from_str(rid) {

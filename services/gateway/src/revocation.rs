@@ -17,8 +17,10 @@ use tokio::sync::watch;
 
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 pub const STALE_AFTER: Duration = Duration::from_secs(70);
-/// How long a topic mark outlives the snapshots that do not (yet) hold it.
-const MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a topic mark outlives the snapshots that do not hold it: long enough for its
+/// projection to land, short enough that a mark no state backs (a Session suspended, then
+/// resumed) does not outlast two reloads.
+const MARK_TTL: Duration = Duration::from_secs(2 * SNAPSHOT_EVERY.as_secs());
 /// Topic messages read per round.
 const BATCH: usize = 200;
 
@@ -118,21 +120,30 @@ async fn follow(app: App, rev: std::sync::Arc<Revocations>, mut stop: watch::Rec
     let mut ids: Vec<String> = vec!["$".into(); streams.len()];
     // Resolve `$` to concrete ids once, so nothing published between rounds is skipped.
     for (i, s) in streams.iter().enumerate() {
-        let last: Result<Vec<(String, HashMap<String, String>)>, _> = redis::cmd("XREVRANGE")
-            .arg(s)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await;
-        match last {
-            Ok(v) => {
-                ids[i] = v
-                    .first()
-                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone())
+        loop {
+            let last: Result<Vec<(String, HashMap<String, String>)>, _> = redis::cmd("XREVRANGE")
+                .arg(s)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            match last {
+                Ok(v) => {
+                    ids[i] = v
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone());
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation topic head unreadable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "revocation topic head unreadable"),
         }
     }
     rev.following.store(true, Ordering::Relaxed);

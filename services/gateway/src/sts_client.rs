@@ -97,7 +97,17 @@ pub async fn exchange(
         .header("accept", "application/json")
         .header("user-agent", "caracal-gateway")
         .header("x-request-id", x.request_id);
-    if let Some(key) = app.gateway_key() {
+    // Unsigned, the exchange would be an ordinary client request without a secret: refused,
+    // and counted against the application's lock-out. Without a key nothing is sent.
+    let Some(key) = app.gateway_key() else {
+        tracing::error!("GATEWAY_STS_HMAC_KEY is missing or not hex of at least 32 bytes");
+        return Err(GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sts_unavailable",
+            "gateway exchange key not configured".into(),
+        ));
+    };
+    {
         let ts = chrono::Utc::now().timestamp().to_string();
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -146,6 +156,10 @@ pub async fn exchange(
                 .get("error_description")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            // The STS's own unavailability counts (§4.4); its refusals do not.
+            if err.0 == "sts_unavailable" && status.is_server_error() {
+                breaker.failed();
+            }
             return Err(GatewayError::new(status, err.0, description.to_owned()));
         }
         if status.is_server_error() {

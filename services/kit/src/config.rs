@@ -79,6 +79,9 @@ pub struct Config {
     pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
+    /// The Audit service's `/api/audit/*` bearer (unset: those routes answer 404).
+    #[arg(long, env = "AUDIT_ADMIN_TOKEN", hide_env_values = true)]
+    pub audit_admin_token: Option<String>,
     /// The STS the Gateway exchanges with (default: `ISSUER_URL`).
     #[arg(long, env = "STS_URL")]
     pub sts_url: Option<String>,

@@ -132,7 +132,9 @@ impl MandateVerifier {
             loaded: Instant::now(),
             keys,
         });
-        if !set.keys.is_empty() {
+        // A zone without keys is remembered too: an unknown zone id costs one read per
+        // cooldown, not one per request.
+        {
             let mut zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
             if zones.len() >= MAX_ZONES && !zones.contains_key(zone) {
                 zones.clear();

@@ -22,7 +22,7 @@ use super::form::TokenForm;
 /// How far the Gateway's clock may be from ours.
 const SKEW_SECS: i64 = 60;
 /// How long a consumed nonce is remembered (longer than the window it can be used in).
-const NONCE_TTL_SECS: u64 = 120;
+const NONCE_TTL_SECS: u64 = 2 * SKEW_SECS as u64 + 10;
 /// The sealed provider configuration's binding purpose (the Management API seals it).
 const PROVIDER_SECRETS: &str = "provider_config";
 
@@ -56,7 +56,11 @@ pub async fn verify(
         return Err(refused_because("headers missing"));
     };
     let ts_n: i64 = ts.parse().map_err(|_| refused_because("bad timestamp"))?;
-    if nonce.is_empty() || (Utc::now().timestamp() - ts_n).abs() > SKEW_SECS {
+    let skew = Utc::now()
+        .timestamp()
+        .checked_sub(ts_n)
+        .and_then(i64::checked_abs);
+    if nonce.is_empty() || skew.is_none_or(|s| s > SKEW_SECS) {
         return Err(refused_because("timestamp outside the window"));
     }
     let rid = get("x-request-id");

@@ -1,0 +1,353 @@
+//! The Audit service's routes (events-and-audit.md §12): the ledger search in chain order and
+//! the dead-letter queue of `caracal.audit.events` (list, one, replay), behind
+//! `AUDIT_ADMIN_TOKEN` (unset: `404`; wrong: `401` with `WWW-Authenticate`).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Map, Value};
+use serval_kit::App;
+use serval_projector::audit as ledger;
+use serval_streams::topics;
+use subtle::ConstantTimeEq;
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// DLQ reasons whose frames may be re-offered to the ingestor (the others would fail again).
+const REPLAYABLE: [&str; 2] = ["transient_exceeded_max_deliveries:", "pg_permanent_error:"];
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// `None` when the bearer is right; otherwise the refusal.
+fn refused(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = app
+        .cfg
+        .audit_admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        return Some((StatusCode::NOT_FOUND, "404 page not found").into_response());
+    };
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        return None;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid audit admin token",
+    );
+    resp.headers_mut().insert(
+        "www-authenticate",
+        HeaderValue::from_static("Bearer realm=\"caracal-audit\""),
+    );
+    Some(resp)
+}
+
+/// `limit` (default 100, at most 1000); `None` when it is not a positive integer.
+fn limit(q: &HashMap<String, String>) -> Option<i64> {
+    match q.get("limit") {
+        None => Some(DEFAULT_LIMIT),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| n.min(MAX_LIMIT)),
+    }
+}
+
+fn bad_limit() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "limit must be a positive integer",
+    )
+}
+
+/// `GET /api/audit/search`.
+async fn search(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let Some(zone) = q.get("zone_id").filter(|z| !z.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "zone_id is required",
+        );
+    };
+    let now = Utc::now();
+    // An unparsable bound falls back to its default, as Caracal's does.
+    let at = |k: &str| {
+        q.get(k)
+            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let since = at("since").unwrap_or(now - Duration::hours(24));
+    let until = at("until").unwrap_or(now);
+    let limit = q
+        .get("limit")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .map_or(DEFAULT_LIMIT, |n| n.min(MAX_LIMIT));
+    let cursor = q
+        .get("cursor")
+        .and_then(|c| c.parse::<i64>().ok())
+        .unwrap_or(0);
+    let rows = match ledger::search(
+        &app.pool,
+        zone,
+        (since, until),
+        q.get("decision")
+            .map(String::as_str)
+            .filter(|d| !d.is_empty()),
+        q.get("request_id")
+            .map(String::as_str)
+            .filter(|r| !r.is_empty()),
+        cursor,
+        limit,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "audit search failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "audit ledger unavailable",
+            );
+        }
+    };
+    let next = rows
+        .last()
+        .map(|r| r.chain_seq.to_string())
+        .unwrap_or_default();
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "Event": r.row.wire(),
+                "IngestedAt": r.row.ingested_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                "ContentSHA256": r.row.content_sha256,
+                "PrevContentSHA256": r.prev_content_sha256,
+                "ChainHMAC": r.chain_hmac,
+                "ChainSeq": r.chain_seq,
+            })
+        })
+        .collect();
+    Json(json!({
+        "events": if events.is_empty() { Value::Null } else { Value::Array(events) },
+        "next_cursor": next,
+    }))
+    .into_response()
+}
+
+type Entry = (String, HashMap<String, String>);
+
+async fn dlq_range(
+    app: &App,
+    start: &str,
+    end: &str,
+    count: i64,
+) -> redis::RedisResult<Vec<Entry>> {
+    let key = app.store.keys().topic(topics::AUDIT_EVENTS_DLQ);
+    let mut conn = app.redis.clone();
+    redis::cmd("XRANGE")
+        .arg(&key)
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut conn)
+        .await
+}
+
+fn replayable(reason: &str) -> bool {
+    REPLAYABLE.iter().any(|p| reason.starts_with(p))
+}
+
+/// One DLQ entry as the list shows it.
+fn summary((id, f): &Entry) -> Value {
+    let ms: i64 = id
+        .split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let received = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+    let event: Map<String, Value> = f
+        .get("data")
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
+    let pick = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
+    let reason = f.get("reason").cloned().unwrap_or_default();
+    json!({
+        "id": id,
+        "source_id": f.get("source_entry_id"),
+        "reason": reason,
+        "received_at": received.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "age_seconds": (Utc::now() - received).num_seconds().max(0),
+        "replayable": replayable(&reason) && f.contains_key("data"),
+        "event_id": pick("id"),
+        "zone_id": pick("zone_id"),
+        "event_type": pick("event_type"),
+        "request_id": pick("request_id"),
+        "decision": pick("decision"),
+        "source_sig": f.get("sig"),
+    })
+}
+
+/// `GET /api/audit/dlq`.
+async fn dlq_list(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let Some(limit) = limit(&q) else {
+        return bad_limit();
+    };
+    let start = q.get("start").map_or("-", String::as_str);
+    match dlq_range(&app, start, "+", limit).await {
+        Ok(entries) => Json(json!({
+            "entries": entries.iter().map(summary).collect::<Vec<_>>(),
+            "next_cursor": entries.last().map(|e| e.0.clone()).unwrap_or_default(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "DLQ unreadable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "dead-letter queue unavailable",
+            )
+        }
+    }
+}
+
+/// `GET /api/audit/dlq/{id}`.
+async fn dlq_one(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    // Only a stream id is a valid range bound.
+    let valid = id
+        .split_once('-')
+        .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+    if !valid {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such dead letter");
+    }
+    match dlq_range(&app, &id, &id, 1).await {
+        Ok(entries) => match entries.first() {
+            Some(e) => {
+                let mut v = summary(e);
+                v["source_event"] =
+                    e.1.get("data")
+                        .and_then(|d| serde_json::from_str(d).ok())
+                        .unwrap_or(Value::Null);
+                v["fields"] = json!(e.1);
+                Json(v).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, "not_found", "no such dead letter"),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "DLQ unreadable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "dead-letter queue unavailable",
+            )
+        }
+    }
+}
+
+/// `POST /api/audit/dlq/replay`: the oldest entries; replayable ones go back to
+/// `caracal.audit.events` (`data` + `sig`, signed like every frame) and leave the DLQ.
+async fn dlq_replay(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let Some(limit) = limit(&q) else {
+        return bad_limit();
+    };
+    let entries = match dlq_range(&app, "-", "+", limit).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "DLQ unreadable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "dead-letter queue unavailable",
+            );
+        }
+    };
+    let topic = app.store.keys().topic(topics::AUDIT_EVENTS);
+    let dlq = app.store.keys().topic(topics::AUDIT_EVENTS_DLQ);
+    let mut conn = app.redis.clone();
+    let (mut replayed, mut skipped) = (0u64, 0u64);
+    for (id, f) in &entries {
+        let reason = f.get("reason").map(String::as_str).unwrap_or_default();
+        let Some(data) = f.get("data").filter(|_| replayable(reason)) else {
+            skipped += 1;
+            continue;
+        };
+        let fields = vec![
+            ("id".to_owned(), f.get("id").cloned()),
+            ("data".to_owned(), Some(data.clone())),
+            ("sig".to_owned(), f.get("sig").cloned()),
+        ];
+        // Re-added first, deleted after: a crash between the two replays it twice, and the
+        // ingestor drops the duplicate by its event id.
+        if let Err(e) =
+            topics::publish(&mut conn, &topic, Some(&app.secrets.streams_key), &fields).await
+        {
+            tracing::error!(error = %e, "DLQ replay failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "audit topic unavailable",
+            );
+        }
+        let _: redis::RedisResult<i64> = redis::cmd("XDEL")
+            .arg(&dlq)
+            .arg(id)
+            .query_async(&mut conn)
+            .await;
+        replayed += 1;
+    }
+    Json(json!({"scanned": entries.len(), "replayed": replayed, "skipped": skipped}))
+        .into_response()
+}
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/api/audit/search", get(search))
+        .route("/api/audit/dlq", get(dlq_list))
+        .route("/api/audit/dlq/replay", post(dlq_replay))
+        .route("/api/audit/dlq/{id}", get(dlq_one))
+}
