@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::runtime::{bootstrap, exchange, server_with, zone, Zone, RESOURCE};
+use common::runtime::{bootstrap, claims, exchange, server_with, zone, Zone, RESOURCE};
 use common::{eventually, Admin, Server};
 use serde_json::{json, Value};
 
@@ -95,17 +95,6 @@ async fn mandate(issuer: &str, z: &Zone) -> String {
     .await;
     assert_eq!(s, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
-}
-
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 /// Every message of a topic, as field maps.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::response::IntoResponse;
-use common::runtime::{bootstrap, exchange, server, zone_with, Zone, GRANT, RESOURCE};
+use common::runtime::{
+    bootstrap, call_json, claims, exchange, server, zone_with, Zone, GRANT, RESOURCE,
+};
 use common::{eventually, Admin, Server};
 use serde_json::{json, Value};
 
@@ -69,39 +71,6 @@ async fn echo() -> Echo {
     Echo { url, hits }
 }
 
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-async fn coord(
-    base: &str,
-    bearer: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(bearer);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// A zone whose resource routes to `upstream`, a root Session A delegating
 /// `tickets:read` on the resource to a Session B; returns the zone, B and the edge.
 async fn governed(server: &Server, issuer: &str, upstream: &str) -> (Zone, String, String, String) {
@@ -127,7 +96,7 @@ async fn governed(server: &Server, issuer: &str, upstream: &str) -> (Zone, Strin
     let zp = format!("/zones/{}", z.id);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let (s, v) = coord(
+        let (s, v) = call_json(
             base,
             &lifecycle,
             reqwest::Method::POST,
@@ -138,7 +107,7 @@ async fn governed(server: &Server, issuer: &str, upstream: &str) -> (Zone, Strin
         assert_eq!(s, 201, "{v}");
         ids.push(v["agent_session_id"].as_str().unwrap().to_owned());
     }
-    let (s, e) = coord(
+    let (s, e) = call_json(
         base,
         &lifecycle,
         reqwest::Method::POST,
@@ -458,7 +427,7 @@ async fn a_governed_call_reaches_the_upstream_with_a_resource_mandate_and_nothin
 
     // After the issuer revokes the Delegation, a mandate minted before it is refused.
     let before = mint(&issuer, &z, &b, &edge).await;
-    let (s, v) = coord(
+    let (s, v) = call_json(
         server.url("coordinator"),
         &lifecycle,
         reqwest::Method::PATCH,
@@ -594,7 +563,7 @@ async fn a_revocation_ends_a_stream_in_flight() {
         let chunk = resp.chunk().await.unwrap().unwrap();
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let (s, v) = coord(
+    let (s, v) = call_json(
         server.url("coordinator"),
         &lifecycle,
         reqwest::Method::PATCH,

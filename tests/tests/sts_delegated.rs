@@ -5,43 +5,11 @@
 
 mod common;
 
-use common::runtime::{bootstrap, exchange, server, zone, Zone, GRANT, RESOURCE};
+use common::runtime::{
+    bootstrap, call_json, claims, exchange, server, zone, Zone, GRANT, RESOURCE,
+};
 use common::{eventually, Admin};
 use serde_json::{json, Value};
-
-/// A JSON call to the Coordinator with a bearer.
-async fn coord(
-    base: &str,
-    bearer: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(bearer);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn claims(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
-}
 
 fn mint<'a>(
     z: &'a Zone,
@@ -76,7 +44,7 @@ async fn a_delegated_mint_carries_its_lineage_and_every_broken_lineage_is_refuse
     let base = server.url("coordinator").to_owned();
     let post = |path: String, body: Value| {
         let (base, lifecycle) = (base.clone(), lifecycle.clone());
-        async move { coord(&base, &lifecycle, reqwest::Method::POST, &path, Some(body)).await }
+        async move { call_json(&base, &lifecycle, reqwest::Method::POST, &path, Some(body)).await }
     };
     let zp = format!("/zones/{}", z.id);
     // Sessions labelled with the grant's role (`agent`), and one whose label grants nothing.
@@ -228,7 +196,7 @@ async fn a_delegated_mint_carries_its_lineage_and_every_broken_lineage_is_refuse
     );
 
     // Revoking the root ends the lineage: C's edge is revoked with it.
-    let (s, v) = coord(
+    let (s, v) = call_json(
         &base,
         &lifecycle,
         reqwest::Method::PATCH,

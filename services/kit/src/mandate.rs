@@ -165,6 +165,21 @@ impl MandateVerifier {
         set.keys.get(kid).cloned().ok_or(Invalid::UnknownKey)
     }
 
+    /// The published key of `zone` a token's header names (ES256 only).
+    async fn signing_key_of(
+        &self,
+        app: &App,
+        zone: &str,
+        token: &str,
+    ) -> Result<Arc<DecodingKey>, Invalid> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid::Malformed)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(Invalid::Claims("alg".into()));
+        }
+        let kid = header.kid.ok_or(Invalid::UnknownKey)?;
+        self.key(app, zone, &kid).await
+    }
+
     /// The Gateway's check (gateway.md §3 step 11): an ES256 signature by a published key
     /// of `zone`, and nothing else (the STS judges the claims at the exchange).
     pub async fn verify_signature(
@@ -173,12 +188,7 @@ impl MandateVerifier {
         zone: &str,
         token: &str,
     ) -> Result<Claims, Invalid> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid::Malformed)?;
-        if header.alg != Algorithm::ES256 {
-            return Err(Invalid::Claims("alg".into()));
-        }
-        let kid = header.kid.ok_or(Invalid::UnknownKey)?;
-        let key = self.key(app, zone, &kid).await?;
+        let key = self.signing_key_of(app, zone, token).await?;
         let mut v = Validation::new(Algorithm::ES256);
         v.leeway = LEEWAY_SECS;
         v.validate_aud = false;
@@ -198,12 +208,7 @@ impl MandateVerifier {
         token: &str,
         require: &[&str],
     ) -> Result<Claims, Invalid> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Invalid::Malformed)?;
-        if header.alg != Algorithm::ES256 {
-            return Err(Invalid::Claims("alg".into()));
-        }
-        let kid = header.kid.ok_or(Invalid::UnknownKey)?;
-        let key = self.key(app, zone, &kid).await?;
+        let key = self.signing_key_of(app, zone, token).await?;
         let mut v = Validation::new(Algorithm::ES256);
         v.leeway = LEEWAY_SECS;
         v.set_issuer(&[app.cfg.issuer_url.as_str()]);

@@ -175,3 +175,38 @@ pub fn bootstrap<'a>(z: &'a Zone, scope: &'a str) -> Vec<(&'a str, &'a str)> {
         ("scope", scope),
     ]
 }
+
+/// A JWT's payload, unverified.
+pub fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A JSON call with a bearer (the Coordinator's routes); status and body.
+pub async fn call_json(
+    base: &str,
+    bearer: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(bearer);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}

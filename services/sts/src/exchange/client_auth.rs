@@ -51,6 +51,17 @@ impl Default for SecretVerifier {
     }
 }
 
+/// A deleted (archived) zone's applications mint nothing.
+async fn live_zone(app: &App, zone: &str) -> Result<(), StsError> {
+    let row = serval_projector::zones::load(&app.pool, zone)
+        .await
+        .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+    if row.is_none_or(|z| z.archived_at.is_some()) {
+        return Err(StsError::invalid_client());
+    }
+    Ok(())
+}
+
 impl SecretVerifier {
     async fn verify(&self, secret: &str, stored: &str) -> Result<bool, StsError> {
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
@@ -116,12 +127,7 @@ impl SecretVerifier {
         if !data.is_unexpired(Utc::now()) {
             return Err(StsError::invalid_client());
         }
-        let zone_row = serval_projector::zones::load(&app.pool, &entity.zone_id)
-            .await
-            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
-        if zone_row.is_none_or(|z| z.archived_at.is_some()) {
-            return Err(StsError::invalid_client());
-        }
+        live_zone(app, &entity.zone_id).await?;
         Ok(Client {
             id: entity.id,
             zone_id: entity.zone_id,
@@ -156,13 +162,7 @@ impl SecretVerifier {
         if !self.verify(secret, stored).await? {
             return Err(StsError::invalid_client());
         }
-        // A deleted (archived) zone's applications mint nothing.
-        let zone_row = serval_projector::zones::load(&app.pool, &entity.zone_id)
-            .await
-            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
-        if zone_row.is_none_or(|z| z.archived_at.is_some()) {
-            return Err(StsError::invalid_client());
-        }
+        live_zone(app, &entity.zone_id).await?;
         if entity.zone_id != zone {
             return Err(StsError::new(
                 StatusCode::FORBIDDEN,

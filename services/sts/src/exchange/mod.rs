@@ -418,9 +418,18 @@ async fn bind_subject_record(
     {
         return Err(denied());
     }
-    let record = read::load(&app.pool, &client.zone_id, sid)
+    let mut record = read::load(&app.pool, &client.zone_id, sid)
         .await
         .map_err(ApiError::from)?;
+    if record.is_none() {
+        // The record is appended by the mint without waiting for the read model: a miss
+        // waits once for the catalog projection to reach the zone log's head.
+        let stream = LogStream::Zone(client.zone_id.clone());
+        serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
+        record = read::load(&app.pool, &client.zone_id, sid)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let Some(Entity {
         data: EntityData::AuthorityRecord(r),
         archived_at: None,

@@ -95,7 +95,8 @@ pub async fn setup(admin: &Client, sts_url: &str, upstream: &str) -> anyhow::Res
     )
     .await?;
     json_of(admin, "POST", &format!("{zp}/resources"), Some(json!({"name": "Bench", "identifier": RESOURCE,
-        "scopes": ["bench:read"], "upstream_url": upstream, "credential_provider_id": provider["id"]})), 201).await?;
+        "scopes": ["bench:read"], "upstream_url": upstream, "credential_provider_id": provider["id"],
+        "operation_enforcement": "transport_uniform"})), 201).await?;
     let content = format!(
         "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\napp_ids := {{\"bot\": \"{app_id}\"}}\n\n\
          grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"bench:read\"]}}}}}}\n"
