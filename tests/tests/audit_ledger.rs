@@ -358,3 +358,72 @@ async fn frames_are_verified_ingested_chained_and_served() {
     assert_eq!(chain().await, before);
     assert_eq!(admin.get(&format!("{audit}?limit=1000")).await.1, listed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_a_crashed_consumer_left_pending_are_claimed_and_ingested() {
+    let server = Server::start(Options {
+        env: vec![("SERVAL_AUDIT_CLAIM_IDLE_MS".into(), "300".into())],
+        ..Default::default()
+    })
+    .await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "claims"})).await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    let event = exchange(
+        &z,
+        "claimed-1",
+        "req-claimed",
+        "allow",
+        "2026-07-11T12:00:00Z",
+        json!({}),
+    );
+    let data = event.to_string();
+    let sig = sign(&server.keys.audit, &data);
+    let topic = format!("{}:caracal.audit.events", server.prefix);
+    // Delivered to a consumer that then dies: the add and its delivery are one transaction,
+    // so the running ingestor never reads it itself.
+    let store = server.store().await;
+    let mut conn = store.connection();
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&topic)
+        .arg("*")
+        .arg("id")
+        .arg("claimed-1")
+        .arg("data")
+        .arg(&data)
+        .arg("sig")
+        .arg(&sig)
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit-ingestor")
+        .arg("crashed-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&topic)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let path = format!("/v1/zones/{z}/audit/by-request/req-claimed");
+    let events = common::eventually(30, || async {
+        let (s, v) = admin.get(&path).await;
+        (s == 200).then_some(v)
+    })
+    .await;
+    assert_eq!(events[0]["id"], "claimed-1", "{events}");
+    // Acknowledged by its new owner: nothing is left pending.
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&topic)
+        .arg("audit-ingestor")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let count = match &pending {
+        redis::Value::Array(v) => v.first().cloned(),
+        _ => None,
+    };
+    assert_eq!(count, Some(redis::Value::Int(0)), "{pending:?}");
+}

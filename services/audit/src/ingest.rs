@@ -145,7 +145,49 @@ async fn dead_letter(
     Ok(())
 }
 
-/// Runs until `stop`: pending frames of this consumer first (a previous run's), then new ones.
+/// Attempts at a frame that keeps failing before it goes to the DLQ, so one frame can never
+/// hold back the ones after it.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// What the loop does with one frame; `false` when it must stop this batch (retry later).
+async fn handle(
+    app: &App,
+    conn: &mut ConnectionManager,
+    (topic, dlq): (&str, &str),
+    entry: &redis::streams::StreamId,
+    attempts: &mut std::collections::HashMap<String, u32>,
+) -> bool {
+    let outcome = match process(app, &entry.map).await {
+        Ok(o) => o,
+        Err(e) => {
+            let n = attempts.entry(entry.id.clone()).or_insert(0);
+            *n += 1;
+            if *n < MAX_ATTEMPTS {
+                // Not acknowledged: it stays pending and is retried.
+                tracing::warn!(error = %e, entry = %entry.id, attempt = *n, "audit frame not ingested; will retry");
+                return false;
+            }
+            Outcome::DeadLetter(format!("transient_exceeded_max_deliveries:{e}"))
+        }
+    };
+    if let Outcome::DeadLetter(reason) = &outcome {
+        tracing::warn!(reason, entry = %entry.id, "audit frame dead-lettered");
+        if let Err(e) = dead_letter(conn, dlq, &entry.id, &entry.map, reason).await {
+            tracing::warn!(error = %e, "audit DLQ write failed; will retry");
+            return false;
+        }
+    }
+    attempts.remove(&entry.id);
+    let acked: redis::RedisResult<i64> = conn.xack(topic, GROUP, &[&entry.id]).await;
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, "audit frame not acknowledged");
+    }
+    true
+}
+
+/// Runs until `stop`: pending frames of this consumer first (a previous run's), then new
+/// ones; every `SERVAL_AUDIT_CLAIM_IDLE_MS` (30 s), frames any consumer (a crashed one)
+/// left pending that long are claimed.
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     let topic = app.store.keys().topic(topics::AUDIT_EVENTS);
     let dlq = app.store.keys().topic(topics::AUDIT_EVENTS_DLQ);
@@ -162,57 +204,71 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         }
     }
     let mut cursor = "0".to_owned();
+    let mut attempts = std::collections::HashMap::new();
+    let claim_idle = app.cfg.audit_claim_idle_ms.max(1);
+    let claim_every = Duration::from_millis(claim_idle);
+    let mut last_claim = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
         }
-        let opts = StreamReadOptions::default()
-            .group(GROUP, &consumer)
-            .count(100)
-            .block(1_000);
-        let keys = [topic.as_str()];
-        let ids = [cursor.as_str()];
-        let read = tokio::select! {
-            r = conn.xread_options::<_, _, StreamReadReply>(&keys, &ids, &opts) => r,
-            _ = stop.changed() => return,
-        };
-        let reply = match read {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "audit ingester: redis error; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-        if entries.is_empty() && cursor == "0" {
-            // Own pending entries done: new frames from here on.
-            cursor = ">".to_owned();
-            continue;
-        }
-        for entry in entries {
-            let outcome = match process(&app, &entry.map).await {
-                Ok(o) => o,
+        let entries = if last_claim.elapsed() >= claim_every {
+            last_claim = tokio::time::Instant::now();
+            let claimed: redis::RedisResult<redis::streams::StreamAutoClaimReply> = conn
+                .xautoclaim_options(
+                    &topic,
+                    GROUP,
+                    &consumer,
+                    claim_idle,
+                    "0-0",
+                    redis::streams::StreamAutoClaimOptions::default().count(100),
+                )
+                .await;
+            match claimed {
+                Ok(c) => c.claimed,
                 Err(e) => {
-                    // Not acknowledged: it stays pending and is retried from the start.
-                    tracing::warn!(error = %e, entry = %entry.id, "audit frame not ingested; will retry");
-                    cursor = "0".to_owned();
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
+                    tracing::warn!(error = %e, "audit ingester: idle frames not claimed");
+                    Vec::new()
                 }
+            }
+        } else {
+            let opts = StreamReadOptions::default()
+                .group(GROUP, &consumer)
+                .count(100)
+                .block(1_000);
+            let keys = [topic.as_str()];
+            let ids = [cursor.as_str()];
+            let read = tokio::select! {
+                r = conn.xread_options::<_, _, StreamReadReply>(&keys, &ids, &opts) => r,
+                _ = stop.changed() => return,
             };
-            if let Outcome::DeadLetter(reason) = &outcome {
-                tracing::warn!(reason, entry = %entry.id, "audit frame dead-lettered");
-                if let Err(e) = dead_letter(&mut conn, &dlq, &entry.id, &entry.map, reason).await {
-                    tracing::warn!(error = %e, "audit DLQ write failed; will retry");
-                    cursor = "0".to_owned();
-                    break;
+            match read {
+                Ok(r) => {
+                    let entries: Vec<_> = r.keys.into_iter().flat_map(|k| k.ids).collect();
+                    if entries.is_empty() && cursor == "0" {
+                        // Own pending entries done: new frames from here on.
+                        cursor = ">".to_owned();
+                        continue;
+                    }
+                    entries
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit ingester: redis error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
             }
-            let acked: redis::RedisResult<i64> = conn.xack(&topic, GROUP, &[&entry.id]).await;
-            if let Err(e) = acked {
-                tracing::warn!(error = %e, "audit frame not acknowledged");
+        };
+        for entry in &entries {
+            if !handle(&app, &mut conn, (&topic, &dlq), entry, &mut attempts).await {
+                // Back to this consumer's pending entries, after a pause.
+                cursor = "0".to_owned();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
             }
+        }
+        if attempts.len() > 10_000 {
+            attempts.clear();
         }
     }
 }

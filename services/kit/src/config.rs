@@ -79,6 +79,10 @@ pub struct Config {
     pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
+    /// Audit frames another consumer has left pending this long are claimed (and looked
+    /// for this often), milliseconds.
+    #[arg(long, env = "SERVAL_AUDIT_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub audit_claim_idle_ms: u64,
     /// The Audit service's `/api/audit/*` bearer (unset: those routes answer 404).
     #[arg(long, env = "AUDIT_ADMIN_TOKEN", hide_env_values = true)]
     pub audit_admin_token: Option<String>,
