@@ -14,6 +14,7 @@ pub mod delegation;
 pub mod event;
 #[cfg(test)]
 pub(crate) mod given;
+pub mod merkle;
 pub mod policy;
 pub mod validation;
 pub mod zone;

@@ -204,6 +204,42 @@ pub async fn search<'e>(
         .collect()
 }
 
+/// A zone's ledger in chain order: at most `limit` rows after `after_seq` (the leaves of its
+/// Merkle tree, and what an auditor's export holds).
+pub async fn chain<'e>(
+    db: impl PgExecutor<'e>,
+    zone_id: &str,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<ChainedRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS}, chain_seq, prev_content_sha256, chain_hmac FROM audit_events
+          WHERE zone_id = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3"
+    ))
+    .bind(zone_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ChainedRow {
+                row: from_row(r)?,
+                chain_seq: r.try_get("chain_seq")?,
+                prev_content_sha256: r.try_get("prev_content_sha256")?,
+                chain_hmac: r.try_get("chain_hmac")?,
+            })
+        })
+        .collect()
+}
+
+/// Every zone's ledger size (rows).
+pub async fn sizes<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT zone_id, count(*) FROM audit_events GROUP BY zone_id")
+        .fetch_all(db)
+        .await
+}
+
 /// A request's events, oldest first.
 pub async fn by_request<'e>(
     db: impl PgExecutor<'e>,

@@ -3,6 +3,7 @@
 //! ledger search in chain order and the dead-letter queue. The zone-scoped ledger routes are
 //! also served by the Management API under `/v1/zones/{zone}/audit`.
 
+pub mod checkpoint;
 pub mod ingest;
 pub mod routes;
 
@@ -13,7 +14,9 @@ use tokio::task::JoinHandle;
 
 /// Starts the audit ingestor.
 pub fn start(app: &App, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(ingest::run(app.clone(), stop.clone()))]
+    let mut tasks = vec![tokio::spawn(ingest::run(app.clone(), stop.clone()))];
+    tasks.extend(checkpoint::start(app, stop));
+    tasks
 }
 
 /// The Audit service's own routes (the operational ones are added by `serve::finish`).

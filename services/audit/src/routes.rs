@@ -13,6 +13,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 use serval_kit::App;
 use serval_projector::audit as ledger;
+
+use crate::checkpoint;
 use serval_streams::topics;
 use subtle::ConstantTimeEq;
 
@@ -344,8 +346,190 @@ async fn dlq_replay(
         .into_response()
 }
 
+/// `GET /api/audit/checkpoint/key` (public): the checkpoint signing key's public half.
+async fn checkpoint_key(State(app): State<App>) -> Response {
+    match checkpoint::signing_key(&app) {
+        Some(k) => Json(json!({
+            "algorithm": "Ed25519",
+            "public_key": hex::encode(k.verifying_key().as_bytes()),
+            "key_id": checkpoint::key_id(&k),
+        }))
+        .into_response(),
+        None => no_checkpoint_key(),
+    }
+}
+
+fn no_checkpoint_key() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "config_missing",
+        "AUDIT_CHECKPOINT_KEY is not configured",
+    )
+}
+
+/// The zone's leaves up to `size` (all when absent); refusals as answers.
+async fn tree(
+    app: &App,
+    q: &HashMap<String, String>,
+    size_field: &str,
+) -> Result<(String, Vec<ledger::ChainedRow>), Response> {
+    let Some(zone) = q.get("zone_id").filter(|z| !z.is_empty()) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "zone_id is required",
+        ));
+    };
+    let size = match q.get(size_field) {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("{size_field} must be a positive integer"),
+                ))
+            }
+        },
+    };
+    let rows = checkpoint::rows(app, zone, size).await.map_err(|e| {
+        tracing::error!(error = ?e, "ledger unreadable");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "audit ledger unavailable",
+        )
+    })?;
+    if size.is_some_and(|s| s > rows.len() as i64) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{size_field} exceeds the ledger's size ({})", rows.len()),
+        ));
+    }
+    Ok((zone.clone(), rows))
+}
+
+/// `GET /api/audit/checkpoint`: a signed tree head at `tree_size` (default: now).
+async fn checkpoint_head(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let Some(key) = checkpoint::signing_key(&app) else {
+        return no_checkpoint_key();
+    };
+    match tree(&app, &q, "tree_size").await {
+        Ok((zone, rows)) => {
+            Json(checkpoint::head(&key, &zone, &checkpoint::leaves(&rows))).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/audit/proof/inclusion`: the audit path of `event_id` in the tree of
+/// `tree_size` leaves.
+async fn inclusion(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let (_, rows) = match tree(&app, &q, "tree_size").await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(index) = q
+        .get("event_id")
+        .and_then(|id| rows.iter().position(|r| &r.row.id == id))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such event in that tree",
+        );
+    };
+    let leaves = checkpoint::leaves(&rows);
+    let path = serval_domain::merkle::inclusion_proof(&leaves, index).unwrap_or_default();
+    Json(json!({
+        "leaf_index": index,
+        "tree_size": leaves.len(),
+        "leaf_hash": hex::encode(leaves[index]),
+        "audit_path": path.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// `GET /api/audit/proof/consistency`: the proof that the tree of `first` leaves is a
+/// prefix of the tree of `second`.
+async fn consistency(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    let (_, rows) = match tree(&app, &q, "second").await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let first = q
+        .get("first")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let leaves = checkpoint::leaves(&rows);
+    let Some(proof) = serval_domain::merkle::consistency_proof(&leaves, first) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "first must be between 1 and second",
+        );
+    };
+    Json(json!({
+        "first": first,
+        "second": leaves.len(),
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// `GET /api/audit/export`: the zone's ledger as JSON lines in chain order, each row with
+/// every field its content digest covers (up to `tree_size` rows).
+async fn export(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = refused(&app, &headers) {
+        return r;
+    }
+    match tree(&app, &q, "tree_size").await {
+        Ok((_, rows)) => {
+            let mut body = String::new();
+            for r in &rows {
+                body.push_str(&checkpoint::export_row(r).to_string());
+                body.push('\n');
+            }
+            ([("content-type", "application/x-ndjson")], body).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
 pub fn router() -> Router<App> {
     Router::new()
+        .route("/api/audit/checkpoint/key", get(checkpoint_key))
+        .route("/api/audit/checkpoint", get(checkpoint_head))
+        .route("/api/audit/proof/inclusion", get(inclusion))
+        .route("/api/audit/proof/consistency", get(consistency))
+        .route("/api/audit/export", get(export))
         .route("/api/audit/search", get(search))
         .route("/api/audit/dlq", get(dlq_list))
         .route("/api/audit/dlq/replay", post(dlq_replay))

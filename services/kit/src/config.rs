@@ -83,6 +83,17 @@ pub struct Config {
     /// for this often), milliseconds.
     #[arg(long, env = "SERVAL_AUDIT_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub audit_claim_idle_ms: u64,
+    /// Signs the audit ledger's checkpoints: hex Ed25519 seed (32 bytes). Development mode
+    /// without one derives it from the streams key.
+    #[arg(long, env = "AUDIT_CHECKPOINT_KEY", hide_env_values = true)]
+    pub audit_checkpoint_key: Option<String>,
+    /// How often grown ledgers get a published checkpoint, seconds.
+    #[arg(
+        long,
+        env = "SERVAL_AUDIT_CHECKPOINT_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub audit_checkpoint_interval_secs: u64,
     /// The Audit service's `/api/audit/*` bearer (unset: those routes answer 404).
     #[arg(long, env = "AUDIT_ADMIN_TOKEN", hide_env_values = true)]
     pub audit_admin_token: Option<String>,
