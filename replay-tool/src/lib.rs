@@ -1,5 +1,6 @@
 //! `serval-replay`: the history tool for auditors and operators.
 //!
+//! * [`checkpoint`] — an audit-ledger export checked against signed checkpoints, offline.
 //! * [`verify`]  — signatures, version sequences, and the archive's agreement with Redis.
 //! * [`tail`]    — follow a topic or log as JSON lines, optionally through a consumer group.
 //! * [`export`]  — a range of the log to JSON Lines or MessagePack, signatures preserved.
@@ -8,6 +9,7 @@
 //! * [`restore`] — re-create the Redis log from the Postgres archive, byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod context;
 pub mod export;
 pub mod progress;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use serval_replay::context::Connection;
-use serval_replay::{export, rebuild, replay, restore, tail, verify};
+use serval_replay::{checkpoint, export, rebuild, replay, restore, tail, verify};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,8 @@ enum Cmd {
     Rebuild(rebuild::RebuildArgs),
     /// Re-create the Redis log from the Postgres archive, byte for byte.
     Restore(restore::RestoreArgs),
+    /// Verify an audit-ledger export against signed checkpoints, offline (public key only).
+    Checkpoint(checkpoint::CheckpointArgs),
 }
 
 #[tokio::main]
@@ -43,6 +45,21 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Offline: no connection needed.
+    if let Cmd::Checkpoint(a) = &cli.cmd {
+        match checkpoint::run(a) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("ok: {l}");
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                println!("FAILED: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let ctx = cli.conn.open().await?;
     match cli.cmd {
         Cmd::Verify(a) => {
@@ -67,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Restore(a) => {
             restore::run(&ctx, &a).await?;
         }
+        Cmd::Checkpoint(_) => {}
     }
     Ok(())
 }

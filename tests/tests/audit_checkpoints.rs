@@ -163,6 +163,25 @@ async fn an_auditor_verifies_inclusion_and_consistency_and_a_changed_row_is_name
         out.contains("ok: consistency") && out.contains("is included"),
         "{out}"
     );
+    // serval-replay does the same from the same files.
+    let replay = |a: Vec<(&str, String)>| {
+        let mut cmd = Command::new(common::replay_bin());
+        cmd.arg("checkpoint");
+        for (k, v) in &a {
+            cmd.arg(k).arg(v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = replay(args(&files.4));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ok: consistency") && out.contains("is included"),
+        "{out}"
+    );
 
     // Someone edits one row of the ledger in Postgres: the export taken after no longer
     // verifies, and the verifier names the row.
@@ -186,6 +205,12 @@ async fn an_auditor_verifies_inclusion_and_consistency_and_a_changed_row_is_name
     assert!(
         out.contains(&format!("chain_seq=2 id={tampered_id}")),
         "the verifier did not name the row: {out}"
+    );
+    let (ok, out) = replay(args(&edited));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("chain_seq=2 id={tampered_id}")),
+        "serval-replay did not name the row: {out}"
     );
     // A forged signature is refused too.
     let mut forged = head.clone();
