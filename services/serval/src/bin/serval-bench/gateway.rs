@@ -20,6 +20,104 @@ pub struct Targets {
     pub token: String,
     pub requests: usize,
     pub concurrency: usize,
+    pub revocations: usize,
+}
+
+/// One revocation measured: a fresh edge and mandate, the edge revoked at the Coordinator,
+/// then the mandate presented until the Gateway refuses it.
+struct Revocation {
+    coordinator: Client,
+    sts: Client,
+    gateway: Client,
+    zone: String,
+    app: String,
+    secret: String,
+}
+
+impl Revocation {
+    async fn once(&self) -> anyhow::Result<Duration> {
+        // Revoking an edge ends its target Session: every round starts its own pair.
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let v = json_of(
+                &self.coordinator,
+                "POST",
+                &format!("/zones/{}/agents", self.zone),
+                Some(json!({"application_id": self.app, "labels": ["agent"], "ttl_seconds": 600})),
+                201,
+            )
+            .await?;
+            sessions.push(id(&v, "agent_session_id")?);
+        }
+        let edge = json_of(
+            &self.coordinator,
+            "POST",
+            &format!("/zones/{}/delegations", self.zone),
+            Some(
+                json!({"source_session_id": sessions[0], "target_session_id": sessions[1],
+                        "issuer_application_id": self.app, "receiver_application_id": self.app,
+                        "scopes": ["bench:read"], "constraints": {"resources": [RESOURCE]},
+                        "ttl_seconds": 600}),
+            ),
+            201,
+        )
+        .await?;
+        let edge = id(&edge, "delegation_edge_id")?;
+        let body = form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("zone_id", &self.zone),
+            ("application_id", &self.app),
+            ("client_secret", &self.secret),
+            ("resource", RESOURCE),
+            ("scope", "bench:read"),
+            ("agent_session_id", &sessions[1]),
+            ("delegation_edge_id", &edge),
+        ]);
+        // Mandates minted before the revocation (single use: one per attempt).
+        let mut mandates = Vec::new();
+        for _ in 0..20 {
+            let (s, bytes) = self
+                .sts
+                .send_typed(
+                    "POST",
+                    "/oauth/2/token",
+                    Some(body.clone()),
+                    "application/x-www-form-urlencoded",
+                )
+                .await?;
+            anyhow::ensure!(s == 200, "mint answered {s}");
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            mandates.push(id(&v, "access_token")?);
+        }
+        self.coordinator
+            .expect(
+                "PATCH",
+                &format!("/zones/{}/delegations/{edge}/revoke", self.zone),
+                None,
+                200,
+            )
+            .await?;
+        let accepted = Instant::now();
+        for m in mandates {
+            let (s, _) = self
+                .gateway
+                .with_token(&m)
+                .send_with(
+                    "GET",
+                    "/v1/items",
+                    &[("x-caracal-resource", RESOURCE)],
+                    None,
+                )
+                .await?;
+            if s != 200 {
+                return Ok(accepted.elapsed());
+            }
+        }
+        anyhow::bail!("20 calls after the revocation all passed")
+    }
 }
 
 /// An upstream that answers every request with a small JSON body.
@@ -113,6 +211,53 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
         ("delegation_edge_id", &edge),
     ]);
     let sts = admin.with(&t.sts, "");
+    let mint_only = {
+        let (sts, body) = (sts.clone(), mint_body.clone());
+        move || {
+            let (sts, body) = (sts.clone(), body.clone());
+            async move {
+                let (s, bytes) = sts
+                    .send_typed(
+                        "POST",
+                        "/oauth/2/token",
+                        Some(body),
+                        "application/x-www-form-urlencoded",
+                    )
+                    .await?;
+                anyhow::ensure!(
+                    s == 200,
+                    "mint answered {s}: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                anyhow::Ok(())
+            }
+        }
+    };
+    for _ in 0..50 {
+        mint_only().await?;
+    }
+    let (lat, _) = load(1, (t.requests / 4).max(50), mint_only.clone()).await?;
+    println!("delegated mint alone, 1 client: {}", percentiles(lat));
+    let (lat, wall) = load(
+        t.concurrency,
+        (t.requests / t.concurrency).max(1),
+        mint_only,
+    )
+    .await?;
+    println!(
+        "delegated mint alone, {} clients: {:.0} mints/s; {}",
+        t.concurrency,
+        lat.len() as f64 / wall.as_secs_f64(),
+        percentiles(lat)
+    );
+    let revocation = Revocation {
+        coordinator: c.clone(),
+        sts: sts.clone(),
+        gateway: admin.with(&t.gateway, ""),
+        zone: zone.clone(),
+        app: app.clone(),
+        secret: secret.clone(),
+    };
     let gateway_base = t.gateway.clone();
     let governed = move || {
         let (sts, body, gw, base) = (
@@ -170,6 +315,14 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
         t.concurrency,
         lat.len() as f64 / wall.as_secs_f64(),
         percentiles(lat)
+    );
+    let mut felt = Vec::new();
+    for _ in 0..t.revocations {
+        felt.push(revocation.once().await?);
+    }
+    println!(
+        "revocation accepted by the Coordinator -> first refused call at the Gateway: {}",
+        percentiles(felt)
     );
     let direct = Client::new(&upstream, "");
     let call = move || {

@@ -109,6 +109,9 @@ enum Cmd {
         requests: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Revocations measured (revoke → first refused call at the Gateway).
+        #[arg(long, default_value_t = 100)]
+        revocations: usize,
     },
     /// Management API latency: create-provider (an `api_key` provider, its key sealed) and
     /// list-applications (a page of 50), against a running stack.
@@ -469,6 +472,15 @@ pub(crate) mod reqwest_free {
             }
         }
 
+        /// The same base URL with another bearer.
+        pub fn with_token(&self, token: &str) -> Self {
+            Client {
+                inner: self.inner.clone(),
+                base: self.base.clone(),
+                token: token.to_owned(),
+            }
+        }
+
         /// The same connection pool against another base URL and bearer.
         pub fn with(&self, base: &str, token: &str) -> Self {
             Client {
@@ -616,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
             token,
             requests,
             concurrency,
+            revocations,
         } => {
             gateway::run(gateway::Targets {
                 api: url,
@@ -625,6 +638,7 @@ async fn main() -> anyhow::Result<()> {
                 token,
                 requests: requests.max(1),
                 concurrency: concurrency.max(1),
+                revocations,
             })
             .await
         }
