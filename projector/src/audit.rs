@@ -165,6 +165,15 @@ pub struct ChainedRow {
     pub chain_hmac: Option<String>,
 }
 
+fn chained_from(r: &PgRow) -> Result<ChainedRow, sqlx::Error> {
+    Ok(ChainedRow {
+        row: from_row(r)?,
+        chain_seq: r.try_get("chain_seq")?,
+        prev_content_sha256: r.try_get("prev_content_sha256")?,
+        chain_hmac: r.try_get("chain_hmac")?,
+    })
+}
+
 /// Rows of a zone in chain order after `after_seq`, `occurred_at` in `[since, until)`.
 pub async fn search<'e>(
     db: impl PgExecutor<'e>,
@@ -192,16 +201,7 @@ pub async fn search<'e>(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ChainedRow {
-                row: from_row(r)?,
-                chain_seq: r.try_get("chain_seq")?,
-                prev_content_sha256: r.try_get("prev_content_sha256")?,
-                chain_hmac: r.try_get("chain_hmac")?,
-            })
-        })
-        .collect()
+    rows.iter().map(chained_from).collect()
 }
 
 /// A zone's ledger in chain order: at most `limit` rows after `after_seq` (the leaves of its
@@ -221,16 +221,7 @@ pub async fn chain<'e>(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ChainedRow {
-                row: from_row(r)?,
-                chain_seq: r.try_get("chain_seq")?,
-                prev_content_sha256: r.try_get("prev_content_sha256")?,
-                chain_hmac: r.try_get("chain_hmac")?,
-            })
-        })
-        .collect()
+    rows.iter().map(chained_from).collect()
 }
 
 /// Every zone's ledger size (rows).

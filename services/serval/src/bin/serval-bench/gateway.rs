@@ -79,18 +79,7 @@ impl Revocation {
         // Mandates minted before the revocation (single use: one per attempt).
         let mut mandates = Vec::new();
         for _ in 0..20 {
-            let (s, bytes) = self
-                .sts
-                .send_typed(
-                    "POST",
-                    "/oauth/2/token",
-                    Some(body.clone()),
-                    "application/x-www-form-urlencoded",
-                )
-                .await?;
-            anyhow::ensure!(s == 200, "mint answered {s}");
-            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
-            mandates.push(id(&v, "access_token")?);
+            mandates.push(mint(&self.sts, body.clone()).await?);
         }
         self.coordinator
             .expect(
@@ -129,6 +118,25 @@ impl Revocation {
             .await?;
         felt.ok_or_else(|| anyhow::anyhow!("20 calls after the revocation all passed"))
     }
+}
+
+/// A delegated mint (the form `body`); the mandate.
+async fn mint(sts: &Client, body: String) -> anyhow::Result<String> {
+    let (s, bytes) = sts
+        .send_typed(
+            "POST",
+            "/oauth/2/token",
+            Some(body),
+            "application/x-www-form-urlencoded",
+        )
+        .await?;
+    anyhow::ensure!(
+        s == 200,
+        "mint answered {s}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+    id(&v, "access_token")
 }
 
 /// An upstream that answers every request with a small JSON body.
@@ -227,19 +235,7 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
         move || {
             let (sts, body) = (sts.clone(), body.clone());
             async move {
-                let (s, bytes) = sts
-                    .send_typed(
-                        "POST",
-                        "/oauth/2/token",
-                        Some(body),
-                        "application/x-www-form-urlencoded",
-                    )
-                    .await?;
-                anyhow::ensure!(
-                    s == 200,
-                    "mint answered {s}: {}",
-                    String::from_utf8_lossy(&bytes)
-                );
+                mint(&sts, body).await?;
                 anyhow::Ok(())
             }
         }
@@ -278,21 +274,7 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
             gateway_base.clone(),
         );
         async move {
-            let (s, bytes) = sts
-                .send_typed(
-                    "POST",
-                    "/oauth/2/token",
-                    Some(body),
-                    "application/x-www-form-urlencoded",
-                )
-                .await?;
-            anyhow::ensure!(
-                s == 200,
-                "mint answered {s}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
-            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
-            let token = id(&v, "access_token")?;
+            let token = mint(&sts, body).await?;
             let gw = gw.with(&base, &token);
             let (s, bytes) = gw
                 .send_with(
