@@ -604,3 +604,29 @@ async fn a_revocation_ends_a_stream_in_flight() {
     .await;
     assert!(trail["metadata_json"]["response_bytes"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_revocation_snapshot_reloads_on_the_admin_token_only() {
+    let server = Server::shared().await;
+    let url = format!("{}/internal/revocations/reload", server.url("gateway"));
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(&url)
+        .bearer_auth(server.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["revocations"].is_u64(), "{v}");
+    for bearer in [None, Some("wrong")] {
+        let mut req = client.post(&url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 404);
+    }
+    // Other methods on the path are governed calls: refused without a mandate.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+}

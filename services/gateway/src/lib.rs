@@ -16,8 +16,14 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{Extension, Router};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde_json::json;
 use serval_kit::App;
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -68,7 +74,46 @@ pub fn start(app: &App, gw: &Arc<Gateway>, stop: &watch::Receiver<bool>) -> Vec<
     revocation::start(app, gw.revocations.clone(), stop)
 }
 
-/// Every path the operational routes do not answer is a governed call.
+/// Every path the operational routes do not answer is a governed call; `POST
+/// /internal/revocations/reload` is the Gateway's own (other methods there are proxied).
 pub fn router(gw: Arc<Gateway>) -> Router<App> {
-    Router::new().fallback(pipeline::proxy).layer(Extension(gw))
+    Router::new()
+        .route(
+            "/internal/revocations/reload",
+            post(reload).fallback(pipeline::proxy),
+        )
+        .fallback(pipeline::proxy)
+        .layer(Extension(gw))
+}
+
+/// gateway.md §1: reloads the revocation snapshot now (`Bearer CARACAL_ADMIN_TOKEN`; a
+/// missing or wrong token is a plain `404`, as if the route did not exist).
+async fn reload(
+    State(app): State<App>,
+    Extension(gw): Extension<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Response {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let authorized = app
+        .secrets
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+    if !authorized {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(5), gw.revocations.reload(&app)).await {
+        Ok(Ok(n)) => Json(json!({"ok": true, "revocations": n})).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ok": false, "ready": false, "reason": "revocation_reload_failed"})),
+        )
+            .into_response(),
+    }
 }
