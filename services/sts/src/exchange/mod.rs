@@ -246,8 +246,7 @@ async fn exchange(
     let expires_at = now + Duration::seconds(ttl);
     // The key first: a zone whose key cannot be opened must not collect orphan records.
     let signer = sts.keys.signer(app, &client.zone_id).await?;
-    let sid = create_authority_record(app, rid, &client, bound_record.as_deref(), now, expires_at)
-        .await?;
+    let sid = uuid::Uuid::now_v7().to_string();
     let jti = uuid::Uuid::now_v7().to_string();
     // A resource mandate inherits the presented mandate's subject, scope and root.
     let scope = match &subject {
@@ -296,9 +295,8 @@ async fn exchange(
     header.typ = Some("JWT".into());
     let token = jsonwebtoken::encode(&header, &claims, &signer.key)
         .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
-    register_jti(app, &client, &jti, now, ttl).await?;
     // §9.2: the upstream directives, Gateway path only; a credential that cannot be had
-    // fails the exchange after the record and token exist (§5.1 step 13).
+    // fails the exchange before anything durable is written.
     let mut upstreams = Map::new();
     if via_gateway {
         for g in &granted {
@@ -308,8 +306,37 @@ async fn exchange(
             );
         }
     }
+    // The mint's durable effects at once (none depends on another): the authority record,
+    // the `jti` and the decisions' evidence; the token leaves only when all three are in.
     let done = std::mem::take(frames);
-    audit::publish(app, &done).await?;
+    let (recorded, registered, published) = tokio::join!(
+        create_authority_record(
+            app,
+            rid,
+            &client,
+            (&sid, bound_record.as_deref()),
+            now,
+            expires_at
+        ),
+        register_jti(app, &client, &jti, now, ttl),
+        audit::publish(app, &done),
+    );
+    if let Err(e) = published {
+        // Not published: [`token`] publishes them with the failure.
+        *frames = done;
+        return Err(e.into());
+    }
+    if let Err(e) = recorded.and(registered) {
+        // The decisions are on record; the failure gets its own frame.
+        if let Some(allow) = done.iter().find(|f| f.decision == "allow") {
+            let mut denied = allow.denied("exchange_denied");
+            denied.metadata.insert("error".into(), json!(e.code));
+            if let Err(pe) = audit::publish(app, &[denied]).await {
+                tracing::error!(error = ?pe, request_id = %rid, "exchange_denied frame not published");
+            }
+        }
+        return Err(e);
+    }
     let mut body = json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -723,11 +750,10 @@ async fn create_authority_record(
     app: &App,
     rid: &str,
     client: &Client,
-    parent: Option<&str>,
+    (id, parent): (&str, Option<&str>),
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<String, StsError> {
-    let id = uuid::Uuid::now_v7().to_string();
+) -> Result<(), StsError> {
     let data = AuthorityRecordData {
         record_type: "application".into(),
         subject_id: client.id.clone(),
@@ -758,7 +784,7 @@ async fn create_authority_record(
     let req = AppendRequest::new(
         LogStream::Zone(client.zone_id.clone()),
         Some(client.zone_id.clone()),
-        id.clone(),
+        id.to_owned(),
         0,
         events.into_iter().map(Event::Catalog).collect(),
         actor,
@@ -768,7 +794,7 @@ async fn create_authority_record(
         .append(&req)
         .await
         .map_err(|e| ApiError::internal(format!("authority record append: {e}")))?;
-    Ok(id)
+    Ok(())
 }
 
 /// §12: every issued `jti` registered set-if-absent for the token's lifetime; a collision
