@@ -30,7 +30,9 @@ fn private_allowed(host: &str) -> bool {
 }
 
 /// Whether an address is publicly routable (not private, loopback, link-local, shared,
-/// documentation, multicast or unspecified).
+/// documentation, benchmarking, reserved, multicast or unspecified), IPv4 embedded in IPv6
+/// (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) judged as the IPv4 it
+/// carries.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -43,20 +45,40 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || v4.is_multicast()
                 || a == 0
+                || a >= 240
                 || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19)))
+                || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0))
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d, deprecated but routable by some stacks).
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            // NAT64 well-known prefix.
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            // 6to4: the IPv4 address is in segments 1 and 2.
+            if seg[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(seg[1], seg[2])));
+            }
+            let first = seg[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xffc0) == 0xfec0
+                || first == 0x2001 && seg[1] == 0x0db8
+                || first == 0x0100 && seg[1..4] == [0, 0, 0])
         }
     }
 }
@@ -68,6 +90,19 @@ pub struct PrivateEgress(pub String);
 /// Resolves with the system resolver and drops non-public addresses of hosts not allowed
 /// to be private.
 pub struct GuardedResolver;
+
+/// A resolver that resolves nothing: the client of last resort when no guarded client can
+/// be built, so an outbound call fails instead of going out unguarded.
+pub struct RefuseAll;
+
+impl Resolve for RefuseAll {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            Err(Box::new(PrivateEgress(host)) as Box<dyn std::error::Error + Send + Sync>)
+        })
+    }
+}
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
@@ -139,5 +174,44 @@ mod tests {
         assert!(!literal_allowed("https://[::1]/token"));
         assert!(literal_allowed("https://8.8.8.8/token"));
         assert!(literal_allowed("https://idp.example/token"));
+    }
+}
+
+#[cfg(test)]
+mod classification {
+    use super::is_public;
+
+    #[test]
+    fn every_non_global_range_is_refused_also_when_embedded_in_ipv6() {
+        for private in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::",
+            "2002:7f00:1::1",
+            "100::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
     }
 }

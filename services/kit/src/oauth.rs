@@ -141,10 +141,30 @@ pub fn upstream_builder() -> reqwest::ClientBuilder {
     b
 }
 
+/// The client of `b`; if it cannot be built (an unusable extra CA, a TLS backend error),
+/// a plain client that keeps the egress rule and refuses redirects — never an unguarded
+/// one.
 pub fn build(b: reqwest::ClientBuilder) -> reqwest::Client {
     b.build().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "upstream HTTP client falls back to defaults");
-        reqwest::Client::new()
+        tracing::warn!(error = %e, "upstream HTTP client falls back to the guarded defaults");
+        reqwest::Client::builder()
+            .dns_resolver(crate::egress::resolver())
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "no guarded HTTP client: outbound calls will fail");
+                // A client whose every call fails: a resolver that refuses every name and
+                // no proxy to route around it.
+                // Failing closed: the request that needed it answers 500 (the panic layer).
+                reqwest::Client::builder()
+                    .dns_resolver(std::sync::Arc::new(crate::egress::RefuseAll))
+                    .no_proxy()
+                    .build()
+                    .unwrap_or_else(|e| panic!("no HTTP client can be built: {e}"))
+            })
     })
 }
 
