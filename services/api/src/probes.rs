@@ -142,7 +142,10 @@ pub async fn provider(
         Err(e) => return Check::new("unreachable", e.without_url().to_string()),
     };
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = match oauth::read_capped(resp, oauth::MAX_RESPONSE_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return Check::new("endpoint_error", e),
+    };
     let error = oauth_error(&body);
     match (status.as_u16(), error.as_deref()) {
         (401, _) | (_, Some("invalid_client" | "unauthorized_client")) => Check::new(

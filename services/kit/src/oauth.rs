@@ -168,6 +168,26 @@ pub fn build(b: reqwest::ClientBuilder) -> reqwest::Client {
     })
 }
 
+/// Upstream answers (token endpoints, probes) are read at most this far (operations.md: the
+/// token-endpoint rule of 64 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// An upstream body, refused past `limit` bytes rather than buffered whole.
+pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(format!("upstream answer larger than {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Adds the provider's client authentication to a token or revocation request form.
 pub fn authenticate(
     config: &Map<String, Value>,
@@ -280,10 +300,9 @@ pub async fn exchange_code(
         .await
         .map_err(|e| ExchangeError::Failed(e.without_url().to_string()))?;
     let status = resp.status();
-    let body = resp
-        .bytes()
+    let body = read_capped(resp, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|e| ExchangeError::Failed(e.without_url().to_string()))?;
+        .map_err(ExchangeError::Failed)?;
     if !status.is_success() {
         return Err(ExchangeError::Failed(format!(
             "token endpoint answered {status}"
@@ -336,6 +355,14 @@ pub async fn revoke(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn upstream_answers_are_read_only_up_to_the_cap() {
+        let small = reqwest::Response::from(axum::http::Response::new(vec![b'a'; 10]));
+        assert_eq!(read_capped(small, 64).await.unwrap().len(), 10);
+        let large = reqwest::Response::from(axum::http::Response::new(vec![b'a'; 100]));
+        assert!(read_capped(large, 64).await.is_err());
+    }
 
     fn config() -> Map<String, Value> {
         json!({
