@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 
 use ed25519_dalek::{Signer, SigningKey};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use serval_domain::merkle::{self, Hash};
 use serval_kit::http::ApiError;
@@ -33,12 +32,8 @@ pub fn signing_key(app: &App) -> Option<SigningKey> {
         let seed: [u8; 32] = hex::decode(hex_seed.trim()).ok()?.try_into().ok()?;
         return Some(SigningKey::from_bytes(&seed));
     }
-    if app.secrets.mode != serval_kit::config::Mode::Dev {
-        return None;
-    }
-    let mut m = Hmac::<Sha256>::new_from_slice(&app.secrets.streams_key).ok()?;
-    m.update(b"serval.audit-checkpoint.dev");
-    Some(SigningKey::from_bytes(&m.finalize().into_bytes().into()))
+    app.dev_key("serval.audit-checkpoint.dev")
+        .map(|seed| SigningKey::from_bytes(&seed))
 }
 
 pub fn key_id(key: &SigningKey) -> String {

@@ -15,8 +15,8 @@ use serval_kit::App;
 use serval_projector::audit as ledger;
 
 use crate::checkpoint;
+use serval_kit::http::ops::bearer_ok;
 use serval_streams::topics;
-use subtle::ConstantTimeEq;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -41,12 +41,7 @@ fn refused(app: &App, headers: &HeaderMap) -> Option<Response> {
     else {
         return Some((StatusCode::NOT_FOUND, "404 page not found").into_response());
     };
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+    if bearer_ok(headers, token) {
         return None;
     }
     let mut resp = error(

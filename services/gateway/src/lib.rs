@@ -22,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use serde_json::json;
+use serval_kit::http::ops::bearer_ok;
 use serval_kit::App;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -93,18 +93,12 @@ async fn reload(
     Extension(gw): Extension<Arc<Gateway>>,
     headers: HeaderMap,
 ) -> Response {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
     let authorized = app
         .secrets
         .admin_token
         .as_deref()
         .filter(|t| !t.is_empty())
-        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+        .is_some_and(|t| bearer_ok(&headers, t));
     if !authorized {
         return (StatusCode::NOT_FOUND, "404 page not found").into_response();
     }

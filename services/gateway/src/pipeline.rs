@@ -370,8 +370,7 @@ async fn governed(
             ),
         ));
     }
-    let mut url = upstream::target_url(&base, &path, parts.uri.query())
-        .map_err(|e| fail(&mut evidence, "build_failed", "request_build_failed", e))?;
+    let mut url = upstream::target_url(&base, &path, parts.uri.query());
     let mut out_headers = upstream::forwarded_headers(headers);
     upstream::inject(d, &exchanged.mandate, &mut out_headers, &mut url)
         .map_err(|e| fail(&mut evidence, "build_failed", "request_build_failed", e))?;
@@ -424,11 +423,7 @@ async fn governed(
     let upstream_resp = match sent_req {
         Ok(r) => r,
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .map(|s| format!("{s:?}").contains("BodyTooLarge"))
-                .unwrap_or(false)
-                || format!("{e:?}").contains("BodyTooLarge");
-            let err = if too_large {
+            let err = if body_too_large(&e) {
                 GatewayError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -542,6 +537,22 @@ async fn governed(
     Ok(resp)
 }
 
+/// Whether the upload was cut at `MAX_REQUEST_BYTES`: [`BodyTooLarge`] somewhere in the
+/// error's chain (an `io::Error` hides the error it wraps from `source`, so it is opened).
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if err.is::<BodyTooLarge>() || wrapped.is_some_and(|w| w.is::<BodyTooLarge>()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[derive(Debug)]
 struct BodyTooLarge;
 
@@ -552,3 +563,15 @@ impl std::fmt::Display for BodyTooLarge {
 }
 
 impl std::error::Error for BodyTooLarge {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_limit_is_found_inside_an_io_error() {
+        let e = std::io::Error::other(BodyTooLarge);
+        assert!(body_too_large(&e));
+        assert!(!body_too_large(&std::io::Error::other("reset")));
+    }
+}

@@ -56,15 +56,6 @@ impl Revocations {
             .any(|i| s.snapshot.contains(i) || s.marks.contains_key(i))
     }
 
-    pub fn len(&self) -> usize {
-        let s = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        s.snapshot.len() + s.marks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn mark(&self, ids: impl IntoIterator<Item = String>) {
         let mut s = self.sets.write().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

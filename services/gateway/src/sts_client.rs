@@ -61,18 +61,6 @@ pub struct Exchange<'a> {
     pub path: &'a str,
 }
 
-async fn read_capped(resp: reqwest::Response) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut resp = resp;
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        if out.len() + chunk.len() > MAX_BODY {
-            return None;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Some(out)
-}
-
 /// §4.1–§4.3.
 pub async fn exchange(
     app: &App,
@@ -143,7 +131,7 @@ pub async fn exchange(
             m == "application/json" || m.ends_with("+json")
         })
         .unwrap_or(false);
-    let body = read_capped(resp).await;
+    let body = serval_kit::oauth::read_capped(resp, MAX_BODY).await.ok();
     if status != StatusCode::OK {
         let parsed: Option<Map<String, Value>> =
             body.as_deref().and_then(|b| serde_json::from_slice(b).ok());

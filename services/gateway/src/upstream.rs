@@ -95,21 +95,11 @@ fn unsafe_ip(ip: IpAddr) -> bool {
             v4.is_link_local() || v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast()
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            // IPv4 embedded in IPv6 (mapped, NAT64 `64:ff9b::/96`, …) is judged as itself.
+            if let Some(v4) = serval_kit::egress::embedded_ipv4(v6) {
                 return unsafe_ip(IpAddr::V4(v4));
             }
-            let seg = v6.segments();
-            // IPv4 embedded in the NAT64 prefix 64:ff9b::/96.
-            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let v4 = std::net::Ipv4Addr::new(
-                    (seg[6] >> 8) as u8,
-                    seg[6] as u8,
-                    (seg[7] >> 8) as u8,
-                    seg[7] as u8,
-                );
-                return unsafe_ip(IpAddr::V4(v4));
-            }
-            v6.is_multicast() || v6.is_unspecified() || (seg[0] & 0xffc0) == 0xfe80
+            v6.is_multicast() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -151,11 +141,7 @@ pub async fn check_safe(url: &Url, allowlist: &[String]) -> Result<(), GatewayEr
 }
 
 /// §7 URL: base path joined with the decoded request path; the upstream's query keys win.
-pub fn target_url(
-    base: &Url,
-    decoded_path: &str,
-    query: Option<&str>,
-) -> Result<Url, GatewayError> {
+pub fn target_url(base: &Url, decoded_path: &str, query: Option<&str>) -> Url {
     let mut url = base.clone();
     let bp = base.path();
     let joined = if bp.is_empty() || bp == "/" {
@@ -190,7 +176,7 @@ pub fn target_url(
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.set_fragment(None);
-    Ok(url)
+    url
 }
 
 /// The caller's headers as the upstream may see them (§7).
@@ -342,13 +328,10 @@ mod tests {
     #[test]
     fn urls_join_and_upstream_query_keys_win() {
         let base = Url::parse("http://up.example:9/api?key=a").unwrap();
-        let u = target_url(&base, "/v1/x", Some("key=b&z=1")).unwrap();
+        let u = target_url(&base, "/v1/x", Some("key=b&z=1"));
         assert_eq!(u.as_str(), "http://up.example:9/api/v1/x?key=a&z=1");
         let root = Url::parse("http://up.example/").unwrap();
-        assert_eq!(
-            target_url(&root, "", None).unwrap().as_str(),
-            "http://up.example/"
-        );
+        assert_eq!(target_url(&root, "", None).as_str(), "http://up.example/");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! The check runs where the address is chosen — in the HTTP client's DNS resolver — so a
 //! name that resolves differently between a check and the connection cannot slip through.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -51,25 +51,10 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (a == 192 && b == 0 && v4.octets()[2] == 0))
         }
         IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            let embedded = |hi: u16, lo: u16| {
-                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
-            };
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public(IpAddr::V4(v4));
             }
-            // IPv4-compatible (::a.b.c.d, deprecated but routable by some stacks).
-            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
-            }
-            // NAT64 well-known prefix.
-            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
-            }
-            // 6to4: the IPv4 address is in segments 1 and 2.
-            if seg[0] == 0x2002 {
-                return is_public(IpAddr::V4(embedded(seg[1], seg[2])));
-            }
+            let seg = v6.segments();
             let first = seg[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
@@ -81,6 +66,25 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || first == 0x0100 && seg[1..4] == [0, 0, 0])
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries, if it is one of the forms that route to it:
+/// mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`, deprecated but routable by some
+/// stacks), NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`, the address in segments 1–2).
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = v6.segments();
+    let join =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return Some(join(seg[6], seg[7]));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(join(seg[6], seg[7]));
+    }
+    (seg[0] == 0x2002).then(|| join(seg[1], seg[2]))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -55,16 +55,23 @@ impl AppState {
     /// mode without one derives it from the streams key, so the Gateway and STS of one dev
     /// deployment agree; published modes have none until it is configured.
     pub fn gateway_key(&self) -> Option<Vec<u8>> {
-        use hmac::Mac;
         if let Some(k) = crate::gateway_hmac::key(self.cfg.gateway_sts_hmac_key.as_deref()) {
             return Some(k);
         }
+        self.dev_key("serval.gateway-sts.dev")
+            .map(|k| hex::encode(k).into_bytes())
+    }
+
+    /// A key development mode derives from the streams key for a purpose whose key was not
+    /// configured, so one dev deployment's processes agree on it; `None` outside dev mode.
+    pub fn dev_key(&self, purpose: &str) -> Option<[u8; 32]> {
+        use hmac::Mac;
         if self.secrets.mode != crate::config::Mode::Dev {
             return None;
         }
         let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secrets.streams_key).ok()?;
-        m.update(b"serval.gateway-sts.dev");
-        Some(hex::encode(m.finalize().into_bytes()).into_bytes())
+        m.update(purpose.as_bytes());
+        Some(m.finalize().into_bytes().into())
     }
 
     /// Where the Gateway reaches the STS: `STS_URL`, else the issuer (one deployment).

@@ -139,7 +139,8 @@ async fn ready(State(app): State<App>, style: ReadyStyle) -> Response {
     }
 }
 
-fn bearer_ok(headers: &HeaderMap, expected: &str) -> bool {
+/// Whether the request carries `Bearer <expected>` (compared in constant time).
+pub fn bearer_ok(headers: &HeaderMap, expected: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderMap, StatusCode};
 
+use serval_kit::gateway_hmac;
+
 use super::error::StsError;
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -12,12 +14,6 @@ pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// Body cap of every STS POST.
 pub const MAX_BODY: usize = 64 * 1024;
-/// The Gateway's headers (all three, or none).
-pub const GATEWAY_HEADERS: [&str; 3] = [
-    "x-caracal-gateway-timestamp",
-    "x-caracal-gateway-request",
-    "x-caracal-gateway-signature",
-];
 /// Resources one request may name (each costs a lookup, a decision and an audit frame).
 pub const MAX_RESOURCES: usize = 32;
 /// Fields whose mere presence is refused (client assertions are not a Caracal contract).
@@ -102,7 +98,13 @@ pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<To
     if let Some(t) = form.fields.get("ttl_seconds").filter(|t| !t.is_empty()) {
         form.ttl_seconds = t.parse::<i64>().map_err(|_| bad("invalid ttl_seconds"))?;
     }
-    form.gateway = GATEWAY_HEADERS.iter().any(|h| headers.contains_key(*h));
+    form.gateway = [
+        gateway_hmac::TIMESTAMP,
+        gateway_hmac::NONCE,
+        gateway_hmac::SIGNATURE,
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h));
     // The HMAC itself is verified by the exchange right after parsing (it consumes a nonce
     // in Redis), so a signed request with a malformed field answers for the field first.
     if resources.len() > MAX_RESOURCES {
