@@ -31,6 +31,11 @@ fn error(status: StatusCode, code: &str, description: &str) -> Response {
         .into_response()
 }
 
+/// `503 unavailable`: a store this route reads cannot answer.
+fn unavailable(what: &str) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what)
+}
+
 /// `None` when the bearer is right; otherwise the refusal.
 fn refused(app: &App, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = app
@@ -128,11 +133,7 @@ async fn search(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "audit search failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "audit ledger unavailable",
-            );
+            return unavailable("audit ledger unavailable");
         }
     };
     let next = rows
@@ -234,11 +235,7 @@ async fn dlq_list(
         .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "DLQ unreadable");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "dead-letter queue unavailable",
-            )
+            unavailable("dead-letter queue unavailable")
         }
     }
 }
@@ -270,11 +267,7 @@ async fn dlq_one(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
         },
         Err(e) => {
             tracing::error!(error = %e, "DLQ unreadable");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "dead-letter queue unavailable",
-            )
+            unavailable("dead-letter queue unavailable")
         }
     }
 }
@@ -296,11 +289,7 @@ async fn dlq_replay(
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "DLQ unreadable");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "dead-letter queue unavailable",
-            );
+            return unavailable("dead-letter queue unavailable");
         }
     };
     let topic = app.store.keys().topic(topics::AUDIT_EVENTS);
@@ -324,11 +313,7 @@ async fn dlq_replay(
             topics::publish(&mut conn, &topic, Some(&app.secrets.streams_key), &fields).await
         {
             tracing::error!(error = %e, "DLQ replay failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "audit topic unavailable",
-            );
+            return unavailable("audit topic unavailable");
         }
         let _: redis::RedisResult<i64> = redis::cmd("XDEL")
             .arg(&dlq)
@@ -390,11 +375,7 @@ async fn tree(
     };
     let rows = checkpoint::rows(app, zone, size).await.map_err(|e| {
         tracing::error!(error = ?e, "ledger unreadable");
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "audit ledger unavailable",
-        )
+        unavailable("audit ledger unavailable")
     })?;
     if size.is_some_and(|s| s > rows.len() as i64) {
         return Err(error(

@@ -37,45 +37,16 @@ struct Revocation {
 impl Revocation {
     async fn once(&self) -> anyhow::Result<Duration> {
         // Revoking an edge ends its target Session: every round starts its own pair.
-        let mut sessions = Vec::new();
-        for _ in 0..2 {
-            let v = json_of(
-                &self.coordinator,
-                "POST",
-                &format!("/zones/{}/agents", self.zone),
-                Some(json!({"application_id": self.app, "labels": ["agent"], "ttl_seconds": 600})),
-                201,
-            )
-            .await?;
-            sessions.push(id(&v, "agent_session_id")?);
-        }
-        let edge = json_of(
+        let Delegated {
+            sessions,
+            edge,
+            mint_body: body,
+        } = delegated(
             &self.coordinator,
-            "POST",
-            &format!("/zones/{}/delegations", self.zone),
-            Some(
-                json!({"source_session_id": sessions[0], "target_session_id": sessions[1],
-                        "issuer_application_id": self.app, "receiver_application_id": self.app,
-                        "scopes": ["bench:read"], "constraints": {"resources": [RESOURCE]},
-                        "ttl_seconds": 600}),
-            ),
-            201,
+            (&self.zone, &self.app, &self.secret),
+            600,
         )
         .await?;
-        let edge = id(&edge, "delegation_edge_id")?;
-        let body = form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("zone_id", &self.zone),
-            ("application_id", &self.app),
-            ("client_secret", &self.secret),
-            ("resource", RESOURCE),
-            ("scope", "bench:read"),
-            ("agent_session_id", &sessions[1]),
-            ("delegation_edge_id", &edge),
-        ]);
         // Mandates minted before the revocation (single use: one per attempt).
         let mut mandates = Vec::new();
         for _ in 0..20 {
@@ -118,6 +89,65 @@ impl Revocation {
             .await?;
         felt.ok_or_else(|| anyhow::anyhow!("20 calls after the revocation all passed"))
     }
+}
+
+/// Two Sessions labelled `agent`, a root Delegation of `bench:read` on `RESOURCE` between
+/// them, and the form of a delegated mint over it.
+struct Delegated {
+    sessions: Vec<String>,
+    edge: String,
+    mint_body: String,
+}
+
+async fn delegated(
+    coordinator: &Client,
+    (zone, app, secret): (&str, &str, &str),
+    ttl: u32,
+) -> anyhow::Result<Delegated> {
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let v = json_of(
+            coordinator,
+            "POST",
+            &format!("/zones/{zone}/agents"),
+            Some(json!({"application_id": app, "labels": ["agent"], "ttl_seconds": ttl})),
+            201,
+        )
+        .await?;
+        sessions.push(id(&v, "agent_session_id")?);
+    }
+    let edge = json_of(
+        coordinator,
+        "POST",
+        &format!("/zones/{zone}/delegations"),
+        Some(
+            json!({"source_session_id": sessions[0], "target_session_id": sessions[1],
+                    "issuer_application_id": app, "receiver_application_id": app,
+                    "scopes": ["bench:read"], "constraints": {"resources": [RESOURCE]},
+                    "ttl_seconds": ttl}),
+        ),
+        201,
+    )
+    .await?;
+    let edge = id(&edge, "delegation_edge_id")?;
+    let mint_body = form(&[
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("zone_id", zone),
+        ("application_id", app),
+        ("client_secret", secret),
+        ("resource", RESOURCE),
+        ("scope", "bench:read"),
+        ("agent_session_id", &sessions[1]),
+        ("delegation_edge_id", &edge),
+    ]);
+    Ok(Delegated {
+        sessions,
+        edge,
+        mint_body,
+    })
 }
 
 /// A delegated mint (the form `body`); the mandate.
@@ -189,46 +219,7 @@ pub async fn run(t: Targets) -> anyhow::Result<()> {
         lifecycle,
     } = setup(&admin, &t.sts, &format!("{upstream}/")).await?;
     let c = admin.with(&t.coordinator, &lifecycle);
-    let agents = format!("/zones/{zone}/agents");
-    let mut sessions = Vec::new();
-    for _ in 0..2 {
-        let v = json_of(
-            &c,
-            "POST",
-            &agents,
-            Some(json!({"application_id": app, "labels": ["agent"], "ttl_seconds": 3600})),
-            201,
-        )
-        .await?;
-        sessions.push(id(&v, "agent_session_id")?);
-    }
-    let edge = json_of(
-        &c,
-        "POST",
-        &format!("/zones/{zone}/delegations"),
-        Some(
-            json!({"source_session_id": sessions[0], "target_session_id": sessions[1],
-                    "issuer_application_id": app, "receiver_application_id": app,
-                    "scopes": ["bench:read"], "constraints": {"resources": [RESOURCE]},
-                    "ttl_seconds": 3600}),
-        ),
-        201,
-    )
-    .await?;
-    let edge = id(&edge, "delegation_edge_id")?;
-    let mint_body = form(&[
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("zone_id", &zone),
-        ("application_id", &app),
-        ("client_secret", &secret),
-        ("resource", RESOURCE),
-        ("scope", "bench:read"),
-        ("agent_session_id", &sessions[1]),
-        ("delegation_edge_id", &edge),
-    ]);
+    let Delegated { mint_body, .. } = delegated(&c, (&zone, &app, &secret), 3600).await?;
     let sts = admin.with(&t.sts, "");
     let mint_only = {
         let (sts, body) = (sts.clone(), mint_body.clone());
