@@ -41,6 +41,8 @@ pub enum AggregateKind {
     AgentService,
     /// A Coordinator invocation (catalog kind `invocation`).
     Invocation,
+    /// A zone's wrapped data key (catalog kind `data_key`).
+    DataKey,
 }
 
 impl AggregateKind {
@@ -64,6 +66,7 @@ impl AggregateKind {
             AggregateKind::DelegationGraph => "delegation_graph",
             AggregateKind::AgentService => "agent_service",
             AggregateKind::Invocation => "invocation",
+            AggregateKind::DataKey => "data_key",
         }
     }
 
@@ -87,6 +90,7 @@ impl AggregateKind {
             "delegation_graph" => Some(AggregateKind::DelegationGraph),
             "agent_service" => Some(AggregateKind::AgentService),
             "invocation" => Some(AggregateKind::Invocation),
+            "data_key" => Some(AggregateKind::DataKey),
             _ => None,
         }
     }

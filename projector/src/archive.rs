@@ -60,7 +60,8 @@ impl Projection for ArchiveProjection {
                  occurred_at, key_id, envelope, sig)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                  $6::int[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::timestamptz[],
-                 $12::text[], $13::bytea[], $14::bytea[])",
+                 $12::text[], $13::bytea[], $14::bytea[])
+             ON CONFLICT DO NOTHING",
         )
         .bind(stream)
         .bind(ms)

@@ -192,6 +192,17 @@ async fn swap(live: &PgPool, shadow: &str, retired: &str, p: Rebuildable) -> any
     .bind(p.name())
     .execute(&mut *tx)
     .await?;
+    // The versions the shadow applied go with its tables: the live runner goes on from them.
+    sqlx::query("DELETE FROM public.applied_versions WHERE projection = $1")
+        .bind(p.name())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO public.applied_versions SELECT * FROM {shadow}.applied_versions WHERE projection = $1"
+    ))
+    .bind(p.name())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -1,7 +1,12 @@
 //! `restore`: re-create the Redis log streams from the Postgres archive after a Redis loss,
 //! byte for byte (same entry ids, same envelopes, same signatures), then the keys derived
-//! from the log: the versions index and the uniqueness reservations. Refuses to overwrite a
-//! non-empty stream unless `--force`.
+//! from the log: the versions index and the uniqueness reservations.
+//!
+//! Restore never removes an entry: into an empty stream it adds the whole archive; with
+//! `--force`, into a non-empty one it adds the archived entries after the stream's last
+//! entry, once it has checked that every archived entry before that point is in the stream.
+//! The archive is streamed in pages and every archived entry is verified (signature,
+//! envelope) before anything is written.
 
 use std::collections::HashMap;
 
@@ -10,7 +15,7 @@ use serval_domain::catalog;
 use serval_domain::policy::policies;
 use serval_domain::{admin_token, zone, Event, EventMeta};
 use serval_streams::codec::Upcasters;
-use serval_streams::{Envelope, LogStream};
+use serval_streams::{EntryId, Envelope, LogStream};
 
 use crate::context::Context;
 use crate::progress::Progress;
@@ -105,6 +110,9 @@ impl Derived {
     }
 }
 
+/// Archive rows per page: the archive is streamed, never held whole.
+const PAGE: i64 = 5_000;
+
 pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
     let pool = ctx.pool().await?;
     let streams = match &args.zone {
@@ -116,35 +124,28 @@ pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
         let len: u64 = conn.xlen(s).await?;
         anyhow::ensure!(
             len == 0 || args.force,
-            "{s} already holds {len} entries; refusing to overwrite it (use --force to replace it)"
+            "{s} already holds {len} entries; refusing to write into it (--force adds the \
+             archived entries it lacks after its last entry; nothing is ever removed)"
         );
     }
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE stream = ANY($1)")
-            .bind(&streams)
-            .fetch_one(&pool)
-            .await?;
-    let mut progress = Progress::new("restore", Some(total as u64));
-    let up = Upcasters::default();
-    let mut restored = 0u64;
+    // Everything is checked before anything is written.
+    let mut plans = Vec::with_capacity(streams.len());
     for s in &streams {
+        plans.push((s, check(ctx, &pool, s).await?));
+    }
+    let total: u64 = plans.iter().map(|(_, p)| p.to_add).sum();
+    let mut progress = Progress::new("restore", Some(total));
+    let mut restored = 0u64;
+    for (s, plan) in plans {
         let log = source::parse_stream(&ctx.keys, s)?;
-        let _: () = conn.del(s).await?;
-        let mut derived = Derived::default();
-        let mut pending: Vec<source::ArchivedEntry> = Vec::new();
-        source::walk_archive(&pool, s, 5_000, |rows| {
-            for r in &rows {
-                if let Ok(env) = Envelope::decode(&r.envelope) {
-                    derived.apply(&env, &up);
-                }
-            }
-            pending.extend(rows);
-            Ok(())
-        })
-        .await?;
-        for chunk in pending.chunks(1_000) {
+        let mut after = plan.live_last;
+        loop {
+            let page = source::archive_page(&pool, s, after, PAGE).await?;
+            let Some(last) = page.last().map(|r| r.entry_id) else {
+                break;
+            };
             let mut pipe = redis::pipe();
-            for r in chunk {
+            for r in &page {
                 pipe.cmd("XADD")
                     .arg(s)
                     .arg(r.entry_id.to_string())
@@ -157,25 +158,11 @@ pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
                     .ignore();
             }
             let _: () = pipe.query_async(&mut conn).await?;
-            progress.inc(chunk.len() as u64);
-            restored += chunk.len() as u64;
+            progress.inc(page.len() as u64);
+            restored += page.len() as u64;
+            after = last;
         }
-        // The keys derived from the log, in the same slot.
-        let versions_key = ctx.keys.versions(&log);
-        let _: () = conn.del(&versions_key).await?;
-        let pairs: Vec<(String, u64)> = derived
-            .versions
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        for chunk in pairs.chunks(1_000) {
-            let _: () = conn.hset_multiple(&versions_key, chunk).await?;
-        }
-        for (kind, value, owner) in derived.reservations() {
-            let _: () = conn
-                .set(ctx.keys.reservation(&log, kind, &value), owner)
-                .await?;
-        }
+        derive_keys(ctx, s, &log).await?;
     }
     let (n, secs) = progress.finish();
     eprintln!(
@@ -183,4 +170,121 @@ pub async fn run(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<u64> {
         streams.len()
     );
     Ok(restored)
+}
+
+/// What restoring one stream will do.
+struct Plan {
+    /// The live stream's last entry (zero when empty): archived entries after it are added.
+    live_last: EntryId,
+    to_add: u64,
+}
+
+/// Verifies every archived entry of `s` (signature, envelope) and that each one at or
+/// before the live stream's last entry is in the live stream, byte for byte: a stream can
+/// only grow at its end, so an archived entry missing below the head could not be put back
+/// in order — restoring would have to drop live entries, which it never does.
+async fn check(ctx: &Context, pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Plan> {
+    let mut conn = ctx.conn.clone();
+    let live_last = serval_streams::read::last_entry_id(&mut conn, s).await?;
+    let mut after = EntryId::ZERO;
+    let mut to_add = 0u64;
+    loop {
+        let page = source::archive_page(pool, s, after, PAGE).await?;
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            break;
+        };
+        for r in &page {
+            anyhow::ensure!(
+                ctx.signer.verify(&r.key_id, &r.envelope, &r.sig),
+                "archived entry {s} {} does not verify (kid {}); nothing was restored",
+                r.entry_id,
+                r.key_id
+            );
+            Envelope::decode(&r.envelope).map_err(|e| {
+                anyhow::anyhow!(
+                    "archived entry {s} {} does not decode: {e}; nothing was restored",
+                    r.entry_id
+                )
+            })?;
+        }
+        if live_last != EntryId::ZERO && first.entry_id <= live_last {
+            let upto = last.entry_id.min(live_last);
+            let mut live = HashMap::new();
+            let mut from = first.entry_id.to_string();
+            loop {
+                let chunk = serval_streams::read::read_range(
+                    &mut conn,
+                    s,
+                    &from,
+                    &upto.to_string(),
+                    PAGE as usize,
+                )
+                .await?;
+                let n = chunk.len();
+                let Some(end) = chunk.last().map(|(id, _)| *id) else {
+                    break;
+                };
+                live.extend(chunk);
+                if n < PAGE as usize {
+                    break;
+                }
+                from = format!("({end}");
+            }
+            for r in page.iter().filter(|r| r.entry_id <= live_last) {
+                let same = live.get(&r.entry_id).is_some_and(|f| {
+                    serval_streams::read::field_bytes(f, "env") == Some(r.envelope.as_slice())
+                        && serval_streams::read::field_bytes(f, "sig")
+                            == Some(hex::encode(&r.sig).as_bytes())
+                });
+                anyhow::ensure!(
+                    same,
+                    "archived entry {s} {} is not in the live stream, whose last entry is \
+                     {live_last}: it cannot be put back in order without removing live entries; \
+                     nothing was restored",
+                    r.entry_id
+                );
+            }
+        }
+        to_add += page.iter().filter(|r| r.entry_id > live_last).count() as u64;
+        after = last.entry_id;
+    }
+    Ok(Plan { live_last, to_add })
+}
+
+/// Re-derives the keys the log implies (versions index, uniqueness reservations) from the
+/// stream as it now is — archived and live-only entries alike — verifying every entry.
+async fn derive_keys(ctx: &Context, s: &str, log: &LogStream) -> anyhow::Result<()> {
+    let up = Upcasters::default();
+    let mut derived = Derived::default();
+    let mut refused = 0u64;
+    source::walk_redis(ctx, s, None, None, PAGE as usize, |entries| {
+        for (id, fields) in entries {
+            match serval_streams::read::verify_entry(&ctx.signer, s, log, id, &fields) {
+                Ok(rec) => derived.apply(&rec.envelope, &up),
+                Err(_) => refused += 1,
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    if refused > 0 {
+        eprintln!("{s}: {refused} live entries do not verify; they derive nothing (see `verify`)");
+    }
+    let mut conn = ctx.conn.clone();
+    let versions_key = ctx.keys.versions(log);
+    let _: () = conn.del(&versions_key).await?;
+    let pairs: Vec<(String, u64)> = derived
+        .versions
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for chunk in pairs.chunks(1_000) {
+        let _: () = conn.hset_multiple(&versions_key, chunk).await?;
+    }
+    for (kind, value, owner) in derived.reservations() {
+        let _: () = conn
+            .set(ctx.keys.reservation(log, kind, &value), owner)
+            .await?;
+    }
+    Ok(())
 }

@@ -103,6 +103,40 @@ pub struct ArchivedEntry {
     pub key_id: String,
 }
 
+/// One page of a stream's archive rows after `after` (exclusive), in entry order.
+pub async fn archive_page(
+    pool: &PgPool,
+    stream: &str,
+    after: EntryId,
+    page: i64,
+) -> anyhow::Result<Vec<ArchivedEntry>> {
+    let (ms, seq) = if after == EntryId::ZERO {
+        (-1i64, -1i64)
+    } else {
+        (after.ms as i64, after.seq as i64)
+    };
+    let rows = sqlx::query(
+        "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM event_archive
+         WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
+         ORDER BY stream, entry_ms, entry_seq LIMIT $4",
+    )
+    .bind(stream)
+    .bind(ms)
+    .bind(seq)
+    .bind(page)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ArchivedEntry {
+            entry_id: EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64),
+            envelope: r.get(2),
+            sig: r.get(3),
+            key_id: r.get(4),
+        })
+        .collect())
+}
+
 /// Reads a stream's archive rows in pages, in entry order.
 pub async fn walk_archive<F>(pool: &PgPool, stream: &str, page: i64, mut f: F) -> anyhow::Result<()>
 where

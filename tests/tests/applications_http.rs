@@ -439,3 +439,72 @@ async fn every_secret_reveal_is_recorded_even_under_one_idempotency_key() {
     })
     .await;
 }
+
+/// Issue 14 item 2: an idempotency record is named by the authenticated token (not by the
+/// attribution header the client chooses) and never holds the client secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_records_hold_no_secret_and_belong_to_their_token() {
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let z = zone(&admin, false).await;
+    let (s, other) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "other", "scope": "global"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{other}");
+    let other = admin.with_token(other["token"].as_str().unwrap());
+    let path = format!("/v1/zones/{z}/applications");
+    let body = json!({"name": "idem-secret", "registration_method": "managed"});
+    let create = |who: &Admin| {
+        who.req(reqwest::Method::POST, &path)
+            .header("idempotency-key", "create-idem-secret")
+            .header("x-caracal-authorized-by", "user:alice@example.com")
+            .json(&body)
+            .send()
+    };
+    let first = create(&admin).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let secret = first["client_secret"].as_str().unwrap().to_owned();
+
+    // The retry answers the first answer without the secret.
+    let again = create(&admin).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert!(again.get("client_secret").is_none(), "{again}");
+
+    // Another token with the same key and attribution header does not reach the record: it
+    // creates its own application (a different name is then a conflict on the name).
+    let theirs = create(&other).await.unwrap();
+    assert_ne!(
+        theirs
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let theirs = theirs.text().await.unwrap();
+    assert!(!theirs.contains(&secret), "{theirs}");
+
+    // No Redis value holds the secret.
+    let store = server.store().await;
+    let mut conn = store.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*:idem:*", server.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let v: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        assert!(!v.values().any(|x| x.contains(&secret)), "{key}: {v:?}");
+    }
+}

@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::{Admin, Keys, Options, Server};
@@ -132,26 +131,54 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     );
     seed(&store, 300, 9).await; // 3,000 events
 
-    // First run: abort inside the transaction once 1,500 events were applied (mid-batch).
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new(common::serval_bin())
-        .args(["serve", "projector"])
-        .env("DATABASE_URL", &db)
-        .env("REDIS_URL", common::redis_url())
-        .env("CARACAL_MODE", "dev")
-        .env("STREAMS_HMAC_KEY", &keys.streams)
-        .env("AUDIT_HMAC_KEY", &keys.audit)
-        .env("SECRET_STORE_KEK", &keys.kek)
-        .env("SERVAL_DATA_DIR", dir.path())
-        .env("SERVAL_KEY_PREFIX", &prefix)
-        .env("SERVAL_TEST_CRASH_AFTER_EVENTS", "zones:1500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the projector aborted");
-
+    // First run: killed (SIGKILL) inside a batch's transaction. The production binary has no
+    // crash hook: a trigger holds the 1,500th row write of the zones read model, and the
+    // process is killed while its transaction is open.
     let pool = common::pool(&db).await;
+    serval_schema::migrate(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE SEQUENCE crash_gate_rows;
+         CREATE FUNCTION crash_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('crash_gate_rows') = 1500 THEN PERFORM pg_sleep(600); END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER crash_gate BEFORE INSERT OR UPDATE ON zones
+           FOR EACH ROW EXECUTE FUNCTION crash_gate();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut first = Server::start(Options::sharing(&db, &prefix, &keys, vec!["projector"])).await;
+    let db_name = db.rsplit('/').next().unwrap().to_owned();
+    common::eventually(60, || async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE '%zones%'
+               AND wait_event = 'PgSleep'",
+        )
+        .bind(&db_name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (held > 0).then_some(())
+    })
+    .await;
+    first.kill();
+    // The backend sleeping for the dead process goes with it (Postgres notices a vanished
+    // client only when the sleep ends).
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND wait_event = 'PgSleep'",
+    )
+    .bind(&db_name)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DROP TRIGGER crash_gate ON zones; DROP FUNCTION crash_gate();")
+        .execute(&pool)
+        .await
+        .unwrap();
+
     let row = sqlx::query("SELECT last_ms, last_seq, events_applied FROM projection_checkpoints WHERE projection = 'zones' AND stream = $1")
         .bind(store.keys().log(&LogStream::System))
         .fetch_one(&pool)
@@ -159,7 +186,7 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
         .unwrap();
     let applied: i64 = row.get(2);
     assert!(
-        applied < 1500 && applied > 0,
+        applied < 3000 && applied > 0,
         "the crashed batch did not commit (checkpoint at {applied})"
     );
     let cp = format!("{}-{}", row.get::<i64, _>(0), row.get::<i64, _>(1));
@@ -317,4 +344,100 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
             .0,
         200
     );
+}
+
+/// Issue 14 item 1: a genuine entry added to the log again (a byte-identical, validly
+/// signed copy) is refused by every projection as `replayed`: the read model does not roll
+/// back, the archiver goes on with later entries, and `serval-replay verify` names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_genuine_entry_added_to_the_log_again_is_refused_not_applied_again() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let (s, z) = admin.post("/v1/zones", json!({"name": "first"})).await;
+    assert_eq!(s, 201);
+    let id = z["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/zones/{id}");
+    assert_eq!(admin.patch(&path, json!({"name": "second"})).await.0, 200);
+    assert_eq!(admin.patch(&path, json!({"name": "third"})).await.0, 200);
+
+    // The entry that renamed the zone to "second", appended again verbatim.
+    let store = server.store().await;
+    let key = store.keys().log(&LogStream::System);
+    let mut conn = store.connection();
+    let entries = read_range(&mut conn, &key, "-", "+", 1000).await.unwrap();
+    let (old_id, fields) = entries
+        .iter()
+        .find(|(id, f)| {
+            let r = verify_entry(store.signer(), &key, &LogStream::System, *id, f).unwrap();
+            r.envelope.aggregate_id == id_of(&z) && r.envelope.aggregate_version == 2
+        })
+        .cloned()
+        .unwrap();
+    let field = |name: &str| {
+        serval_streams::read::field_bytes(&fields, name)
+            .unwrap()
+            .to_vec()
+    };
+    let copy: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("env")
+        .arg(field("env"))
+        .arg("kid")
+        .arg(field("kid"))
+        .arg("sig")
+        .arg(field("sig"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(copy, old_id.to_string());
+    // A later genuine write goes through every projection, the archiver included.
+    assert_eq!(admin.patch(&path, json!({"name": "fourth"})).await.0, 200);
+
+    assert_eq!(admin.get(&path).await.1["name"], "fourth", "no rollback");
+    let pool = common::pool(&server.db_url).await;
+    let refused: Vec<(String, String)> = common::eventually(20, || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT projection, detail FROM dead_letters WHERE entry_id = $1 AND reason = 'replayed'",
+        )
+        .bind(&copy)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.iter()
+            .any(|(p, _)| p == "archive")
+            .then_some(rows)
+    })
+    .await;
+    for p in ["zones", "archive"] {
+        assert!(
+            refused.iter().any(|(q, _)| q == p),
+            "{p} refused it: {refused:?}"
+        );
+    }
+    assert!(
+        refused[0].1.contains("already applied up to version 3"),
+        "{refused:?}"
+    );
+    // The archiver went on past the copy: the later genuine write is archived, the copy not.
+    let archived: i64 = common::eventually(20, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_archive WHERE aggregate_id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (n >= 4).then_some(n)
+    })
+    .await;
+    assert_eq!(archived, 4, "the genuine four, not the copy");
+
+    let (ok, out, err) = server.replay(&["verify", "--json", "--skip-archive"]);
+    assert!(!ok, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["first_break"]["entry_id"], copy, "{report}");
+}
+
+fn id_of(z: &serde_json::Value) -> String {
+    z["id"].as_str().unwrap().to_owned()
 }

@@ -567,3 +567,228 @@ async fn tail_resumes_through_a_consumer_group_and_export_round_trips() {
     }
     assert_eq!(n, 4, "the id range is inclusive");
 }
+
+/// Issue 14 item 4: a zone's data key is in the log, so after the Redis loss `restore`
+/// exists for, every sealed secret opens again — also on a read model rebuilt from the
+/// restored log — and the next seal uses the same key instead of minting another.
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_secrets_open_after_redis_is_restored_from_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = common::OwnedRedis::start(dir.path(), false);
+    let url = _redis.url();
+    let mut server = Server::start(Options {
+        redis_url: Some(url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "vault"})).await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "agent", "registration_method": "managed"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let app_id = a["id"].as_str().unwrap().to_owned();
+    let secret = a["client_secret"].as_str().unwrap().to_owned();
+    let reveal = format!("/v1/zones/{z}/applications/{app_id}/client-secret");
+    server.wait_archived().await;
+    let (db, prefix, keys) = (
+        server.db_url.clone(),
+        server.prefix.clone(),
+        server.keys.clone(),
+    );
+    server.kill();
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let (ok, out, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore"]);
+    assert!(ok, "{out}{err}");
+
+    // The same read model, then one rebuilt from the restored log in a fresh database.
+    for db_url in [Some(db.clone()), None] {
+        let server = Server::start(Options {
+            db_url,
+            redis_url: Some(url.clone()),
+            prefix: Some(prefix.clone()),
+            keys: keys.clone(),
+            ..Default::default()
+        })
+        .await;
+        let admin = Admin::new(&server);
+        let (s, shown) = common::eventually(20, || async {
+            let (s, v) = admin.get(&reveal).await;
+            (s != 404).then_some((s, v))
+        })
+        .await;
+        assert_eq!(
+            (s, shown["client_secret"].as_str()),
+            (200, Some(secret.as_str()))
+        );
+        // A new seal in the zone uses the recorded key: one key per zone in the log.
+        let (s, p) = admin
+            .post(
+                &format!("/v1/zones/{z}/providers"),
+                json!({"name": format!("p-{}", uuid::Uuid::new_v4().simple()), "kind": "api_key",
+                       "config_json": {"header_name": "X-Key", "api_key": "sk_after_restore_0123456789"}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{p}");
+        let log = serval_streams::LogStream::Zone(z.clone());
+        let store = server.store().await;
+        let entries = read_range(
+            &mut store.connection(),
+            &store.keys().log(&log),
+            "-",
+            "+",
+            10_000,
+        )
+        .await
+        .unwrap();
+        let data_keys = entries
+            .iter()
+            .filter(|(id, f)| {
+                serval_streams::read::verify_entry(
+                    store.signer(),
+                    &store.keys().log(&log),
+                    &log,
+                    *id,
+                    f,
+                )
+                .unwrap()
+                .envelope
+                .event_type
+                    == "data_key.created"
+            })
+            .count();
+        assert_eq!(data_keys, 1);
+    }
+}
+
+/// Issue 14 item 5: `restore --force` never removes an entry the archive lacks, refuses
+/// (changing nothing) when an archived entry is missing below the live head, and verifies
+/// every archived entry before it writes one.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_never_drops_an_unarchived_entry_and_verifies_what_it_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = common::OwnedRedis::start(dir.path(), false);
+    let url = _redis.url();
+    let mut server = Server::start(Options {
+        redis_url: Some(url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = Admin::new(&server);
+    populate(&admin, 3).await;
+    server.wait_archived().await;
+    let (db, prefix, keys) = (
+        server.db_url.clone(),
+        server.prefix.clone(),
+        server.keys.clone(),
+    );
+    let store = server.store().await;
+    server.kill();
+    let system = store.keys().log(&LogStream::System);
+    let mut conn = store.connection();
+    let xlen = |conn: &mut ConnectionManager| {
+        let (mut conn, key) = (conn.clone(), system.clone());
+        async move {
+            redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Acknowledged, not yet archived (the archiver is down): a genuine entry only in Redis.
+    let zone = uuid::Uuid::now_v7().to_string();
+    let created = serval_domain::zone::decide(
+        None,
+        &serval_domain::zone::ZoneCommand::Create {
+            name: "unarchived".into(),
+            slug: "unarchived".into(),
+            dcr_enabled: false,
+        },
+        &serval_domain::zone::ZoneContext {
+            actor: serval_domain::Actor {
+                id: "admin:test".into(),
+                is_bootstrap: false,
+                via_operator_header: false,
+            },
+            live_dcr_applications: 0,
+        },
+    )
+    .unwrap();
+    let appended = store
+        .append(&serval_streams::AppendRequest::new(
+            LogStream::System,
+            Some(zone.clone()),
+            &zone,
+            0,
+            created
+                .into_iter()
+                .map(serval_domain::Event::Zone)
+                .collect(),
+            "admin:test",
+        ))
+        .await
+        .unwrap();
+    let serval_streams::AppendOutcome::Appended { entry_ids, .. } = appended else {
+        panic!("appended");
+    };
+    let len = xlen(&mut conn).await;
+    let (ok, out, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore", "--force"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        xlen(&mut conn).await,
+        len,
+        "nothing removed, nothing doubled"
+    );
+    let still = read_range(&mut conn, &system, &entry_ids[0].to_string(), "+", 10)
+        .await
+        .unwrap();
+    assert_eq!(still.len(), 1, "the unarchived entry is still there");
+
+    // An archived entry missing below the live head cannot be put back in order: refused.
+    let all = read_range(&mut conn, &system, "-", "+", 10_000)
+        .await
+        .unwrap();
+    let lost = all[2].0;
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&system)
+        .arg(lost.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (ok, _, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore", "--force"]);
+    assert!(!ok && err.contains(&lost.to_string()), "{err}");
+    assert_eq!(xlen(&mut conn).await, len - 1, "nothing changed");
+
+    // A forged archive row: refused before anything is written, naming the entry.
+    let pool = common::pool(&db).await;
+    sqlx::query("ALTER TABLE event_archive DISABLE TRIGGER event_archive_append_only")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE event_archive SET sig = decode(repeat('00', 32), 'hex') WHERE entry_ms = $1 AND entry_seq = $2")
+        .bind(all[5].0.ms as i64)
+        .bind(all[5].0.seq as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&system)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (ok, _, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore", "--force"]);
+    assert!(
+        !ok && err.contains(&all[5].0.to_string()) && err.contains("does not verify"),
+        "{err}"
+    );
+    assert_eq!(xlen(&mut conn).await, 0, "nothing written");
+}

@@ -16,6 +16,7 @@
 pub mod agent_service;
 pub mod application;
 pub mod connection;
+pub mod data_key;
 pub mod grant;
 pub mod invocation;
 pub mod provider;
@@ -34,6 +35,7 @@ use crate::event::{AggregateKind, EventMeta};
 pub use agent_service::AgentServiceData;
 pub use application::ApplicationData;
 pub use connection::ConnectionData;
+pub use data_key::DataKeyData;
 pub use grant::GrantData;
 pub use invocation::InvocationData;
 pub use provider::ProviderData;
@@ -55,10 +57,12 @@ pub enum CatalogKind {
     SigningKey,
     AgentService,
     Invocation,
+    /// A zone's wrapped data key (`data_key.rs`).
+    DataKey,
 }
 
 impl CatalogKind {
-    pub const ALL: [CatalogKind; 11] = [
+    pub const ALL: [CatalogKind; 12] = [
         CatalogKind::Application,
         CatalogKind::Provider,
         CatalogKind::Resource,
@@ -70,6 +74,7 @@ impl CatalogKind {
         CatalogKind::SigningKey,
         CatalogKind::AgentService,
         CatalogKind::Invocation,
+        CatalogKind::DataKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +90,7 @@ impl CatalogKind {
             CatalogKind::SigningKey => "signing_key",
             CatalogKind::AgentService => "agent_service",
             CatalogKind::Invocation => "invocation",
+            CatalogKind::DataKey => "data_key",
         }
     }
 
@@ -101,6 +107,7 @@ impl CatalogKind {
             CatalogKind::SigningKey => AggregateKind::SigningKey,
             CatalogKind::AgentService => AggregateKind::AgentService,
             CatalogKind::Invocation => AggregateKind::Invocation,
+            CatalogKind::DataKey => AggregateKind::DataKey,
         }
     }
 
@@ -173,6 +180,12 @@ impl CatalogKind {
                 "invocation.archived",
                 "invocation.secret_revealed",
             ],
+            CatalogKind::DataKey => [
+                "data_key.created",
+                "data_key.updated",
+                "data_key.archived",
+                "data_key.secret_revealed",
+            ],
         }
     }
 }
@@ -192,6 +205,7 @@ pub enum EntityData {
     SigningKey(SigningKeyData),
     AgentService(AgentServiceData),
     Invocation(InvocationData),
+    DataKey(DataKeyData),
 }
 
 impl EntityData {
@@ -206,6 +220,7 @@ impl EntityData {
             EntityData::Session(_) => CatalogKind::Session,
             EntityData::Approval(_) => CatalogKind::Approval,
             EntityData::SigningKey(_) => CatalogKind::SigningKey,
+            EntityData::DataKey(_) => CatalogKind::DataKey,
             EntityData::AgentService(_) => CatalogKind::AgentService,
             EntityData::Invocation(_) => CatalogKind::Invocation,
         }
@@ -472,7 +487,8 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
         | EntityData::Grant(_)
         | EntityData::AuthorityRecord(_)
         | EntityData::Session(_)
-        | EntityData::Approval(_) => None,
+        | EntityData::Approval(_)
+        | EntityData::DataKey(_) => None,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::projection::{Applied, Projection};
 
 use super::checkpoints::write_checkpoints;
 use super::dead_letters::DeadLetter;
+use super::replays;
 use super::Checked;
 use super::{Runner, RunnerError};
 
@@ -150,14 +151,27 @@ impl<P: Projection> Runner<P> {
             return Ok(batch.len() as u64);
         }
         let mut tx = self.pool.begin().await?;
-        self.projection.apply_batch(&mut tx, &batch).await?;
-        self.applied_here += batch.len() as u64;
-        if let Some((p, n)) = &self.cfg.crash_after {
-            if p == name && self.applied_here >= *n {
-                tracing::error!(projection = name, "test hook: aborting inside a batch");
-                std::process::abort();
-            }
+        let (batch, replayed, accepted) =
+            replays::screen(&mut tx, name, batch, |a| self.projection.wants(a)).await?;
+        for (a, seen) in replayed {
+            let e = &a.recorded.envelope;
+            dead.push(DeadLetter {
+                stream: a.recorded.stream_key.clone(),
+                entry_id: a.recorded.entry_id,
+                reason: "replayed",
+                detail: format!(
+                    "event {} ({}) is version {} of {} {}, already applied up to version {seen}",
+                    e.event_id, e.event_type, e.aggregate_version, e.aggregate_kind, e.aggregate_id
+                ),
+                raw: serde_json::json!({
+                    "env": { "hex": hex::encode(&a.recorded.body) },
+                    "kid": a.recorded.kid,
+                    "sig": hex::encode(&a.recorded.sig),
+                }),
+            });
         }
+        self.projection.apply_batch(&mut tx, &batch).await?;
+        accepted.store(&mut tx, name).await?;
         if !dead.is_empty() {
             self.record_dead_letters(&mut tx, &dead).await?;
         }

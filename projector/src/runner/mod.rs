@@ -7,11 +7,13 @@
 //! [`schedule`] decides which streams to read (hot, swept, hinted); [`batch`] verifies,
 //! decodes and applies a batch in one transaction; [`skipping`] moves positions over
 //! batches the projection wants nothing of without one; [`checkpoints`] holds the guarded
-//! checkpoint moves; [`dead_letters`] records refused entries.
+//! checkpoint moves; [`dead_letters`] records refused entries; [`replays`] refuses copies of
+//! old entries added to the log again.
 
 mod batch;
 mod checkpoints;
 mod dead_letters;
+mod replays;
 mod schedule;
 mod skipping;
 
@@ -51,9 +53,6 @@ pub struct ProjectorConfig {
     pub upcasters: Arc<Upcasters>,
     pub batch_size: usize,
     pub block_ms: usize,
-    /// Test hook (`SERVAL_TEST_CRASH_AFTER_EVENTS=<projection>:<n>`): abort the process
-    /// inside the transaction once this projection has applied `n` events in this process.
-    pub crash_after: Option<(String, u64)>,
     /// Apply nothing after this entry id (point-in-time replays). `None` = follow the log.
     pub until: Option<EntryId>,
     /// Called after each committed batch with the number of events it applied.
@@ -68,7 +67,6 @@ impl ProjectorConfig {
             upcasters: Arc::new(Upcasters::default()),
             batch_size: DEFAULT_BATCH_SIZE,
             block_ms: DEFAULT_BLOCK_MS,
-            crash_after: None,
             until: None,
             on_batch: None,
         }
@@ -99,7 +97,6 @@ pub struct Runner<P: Projection> {
     redis: redis::Client,
     cfg: Arc<ProjectorConfig>,
     visibility: Arc<Visibility>,
-    applied_here: u64,
     /// Streams whose position moved past entries this projection wants nothing of without
     /// a transaction: stream → (position stored in Postgres, entries passed since).
     unflushed: BTreeMap<String, (EntryId, u64)>,
@@ -121,7 +118,6 @@ impl<P: Projection> Runner<P> {
             redis,
             cfg,
             visibility,
-            applied_here: 0,
             unflushed: BTreeMap::new(),
             unflushed_since: None,
         }

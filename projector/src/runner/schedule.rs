@@ -67,6 +67,7 @@ impl<P: Projection> Runner<P> {
             Some(read::last_entry_id(&mut conn, &activity).await?)
         };
         let mut total = 0;
+        let mut rotation = 0usize;
         loop {
             let until = self.cfg.until;
             let pending =
@@ -86,9 +87,9 @@ impl<P: Projection> Runner<P> {
                 last_sweep = Some(std::time::Instant::now());
                 let cold = pending(&mut positions.iter().filter(|(k, _)| !hot.contains(*k)));
                 for chunk in cold.chunks(SWEEP_CHUNK) {
-                    let found = self.bounded(
-                        read::read_after(&mut conn, chunk, self.cfg.batch_size, None).await?,
-                    );
+                    let count = per_stream(self.cfg.batch_size, chunk.len());
+                    let found =
+                        self.bounded(read::read_after(&mut conn, chunk, count, None).await?);
                     if !found.is_empty() {
                         hot.extend(found.iter().map(|(k, _)| k.clone()));
                         reply = found;
@@ -105,13 +106,13 @@ impl<P: Projection> Runner<P> {
                         .saturating_sub(last_sweep.map_or(0, |t| t.elapsed().as_millis() as u64));
                     Some((left as usize).clamp(1, self.cfg.block_ms))
                 };
-                let mut streams = hot_streams;
+                let mut streams = window(hot_streams, self.cfg.batch_size, &mut rotation);
                 if let Some(at) = activity_at {
                     streams.push((activity.clone(), at));
                 }
                 if !streams.is_empty() {
-                    let mut raw =
-                        read::read_after(&mut conn, &streams, self.cfg.batch_size, block).await?;
+                    let count = per_stream(self.cfg.batch_size, streams.len());
+                    let mut raw = read::read_after(&mut conn, &streams, count, block).await?;
                     if let Some(i) = raw.iter().position(|(k, _)| *k == activity) {
                         let (_, hints) = raw.swap_remove(i);
                         if let Some((last, _)) = hints.last() {
@@ -202,5 +203,60 @@ impl<P: Projection> Runner<P> {
                 (key, checked)
             })
             .collect()
+    }
+}
+
+/// `COUNT` applies per stream: each of `streams` streams gets an equal share of one batch,
+/// so one `XREAD` returns at most `batch` entries whatever the number of hot streams (one
+/// each when there are more streams than that, see [`window`]).
+fn per_stream(batch: usize, streams: usize) -> usize {
+    (batch / streams.max(1)).max(1)
+}
+
+/// At most `batch` of the hot streams, a different window each round so every stream is
+/// read in turn when there are more hot streams than one batch can hold.
+fn window(
+    mut streams: Vec<(String, EntryId)>,
+    batch: usize,
+    rotation: &mut usize,
+) -> Vec<(String, EntryId)> {
+    let cap = batch.max(1);
+    if streams.len() <= cap {
+        return streams;
+    }
+    let start = *rotation % streams.len();
+    *rotation = rotation.wrapping_add(cap);
+    streams.rotate_left(start);
+    streams.truncate(cap);
+    streams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_is_bounded_by_one_batch_and_every_stream_gets_its_turn() {
+        for (batch, n) in [
+            (500, 1),
+            (500, 3),
+            (500, 499),
+            (500, 501),
+            (500, 20_000),
+            (1, 7),
+        ] {
+            let streams: Vec<(String, EntryId)> =
+                (0..n).map(|i| (format!("s{i}"), EntryId::ZERO)).collect();
+            let mut rotation = 0;
+            let mut seen = BTreeSet::new();
+            for _ in 0..(n / batch.max(1) + 2) {
+                let w = window(streams.clone(), batch, &mut rotation);
+                // Plus the activity stream, read beside them.
+                let total = (w.len() + 1) * per_stream(batch, w.len() + 1);
+                assert!(total <= batch.max(w.len() + 1), "{batch} {n}: {total}");
+                seen.extend(w.into_iter().map(|(k, _)| k));
+            }
+            assert_eq!(seen.len(), n, "{batch} {n}");
+        }
     }
 }

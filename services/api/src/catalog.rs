@@ -103,6 +103,7 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
         CatalogKind::SigningKey => "signing_key_not_found",
         CatalogKind::AgentService => "agent_service_not_found",
         CatalogKind::Invocation => "invocation_not_found",
+        CatalogKind::DataKey => "data_key_not_found",
     })
 }
 

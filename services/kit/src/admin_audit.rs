@@ -3,9 +3,12 @@
 //! A successful `POST/PUT/PATCH/DELETE` is recorded **before** its response is released
 //! (if the record cannot be appended, the caller gets `500 audit_unavailable` although the
 //! change applied); a response with status ≥ 400 is recorded afterwards, off the request
-//! path. Exception: `429 rate_limited` answers are not recorded — the budgets exist to
-//! protect capacity, and a flood of rejected requests must not grow the (never trimmed) log.
+//! path. Exceptions: `429 rate_limited` answers are not recorded — the budgets exist to
+//! protect capacity, and a flood of rejected requests must not grow the (never trimmed) log
+//! — and a refusal without a valid admin token is counted into one record per window
+//! (`refusal_tally`), not recorded one by one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{to_bytes, Body};
@@ -192,6 +195,14 @@ fn build_record(
 
 tokio::task_local! {
     static EARLY: Arc<EarlyAudit>;
+    /// Set by a handler that tied a request without an admin token to an authenticated
+    /// caller's flow (a redeemed OAuth state): its failure is recorded, not only counted.
+    static ATTRIBUTED: AtomicBool;
+}
+
+/// Marks the request being served as attributable (see `ATTRIBUTED`).
+pub fn note_attributed() {
+    let _ = ATTRIBUTED.try_with(|a| a.store(true, Ordering::Relaxed));
 }
 
 /// The record of a write, appended as soon as the write itself is in the log — with the
@@ -266,6 +277,10 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         .map(|r| r.0.clone())
         .unwrap_or_default();
     let headers = req.headers().clone();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let mutation = is_mutation(&method);
     // The one GET that changes state: it stores a provider connection.
     let recorded_get = method == Method::GET && path.ends_with("/oauth/callback");
@@ -294,22 +309,28 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         None
     };
     let t_handler = std::time::Instant::now();
-    let (resp, facts, fired) = match expected {
-        Some(expected) => {
-            let hook = Arc::new(EarlyAudit {
-                facts,
-                expected,
-                state: Mutex::new(EarlyState::default()),
-            });
-            let resp = EARLY.scope(hook.clone(), next.run(req)).await;
-            let Ok(hook) = Arc::try_unwrap(hook) else {
-                tracing::error!("admin audit hook still shared after the handler");
-                return ApiError::internal("admin audit hook still shared").into_response();
-            };
-            let st = hook.state.into_inner().unwrap_or_else(|p| p.into_inner());
-            (resp, hook.facts, st.fired)
-        }
-        None => (next.run(req).await, facts, None),
+    let served = ATTRIBUTED.scope(AtomicBool::new(false), async {
+        let out = match expected {
+            Some(expected) => {
+                let hook = Arc::new(EarlyAudit {
+                    facts,
+                    expected,
+                    state: Mutex::new(EarlyState::default()),
+                });
+                let resp = EARLY.scope(hook.clone(), next.run(req)).await;
+                let Ok(hook) = Arc::try_unwrap(hook) else {
+                    return Err(());
+                };
+                let st = hook.state.into_inner().unwrap_or_else(|p| p.into_inner());
+                (resp, hook.facts, st.fired)
+            }
+            None => (next.run(req).await, facts, None),
+        };
+        Ok((out, ATTRIBUTED.with(|a| a.load(Ordering::Relaxed))))
+    });
+    let Ok(((resp, facts, fired), attributed)) = served.await else {
+        tracing::error!("admin audit hook still shared after the handler");
+        return ApiError::internal("admin audit hook still shared").into_response();
     };
     tracing::debug!(
         elapsed_us = t_handler.elapsed().as_micros() as u64,
@@ -321,6 +342,18 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         return resp;
     }
     let principal = resp.extensions().get::<Principal>().cloned();
+    if principal.is_none() && !success && !attributed {
+        // Proved nothing about its sender: counted, not given a log entry of its own.
+        crate::refusal_tally::count(
+            &app,
+            facts.method.as_str(),
+            &facts.path,
+            status.as_u16(),
+            peer,
+            &facts.rid,
+        );
+        return resp;
+    }
     let (_, ends_in_collection) = entity_of(&facts.path);
     // A create's id is in its response body.
     let (resp, created_id) = if status == StatusCode::CREATED && ends_in_collection {

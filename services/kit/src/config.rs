@@ -147,6 +147,19 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub write_visibility_timeout_ms: u64,
+    /// One write's whole budget: conflict retries and read-model waits included. Past it, a
+    /// write that appended nothing answers `503 write_deadline_exceeded` (safe to retry); one
+    /// that appended answers its result marked `X-Serval-Projection: pending`.
+    #[arg(long, env = "SERVAL_WRITE_DEADLINE_MS", default_value_t = 10_000)]
+    pub write_deadline_ms: u64,
+    /// Unauthenticated `/v1` refusals are counted and recorded as one admin-audit record
+    /// per window of this many seconds (`refusal_tally`).
+    #[arg(
+        long,
+        env = "SERVAL_UNAUTHENTICATED_AUDIT_WINDOW_SECS",
+        default_value_t = 60
+    )]
+    pub unauthenticated_audit_window_secs: u64,
     /// Seconds between runs of the DCR cleanup job (§18; 0 disables it).
     #[arg(long, env = "SERVAL_DCR_CLEANUP_INTERVAL_SECS", default_value_t = 60)]
     pub dcr_cleanup_interval_secs: u64,
@@ -229,9 +242,6 @@ pub struct Config {
         default_value_t = 5
     )]
     pub coordinator_sweep_interval_secs: u64,
-    /// Test hook: `<projection>:<n>` aborts the process inside a batch.
-    #[arg(long, env = "SERVAL_TEST_CRASH_AFTER_EVENTS", hide = true)]
-    pub test_crash_after_events: Option<String>,
 }
 
 /// Keys and tokens after resolving `_FILE` forms and development defaults.
@@ -409,15 +419,5 @@ impl Config {
             Service::Audit => self.audit_port,
             Service::Projector => 0,
         }
-    }
-
-    pub fn crash_hook(&self) -> anyhow::Result<Option<(String, u64)>> {
-        let Some(spec) = &self.test_crash_after_events else {
-            return Ok(None);
-        };
-        let (p, n) = spec
-            .split_once(':')
-            .context("SERVAL_TEST_CRASH_AFTER_EVENTS must be <projection>:<n>")?;
-        Ok(Some((p.to_owned(), n.parse().context("crash hook count")?)))
     }
 }

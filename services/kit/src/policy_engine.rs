@@ -57,6 +57,13 @@ pub enum EngineError {
     NoPolicy,
     #[error("the active policy set version {0} is missing from the read model")]
     MissingVersion(String),
+    /// An invalidation named a version of another zone or set: refused, never installed.
+    #[error("policy set version {version} is not of zone {zone}'s policy set {set}")]
+    ForeignVersion {
+        version: String,
+        zone: String,
+        set: String,
+    },
     #[error("bundle: {0}")]
     Bundle(#[from] BundleError),
     #[error("evaluation: {0}")]
@@ -261,6 +268,19 @@ impl PolicyEngines {
                 .remove(zone);
             return Err(EngineError::MissingVersion(version_id.to_owned()));
         };
+        if version.zone_id != zone || version.policy_set_id != set_id {
+            // A message naming another zone's version (forged in transit, or a stale copy):
+            // forget the zone, so its next request loads the binding from the read model.
+            self.zones
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(zone);
+            return Err(EngineError::ForeignVersion {
+                version: version_id.to_owned(),
+                zone: zone.to_owned(),
+                set: set_id.to_owned(),
+            });
+        }
         let bundle = self.compile_version(pool, &version).await?;
         self.install(
             zone,

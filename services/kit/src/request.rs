@@ -47,11 +47,13 @@ impl Req {
         self.principal.token.scope == serval_domain::admin_token::TokenScope::Global
     }
 
-    /// The request's `Idempotency-Key` record, bound to this method, path and body.
+    /// The request's `Idempotency-Key` record, bound to this method, path and body, and
+    /// named by the authenticated token (never by the attribution header, which the client
+    /// chooses: another token must not reach this record).
     pub fn idempotency(&self, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
         crate::write::idempotency(
             &self.headers,
-            &self.actor().id,
+            &format!("admin:{}", self.principal.token.id),
             &self.method,
             &self.path,
             body,

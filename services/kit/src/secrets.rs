@@ -1,8 +1,10 @@
 //! Secret handling: client-secret generation and Argon2id hashing, and the custody of sealed
 //! secrets (AES-256-GCM under a per-zone data key wrapped by `SECRET_STORE_KEK`).
 //!
-//! A zone's data key is created on first use and kept wrapped in Redis
-//! (`<p>:{z:<zone>}:dek`); events and read models only ever hold ciphertext. The additional
+//! A zone's data key is created by the zone's first seal and kept, wrapped by the KEK, in
+//! the log (catalog kind `data_key`, so in the archive and back after a restore); events
+//! and read models only ever hold ciphertext. A key found only under the Redis key of
+//! earlier versions (`<p>:{z:<zone>}:dek`) is recorded in the log on first use. The additional
 //! data binds every ciphertext to its zone, object and purpose, so a sealed value copied
 //! into another object does not open.
 
@@ -16,7 +18,10 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use rand::RngCore;
 use redis::AsyncCommands;
-use serval_streams::KeySpace;
+use serval_domain::catalog::{data_key, CatalogEvent, Created, DataKeyData, EntityData, Stamp};
+use serval_domain::Event;
+use serval_streams::{AppendError, AppendRequest, EventStore, KeySpace, LogStream};
+use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -151,16 +156,32 @@ pub struct Custody {
     kek: Vec<u8>,
     keys: KeySpace,
     conn: redis::aio::ConnectionManager,
+    pool: PgPool,
+    store: EventStore,
     /// Unwrapped data keys by zone (they never change once created).
     cache: Mutex<HashMap<String, [u8; 32]>>,
 }
 
+/// Who appends a zone's data key.
+const CUSTODIAN: &str = "system:custody";
+/// How long a process waits for the read model to show a data key another process
+/// recorded first.
+const RECORDED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Custody {
-    pub fn new(kek: Vec<u8>, keys: KeySpace, conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(
+        kek: Vec<u8>,
+        keys: KeySpace,
+        conn: redis::aio::ConnectionManager,
+        pool: PgPool,
+        store: EventStore,
+    ) -> Self {
         Custody {
             kek,
             keys,
             conn,
+            pool,
+            store,
             cache: Mutex::default(),
         }
     }
@@ -170,23 +191,104 @@ impl Custody {
         map.get(zone_id).copied()
     }
 
+    /// The zone's wrapped key as the log recorded it (through the catalog read model).
+    async fn recorded(&self, zone_id: &str) -> Result<Option<String>, SecretError> {
+        let id = data_key::object_id(zone_id);
+        let entity = serval_projector::catalog::load(&self.pool, zone_id, &id)
+            .await
+            .map_err(|e| SecretError::Backend(e.to_string()))?;
+        Ok(entity.and_then(|e| match e.data {
+            EntityData::DataKey(k) => Some(k.wrapped),
+            _ => None,
+        }))
+    }
+
+    /// Appends the zone's wrapped key at version 0 of its aggregate: if the log already has
+    /// one (another process, or a restored log), the append conflicts and nothing changes.
+    /// True when this call recorded it.
+    async fn record(&self, zone_id: &str, wrapped: &str) -> Result<bool, SecretError> {
+        let event = CatalogEvent::Created(Created {
+            zone_id: zone_id.to_owned(),
+            data: EntityData::DataKey(DataKeyData {
+                wrapped: wrapped.to_owned(),
+            }),
+            stamp: Stamp {
+                by: CUSTODIAN.to_owned(),
+                via_operator: false,
+            },
+        });
+        let stream = LogStream::Zone(zone_id.to_owned());
+        let req = AppendRequest::new(
+            stream.clone(),
+            Some(zone_id.to_owned()),
+            data_key::object_id(zone_id),
+            0,
+            vec![Event::Catalog(event)],
+            CUSTODIAN,
+        );
+        match self.store.append(&req).await {
+            Ok(_) => {
+                // A zone's first entry may be this one: tell the projectors.
+                if let Err(e) = self.store.hint_activity(&stream).await {
+                    tracing::debug!(error = %e, "activity hint not published");
+                }
+                Ok(true)
+            }
+            Err(AppendError::VersionConflict { .. }) => Ok(false),
+            Err(e) => Err(SecretError::Backend(e.to_string())),
+        }
+    }
+
+    /// Waits for the read model to show the key the log holds.
+    async fn recorded_eventually(&self, zone_id: &str) -> Result<String, SecretError> {
+        let deadline = std::time::Instant::now() + RECORDED_WAIT;
+        loop {
+            if let Some(w) = self.recorded(zone_id).await? {
+                return Ok(w);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(SecretError::Backend(
+                    "the zone's data key is in the log but not yet in the read model".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The zone's data key. It comes from the log (the catalog read model); a key is
+    /// created only by sealing (`create`) and only when the log has none for the zone.
+    /// A key kept only in Redis by an earlier version is recorded in the log first.
     async fn data_key(&self, zone_id: &str, create: bool) -> Result<[u8; 32], SecretError> {
         if let Some(k) = self.cached(zone_id) {
             return Ok(k);
         }
-        let key = self.keys.data_key(zone_id);
         let aad = format!("serval.dek.v1\n{zone_id}");
-        let mut conn = self.conn.clone();
-        let backend = |e: redis::RedisError| SecretError::Backend(e.to_string());
-        let mut wrapped: Option<String> = conn.get(&key).await.map_err(backend)?;
-        if wrapped.is_none() && create {
-            let fresh = seal_with(&self.kek, &aad, &random::<32>())?;
-            // NX: concurrent first uses agree on one key.
-            let _: bool = conn.set_nx(&key, &fresh).await.map_err(backend)?;
-            wrapped = conn.get(&key).await.map_err(backend)?;
-        }
-        let wrapped =
-            wrapped.ok_or_else(|| SecretError::Backend("zone data key is missing".into()))?;
+        let wrapped = match self.recorded(zone_id).await? {
+            Some(w) => w,
+            None => {
+                let mut conn = self.conn.clone();
+                let legacy: Option<String> = conn
+                    .get(self.keys.data_key(zone_id))
+                    .await
+                    .map_err(|e| SecretError::Backend(e.to_string()))?;
+                let candidate = match (legacy, create) {
+                    (Some(w), _) => w,
+                    (None, true) => seal_with(&self.kek, &aad, &random::<32>())?,
+                    // Sealed data whose key the log does not hold: an error, never a reason
+                    // to make a key (data sealed under it would be unreadable).
+                    (None, false) => {
+                        return Err(SecretError::Backend(
+                            "the zone's data key is not in the log".into(),
+                        ))
+                    }
+                };
+                if self.record(zone_id, &candidate).await? {
+                    candidate
+                } else {
+                    self.recorded_eventually(zone_id).await?
+                }
+            }
+        };
         let raw = open_with(&self.kek, &aad, &wrapped)?;
         let dek: [u8; 32] = raw.try_into().map_err(|_| SecretError::Corrupt)?;
         let mut map = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -220,8 +220,14 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
     for _ in 1..DEFAULT_REDIS_CONNECTIONS {
         conns.push(connect_redis(&cfg.redis_url).await?.1);
     }
-    let custody = crate::secrets::Custody::new(secrets.kek.clone(), keys.clone(), redis.clone());
-    let store = EventStore::with_connections(conns, keys, signer);
+    let store = EventStore::with_connections(conns, keys.clone(), signer);
+    let custody = crate::secrets::Custody::new(
+        secrets.kek.clone(),
+        keys,
+        redis.clone(),
+        pool.clone(),
+        store.clone(),
+    );
     Ok(Arc::new(AppState {
         cfg,
         secrets,

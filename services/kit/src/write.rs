@@ -3,6 +3,7 @@
 //! until the read model has passed the new entry so the caller reads its own write.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -165,10 +166,34 @@ pub async fn catch_up(app: &App, projection: &str, stream: &LogStream) -> bool {
 }
 
 async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
+    wait_visible_until(app, projection, stream, id, None).await
+}
+
+/// `wait_visible`, cut at `deadline` when one is given.
+async fn wait_visible_until(
+    app: &App,
+    projection: &str,
+    stream: &LogStream,
+    id: EntryId,
+    deadline: Option<Instant>,
+) -> bool {
     let key = app.store.keys().log(stream);
+    let mut timeout = app.visibility_timeout();
+    if let Some(d) = deadline {
+        timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+    }
     app.visibility
-        .wait(&app.pool, projection, &key, id, app.visibility_timeout())
+        .wait(&app.pool, projection, &key, id, timeout)
         .await
+}
+
+/// The answer of a write whose deadline passed before anything was appended.
+fn deadline_exceeded() -> Failure {
+    Failure::Api(
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "write_deadline_exceeded").description(
+            "the write could not be completed within its deadline; nothing was written, retry the request",
+        ),
+    )
 }
 
 fn replay(
@@ -199,7 +224,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<AppendRequest, Failure>>,
 {
+    let deadline = Instant::now() + Duration::from_millis(app.cfg.write_deadline_ms);
     for _ in 0..MAX_ATTEMPTS {
+        if Instant::now() >= deadline {
+            return Err(deadline_exceeded());
+        }
         let mut req = build().await?;
         req.stream = stream.clone();
         req.idempotency = idem.clone();
@@ -225,7 +254,8 @@ where
                 // The request's admin-audit record goes to the log while we wait below.
                 crate::admin_audit::note_written(app, &req.aggregate_id);
                 let t1 = std::time::Instant::now();
-                let visible = wait_visible(app, projection, &stream, last).await;
+                let visible =
+                    wait_visible_until(app, projection, &stream, last, Some(deadline)).await;
                 tracing::debug!(
                     elapsed_us = t1.elapsed().as_micros() as u64,
                     projection,
@@ -260,7 +290,8 @@ where
                         "incomplete idempotency record",
                     )));
                 };
-                let visible = wait_visible(app, projection, &stream, last).await;
+                let visible =
+                    wait_visible_until(app, projection, &stream, last, Some(deadline)).await;
                 return Ok(Outcome::ReplayUnrecorded {
                     aggregate_id,
                     visible,
@@ -275,7 +306,7 @@ where
                     .last_entry_id(&key)
                     .await
                     .map_err(ApiError::from)?;
-                wait_visible(app, projection, &stream, head).await;
+                wait_visible_until(app, projection, &stream, head, Some(deadline)).await;
             }
             Err(AppendError::ReservationTaken { key }) => return Err(Failure::Taken { key }),
             Err(e) => return Err(Failure::Api(ApiError::internal(e))),
@@ -296,8 +327,16 @@ pub async fn respond(
     body: Option<Value>,
     visible: bool,
 ) -> Response {
-    let text = body.as_ref().map(Value::to_string).unwrap_or_default();
     if let Some(i) = idem {
+        // The record outlives the answer by a day in Redis: it never holds a credential
+        // (docs/idempotency.md — a replayed answer omits them).
+        let text = body
+            .clone()
+            .map(|mut b| {
+                withhold_credentials(&mut b);
+                b.to_string()
+            })
+            .unwrap_or_default();
         if let Err(e) = app
             .store
             .record_response(stream, &i.key_digest, status.as_u16(), &text)
@@ -315,6 +354,32 @@ pub async fn respond(
             .insert(PROJECTION_HEADER, HeaderValue::from_static("pending"));
     }
     resp
+}
+
+/// Fields of a write's answer that carry a credential issued or accepted by the write.
+const CREDENTIAL_FIELDS: [&str; 10] = [
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "bearer_token",
+    "password",
+    "private_key",
+    "assertion",
+];
+
+/// Removes every credential field, at any depth, from an answer about to be recorded.
+pub fn withhold_credentials(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !CREDENTIAL_FIELDS.contains(&k.to_ascii_lowercase().as_str()));
+            m.values_mut().for_each(withhold_credentials);
+        }
+        Value::Array(items) => items.iter_mut().for_each(withhold_credentials),
+        _ => {}
+    }
 }
 
 /// Answers a replayed request with its recorded first answer.

@@ -37,9 +37,10 @@ pub async fn start(
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, relay_conn) = serval_kit::state::connect_redis(&app.cfg.redis_url).await?;
-    let mut cfg = ProjectorConfig::new(app.store.keys().clone(), app.store.signer().clone());
-    cfg.crash_after = app.cfg.crash_hook()?;
-    let cfg = Arc::new(cfg);
+    let cfg = Arc::new(ProjectorConfig::new(
+        app.store.keys().clone(),
+        app.store.signer().clone(),
+    ));
     let relay_key = Some(app.secrets.streams_key.clone());
     Ok(vec![
         spawn_runner(app, &client, &cfg, ZonesProjection, stop),

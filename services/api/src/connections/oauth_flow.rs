@@ -143,6 +143,9 @@ pub(super) async fn callback(
         .ok_or_else(|| {
             ApiError::bad_request("oauth_state_invalid").description("unknown or used state")
         })?;
+    // A state an authenticated caller obtained: the callback is attributable, so it is
+    // recorded on its own even when it fails (an unknown state is only counted).
+    serval_kit::admin_audit::note_attributed();
     if pending.zone_id != zone {
         return Err(ApiError::bad_request("oauth_state_mismatch")
             .description("the state was issued for another zone"));
