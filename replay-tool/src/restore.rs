@@ -43,8 +43,11 @@ struct Derived {
 
 impl Derived {
     fn apply(&mut self, env: &Envelope, up: &Upcasters) {
-        self.versions
-            .insert(env.aggregate_id.clone(), env.aggregate_version);
+        // Single-event aggregates are appended without a versions-index entry.
+        if !matches!(env.aggregate_kind.as_str(), "admin_audit" | "audit") {
+            self.versions
+                .insert(env.aggregate_id.clone(), env.aggregate_version);
+        }
         let meta = EventMeta {
             event_id: env.event_id.clone(),
             aggregate_id: env.aggregate_id.clone(),

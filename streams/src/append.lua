@@ -7,7 +7,9 @@
 -- KEYS[4 .. 3+R]     uniqueness reservations to take
 -- KEYS[4+R .. 3+R+L] reservations to release (only if we own them)
 --
--- ARGV[1] aggregate id        ARGV[2] expected version   ARGV[3] event count N
+-- ARGV[1] aggregate id        ARGV[2] expected version (-1: a single-event aggregate of a
+--                                                      fresh id, not tracked in KEYS[2])
+-- ARGV[3] event count N
 -- ARGV[4] R                   ARGV[5] L                  ARGV[6] owner (aggregate id)
 -- ARGV[7] idempotency TTL s   ARGV[8] request fingerprint
 -- ARGV[9 ..] N triples: envelope bytes, key id, signature hex
@@ -30,9 +32,12 @@ if idem_ttl > 0 then
   end
 end
 
-local current = tonumber(redis.call('HGET', KEYS[2], agg) or '0')
-if current ~= expected then
-  return {'conflict', tostring(current)}
+local tracked = expected >= 0
+if tracked then
+  local current = tonumber(redis.call('HGET', KEYS[2], agg) or '0')
+  if current ~= expected then
+    return {'conflict', tostring(current)}
+  end
 end
 
 for i = 1, r do
@@ -47,7 +52,9 @@ for i = 0, n - 1 do
   local b = 9 + i * 3
   out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'env', ARGV[b], 'kid', ARGV[b + 1], 'sig', ARGV[b + 2])
 end
-redis.call('HSET', KEYS[2], agg, string.format('%d', expected + n))
+if tracked then
+  redis.call('HSET', KEYS[2], agg, string.format('%d', expected + n))
+end
 
 for i = 1, r do
   redis.call('SET', KEYS[3 + i], owner)

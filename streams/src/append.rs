@@ -57,6 +57,11 @@ pub struct AppendRequest {
     pub reserve: Vec<Reservation>,
     pub release: Vec<Reservation>,
     pub idempotency: Option<Idempotency>,
+    /// A single-event aggregate whose id is fresh (an admin-audit record, an audit frame):
+    /// appended at version 1 without a versions-index entry, so the index does not grow by
+    /// one field per record forever. Deduplication, where needed, is the idempotency
+    /// record's (it expires).
+    pub one_shot: bool,
 }
 
 impl AppendRequest {
@@ -82,7 +87,14 @@ impl AppendRequest {
             reserve: Vec::new(),
             release: Vec::new(),
             idempotency: None,
+            one_shot: false,
         }
+    }
+
+    /// Marks the request as a single-event aggregate (see [`AppendRequest::one_shot`]).
+    pub fn one_shot(mut self) -> Self {
+        self.one_shot = true;
+        self
     }
 
     /// Records the HTTP request id as request and correlation id.
@@ -253,8 +265,13 @@ impl EventStore {
         for r in &req.release {
             inv.key(self.keys.reservation(stream, r.kind, &r.value));
         }
+        let expected = if req.one_shot {
+            -1
+        } else {
+            i64::try_from(req.expected_version).unwrap_or(i64::MAX)
+        };
         inv.arg(&req.aggregate_id)
-            .arg(req.expected_version)
+            .arg(expected)
             .arg(sealed.len())
             .arg(req.reserve.len())
             .arg(req.release.len())

@@ -427,3 +427,95 @@ async fn frames_a_crashed_consumer_left_pending_are_claimed_and_ingested() {
     };
     assert_eq!(count, Some(redis::Value::Int(0)), "{pending:?}");
 }
+
+/// Issue 14 item 8: ingested frames and admin-audit records are single-event aggregates:
+/// they add no field to the zone's versions index (which is never trimmed), and a
+/// re-delivered frame is still recognised (a duplicate) while a different frame under a
+/// used id is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_and_admin_records_do_not_grow_the_versions_index() {
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "ledger"})).await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    let store = server.store().await;
+    let versions = store
+        .keys()
+        .versions(&serval_streams::LogStream::Zone(z.clone()));
+    let fields = || {
+        let (mut conn, key) = (store.connection(), versions.clone());
+        async move {
+            redis::cmd("HLEN")
+                .arg(&key)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let before = fields().await;
+    let n = 50;
+    for i in 0..n {
+        let e = exchange(
+            &z,
+            &format!("grow-{i}"),
+            &format!("rq-{i}"),
+            "allow",
+            "2026-11-30T10:00:00Z",
+            json!({}),
+        );
+        frame(&server, &e).await;
+        // Each refused request of an authenticated caller is an admin-audit record too.
+        let (s, _) = admin
+            .get(&format!("/v1/zones/{z}/applications/not-an-app-{i}"))
+            .await;
+        assert_eq!(s, 404);
+    }
+    let again = exchange(
+        &z,
+        "grow-0",
+        "rq-0",
+        "allow",
+        "2026-11-30T10:00:00Z",
+        json!({}),
+    );
+    frame(&server, &again).await;
+    let forged = exchange(
+        &z,
+        "grow-1",
+        "rq-1",
+        "deny",
+        "2026-11-30T10:00:00Z",
+        json!({}),
+    );
+    frame(&server, &forged).await;
+    let audit = format!("/v1/zones/{z}/audit?limit=500");
+    common::eventually(30, || async {
+        let (_, v) = admin.get(&audit).await;
+        (v["items"].as_array().map(Vec::len) >= Some(n)).then_some(())
+    })
+    .await;
+    common::eventually(30, || async {
+        dlq_reasons(&server)
+            .await
+            .iter()
+            .any(|r| r.starts_with("tamper_on_replay"))
+            .then_some(())
+    })
+    .await;
+    let (_, v) = admin.get(&audit).await;
+    let ours = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with("grow-")))
+        .count();
+    assert_eq!(
+        ours, n,
+        "each frame once: the re-delivery and the forgery were not added"
+    );
+    assert_eq!(
+        fields().await,
+        before,
+        "no versions-index field per frame or record"
+    );
+}

@@ -14,14 +14,17 @@ use redis::AsyncCommands;
 use serval_domain::audit::{self, AuditEvent, AuditRecord, FrameError};
 use serval_domain::validation::is_valid_identifier;
 use serval_domain::Event;
-use serval_streams::append::AppendError;
-use serval_streams::{topics, AppendRequest, LogStream};
-use sha2::Sha256;
+use serval_streams::append::Idempotency;
+use serval_streams::{topics, AppendOutcome, AppendRequest, LogStream};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use serval_kit::state::App;
 
 pub const GROUP: &str = "audit-ingestor";
+/// How long a frame's id is remembered for recognising a re-delivery (a consumer that
+/// died is claimed from within minutes; the DLQ holds frames that were never ingested).
+const FRAME_DEDUP_SECS: u64 = 7 * 24 * 3600;
 
 /// What became of one frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +73,8 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
         return Ok(Outcome::DeadLetter("unknown_zone".into()));
     }
     let stream = LogStream::Zone(record.zone_id.clone());
-    let req = AppendRequest::new(
+    let fingerprint = audit::content_sha256(&record);
+    let mut req = AppendRequest::new(
         stream.clone(),
         Some(record.zone_id.clone()),
         record.id.clone(),
@@ -78,27 +82,23 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
         vec![Event::Audit(AuditEvent::Ingested(record.clone()))],
         "system:audit-ingestor".to_owned(),
     )
-    .with_request_id(&record.request_id);
+    .with_request_id(&record.request_id)
+    .one_shot();
+    // Re-deliveries are recognised by an expiring record of the frame's id (the versions
+    // index would keep one field per frame forever), bound to the frame's content.
+    req.idempotency = Some(Idempotency {
+        key_digest: hex::encode(Sha256::digest(format!("audit-frame\n{}", record.id))),
+        fingerprint: fingerprint.clone(),
+        ttl_secs: Some(FRAME_DEDUP_SECS),
+    });
     match app.store.append(&req).await {
-        Ok(_) => Ok(Outcome::Ingested),
-        // The id is taken: a re-delivery (benign) or a different frame under a used id.
-        Err(AppendError::VersionConflict { .. }) => {
-            let mut stored = None;
-            for _ in 0..50 {
-                stored = serval_projector::audit::load(&app.pool, &record.zone_id, &record.id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if stored.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            match stored {
-                Some(s) if s.content_sha256 == audit::content_sha256(&record) => {
-                    Ok(Outcome::Duplicate)
-                }
-                Some(_) => Ok(Outcome::DeadLetter("tamper_on_replay".into())),
-                None => Err("the stored record of a duplicate id is not visible".into()),
+        Ok(AppendOutcome::Appended { .. }) => Ok(Outcome::Ingested),
+        // The id was ingested: a re-delivery (benign) or a different frame under a used id.
+        Ok(AppendOutcome::Duplicate(first)) => {
+            if first.fingerprint() == Some(fingerprint.as_str()) {
+                Ok(Outcome::Duplicate)
+            } else {
+                Ok(Outcome::DeadLetter("tamper_on_replay".into()))
             }
         }
         Err(e) => Err(e.to_string()),

@@ -505,7 +505,9 @@ async fn append(app: &App, mut record: AdminAuditRecord, hint: bool) -> Result<(
         vec![Event::AdminAudit(AdminAuditEvent::Recorded(record))],
         actor,
     )
-    .with_request_id(&rid);
+    .with_request_id(&rid)
+    // A fresh id per record: nothing to serialize against, no versions-index field.
+    .one_shot();
     app.store.append(&req).await.map_err(|e| e.to_string())?;
     if hint {
         crate::write::hint_new_stream(app, &stream).await;
