@@ -100,6 +100,29 @@ async fn secrets_appear_nowhere_in_plaintext() {
         .post(&format!("{apps}/{app_id}/rotate-secret"), json!({}))
         .await;
     secrets.push(r["client_secret"].as_str().unwrap().to_owned());
+    // The same, under an Idempotency-Key, retried (issue 14 item 2: the record keeps no
+    // secret).
+    for path in [apps.clone(), format!("{apps}/{app_id}/rotate-secret")] {
+        let body = if path == apps {
+            json!({"name": "idempotent-agent", "registration_method": "managed"})
+        } else {
+            json!({})
+        };
+        for _ in 0..2 {
+            let r = admin
+                .req(reqwest::Method::POST, &path)
+                .header("idempotency-key", format!("k-{}", path.len()))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            let v: Value = r.json().await.unwrap();
+            if let Some(sec) = v["client_secret"].as_str() {
+                secrets.push(sec.to_owned());
+            }
+        }
+    }
     let (s, shown) = admin.get(&format!("{apps}/{app_id}/client-secret")).await;
     assert_eq!(s, 200, "{shown}");
     let (_, d) = admin

@@ -231,6 +231,32 @@ async fn the_engine_cache_follows_the_log_and_fails_closed() {
         compiled
     );
 
+    // Issue 14 item 1: a validly signed invalidation naming another zone with this zone's
+    // version (a forged or misrouted message) is refused: the other zone stays fail-closed.
+    let (_, other) = admin.post("/v1/zones", json!({ "name": "Other" })).await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let store = server.store().await;
+    let mut conn = store.connection();
+    serval_streams::topics::publish(
+        &mut conn,
+        &format!(
+            "{}:{}",
+            server.prefix,
+            serval_streams::topics::POLICY_INVALIDATE
+        ),
+        Some(&hex::decode(&server.keys.streams).unwrap()),
+        &[
+            (
+                "outbox_id".to_owned(),
+                Some(uuid::Uuid::now_v7().to_string()),
+            ),
+            ("zone_id".to_owned(), Some(other.clone())),
+            ("policy_set_id".to_owned(), Some(set.clone())),
+            ("policy_set_version_id".to_owned(), Some(v1.clone())),
+        ],
+    )
+    .await
+    .unwrap();
     // Activating the narrower version changes the decision.
     let (s, _) = admin
         .post(
@@ -248,6 +274,13 @@ async fn the_engine_cache_follows_the_log_and_fails_closed() {
         r["result"]["diagnostics"],
         json!([{"reason": "role_scope_mismatch"}]),
         "{r}"
+    );
+    // The follower handles messages in order: the forged one was handled before this one.
+    let (s, r) = sts.decide(&other, &mint(&other, &["ledger:write"])).await;
+    assert_eq!(
+        (s, r["error"].as_str()),
+        (503, Some("policy_eval_failed")),
+        "another zone's version was installed: {r}"
     );
 
     // Deleting the active set: deny everything again.
