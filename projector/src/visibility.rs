@@ -45,6 +45,11 @@ impl Visibility {
         });
     }
 
+    /// Where this process knows `projection` to stand on `stream` (zero when unknown).
+    pub fn current(&self, projection: &str, stream: &str) -> EntryId {
+        *self.sender(projection, stream).borrow()
+    }
+
     /// Waits until `projection` has passed `id` on `stream`, at most `timeout`.
     /// Returns whether it did.
     pub async fn wait(

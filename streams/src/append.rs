@@ -377,4 +377,28 @@ impl EventStore {
     pub async fn last_entry_id(&self, stream_key: &str) -> Result<EntryId, redis::RedisError> {
         crate::read::last_entry_id(&mut self.connection(), stream_key).await
     }
+
+    /// The last entry id of each stream (zero for an empty one), in one round trip.
+    pub async fn last_entry_ids(&self, keys: &[String]) -> Result<Vec<EntryId>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("XREVRANGE")
+                .arg(k)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<redis::streams::StreamRangeReply> =
+            pipe.query_async(&mut self.connection()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.ids
+                    .first()
+                    .and_then(|s| s.id.parse().ok())
+                    .unwrap_or(EntryId::ZERO)
+            })
+            .collect())
+    }
 }

@@ -22,6 +22,7 @@ use super::routes::Routes;
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
+use serval_kit::read_cache::{self, Dependency};
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Failure, Outcome};
@@ -136,15 +137,24 @@ async fn live_zone(app: &App, id: &str) -> Result<Zone, ApiError> {
         .ok_or_else(|| ApiError::not_found("zone_not_found"))
 }
 
-async fn list(State(app): State<App>, Query(q): Query<PageQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(State(app): State<App>, Query(q): Query<PageQuery>) -> Result<Response, ApiError> {
     let page = q.parse(pagination::STANDARD)?;
-    let zones = read::list_page(&app.pool, page.after, page.limit).await?;
-    Ok(Json(pagination::page(
-        &zones,
-        page.limit,
-        |z| (z.created_at, z.id.clone()),
-        render,
-    )))
+    let key = format!("zones|{:?}|{}", page.after, page.limit);
+    let deps = [Dependency {
+        projection: ZONES,
+        stream: &LogStream::System,
+    }];
+    let body = read_cache::json(&app, key, &deps, || async {
+        let zones = read::list_page(&app.pool, page.after.clone(), page.limit).await?;
+        Ok(pagination::page(
+            &zones,
+            page.limit,
+            |z| (z.created_at, z.id.clone()),
+            render,
+        ))
+    })
+    .await?;
+    Ok(read_cache::respond(body))
 }
 
 async fn get_one(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod policy_engine;
 pub mod rate_limit;
+pub mod read_cache;
 pub mod refusal_tally;
 pub mod request;
 pub mod secrets;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub custody: crate::secrets::Custody,
     /// Verifies STS mandates in process (Coordinator, Gateway).
     pub mandates: crate::mandate::MandateVerifier,
+    /// List answers kept while their read models have not moved (`read_cache`).
+    pub read_cache: crate::read_cache::ReadCache,
 }
 
 impl AppState {
@@ -241,5 +243,6 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         sts_local: AtomicBool::new(false),
         custody,
         mandates: Default::default(),
+        read_cache: Default::default(),
     }))
 }
