@@ -189,6 +189,9 @@ struct Plan {
 async fn check(ctx: &Context, pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Plan> {
     let mut conn = ctx.conn.clone();
     let live_last = serval_streams::read::last_entry_id(&mut conn, s).await?;
+    // A stream only takes ids above the last it ever generated (entries deleted from its
+    // end still count): archived entries at or below it could not be added.
+    let generated = last_generated_id(&mut conn, s).await?;
     let mut after = EntryId::ZERO;
     let mut to_add = 0u64;
     loop {
@@ -248,6 +251,16 @@ async fn check(ctx: &Context, pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Pl
                 );
             }
         }
+        if let Some(r) = page
+            .iter()
+            .find(|r| r.entry_id > live_last && r.entry_id <= generated)
+        {
+            anyhow::bail!(
+                "archived entry {s} {} is missing from the live stream, which has already \
+                 generated ids up to {generated}: it cannot be added back; nothing was restored",
+                r.entry_id
+            );
+        }
         to_add += page.iter().filter(|r| r.entry_id > live_last).count() as u64;
         after = last.entry_id;
     }
@@ -275,14 +288,26 @@ async fn derive_keys(ctx: &Context, s: &str, log: &LogStream) -> anyhow::Result<
     }
     let mut conn = ctx.conn.clone();
     let versions_key = ctx.keys.versions(log);
-    let _: () = conn.del(&versions_key).await?;
+    // Versions are only ever raised: an append landing meanwhile keeps its newer version,
+    // and the index never goes back (a new event would reuse a version).
+    let raise = redis::Script::new(
+        r"for i = 1, #ARGV, 2 do
+            local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+            if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+          end
+          return 0",
+    );
     let pairs: Vec<(String, u64)> = derived
         .versions
         .iter()
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     for chunk in pairs.chunks(1_000) {
-        let _: () = conn.hset_multiple(&versions_key, chunk).await?;
+        let mut inv = raise.key(&versions_key);
+        for (k, v) in chunk {
+            inv.arg(k).arg(*v);
+        }
+        let _: i64 = inv.invoke_async(&mut conn).await?;
     }
     for (kind, value, owner) in derived.reservations() {
         let _: () = conn
@@ -290,4 +315,27 @@ async fn derive_keys(ctx: &Context, s: &str, log: &LogStream) -> anyhow::Result<
             .await?;
     }
     Ok(())
+}
+
+/// The stream's last generated id (`XINFO STREAM`), zero when the stream does not exist.
+async fn last_generated_id(
+    conn: &mut redis::aio::MultiplexedConnection,
+    s: &str,
+) -> anyhow::Result<EntryId> {
+    let exists: bool = conn.exists(s).await?;
+    if !exists {
+        return Ok(EntryId::ZERO);
+    }
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(s)
+        .query_async(conn)
+        .await?;
+    let id = match info.get("last-generated-id") {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(t)) => t.clone(),
+        _ => anyhow::bail!("{s}: XINFO STREAM gave no last-generated-id"),
+    };
+    id.parse()
+        .map_err(|_| anyhow::anyhow!("{s}: unreadable last-generated-id {id}"))
 }

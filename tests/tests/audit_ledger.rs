@@ -518,4 +518,25 @@ async fn frames_and_admin_records_do_not_grow_the_versions_index() {
         before,
         "no versions-index field per frame or record"
     );
+
+    // Frame ids are unique per zone: another zone's frame under a used id is its own.
+    let (_, z2) = admin.post("/v1/zones", json!({"name": "ledger two"})).await;
+    let z2 = z2["id"].as_str().unwrap().to_owned();
+    let theirs = exchange(
+        &z2,
+        "grow-0",
+        "rq-z2",
+        "allow",
+        "2026-11-30T10:00:00Z",
+        json!({}),
+    );
+    frame(&server, &theirs).await;
+    common::eventually(30, || async {
+        let (_, v) = admin.get(&format!("/v1/zones/{z2}/audit")).await;
+        v["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["id"] == "grow-0"))
+            .then_some(())
+    })
+    .await;
 }

@@ -347,8 +347,9 @@ async fn a_tampered_entry_is_dead_lettered_never_applied_and_reported() {
 }
 
 /// Issue 14 item 1: a genuine entry added to the log again (a byte-identical, validly
-/// signed copy) is refused by every projection as `replayed`: the read model does not roll
-/// back, the archiver goes on with later entries, and `serval-replay verify` names it.
+/// signed copy) is refused by the projections as `replayed` (the archive skips it by its
+/// event id): the read model does not roll back, the archiver goes on with later entries,
+/// and `serval-replay verify` names it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_genuine_entry_added_to_the_log_again_is_refused_not_applied_again() {
     let server = Server::start(Options::default()).await;
@@ -404,17 +405,13 @@ async fn a_genuine_entry_added_to_the_log_again_is_refused_not_applied_again() {
         .fetch_all(&pool)
         .await
         .unwrap();
-        rows.iter()
-            .any(|(p, _)| p == "archive")
-            .then_some(rows)
+        rows.iter().any(|(p, _)| p == "zones").then_some(rows)
     })
     .await;
-    for p in ["zones", "archive"] {
-        assert!(
-            refused.iter().any(|(q, _)| q == p),
-            "{p} refused it: {refused:?}"
-        );
-    }
+    assert!(
+        refused.iter().any(|(q, _)| q == "zones"),
+        "zones refused it: {refused:?}"
+    );
     assert!(
         refused[0].1.contains("already applied up to version 3"),
         "{refused:?}"

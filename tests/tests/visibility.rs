@@ -271,3 +271,71 @@ async fn a_write_that_cannot_complete_answers_at_its_deadline() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "write_deadline_exceeded", "{body}");
 }
+
+/// Issue 18: list answers are cached per process, invalidated by projection commits, and a
+/// read never answers a state older than a write acknowledged before it began — through the
+/// same process or another, with the projector in the reading process or not. 8 clients,
+/// each alternating the process it writes through and the one it reads through, 1,040
+/// write-then-read interleavings over the zones and the applications lists.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_lists_never_answer_older_than_an_acknowledged_write() {
+    let keys = Keys::default();
+    let db = common::fresh_db().await;
+    let prefix = common::unique(common::KEY_PREFIX);
+    // The projector runs in `full` only: `api` learns of commits through Postgres.
+    let full = Server::start(Options::sharing(&db, &prefix, &keys, vec![])).await;
+    let api = Server::start(Options::sharing(&db, &prefix, &keys, vec!["api"])).await;
+    let (a, b) = (Admin::new(&full), Admin::new(&api));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let (a, b) = (a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let (s, z) = a.post("/v1/zones", json!({"name": format!("c{c}")})).await;
+            assert_eq!(s, 201);
+            let zone = z["id"].as_str().unwrap().to_owned();
+            let (s, app) = a
+                .post(
+                    &format!("/v1/zones/{zone}/applications"),
+                    json!({"name": format!("c{c}-app"), "registration_method": "managed"}),
+                )
+                .await;
+            assert_eq!(s, 201, "{app}");
+            let app = app["id"].as_str().unwrap().to_owned();
+            for r in 0..65 {
+                let (w, rd) = if r % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let name = format!("c{c}-r{r}");
+                let (s, _) = w
+                    .patch(&format!("/v1/zones/{zone}"), json!({"name": name}))
+                    .await;
+                assert_eq!(s, 200);
+                let (s, list) = rd.get("/v1/zones?limit=100").await;
+                assert_eq!(s, 200, "{list}");
+                let seen = list["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|z| z["id"] == zone.as_str())
+                    .map(|z| z["name"].clone());
+                assert_eq!(seen, Some(json!(name)), "zones list older than the write");
+
+                let (s, _) = w
+                    .patch(
+                        &format!("/v1/zones/{zone}/applications/{app}"),
+                        json!({"name": format!("{name}-app")}),
+                    )
+                    .await;
+                assert_eq!(s, 200);
+                let (s, list) = rd.get(&format!("/v1/zones/{zone}/applications")).await;
+                assert_eq!(s, 200, "{list}");
+                assert_eq!(
+                    list["items"][0]["name"],
+                    json!(format!("{name}-app")),
+                    "applications list older than the write"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -151,8 +151,12 @@ impl<P: Projection> Runner<P> {
             return Ok(batch.len() as u64);
         }
         let mut tx = self.pool.begin().await?;
-        let (batch, replayed, accepted) =
-            replays::screen(&mut tx, name, batch, |a| self.projection.wants(a)).await?;
+        // The archive refuses a copy by its event id (`ON CONFLICT DO NOTHING`).
+        let guarded = name != serval_schema::projections::ARCHIVE;
+        let (batch, replayed, accepted) = replays::screen(&mut tx, name, batch, |a| {
+            guarded && self.projection.wants(a)
+        })
+        .await?;
         for (a, seen) in replayed {
             let e = &a.recorded.envelope;
             dead.push(DeadLetter {

@@ -5,7 +5,10 @@
 //!
 //! "Above", not "exactly the next": a projection sees only the events it wants, so its
 //! versions of an aggregate legitimately skip; `serval-replay verify` reads every entry and
-//! checks exact continuity.
+//! checks exact continuity. An old version carried by an event *newer* than the last one
+//! applied is not a copy (the versions index went back after a failover): it is applied
+//! with a warning, never dropped. Single-event aggregates are not tracked, nor is the
+//! archive (its `event_id UNIQUE` refuses a copy: `ON CONFLICT DO NOTHING`).
 
 use std::collections::HashMap;
 
@@ -13,15 +16,28 @@ use sqlx::PgConnection;
 
 use crate::projection::Applied;
 
-/// The key of an event's aggregate in `applied_versions`.
+/// The key of an event's aggregate in `applied_versions`: versions are per stream (ids of
+/// some kinds, audit frames' for one, are unique only within a zone).
 fn aggregate_key(a: &Applied) -> String {
     let e = &a.recorded.envelope;
-    format!("{}/{}", e.aggregate_kind, e.aggregate_id)
+    format!(
+        "{}|{}/{}",
+        a.recorded.stream_key, e.aggregate_kind, e.aggregate_id
+    )
+}
+
+/// Whether the guard follows this event's aggregate: single-event aggregates are refused a
+/// second copy by their tables' ids, and tracking them would grow the table per record.
+fn tracked(a: &Applied) -> bool {
+    !matches!(
+        a.recorded.envelope.aggregate_kind.as_str(),
+        "admin_audit" | "audit"
+    )
 }
 
 /// The versions a batch leaves behind, to store with its commit.
 pub(super) struct Accepted {
-    latest: HashMap<String, i64>,
+    latest: HashMap<String, (i64, String)>,
 }
 
 /// Splits `batch` into the events to apply and the replayed ones (with the version already
@@ -35,18 +51,18 @@ pub(super) async fn screen(
     let keys: Vec<String> = {
         let mut k: Vec<String> = batch
             .iter()
-            .filter(|a| wanted(a))
+            .filter(|a| tracked(a) && wanted(a))
             .map(aggregate_key)
             .collect();
         k.sort_unstable();
         k.dedup();
         k
     };
-    let mut latest: HashMap<String, i64> = if keys.is_empty() {
+    let mut latest: HashMap<String, (i64, String)> = if keys.is_empty() {
         HashMap::new()
     } else {
-        sqlx::query_as::<_, (String, i64)>(
-            "SELECT aggregate, version FROM applied_versions
+        sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT aggregate, version, event_id FROM applied_versions
              WHERE projection = $1 AND aggregate = ANY($2)",
         )
         .bind(projection)
@@ -54,23 +70,42 @@ pub(super) async fn screen(
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
+        .map(|(k, v, e)| (k, (v, e)))
         .collect()
     };
-    let mut changed: HashMap<String, i64> = HashMap::new();
+    let mut changed: HashMap<String, (i64, String)> = HashMap::new();
     let mut keep = Vec::with_capacity(batch.len());
     let mut refused = Vec::new();
     for a in batch {
-        if !wanted(&a) {
+        if !tracked(&a) || !wanted(&a) {
             keep.push(a);
             continue;
         }
         let key = aggregate_key(&a);
-        let version = i64::try_from(a.recorded.envelope.aggregate_version).unwrap_or(i64::MAX);
-        match latest.get(&key) {
-            Some(&seen) if version <= seen => refused.push((a, seen as u64)),
-            _ => {
-                latest.insert(key.clone(), version);
-                changed.insert(key, version);
+        let e = &a.recorded.envelope;
+        let version = i64::try_from(e.aggregate_version).unwrap_or(i64::MAX);
+        let seen = latest.get(&key).cloned();
+        match seen {
+            // An old version whose event is not newer than the last applied: a copy.
+            // (UUIDv7 text sorts by creation time.)
+            Some((seen, last_event)) if version <= seen && e.event_id <= last_event => {
+                refused.push((a, seen as u64))
+            }
+            previous => {
+                if let Some((seen, _)) = previous.filter(|(seen, _)| version <= *seen) {
+                    // A new event at a used version: the versions index went back (Redis
+                    // failed over behind the read models). Applied, never dropped.
+                    tracing::warn!(
+                        projection,
+                        aggregate = %key,
+                        version,
+                        applied = seen,
+                        "an aggregate's version went back with a new event; applying it"
+                    );
+                }
+                let entry = (version, e.event_id.clone());
+                latest.insert(key.clone(), entry.clone());
+                changed.insert(key, entry);
                 keep.push(a);
             }
         }
@@ -88,15 +123,24 @@ impl Accepted {
         if self.latest.is_empty() {
             return Ok(());
         }
-        let (keys, versions): (Vec<String>, Vec<i64>) = self.latest.into_iter().unzip();
+        let mut keys = Vec::with_capacity(self.latest.len());
+        let mut versions = Vec::with_capacity(self.latest.len());
+        let mut events = Vec::with_capacity(self.latest.len());
+        for (k, (v, e)) in self.latest {
+            keys.push(k);
+            versions.push(v);
+            events.push(e);
+        }
         sqlx::query(
-            "INSERT INTO applied_versions (projection, aggregate, version)
-             SELECT $1, k, v FROM UNNEST($2::text[], $3::bigint[]) AS t(k, v)
-             ON CONFLICT (projection, aggregate) DO UPDATE SET version = EXCLUDED.version",
+            "INSERT INTO applied_versions (projection, aggregate, version, event_id)
+             SELECT $1, k, v, e FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, v, e)
+             ON CONFLICT (projection, aggregate)
+             DO UPDATE SET version = EXCLUDED.version, event_id = EXCLUDED.event_id",
         )
         .bind(projection)
         .bind(keys)
         .bind(versions)
+        .bind(events)
         .execute(tx)
         .await?;
         Ok(())

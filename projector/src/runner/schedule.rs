@@ -68,6 +68,7 @@ impl<P: Projection> Runner<P> {
         };
         let mut total = 0;
         let mut rotation = 0usize;
+        let mut empty_windows = 0usize;
         loop {
             let until = self.cfg.until;
             let pending =
@@ -97,9 +98,14 @@ impl<P: Projection> Runner<P> {
                     }
                 }
             }
+            // More hot streams than one read holds: the windows rotate, and only a whole
+            // rotation of empty windows is idleness (neither a reason to block nor to stop).
+            let mut rotating = false;
             if reply.is_empty() {
                 let hot_streams = pending(&mut positions.iter().filter(|(k, _)| hot.contains(*k)));
-                let block = if stop_when_idle {
+                let cap = self.cfg.batch_size.max(1);
+                rotating = hot_streams.len() > cap && empty_windows * cap < hot_streams.len();
+                let block = if stop_when_idle || rotating {
                     None
                 } else {
                     let left = SWEEP_INTERVAL_MS
@@ -133,6 +139,11 @@ impl<P: Projection> Runner<P> {
                     tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
                 }
             }
+            if reply.is_empty() && rotating {
+                empty_windows += 1;
+                continue;
+            }
+            empty_windows = 0;
             if reply.is_empty() {
                 // Idle: store the positions moved without a transaction.
                 match self.flush(&positions).await {

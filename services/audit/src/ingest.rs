@@ -22,9 +22,11 @@ use tokio::sync::watch;
 use serval_kit::state::App;
 
 pub const GROUP: &str = "audit-ingestor";
-/// How long a frame's id is remembered for recognising a re-delivery (a consumer that
-/// died is claimed from within minutes; the DLQ holds frames that were never ingested).
-const FRAME_DEDUP_SECS: u64 = 7 * 24 * 3600;
+/// How long a frame's id is remembered for recognising a re-delivery: a frame a dead
+/// consumer left pending is claimed within `SERVAL_AUDIT_CLAIM_IDLE_MS` (30 s) and the DLQ
+/// holds only frames never ingested, so an hour is ample; longer would keep a Redis hash per
+/// frame for nothing.
+const FRAME_DEDUP_SECS: u64 = 3600;
 
 /// What became of one frame.
 #[derive(Debug, PartialEq, Eq)]

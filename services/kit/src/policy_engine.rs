@@ -2,9 +2,11 @@
 //! activated policy-set version and shared by every request and thread.
 //!
 //! Changes arrive through the log: the relay publishes `caracal.policy.invalidate` for
-//! every activation and for the deletion of an active set, and [`listen`] applies each
-//! message (verified `_sig`) by compiling the named version, or by dropping the zone's
-//! bundle when the message carries no version. The request path never polls: it reads the
+//! every activation and for the deletion of an active set, and [`listen`] takes each
+//! message (verified `_sig`) as a hint only: once the policies read model has passed the
+//! zone's log head it reloads the zone's binding from it, so a signed copy of an old message
+//! (or one naming another zone's version) can never install a version the log did not
+//! decide for that zone. The request path never polls: it reads the
 //! cached bundle, and only a zone seen for the first time is loaded from the read model.
 //! A per-zone generation keeps such a first load from overwriting a newer invalidation.
 //! A zone without an active set has no bundle, and its decisions fail closed.
@@ -57,13 +59,6 @@ pub enum EngineError {
     NoPolicy,
     #[error("the active policy set version {0} is missing from the read model")]
     MissingVersion(String),
-    /// An invalidation named a version of another zone or set: refused, never installed.
-    #[error("policy set version {version} is not of zone {zone}'s policy set {set}")]
-    ForeignVersion {
-        version: String,
-        zone: String,
-        set: String,
-    },
     #[error("bundle: {0}")]
     Bundle(#[from] BundleError),
     #[error("evaluation: {0}")]
@@ -246,54 +241,28 @@ impl PolicyEngines {
         }
     }
 
-    /// Applies one `caracal.policy.invalidate` message.
-    pub async fn invalidate(
-        &self,
-        pool: &PgPool,
-        zone: &str,
-        set_id: &str,
-        version_id: Option<&str>,
-    ) -> Result<(), EngineError> {
+    /// Reloads a zone's active bundle from the read model (the binding the log decided).
+    pub async fn reload(&self, pool: &PgPool, zone: &str) -> Result<(), EngineError> {
         let g = self.bump(zone);
-        let Some(version_id) = version_id else {
-            self.install(zone, ZoneState::NoPolicy, Some(g));
-            return Ok(());
-        };
-        let Some(version) = read::load_set_version(pool, version_id).await? else {
-            // Not projected yet (cannot happen for an activation decided on the read
-            // model); the next request loads the binding afresh.
-            self.zones
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(zone);
-            return Err(EngineError::MissingVersion(version_id.to_owned()));
-        };
-        if version.zone_id != zone || version.policy_set_id != set_id {
-            // A message naming another zone's version (forged in transit, or a stale copy):
-            // forget the zone, so its next request loads the binding from the read model.
-            self.zones
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(zone);
-            return Err(EngineError::ForeignVersion {
-                version: version_id.to_owned(),
-                zone: zone.to_owned(),
-                set: set_id.to_owned(),
-            });
+        let state = self.load(pool, zone).await;
+        match state {
+            Ok(s) => {
+                self.install(zone, s, Some(g));
+                Ok(())
+            }
+            Err(e) => {
+                self.forget(zone);
+                Err(e)
+            }
         }
-        let bundle = self.compile_version(pool, &version).await?;
-        self.install(
-            zone,
-            ZoneState::Loaded(Arc::new(Loaded {
-                policy_set_id: set_id.to_owned(),
-                version_id: version.id.clone(),
-                manifest_sha256: version.manifest_sha256.clone(),
-                bundle,
-                loaded_at: Utc::now(),
-            })),
-            Some(g),
-        );
-        Ok(())
+    }
+
+    /// Drops what this process holds for a zone: its next request loads it.
+    pub fn forget(&self, zone: &str) {
+        self.zones
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(zone);
     }
 }
 
@@ -377,12 +346,30 @@ pub async fn listen(app: App, mut stop: watch::Receiver<bool>) {
                     continue;
                 };
                 let version = field_str(&entry.map, "policy_set_version_id");
-                if let Err(e) = app
-                    .engines
-                    .invalidate(&app.pool, &zone, &set, version.as_deref())
-                    .await
-                {
+                if !serval_domain::validation::is_valid_identifier(&zone) {
+                    continue;
+                }
+                // The message is a hint, never the truth: a signed copy of an older one must
+                // not roll a zone back. Once the read model has passed the zone's log head,
+                // the zone's binding is read from it; the message's version must agree.
+                let stream = serval_streams::LogStream::Zone(zone.clone());
+                let caught =
+                    crate::write::catch_up(&app, serval_schema::projections::POLICIES, &stream)
+                        .await;
+                let reloaded = if caught {
+                    app.engines.reload(&app.pool, &zone).await
+                } else {
+                    app.engines.forget(&zone);
+                    Ok(())
+                };
+                if let Err(e) = reloaded {
                     tracing::warn!(zone = %zone, error = %e, "policy bundle reload failed");
+                }
+                if let Some(l) = app.engines.loaded(&zone) {
+                    if version.as_deref() != Some(l.version_id.as_str()) || l.policy_set_id != set {
+                        tracing::warn!(zone = %zone, message_version = ?version, active = %l.version_id,
+                            "a policy invalidation named another version than the zone's active one");
+                    }
                 }
             }
         }

@@ -43,17 +43,24 @@ fn window() -> &'static Mutex<Window> {
     W.get_or_init(Default::default)
 }
 
-/// The route a path belongs to, without its ids: the first two segments after `/v1`
-/// (bounded, so an attacker's paths cannot make keys of their own).
+/// The route a path belongs to, without its ids: `/<seg>/<collection>` and `{id}` for a
+/// third segment, each kept segment at most 32 characters of `[a-z0-9_-]` (so neither an
+/// attacker's ids nor their bytes make keys of their own).
 fn route_of(path: &str) -> String {
-    let mut segs = path.trim_start_matches('/').split('/').take(3);
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(32)
+            .collect()
+    };
+    let mut segs = path.trim_start_matches('/').split('/');
     let mut out = String::new();
-    for s in segs.by_ref() {
+    for s in segs.by_ref().take(2) {
         out.push('/');
-        out.extend(s.chars().take(32));
+        out.push_str(&clean(s));
     }
-    if out.len() > 100 {
-        out.truncate(100);
+    if segs.next().is_some() {
+        out.push_str("/{id}");
     }
     out
 }
@@ -172,8 +179,13 @@ mod tests {
 
     #[test]
     fn routes_are_bounded_and_carry_no_ids() {
-        assert_eq!(route_of("/v1/zones/abc/applications"), "/v1/zones/abc");
+        assert_eq!(route_of("/v1/zones/abc/applications"), "/v1/zones/{id}");
         assert!(route_of(&format!("/v1/{}", "x".repeat(10_000))).len() <= 100);
+        // Multi-byte characters never split (a panic on input, found in review).
+        assert_eq!(
+            route_of(&format!("/v1/{}/{}", "é".repeat(200), "é".repeat(200))),
+            "/v1//{id}"
+        );
     }
 
     #[test]

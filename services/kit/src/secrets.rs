@@ -267,13 +267,23 @@ impl Custody {
             Some(w) => w,
             None => {
                 let mut conn = self.conn.clone();
-                let legacy: Option<String> = conn
-                    .get(self.keys.data_key(zone_id))
-                    .await
-                    .map_err(|e| SecretError::Backend(e.to_string()))?;
+                let backend = |e: redis::RedisError| SecretError::Backend(e.to_string());
+                let legacy_key = self.keys.data_key(zone_id);
+                let mut legacy: Option<String> = conn.get(&legacy_key).await.map_err(backend)?;
+                if legacy.is_none() && create {
+                    // Also under the legacy key, `SET NX`: a process of an earlier version
+                    // (a rolling upgrade) then agrees on this key instead of minting one.
+                    let fresh = seal_with(&self.kek, &aad, &random::<32>())?;
+                    let _: bool = conn.set_nx(&legacy_key, &fresh).await.map_err(backend)?;
+                    legacy = conn.get(&legacy_key).await.map_err(backend)?;
+                }
                 let candidate = match (legacy, create) {
                     (Some(w), _) => w,
-                    (None, true) => seal_with(&self.kek, &aad, &random::<32>())?,
+                    (None, true) => {
+                        return Err(SecretError::Backend(
+                            "the zone's data key could not be stored".into(),
+                        ))
+                    }
                     // Sealed data whose key the log does not hold: an error, never a reason
                     // to make a key (data sealed under it would be unreadable).
                     (None, false) => {
