@@ -110,11 +110,8 @@ pub async fn archive_page(
     after: EntryId,
     page: i64,
 ) -> anyhow::Result<Vec<ArchivedEntry>> {
-    let (ms, seq) = if after == EntryId::ZERO {
-        (-1i64, -1i64)
-    } else {
-        (after.ms as i64, after.seq as i64)
-    };
+    // Every real entry id is above 0-0.
+    let (ms, seq) = (after.ms as i64, after.seq as i64);
     let rows = sqlx::query(
         "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM event_archive
          WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
@@ -142,33 +139,15 @@ pub async fn walk_archive<F>(pool: &PgPool, stream: &str, page: i64, mut f: F) -
 where
     F: FnMut(Vec<ArchivedEntry>) -> anyhow::Result<()>,
 {
-    let mut after = (-1i64, -1i64);
+    let mut after = EntryId::ZERO;
     loop {
-        let rows = sqlx::query(
-            "SELECT entry_ms, entry_seq, envelope, sig, key_id FROM event_archive
-             WHERE stream = $1 AND (stream, entry_ms, entry_seq) > ($1, $2, $3)
-             ORDER BY stream, entry_ms, entry_seq LIMIT $4",
-        )
-        .bind(stream)
-        .bind(after.0)
-        .bind(after.1)
-        .bind(page)
-        .fetch_all(pool)
-        .await?;
+        let rows = archive_page(pool, stream, after, page).await?;
         let n = rows.len() as i64;
-        let Some(last) = rows.last() else {
+        let Some(last) = rows.last().map(|r| r.entry_id) else {
             return Ok(());
         };
-        after = (last.get(0), last.get(1));
-        f(rows
-            .iter()
-            .map(|r| ArchivedEntry {
-                entry_id: EntryId::new(r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64),
-                envelope: r.get(2),
-                sig: r.get(3),
-                key_id: r.get(4),
-            })
-            .collect())?;
+        after = last;
+        f(rows)?;
         if n < page {
             return Ok(());
         }
