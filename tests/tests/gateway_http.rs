@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use common::runtime::{
     bootstrap, call_json, claims, exchange, server, zone_with, Zone, GRANT, RESOURCE,
 };
-use common::{eventually, Admin, Server};
+use common::{eventually, Admin, Options, Server};
 use serde_json::{json, Value};
 
 /// An upstream that answers every request with what it received, and counts them.
@@ -629,4 +629,50 @@ async fn the_revocation_snapshot_reloads_on_the_admin_token_only() {
     }
     // Other methods on the path are governed calls: refused without a mandate.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+}
+
+/// gateway.md §2: `/ready` adds the Gateway's own checks — the STS must answer `/health`.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_names_an_unreachable_sts() {
+    let ready = |base: String| async move {
+        let r = reqwest::get(format!("{base}/ready")).await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().await.unwrap())
+    };
+    let port = common::reserved_port();
+    let sts = format!("http://127.0.0.1:{port}");
+    let server = Server::start(Options {
+        env: vec![
+            ("SERVAL_STS_PORT".into(), port.to_string()),
+            ("STS_URL".into(), sts.clone()),
+            ("ISSUER_URL".into(), sts.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    eventually(20, || async {
+        let (s, v) = ready(server.url("gateway").to_owned()).await;
+        (s == 200 && v == json!({"ok": true, "ready": true})).then_some(())
+    })
+    .await;
+
+    // A Gateway whose STS is down.
+    let dead = common::reserved_port();
+    let lone = Server::start(Options {
+        env: vec![("STS_URL".into(), format!("http://127.0.0.1:{dead}"))],
+        ..Options::sharing(
+            &server.db_url,
+            &server.prefix,
+            &server.keys,
+            vec!["gateway"],
+        )
+    })
+    .await;
+    // Stale until its first revocation snapshot, then the STS check speaks.
+    eventually(20, || async {
+        let (s, v) = ready(lone.url("gateway").to_owned()).await;
+        assert_eq!(s, 503, "{v}");
+        (v == json!({"ok": false, "ready": false, "reason": "sts_unreachable"})).then_some(())
+    })
+    .await;
 }

@@ -438,7 +438,8 @@ async fn authentication_and_authorization_matrix() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_ids_headers_and_read_your_writes() {
-    let server = Server::start(Options::default()).await;
+    // The STS where the Gateway looks for it: its `/ready` checks the STS's `/health`.
+    let (server, _) = common::runtime::server().await;
     let admin = Admin::new(&server);
     let resp = admin
         .req(Method::GET, "/v1/zones")

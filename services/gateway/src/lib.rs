@@ -69,6 +69,32 @@ impl Gateway {
     }
 }
 
+/// The Gateway's own readiness (gateway.md §2, in its order after Redis): a stale
+/// revocation state, an open STS breaker, an STS whose `/health` does not answer 2xx.
+pub fn readiness(gw: Arc<Gateway>) -> serval_kit::http::ops::ExtraCheck {
+    Arc::new(move |app: App| {
+        let gw = gw.clone();
+        Box::pin(async move {
+            if !gw.revocations.fresh() {
+                return Err("revocation_snapshot_stale");
+            }
+            if gw.breaker.open() {
+                return Err("sts_unavailable");
+            }
+            let health = gw
+                .sts
+                .get(format!("{}/health", app.sts_url()))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match health {
+                Ok(r) if r.status().is_success() => Ok(()),
+                _ => Err("sts_unreachable"),
+            }
+        })
+    })
+}
+
 /// Starts the revocation follower and snapshots.
 pub fn start(app: &App, gw: &Arc<Gateway>, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     revocation::start(app, gw.revocations.clone(), stop)

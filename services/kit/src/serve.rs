@@ -21,9 +21,15 @@ fn ready_style(service: Service) -> http::ops::ReadyStyle {
     }
 }
 
-/// `routes` (the service's own) with the operational routes and the shared layers.
-pub fn finish(app: &App, service: Service, routes: Router<App>) -> Router {
-    let routes = http::ops::router(ready_style(service)).merge(routes);
+/// `routes` (the service's own) with the operational routes and the shared layers; `extra`
+/// are the service's own readiness checks.
+pub fn finish(
+    app: &App,
+    service: Service,
+    routes: Router<App>,
+    extra: Option<http::ops::ExtraCheck>,
+) -> Router {
+    let routes = http::ops::router(ready_style(service), extra).merge(routes);
     // The Gateway proxies every path it does not answer itself (its router's fallback).
     let routes = if service == Service::Gateway {
         routes

@@ -74,7 +74,11 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
             Service::Audit => serval_audit::router(),
             Service::Projector => continue,
         };
-        let router = serve::finish(&app, service, routes);
+        let extra = match service {
+            Service::Gateway => Some(serval_gateway::readiness(gateway.clone())),
+            _ => None,
+        };
+        let router = serve::finish(&app, service, routes, extra);
         servers.push(serve::listen(&app, service, router, stop_rx.clone()).await?);
     }
     println!("serval: ready");

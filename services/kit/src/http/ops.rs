@@ -28,7 +28,18 @@ pub enum ReadyStyle {
     Go,
 }
 
-pub fn router(style: ReadyStyle) -> Router<App> {
+/// A service's own readiness checks, run after the shared ones: `Err(reason)` answers `503`
+/// with that reason (e.g. the Gateway's `revocation_snapshot_stale`, `sts_unreachable`).
+pub type ExtraCheck = std::sync::Arc<
+    dyn Fn(
+            App,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), &'static str>> + Send>>
+        + Send
+        + Sync,
+>;
+
+pub fn router(style: ReadyStyle, extra: Option<ExtraCheck>) -> Router<App> {
     Router::new()
         .route("/health", get(health))
         .route(
@@ -41,7 +52,7 @@ pub fn router(style: ReadyStyle) -> Router<App> {
                     {
                         return crate::auth::rate_limited();
                     }
-                    ready(s, style).await
+                    ready(s, style, extra.clone()).await
                 },
             ),
         )
@@ -114,8 +125,15 @@ async fn check(app: &App) -> Result<(), NotReady> {
     Ok(())
 }
 
-async fn ready(State(app): State<App>, style: ReadyStyle) -> Response {
-    match (check(&app).await, style) {
+async fn ready(State(app): State<App>, style: ReadyStyle, extra: Option<ExtraCheck>) -> Response {
+    let mut checked = check(&app).await;
+    if let (Ok(()), Some(extra)) = (&checked, extra) {
+        checked = tokio::time::timeout(CHECK_TIMEOUT, extra(app.clone()))
+            .await
+            .unwrap_or(Err("readiness_timeout"))
+            .map_err(NotReady::new);
+    }
+    match (checked, style) {
         (Ok(()), ReadyStyle::Node) => Json(json!({ "ok": true })).into_response(),
         (Ok(()), ReadyStyle::Go) => Json(json!({ "ok": true, "ready": true })).into_response(),
         (Err(n), style) => {
