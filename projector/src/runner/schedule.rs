@@ -14,6 +14,7 @@ use sqlx::Row;
 use crate::projection::Projection;
 
 use super::dead_letters::raw_fields_json;
+use super::skipping::FLUSH_AFTER;
 use super::{Checked, SWEEP_CHUNK, SWEEP_INTERVAL_MS};
 use super::{Runner, RunnerError};
 
@@ -110,7 +111,14 @@ impl<P: Projection> Runner<P> {
                 } else {
                     let left = SWEEP_INTERVAL_MS
                         .saturating_sub(last_sweep.map_or(0, |t| t.elapsed().as_millis() as u64));
-                    Some((left as usize).clamp(1, self.cfg.block_ms))
+                    let mut block = (left as usize).clamp(1, self.cfg.block_ms);
+                    // Positions passed without a transaction reach Postgres (and other
+                    // processes) within `FLUSH_AFTER`, also when the streams go quiet.
+                    if let Some(t) = self.unflushed_since {
+                        let due = FLUSH_AFTER.saturating_sub(t.elapsed()).as_millis() as usize;
+                        block = block.min(due.max(1));
+                    }
+                    Some(block)
                 };
                 let mut streams = window(hot_streams, self.cfg.batch_size, &mut rotation);
                 if let Some(at) = activity_at {

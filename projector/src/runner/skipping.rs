@@ -11,8 +11,11 @@ use crate::projection::Projection;
 use super::checkpoints::write_checkpoints;
 use super::{Runner, RunnerError};
 
-/// How long a position moved over unwanted entries may stay out of Postgres.
-const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a position moved over unwanted entries may stay out of Postgres. Processes
+/// without this runner learn positions from the flush's notification, and their fresh reads
+/// (`read_cache`) wait for them: a tenth of a second bounds that wait, at most ten small
+/// transactions a second per projection.
+pub(super) const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl<P: Projection> Runner<P> {
     /// Moves the positions of a batch with nothing wanted, no dead letter and no new
