@@ -236,3 +236,23 @@ async fn ten_thousand_unauthenticated_requests_add_a_few_log_entries_with_their_
     let (s, _) = Admin::new(&server).get("/v1/zones").await;
     assert_eq!(s, 200);
 }
+
+/// A path of multi-byte characters is counted like any refusal, never a panic that drops
+/// the connection (found in review of the refusal tally).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthenticated_multi_byte_path_is_answered_not_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::shared().await;
+    let addr = server.api().trim_start_matches("http://").to_owned();
+    // An odd byte offset: a cut at a fixed byte count lands inside a character.
+    let seg = format!("x{}", "é".repeat(60));
+    for path in [format!("/v1/{seg}/{seg}"), format!("/v1/zones/{seg}")] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: serval\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let head = String::from_utf8_lossy(&out);
+        assert!(head.starts_with("HTTP/1.1 4"), "{path}: {head}");
+    }
+}
