@@ -19,13 +19,10 @@ use axum::http::Method;
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::ApiError;
 use serval_kit::rate_limit;
-use serval_kit::read_cache::{self, Dependency};
 use serval_kit::request::Req;
 use serval_kit::secrets::{self, Binding, SecretError};
 use serval_kit::state::App;
 use serval_kit::write::Failure;
-use serval_schema::projections::CATALOG;
-use serval_streams::LogStream;
 
 const KIND: CatalogKind = CatalogKind::Application;
 const INVALID: &str = "invalid_application";
@@ -193,25 +190,9 @@ async fn list(
     ids: PathIds,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let page = q.page()?;
-    let status = q.archive_status()?;
     let global = req.is_global();
-    let zone = ids.at(0);
-    let key = format!(
-        "applications|{zone}|{status:?}|{global}|{:?}|{}",
-        page.after, page.limit
-    );
-    let stream = LogStream::Zone(zone.to_owned());
-    let deps = [Dependency {
-        projection: CATALOG,
-        stream: &stream,
-    }];
-    let body = read_cache::json(&app, key, &deps, || async {
-        let rows = common::list_page(&app, zone, KIND, status, &[], &page).await?;
-        Ok(common::page_body(&rows, page.limit, |e| render(e, global)))
-    })
-    .await?;
-    Ok(read_cache::respond(body))
+    let variant = if global { "global" } else { "zone" };
+    common::cached_page(&app, ids.at(0), KIND, &q, variant, |e| render(e, global)).await
 }
 
 async fn get_one(State(app): State<App>, req: Req, ids: PathIds) -> Result<Json<Value>, ApiError> {

@@ -20,6 +20,7 @@ use serval_streams::{AppendRequest, LogStream};
 use super::policies::zone_badge;
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
+use serval_kit::read_cache;
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Failure, Outcome};
@@ -340,6 +341,38 @@ pub async fn list_page(
         page.limit,
     )
     .await?)
+}
+
+/// A page of a catalog kind's list through the read cache (`serval_kit::read_cache`): fresh
+/// against the zone's log head, served from memory while the catalog has not moved.
+/// `variant` names what else the rendering depends on (e.g. the token's scope).
+pub async fn cached_page(
+    app: &App,
+    zone: &str,
+    kind: CatalogKind,
+    q: &ListQuery,
+    variant: &str,
+    render: impl Fn(&Entity) -> Value,
+) -> Result<Response, ApiError> {
+    let page = q.page()?;
+    let status = q.archive_status()?;
+    let key = format!(
+        "{}|{zone}|{status:?}|{variant}|{:?}|{}",
+        kind.as_str(),
+        page.after,
+        page.limit
+    );
+    let stream = LogStream::Zone(zone.to_owned());
+    let deps = [read_cache::Dependency {
+        projection: CATALOG,
+        stream: &stream,
+    }];
+    let body = read_cache::json(app, key, &deps, || async {
+        let rows = list_page(app, zone, kind, status, &[], &page).await?;
+        Ok(page_body(&rows, page.limit, &render))
+    })
+    .await?;
+    Ok(read_cache::respond(body))
 }
 
 pub fn page_body(items: &[Entity], limit: i64, render: impl Fn(&Entity) -> Value) -> Value {

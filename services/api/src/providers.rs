@@ -150,11 +150,8 @@ async fn list(
     State(app): State<App>,
     ids: PathIds,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let page = q.page()?;
-    let status = q.archive_status()?;
-    let rows = common::list_page(&app, ids.at(0), KIND, status, &[], &page).await?;
-    Ok(Json(common::page_body(&rows, page.limit, render)))
+) -> Result<axum::response::Response, ApiError> {
+    common::cached_page(&app, ids.at(0), KIND, &q, "", render).await
 }
 
 async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
