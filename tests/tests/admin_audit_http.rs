@@ -169,19 +169,8 @@ async fn ten_thousand_unauthenticated_requests_add_a_few_log_entries_with_their_
     .await;
     let store = server.store().await;
     let key = store.keys().log(&serval_streams::LogStream::System);
-    let mut conn = store.connection();
-    let xlen = |conn: &mut redis::aio::ConnectionManager| {
-        let key = key.clone();
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("XLEN")
-                .arg(&key)
-                .query_async::<u64>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    let before = xlen(&mut conn).await;
+    let conn = store.connection();
+    let before = common::xlen(&conn, &key).await;
     let http = reqwest::Client::new();
     let api = server.api().to_owned();
     let total = 10_000usize;
@@ -228,7 +217,7 @@ async fn ten_thousand_unauthenticated_requests_add_a_few_log_entries_with_their_
     })
     .await;
     assert_eq!(counted, total as i64, "every refusal is counted once");
-    let added = xlen(&mut conn).await - before;
+    let added = common::xlen(&conn, &key).await - before;
     assert!(
         added <= 20,
         "{added} log entries for {total} unauthenticated requests"

@@ -693,16 +693,6 @@ async fn restore_never_drops_an_unarchived_entry_and_verifies_what_it_restores()
     server.kill();
     let system = store.keys().log(&LogStream::System);
     let mut conn = store.connection();
-    let xlen = |conn: &mut ConnectionManager| {
-        let (mut conn, key) = (conn.clone(), system.clone());
-        async move {
-            redis::cmd("XLEN")
-                .arg(&key)
-                .query_async::<u64>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
 
     // Acknowledged, not yet archived (the archiver is down): a genuine entry only in Redis.
     let zone = uuid::Uuid::now_v7().to_string();
@@ -740,11 +730,11 @@ async fn restore_never_drops_an_unarchived_entry_and_verifies_what_it_restores()
     let serval_streams::AppendOutcome::Appended { entry_ids, .. } = appended else {
         panic!("appended");
     };
-    let len = xlen(&mut conn).await;
+    let len = common::xlen(&conn, &system).await;
     let (ok, out, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore", "--force"]);
     assert!(ok, "{out}{err}");
     assert_eq!(
-        xlen(&mut conn).await,
+        common::xlen(&conn, &system).await,
         len,
         "nothing removed, nothing doubled"
     );
@@ -766,7 +756,11 @@ async fn restore_never_drops_an_unarchived_entry_and_verifies_what_it_restores()
         .unwrap();
     let (ok, _, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore", "--force"]);
     assert!(!ok && err.contains(&lost.to_string()), "{err}");
-    assert_eq!(xlen(&mut conn).await, len - 1, "nothing changed");
+    assert_eq!(
+        common::xlen(&conn, &system).await,
+        len - 1,
+        "nothing changed"
+    );
 
     // A forged archive row: refused before anything is written, naming the entry.
     let pool = common::pool(&db).await;
@@ -790,5 +784,5 @@ async fn restore_never_drops_an_unarchived_entry_and_verifies_what_it_restores()
         !ok && err.contains(&all[5].0.to_string()) && err.contains("does not verify"),
         "{err}"
     );
-    assert_eq!(xlen(&mut conn).await, 0, "nothing written");
+    assert_eq!(common::xlen(&conn, &system).await, 0, "nothing written");
 }

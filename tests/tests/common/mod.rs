@@ -675,3 +675,13 @@ pub async fn produce(
     store.hint_activity(&stream).await.expect("hint");
     expected_version + 1
 }
+
+/// The length of a stream.
+#[allow(dead_code)]
+pub async fn xlen(conn: &redis::aio::ConnectionManager, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async::<u64>(&mut conn.clone())
+        .await
+        .unwrap()
+}
