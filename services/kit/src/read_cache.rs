@@ -5,8 +5,8 @@
 //! **Freshness.** A read first reads the heads of the log streams it depends on (one Redis
 //! round trip) and waits until the projections serving it have passed them (the positions
 //! every process tracks: in-process commits, `serval_checkpoints` notifications from other
-//! processes), at most the visibility timeout, then `503 read_model_unavailable`. A write
-//! acknowledged before the read began is at or before those heads.
+//! processes), at most the visibility timeout; past it the read goes to Postgres uncached.
+//! A write acknowledged before the read began is at or before those heads.
 //!
 //! **Invalidation by commit, not by time.** An answer is stored under the projection
 //! positions it was read at (taken after the wait, before the query) and served only while
@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
 use serval_streams::{EntryId, LogStream};
 
 use crate::http::ApiError;
@@ -54,17 +53,22 @@ impl ReadCache {
     }
 }
 
-/// Waits until every dependency has passed its stream's current head; the positions then.
-pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Vec<EntryId>, ApiError> {
+/// Waits until every dependency has passed its stream's current head; the positions then,
+/// or `None` when one did not within the visibility timeout (a projection stalled, e.g. by
+/// a rebuild's swap): the caller then reads Postgres directly, uncached, as reads did
+/// before the cache (a write is acknowledged only once its read model has it).
+pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Option<Vec<EntryId>>, ApiError> {
     let keys: Vec<String> = deps
         .iter()
         .map(|d| app.store.keys().log(d.stream))
         .collect();
-    let heads = app
-        .store
-        .last_entry_ids(&keys)
-        .await
-        .map_err(|e| unavailable(format!("log heads unreadable: {e}")))?;
+    let heads = match app.store.last_entry_ids(&keys).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "log heads unreadable; reading uncached");
+            return Ok(None);
+        }
+    };
     let mut at = Vec::with_capacity(deps.len());
     for ((d, key), head) in deps.iter().zip(&keys).zip(heads) {
         if app.visibility.current(d.projection, key) < head
@@ -73,20 +77,15 @@ pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Vec<EntryId>, A
                 .wait(&app.pool, d.projection, key, head, app.visibility_timeout())
                 .await
         {
-            return Err(unavailable(format!(
-                "the {} read model has not reached the log",
-                d.projection
-            )));
+            tracing::debug!(
+                projection = d.projection,
+                "read model behind the log head; reading uncached"
+            );
+            return Ok(None);
         }
         at.push(app.visibility.current(d.projection, key));
     }
-    Ok(at)
-}
-
-fn unavailable(detail: String) -> ApiError {
-    tracing::warn!(%detail, "read refused");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable")
-        .description("the read model is behind the log; retry shortly")
+    Ok(Some(at))
 }
 
 /// The JSON answer of `key`: from memory while `deps` have not moved, else from `read`.
@@ -100,7 +99,9 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
-    let at = fresh(app, deps).await?;
+    let Some(at) = fresh(app, deps).await? else {
+        return Ok(Bytes::from(read().await?.to_string()));
+    };
     if let Some(b) = app.read_cache.get(&key, &at) {
         return Ok(b);
     }
