@@ -57,7 +57,7 @@ impl ReadCache {
 /// or `None` when one did not within the visibility timeout (a projection stalled, e.g. by
 /// a rebuild's swap): the caller then reads Postgres directly, uncached, as reads did
 /// before the cache (a write is acknowledged only once its read model has it).
-pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Option<Vec<EntryId>>, ApiError> {
+pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Option<Vec<EntryId>> {
     let keys: Vec<String> = deps
         .iter()
         .map(|d| app.store.keys().log(d.stream))
@@ -66,7 +66,7 @@ pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Option<Vec<Entr
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "log heads unreadable; reading uncached");
-            return Ok(None);
+            return None;
         }
     };
     let mut at = Vec::with_capacity(deps.len());
@@ -81,11 +81,11 @@ pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Result<Option<Vec<Entr
                 projection = d.projection,
                 "read model behind the log head; reading uncached"
             );
-            return Ok(None);
+            return None;
         }
         at.push(app.visibility.current(d.projection, key));
     }
-    Ok(Some(at))
+    Some(at)
 }
 
 /// The JSON answer of `key`: from memory while `deps` have not moved, else from `read`.
@@ -99,7 +99,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
-    let Some(at) = fresh(app, deps).await? else {
+    let Some(at) = fresh(app, deps).await else {
         return Ok(Bytes::from(read().await?.to_string()));
     };
     if let Some(b) = app.read_cache.get(&key, &at) {

@@ -157,16 +157,12 @@ pub async fn hint_new_stream(app: &App, stream: &LogStream) {
 pub async fn catch_up(app: &App, projection: &str, stream: &LogStream) -> bool {
     let key = app.store.keys().log(stream);
     match app.store.last_entry_id(&key).await {
-        Ok(head) => wait_visible(app, projection, stream, head).await,
+        Ok(head) => wait_visible_until(app, projection, stream, head, None).await,
         Err(e) => {
             tracing::warn!(error = %e, "log head unreadable");
             false
         }
     }
-}
-
-async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
-    wait_visible_until(app, projection, stream, id, None).await
 }
 
 /// `wait_visible`, cut at `deadline` when one is given.
