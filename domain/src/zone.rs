@@ -56,6 +56,7 @@ pub fn is_reserved(name: &str, slug: &str) -> bool {
     has_prefix_ci(name, RESERVED_ZONE_NAME_PREFIX) || has_prefix_ci(slug, RESERVED_ZONE_SLUG_PREFIX)
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DcrShutdownMode {

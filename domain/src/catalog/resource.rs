@@ -13,6 +13,7 @@ pub const MAX_OPERATIONS: usize = 256;
 pub const RESERVED_IDENTIFIER_PREFIX: &str = "caracal-sys://";
 pub const DEFAULT_MAX_PER_ZONE: i64 = 100_000;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     pub method: String,

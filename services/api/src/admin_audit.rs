@@ -1,11 +1,14 @@
 //! The admin audit feed (management-api.md §14.2): `GET /v1/zones/:zoneId/admin-audit`,
 //! JSON pages or a CSV export, optionally projected to chosen `fields`.
 
+use super::views::{self, Page};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{json, Value};
 use serval_projector::admin_audit::{self as read, AuditFilter, AuditRow};
+use utoipa::ToSchema;
 
 use super::feed::{self, is_csv, parse_fields, utc_param};
 use super::params::PathIds;
@@ -17,18 +20,20 @@ use serval_kit::http::ApiError;
 use serval_kit::state::App;
 
 pub fn router() -> Routes {
-    Routes::new("admin audit").op(
-        Method::GET,
-        "/v1/zones/{zone}/admin-audit",
-        list,
-        "The zone's admin audit (hash-chained; JSON or CSV)",
-        200,
-        &[
-            "400 invalid_query",
-            "400 invalid_fields",
-            "400 invalid_cursor",
-        ],
-    )
+    Routes::new("admin audit")
+        .op(
+            Method::GET,
+            "/v1/zones/{zone}/admin-audit",
+            list,
+            "The zone's admin audit (hash-chained; JSON or CSV)",
+            200,
+            &[
+                "400 invalid_query",
+                "400 invalid_fields",
+                "400 invalid_cursor",
+            ],
+        )
+        .gives::<Page<AdminAuditView>>()
 }
 
 /// The export set: the item's fields plus two read from the payload.
@@ -69,23 +74,45 @@ pub struct FeedQuery {
 fn render(r: &AuditRow) -> Value {
     let mut payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_else(|_| json!({}));
     redact(&mut payload);
-    json!({
-        "id": r.id,
-        "request_id": r.request_id,
-        "actor_id": r.actor_id,
-        "actor_name": r.actor_name,
-        "actor_scope": r.actor_scope,
-        "action": r.action,
-        "method": r.method,
-        "path": r.path,
-        "entity_type": r.entity_type,
-        "entity_id": r.entity_id,
-        "status_code": r.status_code,
-        "payload_json": payload,
-        "occurred_at": pagination::ts(r.occurred_at),
-        "chain_seq": r.chain_seq.to_string(),
-        "signed": r.signed,
+    views::to_json(&AdminAuditView {
+        id: r.id.clone(),
+        request_id: r.request_id.clone(),
+        actor_id: r.actor_id.clone(),
+        actor_name: r.actor_name.clone(),
+        actor_scope: r.actor_scope.clone(),
+        action: r.action.clone(),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        entity_type: r.entity_type.clone(),
+        entity_id: r.entity_id.clone(),
+        status_code: r.status_code,
+        payload_json: payload,
+        occurred_at: pagination::ts(r.occurred_at),
+        chain_seq: r.chain_seq.to_string(),
+        signed: r.signed,
     })
+}
+
+/// One record of the admin audit trail (secrets redacted from the payload).
+#[derive(Serialize, ToSchema)]
+pub struct AdminAuditView {
+    id: String,
+    request_id: String,
+    actor_id: Option<String>,
+    actor_name: Option<String>,
+    actor_scope: Option<String>,
+    action: String,
+    method: String,
+    path: String,
+    entity_type: Option<String>,
+    entity_id: Option<String>,
+    status_code: i32,
+    #[schema(value_type = Object)]
+    payload_json: Value,
+    occurred_at: String,
+    /// The record's place in the zone's chain (a decimal string).
+    chain_seq: String,
+    signed: bool,
 }
 
 /// The flat export row: item fields plus `change_kind`, `changed_fields` from the payload.

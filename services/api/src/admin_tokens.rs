@@ -1,5 +1,6 @@
 //! Admin tokens (management-api.md §17.5): mint, list, revoke — each an event.
 
+use super::views::{self, Page};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,7 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use serval_domain::admin_token::DIGEST_RESERVATION;
 use serval_domain::admin_token::{
     self, AdminToken, AdminTokenCommand, AdminTokenError, Capability, TokenScope,
@@ -19,6 +21,7 @@ use serval_projector::admin_tokens as read;
 use serval_schema::projections::ADMIN_TOKENS;
 use serval_streams::append::Reservation;
 use serval_streams::{AppendRequest, LogStream};
+use utoipa::ToSchema;
 
 use super::routes::Routes;
 use axum::http::Method;
@@ -40,6 +43,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<TokenView>>()
         .op(
             Method::POST,
             "/v1/admin-tokens",
@@ -53,6 +57,8 @@ pub fn router() -> Routes {
                 "404 zone_not_found",
             ],
         )
+        .takes::<MintBody>()
+        .gives::<MintedToken>()
         .op(
             Method::DELETE,
             "/v1/admin-tokens/{id}",
@@ -63,17 +69,46 @@ pub fn router() -> Routes {
         )
 }
 
+/// An admin token, without its secret (§3).
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    id: String,
+    name: String,
+    scope: TokenScope,
+    capability: Capability,
+    zone_id: Option<String>,
+    created_by: String,
+    created_at: String,
+    /// Always `null`: use is not tracked.
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+/// A minted admin token: shown once, with its secret.
+#[derive(Serialize, ToSchema)]
+pub struct MintedToken {
+    id: String,
+    name: String,
+    scope: TokenScope,
+    capability: Capability,
+    zone_id: Option<String>,
+    created_by: String,
+    created_at: String,
+    /// The bearer secret; never shown again.
+    token: String,
+}
+
 fn render(t: &AdminToken) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "scope": t.scope.as_str(),
-        "capability": t.capability.as_str(),
-        "zone_id": t.zone_id,
-        "created_by": t.created_by,
-        "created_at": pagination::ts(t.created_at),
-        "last_used_at": Value::Null,
-        "revoked_at": t.revoked_at.map(pagination::ts),
+    views::to_json(&TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        scope: t.scope,
+        capability: t.capability,
+        zone_id: t.zone_id.clone(),
+        created_by: t.created_by.clone(),
+        created_at: pagination::ts(t.created_at),
+        last_used_at: None,
+        revoked_at: t.revoked_at.map(pagination::ts),
     })
 }
 
@@ -122,9 +157,11 @@ async fn list(
     )))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/admin-tokens` (§3).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MintBody {
+#[schema(as = AdminTokenCreate)]
+pub struct MintBody {
     name: String,
     scope: TokenScope,
     zone_id: Option<String>,
@@ -201,15 +238,15 @@ async fn mint(
     let created_at = t.map(|t| t.created_at).unwrap_or_else(chrono::Utc::now);
     let mut resp = (
         StatusCode::CREATED,
-        Json(json!({
-            "id": id,
-            "name": body.name.trim(),
-            "scope": body.scope.as_str(),
-            "capability": body.capability.unwrap_or(Capability::Write).as_str(),
-            "zone_id": body.zone_id,
-            "created_by": format!("admin:{}", req.principal.token.id),
-            "created_at": pagination::ts(created_at),
-            "token": token,
+        Json(views::to_json(&MintedToken {
+            id,
+            name: body.name.trim().to_owned(),
+            scope: body.scope,
+            capability: body.capability.unwrap_or(Capability::Write),
+            zone_id: body.zone_id,
+            created_by: format!("admin:{}", req.principal.token.id),
+            created_at: pagination::ts(created_at),
+            token,
         })),
     )
         .into_response();

@@ -1,16 +1,19 @@
 //! Applications (management-api.md §6): list, get, create, PATCH, DELETE, rotate-secret,
 //! the audited client-secret reveal, and DCR registration.
 
+use super::views::{self, Attribution, Page};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use serval_domain::catalog::application::{
     self, ApplicationData, ApplicationError, RegistrationMethod,
 };
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
+use utoipa::ToSchema;
 
 use super::catalog::{self as common, ListQuery, WriteCtx};
 use super::params::PathIds;
@@ -38,6 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<ApplicationView>>()
         .op(
             Method::POST,
             base,
@@ -53,6 +57,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<ApplicationWithSecret>()
         .op(
             Method::POST,
             &format!("{base}/dcr"),
@@ -68,6 +74,8 @@ pub fn router() -> Routes {
                 "429 dcr_limit_exceeded",
             ],
         )
+        .takes::<DcrBody>()
+        .gives::<ApplicationWithSecret>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}"),
@@ -76,6 +84,7 @@ pub fn router() -> Routes {
             200,
             &["404 application_not_found"],
         )
+        .gives::<ApplicationView>()
         .op(
             Method::PATCH,
             &format!("{base}/{{id}}"),
@@ -93,6 +102,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .takes::<PatchBody>()
+        .gives::<ApplicationView>()
         .op(
             Method::DELETE,
             &format!("{base}/{{id}}"),
@@ -112,6 +123,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .no_body()
+        .gives::<ApplicationWithSecret>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}/client-secret"),
@@ -124,6 +137,7 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .gives::<RevealedSecret>()
 }
 
 pub fn secret_backend(e: SecretError) -> ApiError {
@@ -152,36 +166,86 @@ fn map_failure(f: Failure) -> ApiError {
     }
 }
 
+/// An application (§6).
+#[derive(Serialize, ToSchema)]
+pub struct ApplicationView {
+    id: String,
+    zone_id: String,
+    name: String,
+    /// `managed` or `dcr`.
+    registration_method: String,
+    /// Only to global tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traits: Option<Vec<String>>,
+    expires_at: Option<String>,
+    archived_at: Option<String>,
+    #[serde(flatten)]
+    attribution: Attribution,
+}
+
+/// A created or rotated application: the secret is shown here, in this answer only.
+#[derive(Serialize, ToSchema)]
+pub struct ApplicationWithSecret {
+    id: String,
+    zone_id: String,
+    name: String,
+    registration_method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traits: Option<Vec<String>>,
+    expires_at: Option<String>,
+    /// In a rotation's answer only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archived_at: Option<Option<String>>,
+    #[serde(flatten)]
+    attribution: Attribution,
+    client_secret: String,
+}
+
+/// `GET …/applications/{id}/client-secret` (an audited reveal).
+#[derive(Serialize, ToSchema)]
+pub struct RevealedSecret {
+    client_secret: String,
+}
+
 /// The application object; `traits` only for global tokens (§6).
 fn render(e: &Entity, global: bool) -> Value {
     let EntityData::Application(a) = &e.data else {
         return Value::Null;
     };
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("zone_id".into(), json!(e.zone_id));
-    m.insert("name".into(), json!(a.name));
-    m.insert(
-        "registration_method".into(),
-        json!(a.registration_method.as_str()),
-    );
-    if global {
-        m.insert("traits".into(), json!(a.traits));
-    }
-    m.insert("expires_at".into(), common::opt_ts(a.expires_at));
-    m.insert("archived_at".into(), common::opt_ts(e.archived_at));
-    common::attribution(e, &mut m);
-    Value::Object(m)
+    views::to_json(&ApplicationView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        name: a.name.clone(),
+        registration_method: a.registration_method.as_str().to_owned(),
+        traits: global.then(|| a.traits.clone()),
+        expires_at: common::opt_ts(a.expires_at),
+        archived_at: common::opt_ts(e.archived_at),
+        attribution: common::attribution(e),
+    })
 }
 
-/// The create/rotate answer: the object without `traits`/`archived_at`, plus the secret.
-fn render_with_secret(e: &Entity, secret: &str, keep_traits: bool) -> Value {
-    let mut v = render(e, keep_traits);
-    if let Value::Object(m) = &mut v {
-        m.remove("archived_at");
-        m.insert("client_secret".into(), json!(secret));
-    }
-    v
+/// The create/rotate answer: the object without `archived_at`, plus the secret; `traits`
+/// when `traits` is given (global tokens, and `[]` for a DCR registration).
+fn render_with_secret(
+    e: &Entity,
+    secret: &str,
+    traits: Option<Vec<String>>,
+    archived_at: Option<Option<String>>,
+) -> Value {
+    let EntityData::Application(a) = &e.data else {
+        return Value::Null;
+    };
+    views::to_json(&ApplicationWithSecret {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        name: a.name.clone(),
+        registration_method: a.registration_method.as_str().to_owned(),
+        traits,
+        expires_at: common::opt_ts(a.expires_at),
+        archived_at,
+        attribution: common::attribution(e),
+        client_secret: secret.to_owned(),
+    })
 }
 
 async fn list(
@@ -229,9 +293,11 @@ async fn new_secret(
     Ok((hash, sealed))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/zones/{zone}/applications` (§6).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(as = ApplicationCreate)]
+pub struct CreateBody {
     name: String,
     registration_method: String,
     traits: Option<Vec<String>>,
@@ -268,20 +334,15 @@ async fn create(
     let w = common::commit_create(&app, &ctx, &id, &data)
         .await
         .map_err(map_failure)?;
-    let global = req.is_global();
-    let render = move |e: &Entity| {
-        let mut v = render_with_secret(e, &secret, false);
-        if let (Value::Object(m), false) = (&mut v, global) {
-            m.remove("traits");
-        }
-        v
-    };
+    let render = move |e: &Entity| render_with_secret(e, &secret, None, None);
     common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render)).await
 }
 
-#[derive(Deserialize)]
+/// `PATCH …/applications/{id}` (§6): at least one field.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+#[schema(as = ApplicationPatch)]
+pub struct PatchBody {
     name: Option<String>,
     client_secret: Option<String>,
     traits: Option<Vec<String>>,
@@ -400,11 +461,11 @@ async fn rotate_secret(
     .map_err(map_failure)?;
     let global = req.is_global();
     let render = move |e: &Entity| {
-        let mut v = render_with_secret(e, &secret, global);
-        if let Value::Object(m) = &mut v {
-            m.insert("archived_at".into(), Value::Null);
-        }
-        v
+        let traits = match &e.data {
+            EntityData::Application(a) if global => Some(a.traits.clone()),
+            _ => None,
+        };
+        render_with_secret(e, &secret, traits, Some(None))
     };
     common::answer(&app, &ctx, w, StatusCode::OK, Some(&render)).await
 }
@@ -449,7 +510,10 @@ async fn reveal_secret(
         .await
         .map_err(secret_backend)?;
     let secret = String::from_utf8(plain).map_err(|_| secret_backend(SecretError::Corrupt))?;
-    Ok(Json(json!({ "client_secret": secret })).into_response())
+    Ok(Json(views::to_json(&RevealedSecret {
+        client_secret: secret,
+    }))
+    .into_response())
 }
 
 async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
@@ -462,9 +526,11 @@ async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Respo
     common::answer(&app, &ctx, w, StatusCode::NO_CONTENT, None).await
 }
 
-#[derive(Deserialize)]
+/// `POST …/applications/dcr`: a dynamic client registration.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DcrBody {
+#[schema(as = ApplicationDcr)]
+pub struct DcrBody {
     name: String,
     expires_in: Option<i64>,
 }
@@ -520,12 +586,6 @@ async fn register_dcr(
     let w = common::commit_create(&app, &ctx, &id, &data)
         .await
         .map_err(map_failure)?;
-    let render = move |e: &Entity| {
-        let mut v = render_with_secret(e, &secret, true);
-        if let Value::Object(m) = &mut v {
-            m.insert("traits".into(), json!([]));
-        }
-        v
-    };
+    let render = move |e: &Entity| render_with_secret(e, &secret, Some(Vec::new()), None);
     common::answer(&app, &ctx, w, StatusCode::CREATED, Some(&render)).await
 }

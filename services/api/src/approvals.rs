@@ -2,7 +2,10 @@
 //! reads holds and decides them. Served under the current names (`/approvals`, `approve`,
 //! `reject`) and the seed's (`/step-up-challenges`, `satisfy`).
 
+use super::views::{self, Page};
+use serde::Serialize;
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
@@ -15,10 +18,11 @@ use serval_domain::catalog::runtime::{
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
 
-use super::catalog::{self as common, Fields, WriteCtx};
+use super::catalog::{self as common, WriteCtx};
 use super::feed;
 use super::params::PathIds;
 use super::routes::Routes;
+use super::schema;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
@@ -48,6 +52,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query", "400 invalid_cursor"],
             )
+            .gives::<Page<ApprovalView>>()
             .op(
                 Method::GET,
                 &format!("/v1/zones/{{zone}}/{base}/{{id}}"),
@@ -55,7 +60,8 @@ pub fn router() -> Routes {
                 "Get an approval hold",
                 200,
                 &["404 approval_not_found"],
-            );
+            )
+            .gives::<ApprovalView>();
     }
     r.op(
         Method::GET,
@@ -65,6 +71,7 @@ pub fn router() -> Routes {
         200,
         &[],
     )
+    .gives::<ApprovalCounts>()
     .op(
         Method::POST,
         "/v1/zones/{zone}/approvals/{id}/approve",
@@ -73,6 +80,8 @@ pub fn router() -> Routes {
         200,
         DECISION_ERRORS,
     )
+    .takes::<DecisionBody>()
+    .gives::<DecisionView>()
     .op(
         Method::POST,
         "/v1/zones/{zone}/approvals/{id}/reject",
@@ -81,6 +90,8 @@ pub fn router() -> Routes {
         200,
         DECISION_ERRORS,
     )
+    .takes::<DecisionBody>()
+    .gives::<DecisionView>()
     .op(
         Method::POST,
         "/v1/zones/{zone}/step-up-challenges/{id}/satisfy",
@@ -89,6 +100,8 @@ pub fn router() -> Routes {
         200,
         DECISION_ERRORS,
     )
+    .takes::<DecisionBody>()
+    .gives::<DecisionView>()
 }
 
 /// Decisions on other holds with the same binding.
@@ -105,31 +118,82 @@ fn render(e: &Entity, priors: &Priors, now: chrono::DateTime<chrono::Utc>) -> Va
     } else if h.satisfied_at.is_some() {
         approved -= 1;
     }
-    json!({
-        "id": e.id,
-        "zone_id": e.zone_id,
-        "session_id": h.session_id,
-        "principal_id": h.principal_id,
-        "application_id": h.application_id,
-        "approval_type": h.approval_type,
-        "tier": h.tier,
-        "approver_class": h.approver_class,
-        "privacy_mode": h.privacy_mode,
-        "subject_anchor": h.subject_anchor,
-        "binding": h.binding,
-        "metadata_json": h.metadata_json,
-        "decision_reason": h.decision_reason,
-        "created_at": pagination::ts(e.created_at),
-        "expires_at": pagination::ts(h.expires_at),
-        "satisfied_at": common::opt_ts(h.satisfied_at),
-        "rejected_at": common::opt_ts(h.rejected_at),
-        "consumed_at": common::opt_ts(h.consumed_at),
-        "approver_subject_id": h.approver_subject_id,
-        "principal_federated": h.principal_federated,
-        "prior_approved": approved.max(0),
-        "prior_rejected": rejected.max(0),
-        "state": h.state(now),
+    views::to_json(&ApprovalView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        session_id: h.session_id.clone(),
+        principal_id: h.principal_id.clone(),
+        application_id: h.application_id.clone(),
+        approval_type: h.approval_type.clone(),
+        tier: h.tier.clone(),
+        approver_class: h.approver_class.clone(),
+        privacy_mode: h.privacy_mode.clone(),
+        subject_anchor: h.subject_anchor.clone(),
+        binding: h.binding.clone(),
+        metadata_json: h.metadata_json.clone(),
+        decision_reason: h.decision_reason.clone(),
+        created_at: pagination::ts(e.created_at),
+        expires_at: pagination::ts(h.expires_at),
+        satisfied_at: common::opt_ts(h.satisfied_at),
+        rejected_at: common::opt_ts(h.rejected_at),
+        consumed_at: common::opt_ts(h.consumed_at),
+        approver_subject_id: h.approver_subject_id.clone(),
+        principal_federated: h.principal_federated,
+        prior_approved: approved.max(0),
+        prior_rejected: rejected.max(0),
+        state: h.state(now).to_owned(),
     })
+}
+
+/// An approval hold (§15).
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalView {
+    id: String,
+    zone_id: String,
+    session_id: String,
+    principal_id: String,
+    application_id: Option<String>,
+    approval_type: String,
+    tier: String,
+    approver_class: String,
+    privacy_mode: String,
+    subject_anchor: Option<String>,
+    binding: String,
+    #[schema(value_type = Object)]
+    metadata_json: Value,
+    decision_reason: Option<String>,
+    created_at: String,
+    expires_at: String,
+    satisfied_at: Option<String>,
+    rejected_at: Option<String>,
+    consumed_at: Option<String>,
+    approver_subject_id: Option<String>,
+    principal_federated: bool,
+    /// Decisions on other holds with the same binding.
+    prior_approved: i64,
+    prior_rejected: i64,
+    /// `pending`, `approved`, `rejected`, `expired` or `consumed`.
+    state: String,
+}
+
+/// `GET …/approvals/counts`: holds per state.
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalCounts {
+    pending: i64,
+    approved: i64,
+    rejected: i64,
+    expired: i64,
+    consumed: i64,
+}
+
+/// What an approve, reject or satisfy answers.
+#[derive(Serialize, ToSchema)]
+pub struct DecisionView {
+    id: String,
+    state: String,
+    satisfied_at: Option<String>,
+    rejected_at: Option<String>,
+    approver_subject_id: Option<String>,
 }
 
 async fn priors(app: &App, zone: &str, rows: &[Entity]) -> Result<Priors, ApiError> {
@@ -223,11 +287,15 @@ async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
 
 async fn counts(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
     let counts = read::approval_state_counts(&app.pool, ids.at(0)).await?;
-    let mut out = serde_json::Map::new();
-    for s in APPROVAL_STATES {
-        out.insert(s.into(), json!(counts.get(s).copied().unwrap_or(0)));
-    }
-    Ok(Json(Value::Object(out)))
+    let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+    let [pending, approved, rejected, expired, consumed] = APPROVAL_STATES.map(n);
+    Ok(Json(views::to_json(&ApprovalCounts {
+        pending,
+        approved,
+        rejected,
+        expired,
+        consumed,
+    })))
 }
 
 async fn approve(
@@ -252,13 +320,29 @@ fn decision_body(e: &Entity) -> Value {
     let EntityData::Approval(h) = &e.data else {
         return Value::Null;
     };
-    json!({
-        "id": e.id,
-        "state": h.state(h.satisfied_at.or(h.rejected_at).unwrap_or(e.created_at)),
-        "satisfied_at": common::opt_ts(h.satisfied_at),
-        "rejected_at": common::opt_ts(h.rejected_at),
-        "approver_subject_id": h.approver_subject_id,
+    views::to_json(&DecisionView {
+        id: e.id.clone(),
+        state: h
+            .state(h.satisfied_at.or(h.rejected_at).unwrap_or(e.created_at))
+            .to_owned(),
+        satisfied_at: common::opt_ts(h.satisfied_at),
+        rejected_at: common::opt_ts(h.rejected_at),
+        approver_subject_id: h.approver_subject_id.clone(),
     })
+}
+
+const _: () = assert!(
+    REASON_MAX_CHARS == 500,
+    "DecisionBody documents max_length = 500"
+);
+
+/// The body of an approve, reject or step-up satisfy (§15).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = ApprovalDecision)]
+pub struct DecisionBody {
+    /// Recorded with the decision.
+    #[schema(max_length = 500)]
+    reason: Option<String>,
 }
 
 /// The single guarded update of §15, decided again on every conflict retry so a concurrent
@@ -270,15 +354,7 @@ async fn decide(
     raw: &[u8],
     decision: Decision,
 ) -> Result<Response, ApiError> {
-    let body = Fields::parse(&req.headers, raw, "invalid_body")?;
-    let reason = body.string("reason")?;
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > REASON_MAX_CHARS)
-    {
-        return Err(ApiError::bad_request("invalid_body")
-            .description("reason must be at most 500 characters"));
-    }
+    let DecisionBody { reason } = schema::lenient(&req.headers, raw, "invalid_body")?;
     // The approver is the token, never the body or an attribution header.
     let approver = format!("admin:{}", req.principal.token.id);
     let ctx = WriteCtx::new(app, ids.at(0), &req, raw).await?;

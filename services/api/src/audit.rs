@@ -1,13 +1,16 @@
 //! The audit ledger reads (management-api.md §14.1): the filtered feed (JSON, flat fields or
 //! CSV), a request's events, and the explanation of a request's decision.
 
+use super::views::{self, Page};
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use serval_projector::audit::{self as read, LedgerFilter, LedgerRow};
+use utoipa::ToSchema;
 
 use super::feed::{self, is_csv, parse_fields, utc_param};
 use super::params::PathIds;
@@ -32,6 +35,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
+        .gives::<Page<LedgerEvent>>()
         .op(
             Method::GET,
             &format!("{base}/by-request/{{request}}"),
@@ -40,6 +44,7 @@ pub fn router() -> Routes {
             200,
             &["404 request_not_found"],
         )
+        .gives::<RequestEvents>()
         .op(
             Method::GET,
             &format!("{base}/by-request/{{request}}/explain"),
@@ -48,6 +53,7 @@ pub fn router() -> Routes {
             200,
             &["404 request_not_found"],
         )
+        .gives::<Explanation>()
 }
 
 /// Row fields of the export set.
@@ -122,10 +128,81 @@ fn metadata(r: &LedgerRow) -> Value {
     m
 }
 
+/// One event of the zone's audit ledger (secrets redacted from its metadata).
+#[derive(Serialize, ToSchema)]
+pub struct LedgerEvent {
+    id: String,
+    zone_id: String,
+    event_type: String,
+    request_id: String,
+    /// `allow`, `deny`, … (empty for events without a decision).
+    decision: String,
+    policy_set_id: Option<String>,
+    policy_set_version_id: Option<String>,
+    manifest_sha: Option<String>,
+    evaluation_status: String,
+    #[schema(value_type = Object)]
+    determining_policies_json: Value,
+    #[schema(value_type = Object)]
+    diagnostics_json: Value,
+    #[schema(value_type = Object)]
+    metadata_json: Value,
+    occurred_at: String,
+    ingested_at: String,
+}
+
 fn render(r: &LedgerRow) -> Value {
-    let mut v = r.wire();
-    v["metadata_json"] = metadata(r);
-    v
+    views::to_json(&event(r))
+}
+
+fn event(r: &LedgerRow) -> LedgerEvent {
+    LedgerEvent {
+        id: r.id.clone(),
+        zone_id: r.zone_id.clone(),
+        event_type: r.event_type.clone(),
+        request_id: r.request_id.clone(),
+        decision: r.decision.clone(),
+        policy_set_id: r.policy_set_id.clone(),
+        policy_set_version_id: r.policy_set_version_id.clone(),
+        manifest_sha: r.manifest_sha.clone(),
+        evaluation_status: r.evaluation_status.clone(),
+        determining_policies_json: parse_json(&r.determining_policies_json),
+        diagnostics_json: parse_json(&r.diagnostics_json),
+        metadata_json: metadata(r),
+        occurred_at: pagination::ts(r.occurred_at),
+        ingested_at: pagination::ts(r.ingested_at),
+    }
+}
+
+/// `GET …/audit/by-request/{request}`: the request's events, oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct RequestEvents(Vec<LedgerEvent>);
+
+/// Why a request was decided as it was.
+#[derive(Serialize, ToSchema)]
+pub struct Explanation {
+    request_id: String,
+    zone_id: String,
+    /// `allow`, `deny` or `unknown`.
+    final_decision: String,
+    denied: Vec<DeniedStep>,
+    events: Vec<LedgerEvent>,
+}
+
+/// A denying event, with the policy input rebuilt for a simulation.
+#[derive(Serialize, ToSchema)]
+pub struct DeniedStep {
+    event_id: String,
+    event_type: String,
+    evaluation_status: String,
+    determining_policies: Vec<String>,
+    #[schema(value_type = Object)]
+    diagnostics: Value,
+    #[schema(value_type = Object)]
+    metadata: Value,
+    #[schema(value_type = Object)]
+    policy_input: Value,
 }
 
 /// Policy names of `determining_policies_json` (`[{"policy": name}]`).
@@ -309,19 +386,17 @@ fn policy_input(r: &LedgerRow) -> Value {
 
 async fn explain(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
     let rows = rows_of(&app, &ids).await?;
-    let denied: Vec<Value> = rows
+    let denied: Vec<DeniedStep> = rows
         .iter()
         .filter(|r| r.decision == "deny")
-        .map(|r| {
-            json!({
-                "event_id": r.id,
-                "event_type": r.event_type,
-                "evaluation_status": r.evaluation_status,
-                "determining_policies": policy_names(r),
-                "diagnostics": parse_json(&r.diagnostics_json),
-                "metadata": metadata(r),
-                "policy_input": policy_input(r),
-            })
+        .map(|r| DeniedStep {
+            event_id: r.id.clone(),
+            event_type: r.event_type.clone(),
+            evaluation_status: r.evaluation_status.clone(),
+            determining_policies: policy_names(r),
+            diagnostics: parse_json(&r.diagnostics_json),
+            metadata: metadata(r),
+            policy_input: policy_input(r),
         })
         .collect();
     let final_decision = if !denied.is_empty() {
@@ -332,11 +407,11 @@ async fn explain(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| "unknown".to_owned())
     };
-    Ok(Json(json!({
-        "request_id": ids.at(1),
-        "zone_id": ids.at(0),
-        "final_decision": final_decision,
-        "denied": denied,
-        "events": rows.iter().map(render).collect::<Vec<_>>(),
+    Ok(Json(views::to_json(&Explanation {
+        request_id: ids.at(1).to_owned(),
+        zone_id: ids.at(0).to_owned(),
+        final_decision,
+        denied,
+        events: rows.iter().map(event).collect(),
     })))
 }

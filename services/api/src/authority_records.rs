@@ -1,13 +1,16 @@
 //! Authority records (management-api.md §14.3, formerly "sessions"): the anchors STS
 //! identity exchanges create, listed with filters and exportable as CSV.
 
+use super::views::{self, Page};
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use serval_domain::catalog::runtime::{RECORD_STATUSES, RECORD_TYPES};
 use serval_domain::catalog::{CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
+use utoipa::ToSchema;
 
 use super::catalog::{self as common, WriteCtx};
 use super::feed;
@@ -42,26 +45,46 @@ pub fn router() -> Routes {
         200,
         &["400 invalid_query", "400 invalid_cursor"],
     )
+    .gives::<Page<RecordView>>()
 }
 
 pub fn render(e: &Entity, now: chrono::DateTime<chrono::Utc>) -> Value {
     let EntityData::AuthorityRecord(r) = &e.data else {
         return Value::Null;
     };
-    json!({
-        "authority_record_id": e.id,
-        "zone_id": e.zone_id,
-        "authority_record_type": r.record_type,
-        "subject_id": r.subject_id,
-        "federated_user_issuer": r.federated_user_issuer,
-        "parent_authority_record_id": r.parent_id,
-        "status": r.effective_status(now),
-        "expires_at": pagination::ts(r.expires_at),
-        "authenticated_at": pagination::ts(r.authenticated_at),
-        "created_at": pagination::ts(e.created_at),
-        "revoked_at": common::opt_ts(r.revoked_at),
-        "revoked_reason": r.revoked_reason,
+    views::to_json(&RecordView {
+        authority_record_id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        authority_record_type: r.record_type.clone(),
+        subject_id: r.subject_id.clone(),
+        federated_user_issuer: r.federated_user_issuer.clone(),
+        parent_authority_record_id: r.parent_id.clone(),
+        status: r.effective_status(now).to_owned(),
+        expires_at: pagination::ts(r.expires_at),
+        authenticated_at: pagination::ts(r.authenticated_at),
+        created_at: pagination::ts(e.created_at),
+        revoked_at: common::opt_ts(r.revoked_at),
+        revoked_reason: r.revoked_reason.clone(),
     })
+}
+
+/// An authority record: what a mandate was minted on.
+#[derive(Serialize, ToSchema)]
+pub struct RecordView {
+    authority_record_id: String,
+    zone_id: String,
+    /// `user` or `application`.
+    authority_record_type: String,
+    subject_id: String,
+    federated_user_issuer: Option<String>,
+    parent_authority_record_id: Option<String>,
+    /// `active`, `revoked` or `expired`.
+    status: String,
+    expires_at: String,
+    authenticated_at: String,
+    created_at: String,
+    revoked_at: Option<String>,
+    revoked_reason: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -2,12 +2,13 @@
 //! connections) share: the write path of one object, list queries, and the attribution
 //! block.
 
+use super::views::Attribution;
 use std::collections::HashMap;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use serval_domain::catalog::{
     self, CatalogCommand, CatalogError, CatalogKind, Entity, EntityData, Stamp,
 };
@@ -380,29 +381,19 @@ pub fn page_body(items: &[Entity], limit: i64, render: impl Fn(&Entity) -> Value
 }
 
 /// The attribution block and timestamps of an object (§1).
-pub fn attribution(e: &Entity, out: &mut Map<String, Value>) {
-    out.insert("created_by".into(), Value::from(e.created_by.clone()));
-    out.insert(
-        "created_via_operator".into(),
-        Value::from(e.created_via_operator),
-    );
-    out.insert("updated_by".into(), Value::from(e.updated_by.clone()));
-    out.insert(
-        "updated_via_operator".into(),
-        Value::from(e.updated_via_operator),
-    );
-    out.insert(
-        "created_at".into(),
-        Value::from(pagination::ts(e.created_at)),
-    );
-    out.insert(
-        "updated_at".into(),
-        Value::from(e.updated_at.map(pagination::ts)),
-    );
+pub fn attribution(e: &Entity) -> Attribution {
+    Attribution {
+        created_by: e.created_by.clone(),
+        created_via_operator: e.created_via_operator,
+        updated_by: e.updated_by.clone(),
+        updated_via_operator: e.updated_via_operator,
+        created_at: pagination::ts(e.created_at),
+        updated_at: e.updated_at.map(pagination::ts),
+    }
 }
 
-pub fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
-    Value::from(t.map(pagination::ts))
+pub fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    t.map(pagination::ts)
 }
 
 /// The data of an entity known to be of a kind (a read model row never changes kind).
@@ -428,91 +419,6 @@ pub fn resource(e: &Entity) -> Result<&catalog::ResourceData, ApiError> {
     match &e.data {
         EntityData::Resource(r) => Ok(r),
         _ => Err(data_mismatch()),
-    }
-}
-
-/// A lenient JSON object body (unknown fields dropped), read field by field; a type error
-/// answers `400 <code>`.
-pub struct Fields {
-    map: Map<String, Value>,
-    code: &'static str,
-}
-
-impl Fields {
-    pub fn parse(headers: &HeaderMap, raw: &[u8], code: &'static str) -> Result<Self, ApiError> {
-        let map: Map<String, Value> = serval_kit::http::body::parse_lenient(headers, raw, code)?;
-        Ok(Fields { map, code })
-    }
-
-    fn bad(&self, key: &str, what: &str) -> ApiError {
-        ApiError::bad_request(self.code).description(format!("{key} must be {what}"))
-    }
-
-    pub fn has(&self, key: &str) -> bool {
-        self.map.contains_key(key)
-    }
-
-    /// A string; absent or null → `None`.
-    pub fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(self.bad(key, "a string")),
-        }
-    }
-
-    /// A string that may be explicitly null: absent → `None`, null → `Some(None)`.
-    pub fn nullable_string(&self, key: &str) -> Result<Option<Option<String>>, ApiError> {
-        match self.map.get(key) {
-            None => Ok(None),
-            Some(Value::Null) => Ok(Some(None)),
-            Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
-            Some(_) => Err(self.bad(key, "a string or null")),
-        }
-    }
-
-    pub fn boolean(&self, key: &str) -> Result<Option<bool>, ApiError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(self.bad(key, "a boolean")),
-        }
-    }
-
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ApiError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| self.bad(key, "an array of strings"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(self.bad(key, "an array of strings")),
-        }
-    }
-
-    pub fn object(&self, key: &str) -> Result<Option<Map<String, Value>>, ApiError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m.clone())),
-            Some(_) => Err(self.bad(key, "an object")),
-        }
-    }
-
-    /// The first key of the body that is not in `allowed`.
-    pub fn unknown(&self, allowed: &[&str]) -> Option<&str> {
-        self.map
-            .keys()
-            .map(String::as_str)
-            .find(|k| !allowed.contains(k))
-    }
-
-    pub fn value(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).filter(|v| !v.is_null())
     }
 }
 

@@ -1,12 +1,14 @@
 //! Grants (management-api.md §12): list with filters, get, create, revoke.
 
+use super::views::{self, Attribution, Page};
+use serde::Serialize;
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use serval_domain::catalog::grant::{self, GrantData};
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
@@ -14,13 +16,15 @@ use serval_projector::catalog::{self as read, Filter, Status};
 use super::catalog::{self as common, WriteCtx};
 use super::params::PathIds;
 use super::routes::Routes;
-use super::schema::Obj;
+use super::schema::{self, Issue};
 use axum::http::Method;
+use serde::Deserialize;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::pagination;
 use serval_kit::http::ApiError;
 use serval_kit::request::Req;
 use serval_kit::state::App;
+use utoipa::ToSchema;
 
 const KIND: CatalogKind = CatalogKind::Grant;
 
@@ -34,6 +38,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<GrantRow>>()
         .op(
             Method::POST,
             "/v1/zones/{zone}/grants",
@@ -48,6 +53,8 @@ pub fn router() -> Routes {
                 "404 resource_not_found",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<GrantCreated>()
         .op(
             Method::GET,
             "/v1/zones/{zone}/grants/{id}",
@@ -56,6 +63,7 @@ pub fn router() -> Routes {
             200,
             &["404 grant_not_found"],
         )
+        .gives::<GrantView>()
         .op(
             Method::DELETE,
             "/v1/zones/{zone}/grants/{id}",
@@ -66,45 +74,97 @@ pub fn router() -> Routes {
         )
 }
 
-fn render(e: &Entity) -> Value {
-    let EntityData::Grant(g) = &e.data else {
-        return Value::Null;
-    };
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("zone_id".into(), json!(e.zone_id));
-    m.insert("application_id".into(), json!(g.application_id));
-    m.insert("user_id".into(), json!(g.user_id));
-    m.insert("resource_id".into(), json!(g.resource_id));
-    m.insert("scopes".into(), json!(g.scopes));
-    m.insert("status".into(), json!(g.status));
-    common::attribution(e, &mut m);
-    Value::Object(m)
+/// A grant (§12).
+#[derive(Serialize, ToSchema)]
+pub struct GrantView {
+    id: String,
+    zone_id: String,
+    application_id: String,
+    user_id: String,
+    resource_id: String,
+    scopes: Vec<String>,
+    /// `active` or `revoked`.
+    status: String,
+    #[serde(flatten)]
+    attribution: Attribution,
 }
 
-/// The `201` body omits the two `updated_*` fields (§12).
+/// The `201` body of a grant create: without the `updated_*` fields (§12).
+#[derive(Serialize, ToSchema)]
+pub struct GrantCreated {
+    id: String,
+    zone_id: String,
+    application_id: String,
+    user_id: String,
+    resource_id: String,
+    scopes: Vec<String>,
+    status: String,
+    created_by: String,
+    created_via_operator: bool,
+    created_at: String,
+}
+
+/// A list row: the grant with the names of what it ties together.
+#[derive(Serialize, ToSchema)]
+pub struct GrantRow {
+    #[serde(flatten)]
+    grant: GrantView,
+    provider_id: Option<String>,
+    application_name: Option<String>,
+    resource_name: Option<String>,
+    provider_name: Option<String>,
+    provider_kind: Option<String>,
+}
+
+fn view(e: &Entity) -> Option<GrantView> {
+    let EntityData::Grant(g) = &e.data else {
+        return None;
+    };
+    Some(GrantView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        application_id: g.application_id.clone(),
+        user_id: g.user_id.clone(),
+        resource_id: g.resource_id.clone(),
+        scopes: g.scopes.clone(),
+        status: g.status.clone(),
+        attribution: common::attribution(e),
+    })
+}
+
+fn render(e: &Entity) -> Value {
+    view(e).map(|v| views::to_json(&v)).unwrap_or(Value::Null)
+}
+
 fn render_created(e: &Entity) -> Value {
-    let mut v = render(e);
-    if let Value::Object(m) = &mut v {
-        m.remove("updated_by");
-        m.remove("updated_via_operator");
-        m.remove("updated_at");
-    }
-    v
+    let Some(g) = view(e) else {
+        return Value::Null;
+    };
+    views::to_json(&GrantCreated {
+        id: g.id,
+        zone_id: g.zone_id,
+        application_id: g.application_id,
+        user_id: g.user_id,
+        resource_id: g.resource_id,
+        scopes: g.scopes,
+        status: g.status,
+        created_by: g.attribution.created_by,
+        created_via_operator: g.attribution.created_via_operator,
+        created_at: g.attribution.created_at,
+    })
 }
 
 /// List rows add the names of what the grant ties together.
 fn render_row(e: &Entity, refs: &HashMap<String, Entity>) -> Value {
-    let mut v = render(e);
-    let EntityData::Grant(g) = &e.data else {
-        return v;
+    let (Some(grant), EntityData::Grant(g)) = (view(e), &e.data) else {
+        return Value::Null;
     };
-    let name = |id: &str| -> Value {
+    let name = |id: &str| -> Option<String> {
         match refs.get(id).map(|r| &r.data) {
-            Some(EntityData::Application(a)) => json!(a.name),
-            Some(EntityData::Resource(r)) => json!(r.name),
-            Some(EntityData::Provider(p)) => json!(p.name),
-            _ => Value::Null,
+            Some(EntityData::Application(a)) => Some(a.name.clone()),
+            Some(EntityData::Resource(r)) => Some(r.name.clone()),
+            Some(EntityData::Provider(p)) => Some(p.name.clone()),
+            _ => None,
         }
     };
     let provider_id = match refs.get(&g.resource_id).map(|r| &r.data) {
@@ -117,17 +177,14 @@ fn render_row(e: &Entity, refs: &HashMap<String, Entity>) -> Value {
             Some(EntityData::Provider(p)) => Some(p.kind.clone()),
             _ => None,
         });
-    if let Value::Object(m) = &mut v {
-        m.insert("provider_id".into(), json!(provider_id));
-        m.insert("application_name".into(), name(&g.application_id));
-        m.insert("resource_name".into(), name(&g.resource_id));
-        m.insert(
-            "provider_name".into(),
-            provider_id.as_deref().map(name).unwrap_or(Value::Null),
-        );
-        m.insert("provider_kind".into(), json!(provider_kind));
-    }
-    v
+    views::to_json(&GrantRow {
+        application_name: name(&g.application_id),
+        resource_name: name(&g.resource_id),
+        provider_name: provider_id.as_deref().and_then(name),
+        provider_id,
+        provider_kind,
+        grant,
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -216,45 +273,51 @@ async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
     Ok(Json(render(&load_grant(&app, ids.at(0), ids.at(1)).await?)))
 }
 
+const _: () = assert!(
+    grant::MAX_SCOPES == 64,
+    "GrantCreate documents max_items = 64"
+);
+
+/// `POST /v1/zones/{zone}/grants` (§12).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = GrantCreate)]
+pub struct CreateBody {
+    #[schema(min_length = 1)]
+    application_id: String,
+    #[schema(min_length = 1)]
+    user_id: String,
+    #[schema(min_length = 1)]
+    resource_id: String,
+    /// Each matches `^[a-z0-9:_./-]+$`, at most 200 characters.
+    #[schema(min_items = 1, max_items = 64)]
+    scopes: Vec<String>,
+}
+
 async fn create(
     State(app): State<App>,
     req: Req,
     ids: PathIds,
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let application_id = body.string("application_id", 1);
-    let user_id = body.string("user_id", 1);
-    let resource_id = body.string("resource_id", 1);
-    let scopes = match body.map.get("scopes").cloned() {
-        Some(Value::Array(items)) if (1..=grant::MAX_SCOPES).contains(&items.len()) => {
-            let mut out = Vec::new();
-            for (i, s) in items.iter().enumerate() {
-                match s.as_str() {
-                    Some(s) if grant::is_grant_scope(s) => out.push(s.to_owned()),
-                    _ => body.fail(
-                        &["scopes", &i.to_string()],
-                        "Invalid string: must match pattern /^[a-z0-9:_./-]+$/ (at most 200 characters)",
-                    ),
-                }
-            }
-            out
-        }
-        Some(Value::Array(_)) => {
-            body.fail(&["scopes"], "scopes must list 1-64 scopes");
-            Vec::new()
-        }
-        _ => {
-            body.fail(&["scopes"], "Invalid input: expected array");
-            Vec::new()
-        }
-    };
-    body.finish()?;
-    let (Some(application_id), Some(user_id), Some(resource_id)) =
-        (application_id, user_id, resource_id)
-    else {
-        return Err(ApiError::internal("validated fields missing"));
-    };
+    let CreateBody {
+        application_id,
+        user_id,
+        resource_id,
+        scopes,
+    } = schema::strict(&req.headers, &raw)?;
+    schema::refuse(
+        scopes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !grant::is_grant_scope(s))
+            .map(|(i, _)| {
+                Issue::new(
+                    &["scopes", &i.to_string()],
+                    "Invalid string: must match pattern /^[a-z0-9:_./-]+$/ (at most 200 characters)",
+                )
+            })
+            .collect(),
+    )?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let application =
         common::live(&app, &ctx.zone, &application_id, CatalogKind::Application).await?;

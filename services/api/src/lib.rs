@@ -25,6 +25,7 @@ pub mod resources;
 pub mod routes;
 pub mod schema;
 pub mod sessions;
+pub mod views;
 pub mod zones;
 
 use axum::routing::get;

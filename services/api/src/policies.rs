@@ -1,9 +1,11 @@
 //! Policies, validation and templates (management-api.md §10).
 
+use super::views::{self, Page};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Value};
 use serval_domain::policy::bundle::{CONTRACT_VERSION, INPUT_SCHEMA_VERSION};
 use serval_domain::policy::document::{self, PACKAGE};
@@ -20,13 +22,15 @@ use serval_streams::{AppendRequest, Envelope, LogStream};
 
 use super::params::PathIds;
 use super::routes::Routes;
-use super::schema::Obj;
+use super::schema;
+use serde::Deserialize;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Failure, Outcome};
+use utoipa::ToSchema;
 
 pub fn router() -> Routes {
     Routes::new("policies")
@@ -38,6 +42,8 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_body", "422 invalid_rego"],
         )
+        .takes::<Content>()
+        .gives::<Validation>()
         .op(
             Method::GET,
             "/v1/policy-templates",
@@ -46,6 +52,7 @@ pub fn router() -> Routes {
             200,
             &[],
         )
+        .gives::<Templates>()
         .op(
             Method::GET,
             "/v1/zones/{zone}/policies",
@@ -54,6 +61,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<PolicyView>>()
         .op(
             Method::POST,
             "/v1/zones/{zone}/policies",
@@ -68,6 +76,8 @@ pub fn router() -> Routes {
                 "422 invalid_rego",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<PolicyCreated>()
         .op(
             Method::GET,
             "/v1/zones/{zone}/policies/{id}",
@@ -76,6 +86,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_not_found"],
         )
+        .gives::<PolicyWithVersions>()
         .op(
             Method::DELETE,
             "/v1/zones/{zone}/policies/{id}",
@@ -96,6 +107,27 @@ pub fn router() -> Routes {
                 "422 invalid_rego",
             ],
         )
+        .takes::<Content>()
+        .gives::<VersionAdded>()
+}
+
+/// A Rego data document: `POST /v1/policies/validate` and a new policy version.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicyContent)]
+pub struct Content {
+    #[schema(min_length = 1)]
+    content: String,
+}
+
+/// `POST /v1/zones/{zone}/policies`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicyCreate)]
+pub struct CreateBody {
+    #[schema(min_length = 1)]
+    name: String,
+    description: Option<String>,
+    #[schema(min_length = 1)]
+    content: String,
 }
 
 fn invalid_rego(reason: impl std::fmt::Display) -> ApiError {
@@ -123,82 +155,205 @@ fn name_conflict() -> ApiError {
         .description("a live policy with this name exists in the zone")
 }
 
-pub fn render_policy(p: &Policy) -> Value {
-    json!({
-        "id": p.id,
-        "zone_id": p.zone_id,
-        "name": p.name,
-        "description": p.description,
-        "created_by": p.created_by,
-        "created_via_operator": p.created_via_operator,
-        "updated_by": p.updated_by,
-        "updated_via_operator": p.updated_via_operator,
-        "created_at": pagination::ts(p.created_at),
-        "updated_at": pagination::ts(p.updated_at),
-    })
+/// A policy (§10).
+#[derive(Serialize, ToSchema)]
+pub struct PolicyView {
+    id: String,
+    zone_id: String,
+    name: String,
+    description: Option<String>,
+    created_by: String,
+    created_via_operator: bool,
+    updated_by: String,
+    updated_via_operator: bool,
+    created_at: String,
+    updated_at: String,
 }
 
-fn render_version_full(
+/// One immutable version of a policy, with its content.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyVersionView {
+    id: String,
+    policy_id: String,
+    version: u64,
+    content: String,
+    content_sha256: String,
+    schema_version: String,
+    created_by: String,
+    created_via_operator: bool,
+    created_at: String,
+    archived_at: Option<String>,
+}
+
+/// `GET …/policies/{id}`: the policy and its versions, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyWithVersions {
+    #[serde(flatten)]
+    policy: PolicyView,
+    versions: Vec<PolicyVersionView>,
+}
+
+/// A version as a write answers it (without its content).
+#[derive(Serialize, ToSchema)]
+pub struct VersionSummary {
+    id: String,
+    policy_id: String,
+    version: u64,
+    content_sha256: String,
+    schema_version: String,
+    created_at: String,
+}
+
+/// `201` of a policy create: the policy and its first version.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyCreated {
+    id: String,
+    version_id: String,
+    zone_id: String,
+    name: String,
+    description: Option<String>,
+    version: VersionSummary,
+}
+
+/// `201` of a new version.
+#[derive(Serialize, ToSchema)]
+pub struct VersionAdded {
+    version_id: String,
+    #[serde(flatten)]
+    version: VersionSummary,
+}
+
+/// `GET /v1/policy-templates`.
+#[derive(Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct Templates(Vec<Template>);
+
+/// A policy template.
+#[derive(Serialize, ToSchema)]
+pub struct Template {
+    id: String,
+    name: String,
+    description: String,
+    content: String,
+}
+
+/// What a valid data document answers (`POST /v1/policies/validate`).
+#[derive(Serialize, ToSchema)]
+pub struct Validation {
+    valid: bool,
+    schema_version: String,
+    input_schema_version: String,
+    contract_version: String,
+    output_contract: OutputContract,
+    preview: Preview,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OutputContract {
+    package: String,
+    rule: String,
+    decision: Vec<String>,
+    evaluation_status: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Preview {
+    package: String,
+    rules: Vec<String>,
+    default_result: bool,
+    #[schema(value_type = Vec<Object>)]
+    decisions: Vec<Value>,
+    inputs_referenced: Vec<String>,
+    data_referenced: Vec<String>,
+}
+
+fn policy_view(p: &Policy) -> PolicyView {
+    PolicyView {
+        id: p.id.clone(),
+        zone_id: p.zone_id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        created_by: p.created_by.clone(),
+        created_via_operator: p.created_via_operator,
+        updated_by: p.updated_by.clone(),
+        updated_via_operator: p.updated_via_operator,
+        created_at: pagination::ts(p.created_at),
+        updated_at: pagination::ts(p.updated_at),
+    }
+}
+
+pub fn render_policy(p: &Policy) -> Value {
+    views::to_json(&policy_view(p))
+}
+
+fn version_view(
     v: &PolicyVersion,
     archived_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Value {
-    json!({
-        "id": v.id,
-        "policy_id": v.policy_id,
-        "version": v.version,
-        "content": v.content,
-        "content_sha256": v.content_sha256,
-        "schema_version": v.schema_version,
-        "created_by": v.created_by,
-        "created_via_operator": v.created_via_operator,
-        "created_at": pagination::ts(v.created_at),
-        "archived_at": archived_at.map(pagination::ts),
-    })
+) -> PolicyVersionView {
+    PolicyVersionView {
+        id: v.id.clone(),
+        policy_id: v.policy_id.clone(),
+        version: v.version,
+        content: v.content.clone(),
+        content_sha256: v.content_sha256.clone(),
+        schema_version: v.schema_version.clone(),
+        created_by: v.created_by.clone(),
+        created_via_operator: v.created_via_operator,
+        created_at: pagination::ts(v.created_at),
+        archived_at: archived_at.map(pagination::ts),
+    }
+}
+
+fn stored_summary(v: &PolicyVersion) -> VersionSummary {
+    VersionSummary {
+        id: v.id.clone(),
+        policy_id: v.policy_id.clone(),
+        version: v.version,
+        content_sha256: v.content_sha256.clone(),
+        schema_version: v.schema_version.clone(),
+        created_at: pagination::ts(v.created_at),
+    }
 }
 
 async fn validate(headers: HeaderMap, RawBody(raw): RawBody) -> Result<Response, ApiError> {
-    let mut body = Obj::parse(&headers, &raw)?;
-    let content = body.string("content", 1);
-    body.finish()?;
-    let content = content.unwrap_or_default();
+    let Content { content } = schema::strict(&headers, &raw)?;
     let summary = document::validate(&content).map_err(invalid_rego)?;
-    Ok(Json(json!({
-        "valid": true,
-        "schema_version": INPUT_SCHEMA_VERSION,
-        "input_schema_version": INPUT_SCHEMA_VERSION,
-        "contract_version": CONTRACT_VERSION,
-        "output_contract": {
-            "package": PACKAGE,
-            "rule": "result",
-            "decision": ["allow", "deny"],
-            "evaluation_status": ["complete"],
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    Ok(Json(views::to_json(&Validation {
+        valid: true,
+        schema_version: INPUT_SCHEMA_VERSION.to_owned(),
+        input_schema_version: INPUT_SCHEMA_VERSION.to_owned(),
+        contract_version: CONTRACT_VERSION.to_owned(),
+        output_contract: OutputContract {
+            package: PACKAGE.to_owned(),
+            rule: "result".to_owned(),
+            decision: strings(&["allow", "deny"]),
+            evaluation_status: strings(&["complete"]),
         },
-        "preview": {
-            "package": summary.package,
-            "rules": summary.rules,
-            "default_result": false,
-            "decisions": [],
-            "inputs_referenced": summary.inputs_referenced,
-            "data_referenced": summary.data_referenced,
+        preview: Preview {
+            package: summary.package,
+            rules: summary.rules,
+            default_result: false,
+            decisions: Vec::new(),
+            inputs_referenced: summary.inputs_referenced,
+            data_referenced: summary.data_referenced,
         },
     }))
     .into_response())
 }
 
 async fn templates() -> Json<Value> {
-    Json(Value::Array(
+    Json(views::to_json(&Templates(
         TEMPLATES
             .iter()
-            .map(|t| {
-                json!({
-                    "id": t.id,
-                    "name": t.name,
-                    "description": t.description,
-                    "content": t.content,
-                })
+            .map(|t| Template {
+                id: t.id.to_owned(),
+                name: t.name.to_owned(),
+                description: t.description.to_owned(),
+                content: t.content.to_owned(),
             })
             .collect(),
-    ))
+    )))
 }
 
 async fn list(
@@ -226,14 +381,13 @@ async fn live_policy(app: &App, zone: &str, id: &str) -> Result<Policy, ApiError
 async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
     let p = live_policy(&app, ids.at(0), ids.at(1)).await?;
     let versions = read::policy_versions(&app.pool, &p.id).await?;
-    let mut body = render_policy(&p);
-    body["versions"] = Value::Array(
-        versions
+    Ok(Json(views::to_json(&PolicyWithVersions {
+        policy: policy_view(&p),
+        versions: versions
             .iter()
-            .map(|v| render_version_full(v, p.archived_at))
+            .map(|v| version_view(v, p.archived_at))
             .collect(),
-    );
-    Ok(Json(body))
+    })))
 }
 
 /// A live zone's `operator_coauthor_badge`, or `404 zone_not_found`.
@@ -272,15 +426,19 @@ fn appended(outcome: &Outcome) -> Option<(&PolicyEvent, &Envelope)> {
     }
 }
 
-fn version_answer(policy_id: &str, env: &Envelope, v: &policies::VersionRecorded) -> Value {
-    json!({
-        "id": v.version_id,
-        "policy_id": policy_id,
-        "version": v.version,
-        "content_sha256": v.content_sha256,
-        "schema_version": v.schema_version,
-        "created_at": pagination::ts(env.occurred_at),
-    })
+fn version_answer(
+    policy_id: &str,
+    env: &Envelope,
+    v: &policies::VersionRecorded,
+) -> VersionSummary {
+    VersionSummary {
+        id: v.version_id.clone(),
+        policy_id: policy_id.to_owned(),
+        version: v.version,
+        content_sha256: v.content_sha256.clone(),
+        schema_version: v.schema_version.clone(),
+        created_at: pagination::ts(env.occurred_at),
+    }
 }
 
 async fn create(
@@ -291,12 +449,11 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let rid = req.rid.clone();
     let zone = ids.at(0).to_owned();
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let name = body.string("name", 1);
-    let description = body.opt_string("description");
-    let content = body.string("content", 1);
-    body.finish()?;
-    let (name, content) = (name.unwrap_or_default(), content.unwrap_or_default());
+    let CreateBody {
+        name,
+        description,
+        content,
+    } = schema::strict(&req.headers, &raw)?;
     let badge = zone_badge(&app, &zone).await?;
     let actor = req.actor();
     let idem = req.idempotency(&raw)?;
@@ -349,12 +506,13 @@ async fn create(
             let first = versions
                 .last()
                 .ok_or_else(|| ApiError::internal("policy without versions"))?;
-            let mut b = render_policy(&p);
-            b["version_id"] = json!(first.id);
-            b["version"] = json!({
-                "id": first.id, "policy_id": p.id, "version": first.version,
-                "content_sha256": first.content_sha256, "schema_version": first.schema_version,
-                "created_at": pagination::ts(first.created_at),
+            let b = views::to_json(&PolicyCreated {
+                id: p.id.clone(),
+                version_id: first.id.clone(),
+                zone_id: p.zone_id.clone(),
+                name: p.name.clone(),
+                description: p.description.clone(),
+                version: stored_summary(first),
             });
             (*visible, b)
         }
@@ -362,13 +520,13 @@ async fn create(
             let Some((PolicyEvent::Created(c), env)) = appended(&outcome) else {
                 return Err(ApiError::internal("create appended no policy.created"));
             };
-            let b = json!({
-                "id": env.aggregate_id,
-                "version_id": c.first_version.version_id,
-                "zone_id": c.zone_id,
-                "name": c.name,
-                "description": c.description,
-                "version": version_answer(&env.aggregate_id, env, &c.first_version),
+            let b = views::to_json(&PolicyCreated {
+                id: env.aggregate_id.clone(),
+                version_id: c.first_version.version_id.clone(),
+                zone_id: c.zone_id.clone(),
+                name: c.name.clone(),
+                description: c.description.clone(),
+                version: version_answer(&env.aggregate_id, env, &c.first_version),
             });
             (*visible, b)
         }
@@ -392,10 +550,7 @@ async fn add_version(
 ) -> Result<Response, ApiError> {
     let rid = req.rid.clone();
     let (zone, id) = (ids.at(0).to_owned(), ids.at(1).to_owned());
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let content = body.string("content", 1);
-    body.finish()?;
-    let content = content.unwrap_or_default();
+    let Content { content } = schema::strict(&req.headers, &raw)?;
     // Content is checked before existence (§10).
     document::validate(&content).map_err(invalid_rego)?;
     let actor = req.actor();
@@ -441,10 +596,9 @@ async fn add_version(
                 .ok_or_else(|| ApiError::internal("policy without versions"))?;
             (
                 *visible,
-                json!({
-                    "version_id": v.id, "id": v.id, "policy_id": v.policy_id, "version": v.version,
-                    "content_sha256": v.content_sha256, "schema_version": v.schema_version,
-                    "created_at": pagination::ts(v.created_at),
+                views::to_json(&VersionAdded {
+                    version_id: v.id.clone(),
+                    version: stored_summary(v),
                 }),
             )
         }
@@ -454,8 +608,10 @@ async fn add_version(
                     "version write appended no policy.version_added",
                 ));
             };
-            let mut b = version_answer(&env.aggregate_id, env, &a.version);
-            b["version_id"] = json!(a.version.version_id);
+            let b = views::to_json(&VersionAdded {
+                version_id: a.version.version_id.clone(),
+                version: version_answer(&env.aggregate_id, env, &a.version),
+            });
             (*visible, b)
         }
     };

@@ -36,8 +36,22 @@ pub struct HistoryRequest {
     pub max_differences: u64,
 }
 
-fn datetime(v: &Value) -> Option<DateTime<Utc>> {
-    let s = v.as_str()?;
+/// The `history` member of a simulation body.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SimulationHistory)]
+pub struct HistoryBody {
+    /// A UTC RFC 3339 time (`…Z`); default: 24 hours before `until`.
+    since: Option<String>,
+    /// A UTC RFC 3339 time (`…Z`); default: now.
+    until: Option<String>,
+    /// Decisions re-evaluated at most, 1–10,000 (default 1,000).
+    limit: Option<u64>,
+    /// Differences reported at most, 0–100 (default 20).
+    max_differences: Option<u64>,
+}
+
+fn datetime(s: &str) -> Option<DateTime<Utc>> {
     if !s.ends_with('Z') {
         return None;
     }
@@ -46,55 +60,46 @@ fn datetime(v: &Value) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// Parses the `history` member; errors name the offending field.
-pub fn parse(v: &Value) -> Result<HistoryRequest, (&'static str, String)> {
-    let Value::Object(m) = v else {
-        return Err(("", "Invalid input: expected object".to_owned()));
-    };
-    let mut h = HistoryRequest {
-        since: None,
-        until: None,
-        limit: DEFAULT_LIMIT,
-        max_differences: DEFAULT_DIFFERENCES,
-    };
-    for (k, val) in m {
-        match k.as_str() {
-            "since" => {
-                h.since = Some(
-                    datetime(val)
-                        .ok_or(("since", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
-                )
-            }
-            "until" => {
-                h.until = Some(
-                    datetime(val)
-                        .ok_or(("until", "expected a UTC RFC 3339 time (…Z)".to_owned()))?,
-                )
-            }
-            "limit" => {
-                h.limit = val
-                    .as_u64()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or((
+impl HistoryBody {
+    /// The request this member asks for; errors name the offending field.
+    pub fn resolve(self) -> Result<HistoryRequest, (&'static str, String)> {
+        let time = |field: &'static str, v: Option<String>| match v {
+            None => Ok(None),
+            Some(s) => datetime(&s)
+                .map(Some)
+                .ok_or((field, "expected a UTC RFC 3339 time (…Z)".to_owned())),
+        };
+        let h = HistoryRequest {
+            since: time("since", self.since)?,
+            until: time("until", self.until)?,
+            limit: match self.limit {
+                None => DEFAULT_LIMIT,
+                Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                Some(_) => {
+                    return Err((
                         "limit",
                         format!("expected an integer from 1 to {MAX_LIMIT}"),
-                    ))?
+                    ))
+                }
+            },
+            max_differences: match self.max_differences {
+                None => DEFAULT_DIFFERENCES,
+                Some(n) if n <= MAX_DIFFERENCES => n,
+                Some(_) => {
+                    return Err((
+                        "max_differences",
+                        format!("expected an integer from 0 to {MAX_DIFFERENCES}"),
+                    ))
+                }
+            },
+        };
+        if let (Some(s), Some(u)) = (h.since, h.until) {
+            if s > u {
+                return Err(("since", "since must not be after until".to_owned()));
             }
-            "max_differences" => {
-                h.max_differences = val.as_u64().filter(|n| *n <= MAX_DIFFERENCES).ok_or((
-                    "max_differences",
-                    format!("expected an integer from 0 to {MAX_DIFFERENCES}"),
-                ))?
-            }
-            _ => return Err(("", format!("unknown field {k}"))),
         }
+        Ok(h)
     }
-    if let (Some(s), Some(u)) = (h.since, h.until) {
-        if s > u {
-            return Err(("since", "since must not be after until".to_owned()));
-        }
-    }
-    Ok(h)
 }
 
 fn recorded_reason(data: &Value) -> Option<String> {

@@ -18,11 +18,15 @@ pub const PROBES_PER_WINDOW: u64 = 10;
 pub const PROBE_WINDOW_MS: u64 = 60_000;
 
 /// A probe's outcome: `{"status","detail","checked_at"}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ConnectivityCheck)]
 pub struct Check {
+    /// `ok`, `auth_failed`, `unreachable`, `endpoint_error` or `config_error`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub detail: String,
     #[serde(serialize_with = "ts")]
+    #[schema(value_type = String)]
     pub checked_at: DateTime<Utc>,
 }
 

@@ -1,6 +1,8 @@
 //! Providers (management-api.md §7): list, get, create, PATCH, DELETE. Secrets are sealed at
 //! intake and never returned.
 
+use super::views::{self, Attribution, Page};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
@@ -16,17 +18,20 @@ use serval_domain::catalog::{
 };
 
 use super::applications::secret_backend;
-use super::catalog::{self as common, Fields, ListQuery, WriteCtx};
+use super::catalog::{self as common, ListQuery, WriteCtx};
 use super::params::PathIds;
 use super::routes::Routes;
+use super::schema;
 use crate::probes;
 use axum::http::Method;
+use serde::Deserialize;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::ApiError;
 use serval_kit::request::Req;
 use serval_kit::secrets::{Binding, SecretError};
 use serval_kit::state::App;
 use serval_kit::write::Failure;
+use utoipa::ToSchema;
 
 const KIND: CatalogKind = CatalogKind::Provider;
 const INVALID: &str = "invalid_provider";
@@ -43,6 +48,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<ProviderView>>()
         .op(
             Method::POST,
             base,
@@ -62,6 +68,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<ProviderView>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/test"),
@@ -75,6 +83,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .no_body()
+        .gives::<probes::Check>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}"),
@@ -83,6 +93,7 @@ pub fn router() -> Routes {
             200,
             &["404 provider_not_found"],
         )
+        .gives::<ProviderView>()
         .op(
             Method::PATCH,
             &format!("{base}/{{id}}"),
@@ -100,6 +111,8 @@ pub fn router() -> Routes {
                 "502 secret_backend_unavailable",
             ],
         )
+        .takes::<PatchBody>()
+        .gives::<ProviderView>()
         .op(
             Method::DELETE,
             &format!("{base}/{{id}}"),
@@ -110,26 +123,42 @@ pub fn router() -> Routes {
         )
 }
 
+/// A provider (§7): its public configuration; secret fields are named, never shown.
+#[derive(Serialize, ToSchema)]
+pub struct ProviderView {
+    id: String,
+    zone_id: String,
+    name: String,
+    identifier: String,
+    kind: String,
+    /// The configuration without its secret fields.
+    #[schema(value_type = Object)]
+    config_json: Value,
+    /// The names of the sealed configuration fields.
+    secret_config_keys: Vec<String>,
+    /// Set while the last connectivity check failed (or an OAuth provider is unverified).
+    connectivity_failed_at: Option<String>,
+    #[serde(flatten)]
+    attribution: Attribution,
+    archived_at: Option<String>,
+}
+
 pub fn render(e: &Entity) -> Value {
     let EntityData::Provider(p) = &e.data else {
         return Value::Null;
     };
-    let config: Value = serde_json::from_str(&p.config_json).unwrap_or_else(|_| json!({}));
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("zone_id".into(), json!(e.zone_id));
-    m.insert("name".into(), json!(p.name));
-    m.insert("identifier".into(), json!(p.identifier));
-    m.insert("kind".into(), json!(p.kind));
-    m.insert("config_json".into(), config);
-    m.insert("secret_config_keys".into(), json!(p.secret_config_keys));
-    m.insert(
-        "connectivity_failed_at".into(),
-        common::opt_ts(p.connectivity_failed_at),
-    );
-    common::attribution(e, &mut m);
-    m.insert("archived_at".into(), common::opt_ts(e.archived_at));
-    Value::Object(m)
+    views::to_json(&ProviderView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        name: p.name.clone(),
+        identifier: p.identifier.clone(),
+        kind: p.kind.clone(),
+        config_json: serde_json::from_str(&p.config_json).unwrap_or_else(|_| json!({})),
+        secret_config_keys: p.secret_config_keys.clone(),
+        connectivity_failed_at: common::opt_ts(p.connectivity_failed_at),
+        attribution: common::attribution(e),
+        archived_at: common::opt_ts(e.archived_at),
+    })
 }
 
 fn config_error(e: ConfigError) -> ApiError {
@@ -237,18 +266,48 @@ pub async fn secrets_of(app: &App, e: &Entity) -> Result<BTreeMap<String, String
     unseal(app, &e.zone_id, &e.id, &p.sealed_secrets).await
 }
 
+/// `POST /v1/zones/{zone}/providers` (§7). Unknown fields are ignored.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ProviderCreate)]
+pub struct CreateBody {
+    /// 1–200 characters; derived from the identifier when absent.
+    name: Option<String>,
+    /// `provider://<slug>`; derived from the name when absent.
+    identifier: Option<String>,
+    /// One of the provider kinds (`api_key`, `bearer_token`, `http_basic`, the OAuth kinds, …).
+    kind: Option<String>,
+    /// The kind's configuration; its secret fields are sealed and never returned.
+    #[schema(value_type = Option<Object>)]
+    config_json: Option<Map<String, Value>>,
+    /// Probe an OAuth provider's token endpoint before creating it.
+    check: Option<bool>,
+}
+
+/// `PATCH /v1/zones/{zone}/providers/{id}` (§7): at least one field.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ProviderPatch)]
+pub struct PatchBody {
+    name: Option<String>,
+    identifier: Option<String>,
+    /// Changing the kind needs a `config_json` for it.
+    kind: Option<String>,
+    /// Secret fields left out keep their sealed values.
+    #[schema(value_type = Option<Object>)]
+    config_json: Option<Map<String, Value>>,
+}
+
 async fn create(
     State(app): State<App>,
     req: Req,
     ids: PathIds,
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::parse(&req.headers, &raw, INVALID)?;
+    let body: CreateBody = schema::lenient(&req.headers, &raw, INVALID)?;
     let actor = req.actor();
-    let name = non_blank(f.string("name")?);
-    let identifier = non_blank(f.string("identifier")?);
-    let kind = f
-        .string("kind")?
+    let name = non_blank(body.name);
+    let identifier = non_blank(body.identifier);
+    let kind = body
+        .kind
         .ok_or_else(|| ApiError::bad_request(INVALID).description("kind is required"))?;
     check_kind(&kind)?;
     if name.is_none() && identifier.is_none() {
@@ -264,9 +323,9 @@ async fn create(
     if let Some(id) = &identifier {
         check_identifier(id, actor.is_bootstrap)?;
     }
-    let config = f.object("config_json")?.unwrap_or_default();
+    let config = body.config_json.unwrap_or_default();
     let resolved = provider_config::resolve(&kind, &config).map_err(config_error)?;
-    let check = f.boolean("check")? == Some(true);
+    let check = body.check == Some(true);
     if check && !provider_config::is_oauth(&kind) {
         return Err(check_unsupported());
     }
@@ -388,12 +447,13 @@ async fn patch(
     ids: PathIds,
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::parse(&req.headers, &raw, INVALID)?;
+    let PatchBody {
+        name,
+        identifier,
+        kind,
+        config_json: config,
+    } = schema::lenient(&req.headers, &raw, INVALID)?;
     let actor = req.actor();
-    let name = f.string("name")?;
-    let identifier = f.string("identifier")?;
-    let kind = f.string("kind")?;
-    let config = f.object("config_json")?;
     if name.is_none() && identifier.is_none() && kind.is_none() && config.is_none() {
         return Err(ApiError::bad_request("no_fields"));
     }

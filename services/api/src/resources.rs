@@ -1,27 +1,32 @@
 //! Resources (management-api.md §8): list, get, create, PATCH, DELETE, with declared scopes
 //! and gateway operations.
 
+use super::views::{self, Attribution, Page};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 use serval_domain::catalog::resource::{self, Operation, ResourceData, ResourceError};
 use serval_domain::catalog::{
     CatalogCommand, CatalogKind, Entity, EntityData, RESOURCE_IDENTIFIER,
 };
 use serval_projector::catalog as read;
 
-use super::catalog::{self as common, Fields, ListQuery, WriteCtx};
+use super::catalog::{self as common, ListQuery, WriteCtx};
 use super::params::PathIds;
 use super::routes::Routes;
+use super::schema;
 use crate::probes;
 use axum::http::Method;
+use serde::Deserialize;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::ApiError;
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::Failure;
+use utoipa::ToSchema;
 
 const KIND: CatalogKind = CatalogKind::Resource;
 const INVALID: &str = "invalid_resource";
@@ -37,6 +42,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<ResourceView>>()
         .op(
             Method::POST,
             base,
@@ -61,6 +67,8 @@ pub fn router() -> Routes {
                 "429 resource_test_rate_limited",
             ],
         )
+        .takes::<Body>()
+        .gives::<ResourceView>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/test"),
@@ -73,6 +81,8 @@ pub fn router() -> Routes {
                 "429 resource_test_rate_limited",
             ],
         )
+        .no_body()
+        .gives::<probes::Check>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}"),
@@ -81,6 +91,7 @@ pub fn router() -> Routes {
             200,
             &["404 resource_not_found"],
         )
+        .gives::<ResourceView>()
         .op(
             Method::PATCH,
             &format!("{base}/{{id}}"),
@@ -95,6 +106,8 @@ pub fn router() -> Routes {
                 "409 resource_identifier_conflict",
             ],
         )
+        .takes::<Body>()
+        .gives::<ResourceView>()
         .op(
             Method::DELETE,
             &format!("{base}/{{id}}"),
@@ -105,29 +118,41 @@ pub fn router() -> Routes {
         )
 }
 
+/// A resource (§8).
+#[derive(Serialize, ToSchema)]
+pub struct ResourceView {
+    id: String,
+    zone_id: String,
+    name: String,
+    identifier: String,
+    upstream_url: Option<String>,
+    scopes: Vec<String>,
+    credential_provider_id: Option<String>,
+    operations: Vec<Operation>,
+    /// `enforced` or `transport_uniform`.
+    operation_enforcement: String,
+    #[serde(flatten)]
+    attribution: Attribution,
+    archived_at: Option<String>,
+}
+
 pub fn render(e: &Entity) -> Value {
     let EntityData::Resource(r) = &e.data else {
         return Value::Null;
     };
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("zone_id".into(), json!(e.zone_id));
-    m.insert("name".into(), json!(r.name));
-    m.insert("identifier".into(), json!(r.identifier));
-    m.insert("upstream_url".into(), json!(r.upstream_url));
-    m.insert("scopes".into(), json!(r.scopes));
-    m.insert(
-        "credential_provider_id".into(),
-        json!(r.credential_provider_id),
-    );
-    m.insert("operations".into(), json!(r.operations));
-    m.insert(
-        "operation_enforcement".into(),
-        json!(r.operation_enforcement),
-    );
-    common::attribution(e, &mut m);
-    m.insert("archived_at".into(), common::opt_ts(e.archived_at));
-    Value::Object(m)
+    views::to_json(&ResourceView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        name: r.name.clone(),
+        identifier: r.identifier.clone(),
+        upstream_url: r.upstream_url.clone(),
+        scopes: r.scopes.clone(),
+        credential_provider_id: r.credential_provider_id.clone(),
+        operations: r.operations.clone(),
+        operation_enforcement: r.operation_enforcement.clone(),
+        attribution: common::attribution(e),
+        archived_at: common::opt_ts(e.archived_at),
+    })
 }
 
 fn resource_error(e: ResourceError) -> ApiError {
@@ -158,7 +183,31 @@ async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
     )))
 }
 
-/// The body fields of a create or PATCH (all optional here; create checks the required).
+/// `POST /v1/zones/{zone}/resources` and its PATCH (§8): every field optional here; a
+/// create needs `scopes` and a name or identifier, a PATCH at least one field. Unknown fields
+/// are ignored.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ResourceWrite)]
+pub struct Body {
+    /// 1–200 characters.
+    name: Option<String>,
+    /// `resource://<slug>` (or an https URL); derived from the name when absent.
+    identifier: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// An http(s) URL without credentials; `null` clears it.
+    #[serde(default, deserialize_with = "schema::present")]
+    upstream_url: Option<Option<String>>,
+    /// The provider whose credential the Gateway injects; `null` clears it.
+    #[serde(default, deserialize_with = "schema::present")]
+    credential_provider_id: Option<Option<String>>,
+    operations: Option<Vec<Operation>>,
+    /// `enforced` or `transport_uniform`.
+    operation_enforcement: Option<String>,
+    /// Create only: probe the upstream before creating.
+    check: Option<bool>,
+}
+
+/// The body fields of a create or PATCH, checked.
 struct Input {
     name: Option<String>,
     identifier: Option<String>,
@@ -169,9 +218,9 @@ struct Input {
     enforcement: Option<String>,
 }
 
-fn read_input(f: &Fields) -> Result<Input, ApiError> {
+fn read_input(body: Body) -> Result<Input, ApiError> {
     let bad = |why: &str| ApiError::bad_request(INVALID).description(why.to_owned());
-    let name = match f.string("name")? {
+    let name = match body.name {
         Some(n) => {
             let n = n.trim().to_owned();
             if n.is_empty() || n.chars().count() > resource::NAME_MAX_CHARS {
@@ -181,12 +230,12 @@ fn read_input(f: &Fields) -> Result<Input, ApiError> {
         }
         None => None,
     };
-    let identifier = f.string("identifier")?.map(|s| s.trim().to_owned());
-    let scopes = f.strings("scopes")?;
+    let identifier = body.identifier.map(|s| s.trim().to_owned());
+    let scopes = body.scopes;
     if let Some(s) = &scopes {
         resource::validate_scopes(s).map_err(resource_error)?;
     }
-    let upstream_url = f.nullable_string("upstream_url")?;
+    let upstream_url = body.upstream_url;
     if let Some(Some(u)) = &upstream_url {
         if !resource::is_upstream_url(u) {
             return Err(bad(
@@ -194,15 +243,7 @@ fn read_input(f: &Fields) -> Result<Input, ApiError> {
             ));
         }
     }
-    let provider = f.nullable_string("credential_provider_id")?;
-    let operations = match f.value("operations") {
-        None => None,
-        Some(v) => Some(
-            serde_json::from_value::<Vec<Operation>>(v.clone())
-                .map_err(|_| bad("operations must be an array of {method, path, scope}"))?,
-        ),
-    };
-    let enforcement = f.string("operation_enforcement")?;
+    let enforcement = body.operation_enforcement;
     if let Some(e) = &enforcement {
         if e != "enforced" && e != "transport_uniform" {
             return Err(bad(
@@ -215,8 +256,8 @@ fn read_input(f: &Fields) -> Result<Input, ApiError> {
         identifier,
         scopes,
         upstream_url,
-        provider,
-        operations,
+        provider: body.credential_provider_id,
+        operations: body.operations,
         enforcement,
     })
 }
@@ -274,9 +315,9 @@ async fn create(
     ids: PathIds,
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::parse(&req.headers, &raw, INVALID)?;
-    let input = read_input(&f)?;
-    let check = f.boolean("check")? == Some(true);
+    let body: Body = schema::lenient(&req.headers, &raw, INVALID)?;
+    let check = body.check == Some(true);
+    let input = read_input(body)?;
     let actor = req.actor();
     let Some(scopes) = input.scopes.clone() else {
         return Err(ApiError::bad_request(INVALID).description("scopes is required"));
@@ -354,8 +395,7 @@ async fn patch(
     ids: PathIds,
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::parse(&req.headers, &raw, INVALID)?;
-    let input = read_input(&f)?;
+    let input = read_input(schema::lenient(&req.headers, &raw, INVALID)?)?;
     let fields = [
         ("name", input.name.is_some()),
         ("identifier", input.identifier.is_some()),

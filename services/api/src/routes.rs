@@ -9,13 +9,66 @@ use axum::Router;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Required,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Required,
 };
+use utoipa::ToSchema;
 
 use serval_kit::state::App;
+
+/// Named schemas collected while the document is built (`components.schemas`).
+pub type Schemas = Vec<(String, RefOr<Schema>)>;
+
+/// The schema of a Rust type, registered in `components` and answered as a reference.
+pub type SchemaOf = fn(&mut Schemas) -> RefOr<Schema>;
+
+fn schema_of<T: ToSchema>(out: &mut Schemas) -> RefOr<Schema> {
+    T::schemas(out);
+    let name = component_name::<T>();
+    out.push((name.clone(), T::schema()));
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+/// `T`'s schema name; a generic type (`Page<ZoneView>`) is named after its arguments too
+/// (`Page_ZoneView`), since utoipa names every instance of it alike.
+fn component_name<T: ToSchema>() -> String {
+    let full = std::any::type_name::<T>();
+    if !full.contains('<') {
+        return T::name().into_owned();
+    }
+    let mut name = String::new();
+    let mut word = String::new();
+    for c in full.chars() {
+        match c {
+            ':' => word.clear(),
+            '<' | ',' => {
+                name.push_str(&word);
+                name.push('_');
+                word.clear();
+            }
+            '>' | ' ' => {
+                name.push_str(&word);
+                word.clear();
+            }
+            c => word.push(c),
+        }
+    }
+    name.push_str(&word);
+    name
+}
+
+/// What a mutating route reads from its body.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyDoc {
+    /// Not declared yet: [`openapi`] refuses a mutating route left like this.
+    Undeclared,
+    /// The route reads no body.
+    Empty,
+    /// The body is parsed into this type (the same type the handler deserializes).
+    Typed(SchemaOf),
+}
 
 /// One documented operation.
 #[derive(Debug, Clone)]
@@ -30,6 +83,9 @@ pub struct Op {
     pub errors: &'static [&'static str],
     /// Needs an admin token (all but the OAuth callback).
     pub auth: bool,
+    pub body: BodyDoc,
+    /// The success body's type (`None` for `204`).
+    pub answer: Option<SchemaOf>,
 }
 
 /// Hands the admin-audit layer the documented success status of every mutating route
@@ -111,7 +167,35 @@ impl Routes {
             ok,
             errors,
             auth,
+            body: BodyDoc::Undeclared,
+            answer: None,
         }
+    }
+
+    fn last(&mut self) -> &mut Op {
+        // Called right after `op`/`open`: a builder method without a route is a programming
+        // error caught by every test that builds the router.
+        self.ops
+            .last_mut()
+            .expect("takes/gives follow the op they describe")
+    }
+
+    /// The last registered route parses its body into `T`.
+    pub fn takes<T: ToSchema>(mut self) -> Self {
+        self.last().body = BodyDoc::Typed(schema_of::<T>);
+        self
+    }
+
+    /// The last registered route reads no body.
+    pub fn no_body(mut self) -> Self {
+        self.last().body = BodyDoc::Empty;
+        self
+    }
+
+    /// The last registered route answers a `T` on success.
+    pub fn gives<T: ToSchema>(mut self) -> Self {
+        self.last().answer = Some(schema_of::<T>);
+        self
     }
 
     fn register<H, T>(mut self, op: Op, handler: H) -> Self
@@ -173,13 +257,41 @@ fn string_schema() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
 
-fn json_object() -> ContentBuilder {
-    ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::Object)))
+fn json(schema: RefOr<Schema>) -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(schema)).build()
 }
 
-/// The OpenAPI 3.1 document of `ops`.
+/// The Caracal error body (management-api.md §2) every refusal answers.
+#[allow(dead_code)] // documents the map `ApiError` renders; never constructed
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// The error code (one of those the response lists).
+    error: String,
+    error_description: Option<String>,
+    /// Framework failures and schema-exception refusals carry the request id.
+    #[schema(rename = "requestId")]
+    request_id: Option<String>,
+    /// Route-specific detail, e.g. `details.issues` of a schema-exception refusal.
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
+}
+
+/// Refusals any route can answer before or around its handler: the body limit, the content
+/// type, the write deadline and an unavailable store.
+const FRAMEWORK_ERRORS: &[(&str, &str)] = &[
+    ("413", "payload_too_large"),
+    ("415", "internal_error"),
+    ("500", "internal_error"),
+    ("503", "write_deadline_exceeded"),
+    ("503", "read_model_unavailable"),
+];
+
+/// The OpenAPI 3.1 document of `ops`. Panics on a mutating route whose body is undeclared
+/// (the route table is static: the openapi test finds it).
 pub fn openapi(ops: &[Op]) -> OpenApi {
     let mut paths = Paths::new();
+    let mut schemas: Schemas = Vec::new();
+    let error = schema_of::<ErrorBody>(&mut schemas);
     for op in ops {
         let mut b = OperationBuilder::new()
             .operation_id(Some(operation_id(op)))
@@ -196,22 +308,40 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
                 );
             }
         }
-        if matches!(op.method, Method::POST | Method::PATCH | Method::PUT) {
-            b = b.request_body(Some(
-                RequestBodyBuilder::new()
-                    .content("application/json", json_object().build())
-                    .build(),
-            ));
+        match op.body {
+            BodyDoc::Typed(of) => {
+                b = b.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content("application/json", json(of(&mut schemas)))
+                        .build(),
+                ));
+            }
+            BodyDoc::Empty => {}
+            BodyDoc::Undeclared => {
+                assert!(
+                    !matches!(op.method, Method::POST | Method::PATCH | Method::PUT),
+                    "{} {} does not declare its body",
+                    op.method,
+                    op.path
+                );
+            }
         }
         let ok = ResponseBuilder::new().description(match op.ok {
             204 => "No Content",
             201 => "Created",
             _ => "OK",
         });
-        let ok = if op.ok == 204 {
-            ok
-        } else {
-            ok.content("application/json", json_object().build())
+        let ok = match op.answer {
+            Some(of) => ok.content("application/json", json(of(&mut schemas))),
+            None => {
+                assert!(
+                    op.ok == 204,
+                    "{} {} does not declare its answer",
+                    op.method,
+                    op.path
+                );
+                ok
+            }
         };
         b = b.response(op.ok.to_string(), ok.build());
         // Group refusals by status: one response per status listing its codes.
@@ -231,6 +361,12 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
                 .extend(["admin_token_read_only", "admin_token_zone_mismatch"]);
             by_status.entry("429").or_default().push("rate_limited");
         }
+        for (status, code) in FRAMEWORK_ERRORS {
+            let codes = by_status.entry(status).or_default();
+            if !codes.contains(code) {
+                codes.push(code);
+            }
+        }
         for (status, codes) in by_status {
             b = b.response(
                 status,
@@ -239,7 +375,7 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
                         "`{{\"error\": …}}` with `error` one of: {}",
                         codes.join(", ")
                     ))
-                    .content("application/json", json_object().build())
+                    .content("application/json", json(error.clone()))
                     .build(),
             );
         }
@@ -265,6 +401,7 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
         .paths(paths)
         .components(Some(
             ComponentsBuilder::new()
+                .schemas_from_iter(schemas)
                 .security_scheme(
                     "admin_token",
                     SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),

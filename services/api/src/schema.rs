@@ -1,10 +1,22 @@
-//! Bodies of the schema-exception routes (management-api.md §2 style 1): any schema failure
-//! answers `400 invalid_body`, "Request body failed validation", with `details.issues`.
+//! Request bodies parsed into the Rust types the OpenAPI document is generated from.
+//!
+//! A body type derives both `Deserialize` (what the handler reads) and `ToSchema` (what the
+//! document shows). Before deserializing, the body is checked against that same schema —
+//! types, required fields, string lengths, item counts, enumerations — so every refusal
+//! names the field in Caracal's wording and the document cannot drift from the checks.
+//!
+//! Two refusal styles (management-api.md §2): the schema-exception routes ([`strict`]) answer
+//! `400 invalid_body` with every issue in `details.issues`; the others ([`lenient`]) answer
+//! `400 <route code>` describing the first issue.
 
 use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
-use serval_kit::http::body::check_content_type;
+use serval_kit::http::body::{check_content_type, parse_lenient};
 use serval_kit::http::ApiError;
 
 pub fn invalid_body(issues: Vec<Value>) -> ApiError {
@@ -13,10 +25,35 @@ pub fn invalid_body(issues: Vec<Value>) -> ApiError {
         .with("details", json!({ "issues": issues }))
 }
 
-fn issue(path: &[&str], message: impl Into<String>) -> Value {
-    json!({ "path": path, "message": message.into() })
+/// One problem with a body, at a path of property names and item indexes.
+#[derive(Debug, Clone)]
+pub struct Issue {
+    pub path: Vec<String>,
+    pub message: String,
 }
 
+impl Issue {
+    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
+        Issue {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            message: message.into(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({ "path": self.path, "message": self.message })
+    }
+
+    fn describe(&self) -> String {
+        if self.path.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.path.join("."), self.message)
+        }
+    }
+}
+
+/// The JSON kind of a value, in zod's words.
 fn kind(v: Option<&Value>) -> &'static str {
     match v {
         None => "undefined",
@@ -29,83 +66,282 @@ fn kind(v: Option<&Value>) -> &'static str {
     }
 }
 
-/// A JSON object body being checked field by field; issues accumulate until [`Obj::finish`].
-pub struct Obj {
-    pub map: Map<String, Value>,
-    issues: Vec<Value>,
+fn type_name(t: &Type) -> &'static str {
+    match t {
+        Type::Object => "object",
+        Type::String => "string",
+        Type::Integer => "integer",
+        Type::Number => "number",
+        Type::Boolean => "boolean",
+        Type::Array => "array",
+        Type::Null => "null",
+    }
 }
 
-impl Obj {
-    pub fn parse(headers: &HeaderMap, raw: &[u8]) -> Result<Obj, ApiError> {
-        check_content_type(headers, raw)?;
-        let value: Value = if raw.is_empty() {
-            Value::Object(Map::new())
-        } else {
-            serde_json::from_slice(raw)
-                .map_err(|e| invalid_body(vec![issue(&[], format!("Invalid JSON: {e}"))]))?
+fn matches_type(t: &Type, v: &Value) -> bool {
+    match (t, v) {
+        (Type::Object, Value::Object(_))
+        | (Type::String, Value::String(_))
+        | (Type::Boolean, Value::Bool(_))
+        | (Type::Array, Value::Array(_))
+        | (Type::Null, Value::Null) => true,
+        (Type::Number, Value::Number(_)) => true,
+        (Type::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+        _ => false,
+    }
+}
+
+/// Checks `v` against the type list of a schema; `None` when it passes.
+fn type_issue(types: &SchemaType, v: &Value) -> Option<String> {
+    let types: Vec<&Type> = match types {
+        SchemaType::AnyValue => return None,
+        SchemaType::Type(t) => vec![t],
+        SchemaType::Array(ts) => ts.iter().collect(),
+    };
+    if types.iter().any(|t| matches_type(t, v)) {
+        return None;
+    }
+    let expected: Vec<&str> = types
+        .iter()
+        .filter(|t| !matches!(t, Type::Null))
+        .map(|t| type_name(t))
+        .collect();
+    Some(format!(
+        "Invalid input: expected {}, received {}",
+        expected.join(" or "),
+        kind(Some(v))
+    ))
+}
+
+/// Named schemas a body's schema refers to.
+struct Named(Vec<(String, RefOr<Schema>)>);
+
+impl Named {
+    fn of<T: ToSchema>() -> Self {
+        let mut out = Vec::new();
+        T::schemas(&mut out);
+        out.push((T::name().into_owned(), T::schema()));
+        Named(out)
+    }
+
+    fn resolve<'a>(&'a self, s: &'a RefOr<Schema>) -> Option<&'a Schema> {
+        match s {
+            RefOr::T(s) => Some(s),
+            RefOr::Ref(r) => {
+                let name = r.ref_location.rsplit('/').next()?;
+                self.0
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, s)| match s {
+                        RefOr::T(s) => Some(s),
+                        RefOr::Ref(_) => None,
+                    })
+            }
+        }
+    }
+
+    /// Checks `v` at `path` against `schema`, pushing every issue found.
+    fn check(
+        &self,
+        schema: &RefOr<Schema>,
+        v: &Value,
+        path: &mut Vec<String>,
+        out: &mut Vec<Issue>,
+    ) {
+        let Some(schema) = self.resolve(schema) else {
+            return;
         };
-        match value {
-            Value::Object(map) => Ok(Obj {
-                map,
-                issues: Vec::new(),
-            }),
-            other => Err(invalid_body(vec![issue(
-                &[],
-                format!(
-                    "Invalid input: expected object, received {}",
-                    kind(Some(&other))
-                ),
-            )])),
+        let at = |path: &Vec<String>, message: String| Issue {
+            path: path.clone(),
+            message,
+        };
+        match schema {
+            Schema::Object(o) => {
+                if let Some(m) = type_issue(&o.schema_type, v) {
+                    out.push(at(path, m));
+                    return;
+                }
+                if let (Some(values), false) = (&o.enum_values, v.is_null()) {
+                    if !values.contains(v) {
+                        let names: Vec<String> = values.iter().map(Value::to_string).collect();
+                        out.push(at(
+                            path,
+                            format!("Invalid option: expected one of {}", names.join("|")),
+                        ));
+                        return;
+                    }
+                }
+                match v {
+                    Value::String(s) => {
+                        let n = s.chars().count();
+                        if let Some(min) = o.min_length.filter(|min| n < *min) {
+                            out.push(at(
+                                path,
+                                format!("Too small: expected string to have >={min} characters"),
+                            ));
+                        }
+                        if let Some(max) = o.max_length.filter(|max| n > *max) {
+                            out.push(at(
+                                path,
+                                format!("Too big: expected string to have <={max} characters"),
+                            ));
+                        }
+                    }
+                    Value::Object(map) => {
+                        for name in &o.required {
+                            if !map.contains_key(name) {
+                                path.push(name.clone());
+                                let expected = o
+                                    .properties
+                                    .get(name)
+                                    .and_then(|p| self.resolve(p))
+                                    .and_then(|p| match p {
+                                        Schema::Object(p) => match &p.schema_type {
+                                            SchemaType::Type(t) => Some(type_name(t)),
+                                            _ => None,
+                                        },
+                                        Schema::Array(_) => Some("array"),
+                                        _ => None,
+                                    })
+                                    .unwrap_or("value");
+                                out.push(at(
+                                    path,
+                                    format!(
+                                        "Invalid input: expected {expected}, received undefined"
+                                    ),
+                                ));
+                                path.pop();
+                            }
+                        }
+                        for (name, prop) in &o.properties {
+                            if let Some(value) = map.get(name) {
+                                path.push(name.clone());
+                                self.check(prop, value, path, out);
+                                path.pop();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Schema::Array(a) => {
+                if let Some(m) = type_issue(&a.schema_type, v) {
+                    out.push(at(path, m));
+                    return;
+                }
+                let Value::Array(items) = v else {
+                    return;
+                };
+                if let Some(min) = a.min_items.filter(|min| items.len() < *min) {
+                    out.push(at(
+                        path,
+                        format!("Too small: expected array to have >={min} items"),
+                    ));
+                }
+                if let Some(max) = a.max_items.filter(|max| items.len() > *max) {
+                    out.push(at(
+                        path,
+                        format!("Too big: expected array to have <={max} items"),
+                    ));
+                }
+                if let ArrayItems::RefOrSchema(item) = &a.items {
+                    for (i, value) in items.iter().enumerate() {
+                        path.push(i.to_string());
+                        self.check(item, value, path, out);
+                        path.pop();
+                    }
+                }
+            }
+            // Composite schemas (nullable references, tagged unions) are left to serde.
+            _ => {}
         }
     }
+}
 
-    pub fn fail(&mut self, path: &[&str], message: impl Into<String>) {
-        self.issues.push(issue(path, message));
+/// Every issue of `map` against `T`'s schema, then `T` itself.
+fn typed<T: DeserializeOwned + ToSchema>(map: Map<String, Value>) -> Result<T, Vec<Issue>> {
+    let named = Named::of::<T>();
+    let value = Value::Object(map);
+    let mut issues = Vec::new();
+    named.check(&T::schema(), &value, &mut Vec::new(), &mut issues);
+    if !issues.is_empty() {
+        return Err(issues);
     }
-
-    /// A required string of at least `min` characters.
-    pub fn string(&mut self, key: &str, min: usize) -> Option<String> {
-        match self.map.get(key) {
-            Some(Value::String(s)) if s.chars().count() >= min => Some(s.clone()),
-            Some(Value::String(_)) => {
-                self.fail(
-                    &[key],
-                    format!("Too small: expected string to have >={min} characters"),
-                );
-                None
-            }
-            other => {
-                let k = kind(other);
-                self.fail(
-                    &[key],
-                    format!("Invalid input: expected string, received {k}"),
-                );
-                None
-            }
-        }
-    }
-
-    /// An optional string (`null` and absence both mean none).
-    pub fn opt_string(&mut self, key: &str) -> Option<String> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            other => {
-                let k = kind(other);
-                self.fail(
-                    &[key],
-                    format!("Invalid input: expected string, received {k}"),
-                );
-                None
-            }
-        }
-    }
-
-    pub fn finish(self) -> Result<Map<String, Value>, ApiError> {
-        if self.issues.is_empty() {
-            Ok(self.map)
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path: Vec<String> = if path == "." {
+            Vec::new()
         } else {
-            Err(invalid_body(self.issues))
-        }
+            path.split('.').map(str::to_owned).collect()
+        };
+        vec![Issue {
+            path,
+            message: format!("Invalid input: {}", e.inner()),
+        }]
+    })
+}
+
+/// A schema-exception body (§2 style 1): any failure answers `400 invalid_body` with
+/// `details.issues`, all of them.
+pub fn strict<T: DeserializeOwned + ToSchema>(
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<T, ApiError> {
+    check_content_type(headers, raw)?;
+    let value: Value = if raw.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(raw).map_err(|e| {
+            invalid_body(vec![Issue::new(&[], format!("Invalid JSON: {e}")).to_json()])
+        })?
+    };
+    let Value::Object(map) = value else {
+        return Err(invalid_body(vec![Issue::new(
+            &[],
+            format!(
+                "Invalid input: expected object, received {}",
+                kind(Some(&value))
+            ),
+        )
+        .to_json()]));
+    };
+    typed(map).map_err(|issues| invalid_body(issues.iter().map(Issue::to_json).collect()))
+}
+
+/// A lenient body (unknown fields dropped): the first issue answers `400 <code>`.
+pub fn lenient<T: DeserializeOwned + ToSchema>(
+    headers: &HeaderMap,
+    raw: &[u8],
+    code: &str,
+) -> Result<T, ApiError> {
+    let map = parse_lenient(headers, raw, code)?;
+    typed(map).map_err(|issues| {
+        let first = issues.first().map(Issue::describe).unwrap_or_default();
+        ApiError::bad_request(code).description(first)
+    })
+}
+
+/// Further issues a handler finds after the schema's (patterns, cross-field rules), answered
+/// in the schema-exception style.
+pub fn refuse(issues: Vec<Issue>) -> Result<(), ApiError> {
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(refusal(&issues))
     }
+}
+
+/// The schema-exception refusal of `issues`.
+pub fn refusal(issues: &[Issue]) -> ApiError {
+    invalid_body(issues.iter().map(Issue::to_json).collect())
+}
+
+/// `Option<Option<T>>` fields: absent → `None`, `null` → `Some(None)` (with
+/// `#[serde(default, deserialize_with = "present")]`).
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }

@@ -1,12 +1,15 @@
 //! Governed sessions (management-api.md §14.4, formerly "agent sessions"): served at
 //! `/sessions` (current) and `/agent-sessions` (seed), with the same filters and CSV export.
 
+use super::views::{self, Page};
+use serde::Serialize;
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 use serval_domain::catalog::runtime::{LABEL_MAX_CHARS, LIFECYCLES, SESSION_STATUSES};
 use serval_domain::catalog::{CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
@@ -54,6 +57,7 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
+        .gives::<Page<SessionView>>()
         .op(
             Method::GET,
             "/v1/zones/{zone}/agent-sessions",
@@ -62,31 +66,55 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
+        .gives::<Page<SessionView>>()
 }
 
 fn render(e: &Entity, children: &HashMap<String, i64>) -> Value {
     let EntityData::Session(s) = &e.data else {
         return Value::Null;
     };
-    json!({
-        "session_id": e.id,
-        "application_id": s.application_id,
-        "parent_session_id": s.parent_session_id,
-        "status": s.status,
-        "lifecycle": s.lifecycle,
-        "labels": s.labels,
-        "depth": s.depth,
-        "child_count": children.get(&e.id).copied().unwrap_or(0),
-        "subject_authority_record_id": s.subject_authority_record_id,
-        "subject_id": s.subject_id,
-        "federated_user_id": s.federated_user_id,
-        "federated_user_issuer": s.federated_user_issuer,
-        "started_at": pagination::ts(e.created_at),
-        "last_active_at": pagination::ts(s.last_active_at),
-        "terminated_at": common::opt_ts(s.terminated_at),
-        "termination_reason": s.termination_reason,
-        "ttl_seconds": s.ttl_seconds,
+    views::to_json(&SessionView {
+        session_id: e.id.clone(),
+        application_id: s.application_id.clone(),
+        parent_session_id: s.parent_session_id.clone(),
+        status: s.status.clone(),
+        lifecycle: s.lifecycle.clone(),
+        labels: s.labels.clone(),
+        depth: s.depth,
+        child_count: children.get(&e.id).copied().unwrap_or(0),
+        subject_authority_record_id: s.subject_authority_record_id.clone(),
+        subject_id: s.subject_id.clone(),
+        federated_user_id: s.federated_user_id.clone(),
+        federated_user_issuer: s.federated_user_issuer.clone(),
+        started_at: pagination::ts(e.created_at),
+        last_active_at: pagination::ts(s.last_active_at),
+        terminated_at: common::opt_ts(s.terminated_at),
+        termination_reason: s.termination_reason.clone(),
+        ttl_seconds: s.ttl_seconds,
     })
+}
+
+/// A governed agent Session, as the Coordinator recorded it.
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
+    session_id: String,
+    application_id: String,
+    parent_session_id: Option<String>,
+    status: String,
+    /// `task` or `service`.
+    lifecycle: String,
+    labels: Vec<String>,
+    depth: u32,
+    child_count: i64,
+    subject_authority_record_id: Option<String>,
+    subject_id: Option<String>,
+    federated_user_id: Option<String>,
+    federated_user_issuer: Option<String>,
+    started_at: String,
+    last_active_at: String,
+    terminated_at: Option<String>,
+    termination_reason: Option<String>,
+    ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -4,7 +4,7 @@ use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use serval_domain::zone::{
     self, DcrShutdownMode, DcrShutdownOutcome, Zone, ZoneCommand, ZoneContext, ZoneError,
@@ -19,6 +19,7 @@ use serval_streams::{AppendRequest, LogStream};
 
 use super::params::PathId;
 use super::routes::Routes;
+use super::views::{self, Page};
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
@@ -26,6 +27,7 @@ use serval_kit::read_cache::{self, Dependency};
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Failure, Outcome};
+use utoipa::ToSchema;
 
 use serval_domain::zone::SLUG_RESERVATION;
 
@@ -39,6 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query", "400 invalid_cursor"],
         )
+        .gives::<Page<ZoneView>>()
         .op(
             Method::POST,
             "/v1/zones",
@@ -51,6 +54,8 @@ pub fn router() -> Routes {
                 "409 zone_slug_conflict",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<ZoneView>()
         .op(
             Method::GET,
             "/v1/zones/{id}",
@@ -59,6 +64,7 @@ pub fn router() -> Routes {
             200,
             &["404 zone_not_found"],
         )
+        .gives::<ZoneView>()
         .op(
             Method::PATCH,
             "/v1/zones/{id}",
@@ -72,6 +78,8 @@ pub fn router() -> Routes {
                 "409 zone_slug_conflict",
             ],
         )
+        .takes::<PatchBody>()
+        .gives::<ZoneView>()
         .op(
             Method::DELETE,
             "/v1/zones/{id}",
@@ -88,23 +96,51 @@ pub fn router() -> Routes {
             200,
             &["404 zone_not_found"],
         )
+        .gives::<DcrStatus>()
+}
+
+/// A zone (§4).
+#[derive(Serialize, ToSchema)]
+pub struct ZoneView {
+    id: String,
+    name: String,
+    slug: String,
+    dcr_enabled: bool,
+    operator_coauthor_badge: bool,
+    operator_governed: bool,
+    created_by: String,
+    created_via_operator: bool,
+    updated_by: String,
+    updated_via_operator: bool,
+    created_at: String,
+    updated_at: String,
+    /// The last event applied to the zone (a Serval extension).
+    last_event_id: Option<String>,
+}
+
+/// `GET /v1/zones/{id}/dcr-status`.
+#[derive(Serialize, ToSchema)]
+pub struct DcrStatus {
+    id: String,
+    dcr_enabled: bool,
+    live_dcr_applications: i64,
 }
 
 pub fn render(z: &Zone) -> Value {
-    json!({
-        "id": z.id,
-        "name": z.name,
-        "slug": z.slug,
-        "dcr_enabled": z.dcr_enabled,
-        "operator_coauthor_badge": z.operator_coauthor_badge,
-        "operator_governed": z.operator_governed,
-        "created_by": z.created_by,
-        "created_via_operator": z.created_via_operator,
-        "updated_by": z.updated_by,
-        "updated_via_operator": z.updated_via_operator,
-        "created_at": pagination::ts(z.created_at),
-        "updated_at": pagination::ts(z.updated_at),
-        "last_event_id": z.last_event_id,
+    views::to_json(&ZoneView {
+        id: z.id.clone(),
+        name: z.name.clone(),
+        slug: z.slug.clone(),
+        dcr_enabled: z.dcr_enabled,
+        operator_coauthor_badge: z.operator_coauthor_badge,
+        operator_governed: z.operator_governed,
+        created_by: z.created_by.clone(),
+        created_via_operator: z.created_via_operator,
+        updated_by: z.updated_by.clone(),
+        updated_via_operator: z.updated_via_operator,
+        created_at: pagination::ts(z.created_at),
+        updated_at: pagination::ts(z.updated_at),
+        last_event_id: z.last_event_id.clone(),
     })
 }
 
@@ -164,14 +200,18 @@ async fn get_one(State(app): State<App>, PathId(id): PathId) -> Result<Json<Valu
 async fn dcr_status(State(app): State<App>, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
     let z = live_zone(&app, &id).await?;
     let live = read::live_dcr_applications(&app.pool, &z.id).await?;
-    Ok(Json(
-        json!({ "id": z.id, "dcr_enabled": z.dcr_enabled, "live_dcr_applications": live }),
-    ))
+    Ok(Json(views::to_json(&DcrStatus {
+        id: z.id,
+        dcr_enabled: z.dcr_enabled,
+        live_dcr_applications: live,
+    })))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/zones` (§4).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(as = ZoneCreate)]
+pub struct CreateBody {
     name: String,
     slug: Option<String>,
     dcr_enabled: Option<bool>,
@@ -342,9 +382,11 @@ async fn create(
     Err(slug_conflict())
 }
 
-#[derive(Deserialize)]
+/// `PATCH /v1/zones/{id}` (§4): at least one field.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+#[schema(as = ZonePatch)]
+pub struct PatchBody {
     name: Option<String>,
     slug: Option<String>,
     dcr_enabled: Option<bool>,

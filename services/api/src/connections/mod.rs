@@ -5,6 +5,8 @@
 
 mod oauth_flow;
 
+use super::views::{self, Page};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
@@ -13,16 +15,17 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use serval_domain::catalog::connection::{self, ConnectionData, SHARED_SUBJECT};
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData, CONNECTION_KEY};
 use serval_projector::catalog::{Filter, Status};
 
 use super::applications::secret_backend;
-use super::catalog::{self as common, Fields, WriteCtx, Written};
+use super::catalog::{self as common, WriteCtx, Written};
 use super::params::PathIds;
 use super::providers;
 use super::routes::Routes;
+use super::schema;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::{pagination, ApiError};
 use serval_kit::oauth::{self};
@@ -30,6 +33,7 @@ use serval_kit::request::Req;
 use serval_kit::secrets::{Binding, SecretError};
 use serval_kit::state::App;
 use serval_kit::write::Failure;
+use utoipa::ToSchema;
 
 const KIND: CatalogKind = CatalogKind::ProviderConnection;
 const PURPOSE: &str = "provider_connection_tokens";
@@ -52,6 +56,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query"],
             )
+            .gives::<Page<ConnectionRow>>()
             .op(
                 Method::POST,
                 &base,
@@ -66,6 +71,8 @@ pub fn router() -> Routes {
                     "502 secret_backend_unavailable",
                 ],
             )
+            .takes::<CreateBody>()
+            .gives::<ConnectionView>()
             .op(
                 Method::POST,
                 &format!("{base}/oauth/authorize"),
@@ -81,6 +88,8 @@ pub fn router() -> Routes {
                     "404 provider_not_found",
                 ],
             )
+            .takes::<TargetBody>()
+            .gives::<oauth_flow::Authorization>()
             .op(
                 Method::POST,
                 &format!("{base}/revoke"),
@@ -91,7 +100,9 @@ pub fn router() -> Routes {
                     "400 invalid_provider_connection_revoke",
                     "404 provider_connection_not_found",
                 ],
-            );
+            )
+            .takes::<TargetBody>()
+            .gives::<ConnectionRevoked>();
     }
     r
 }
@@ -100,29 +111,31 @@ pub fn router() -> Routes {
 pub fn callback_router() -> Routes {
     let mut r = Routes::new("provider connections");
     for name in NAMES {
-        r = r.open(
-            Method::GET,
-            &format!("/v1/zones/{{zone}}/{name}/oauth/callback"),
-            oauth_flow::callback,
-            "OAuth redirect target: exchanges the code and stores the connection",
-            201,
-            &[
-                "400 invalid_oauth_callback",
-                "400 oauth_state_expired",
-                "400 oauth_state_invalid",
-                "400 oauth_state_mismatch",
-                "400 provider_oauth_denied",
-                "400 authorization_code_required",
-                "400 provider_connection_unsupported",
-                "400 invalid_provider_config",
-                "400 provider_token_endpoint_not_allowed",
-                "404 provider_not_found",
-                "502 secret_backend_unavailable",
-                "502 provider_token_exchange_failed",
-                "502 provider_token_response_invalid",
-                "502 provider_token_type_unsupported",
-            ],
-        );
+        r = r
+            .open(
+                Method::GET,
+                &format!("/v1/zones/{{zone}}/{name}/oauth/callback"),
+                oauth_flow::callback,
+                "OAuth redirect target: exchanges the code and stores the connection",
+                201,
+                &[
+                    "400 invalid_oauth_callback",
+                    "400 oauth_state_expired",
+                    "400 oauth_state_invalid",
+                    "400 oauth_state_mismatch",
+                    "400 provider_oauth_denied",
+                    "400 authorization_code_required",
+                    "400 provider_connection_unsupported",
+                    "400 invalid_provider_config",
+                    "400 provider_token_endpoint_not_allowed",
+                    "404 provider_not_found",
+                    "502 secret_backend_unavailable",
+                    "502 provider_token_exchange_failed",
+                    "502 provider_token_response_invalid",
+                    "502 provider_token_type_unsupported",
+                ],
+            )
+            .gives::<ConnectionView>();
     }
     r
 }
@@ -134,30 +147,67 @@ fn data(e: &Entity) -> Option<&ConnectionData> {
     }
 }
 
-pub(super) fn render(e: &Entity) -> Value {
-    let Some(c) = data(e) else {
-        return Value::Null;
-    };
-    json!({
-        "id": e.id,
-        "zone_id": e.zone_id,
-        "subject_id": c.subject_id,
-        "provider_id": c.provider_id,
-        "status": c.status,
-        "expires_at": common::opt_ts(c.expires_at),
-        "created_at": e.created_at,
-        "updated_at": e.updated_at.unwrap_or(e.created_at),
+/// A provider connection (§7.4): never its tokens.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionView {
+    id: String,
+    zone_id: String,
+    subject_id: String,
+    provider_id: String,
+    /// `active`, `revoked` or `expired`.
+    status: String,
+    expires_at: Option<String>,
+    #[schema(value_type = String)]
+    created_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    updated_at: DateTime<Utc>,
+}
+
+/// A list row: when the tokens were last replaced and whether they can be refreshed.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionRow {
+    #[serde(flatten)]
+    connection: ConnectionView,
+    refreshed_at: Option<String>,
+    renewable: bool,
+}
+
+/// A revoke's answer: the connection and what the provider said.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionRevoked {
+    #[serde(flatten)]
+    connection: ConnectionView,
+    /// `revoked`, `failed`, `unsupported`, …
+    upstream_revocation: String,
+}
+
+fn view(e: &Entity) -> Option<ConnectionView> {
+    let c = data(e)?;
+    Some(ConnectionView {
+        id: e.id.clone(),
+        zone_id: e.zone_id.clone(),
+        subject_id: c.subject_id.clone(),
+        provider_id: c.provider_id.clone(),
+        status: c.status.clone(),
+        expires_at: common::opt_ts(c.expires_at),
+        created_at: e.created_at,
+        updated_at: e.updated_at.unwrap_or(e.created_at),
     })
 }
 
-/// List rows add when the tokens were last replaced and whether they can be refreshed.
+pub(super) fn render(e: &Entity) -> Value {
+    view(e).map(|v| views::to_json(&v)).unwrap_or(Value::Null)
+}
+
 fn render_row(e: &Entity) -> Value {
-    let mut v = render(e);
-    if let (Value::Object(m), Some(c)) = (&mut v, data(e)) {
-        m.insert("refreshed_at".into(), common::opt_ts(c.refreshed_at));
-        m.insert("renewable".into(), json!(c.renewable));
+    match (view(e), data(e)) {
+        (Some(connection), Some(c)) => views::to_json(&ConnectionRow {
+            connection,
+            refreshed_at: common::opt_ts(c.refreshed_at),
+            renewable: c.renewable,
+        }),
+        _ => Value::Null,
     }
-    v
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,12 +261,37 @@ fn bounded(
     }
 }
 
-/// `subject_id` (default the shared subject) and `provider_id` of a body.
-pub(super) fn target(f: &Fields, code: &'static str) -> Result<(String, String), ApiError> {
-    let subject = bounded(code, "subject_id", f.string("subject_id")?, MAX_ID)?
+/// The connection an authorize or a revoke names.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ProviderConnectionTarget)]
+pub struct TargetBody {
+    /// Default: the zone's shared subject.
+    subject_id: Option<String>,
+    /// Required: an `oauth2_authorization_code` provider of the zone.
+    provider_id: Option<String>,
+}
+
+impl TargetBody {
+    pub(super) fn parse(req: &Req, raw: &[u8], code: &'static str) -> Result<Self, ApiError> {
+        schema::lenient(&req.headers, raw, code)
+    }
+
+    /// `subject_id` (default the shared subject) and `provider_id`.
+    pub(super) fn resolve(self, code: &'static str) -> Result<(String, String), ApiError> {
+        target(self.subject_id, self.provider_id, code)
+    }
+}
+
+fn target(
+    subject: Option<String>,
+    provider: Option<String>,
+    code: &'static str,
+) -> Result<(String, String), ApiError> {
+    let subject = bounded(code, "subject_id", subject, MAX_ID)?
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| SHARED_SUBJECT.to_owned());
-    let provider = bounded(code, "provider_id", f.string("provider_id")?, MAX_ID)?
+    let provider = bounded(code, "provider_id", provider, MAX_ID)?
         .ok_or_else(|| ApiError::bad_request(code).description("provider_id is required"))?;
     Ok((subject, provider))
 }
@@ -338,9 +413,24 @@ pub(super) async fn upsert(
     Err(ApiError::conflict("conflict").description("the connection is contended; retry"))
 }
 
-fn token_field(f: &Fields, key: &str, required: bool) -> Result<Option<String>, ApiError> {
+/// `POST …/provider-connections`: tokens obtained elsewhere for a subject.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ProviderConnectionCreate)]
+pub struct CreateBody {
+    subject_id: Option<String>,
+    provider_id: Option<String>,
+    /// Required; sealed at intake, never returned.
+    access_token: Option<String>,
+    /// Sealed at intake, never returned.
+    refresh_token: Option<String>,
+    /// An RFC 3339 datetime.
+    expires_at: Option<String>,
+}
+
+fn token_field(v: Option<String>, key: &str, required: bool) -> Result<Option<String>, ApiError> {
     let code = "invalid_provider_connection";
-    let v = bounded(code, key, f.string(key)?, MAX_TOKEN)?;
+    let v = bounded(code, key, v, MAX_TOKEN)?;
     if required && v.is_none() {
         return Err(ApiError::bad_request(code).description(format!("{key} is required")));
     }
@@ -354,25 +444,16 @@ async fn create(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     const CODE: &str = "invalid_provider_connection";
-    let f = Fields::parse(&req.headers, &raw, CODE)?;
-    if let Some(k) = f.unknown(&[
-        "subject_id",
-        "provider_id",
-        "access_token",
-        "refresh_token",
-        "expires_at",
-    ]) {
-        return Err(ApiError::bad_request(CODE).description(format!("unknown field {k}")));
-    }
-    let (subject, provider) = target(&f, CODE)?;
+    let body: CreateBody = schema::lenient(&req.headers, &raw, CODE)?;
+    let (subject, provider) = target(body.subject_id, body.provider_id, CODE)?;
     let mut tokens = BTreeMap::new();
-    if let Some(a) = token_field(&f, "access_token", true)? {
+    if let Some(a) = token_field(body.access_token, "access_token", true)? {
         tokens.insert("access_token".to_owned(), a);
     }
-    if let Some(r) = token_field(&f, "refresh_token", false)? {
+    if let Some(r) = token_field(body.refresh_token, "refresh_token", false)? {
         tokens.insert("refresh_token".to_owned(), r);
     }
-    let expires_at = match f.string("expires_at")? {
+    let expires_at = match body.expires_at {
         None => None,
         Some(s) => Some(
             DateTime::parse_from_rfc3339(&s)
@@ -397,11 +478,7 @@ async fn revoke(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     const CODE: &str = "invalid_provider_connection_revoke";
-    let f = Fields::parse(&req.headers, &raw, CODE)?;
-    if let Some(k) = f.unknown(&["subject_id", "provider_id"]) {
-        return Err(ApiError::bad_request(CODE).description(format!("unknown field {k}")));
-    }
-    let (subject, provider) = target(&f, CODE)?;
+    let (subject, provider) = TargetBody::parse(&req, &raw, CODE)?.resolve(CODE)?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let not_found = || common::not_found(KIND);
     let id = app
@@ -449,12 +526,12 @@ async fn revoke(
             Err(_) => "unsupported",
         }
     };
-    let render_revoked = move |e: &Entity| {
-        let mut v = render(e);
-        if let Value::Object(m) = &mut v {
-            m.insert("upstream_revocation".into(), json!(upstream));
-        }
-        v
+    let render_revoked = move |e: &Entity| match view(e) {
+        Some(connection) => views::to_json(&ConnectionRevoked {
+            connection,
+            upstream_revocation: upstream.to_owned(),
+        }),
+        None => Value::Null,
     };
     common::answer(&app, &ctx, w, StatusCode::OK, Some(&render_revoked)).await
 }

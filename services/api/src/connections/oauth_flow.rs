@@ -12,9 +12,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::catalog::{self as common, Fields, WriteCtx};
+use crate::catalog::{self as common, WriteCtx};
 use crate::params::PathIds;
 use crate::providers;
 use serval_kit::http::body::RawBody;
@@ -23,7 +23,7 @@ use serval_kit::oauth::{self, AuthorizeError, ExchangeError};
 use serval_kit::request::Req;
 use serval_kit::state::App;
 
-use super::{auth_code_provider, render, target, upsert};
+use super::{auth_code_provider, render, upsert, TargetBody};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingAuthorize {
@@ -34,6 +34,15 @@ struct PendingAuthorize {
     expires_at: DateTime<Utc>,
 }
 
+/// Where to send the user's browser to connect the provider account.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Authorization {
+    authorization_url: String,
+    state: String,
+    #[schema(value_type = String)]
+    expires_at: DateTime<Utc>,
+}
+
 pub(super) async fn authorize(
     State(app): State<App>,
     req: Req,
@@ -41,11 +50,7 @@ pub(super) async fn authorize(
     RawBody(raw): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     const CODE: &str = "invalid_provider_oauth_authorize";
-    let f = Fields::parse(&req.headers, &raw, CODE)?;
-    if let Some(k) = f.unknown(&["subject_id", "provider_id"]) {
-        return Err(ApiError::bad_request(CODE).description(format!("unknown field {k}")));
-    }
-    let (subject, provider) = target(&f, CODE)?;
+    let (subject, provider) = TargetBody::parse(&req, &raw, CODE)?.resolve(CODE)?;
     let zone = ids.at(0);
     crate::policies::zone_badge(&app, zone).await?;
     let (_, config) = auth_code_provider(&app, zone, &provider).await?;
@@ -78,10 +83,10 @@ pub(super) async fn authorize(
         )
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "authorization_url": url,
-        "state": state,
-        "expires_at": expires_at,
+    Ok(Json(crate::views::to_json(&Authorization {
+        authorization_url: url,
+        state,
+        expires_at,
     })))
 }
 

@@ -6,6 +6,8 @@
 mod activation_status;
 mod simulation;
 
+use super::views::{self, Page};
+use serde::Serialize;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -26,7 +28,8 @@ use serval_streams::{AppendRequest, Envelope, LogStream};
 use super::params::PathIds;
 use super::policies::zone_badge;
 use super::routes::Routes;
-use super::schema::{invalid_body, Obj};
+use super::schema::{self, invalid_body, Issue};
+use serde::Deserialize;
 use serval_kit::http::body::RawBody;
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
@@ -34,6 +37,7 @@ use serval_kit::policy_engine::contract_error;
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Outcome};
+use utoipa::ToSchema;
 
 pub fn router() -> Routes {
     let base = "/v1/zones/{zone}/policy-sets";
@@ -46,6 +50,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .gives::<Page<SetView>>()
         .op(
             Method::POST,
             base,
@@ -58,6 +63,8 @@ pub fn router() -> Routes {
                 "409 policy_set_name_conflict",
             ],
         )
+        .takes::<CreateBody>()
+        .gives::<SetView>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}"),
@@ -66,6 +73,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_set_not_found"],
         )
+        .gives::<SetView>()
         .op(
             Method::DELETE,
             &format!("{base}/{{id}}"),
@@ -82,6 +90,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_set_not_found"],
         )
+        .gives::<Page<SetVersionView>>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/versions"),
@@ -95,6 +104,8 @@ pub fn router() -> Routes {
                 "422 invalid_policy_bundle",
             ],
         )
+        .takes::<VersionBody>()
+        .gives::<SetVersionCreated>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}/versions/{{version}}"),
@@ -103,6 +114,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_set_version_not_found"],
         )
+        .gives::<SetVersionWithManifest>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/activate"),
@@ -117,6 +129,8 @@ pub fn router() -> Routes {
                 "422 invalid_policy_bundle",
             ],
         )
+        .takes::<ActivateBody>()
+        .gives::<Activation>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}/activation-status"),
@@ -129,6 +143,7 @@ pub fn router() -> Routes {
                 "404 active_policy_set_version_not_found",
             ],
         )
+        .gives::<activation_status::ActivationStatus>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/simulate"),
@@ -141,6 +156,8 @@ pub fn router() -> Routes {
                 "422 invalid_policy_contract",
             ],
         )
+        .takes::<simulation::SimulateBody>()
+        .gives::<simulation::Simulation>()
 }
 
 fn set_error(e: PolicySetError) -> ApiError {
@@ -157,41 +174,106 @@ fn set_error(e: PolicySetError) -> ApiError {
     }
 }
 
+/// A policy set (§11).
+#[derive(Serialize, ToSchema)]
+pub struct SetView {
+    id: String,
+    zone_id: String,
+    name: String,
+    description: Option<String>,
+    created_by: String,
+    created_via_operator: bool,
+    updated_by: String,
+    updated_via_operator: bool,
+    created_at: String,
+    updated_at: String,
+    active_version_id: Option<String>,
+}
+
+/// A version of a policy set.
+#[derive(Serialize, ToSchema)]
+pub struct SetVersionView {
+    id: String,
+    policy_set_id: String,
+    version: u64,
+    manifest_sha256: String,
+    schema_version: String,
+    created_by: String,
+    created_via_operator: bool,
+    created_at: String,
+}
+
+/// `GET …/versions/{version}`: the version with its manifest.
+#[derive(Serialize, ToSchema)]
+pub struct SetVersionWithManifest {
+    #[serde(flatten)]
+    version: SetVersionView,
+    manifest_json: Vec<ManifestItem>,
+    /// The manifest's policy version ids.
+    policies: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ManifestItem {
+    policy_version_id: String,
+}
+
+/// `201` of a new policy-set version.
+#[derive(Serialize, ToSchema)]
+pub struct SetVersionCreated {
+    version_id: String,
+    id: String,
+    policy_set_id: String,
+    version: u64,
+    manifest_sha256: String,
+    schema_version: String,
+    created_at: String,
+}
+
+/// `202` of an activation: follow `status_url` until the STS engines have it.
+#[derive(Serialize, ToSchema)]
+pub struct Activation {
+    activated: bool,
+    version_id: String,
+    outbox_id: String,
+    status_url: String,
+}
+
+fn set_view(s: &PolicySetRow) -> SetView {
+    SetView {
+        id: s.id.clone(),
+        zone_id: s.zone_id.clone(),
+        name: s.name.clone(),
+        description: s.description.clone(),
+        created_by: s.created_by.clone(),
+        created_via_operator: s.created_via_operator,
+        updated_by: s.updated_by.clone(),
+        updated_via_operator: s.updated_via_operator,
+        created_at: pagination::ts(s.created_at),
+        updated_at: pagination::ts(s.updated_at),
+        active_version_id: s.active_version_id.clone(),
+    }
+}
+
 pub fn render_set(s: &PolicySetRow) -> Value {
-    json!({
-        "id": s.id,
-        "zone_id": s.zone_id,
-        "name": s.name,
-        "description": s.description,
-        "created_by": s.created_by,
-        "created_via_operator": s.created_via_operator,
-        "updated_by": s.updated_by,
-        "updated_via_operator": s.updated_via_operator,
-        "created_at": pagination::ts(s.created_at),
-        "updated_at": pagination::ts(s.updated_at),
-        "active_version_id": s.active_version_id,
-    })
+    views::to_json(&set_view(s))
+}
+
+fn version_view(v: &SetVersionRow) -> SetVersionView {
+    SetVersionView {
+        id: v.id.clone(),
+        policy_set_id: v.policy_set_id.clone(),
+        version: v.version,
+        manifest_sha256: v.manifest_sha256.clone(),
+        schema_version: v.schema_version.clone(),
+        created_by: v.created_by.clone(),
+        created_via_operator: v.created_via_operator,
+        created_at: pagination::ts(v.created_at),
+    }
 }
 
 fn render_version(v: &SetVersionRow) -> Value {
-    json!({
-        "id": v.id,
-        "policy_set_id": v.policy_set_id,
-        "version": v.version,
-        "manifest_sha256": v.manifest_sha256,
-        "schema_version": v.schema_version,
-        "created_by": v.created_by,
-        "created_via_operator": v.created_via_operator,
-        "created_at": pagination::ts(v.created_at),
-    })
-}
-
-fn manifest_json(ids: &[String]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|id| json!({ "policy_version_id": id }))
-            .collect(),
-    )
+    views::to_json(&version_view(v))
 }
 
 pub(super) async fn live_set(
@@ -259,10 +341,17 @@ async fn list_versions(
 async fn get_version(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
     let (zone, set, version) = (ids.at(0), ids.at(1), ids.at(2));
     let v = set_version(&app, zone, set, version, "policy_set_version_not_found").await?;
-    let mut body = render_version(&v);
-    body["manifest_json"] = manifest_json(&v.manifest);
-    body["policies"] = json!(v.manifest);
-    Ok(Json(body))
+    Ok(Json(views::to_json(&SetVersionWithManifest {
+        version: version_view(&v),
+        manifest_json: v
+            .manifest
+            .iter()
+            .map(|id| ManifestItem {
+                policy_version_id: id.clone(),
+            })
+            .collect(),
+        policies: v.manifest.clone(),
+    })))
 }
 
 /// Appends one catalog command, deciding it on a fresh snapshot at every attempt.
@@ -323,15 +412,12 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let rid = req.rid.clone();
     let zone = ids.at(0).to_owned();
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let name = body.string("name", 1);
-    let description = body.opt_string("description");
-    body.finish()?;
+    let CreateBody { name, description } = schema::strict(&req.headers, &raw)?;
     let actor = req.actor();
     let idem = req.idempotency(&raw)?;
     let cmd = PolicySetCommand::Create {
         policy_set_id: uuid::Uuid::now_v7().to_string(),
-        name: name.unwrap_or_default(),
+        name,
         description,
     };
     let outcome = catalog_write(&app, &zone, &actor, &rid, idem.clone(), None, &cmd).await?;
@@ -346,12 +432,18 @@ async fn create(
                 return Err(ApiError::internal("create appended no policy_set.created"));
             };
             let at = pagination::ts(env.occurred_at);
-            json!({
-                "id": c.policy_set_id, "zone_id": zone, "name": c.name,
-                "description": c.description, "created_by": c.created_by,
-                "created_via_operator": c.created_via_operator, "updated_by": c.created_by,
-                "updated_via_operator": c.created_via_operator, "created_at": at,
-                "updated_at": at,
+            views::to_json(&SetView {
+                id: c.policy_set_id.clone(),
+                zone_id: zone.clone(),
+                name: c.name.clone(),
+                description: c.description.clone(),
+                created_by: c.created_by.clone(),
+                created_via_operator: c.created_via_operator,
+                updated_by: c.created_by.clone(),
+                updated_via_operator: c.created_via_operator,
+                created_at: at.clone(),
+                updated_at: at,
+                active_version_id: None,
             })
         }
     };
@@ -398,38 +490,63 @@ async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Respo
 
 /// Parses `manifest`: 1–256 × `{"policy_version_id": string}` (schema issues), then the
 /// normalization rules (trim, no duplicates), which are contract failures.
-fn parse_manifest(body: &mut Obj) -> Option<Vec<String>> {
-    let Some(raw) = body.map.get("manifest").cloned() else {
-        body.fail(
-            &["manifest"],
-            "Invalid input: expected array, received undefined",
-        );
-        return None;
-    };
-    let Value::Array(items) = raw else {
-        body.fail(&["manifest"], "Invalid input: expected array");
-        return None;
-    };
-    if items.is_empty() || items.len() > policy_sets::MANIFEST_MAX {
-        body.fail(&["manifest"], "manifest must have 1-256 entries");
-        return None;
-    }
-    let mut ids = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let idx = i.to_string();
-        match item.get("policy_version_id") {
-            Some(Value::String(s)) if !s.trim().is_empty() => ids.push(s.clone()),
-            Some(Value::String(_)) => body.fail(
-                &["manifest", &idx, "policy_version_id"],
-                "Too small: expected string to have >=1 characters",
-            ),
-            _ => body.fail(
-                &["manifest", &idx, "policy_version_id"],
-                "Invalid input: expected string",
-            ),
-        }
-    }
-    Some(ids)
+const _: () = assert!(
+    policy_sets::MANIFEST_MAX == 256,
+    "VersionBody documents max_items = 256"
+);
+
+/// `POST /v1/zones/{zone}/policy-sets` (§11).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicySetCreate)]
+pub struct CreateBody {
+    #[schema(min_length = 1)]
+    name: String,
+    description: Option<String>,
+}
+
+/// One policy version of a manifest.
+#[derive(Deserialize, ToSchema)]
+pub struct ManifestEntry {
+    #[schema(min_length = 1)]
+    policy_version_id: String,
+}
+
+/// `POST …/policy-sets/{id}/versions`: the manifest of the new version.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicySetVersionCreate)]
+pub struct VersionBody {
+    #[schema(min_items = 1, max_items = 256)]
+    manifest: Vec<ManifestEntry>,
+}
+
+/// `POST …/policy-sets/{id}/activate`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicySetActivate)]
+pub struct ActivateBody {
+    #[schema(min_length = 1)]
+    version_id: String,
+}
+
+/// The policy version ids of a manifest; a blank id is refused like an empty one.
+fn manifest_ids(body: VersionBody) -> Result<Vec<String>, ApiError> {
+    schema::refuse(
+        body.manifest
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.policy_version_id.trim().is_empty())
+            .map(|(i, _)| {
+                Issue::new(
+                    &["manifest", &i.to_string(), "policy_version_id"],
+                    "Too small: expected string to have >=1 characters",
+                )
+            })
+            .collect(),
+    )?;
+    Ok(body
+        .manifest
+        .into_iter()
+        .map(|e| e.policy_version_id)
+        .collect())
 }
 
 /// The manifest contract (§11), checked on version create, activation and simulation. A
@@ -460,10 +577,7 @@ async fn add_version(
 ) -> Result<Response, ApiError> {
     let rid = req.rid.clone();
     let (zone, set) = (ids.at(0).to_owned(), ids.at(1).to_owned());
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let manifest = parse_manifest(&mut body);
-    body.finish()?;
-    let manifest = manifest.unwrap_or_default();
+    let manifest = manifest_ids(schema::strict(&req.headers, &raw)?)?;
     live_set(&app, &zone, &set, "policy_set_not_found").await?;
     let checked = verify_manifest(&app, &zone, &manifest, false).await?;
     let bundle = Arc::new(
@@ -494,11 +608,14 @@ async fn add_version(
             };
             // Compiled once: activation and simulation of this version reuse it.
             app.engines.remember(&v.version_id, bundle);
-            json!({
-                "version_id": v.version_id, "id": v.version_id, "policy_set_id": v.policy_set_id,
-                "version": v.version, "manifest_sha256": v.manifest_sha256,
-                "schema_version": v.schema_version,
-                "created_at": pagination::ts(env.occurred_at),
+            views::to_json(&SetVersionCreated {
+                version_id: v.version_id.clone(),
+                id: v.version_id.clone(),
+                policy_set_id: v.policy_set_id.clone(),
+                version: v.version,
+                manifest_sha256: v.manifest_sha256.clone(),
+                schema_version: v.schema_version.clone(),
+                created_at: pagination::ts(env.occurred_at),
             })
         }
     };
@@ -528,10 +645,7 @@ async fn activate(
 ) -> Result<Response, ApiError> {
     let rid = req.rid.clone();
     let (zone, set) = (ids.at(0).to_owned(), ids.at(1).to_owned());
-    let mut body = Obj::parse(&req.headers, &raw)?;
-    let version_id = body.string("version_id", 1);
-    body.finish()?;
-    let version_id = version_id.unwrap_or_default();
+    let ActivateBody { version_id } = schema::strict(&req.headers, &raw)?;
     let version = set_version(&app, &zone, &set, &version_id, "version_not_found").await?;
     live_set(&app, &zone, &set, "policy_set_binding_not_found").await?;
     verify_manifest(&app, &zone, &version.manifest, true).await?;
@@ -563,11 +677,11 @@ async fn activate(
                     "activation appended no policy_set.activated",
                 ));
             };
-            json!({
-                "activated": true,
-                "version_id": a.version_id,
-                "outbox_id": env.event_id,
-                "status_url": status_url(&zone, &set, &a.version_id, &env.event_id),
+            views::to_json(&Activation {
+                activated: true,
+                version_id: a.version_id.clone(),
+                outbox_id: env.event_id.clone(),
+                status_url: status_url(&zone, &set, &a.version_id, &env.event_id),
             })
         }
     };

@@ -5,11 +5,14 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use serval_domain::policy::bundle::{self as bundle_rules, INPUT_SCHEMA_VERSION};
+use utoipa::ToSchema;
 
 use crate::params::PathIds;
-use crate::schema::Obj;
+use crate::policy_history::HistoryBody;
+use crate::schema::{self, Issue};
 use serval_kit::http::body::RawBody;
 use serval_kit::http::ApiError;
 use serval_kit::state::App;
@@ -41,6 +44,45 @@ fn input_warnings(zone: &str, input: &Value) -> Vec<String> {
     w
 }
 
+/// What a simulation answers: the decision on `input`, or the history re-evaluation.
+#[derive(Serialize, ToSchema)]
+pub struct Simulation {
+    /// Always `true`: nothing is activated.
+    dry_run: bool,
+    would_activate: bool,
+    policy_set_id: String,
+    version_id: String,
+    schema_version: String,
+    input_schema_version: String,
+    manifest_sha256: String,
+    policies: Vec<String>,
+    warnings: Vec<String>,
+    /// How the decision was reached (`evaluation`, `reason`, …).
+    #[schema(value_type = Object)]
+    explanation: Value,
+    /// The policy's `result` document (`null` without input).
+    #[schema(value_type = Object)]
+    result: Value,
+    /// The history re-evaluation, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    history: Option<Value>,
+}
+
+/// `POST …/policy-sets/{id}/simulate`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicySetSimulate)]
+pub struct SimulateBody {
+    /// The version to evaluate.
+    #[schema(min_length = 1)]
+    version_id: String,
+    /// The policy input to evaluate (absent: only the manifest is checked).
+    #[schema(value_type = Option<Object>)]
+    input: Option<Map<String, Value>>,
+    /// Re-evaluate the zone's recorded decisions (a Serval extension).
+    history: Option<HistoryBody>,
+}
+
 pub(super) async fn simulate(
     State(app): State<App>,
     ids: PathIds,
@@ -48,28 +90,18 @@ pub(super) async fn simulate(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     let (zone, set) = (ids.at(0).to_owned(), ids.at(1).to_owned());
-    let mut body = Obj::parse(&headers, &raw)?;
-    let version_id = body.string("version_id", 1);
-    let input = match body.map.get("input") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => {
-            body.fail(&["input"], "Invalid input: expected object");
-            None
+    let SimulateBody {
+        version_id,
+        input,
+        history,
+    } = schema::strict(&headers, &raw)?;
+    let input = input.map(Value::Object);
+    let history = match history.map(HistoryBody::resolve).transpose() {
+        Ok(h) => h,
+        Err((path, message)) => {
+            return Err(schema::refusal(&[Issue::new(&["history", path], message)]))
         }
     };
-    let history = match body.map.get("history") {
-        None | Some(Value::Null) => None,
-        Some(h) => match crate::policy_history::parse(h) {
-            Ok(h) => Some(h),
-            Err((path, message)) => {
-                body.fail(&["history", path], message);
-                None
-            }
-        },
-    };
-    body.finish()?;
-    let version_id = version_id.unwrap_or_default();
     let version = set_version(&app, &zone, &set, &version_id, "version_not_found").await?;
     let checked = verify_manifest(&app, &zone, &version.manifest, true).await?;
     let bundle = app.engines.compile_version(&app.pool, &version).await?;
@@ -114,23 +146,27 @@ pub(super) async fn simulate(
             }
         }
     };
-    let mut out = json!({
-        "dry_run": true,
-        "would_activate": would_activate,
-        "policy_set_id": set,
-        "version_id": version.id,
-        "schema_version": checked.schema_version,
-        "input_schema_version": INPUT_SCHEMA_VERSION,
-        "manifest_sha256": checked.manifest_sha256,
-        "policies": checked.policy_version_ids,
-        "warnings": warnings,
-        "explanation": explanation,
-        "result": result,
-    });
-    if let Some(h) = history {
-        out["history"] = crate::policy_history::replay(&app, &zone, &bundle, &h)
-            .await
-            .map_err(|e| ApiError::internal(format!("history simulation: {e}")))?;
-    }
-    Ok(Json(out).into_response())
+    let history = match history {
+        Some(h) => Some(
+            crate::policy_history::replay(&app, &zone, &bundle, &h)
+                .await
+                .map_err(|e| ApiError::internal(format!("history simulation: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Json(crate::views::to_json(&Simulation {
+        dry_run: true,
+        would_activate,
+        policy_set_id: set,
+        version_id: version.id.clone(),
+        schema_version: checked.schema_version.clone(),
+        input_schema_version: INPUT_SCHEMA_VERSION.to_owned(),
+        manifest_sha256: checked.manifest_sha256.clone(),
+        policies: checked.policy_version_ids.clone(),
+        warnings,
+        explanation,
+        result,
+        history,
+    }))
+    .into_response())
 }

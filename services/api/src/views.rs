@@ -1,0 +1,30 @@
+//! What the Management API answers, as types: each renderer fills one of these, and the
+//! OpenAPI document is generated from the same types (so it cannot drift from the answers).
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A page of a list (§1): `next_cursor` is set when more items may follow.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Who created and last changed an object, and when (§1).
+#[derive(Serialize, ToSchema)]
+pub struct Attribution {
+    pub created_by: String,
+    pub created_via_operator: bool,
+    pub updated_by: Option<String>,
+    pub updated_via_operator: bool,
+    /// `2026-08-01T09:30:00.000Z`.
+    pub created_at: String,
+    pub updated_at: Option<String>,
+}
+
+/// The JSON of a view (a struct of strings, numbers and maps with string keys never fails).
+pub fn to_json<T: Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
