@@ -65,6 +65,53 @@ async fn openapi_document_covers_the_routes_and_every_listed_route_is_served() {
         .unwrap()
         .contains("provider_identifier_conflict"));
 
+    // Bodies and answers are described field by field, by schemas that resolve.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let resolve = |v: &Value| -> Value {
+        match v["$ref"].as_str() {
+            Some(r) => schemas
+                .get(r.trim_start_matches("#/components/schemas/"))
+                .unwrap_or_else(|| panic!("{r} does not resolve"))
+                .clone(),
+            None => v.clone(),
+        }
+    };
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(
+            schemas.contains_key(name.trim_start_matches("#/components/schemas/")),
+            "{name} does not resolve"
+        );
+    }
+    let has_fields =
+        |s: &Value| s["properties"].is_object() || s["allOf"].is_array() || s["type"] == "array";
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if ["post", "patch", "put"].contains(&method.as_str()) {
+                if let Some(body) = op.pointer("/requestBody/content/application~1json/schema") {
+                    assert!(has_fields(&resolve(body)), "{method} {path}: {body}");
+                }
+            }
+            for (status, answer) in op["responses"].as_object().unwrap() {
+                if status == "204" {
+                    continue;
+                }
+                let schema = answer
+                    .pointer("/content/application~1json/schema")
+                    .unwrap_or_else(|| panic!("{method} {path} {status} has no schema"));
+                assert!(
+                    has_fields(&resolve(schema)),
+                    "{method} {path} {status}: {schema}"
+                );
+            }
+        }
+    }
+    let provider = resolve(&create["requestBody"]["content"]["application/json"]["schema"]);
+    assert!(provider["properties"]["config_json"].is_object());
+    let answer = resolve(&create["responses"]["201"]["content"]["application/json"]["schema"]);
+    assert!(answer.to_string().contains("\"secret_config_keys\""));
+
     // Every documented operation is a served route (not the router's 404/405).
     let (_, z) = admin.post("/v1/zones", json!({"name": "docs"})).await;
     let zone = z["id"].as_str().unwrap();

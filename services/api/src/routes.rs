@@ -361,6 +361,18 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
                 .extend(["admin_token_read_only", "admin_token_zone_mismatch"]);
             by_status.entry("429").or_default().push("rate_limited");
         }
+        if op.path.contains('{') {
+            by_status.entry("400").or_default().push("invalid_params");
+        }
+        if op.auth && op.method != Method::GET {
+            // `Idempotency-Key` (docs/idempotency.md): a malformed key, a key reused for
+            // another request.
+            by_status.entry("400").or_default().push("invalid_request");
+            by_status
+                .entry("409")
+                .or_default()
+                .push("idempotency_key_conflict");
+        }
         for (status, code) in FRAMEWORK_ERRORS {
             let codes = by_status.entry(status).or_default();
             if !codes.contains(code) {

@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
-use serval_kit::http::body::{check_content_type, parse_lenient};
+use serval_kit::http::body::{check_content_type, nul_path, parse_lenient};
 use serval_kit::http::ApiError;
 
 pub fn invalid_body(issues: Vec<Value>) -> ApiError {
@@ -304,6 +304,17 @@ pub fn strict<T: DeserializeOwned + ToSchema>(
             ),
         )
         .to_json()]));
+    };
+    let value = Value::Object(map);
+    if let Some(path) = nul_path(&value) {
+        let path: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+        return Err(refusal(&[Issue::new(
+            &path,
+            "Invalid string: must not contain NUL characters",
+        )]));
+    }
+    let Value::Object(map) = value else {
+        return Err(ApiError::internal("an object stopped being one"));
     };
     typed(map).map_err(|issues| invalid_body(issues.iter().map(Issue::to_json).collect()))
 }

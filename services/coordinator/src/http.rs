@@ -62,7 +62,14 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
         );
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(v @ Value::Object(_)) => match (serval_kit::http::body::nul_path(&v), v) {
+            (Some(path), _) => Err(invalid_body(vec![issue(
+                &path,
+                "Invalid string: must not contain NUL characters",
+            )])),
+            (None, Value::Object(m)) => Ok(m),
+            (None, _) => Ok(Map::new()),
+        },
         Ok(_) => Err(invalid_body(vec![issue("", "Expected object")])),
         Err(_) => Err(invalid_body(vec![issue("", "Malformed JSON")])),
     }

@@ -58,6 +58,7 @@ pub fn router() -> Routes {
             "Create a policy set",
             201,
             &[
+                "409 idempotency_result_inactive",
                 "400 invalid_body",
                 "404 zone_not_found",
                 "409 policy_set_name_conflict",
@@ -98,6 +99,7 @@ pub fn router() -> Routes {
             "Add a set version (manifest of policy versions)",
             201,
             &[
+                "409 idempotency_result_inactive",
                 "400 invalid_body",
                 "404 policy_set_not_found",
                 "422 invalid_policy_contract",
@@ -122,6 +124,7 @@ pub fn router() -> Routes {
             "Activate a set version",
             202,
             &[
+                "409 idempotency_result_inactive",
                 "400 invalid_body",
                 "404 version_not_found",
                 "404 policy_set_binding_not_found",

@@ -57,6 +57,48 @@ pub fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiErr
     Ok(())
 }
 
+/// The path of the first string (key or value) holding a NUL character, `""` for the top.
+///
+/// Postgres text and jsonb cannot hold U+0000, so a NUL that reached an event would be
+/// acknowledged and then refused by every projection; no field has a use for one, so every
+/// JSON body is refused at the door instead.
+pub fn nul_path(v: &Value) -> Option<String> {
+    fn walk(v: &Value, path: &mut Vec<String>) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                path.push(i.to_string());
+                let found = walk(item, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(k, item)| {
+                path.push(k.clone());
+                let found = k.contains('\0') || walk(item, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = Vec::new();
+    walk(v, &mut path).then(|| path.join("."))
+}
+
+fn refuse_nul(v: &Value, code: &str) -> Result<(), ApiError> {
+    match nul_path(v) {
+        None => Ok(()),
+        Some(p) => Err(ApiError::bad_request(code).description(format!(
+            "{} must not contain NUL characters",
+            if p.is_empty() { "the body" } else { &p }
+        ))),
+    }
+}
+
 /// Parses a JSON object body for a route whose validation failures answer `400 <code>`.
 /// Top-level `null` values are refused (no schema of these routes is nullable).
 pub fn parse_object<T: DeserializeOwned>(
@@ -78,6 +120,7 @@ pub fn parse_object<T: DeserializeOwned>(
     if let Some((k, _)) = map.iter().find(|(_, v)| v.is_null()) {
         return Err(ApiError::bad_request(code).description(format!("{k} must not be null")));
     }
+    refuse_nul(&value, code)?;
     serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(code).description(e.to_string()))
 }
@@ -94,7 +137,14 @@ pub fn parse_lenient(
         return Ok(Default::default());
     }
     match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => {
+            let value = Value::Object(map);
+            refuse_nul(&value, code)?;
+            match value {
+                Value::Object(map) => Ok(map),
+                _ => Err(ApiError::internal("an object stopped being one")),
+            }
+        }
         Ok(_) => Err(ApiError::bad_request(code).description("request body must be a JSON object")),
         Err(_) => Err(ApiError::bad_request(code).description("request body is not valid JSON")),
     }
