@@ -438,3 +438,80 @@ async fn a_genuine_entry_added_to_the_log_again_is_refused_not_applied_again() {
 fn id_of(z: &serde_json::Value) -> String {
     z["id"].as_str().unwrap().to_owned()
 }
+
+/// A signed entry whose content Postgres cannot store (here a NUL in a text column, which
+/// the HTTP intake refuses but an older or foreign producer could append) is dead-lettered
+/// as `unappliable` by each projection that wants it; the entries around it are applied and
+/// the projection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_postgres_cannot_store_is_dead_lettered_and_the_projection_goes_on() {
+    use serval_domain::catalog::{AuthorityRecordData, CatalogEvent, Created, EntityData, Stamp};
+    let server = Server::start(Options::default()).await;
+    let admin = Admin::new(&server);
+    let (_, z) = admin.post("/v1/zones", json!({"name": "poison"})).await;
+    let zone = z["id"].as_str().unwrap().to_owned();
+    let record = |subject: &str| {
+        CatalogEvent::Created(Created {
+            zone_id: zone.clone(),
+            data: EntityData::AuthorityRecord(AuthorityRecordData {
+                record_type: "user".into(),
+                subject_id: subject.into(),
+                application_id: None,
+                federated_user_issuer: None,
+                parent_id: None,
+                status: "active".into(),
+                expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+                authenticated_at: chrono::Utc::now(),
+                revoked_at: None,
+                revoked_reason: None,
+                revoked_by_grant: None,
+            }),
+            stamp: Stamp {
+                by: "sts".into(),
+                via_operator: false,
+            },
+        })
+    };
+    common::produce(&server, &zone, "ar-before", 0, record("alice"), "sts").await;
+    common::produce(&server, &zone, "ar-poison", 0, record("a\u{0}b"), "sts").await;
+    common::produce(&server, &zone, "ar-after", 0, record("bob"), "sts").await;
+    let listed = common::eventually(15, || async {
+        let (_, v) = admin
+            .get(&format!("/v1/zones/{zone}/authority-records"))
+            .await;
+        (v["items"].as_array().map(Vec::len) == Some(2)).then_some(v)
+    })
+    .await;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["authority_record_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"ar-before") && ids.contains(&"ar-after"),
+        "{ids:?}"
+    );
+    let pool = common::pool(&server.db_url).await;
+    let dead: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason, detail FROM dead_letters WHERE projection = 'catalog'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "unappliable");
+    assert!(dead[0].1.contains("ar-poison"), "{}", dead[0].1);
+    // The projection is current: a new write is visible at once.
+    let resp = admin
+        .req(
+            reqwest::Method::POST,
+            &format!("/v1/zones/{zone}/providers"),
+        )
+        .json(&json!({"name": "after", "kind": "api_key",
+                      "config_json": {"api_key": "k", "header_name": "X-Key"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(resp.headers().get("x-serval-projection").is_none());
+}

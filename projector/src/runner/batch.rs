@@ -8,7 +8,7 @@ use serval_domain::zone::ZoneEvent;
 use serval_domain::Event;
 use serval_streams::read::{self};
 use serval_streams::{EntryId, LogStream};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::metrics::METRICS;
 use crate::projection::{Applied, Projection};
@@ -174,7 +174,18 @@ impl<P: Projection> Runner<P> {
                 }),
             });
         }
-        self.projection.apply_batch(&mut tx, &batch).await?;
+        let batch = match self.projection.apply_batch(&mut tx, &batch).await {
+            Ok(()) => batch,
+            Err(e) if is_data_exception(&e) => {
+                // One entry Postgres cannot store (a value out of a column's range, a
+                // character it refuses): find it, dead-letter it and apply the rest, rather
+                // than retry the batch forever and hold the projection back.
+                tx.rollback().await?;
+                tx = self.pool.begin().await?;
+                self.apply_isolating(&mut tx, batch, &mut dead).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         accepted.store(&mut tx, name).await?;
         if !dead.is_empty() {
             self.record_dead_letters(&mut tx, &dead).await?;
@@ -231,5 +242,65 @@ impl<P: Projection> Runner<P> {
                 .inc();
         }
         Ok(batch.len() as u64)
+    }
+}
+
+/// SQLSTATE class 22 (data exception): the entry, not the database, is at fault.
+fn is_data_exception(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
+        _ => false,
+    }
+}
+
+impl<P: Projection> Runner<P> {
+    /// Applies `batch` one entry at a time, each under a savepoint; an entry Postgres refuses
+    /// as a data exception becomes an `unappliable` dead letter. Answers the entries applied.
+    async fn apply_isolating(
+        &self,
+        tx: &mut PgConnection,
+        batch: Vec<Applied>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Vec<Applied>, RunnerError> {
+        let mut applied = Vec::with_capacity(batch.len());
+        for a in batch {
+            let mut savepoint = tx.begin().await?;
+            match self
+                .projection
+                .apply_batch(&mut savepoint, std::slice::from_ref(&a))
+                .await
+            {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    applied.push(a);
+                }
+                Err(e) if is_data_exception(&e) => {
+                    savepoint.rollback().await?;
+                    let env = &a.recorded.envelope;
+                    tracing::error!(
+                        projection = self.name(),
+                        event_id = %env.event_id,
+                        error = %e,
+                        "an entry Postgres cannot store was dead-lettered"
+                    );
+                    dead.push(DeadLetter {
+                        stream: a.recorded.stream_key.clone(),
+                        entry_id: a.recorded.entry_id,
+                        reason: "unappliable",
+                        detail: format!(
+                            "event {} ({}) of {} {}: {e}",
+                            env.event_id, env.event_type, env.aggregate_kind, env.aggregate_id
+                        ),
+                        raw: serde_json::json!({
+                            "env": { "hex": hex::encode(&a.recorded.body) },
+                            "kid": a.recorded.kid,
+                            "sig": hex::encode(&a.recorded.sig),
+                        }),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(applied)
     }
 }

@@ -1,7 +1,7 @@
 //! The admin audit feed (management-api.md §14.2): `GET /v1/zones/:zoneId/admin-audit`,
 //! JSON pages or a CSV export, optionally projected to chosen `fields`.
 
-use super::views::{self, Page};
+use super::views;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
@@ -33,7 +33,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
-        .gives::<Page<AdminAuditView>>()
+        .gives_page::<AdminAuditView>()
 }
 
 /// The export set: the item's fields plus two read from the payload.

@@ -1,6 +1,6 @@
 //! Admin tokens (management-api.md §17.5): mint, list, revoke — each an event.
 
-use super::views::{self, Page};
+use super::views;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -43,7 +43,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<TokenView>>()
+        .gives_page::<TokenView>()
         .op(
             Method::POST,
             "/v1/admin-tokens",

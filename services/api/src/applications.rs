@@ -1,7 +1,7 @@
 //! Applications (management-api.md §6): list, get, create, PATCH, DELETE, rotate-secret,
 //! the audited client-secret reveal, and DCR registration.
 
-use super::views::{self, Attribution, Page};
+use super::views::{self, Attribution};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<ApplicationView>>()
+        .gives_page::<ApplicationView>()
         .op(
             Method::POST,
             base,

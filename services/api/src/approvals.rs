@@ -2,7 +2,7 @@
 //! reads holds and decides them. Served under the current names (`/approvals`, `approve`,
 //! `reject`) and the seed's (`/step-up-challenges`, `satisfy`).
 
-use super::views::{self, Page};
+use super::views;
 use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -52,7 +52,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query", "400 invalid_cursor"],
             )
-            .gives::<Page<ApprovalView>>()
+            .gives_page::<ApprovalView>()
             .op(
                 Method::GET,
                 &format!("/v1/zones/{{zone}}/{base}/{{id}}"),

@@ -1,7 +1,7 @@
 //! The audit ledger reads (management-api.md §14.1): the filtered feed (JSON, flat fields or
 //! CSV), a request's events, and the explanation of a request's decision.
 
-use super::views::{self, Page};
+use super::views;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
@@ -35,7 +35,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
-        .gives::<Page<LedgerEvent>>()
+        .gives_page::<LedgerEvent>()
         .op(
             Method::GET,
             &format!("{base}/by-request/{{request}}"),

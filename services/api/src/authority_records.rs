@@ -1,7 +1,7 @@
 //! Authority records (management-api.md §14.3, formerly "sessions"): the anchors STS
 //! identity exchanges create, listed with filters and exportable as CSV.
 
-use super::views::{self, Page};
+use super::views;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
@@ -45,7 +45,7 @@ pub fn router() -> Routes {
         200,
         &["400 invalid_query", "400 invalid_cursor"],
     )
-    .gives::<Page<RecordView>>()
+    .gives_page::<RecordView>()
 }
 
 pub fn render(e: &Entity, now: chrono::DateTime<chrono::Utc>) -> Value {

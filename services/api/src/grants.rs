@@ -1,6 +1,6 @@
 //! Grants (management-api.md §12): list with filters, get, create, revoke.
 
-use super::views::{self, Attribution, Page};
+use super::views::{self, Attribution};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use serval_domain::catalog::grant::{self, GrantData};
 use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
 use serval_projector::catalog::{self as read, Filter, Status};
@@ -38,7 +38,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<GrantRow>>()
+        .gives_page::<GrantRow>()
         .op(
             Method::POST,
             "/v1/zones/{zone}/grants",
@@ -273,6 +273,24 @@ async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
     Ok(Json(render(&load_grant(&app, ids.at(0), ids.at(1)).await?)))
 }
 
+/// Scopes that are strings but not grant scopes (the schema checks the rest).
+fn scope_issues(body: &Map<String, Value>) -> Vec<Issue> {
+    let Some(Value::Array(items)) = body.get("scopes") else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.as_str().is_some_and(|s| !grant::is_grant_scope(s)))
+        .map(|(i, _)| {
+            Issue::new(
+                &["scopes", &i.to_string()],
+                "Invalid string: must match pattern /^[a-z0-9:_./-]+$/ (at most 200 characters)",
+            )
+        })
+        .collect()
+}
+
 const _: () = assert!(
     grant::MAX_SCOPES == 64,
     "GrantCreate documents max_items = 64"
@@ -304,20 +322,7 @@ async fn create(
         user_id,
         resource_id,
         scopes,
-    } = schema::strict(&req.headers, &raw)?;
-    schema::refuse(
-        scopes
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !grant::is_grant_scope(s))
-            .map(|(i, _)| {
-                Issue::new(
-                    &["scopes", &i.to_string()],
-                    "Invalid string: must match pattern /^[a-z0-9:_./-]+$/ (at most 200 characters)",
-                )
-            })
-            .collect(),
-    )?;
+    } = schema::strict_with(&req.headers, &raw, scope_issues)?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let application =
         common::live(&app, &ctx.zone, &application_id, CatalogKind::Application).await?;

@@ -1,6 +1,6 @@
 //! Policies, validation and templates (management-api.md §10).
 
-use super::views::{self, Page};
+use super::views;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,7 +61,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<PolicyView>>()
+        .gives_page::<PolicyView>()
         .op(
             Method::POST,
             "/v1/zones/{zone}/policies",

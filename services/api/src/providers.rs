@@ -1,7 +1,7 @@
 //! Providers (management-api.md §7): list, get, create, PATCH, DELETE. Secrets are sealed at
 //! intake and never returned.
 
-use super::views::{self, Attribution, Page};
+use super::views::{self, Attribution};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -48,7 +48,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<ProviderView>>()
+        .gives_page::<ProviderView>()
         .op(
             Method::POST,
             base,

@@ -1,7 +1,7 @@
 //! Resources (management-api.md §8): list, get, create, PATCH, DELETE, with declared scopes
 //! and gateway operations.
 
-use super::views::{self, Attribution, Page};
+use super::views::{self, Attribution};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -42,7 +42,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<ResourceView>>()
+        .gives_page::<ResourceView>()
         .op(
             Method::POST,
             base,

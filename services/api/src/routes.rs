@@ -31,6 +31,13 @@ fn schema_of<T: ToSchema>(out: &mut Schemas) -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(name))
 }
 
+/// A page of `T`s; `T` is registered too (utoipa's generic `Page<T>` refers to it without
+/// registering it).
+fn page_of<T: ToSchema + 'static>(out: &mut Schemas) -> RefOr<Schema> {
+    schema_of::<T>(out);
+    schema_of::<crate::views::Page<T>>(out)
+}
+
 /// `T`'s schema name; a generic type (`Page<ZoneView>`) is named after its arguments too
 /// (`Page_ZoneView`), since utoipa names every instance of it alike.
 fn component_name<T: ToSchema>() -> String {
@@ -189,6 +196,12 @@ impl Routes {
     /// The last registered route reads no body.
     pub fn no_body(mut self) -> Self {
         self.last().body = BodyDoc::Empty;
+        self
+    }
+
+    /// The last registered route answers a page of `T`s (`{items, next_cursor}`).
+    pub fn gives_page<T: ToSchema + 'static>(mut self) -> Self {
+        self.last().answer = Some(page_of::<T>);
         self
     }
 

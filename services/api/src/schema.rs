@@ -259,11 +259,20 @@ impl Named {
 }
 
 /// Every issue of `map` against `T`'s schema, then `T` itself.
-fn typed<T: DeserializeOwned + ToSchema>(map: Map<String, Value>) -> Result<T, Vec<Issue>> {
+fn typed<T: DeserializeOwned + ToSchema>(
+    map: Map<String, Value>,
+    extra: impl FnOnce(&Map<String, Value>) -> Vec<Issue>,
+) -> Result<T, Vec<Issue>> {
     let named = Named::of::<T>();
-    let value = Value::Object(map);
     let mut issues = Vec::new();
-    named.check(&T::schema(), &value, &mut Vec::new(), &mut issues);
+    named.check(
+        &T::schema(),
+        &Value::Object(map.clone()),
+        &mut Vec::new(),
+        &mut issues,
+    );
+    issues.extend(extra(&map));
+    let value = Value::Object(map);
     if !issues.is_empty() {
         return Err(issues);
     }
@@ -286,6 +295,16 @@ fn typed<T: DeserializeOwned + ToSchema>(map: Map<String, Value>) -> Result<T, V
 pub fn strict<T: DeserializeOwned + ToSchema>(
     headers: &HeaderMap,
     raw: &[u8],
+) -> Result<T, ApiError> {
+    strict_with(headers, raw, |_| Vec::new())
+}
+
+/// [`strict`] with the issues of rules a schema cannot state (patterns of array items, …),
+/// found on the raw object and answered together with the schema's.
+pub fn strict_with<T: DeserializeOwned + ToSchema>(
+    headers: &HeaderMap,
+    raw: &[u8],
+    extra: impl FnOnce(&Map<String, Value>) -> Vec<Issue>,
 ) -> Result<T, ApiError> {
     check_content_type(headers, raw)?;
     let value: Value = if raw.is_empty() {
@@ -316,7 +335,7 @@ pub fn strict<T: DeserializeOwned + ToSchema>(
     let Value::Object(map) = value else {
         return Err(ApiError::internal("an object stopped being one"));
     };
-    typed(map).map_err(|issues| invalid_body(issues.iter().map(Issue::to_json).collect()))
+    typed(map, extra).map_err(|issues| refusal(&issues))
 }
 
 /// A lenient body (unknown fields dropped): the first issue answers `400 <code>`.
@@ -326,7 +345,7 @@ pub fn lenient<T: DeserializeOwned + ToSchema>(
     code: &str,
 ) -> Result<T, ApiError> {
     let map = parse_lenient(headers, raw, code)?;
-    typed(map).map_err(|issues| {
+    typed(map, |_| Vec::new()).map_err(|issues| {
         let first = issues.first().map(Issue::describe).unwrap_or_default();
         ApiError::bad_request(code).description(first)
     })

@@ -1,7 +1,7 @@
 //! Governed sessions (management-api.md §14.4, formerly "agent sessions"): served at
 //! `/sessions` (current) and `/agent-sessions` (seed), with the same filters and CSV export.
 
-use super::views::{self, Page};
+use super::views;
 use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -57,7 +57,7 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
-        .gives::<Page<SessionView>>()
+        .gives_page::<SessionView>()
         .op(
             Method::GET,
             "/v1/zones/{zone}/agent-sessions",
@@ -66,7 +66,7 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
-        .gives::<Page<SessionView>>()
+        .gives_page::<SessionView>()
 }
 
 fn render(e: &Entity, children: &HashMap<String, i64>) -> Value {

@@ -19,7 +19,7 @@ use serval_streams::{AppendRequest, LogStream};
 
 use super::params::PathId;
 use super::routes::Routes;
-use super::views::{self, Page};
+use super::views;
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
@@ -41,7 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query", "400 invalid_cursor"],
         )
-        .gives::<Page<ZoneView>>()
+        .gives_page::<ZoneView>()
         .op(
             Method::POST,
             "/v1/zones",

@@ -5,7 +5,7 @@
 
 mod oauth_flow;
 
-use super::views::{self, Page};
+use super::views;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -56,7 +56,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query"],
             )
-            .gives::<Page<ConnectionRow>>()
+            .gives_page::<ConnectionRow>()
             .op(
                 Method::POST,
                 &base,

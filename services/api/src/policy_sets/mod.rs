@@ -6,7 +6,7 @@
 mod activation_status;
 mod simulation;
 
-use super::views::{self, Page};
+use super::views;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
-        .gives::<Page<SetView>>()
+        .gives_page::<SetView>()
         .op(
             Method::POST,
             base,
@@ -65,7 +65,7 @@ pub fn router() -> Routes {
             ],
         )
         .takes::<CreateBody>()
-        .gives::<SetView>()
+        .gives::<SetCreated>()
         .op(
             Method::GET,
             &format!("{base}/{{id}}"),
@@ -91,7 +91,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_set_not_found"],
         )
-        .gives::<Page<SetVersionView>>()
+        .gives_page::<SetVersionView>()
         .op(
             Method::POST,
             &format!("{base}/{{id}}/versions"),
@@ -180,6 +180,14 @@ fn set_error(e: PolicySetError) -> ApiError {
 /// A policy set (§11).
 #[derive(Serialize, ToSchema)]
 pub struct SetView {
+    #[serde(flatten)]
+    set: SetCreated,
+    active_version_id: Option<String>,
+}
+
+/// A policy set as its create answers it (no version can be active yet).
+#[derive(Serialize, ToSchema)]
+pub struct SetCreated {
     id: String,
     zone_id: String,
     name: String,
@@ -190,7 +198,6 @@ pub struct SetView {
     updated_via_operator: bool,
     created_at: String,
     updated_at: String,
-    active_version_id: Option<String>,
 }
 
 /// A version of a policy set.
@@ -244,16 +251,18 @@ pub struct Activation {
 
 fn set_view(s: &PolicySetRow) -> SetView {
     SetView {
-        id: s.id.clone(),
-        zone_id: s.zone_id.clone(),
-        name: s.name.clone(),
-        description: s.description.clone(),
-        created_by: s.created_by.clone(),
-        created_via_operator: s.created_via_operator,
-        updated_by: s.updated_by.clone(),
-        updated_via_operator: s.updated_via_operator,
-        created_at: pagination::ts(s.created_at),
-        updated_at: pagination::ts(s.updated_at),
+        set: SetCreated {
+            id: s.id.clone(),
+            zone_id: s.zone_id.clone(),
+            name: s.name.clone(),
+            description: s.description.clone(),
+            created_by: s.created_by.clone(),
+            created_via_operator: s.created_via_operator,
+            updated_by: s.updated_by.clone(),
+            updated_via_operator: s.updated_via_operator,
+            created_at: pagination::ts(s.created_at),
+            updated_at: pagination::ts(s.updated_at),
+        },
         active_version_id: s.active_version_id.clone(),
     }
 }
@@ -435,7 +444,7 @@ async fn create(
                 return Err(ApiError::internal("create appended no policy_set.created"));
             };
             let at = pagination::ts(env.occurred_at);
-            views::to_json(&SetView {
+            views::to_json(&SetCreated {
                 id: c.policy_set_id.clone(),
                 zone_id: zone.clone(),
                 name: c.name.clone(),
@@ -446,7 +455,6 @@ async fn create(
                 updated_via_operator: c.created_via_operator,
                 created_at: at.clone(),
                 updated_at: at,
-                active_version_id: None,
             })
         }
     };
