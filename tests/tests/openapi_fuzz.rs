@@ -406,7 +406,7 @@ impl Generator<'_> {
         };
         let names: Vec<&String> = props.keys().collect();
         match rng.below(10) {
-            0 | 1 | 2 => {}
+            0..=2 => {}
             3 if !required.is_empty() => {
                 map.remove(rng.pick(&required));
             }
