@@ -216,6 +216,8 @@ struct Operation {
     path: String,
     body: Option<Value>,
     statuses: BTreeSet<u16>,
+    /// The JSON schema of each documented answer, by status.
+    answers: BTreeMap<u16, Value>,
 }
 
 fn operations(doc: &Value) -> Vec<Operation> {
@@ -233,6 +235,15 @@ fn operations(doc: &Value) -> Vec<Operation> {
                     .unwrap()
                     .keys()
                     .map(|s| s.parse().unwrap())
+                    .collect(),
+                answers: op["responses"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|(s, r)| {
+                        r.pointer("/content/application~1json/schema")
+                            .map(|schema| (s.parse().unwrap(), schema.clone()))
+                    })
                     .collect(),
             });
         }
@@ -521,6 +532,78 @@ fn query(rng: &mut Rng) -> String {
     }
 }
 
+/// Where `v` departs from `schema` (types, required properties, enumerations, items, through
+/// references and compositions), or `None`.
+fn mismatch(schemas: &Map<String, Value>, schema: &Value, v: &Value, at: &str) -> Option<String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let target = schemas.get(r.trim_start_matches("#/components/schemas/"))?;
+        return mismatch(schemas, target, v, at);
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        if let Some(m) = all.iter().find_map(|s| mismatch(schemas, s, v, at)) {
+            return Some(m);
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            if options
+                .iter()
+                .all(|s| mismatch(schemas, s, v, at).is_some())
+            {
+                return Some(format!("{at}: {v} matches no option of {key}"));
+            }
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let is = |t: &str| match t {
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        "null" => v.is_null(),
+        _ => true,
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        return Some(format!("{at}: {v} is not {types:?}"));
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        if !v.is_null() && !values.contains(v) {
+            return Some(format!("{at}: {v} is not one of {values:?}"));
+        }
+    }
+    if let Value::Object(map) = v {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or_default();
+            if !map.contains_key(name) {
+                return Some(format!("{at}.{name}: required, missing"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, prop) in props {
+                if let Some(value) = map.get(name) {
+                    if let Some(m) = mismatch(schemas, prop, value, &format!("{at}.{name}")) {
+                        return Some(m);
+                    }
+                }
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item)) = (v, schema.get("items")) {
+        for (i, value) in items.iter().enumerate() {
+            if let Some(m) = mismatch(schemas, item, value, &format!("{at}[{i}]")) {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
 /// One generated request, described for the failure report.
 struct Sent {
     op: String,
@@ -575,6 +658,7 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
     let rounds = 7;
     let mut rng = Rng(seed);
     let mut off_spec: Vec<String> = Vec::new();
+    let mut off_shape: Vec<String> = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     let mut per_op: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
@@ -631,7 +715,8 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
             )
         };
         let n = total / rounds + usize::from(round < total % rounds);
-        let batch: Vec<(reqwest::RequestBuilder, Sent, BTreeSet<u16>)> = (0..n)
+        type Planned = (reqwest::RequestBuilder, Sent, Operation);
+        let batch: Vec<Planned> = (0..n)
             .map(|i| {
                 // Every operation in turn, then at random: each is reached every round.
                 let op = if i < ops.len() {
@@ -640,34 +725,46 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
                     rng.pick(&ops)
                 };
                 let (req, s) = gen(&mut rng, op, i * 10 >= n * 9);
-                (req, s, op.statuses.clone())
+                (req, s, op.clone())
             })
             .collect();
         let results = Arc::new(tokio::sync::Mutex::new(Vec::new()));
         stream::iter(batch)
-            .for_each_concurrent(8, |(req, s, statuses)| {
+            .for_each_concurrent(8, |(req, s, op)| {
                 let results = results.clone();
                 async move {
                     let r = req.send().await;
                     let outcome = match r {
                         Ok(resp) => {
                             let status = resp.status().as_u16();
+                            let json = resp
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| v.starts_with("application/json"));
                             let text = resp.text().await.unwrap_or_default();
-                            Ok((status, text))
+                            Ok((status, json, text))
                         }
                         Err(e) => Err(e.to_string()),
                     };
-                    results.lock().await.push((s, statuses, outcome));
+                    results.lock().await.push((s, op, outcome));
                 }
             })
             .await;
-        for (s, statuses, outcome) in results.lock().await.drain(..) {
+        for (s, op, outcome) in results.lock().await.drain(..) {
             sent += 1;
             match outcome {
-                Ok((status, text)) => {
+                Ok((status, json, text)) => {
                     *by_status.entry(status).or_default() += 1;
                     per_op.entry(s.op.clone()).or_default().insert(status);
-                    if !statuses.contains(&status) {
+                    // Every JSON answer is what the document says it is.
+                    if let (true, Some(schema)) = (json, op.answers.get(&status)) {
+                        let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        if let Some(m) = mismatch(&schemas, schema, &parsed, "$") {
+                            off_shape.push(format!("{} → {status}: {m}\n    url: {}", s.op, s.url));
+                        }
+                    }
+                    if !op.statuses.contains(&status) {
                         off_spec.push(format!(
                             "{} → {status} {}\n    url: {}\n    body: {}",
                             s.op,
@@ -702,6 +799,12 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
         "SERVAL_FUZZ_SEED={seed}: {} answers outside the documented statuses:\n{}",
         off_spec.len(),
         off_spec[..off_spec.len().min(40)].join("\n")
+    );
+    assert!(
+        off_shape.is_empty(),
+        "SERVAL_FUZZ_SEED={seed}: {} answers not shaped as documented:\n{}",
+        off_shape.len(),
+        off_shape[..off_shape.len().min(40)].join("\n")
     );
     // `500` is documented (the panic layer's answer) but is always a defect.
     assert_eq!(

@@ -153,7 +153,7 @@ impl<P: Projection> Runner<P> {
         let mut tx = self.pool.begin().await?;
         // The archive refuses a copy by its event id (`ON CONFLICT DO NOTHING`).
         let guarded = name != serval_schema::projections::ARCHIVE;
-        let (batch, replayed, accepted) = replays::screen(&mut tx, name, batch, |a| {
+        let (batch, replayed, mut accepted) = replays::screen(&mut tx, name, batch, |a| {
             guarded && self.projection.wants(a)
         })
         .await?;
@@ -176,13 +176,23 @@ impl<P: Projection> Runner<P> {
         }
         let batch = match self.projection.apply_batch(&mut tx, &batch).await {
             Ok(()) => batch,
-            Err(e) if is_data_exception(&e) => {
-                // One entry Postgres cannot store (a value out of a column's range, a
-                // character it refuses): find it, dead-letter it and apply the rest, rather
-                // than retry the batch forever and hold the projection back.
+            // One entry Postgres cannot store (a value out of a column's range, a character
+            // it refuses): find it, dead-letter it and apply the rest, rather than retry the
+            // batch forever and hold the projection back. Never for the copies that must be
+            // whole (the archive, the hash-chained audit trails): those stop, loudly.
+            Err(e) if is_data_exception(&e) && !must_be_whole(name) => {
                 tx.rollback().await?;
                 tx = self.pool.begin().await?;
-                self.apply_isolating(&mut tx, batch, &mut dead).await?
+                let tried = batch.len();
+                let applied = self
+                    .apply_isolating(&mut tx, batch, &mut dead, &mut accepted)
+                    .await?;
+                // Every entry refused: the projection (a column, a migration), not the
+                // entries, is at fault; stop rather than dead-letter the log.
+                if tried > 1 && applied.is_empty() {
+                    return Err(e.into());
+                }
+                applied
             }
             Err(e) => return Err(e.into()),
         };
@@ -245,7 +255,12 @@ impl<P: Projection> Runner<P> {
     }
 }
 
-/// SQLSTATE class 22 (data exception): the entry, not the database, is at fault.
+fn must_be_whole(projection: &str) -> bool {
+    use serval_schema::projections::{ADMIN_AUDIT, ARCHIVE, AUDIT};
+    [ARCHIVE, AUDIT, ADMIN_AUDIT].contains(&projection)
+}
+
+/// SQLSTATE class 22 (data exception): usually the entry is at fault.
 fn is_data_exception(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
@@ -261,6 +276,7 @@ impl<P: Projection> Runner<P> {
         tx: &mut PgConnection,
         batch: Vec<Applied>,
         dead: &mut Vec<DeadLetter>,
+        accepted: &mut replays::Accepted,
     ) -> Result<Vec<Applied>, RunnerError> {
         let mut applied = Vec::with_capacity(batch.len());
         for a in batch {
@@ -276,6 +292,8 @@ impl<P: Projection> Runner<P> {
                 }
                 Err(e) if is_data_exception(&e) => {
                     savepoint.rollback().await?;
+                    // Not applied: a corrected copy of it must not be refused as a replay.
+                    accepted.forget(&a);
                     let env = &a.recorded.envelope;
                     tracing::error!(
                         projection = self.name(),
@@ -283,14 +301,17 @@ impl<P: Projection> Runner<P> {
                         error = %e,
                         "an entry Postgres cannot store was dead-lettered"
                     );
+                    // The detail is stored as text: it must not carry the NUL it reports.
+                    let detail = format!(
+                        "event {} ({}) of {} {}: {e}",
+                        env.event_id, env.event_type, env.aggregate_kind, env.aggregate_id
+                    )
+                    .replace('\0', "\\0");
                     dead.push(DeadLetter {
                         stream: a.recorded.stream_key.clone(),
                         entry_id: a.recorded.entry_id,
                         reason: "unappliable",
-                        detail: format!(
-                            "event {} ({}) of {} {}: {e}",
-                            env.event_id, env.event_type, env.aggregate_kind, env.aggregate_id
-                        ),
+                        detail,
                         raw: serde_json::json!({
                             "env": { "hex": hex::encode(&a.recorded.body) },
                             "kid": a.recorded.kid,

@@ -114,6 +114,20 @@ pub(super) async fn screen(
 }
 
 impl Accepted {
+    /// Drops `a`'s version when it is the one recorded for its aggregate (the entry was not
+    /// applied after all). An earlier version of the batch is not restored: the row keeps
+    /// the version stored before the batch, which refuses nothing newer.
+    pub(super) fn forget(&mut self, a: &Applied) {
+        let key = aggregate_key(a);
+        if self
+            .latest
+            .get(&key)
+            .is_some_and(|(_, e)| *e == a.recorded.envelope.event_id)
+        {
+            self.latest.remove(&key);
+        }
+    }
+
     /// Stores the new versions in the batch's transaction.
     pub(super) async fn store(
         self,

@@ -164,7 +164,9 @@ async fn list(
 pub struct MintBody {
     name: String,
     scope: TokenScope,
+    #[schema(nullable = false)]
     zone_id: Option<String>,
+    #[schema(nullable = false)]
     capability: Option<Capability>,
 }
 

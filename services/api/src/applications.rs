@@ -300,6 +300,7 @@ async fn new_secret(
 pub struct CreateBody {
     name: String,
     registration_method: String,
+    #[schema(nullable = false)]
     traits: Option<Vec<String>>,
 }
 
@@ -343,8 +344,11 @@ async fn create(
 #[serde(deny_unknown_fields)]
 #[schema(as = ApplicationPatch)]
 pub struct PatchBody {
+    #[schema(nullable = false)]
     name: Option<String>,
+    #[schema(nullable = false)]
     client_secret: Option<String>,
+    #[schema(nullable = false)]
     traits: Option<Vec<String>>,
 }
 
@@ -532,6 +536,7 @@ async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Respo
 #[schema(as = ApplicationDcr)]
 pub struct DcrBody {
     name: String,
+    #[schema(nullable = false)]
     expires_in: Option<i64>,
 }
 

@@ -159,7 +159,6 @@ pub struct ApprovalView {
     privacy_mode: String,
     subject_anchor: Option<String>,
     binding: String,
-    #[schema(value_type = Object)]
     metadata_json: Value,
     decision_reason: Option<String>,
     created_at: String,

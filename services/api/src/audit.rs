@@ -35,7 +35,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
-        .gives_page::<LedgerEvent>()
+        .gives_page::<LedgerItem>()
         .op(
             Method::GET,
             &format!("{base}/by-request/{{request}}"),
@@ -128,6 +128,14 @@ fn metadata(r: &LedgerRow) -> Value {
     m
 }
 
+/// An item of the ledger feed: the whole event, or the flat row of the chosen `fields`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LedgerItem {
+    Whole(LedgerEvent),
+    Projected(views::FlatRow),
+}
+
 /// One event of the zone's audit ledger (secrets redacted from its metadata).
 #[derive(Serialize, ToSchema)]
 pub struct LedgerEvent {
@@ -141,11 +149,8 @@ pub struct LedgerEvent {
     policy_set_version_id: Option<String>,
     manifest_sha: Option<String>,
     evaluation_status: String,
-    #[schema(value_type = Object)]
     determining_policies_json: Value,
-    #[schema(value_type = Object)]
     diagnostics_json: Value,
-    #[schema(value_type = Object)]
     metadata_json: Value,
     occurred_at: String,
     ingested_at: String,
@@ -197,9 +202,7 @@ pub struct DeniedStep {
     event_type: String,
     evaluation_status: String,
     determining_policies: Vec<String>,
-    #[schema(value_type = Object)]
     diagnostics: Value,
-    #[schema(value_type = Object)]
     metadata: Value,
     #[schema(value_type = Object)]
     policy_input: Value,

@@ -261,7 +261,6 @@ pub struct Preview {
     package: String,
     rules: Vec<String>,
     default_result: bool,
-    #[schema(value_type = Vec<Object>)]
     decisions: Vec<Value>,
     inputs_referenced: Vec<String>,
     data_referenced: Vec<String>,

@@ -188,37 +188,30 @@ impl Named {
                         }
                     }
                     Value::Object(map) => {
-                        for name in &o.required {
-                            if !map.contains_key(name) {
-                                path.push(name.clone());
-                                let expected = o
-                                    .properties
-                                    .get(name)
-                                    .and_then(|p| self.resolve(p))
-                                    .and_then(|p| match p {
-                                        Schema::Object(p) => match &p.schema_type {
-                                            SchemaType::Type(t) => Some(type_name(t)),
-                                            _ => None,
-                                        },
-                                        Schema::Array(_) => Some("array"),
-                                        _ => None,
-                                    })
-                                    .unwrap_or("value");
-                                out.push(at(
-                                    path,
-                                    format!(
-                                        "Invalid input: expected {expected}, received undefined"
-                                    ),
-                                ));
-                                path.pop();
-                            }
-                        }
+                        // In declaration order (utoipa's `preserve_order`), as zod reports.
                         for (name, prop) in &o.properties {
-                            if let Some(value) = map.get(name) {
-                                path.push(name.clone());
-                                self.check(prop, value, path, out);
-                                path.pop();
+                            path.push(name.clone());
+                            match map.get(name) {
+                                Some(value) => self.check(prop, value, path, out),
+                                None if o.required.contains(name) => {
+                                    let expected = match self.resolve(prop) {
+                                        Some(Schema::Object(p)) => match &p.schema_type {
+                                            SchemaType::Type(t) => type_name(t),
+                                            _ => "value",
+                                        },
+                                        Some(Schema::Array(_)) => "array",
+                                        _ => "value",
+                                    };
+                                    out.push(at(
+                                        path,
+                                        format!(
+                                            "Invalid input: expected {expected}, received undefined"
+                                        ),
+                                    ));
+                                }
+                                None => {}
                             }
+                            path.pop();
                         }
                     }
                     _ => {}
@@ -252,7 +245,21 @@ impl Named {
                     }
                 }
             }
-            // Composite schemas (nullable references, tagged unions) are left to serde.
+            // `Option<Nested>`: `null`, or the nested type's checks.
+            Schema::OneOf(one) => {
+                let is_null = |s: &RefOr<Schema>| {
+                    matches!(s, RefOr::T(Schema::Object(o))
+                        if matches!(o.schema_type, SchemaType::Type(Type::Null)))
+                };
+                if v.is_null() && one.items.iter().any(is_null) {
+                    return;
+                }
+                let real: Vec<&RefOr<Schema>> = one.items.iter().filter(|s| !is_null(s)).collect();
+                if let [only] = real.as_slice() {
+                    self.check(only, v, path, out);
+                }
+            }
+            // Other composites (tagged unions) are left to serde.
             _ => {}
         }
     }
@@ -277,12 +284,17 @@ fn typed<T: DeserializeOwned + ToSchema>(
         return Err(issues);
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path: Vec<String> = if path == "." {
-            Vec::new()
-        } else {
-            path.split('.').map(str::to_owned).collect()
-        };
+        use serde_path_to_error::Segment;
+        let path = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(index.to_string()),
+                Segment::Map { key } => Some(key.clone()),
+                Segment::Enum { variant } => Some(variant.clone()),
+                Segment::Unknown => None,
+            })
+            .collect();
         vec![Issue {
             path,
             message: format!("Invalid input: {}", e.inner()),
@@ -326,11 +338,10 @@ pub fn strict_with<T: DeserializeOwned + ToSchema>(
     };
     let value = Value::Object(map);
     if let Some(path) = nul_path(&value) {
-        let path: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
-        return Err(refusal(&[Issue::new(
-            &path,
-            "Invalid string: must not contain NUL characters",
-        )]));
+        return Err(refusal(&[Issue {
+            path,
+            message: "Invalid string: must not contain NUL characters".to_owned(),
+        }]));
     }
     let Value::Object(map) = value else {
         return Err(ApiError::internal("an object stopped being one"));

@@ -12,6 +12,11 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The chosen `fields` of a feed row (the audit lists with `fields`).
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct FlatRow(serde_json::Map<String, Value>);
+
 /// Who created and last changed an object, and when (§1).
 #[derive(Serialize, ToSchema)]
 pub struct Attribution {

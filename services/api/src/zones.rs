@@ -213,7 +213,9 @@ async fn dcr_status(State(app): State<App>, PathId(id): PathId) -> Result<Json<V
 #[schema(as = ZoneCreate)]
 pub struct CreateBody {
     name: String,
+    #[schema(nullable = false)]
     slug: Option<String>,
+    #[schema(nullable = false)]
     dcr_enabled: Option<bool>,
 }
 
@@ -387,11 +389,17 @@ async fn create(
 #[serde(deny_unknown_fields)]
 #[schema(as = ZonePatch)]
 pub struct PatchBody {
+    #[schema(nullable = false)]
     name: Option<String>,
+    #[schema(nullable = false)]
     slug: Option<String>,
+    #[schema(nullable = false)]
     dcr_enabled: Option<bool>,
+    #[schema(nullable = false)]
     dcr_shutdown: Option<DcrShutdownMode>,
+    #[schema(nullable = false)]
     operator_coauthor_badge: Option<bool>,
+    #[schema(nullable = false)]
     operator_governed: Option<bool>,
 }
 

@@ -64,7 +64,7 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => match (serval_kit::http::body::nul_path(&v), v) {
             (Some(path), _) => Err(invalid_body(vec![issue(
-                &path,
+                &path.join("."),
                 "Invalid string: must not contain NUL characters",
             )])),
             (None, Value::Object(m)) => Ok(m),

@@ -61,7 +61,6 @@ pub struct Simulation {
     #[schema(value_type = Object)]
     explanation: Value,
     /// The policy's `result` document (`null` without input).
-    #[schema(value_type = Object)]
     result: Value,
     /// The history re-evaluation, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]

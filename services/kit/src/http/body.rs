@@ -57,12 +57,12 @@ pub fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiErr
     Ok(())
 }
 
-/// The path of the first string (key or value) holding a NUL character, `""` for the top.
+/// The path of the first string (key or value) holding a NUL character (empty for the top).
 ///
 /// Postgres text and jsonb cannot hold U+0000, so a NUL that reached an event would be
 /// acknowledged and then refused by every projection; no field has a use for one, so every
 /// JSON body is refused at the door instead.
-pub fn nul_path(v: &Value) -> Option<String> {
+pub fn nul_path(v: &Value) -> Option<Vec<String>> {
     fn walk(v: &Value, path: &mut Vec<String>) -> bool {
         match v {
             Value::String(s) => s.contains('\0'),
@@ -86,7 +86,7 @@ pub fn nul_path(v: &Value) -> Option<String> {
         }
     }
     let mut path = Vec::new();
-    walk(v, &mut path).then(|| path.join("."))
+    walk(v, &mut path).then_some(path)
 }
 
 fn refuse_nul(v: &Value, code: &str) -> Result<(), ApiError> {
@@ -94,7 +94,11 @@ fn refuse_nul(v: &Value, code: &str) -> Result<(), ApiError> {
         None => Ok(()),
         Some(p) => Err(ApiError::bad_request(code).description(format!(
             "{} must not contain NUL characters",
-            if p.is_empty() { "the body" } else { &p }
+            if p.is_empty() {
+                "the body".to_owned()
+            } else {
+                p.join(".")
+            }
         ))),
     }
 }
