@@ -97,7 +97,7 @@ fn render(r: &AuditRow) -> Value {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum AdminAuditItem {
-    Whole(AdminAuditView),
+    Whole(Box<AdminAuditView>),
     Projected(views::FlatRow),
 }
 

@@ -132,7 +132,7 @@ fn metadata(r: &LedgerRow) -> Value {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum LedgerItem {
-    Whole(LedgerEvent),
+    Whole(Box<LedgerEvent>),
     Projected(views::FlatRow),
 }
 
