@@ -107,6 +107,31 @@ async fn openapi_document_covers_the_routes_and_every_listed_route_is_served() {
             }
         }
     }
+    // Query parameters come from the types the lists parse them into.
+    let names = |p: &str| -> Vec<String> {
+        paths[p]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                format!(
+                    "{}:{}",
+                    x["in"].as_str().unwrap(),
+                    x["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let sessions = names("/v1/zones/{zone}/sessions");
+    for n in [
+        "query:parent_id",
+        "query:label",
+        "query:cursor",
+        "path:zone",
+    ] {
+        assert!(sessions.contains(&n.to_owned()), "{n} in {sessions:?}");
+    }
+    assert!(names("/v1/zones").contains(&"query:limit".to_owned()));
     let provider = resolve(&create["requestBody"]["content"]["application/json"]["schema"]);
     assert!(provider["properties"]["config_json"].is_object());
     let answer = resolve(&create["responses"]["201"]["content"]["application/json"]["schema"]);

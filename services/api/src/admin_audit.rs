@@ -33,6 +33,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
+        .query::<FeedQuery>()
         .gives_page::<AdminAuditItem>()
 }
 
@@ -57,7 +58,8 @@ const EXPORT: [&str; 17] = [
     "changed_fields",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     since: Option<String>,
     until: Option<String>,

@@ -43,6 +43,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<PageQuery>()
         .gives_page::<TokenView>()
         .op(
             Method::POST,
@@ -72,21 +73,16 @@ pub fn router() -> Routes {
 /// An admin token, without its secret (§3).
 #[derive(Serialize, ToSchema)]
 pub struct TokenView {
-    id: String,
-    name: String,
-    scope: TokenScope,
-    capability: Capability,
-    zone_id: Option<String>,
-    created_by: String,
-    created_at: String,
+    #[serde(flatten)]
+    token: TokenCore,
     /// Always `null`: use is not tracked.
     last_used_at: Option<String>,
     revoked_at: Option<String>,
 }
 
-/// A minted admin token: shown once, with its secret.
+/// What every answer about an admin token holds (§3).
 #[derive(Serialize, ToSchema)]
-pub struct MintedToken {
+pub struct TokenCore {
     id: String,
     name: String,
     scope: TokenScope,
@@ -94,19 +90,28 @@ pub struct MintedToken {
     zone_id: Option<String>,
     created_by: String,
     created_at: String,
+}
+
+/// A minted admin token: shown once, with its secret.
+#[derive(Serialize, ToSchema)]
+pub struct MintedToken {
+    #[serde(flatten)]
+    core: TokenCore,
     /// The bearer secret; never shown again.
     token: String,
 }
 
 fn render(t: &AdminToken) -> Value {
     views::to_json(&TokenView {
-        id: t.id.clone(),
-        name: t.name.clone(),
-        scope: t.scope,
-        capability: t.capability,
-        zone_id: t.zone_id.clone(),
-        created_by: t.created_by.clone(),
-        created_at: pagination::ts(t.created_at),
+        token: TokenCore {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            scope: t.scope,
+            capability: t.capability,
+            zone_id: t.zone_id.clone(),
+            created_by: t.created_by.clone(),
+            created_at: pagination::ts(t.created_at),
+        },
         last_used_at: None,
         revoked_at: t.revoked_at.map(pagination::ts),
     })
@@ -241,13 +246,15 @@ async fn mint(
     let mut resp = (
         StatusCode::CREATED,
         Json(views::to_json(&MintedToken {
-            id,
-            name: body.name.trim().to_owned(),
-            scope: body.scope,
-            capability: body.capability.unwrap_or(Capability::Write),
-            zone_id: body.zone_id,
-            created_by: format!("admin:{}", req.principal.token.id),
-            created_at: pagination::ts(created_at),
+            core: TokenCore {
+                id,
+                name: body.name.trim().to_owned(),
+                scope: body.scope,
+                capability: body.capability.unwrap_or(Capability::Write),
+                zone_id: body.zone_id,
+                created_by: format!("admin:{}", req.principal.token.id),
+                created_at: pagination::ts(created_at),
+            },
             token,
         })),
     )

@@ -41,6 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<ListQuery>()
         .gives_page::<ApplicationView>()
         .op(
             Method::POST,
@@ -166,9 +167,9 @@ fn map_failure(f: Failure) -> ApiError {
     }
 }
 
-/// An application (§6).
+/// What every answer about an application holds (§6).
 #[derive(Serialize, ToSchema)]
-pub struct ApplicationView {
+pub struct ApplicationCore {
     id: String,
     zone_id: String,
     name: String,
@@ -178,26 +179,26 @@ pub struct ApplicationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     traits: Option<Vec<String>>,
     expires_at: Option<String>,
-    archived_at: Option<String>,
     #[serde(flatten)]
     attribution: Attribution,
+}
+
+/// An application.
+#[derive(Serialize, ToSchema)]
+pub struct ApplicationView {
+    #[serde(flatten)]
+    app: ApplicationCore,
+    archived_at: Option<String>,
 }
 
 /// A created or rotated application: the secret is shown here, in this answer only.
 #[derive(Serialize, ToSchema)]
 pub struct ApplicationWithSecret {
-    id: String,
-    zone_id: String,
-    name: String,
-    registration_method: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    traits: Option<Vec<String>>,
-    expires_at: Option<String>,
+    #[serde(flatten)]
+    app: ApplicationCore,
     /// In a rotation's answer only.
     #[serde(skip_serializing_if = "Option::is_none")]
     archived_at: Option<Option<String>>,
-    #[serde(flatten)]
-    attribution: Attribution,
     client_secret: String,
 }
 
@@ -207,43 +208,49 @@ pub struct RevealedSecret {
     client_secret: String,
 }
 
-/// The application object; `traits` only for global tokens (§6).
-fn render(e: &Entity, global: bool) -> Value {
+fn core(
+    e: &Entity,
+    traits: impl FnOnce(&ApplicationData) -> Option<Vec<String>>,
+) -> Option<ApplicationCore> {
     let EntityData::Application(a) = &e.data else {
-        return Value::Null;
+        return None;
     };
-    views::to_json(&ApplicationView {
+    Some(ApplicationCore {
         id: e.id.clone(),
         zone_id: e.zone_id.clone(),
         name: a.name.clone(),
         registration_method: a.registration_method.as_str().to_owned(),
-        traits: global.then(|| a.traits.clone()),
+        traits: traits(a),
         expires_at: common::opt_ts(a.expires_at),
-        archived_at: common::opt_ts(e.archived_at),
         attribution: common::attribution(e),
     })
 }
 
-/// The create/rotate answer: the object without `archived_at`, plus the secret; `traits`
-/// when `traits` is given (global tokens, and `[]` for a DCR registration).
+/// The application object; `traits` only for global tokens (§6).
+fn render(e: &Entity, global: bool) -> Value {
+    let Some(app) = core(e, |a| global.then(|| a.traits.clone())) else {
+        return Value::Null;
+    };
+    views::to_json(&ApplicationView {
+        app,
+        archived_at: common::opt_ts(e.archived_at),
+    })
+}
+
+/// The create/rotate answer: the object (with `archived_at` only when given), plus the
+/// secret; `traits` when given (global tokens, and `[]` for a DCR registration).
 fn render_with_secret(
     e: &Entity,
     secret: &str,
     traits: Option<Vec<String>>,
     archived_at: Option<Option<String>>,
 ) -> Value {
-    let EntityData::Application(a) = &e.data else {
+    let Some(app) = core(e, |_| traits) else {
         return Value::Null;
     };
     views::to_json(&ApplicationWithSecret {
-        id: e.id.clone(),
-        zone_id: e.zone_id.clone(),
-        name: a.name.clone(),
-        registration_method: a.registration_method.as_str().to_owned(),
-        traits,
-        expires_at: common::opt_ts(a.expires_at),
+        app,
         archived_at,
-        attribution: common::attribution(e),
         client_secret: secret.to_owned(),
     })
 }

@@ -52,6 +52,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query", "400 invalid_cursor"],
             )
+            .query::<ApprovalQuery>()
             .gives_page::<ApprovalView>()
             .op(
                 Method::GET,
@@ -206,7 +207,8 @@ async fn priors(app: &App, zone: &str, rows: &[Entity]) -> Result<Priors, ApiErr
     Ok(read::binding_decisions(&app.pool, zone, &bindings).await?)
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ApprovalQuery {
     limit: Option<String>,
     cursor: Option<String>,

@@ -35,6 +35,7 @@ pub fn router() -> Routes {
                 "400 invalid_cursor",
             ],
         )
+        .query::<LedgerQuery>()
         .gives_page::<LedgerItem>()
         .op(
             Method::GET,
@@ -237,7 +238,8 @@ fn flat(r: &LedgerRow) -> Value {
     Value::Object(m)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LedgerQuery {
     since: Option<String>,
     until: Option<String>,

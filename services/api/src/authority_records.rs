@@ -45,6 +45,7 @@ pub fn router() -> Routes {
         200,
         &["400 invalid_query", "400 invalid_cursor"],
     )
+        .query::<RecordQuery>()
     .gives_page::<RecordView>()
 }
 
@@ -87,7 +88,8 @@ pub struct RecordView {
     revoked_reason: Option<String>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecordQuery {
     limit: Option<String>,
     cursor: Option<String>,

@@ -283,12 +283,15 @@ pub async fn live(app: &App, zone: &str, id: &str, kind: CatalogKind) -> Result<
 }
 
 /// `status` of the standard catalog lists: `active` (default) or `archived`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub limit: Option<String>,
     pub cursor: Option<String>,
     pub status: Option<String>,
+    /// Route-specific filters, read by name.
     #[serde(flatten)]
+    #[param(ignore)]
     pub rest: HashMap<String, String>,
 }
 

@@ -38,6 +38,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<GrantQuery>()
         .gives_page::<GrantRow>()
         .op(
             Method::POST,
@@ -77,6 +78,15 @@ pub fn router() -> Routes {
 /// A grant (§12).
 #[derive(Serialize, ToSchema)]
 pub struct GrantView {
+    #[serde(flatten)]
+    core: GrantCore,
+    #[serde(flatten)]
+    attribution: Attribution,
+}
+
+/// What every answer about a grant holds.
+#[derive(Serialize, ToSchema)]
+pub struct GrantCore {
     id: String,
     zone_id: String,
     application_id: String,
@@ -85,20 +95,13 @@ pub struct GrantView {
     scopes: Vec<String>,
     /// `active` or `revoked`.
     status: String,
-    #[serde(flatten)]
-    attribution: Attribution,
 }
 
 /// The `201` body of a grant create: without the `updated_*` fields (§12).
 #[derive(Serialize, ToSchema)]
 pub struct GrantCreated {
-    id: String,
-    zone_id: String,
-    application_id: String,
-    user_id: String,
-    resource_id: String,
-    scopes: Vec<String>,
-    status: String,
+    #[serde(flatten)]
+    core: GrantCore,
     created_by: String,
     created_via_operator: bool,
     created_at: String,
@@ -121,13 +124,15 @@ fn view(e: &Entity) -> Option<GrantView> {
         return None;
     };
     Some(GrantView {
-        id: e.id.clone(),
-        zone_id: e.zone_id.clone(),
-        application_id: g.application_id.clone(),
-        user_id: g.user_id.clone(),
-        resource_id: g.resource_id.clone(),
-        scopes: g.scopes.clone(),
-        status: g.status.clone(),
+        core: GrantCore {
+            id: e.id.clone(),
+            zone_id: e.zone_id.clone(),
+            application_id: g.application_id.clone(),
+            user_id: g.user_id.clone(),
+            resource_id: g.resource_id.clone(),
+            scopes: g.scopes.clone(),
+            status: g.status.clone(),
+        },
         attribution: common::attribution(e),
     })
 }
@@ -141,13 +146,7 @@ fn render_created(e: &Entity) -> Value {
         return Value::Null;
     };
     views::to_json(&GrantCreated {
-        id: g.id,
-        zone_id: g.zone_id,
-        application_id: g.application_id,
-        user_id: g.user_id,
-        resource_id: g.resource_id,
-        scopes: g.scopes,
-        status: g.status,
+        core: g.core,
         created_by: g.attribution.created_by,
         created_via_operator: g.attribution.created_via_operator,
         created_at: g.attribution.created_at,
@@ -187,7 +186,8 @@ fn render_row(e: &Entity, refs: &HashMap<String, Entity>) -> Value {
     })
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct GrantQuery {
     limit: Option<String>,
     cursor: Option<String>,

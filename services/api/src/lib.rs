@@ -59,6 +59,9 @@ pub fn router(app: App) -> Router<App> {
     let v1 = admin
         // Inside the admin-audit layer, so a panicking handler's 500 is recorded.
         .layer(axum::middleware::from_fn(serval_kit::http::panic::layer))
+        .layer(axum::middleware::from_fn(
+            serval_kit::http::query::refuse_nul,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             serval_kit::auth::require_admin,

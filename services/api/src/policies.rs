@@ -1,6 +1,6 @@
 //! Policies, validation and templates (management-api.md §10).
 
-use super::views;
+use super::views::{self, Stamps};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +61,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<PageQuery>()
         .gives_page::<PolicyView>()
         .op(
             Method::POST,
@@ -162,12 +163,8 @@ pub struct PolicyView {
     zone_id: String,
     name: String,
     description: Option<String>,
-    created_by: String,
-    created_via_operator: bool,
-    updated_by: String,
-    updated_via_operator: bool,
-    created_at: String,
-    updated_at: String,
+    #[serde(flatten)]
+    stamps: Stamps,
 }
 
 /// One immutable version of a policy, with its content.
@@ -272,12 +269,10 @@ fn policy_view(p: &Policy) -> PolicyView {
         zone_id: p.zone_id.clone(),
         name: p.name.clone(),
         description: p.description.clone(),
-        created_by: p.created_by.clone(),
-        created_via_operator: p.created_via_operator,
-        updated_by: p.updated_by.clone(),
-        updated_via_operator: p.updated_via_operator,
-        created_at: pagination::ts(p.created_at),
-        updated_at: pagination::ts(p.updated_at),
+        stamps: Stamps::new(
+            (&p.created_by, p.created_via_operator, p.created_at),
+            (&p.updated_by, p.updated_via_operator, p.updated_at),
+        ),
     }
 }
 

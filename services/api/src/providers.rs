@@ -48,6 +48,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<ListQuery>()
         .gives_page::<ProviderView>()
         .op(
             Method::POST,

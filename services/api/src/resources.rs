@@ -42,6 +42,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<ListQuery>()
         .gives_page::<ResourceView>()
         .op(
             Method::POST,

@@ -6,7 +6,9 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{on, MethodFilter};
 use axum::Router;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, Paths,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -14,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Required,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use serval_kit::state::App;
 
@@ -23,6 +25,10 @@ pub type Schemas = Vec<(String, RefOr<Schema>)>;
 
 /// The schema of a Rust type, registered in `components` and answered as a reference.
 pub type SchemaOf = fn(&mut Schemas) -> RefOr<Schema>;
+
+fn params_of<Q: IntoParams>() -> Vec<Parameter> {
+    Q::into_params(|| Some(ParameterIn::Query))
+}
 
 fn schema_of<T: ToSchema>(out: &mut Schemas) -> RefOr<Schema> {
     T::schemas(out);
@@ -93,6 +99,8 @@ pub struct Op {
     pub body: BodyDoc,
     /// The success body's type (`None` for `204`).
     pub answer: Option<SchemaOf>,
+    /// The query parameters, from the type the handler parses them into.
+    pub query: Option<fn() -> Vec<Parameter>>,
 }
 
 /// Hands the admin-audit layer the documented success status of every mutating route
@@ -176,6 +184,7 @@ impl Routes {
             auth,
             body: BodyDoc::Undeclared,
             answer: None,
+            query: None,
         }
     }
 
@@ -190,6 +199,12 @@ impl Routes {
     /// The last registered route parses its body into `T`.
     pub fn takes<T: ToSchema>(mut self) -> Self {
         self.last().body = BodyDoc::Typed(schema_of::<T>);
+        self
+    }
+
+    /// The last registered route parses its query string into `Q`.
+    pub fn query<Q: IntoParams>(mut self) -> Self {
+        self.last().query = Some(params_of::<Q>);
         self
     }
 
@@ -321,6 +336,9 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
                 );
             }
         }
+        for p in op.query.map(|q| q()).unwrap_or_default() {
+            b = b.parameter(p);
+        }
         match op.body {
             BodyDoc::Typed(of) => {
                 b = b.request_body(Some(
@@ -376,6 +394,13 @@ pub fn openapi(ops: &[Op]) -> OpenApi {
         }
         if op.path.contains('{') {
             by_status.entry("400").or_default().push("invalid_params");
+        }
+        if op.method == Method::GET {
+            // `http::query::refuse_nul`, before any handler.
+            let codes = by_status.entry("400").or_default();
+            if !codes.contains(&"invalid_query") {
+                codes.push("invalid_query");
+            }
         }
         if op.auth && op.method != Method::GET {
             // `Idempotency-Key` (docs/idempotency.md): a malformed key, a key reused for

@@ -57,6 +57,7 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
+        .query::<SessionQuery>()
         .gives_page::<SessionView>()
         .op(
             Method::GET,
@@ -66,6 +67,7 @@ pub fn router() -> Routes {
             200,
             ERRORS,
         )
+        .query::<SessionQuery>()
         .gives_page::<SessionView>()
 }
 
@@ -117,7 +119,8 @@ pub struct SessionView {
     ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SessionQuery {
     limit: Option<String>,
     cursor: Option<String>,

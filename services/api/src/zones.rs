@@ -19,7 +19,7 @@ use serval_streams::{AppendRequest, LogStream};
 
 use super::params::PathId;
 use super::routes::Routes;
-use super::views;
+use super::views::{self, Stamps};
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
@@ -41,6 +41,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query", "400 invalid_cursor"],
         )
+        .query::<PageQuery>()
         .gives_page::<ZoneView>()
         .op(
             Method::POST,
@@ -108,12 +109,8 @@ pub struct ZoneView {
     dcr_enabled: bool,
     operator_coauthor_badge: bool,
     operator_governed: bool,
-    created_by: String,
-    created_via_operator: bool,
-    updated_by: String,
-    updated_via_operator: bool,
-    created_at: String,
-    updated_at: String,
+    #[serde(flatten)]
+    stamps: Stamps,
     /// The last event applied to the zone (a Serval extension).
     last_event_id: Option<String>,
 }
@@ -134,12 +131,10 @@ pub fn render(z: &Zone) -> Value {
         dcr_enabled: z.dcr_enabled,
         operator_coauthor_badge: z.operator_coauthor_badge,
         operator_governed: z.operator_governed,
-        created_by: z.created_by.clone(),
-        created_via_operator: z.created_via_operator,
-        updated_by: z.updated_by.clone(),
-        updated_via_operator: z.updated_via_operator,
-        created_at: pagination::ts(z.created_at),
-        updated_at: pagination::ts(z.updated_at),
+        stamps: Stamps::new(
+            (&z.created_by, z.created_via_operator, z.created_at),
+            (&z.updated_by, z.updated_via_operator, z.updated_at),
+        ),
         last_event_id: z.last_event_id.clone(),
     })
 }

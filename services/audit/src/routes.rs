@@ -510,4 +510,7 @@ pub fn router() -> Router<App> {
         .route("/api/audit/dlq", get(dlq_list))
         .route("/api/audit/dlq/replay", post(dlq_replay))
         .route("/api/audit/dlq/{id}", get(dlq_one))
+        .layer(axum::middleware::from_fn(
+            serval_kit::http::query::refuse_nul,
+        ))
 }

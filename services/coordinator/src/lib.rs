@@ -125,6 +125,9 @@ pub fn router(app: &App) -> Router<App> {
             app.clone(),
             operator::ip_limit,
         ))
+        .layer(axum::middleware::from_fn(
+            serval_kit::http::query::refuse_nul,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 

@@ -73,7 +73,9 @@ fn build_failed() -> GatewayError {
 pub fn safe_path(raw: &str) -> Option<String> {
     let mut cur = raw.to_owned();
     for _ in 0..4 {
-        if cur.contains('\\') {
+        // Control characters (NUL, CR, LF, …) have no place in a path, and a NUL would
+        // reach the audit ledger's JSON, which Postgres cannot cast to jsonb.
+        if cur.contains('\\') || cur.chars().any(char::is_control) {
             return None;
         }
         if cur.split('/').any(|s| s == "." || s == "..") {
@@ -323,6 +325,9 @@ mod tests {
         assert!(safe_path("/v1\\admin").is_none());
         assert!(safe_path("/v1/%5cadmin").is_none());
         assert!(safe_path("/v1/%ff").is_none());
+        assert!(safe_path("/v1/a%00b").is_none());
+        assert!(safe_path("/v1/a%0d%0aX-Injected:%20y").is_none());
+        assert!(safe_path("/v1/a%2500b").is_none());
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn router() -> Routes {
                 200,
                 &["400 invalid_query"],
             )
+            .query::<ListQuery>()
             .gives_page::<ConnectionRow>()
             .op(
                 Method::POST,
@@ -135,6 +136,7 @@ pub fn callback_router() -> Routes {
                     "502 provider_token_type_unsupported",
                 ],
             )
+            .query::<oauth_flow::CallbackQuery>()
             .gives::<ConnectionView>();
     }
     r
@@ -210,7 +212,8 @@ fn render_row(e: &Entity) -> Value {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,

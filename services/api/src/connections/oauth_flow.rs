@@ -90,7 +90,8 @@ pub(super) async fn authorize(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,

@@ -21,7 +21,8 @@ use serval_kit::state::App;
 
 use super::live_set;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StatusQuery {
     version_id: Option<String>,
     outbox_id: Option<String>,

@@ -6,7 +6,7 @@
 mod activation_status;
 mod simulation;
 
-use super::views;
+use super::views::{self, Stamps};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -50,6 +50,7 @@ pub fn router() -> Routes {
             200,
             &["400 invalid_query"],
         )
+        .query::<PageQuery>()
         .gives_page::<SetView>()
         .op(
             Method::POST,
@@ -91,6 +92,7 @@ pub fn router() -> Routes {
             200,
             &["404 policy_set_not_found"],
         )
+        .query::<PageQuery>()
         .gives_page::<SetVersionView>()
         .op(
             Method::POST,
@@ -146,6 +148,7 @@ pub fn router() -> Routes {
                 "404 active_policy_set_version_not_found",
             ],
         )
+        .query::<activation_status::StatusQuery>()
         .gives::<activation_status::ActivationStatus>()
         .op(
             Method::POST,
@@ -192,12 +195,8 @@ pub struct SetCreated {
     zone_id: String,
     name: String,
     description: Option<String>,
-    created_by: String,
-    created_via_operator: bool,
-    updated_by: String,
-    updated_via_operator: bool,
-    created_at: String,
-    updated_at: String,
+    #[serde(flatten)]
+    stamps: Stamps,
 }
 
 /// A version of a policy set.
@@ -256,12 +255,10 @@ fn set_view(s: &PolicySetRow) -> SetView {
             zone_id: s.zone_id.clone(),
             name: s.name.clone(),
             description: s.description.clone(),
-            created_by: s.created_by.clone(),
-            created_via_operator: s.created_via_operator,
-            updated_by: s.updated_by.clone(),
-            updated_via_operator: s.updated_via_operator,
-            created_at: pagination::ts(s.created_at),
-            updated_at: pagination::ts(s.updated_at),
+            stamps: Stamps::new(
+                (&s.created_by, s.created_via_operator, s.created_at),
+                (&s.updated_by, s.updated_via_operator, s.updated_at),
+            ),
         },
         active_version_id: s.active_version_id.clone(),
     }
@@ -443,18 +440,15 @@ async fn create(
             let Some((PolicySetEvent::Created(c), env)) = appended(&outcome) else {
                 return Err(ApiError::internal("create appended no policy_set.created"));
             };
-            let at = pagination::ts(env.occurred_at);
             views::to_json(&SetCreated {
                 id: c.policy_set_id.clone(),
                 zone_id: zone.clone(),
                 name: c.name.clone(),
                 description: c.description.clone(),
-                created_by: c.created_by.clone(),
-                created_via_operator: c.created_via_operator,
-                updated_by: c.created_by.clone(),
-                updated_via_operator: c.created_via_operator,
-                created_at: at.clone(),
-                updated_at: at,
+                stamps: Stamps::new(
+                    (&c.created_by, c.created_via_operator, env.occurred_at),
+                    (&c.created_by, c.created_via_operator, env.occurred_at),
+                ),
             })
         }
     };

@@ -6,6 +6,7 @@ pub mod error;
 pub mod ops;
 pub mod pagination;
 pub mod panic;
+pub mod query;
 pub mod redact;
 pub mod request_id;
 

@@ -28,7 +28,8 @@ pub const FEED: Family = Family {
     max_limit: 1000,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     pub limit: Option<String>,
     pub cursor: Option<String>,

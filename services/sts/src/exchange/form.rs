@@ -82,6 +82,10 @@ pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<To
     let mut form = TokenForm::default();
     let mut resources = Vec::new();
     for (k, v) in url::form_urlencoded::parse(body) {
+        // Postgres text cannot hold U+0000: a NUL would reach an authority record.
+        if k.contains('\0') || v.contains('\0') {
+            return Err(bad("form fields must not contain NUL characters"));
+        }
         if k == "resource" {
             resources.push(v.into_owned());
             continue;
@@ -191,6 +195,11 @@ mod tests {
         assert_eq!(
             code(parse(None, &h, b"grant_type=password")).1,
             "unsupported grant_type"
+        );
+        let nul = format!("{ok}&subject_token=t%00");
+        assert_eq!(
+            code(parse(None, &h, nul.as_bytes())).1,
+            "form fields must not contain NUL characters"
         );
         let lone = format!("{ok}&subject_token=t");
         assert_eq!(code(parse(None, &h, lone.as_bytes())).0, 400);
