@@ -105,7 +105,54 @@ async fn created(admin: &Admin, path: &str, body: Value) -> Value {
     v
 }
 
-async fn fixtures(admin: &Admin, round: usize, rego: &str) -> Fixtures {
+/// Approval holds of the zone, as the STS appends them (a gated mint's hold), so the
+/// approvals routes have something to read and decide.
+async fn holds(
+    server: &Server,
+    zone: &str,
+    round: usize,
+    ids: &mut BTreeMap<&'static str, String>,
+) {
+    use serval_domain::catalog::{ApprovalData, CatalogEvent, Created, EntityData, Stamp};
+    for (n, key) in ["approval", "approval2", "approval3"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("hold-{round}-{n}-{}", uuid::Uuid::new_v4().simple());
+        let data = EntityData::Approval(ApprovalData {
+            session_id: "ar-fuzz".into(),
+            principal_id: "app-fuzz".into(),
+            application_id: None,
+            approval_type: "human_approval".into(),
+            tier: "standard".into(),
+            approver_class: if n == 2 { "subject" } else { "operator" }.into(),
+            privacy_mode: "standard".into(),
+            subject_anchor: None,
+            binding: format!("b{n}"),
+            metadata_json: json!({"resource": "docs"}),
+            decision_reason: None,
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            satisfied_at: None,
+            rejected_at: None,
+            consumed_at: None,
+            approver_subject_id: None,
+            principal_federated: false,
+            agent_labels: vec![],
+        });
+        let event = CatalogEvent::Created(Created {
+            zone_id: zone.to_owned(),
+            data,
+            stamp: Stamp {
+                by: "sts".into(),
+                via_operator: false,
+            },
+        });
+        common::produce(server, zone, &id, 0, event, "sts").await;
+        ids.insert(key, id);
+    }
+}
+
+async fn fixtures(server: &Server, admin: &Admin, round: usize, rego: &str) -> Fixtures {
     let name = |what: &str| format!("fz{round}-{what}-{}", uuid::Uuid::new_v4().simple());
     let zone = created(admin, "/v1/zones", json!({ "name": name("zone") })).await["id"]
         .as_str()
@@ -201,6 +248,16 @@ async fn fixtures(admin: &Admin, round: usize, rego: &str) -> Fixtures {
     )
     .await;
     ids.insert("admin_token", token["id"].as_str().unwrap().to_owned());
+    holds(server, &zone, round, &mut ids).await;
+    // The holds are read from the catalog projection: wait until it has them.
+    let last = ids["approval3"].clone();
+    common::eventually(10, || async {
+        let (s, _) = admin
+            .get(&format!("/v1/zones/{zone}/approvals/{last}"))
+            .await;
+        (s == 200).then_some(())
+    })
+    .await;
     Fixtures {
         zone,
         victim_zone,
@@ -484,6 +541,10 @@ fn concrete(rng: &mut Rng, fx: &Fixtures, path: &str, method: &Method, late: boo
             ("id", "policy-sets") => fx.id("policy_set"),
             ("version", _) => fx.id("set_version"),
             ("id", "admin-tokens") => fx.id("admin_token"),
+            ("id", "approvals" | "step-up-challenges") => {
+                let hold: &&str = rng.pick(&["approval", "approval2", "approval3"]);
+                fx.id(hold)
+            }
             _ => None,
         };
         let real = real.filter(|_| late || *method != Method::DELETE || param == "zone");
@@ -695,7 +756,7 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
     let mut per_op: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     let mut sent = 0usize;
     for round in 0..rounds {
-        let fx = fixtures(&admin, round, &rego).await;
+        let fx = fixtures(&server, &admin, round, &rego).await;
         let gen = |rng: &mut Rng, op: &Operation, late: bool| -> (reqwest::RequestBuilder, Sent) {
             let path = concrete(rng, &fx, &op.path, &op.method, late);
             let q = if op.method == Method::GET {
