@@ -702,6 +702,28 @@ struct Sent {
     body: String,
 }
 
+impl Sent {
+    fn answered(&self, status: u16, text: &str) -> String {
+        format!(
+            "{} → {status} {}\n    url: {}\n    body: {}",
+            self.op,
+            text.chars().take(300).collect::<String>(),
+            self.url,
+            self.body
+        )
+    }
+}
+
+/// Fails, naming the run's seed and the first findings, when `found` is not empty.
+fn none(seed: u64, what: &str, found: &[String]) {
+    assert!(
+        found.is_empty(),
+        "SERVAL_FUZZ_SEED={seed}: {} {what}:\n{}",
+        found.len(),
+        found[..found.len().min(30)].join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_input_over_every_route_answers_only_documented_statuses() {
     let server = Server::start(Options {
@@ -857,22 +879,10 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
                         }
                     }
                     if status == 500 {
-                        internal.push(format!(
-                            "{} → 500 {}\n    url: {}\n    body: {}",
-                            s.op,
-                            text.chars().take(300).collect::<String>(),
-                            s.url,
-                            s.body
-                        ));
+                        internal.push(s.answered(status, &text));
                     }
                     if !op.statuses.contains(&status) {
-                        off_spec.push(format!(
-                            "{} → {status} {}\n    url: {}\n    body: {}",
-                            s.op,
-                            text.chars().take(300).collect::<String>(),
-                            s.url,
-                            s.body
-                        ));
+                        off_spec.push(s.answered(status, &text));
                     }
                 }
                 Err(e) => dropped.push(format!("{}: {e}\n    url: {}", s.op, s.url)),
@@ -889,31 +899,11 @@ async fn generated_input_over_every_route_answers_only_documented_statuses() {
         ops.len()
     );
     assert!(sent >= 10_000 || total < 10_000, "{sent} requests");
-    assert!(
-        dropped.is_empty(),
-        "SERVAL_FUZZ_SEED={seed}: {} dropped connections:\n{}",
-        dropped.len(),
-        dropped[..dropped.len().min(20)].join("\n")
-    );
-    assert!(
-        off_spec.is_empty(),
-        "SERVAL_FUZZ_SEED={seed}: {} answers outside the documented statuses:\n{}",
-        off_spec.len(),
-        off_spec[..off_spec.len().min(40)].join("\n")
-    );
-    assert!(
-        off_shape.is_empty(),
-        "SERVAL_FUZZ_SEED={seed}: {} answers not shaped as documented:\n{}",
-        off_shape.len(),
-        off_shape[..off_shape.len().min(40)].join("\n")
-    );
+    none(seed, "dropped connections", &dropped);
+    none(seed, "answers outside the documented statuses", &off_spec);
+    none(seed, "answers not shaped as documented", &off_shape);
     // `500` is documented (the panic layer's answer) but is always a defect.
-    assert!(
-        internal.is_empty(),
-        "SERVAL_FUZZ_SEED={seed}: {} internal errors:\n{}",
-        internal.len(),
-        internal[..internal.len().min(20)].join("\n")
-    );
+    none(seed, "internal errors", &internal);
     // No input left a projection behind: a write after the run is visible at once.
     let resp = admin
         .req(Method::POST, "/v1/zones")

@@ -130,6 +130,8 @@ fn metadata(r: &LedgerRow) -> Value {
 }
 
 /// An item of the ledger feed: the whole event, or the flat row of the chosen `fields`.
+/// (One such enum per feed, not a generic one: utoipa names every instance of a generic
+/// item alike inside `Page<…>`, so two feeds would share one schema.)
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum LedgerItem {

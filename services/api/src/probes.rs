@@ -44,7 +44,7 @@ impl Check {
     }
 
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        crate::views::to_json(self)
     }
 }
 

@@ -270,16 +270,12 @@ fn typed<T: DeserializeOwned + ToSchema>(
     map: Map<String, Value>,
     extra: impl FnOnce(&Map<String, Value>) -> Vec<Issue>,
 ) -> Result<T, Vec<Issue>> {
-    let named = Named::of::<T>();
-    let mut issues = Vec::new();
-    named.check(
-        &T::schema(),
-        &Value::Object(map.clone()),
-        &mut Vec::new(),
-        &mut issues,
-    );
-    issues.extend(extra(&map));
     let value = Value::Object(map);
+    let mut issues = Vec::new();
+    Named::of::<T>().check(&T::schema(), &value, &mut Vec::new(), &mut issues);
+    if let Value::Object(map) = &value {
+        issues.extend(extra(map));
+    }
     if !issues.is_empty() {
         return Err(issues);
     }
@@ -336,16 +332,12 @@ pub fn strict_with<T: DeserializeOwned + ToSchema>(
         )
         .to_json()]));
     };
-    let value = Value::Object(map);
-    if let Some(path) = nul_path(&value) {
+    if let Some(path) = nul_path(&map) {
         return Err(refusal(&[Issue {
             path,
             message: "Invalid string: must not contain NUL characters".to_owned(),
         }]));
     }
-    let Value::Object(map) = value else {
-        return Err(ApiError::internal("an object stopped being one"));
-    };
     typed(map, extra).map_err(|issues| refusal(&issues))
 }
 

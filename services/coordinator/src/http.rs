@@ -62,13 +62,12 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
         );
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => match (serval_kit::http::body::nul_path(&v), v) {
-            (Some(path), _) => Err(invalid_body(vec![issue(
+        Ok(Value::Object(m)) => match serval_kit::http::body::nul_path(&m) {
+            Some(path) => Err(invalid_body(vec![issue(
                 &path.join("."),
                 "Invalid string: must not contain NUL characters",
             )])),
-            (None, Value::Object(m)) => Ok(m),
-            (None, _) => Ok(Map::new()),
+            None => Ok(m),
         },
         Ok(_) => Err(invalid_body(vec![issue("", "Expected object")])),
         Err(_) => Err(invalid_body(vec![issue("", "Malformed JSON")])),

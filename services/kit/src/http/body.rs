@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
@@ -57,49 +57,46 @@ pub fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiErr
     Ok(())
 }
 
-/// The path of the first string (key or value) holding a NUL character (empty for the top).
+/// The path of the first key or string value of a JSON object body holding a NUL character.
 ///
 /// Postgres text and jsonb cannot hold U+0000, so a NUL that reached an event would be
 /// acknowledged and then refused by every projection; no field has a use for one, so every
 /// JSON body is refused at the door instead.
-pub fn nul_path(v: &Value) -> Option<Vec<String>> {
-    fn walk(v: &Value, path: &mut Vec<String>) -> bool {
+pub fn nul_path(body: &Map<String, Value>) -> Option<Vec<String>> {
+    fn in_map(map: &Map<String, Value>, path: &mut Vec<String>) -> bool {
+        map.iter().any(|(k, item)| {
+            path.push(k.clone());
+            let found = k.contains('\0') || in_value(item, path);
+            if !found {
+                path.pop();
+            }
+            found
+        })
+    }
+    fn in_value(v: &Value, path: &mut Vec<String>) -> bool {
         match v {
             Value::String(s) => s.contains('\0'),
             Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
                 path.push(i.to_string());
-                let found = walk(item, path);
+                let found = in_value(item, path);
                 if !found {
                     path.pop();
                 }
                 found
             }),
-            Value::Object(map) => map.iter().any(|(k, item)| {
-                path.push(k.clone());
-                let found = k.contains('\0') || walk(item, path);
-                if !found {
-                    path.pop();
-                }
-                found
-            }),
+            Value::Object(map) => in_map(map, path),
             _ => false,
         }
     }
     let mut path = Vec::new();
-    walk(v, &mut path).then_some(path)
+    in_map(body, &mut path).then_some(path)
 }
 
-fn refuse_nul(v: &Value, code: &str) -> Result<(), ApiError> {
-    match nul_path(v) {
+fn refuse_nul(body: &Map<String, Value>, code: &str) -> Result<(), ApiError> {
+    match nul_path(body) {
         None => Ok(()),
-        Some(p) => Err(ApiError::bad_request(code).description(format!(
-            "{} must not contain NUL characters",
-            if p.is_empty() {
-                "the body".to_owned()
-            } else {
-                p.join(".")
-            }
-        ))),
+        Some(p) => Err(ApiError::bad_request(code)
+            .description(format!("{} must not contain NUL characters", p.join(".")))),
     }
 }
 
@@ -124,7 +121,7 @@ pub fn parse_object<T: DeserializeOwned>(
     if let Some((k, _)) = map.iter().find(|(_, v)| v.is_null()) {
         return Err(ApiError::bad_request(code).description(format!("{k} must not be null")));
     }
-    refuse_nul(&value, code)?;
+    refuse_nul(map, code)?;
     serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(code).description(e.to_string()))
 }
@@ -141,14 +138,7 @@ pub fn parse_lenient(
         return Ok(Default::default());
     }
     match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => {
-            let value = Value::Object(map);
-            refuse_nul(&value, code)?;
-            match value {
-                Value::Object(map) => Ok(map),
-                _ => Err(ApiError::internal("an object stopped being one")),
-            }
-        }
+        Ok(Value::Object(map)) => refuse_nul(&map, code).map(|()| map),
         Ok(_) => Err(ApiError::bad_request(code).description("request body must be a JSON object")),
         Err(_) => Err(ApiError::bad_request(code).description("request body is not valid JSON")),
     }
