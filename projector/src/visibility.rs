@@ -1,12 +1,12 @@
-//! Read-your-writes: a write waits until the projection that answers its reads has passed
-//! the appended entry.
+//! Where each projection stands on each log stream, as this process knows it: what reads
+//! wait on for read-your-writes (`serval_kit::freshness`).
 //!
 //! In-process, the runner advances a `watch` channel after each commit. Out of process, the
 //! runner's transaction also sends `pg_notify('serval_checkpoints', …)`, and
 //! [`Visibility::listen`] feeds the same channels from Postgres.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serval_streams::EntryId;
@@ -18,7 +18,9 @@ pub const NOTIFY_CHANNEL: &str = "serval_checkpoints";
 
 #[derive(Default)]
 pub struct Visibility {
-    channels: Mutex<HashMap<(String, String), watch::Sender<EntryId>>>,
+    /// stream → projection → position. Looked up by `&str` on every read, so a known pair
+    /// costs no allocation.
+    channels: RwLock<HashMap<String, HashMap<String, watch::Sender<EntryId>>>>,
 }
 
 impl Visibility {
@@ -27,8 +29,16 @@ impl Visibility {
     }
 
     fn sender(&self, projection: &str, stream: &str) -> watch::Sender<EntryId> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((projection.to_owned(), stream.to_owned()))
+        {
+            let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = map.get(stream).and_then(|m| m.get(projection)) {
+                return tx.clone();
+            }
+        }
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(stream.to_owned())
+            .or_default()
+            .entry(projection.to_owned())
             .or_insert_with(|| watch::channel(EntryId::ZERO).0)
             .clone()
     }
@@ -47,7 +57,11 @@ impl Visibility {
 
     /// Where this process knows `projection` to stand on `stream` (zero when unknown).
     pub fn current(&self, projection: &str, stream: &str) -> EntryId {
-        *self.sender(projection, stream).borrow()
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        map.get(stream)
+            .and_then(|m| m.get(projection))
+            .map(|tx| *tx.borrow())
+            .unwrap_or(EntryId::ZERO)
     }
 
     /// Waits until `projection` has passed `id` on `stream`, at most `timeout`.

@@ -12,9 +12,12 @@
 -- ARGV[3] event count N
 -- ARGV[4] R                   ARGV[5] L                  ARGV[6] owner (aggregate id)
 -- ARGV[7] idempotency TTL s   ARGV[8] request fingerprint
--- ARGV[9 ..] N triples: envelope bytes, key id, signature hex
+-- ARGV[9] rider count M       (single-event aggregates of fresh ids appended after the
+--                              command's events, only if they are: e.g. the request's
+--                              admin-audit record, so both share one fsync)
+-- ARGV[10 ..] N + M triples: envelope bytes, key id, signature hex
 --
--- Returns {'ok', id1, .., idN} | {'conflict', actual} | {'taken', key}
+-- Returns {'ok', id1, .., idN, rider ids..} | {'conflict', actual} | {'taken', key}
 --       | {'duplicate', field, value, ...} (the stored idempotency record)
 local agg = ARGV[1]
 local expected = tonumber(ARGV[2])
@@ -23,6 +26,7 @@ local r = tonumber(ARGV[4])
 local l = tonumber(ARGV[5])
 local owner = ARGV[6]
 local idem_ttl = tonumber(ARGV[7])
+local m = tonumber(ARGV[9])
 
 if idem_ttl > 0 then
   local prior = redis.call('HGETALL', KEYS[3])
@@ -48,8 +52,8 @@ for i = 1, r do
 end
 
 local out = {'ok'}
-for i = 0, n - 1 do
-  local b = 9 + i * 3
+for i = 0, n + m - 1 do
+  local b = 10 + i * 3
   out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'env', ARGV[b], 'kid', ARGV[b + 1], 'sig', ARGV[b + 2])
 end
 if tracked then
@@ -67,7 +71,7 @@ for i = 1, l do
 end
 
 if idem_ttl > 0 then
-  redis.call('HSET', KEYS[3], 'fingerprint', ARGV[8], 'aggregate_id', agg, 'last_entry_id', out[#out])
+  redis.call('HSET', KEYS[3], 'fingerprint', ARGV[8], 'aggregate_id', agg, 'last_entry_id', out[n + 1])
   redis.call('EXPIRE', KEYS[3], idem_ttl)
 end
 return out

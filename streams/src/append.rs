@@ -62,6 +62,17 @@ pub struct AppendRequest {
     /// one field per record forever. Deduplication, where needed, is the idempotency
     /// record's (it expires).
     pub one_shot: bool,
+    /// Single-event aggregates of fresh ids appended after `events` in the same atomic
+    /// call, only if the command's events are (they share its fsync).
+    pub riders: Vec<Rider>,
+}
+
+/// A single-event aggregate that rides along with a command's append (see
+/// [`AppendRequest::riders`]); it lands on the same stream, at version 1, untracked.
+#[derive(Debug, Clone)]
+pub struct Rider {
+    pub aggregate_id: String,
+    pub event: Event,
 }
 
 impl AppendRequest {
@@ -88,6 +99,7 @@ impl AppendRequest {
             release: Vec::new(),
             idempotency: None,
             one_shot: false,
+            riders: Vec::new(),
         }
     }
 
@@ -212,10 +224,14 @@ impl EventStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<(Envelope, Vec<u8>, String)>, AppendError> {
         let correlation = req.correlation_id.clone();
-        req.events
+        let own = req
+            .events
             .iter()
             .enumerate()
-            .map(|(i, event)| {
+            .map(|(i, e)| (e, &req.aggregate_id, req.expected_version + i as u64 + 1));
+        let riders = req.riders.iter().map(|r| (&r.event, &r.aggregate_id, 1));
+        own.chain(riders)
+            .map(|(event, aggregate_id, version)| {
                 let (event_type, schema_version, payload) = codec::encode(event)?;
                 let envelope = Envelope {
                     event_id: Uuid::now_v7().to_string(),
@@ -223,8 +239,8 @@ impl EventStore {
                     schema_version,
                     zone_id: req.zone_id.clone(),
                     aggregate_kind: event.aggregate_kind().as_str().to_owned(),
-                    aggregate_id: req.aggregate_id.clone(),
-                    aggregate_version: req.expected_version + i as u64 + 1,
+                    aggregate_id: aggregate_id.clone(),
+                    aggregate_version: version,
                     occurred_at: now,
                     actor: req.actor.clone(),
                     request_id: req.request_id.clone(),
@@ -272,12 +288,13 @@ impl EventStore {
         };
         inv.arg(&req.aggregate_id)
             .arg(expected)
-            .arg(sealed.len())
+            .arg(req.events.len())
             .arg(req.reserve.len())
             .arg(req.release.len())
             .arg(&req.aggregate_id)
             .arg(idem_ttl)
-            .arg(fingerprint);
+            .arg(fingerprint)
+            .arg(req.riders.len());
         for (_, body, sig) in &sealed {
             inv.arg(body.as_slice()).arg(self.signer.key_id()).arg(sig);
         }
@@ -288,13 +305,16 @@ impl EventStore {
             .ok_or_else(|| AppendError::Protocol("empty reply".into()))?;
         match tag.as_str() {
             "ok" => {
+                // The command's own entries; the riders' follow and are not reported.
+                let n = req.events.len();
                 let entry_ids = rest
                     .iter()
+                    .take(n)
                     .map(|s| s.parse().map_err(|_| AppendError::Protocol(s.clone())))
                     .collect::<Result<Vec<EntryId>, _>>()?;
                 Ok(AppendOutcome::Appended {
                     entry_ids,
-                    envelopes: sealed.into_iter().map(|(e, _, _)| e).collect(),
+                    envelopes: sealed.into_iter().take(n).map(|(e, _, _)| e).collect(),
                 })
             }
             "conflict" => Err(AppendError::VersionConflict {

@@ -513,5 +513,12 @@ async fn an_entry_postgres_cannot_store_is_dead_lettered_and_the_projection_goes
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    assert!(resp.headers().get("x-serval-projection").is_none());
+    let p: serde_json::Value = resp.json().await.unwrap();
+    let (s, got) = admin
+        .get(&format!(
+            "/v1/zones/{zone}/providers/{}",
+            p["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200, "the catalog projection goes on: {got}");
 }

@@ -202,6 +202,9 @@ async fn duplicate_slug_under_concurrency_yields_exactly_one_zone() {
     for t in tasks {
         assert_eq!(t.await.unwrap().0, 201);
     }
+    // Writes answer at their durable append; a read through the API waits for the read
+    // model to pass them, after which Postgres can be inspected directly.
+    assert_eq!(admin.get("/v1/zones").await.0, 200);
     let pool = common::pool(&server.db_url).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM zones WHERE slug = 'the-one'")
         .fetch_one(&pool)

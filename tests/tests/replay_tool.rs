@@ -31,6 +31,7 @@ async fn populate(admin: &Admin, zones: usize) -> Vec<String> {
         }
         ids.push(id);
     }
+    admin.settle(&[]).await;
     ids
 }
 
@@ -319,6 +320,7 @@ async fn replay_as_of_answers_with_the_state_before_a_later_change() {
     admin
         .patch(&format!("/v1/zones/{id}"), json!({"name": "changed"}))
         .await;
+    admin.settle(&[]).await;
 
     let pool = common::pool(&server.db_url).await;
     for (schema, as_of) in [

@@ -364,6 +364,7 @@ async fn a_restarted_sts_loads_active_bundles_from_the_read_model() {
             json!({"version_id": v["version_id"]}),
         )
         .await;
+    admin.settle(&[&z]).await;
 
     // A separate STS process of the same deployment, started afterwards.
     let sts_only = Server::start(Options {

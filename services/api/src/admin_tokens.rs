@@ -31,7 +31,7 @@ use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
 use serval_kit::request::Req;
 use serval_kit::state::App;
-use serval_kit::write::{self, Failure, Outcome};
+use serval_kit::write::{self, Failure};
 
 pub fn router() -> Routes {
     Routes::new("admin tokens")
@@ -238,12 +238,13 @@ async fn mint(
         Failure::Taken { .. } => ApiError::internal("admin_token_mint_failed"),
         Failure::Api(e) => e,
     })?;
-    let Outcome::Applied { visible, .. } = outcome else {
+    // The answer is folded from the appended event: the read model shows the same
+    // `created_at` once it passes it.
+    let Some((_, env)) = outcome.first_appended() else {
         return Err(ApiError::internal("unexpected replay"));
     };
-    let t = read::load(&app.pool, &id).await?.filter(|_| visible);
-    let created_at = t.map(|t| t.created_at).unwrap_or_else(chrono::Utc::now);
-    let mut resp = (
+    let created_at = env.occurred_at;
+    let resp = (
         StatusCode::CREATED,
         Json(views::to_json(&MintedToken {
             core: TokenCore {
@@ -259,12 +260,6 @@ async fn mint(
         })),
     )
         .into_response();
-    if !visible {
-        resp.headers_mut().insert(
-            write::PROJECTION_HEADER,
-            axum::http::HeaderValue::from_static("pending"),
-        );
-    }
     Ok(resp)
 }
 

@@ -68,6 +68,12 @@ pub fn router(app: App) -> Router<App> {
         ))
         // The OAuth callback is reached by a browser redirect: no admin token, but audited.
         .merge(open)
+        // Read-your-writes: a request's read models pass the log heads of its start first
+        // (also authentication's: a token minted elsewhere is known).
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            serval_kit::freshness::api_layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app,
             serval_kit::admin_audit::record,

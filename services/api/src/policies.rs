@@ -510,7 +510,7 @@ async fn create(
             });
             (*visible, b)
         }
-        Outcome::Applied { visible, .. } => {
+        Outcome::Applied { .. } => {
             let Some((PolicyEvent::Created(c), env)) = appended(&outcome) else {
                 return Err(ApiError::internal("create appended no policy.created"));
             };
@@ -522,7 +522,7 @@ async fn create(
                 description: c.description.clone(),
                 version: version_answer(&env.aggregate_id, env, &c.first_version),
             });
-            (*visible, b)
+            (true, b)
         }
     };
     Ok(write::respond(
@@ -596,7 +596,7 @@ async fn add_version(
                 }),
             )
         }
-        Outcome::Applied { visible, .. } => {
+        Outcome::Applied { .. } => {
             let Some((PolicyEvent::VersionAdded(a), env)) = appended(&outcome) else {
                 return Err(ApiError::internal(
                     "version write appended no policy.version_added",
@@ -606,7 +606,7 @@ async fn add_version(
                 version_id: a.version.version_id.clone(),
                 version: version_answer(&env.aggregate_id, env, &a.version),
             });
-            (*visible, b)
+            (true, b)
         }
     };
     Ok(write::respond(

@@ -290,11 +290,9 @@ async fn finish(
     let stream = LogStream::System;
     let (id, visible, folded) = match &outcome {
         Outcome::Replay { status, body } => return Ok(write::replayed(*status, body.clone())),
-        Outcome::Applied {
-            aggregate_id,
-            visible,
-            ..
-        } => (aggregate_id.clone(), *visible, fold(before, &outcome)),
+        Outcome::Applied { aggregate_id, .. } => {
+            (aggregate_id.clone(), true, fold(before, &outcome))
+        }
         Outcome::ReplayUnrecorded {
             aggregate_id,
             visible,

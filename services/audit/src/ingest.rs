@@ -68,9 +68,18 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
             "json_parse_error:invalid id or zone_id".into(),
         ));
     }
-    let zone = serval_projector::zones::load(&app.pool, &record.zone_id)
+    let mut zone = serval_projector::zones::load(&app.pool, &record.zone_id)
         .await
         .map_err(|e| e.to_string())?;
+    if zone.is_none() {
+        // A zone is acknowledged at its durable append, before the zones read model has it:
+        // a miss waits once for the read model to reach the log's head.
+        serval_kit::write::catch_up(app, serval_schema::projections::ZONES, &LogStream::System)
+            .await;
+        zone = serval_projector::zones::load(&app.pool, &record.zone_id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     if zone.is_none() {
         return Ok(Outcome::DeadLetter("unknown_zone".into()));
     }

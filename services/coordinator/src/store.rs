@@ -79,7 +79,7 @@ pub async fn create(
         zone_id: zone.to_owned(),
         data,
     };
-    write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+    write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
         let command = command.clone();
         let reserve = reserve.clone();
         async move {
@@ -110,40 +110,41 @@ where
     F: Fn(&Entity) -> Option<EntityData>,
 {
     let fields: Vec<String> = changed_fields.iter().map(|s| s.to_string()).collect();
-    let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
-        let fields = fields.clone();
-        let change = &change;
-        async move {
-            let current = serval_projector::catalog::load(&app.pool, zone, id)
-                .await
-                .map_err(ApiError::from)?
-                .filter(Entity::is_live);
-            let Some(current) = current else {
-                return Err(Failure::Api(ApiError::new(
-                    StatusCode::NOT_MODIFIED,
-                    UNCHANGED,
-                )));
-            };
-            let Some(data) = change(&current) else {
-                return Err(Failure::Api(ApiError::new(
-                    StatusCode::NOT_MODIFIED,
-                    UNCHANGED,
-                )));
-            };
-            let command = CatalogCommand::Replace {
-                data,
-                changed_fields: fields,
-                secret_rotated: false,
-            };
-            let events = catalog::decide(Some(&current), &command, &w.stamp())
-                .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
-                .into_iter()
-                .map(Event::Catalog)
-                .collect();
-            Ok(w.request(zone, id, current.version, events))
-        }
-    })
-    .await;
+    let outcome =
+        write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
+            let fields = fields.clone();
+            let change = &change;
+            async move {
+                let current = serval_projector::catalog::load(&app.pool, zone, id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .filter(Entity::is_live);
+                let Some(current) = current else {
+                    return Err(Failure::Api(ApiError::new(
+                        StatusCode::NOT_MODIFIED,
+                        UNCHANGED,
+                    )));
+                };
+                let Some(data) = change(&current) else {
+                    return Err(Failure::Api(ApiError::new(
+                        StatusCode::NOT_MODIFIED,
+                        UNCHANGED,
+                    )));
+                };
+                let command = CatalogCommand::Replace {
+                    data,
+                    changed_fields: fields,
+                    secret_rotated: false,
+                };
+                let events = catalog::decide(Some(&current), &command, &w.stamp())
+                    .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
+                    .into_iter()
+                    .map(Event::Catalog)
+                    .collect();
+                Ok(w.request(zone, id, current.version, events))
+            }
+        })
+        .await;
     match outcome {
         Ok(Outcome::Applied { .. }) | Ok(Outcome::ReplayUnrecorded { .. }) => {
             Ok(serval_projector::catalog::load(&app.pool, zone, id).await?)
@@ -176,24 +177,25 @@ where
 {
     let id = delegation::graph_id(zone);
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
-    let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
-        let scope = scope.clone();
-        let decide = &decide;
-        let decided = &decided;
-        let id = id.clone();
-        async move {
-            let view = load_view(app, zone, &scope).await?;
-            let Some((event, extra)) = decide(&view)? else {
-                return Err(Failure::Api(ApiError::new(
-                    StatusCode::NOT_MODIFIED,
-                    UNCHANGED,
-                )));
-            };
-            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
-            Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))
-        }
-    })
-    .await;
+    let outcome =
+        write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+            let scope = scope.clone();
+            let decide = &decide;
+            let decided = &decided;
+            let id = id.clone();
+            async move {
+                let view = load_view(app, zone, &scope).await?;
+                let Some((event, extra)) = decide(&view)? else {
+                    return Err(Failure::Api(ApiError::new(
+                        StatusCode::NOT_MODIFIED,
+                        UNCHANGED,
+                    )));
+                };
+                *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
+                Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))
+            }
+        })
+        .await;
     match outcome {
         Ok(o) => {
             let d = decided.lock().unwrap_or_else(|p| p.into_inner()).take();

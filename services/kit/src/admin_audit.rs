@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use serval_domain::admin_audit::{self, AdminAuditEvent, AdminAuditRecord};
 use serval_domain::admin_token::TokenScope;
 use serval_domain::Event;
+use serval_streams::append::Rider;
 use serval_streams::{AppendRequest, LogStream};
 
 use crate::auth::{zone_of_path, Principal};
@@ -205,9 +206,9 @@ pub fn note_attributed() {
     let _ = ATTRIBUTED.try_with(|a| a.store(true, Ordering::Relaxed));
 }
 
-/// The record of a write, appended as soon as the write itself is in the log — with the
-/// route's documented success status — so its fsync overlaps the wait for the read model
-/// instead of following it. The layer compares it with the record the actual answer calls
+/// The record of a write, appended with the write itself (a rider of its append) or as
+/// soon as the write is in the log — with the route's documented success status — so the
+/// answer does not wait for a second fsync. The layer compares it with the record the actual answer calls
 /// for and releases the answer only once it is durable; if they differ (the handler failed
 /// after its write), the actual record is appended as well.
 struct EarlyAudit {
@@ -219,10 +220,15 @@ struct EarlyAudit {
 #[derive(Default)]
 struct EarlyState {
     principal: Option<Principal>,
-    fired: Option<(
-        AdminAuditRecord,
-        tokio::task::JoinHandle<Result<(), String>>,
-    )>,
+    fired: Option<(AdminAuditRecord, Fired)>,
+}
+
+/// How the early record went to the log.
+enum Fired {
+    /// In the write's own append (a rider): durable with it.
+    Rode,
+    /// Appended on its own, after the write.
+    Spawned(tokio::task::JoinHandle<Result<(), String>>),
 }
 
 impl EarlyAudit {
@@ -236,8 +242,42 @@ pub fn note_principal(p: &Principal) {
     let _ = EARLY.try_with(|h| h.lock().principal = Some(p.clone()));
 }
 
-/// Called by the write path when a request's first write is in the log.
-pub fn note_written(app: &App, aggregate_id: &str) {
+/// The early record of the request being served, as a rider of its first write's append
+/// (`write::execute`), when the record belongs on the stream the write appends to: then
+/// the record is durable exactly when the write is, with one fsync for both.
+pub fn rider(req: &AppendRequest) -> Option<(AdminAuditRecord, Rider)> {
+    let hook = EARLY.try_with(Arc::clone).ok()?;
+    let st = hook.lock();
+    if st.fired.is_some() {
+        return None;
+    }
+    let principal = st.principal.clone()?;
+    let record = build_record(
+        &hook.facts,
+        hook.expected,
+        Some(&principal),
+        Some(req.aggregate_id.clone()),
+    );
+    // A zone's record rides only on a write to that zone's stream (the write passed its
+    // zone check); a global record only on a write to the system stream.
+    let same_stream = match (&record.zone_id, &req.stream) {
+        (Some(z), LogStream::Zone(s)) => z == s && req.zone_id.as_deref() == Some(z.as_str()),
+        (None, LogStream::System) => req.zone_id.is_none(),
+        _ => false,
+    };
+    if !same_stream {
+        return None;
+    }
+    let rider = Rider {
+        aggregate_id: uuid::Uuid::now_v7().to_string(),
+        event: Event::AdminAudit(AdminAuditEvent::Recorded(record.clone())),
+    };
+    Some((record, rider))
+}
+
+/// Called by the write path when a request's first write is in the log: `rode` is the
+/// record that went with it, else the record is appended now.
+pub fn note_written(app: &App, aggregate_id: &str, rode: Option<AdminAuditRecord>) {
     let Ok(hook) = EARLY.try_with(Arc::clone) else {
         return;
     };
@@ -248,13 +288,16 @@ pub fn note_written(app: &App, aggregate_id: &str) {
     let Some(principal) = st.principal.clone() else {
         return;
     };
-    let record = build_record(
-        &hook.facts,
-        hook.expected,
-        Some(&principal),
-        Some(aggregate_id.to_owned()),
-    );
-    let created = hook.expected == StatusCode::CREATED;
+    let rode_along = rode.is_some();
+    let record = match rode {
+        Some(r) => r,
+        None => build_record(
+            &hook.facts,
+            hook.expected,
+            Some(&principal),
+            Some(aggregate_id.to_owned()),
+        ),
+    };
     // The write passed its zone check (or created the zone), so the record belongs on the
     // zone's chain even before the zones read model shows a new zone.
     if let Some(zone) = &record.zone_id {
@@ -263,9 +306,14 @@ pub fn note_written(app: &App, aggregate_id: &str) {
             .unwrap_or_else(|p| p.into_inner())
             .insert(zone.clone());
     }
+    if rode_along {
+        st.fired = Some((record, Fired::Rode));
+        return;
+    }
+    let created = hook.expected == StatusCode::CREATED;
     let (app, early) = (app.clone(), record.clone());
     let handle = tokio::spawn(async move { append(&app, early, created).await });
-    st.fired = Some((record, handle));
+    st.fired = Some((record, Fired::Spawned(handle)));
 }
 
 pub async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
@@ -368,9 +416,12 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     };
     let created = created_id.is_some();
     let record = build_record(&facts, status, principal.as_ref(), created_id);
-    if let Some((early, handle)) = fired {
+    if let Some((early, fired)) = fired {
         let t0 = std::time::Instant::now();
-        let appended = handle.await.map_err(|e| e.to_string()).and_then(|r| r);
+        let appended = match fired {
+            Fired::Rode => Ok(()),
+            Fired::Spawned(handle) => handle.await.map_err(|e| e.to_string()).and_then(|r| r),
+        };
         tracing::debug!(
             elapsed_us = t0.elapsed().as_micros() as u64,
             "admin audit awaited"

@@ -1,7 +1,10 @@
 //! Admin authentication and the authorization matrix on `/v1` (management-api.md §3).
 //!
-//! Tokens are looked up by SHA-256 digest among live tokens; a verified token is cached for
-//! at most 5 s (so a revocation elsewhere takes effect within seconds), failures never.
+//! Tokens are looked up by SHA-256 digest among live tokens. A verified token is cached
+//! under the `admin_tokens` projection's position on the system stream when it was looked
+//! up, and served only while that position has not moved (so a revocation committed
+//! anywhere invalidates it; the request's freshness layer has already brought the position
+//! up to its start), and for at most 5 s; failures are never cached.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serval_domain::admin_token::{AdminToken, Capability, TokenScope};
 use serval_domain::validation::is_valid_attribution;
 use serval_domain::Actor;
+use serval_streams::{EntryId, LogStream};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -33,30 +37,38 @@ const CACHE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, AdminToken)>>,
+    entries: Mutex<HashMap<String, (Instant, EntryId, AdminToken)>>,
 }
 
 impl TokenCache {
-    fn get(&self, digest: &str) -> Option<AdminToken> {
+    fn get(&self, digest: &str, position: EntryId) -> Option<AdminToken> {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         map.get(digest)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, t)| t.clone())
+            .filter(|(at, pos, _)| *pos == position && at.elapsed() < CACHE_TTL)
+            .map(|(_, _, t)| t.clone())
     }
 
-    fn put(&self, digest: String, token: AdminToken) {
+    fn put(&self, digest: String, position: EntryId, token: AdminToken) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
-            map.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            map.retain(|_, (at, pos, _)| *pos == position && at.elapsed() < CACHE_TTL);
         }
-        map.insert(digest, (Instant::now(), token));
+        map.insert(digest, (Instant::now(), position, token));
     }
 
     /// Forgets a token at once (used when this process revokes it).
     pub fn forget(&self, token_id: &str) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (_, t)| t.id != token_id);
+        map.retain(|_, (_, _, t)| t.id != token_id);
     }
+}
+
+/// Where the admin-tokens read model stands, in this process's view.
+fn tokens_position(app: &App) -> EntryId {
+    app.visibility.current(
+        serval_schema::projections::ADMIN_TOKENS,
+        &app.store.keys().log(&LogStream::System),
+    )
 }
 
 pub fn digest_hex(token: &str) -> String {
@@ -115,14 +127,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn authenticate(app: &App, token: &str) -> Result<Option<AdminToken>, ApiError> {
     let digest = digest_hex(token);
-    if let Some(t) = app.tokens.get(&digest) {
+    // Taken before the lookup: the row read is at least this new.
+    let position = tokens_position(app);
+    if let Some(t) = app.tokens.get(&digest, position) {
         return Ok(Some(t));
     }
     let found = serval_projector::admin_tokens::find_live_by_digest(&app.pool, &digest).await?;
     Ok(found
         .filter(|t| bool::from(t.token_sha256.as_bytes().ct_eq(digest.as_bytes())))
         .inspect(|t| {
-            app.tokens.put(digest, t.clone());
+            app.tokens.put(digest, position, t.clone());
         }))
 }
 

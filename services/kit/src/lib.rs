@@ -8,7 +8,8 @@
 //! * [`http`]: error body, request ids, bodies, pagination, `/health` `/ready` `/metrics`.
 //! * [`auth`]: admin bearer tokens and the authorization matrix on `/v1`; [`request`]: the
 //!   authenticated request a write handler takes.
-//! * [`write`]: the write path: decide → conditional append → wait until visible.
+//! * [`write`]: the write path: decide → conditional append, answered once durable.
+//! * [`freshness`]: read-your-writes on the read side (heads vs projection positions).
 //! * [`admin_audit`]: the layer that records every admin write and refusal (§14.2).
 //! * [`secrets`]: client-secret hashing and the custody of sealed secrets.
 //! * [`egress`], [`oauth`]: the outbound HTTP client's address rule, OAuth exchanges.
@@ -20,6 +21,7 @@ pub mod audit_frame;
 pub mod auth;
 pub mod config;
 pub mod egress;
+pub mod freshness;
 pub mod gateway_hmac;
 pub mod http;
 pub mod mandate;

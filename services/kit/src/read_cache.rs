@@ -1,17 +1,13 @@
-//! Fresh, cached read answers (issue 18): a list page is served from memory while the read
-//! models it came from have not changed, and never older than any write acknowledged before
-//! the read began, whichever process acknowledged it.
+//! Cached read answers (issue 18): a list page is served from memory while the read models
+//! it came from have not changed.
 //!
-//! **Freshness.** A read first reads the heads of the log streams it depends on (one Redis
-//! round trip) and waits until the projections serving it have passed them (the positions
-//! every process tracks: in-process commits, `serval_checkpoints` notifications from other
-//! processes), at most the visibility timeout; past it the read goes to Postgres uncached.
-//! A write acknowledged before the read began is at or before those heads.
+//! **Freshness** is the request's (`freshness::api_layer` ran before the handler): the read
+//! models already passed every write acknowledged before the request began.
 //!
 //! **Invalidation by commit, not by time.** An answer is stored under the projection
-//! positions it was read at (taken after the wait, before the query) and served only while
-//! the positions are the same. A position moves only once the commit it stands for is
-//! visible to readers, so an entry can never outlive the data it was made from.
+//! positions it was read at (taken before the query) and served only while the positions
+//! are the same. A position moves only once the commit it stands for is visible to
+//! readers, so an entry can never outlive the data it was made from.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,39 +49,14 @@ impl ReadCache {
     }
 }
 
-/// Waits until every dependency has passed its stream's current head; the positions then,
-/// or `None` when one did not within the visibility timeout (a projection stalled, e.g. by
-/// a rebuild's swap): the caller then reads Postgres directly, uncached, as reads did
-/// before the cache (a write is acknowledged only once its read model has it).
-pub async fn fresh(app: &App, deps: &[Dependency<'_>]) -> Option<Vec<EntryId>> {
-    let keys: Vec<String> = deps
-        .iter()
-        .map(|d| app.store.keys().log(d.stream))
-        .collect();
-    let heads = match app.store.last_entry_ids(&keys).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "log heads unreadable; reading uncached");
-            return None;
-        }
-    };
-    let mut at = Vec::with_capacity(deps.len());
-    for ((d, key), head) in deps.iter().zip(&keys).zip(heads) {
-        if app.visibility.current(d.projection, key) < head
-            && !app
-                .visibility
-                .wait(&app.pool, d.projection, key, head, app.visibility_timeout())
-                .await
-        {
-            tracing::debug!(
-                projection = d.projection,
-                "read model behind the log head; reading uncached"
-            );
-            return None;
-        }
-        at.push(app.visibility.current(d.projection, key));
-    }
-    Some(at)
+/// Where the dependencies' projections stand now, in this process's view.
+fn positions(app: &App, deps: &[Dependency<'_>]) -> Vec<EntryId> {
+    deps.iter()
+        .map(|d| {
+            app.visibility
+                .current(d.projection, &app.store.keys().log(d.stream))
+        })
+        .collect()
 }
 
 /// The JSON answer of `key`: from memory while `deps` have not moved, else from `read`.
@@ -99,9 +70,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
-    let Some(at) = fresh(app, deps).await else {
-        return Ok(Bytes::from(read().await?.to_string()));
-    };
+    let at = positions(app, deps);
     if let Some(b) = app.read_cache.get(&key, &at) {
         return Ok(b);
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub mandates: crate::mandate::MandateVerifier,
     /// List answers kept while their read models have not moved (`read_cache`).
     pub read_cache: crate::read_cache::ReadCache,
+    /// Shared reads of the log's stream heads (`freshness`).
+    pub heads: crate::freshness::HeadReader,
 }
 
 impl AppState {
@@ -244,5 +246,6 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         custody,
         mandates: Default::default(),
         read_cache: Default::default(),
+        heads: Default::default(),
     }))
 }

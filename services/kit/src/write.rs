@@ -1,6 +1,8 @@
 //! The write path (ARCHITECTURE.md §3): build the command's events from the current read
-//! model, append them atomically and conditionally, retry on a version conflict, then wait
-//! until the read model has passed the new entry so the caller reads its own write.
+//! model, append them atomically and conditionally (with the request's admin-audit record
+//! riding along), retry on a version conflict, and answer once the append is durable. Reads
+//! see the write because every read first waits for its read models to pass the log heads
+//! (`freshness`), not because the write waited.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -27,11 +29,13 @@ pub const PROJECTION_HEADER: &str = "x-serval-projection";
 
 pub enum Outcome {
     /// Appended now.
+    /// Appended now and durable; every later read sees it (`freshness`).
     Applied {
         aggregate_id: String,
         events: Vec<Event>,
         envelopes: Vec<Envelope>,
-        visible: bool,
+        /// The log entry of the last event.
+        last: EntryId,
     },
     /// A retry of a request whose first answer was recorded: answer it verbatim.
     Replay { status: u16, body: String },
@@ -41,13 +45,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the read model had passed the write when it was answered.
+    /// Whether a read model the answer is read from has the write (a replay whose answer
+    /// was not recorded is answered from the read model, after waiting for it).
     pub fn visible(&self) -> bool {
         match self {
-            Outcome::Applied { visible, .. } | Outcome::ReplayUnrecorded { visible, .. } => {
-                *visible
-            }
-            Outcome::Replay { .. } => true,
+            Outcome::ReplayUnrecorded { visible, .. } => *visible,
+            Outcome::Applied { .. } | Outcome::Replay { .. } => true,
         }
     }
 
@@ -228,6 +231,10 @@ where
         let mut req = build().await?;
         req.stream = stream.clone();
         req.idempotency = idem.clone();
+        let rider = crate::admin_audit::rider(&req);
+        if let Some((_, r)) = &rider {
+            req.riders.push(r.clone());
+        }
         METRICS.append_calls.inc();
         let t0 = std::time::Instant::now();
         let appended = app.store.append(&req).await;
@@ -238,7 +245,6 @@ where
                 envelopes,
             }) => {
                 METRICS.append_events.inc_by(entry_ids.len() as u64);
-                let last = entry_ids.last().copied().unwrap_or_default();
                 // A new aggregate may be the first entry of its zone's stream: tell the
                 // projectors, so they need not wait for their sweep to find the stream.
                 // Once per stream and process: a runner keeps a stream it has seen with
@@ -247,24 +253,17 @@ where
                 if req.expected_version == 0 {
                     hint_new_stream(app, &stream).await;
                 }
-                // The request's admin-audit record goes to the log while we wait below.
-                crate::admin_audit::note_written(app, &req.aggregate_id);
-                let t1 = std::time::Instant::now();
-                let visible =
-                    wait_visible_until(app, projection, &stream, last, Some(deadline)).await;
-                tracing::debug!(
-                    elapsed_us = t1.elapsed().as_micros() as u64,
-                    projection,
-                    "visible"
+                // A rider that did not go with the append goes to the log now.
+                crate::admin_audit::note_written(
+                    app,
+                    &req.aggregate_id,
+                    rider.map(|(record, _)| record),
                 );
-                if !visible {
-                    METRICS.writes_unprojected.inc();
-                }
                 return Ok(Outcome::Applied {
                     aggregate_id: req.aggregate_id,
                     events: req.events,
                     envelopes,
-                    visible,
+                    last: entry_ids.last().copied().unwrap_or_default(),
                 });
             }
             Ok(AppendOutcome::Duplicate(record)) => {
@@ -311,6 +310,29 @@ where
     Err(Failure::Api(
         ApiError::conflict("conflict").description("the object kept changing; retry the request"),
     ))
+}
+
+/// [`execute`], then waits until `projection` has passed the write: for services that
+/// read their own writes back and have no read-side freshness layer (the Coordinator, the
+/// STS's signing keys). A wait that times out leaves the write durable and is counted.
+pub async fn execute_visible<F, Fut>(
+    app: &App,
+    projection: &str,
+    stream: LogStream,
+    idem: Option<Idempotency>,
+    build: F,
+) -> Result<Outcome, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<AppendRequest, Failure>>,
+{
+    let outcome = execute(app, projection, stream.clone(), idem, build).await?;
+    if let Outcome::Applied { last, .. } = &outcome {
+        if !wait_visible_until(app, projection, &stream, *last, None).await {
+            METRICS.writes_unprojected.inc();
+        }
+    }
+    Ok(outcome)
 }
 
 /// Builds the JSON response of a write, marks it when not yet projected, and records it as

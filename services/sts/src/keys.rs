@@ -176,7 +176,7 @@ impl KeyStore {
         let events = catalog::decide(None, &command, &stamp)
             .map_err(|e| ApiError::internal(format!("signing key: {e}")))?;
         let stream = LogStream::Zone(zone.to_owned());
-        let appended = write::execute(app, CATALOG, stream.clone(), None, || {
+        let appended = write::execute_visible(app, CATALOG, stream.clone(), None, || {
             let events = events.clone();
             let kid = kid.clone();
             async move {

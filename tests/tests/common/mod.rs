@@ -318,6 +318,44 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the checkpoint Postgres holds for each of `projections` on each log
+    /// stream of this server's key prefix is that stream's head — for a test about to stop
+    /// the projector and start a process that learns positions only from Postgres
+    /// (positions moved over unwanted entries are stored lazily).
+    pub async fn checkpointed(&self, projections: &[&str]) {
+        let store = self.store().await;
+        let mut conn = store.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*:log", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let heads = store.last_entry_ids(&keys).await.unwrap();
+        let pool = pool(&self.db_url).await;
+        for (key, head) in keys.iter().zip(heads) {
+            for projection in projections {
+                eventually(10, || {
+                    let (pool, key) = (pool.clone(), key.clone());
+                    async move {
+                        let at: Option<(i64, i64)> = sqlx::query_as(
+                            "SELECT last_ms, last_seq FROM projection_checkpoints
+                              WHERE projection = $1 AND stream = $2",
+                        )
+                        .bind(projection)
+                        .bind(&key)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()
+                        .flatten();
+                        at.filter(|(ms, seq)| format!("{ms}-{seq}") == head.to_string())
+                            .map(|_| ())
+                    }
+                })
+                .await;
+            }
+        }
+    }
+
     /// Runs `serval-replay` against this server's database, Redis and keys.
     pub fn replay(&self, args: &[&str]) -> (bool, String, String) {
         replay_with(
@@ -457,6 +495,21 @@ impl Admin {
 
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Returns once the read models have passed every write acknowledged so far on the
+    /// system stream and on `zones`' streams: writes answer at their durable append, and a
+    /// read through the API waits for its read models. For a test that then inspects
+    /// Postgres directly or stops the server.
+    pub async fn settle(&self, zones: &[&str]) {
+        let (s, b) = self.get("/v1/zones?limit=1").await;
+        assert_eq!(s, 200, "{b}");
+        for z in zones {
+            let (s, b) = self
+                .get(&format!("/v1/zones/{z}/admin-audit?limit=1"))
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
     }
 }
 

@@ -31,7 +31,9 @@ use serval_domain::catalog::{
 };
 use serval_domain::policy::bundle::INPUT_SCHEMA_VERSION;
 use serval_domain::Event;
+use serval_kit::freshness::{self, Dep};
 use serval_projector::catalog::{self as read, Filter, Status};
+use serval_schema::projections;
 use serval_streams::{AppendRequest, LogStream};
 
 use serval_kit::http::ApiError;
@@ -132,6 +134,20 @@ async fn exchange(
     frames: &mut Vec<Frame>,
 ) -> Result<Response, StsError> {
     let form = form::parse(uri.query(), headers, body)?;
+    // Read-your-writes: an exchange sees every write acknowledged before it began (an
+    // application, grant or policy the Management API just answered for).
+    if let Some(zone) = form.get("zone_id") {
+        let stream = LogStream::Zone(zone.to_owned());
+        freshness::ensure(
+            app,
+            &[
+                Dep::new(projections::ZONES, LogStream::System),
+                Dep::new(projections::CATALOG, stream.clone()),
+                Dep::new(projections::POLICIES, stream),
+            ],
+        )
+        .await?;
+    }
     // §11.2: a Gateway-authenticated request needs no secret but a subject token, and skips
     // the authentication-failure limiter.
     let via_gateway = form.gateway;

@@ -428,7 +428,7 @@ async fn bench_catalog(
         list.extend(l);
     }
     println!(
-        "POST /v1/zones/:z/providers (api_key, sealed, visible on return): {}",
+        "POST /v1/zones/:z/providers (api_key, sealed, durable on return): {}",
         percentiles(create)
     );
     println!(

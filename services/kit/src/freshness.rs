@@ -1,0 +1,229 @@
+//! Read-your-writes on the read side (ARCHITECTURE.md "Freshness"): a write is answered
+//! once its events are durable in the log; a request that reads a read model first makes
+//! sure the projections it reads have passed every log entry appended before it began.
+//!
+//! The heads of the log streams a request depends on are read from Redis, then compared
+//! with the projection positions this process tracks (in-process commits and
+//! `serval_checkpoints` notifications from other processes). Only a read model that is
+//! behind is waited for, at most the visibility timeout; past it the request is refused
+//! with `503 read_model_unavailable`, never answered from an older state.
+//!
+//! Head reads are shared: a request joins the next pipelined read that *starts after it
+//! arrived* (so the heads it sees are at least those of its own start), and concurrent
+//! requests share one Redis round trip.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serval_schema::projections::{ADMIN_AUDIT, ADMIN_TOKENS, AUDIT, CATALOG, POLICIES, ZONES};
+use serval_streams::{EntryId, EventStore, LogStream};
+use tokio::sync::oneshot;
+
+use crate::http::ApiError;
+use crate::state::App;
+
+/// A read model a request depends on: a projection's position on a log stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dep {
+    pub projection: &'static str,
+    pub stream: LogStream,
+}
+
+impl Dep {
+    pub fn new(projection: &'static str, stream: LogStream) -> Self {
+        Dep { projection, stream }
+    }
+}
+
+type Heads = Arc<HashMap<String, EntryId>>;
+type Waiter = (Vec<String>, oneshot::Sender<Result<Heads, String>>);
+
+#[derive(Default)]
+struct Pending {
+    waiters: Vec<Waiter>,
+    in_flight: bool,
+}
+
+/// Coalesces stream-head reads: one pipelined Redis call answers every request that
+/// arrived before it started.
+#[derive(Default, Clone)]
+pub struct HeadReader {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl HeadReader {
+    /// The heads of `keys` as of a moment after this call began.
+    pub async fn heads(&self, store: &EventStore, keys: Vec<String>) -> Result<Heads, String> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.waiters.push((keys, tx));
+            !std::mem::replace(&mut p.in_flight, true)
+        };
+        if start {
+            // Its own task: a caller that goes away must not strand the others.
+            tokio::spawn(flights(self.pending.clone(), store.clone()));
+        }
+        rx.await
+            .map_err(|_| "the head read was abandoned".to_owned())?
+    }
+}
+
+/// Reads heads until no request is waiting.
+async fn flights(pending: Arc<Mutex<Pending>>, store: EventStore) {
+    loop {
+        let batch = {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.waiters.is_empty() {
+                p.in_flight = false;
+                return;
+            }
+            std::mem::take(&mut p.waiters)
+        };
+        let mut keys: Vec<String> = batch.iter().flat_map(|(k, _)| k.iter().cloned()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let answer = match store.last_entry_ids(&keys).await {
+            Ok(ids) => Ok(Arc::new(
+                keys.into_iter().zip(ids).collect::<HashMap<_, _>>(),
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        for (_, tx) in batch {
+            let _ = tx.send(answer.clone());
+        }
+    }
+}
+
+fn unavailable(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable").description(format!(
+        "the read model could not be brought up to date: {detail}; retry the request"
+    ))
+}
+
+/// Waits until every dependency has passed the head its stream had when this call began;
+/// `503 read_model_unavailable` when one does not within the visibility timeout or the
+/// heads cannot be read.
+pub async fn ensure(app: &App, deps: &[Dep]) -> Result<(), ApiError> {
+    if deps.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = deps
+        .iter()
+        .map(|d| app.store.keys().log(&d.stream))
+        .collect();
+    let heads = app
+        .heads
+        .heads(&app.store, keys.clone())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "log heads unreadable");
+            unavailable("the log is unreachable")
+        })?;
+    let deadline = Instant::now() + app.visibility_timeout();
+    for (d, key) in deps.iter().zip(&keys) {
+        let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
+        if app.visibility.current(d.projection, key) >= head {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !app
+            .visibility
+            .wait(&app.pool, d.projection, key, head, left)
+            .await
+        {
+            tracing::warn!(projection = d.projection, stream = %key, "read model behind the log head");
+            return Err(unavailable(&format!(
+                "projection {} is behind",
+                d.projection
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The read models a Management API request reads, from its method and path. Every request
+/// reads the zones and admin tokens (authentication); a zone's routes read its catalog and
+/// policies, the audit routes their ledgers. A create that reads no other object of its
+/// zone (its uniqueness is checked by the append's reservations) does not wait for the
+/// zone's catalog.
+pub fn api_deps(method: &Method, path: &str) -> Vec<Dep> {
+    let mut deps = vec![
+        Dep::new(ZONES, LogStream::System),
+        Dep::new(ADMIN_TOKENS, LogStream::System),
+    ];
+    let Some(zone) = crate::auth::zone_of_path(path) else {
+        return deps;
+    };
+    let stream = LogStream::Zone(zone.to_owned());
+    let rest: Vec<&str> = path.split('/').skip(4).collect();
+    let self_contained_create =
+        *method == Method::POST && matches!(rest.as_slice(), ["providers"] | ["applications"]);
+    if !self_contained_create {
+        deps.push(Dep::new(CATALOG, stream.clone()));
+        deps.push(Dep::new(POLICIES, stream.clone()));
+    }
+    match rest.first() {
+        Some(&"admin-audit") => deps.push(Dep::new(ADMIN_AUDIT, stream)),
+        Some(&"audit") => deps.push(Dep::new(AUDIT, stream)),
+        _ => {}
+    }
+    deps
+}
+
+/// Middleware for `/v1`: the request's read models are brought up to its start first.
+pub async fn api_layer(State(app): State<App>, req: Request, next: Next) -> Response {
+    let deps = api_deps(req.method(), req.uri().path());
+    if let Err(e) = ensure(&app, &deps).await {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(deps: &[Dep]) -> Vec<&'static str> {
+        deps.iter().map(|d| d.projection).collect()
+    }
+
+    #[test]
+    fn zone_routes_read_the_zone_catalog_except_self_contained_creates() {
+        let z = "/v1/zones/z1";
+        assert_eq!(
+            names(&api_deps(&Method::GET, "/v1/zones")),
+            [ZONES, ADMIN_TOKENS]
+        );
+        assert_eq!(
+            names(&api_deps(&Method::GET, &format!("{z}/providers"))),
+            [ZONES, ADMIN_TOKENS, CATALOG, POLICIES]
+        );
+        assert_eq!(
+            names(&api_deps(&Method::POST, &format!("{z}/providers"))),
+            [ZONES, ADMIN_TOKENS]
+        );
+        assert_eq!(
+            names(&api_deps(&Method::POST, &format!("{z}/resources"))),
+            [ZONES, ADMIN_TOKENS, CATALOG, POLICIES]
+        );
+        assert_eq!(
+            names(&api_deps(&Method::POST, &format!("{z}/providers/p1/test"))),
+            [ZONES, ADMIN_TOKENS, CATALOG, POLICIES]
+        );
+        assert_eq!(
+            names(&api_deps(&Method::GET, &format!("{z}/admin-audit"))),
+            [ZONES, ADMIN_TOKENS, CATALOG, POLICIES, ADMIN_AUDIT]
+        );
+        let d = api_deps(&Method::GET, &format!("{z}/audit/search"));
+        assert_eq!(
+            d.last(),
+            Some(&Dep::new(AUDIT, LogStream::Zone("z1".into())))
+        );
+    }
+}
