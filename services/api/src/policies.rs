@@ -386,7 +386,7 @@ async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, Ap
 
 /// A live zone's `operator_coauthor_badge`, or `404 zone_not_found`.
 pub async fn zone_badge(app: &App, zone_id: &str) -> Result<bool, ApiError> {
-    serval_projector::zones::load(&app.pool, zone_id)
+    serval_kit::read_cache::zone(app, zone_id)
         .await?
         .filter(|z| z.archived_at.is_none())
         .map(|z| z.operator_coauthor_badge)

@@ -344,7 +344,7 @@ async fn create(
     let secret_keys: Vec<String> = resolved.secrets.keys().cloned().collect();
     // An OAuth provider created without a passing check is stamped unverified (§7).
     let unverified = (provider_config::is_oauth(&kind) && !check).then(chrono::Utc::now);
-    for _ in 0..8 {
+    for attempt in 0..8 {
         let ident = match &identifier {
             Some(i) => i.clone(),
             None => {
@@ -353,7 +353,13 @@ async fn create(
                     "provider",
                 );
                 let base = format!("provider://{}", base.trim_matches('-'));
-                common::free_identifier(&app, &ctx.zone, PROVIDER_IDENTIFIER, &base).await?
+                // The append's reservation decides; only once the base is taken is a free
+                // variant looked for.
+                if attempt == 0 {
+                    base
+                } else {
+                    common::free_identifier(&app, &ctx.zone, PROVIDER_IDENTIFIER, &base).await?
+                }
             }
         };
         let data = EntityData::Provider(ProviderData {

@@ -179,9 +179,11 @@ pub fn api_deps(method: &Method, path: &str) -> Vec<Dep> {
 /// Middleware for `/v1`: the request's read models are brought up to its start first.
 pub async fn api_layer(State(app): State<App>, req: Request, next: Next) -> Response {
     let deps = api_deps(req.method(), req.uri().path());
+    let t0 = Instant::now();
     if let Err(e) = ensure(&app, &deps).await {
         return e.into_response();
     }
+    tracing::debug!(elapsed_us = t0.elapsed().as_micros() as u64, "fresh");
     next.run(req).await
 }
 

@@ -88,3 +88,34 @@ pub fn respond(body: Bytes) -> axum::response::Response {
     )
         .into_response()
 }
+
+/// Zone rows by id, each kept under the `zones` projection's position on the system
+/// stream when it was read, and served only while that position has not moved (every
+/// write's zone check reads its zone; a commit anywhere invalidates the row).
+#[derive(Default)]
+pub struct ZoneRows {
+    rows: Mutex<HashMap<String, (EntryId, Option<serval_domain::zone::Zone>)>>,
+}
+
+/// The zone `id` as the read model holds it (the request's freshness layer already ran).
+pub async fn zone(app: &App, id: &str) -> Result<Option<serval_domain::zone::Zone>, ApiError> {
+    let at = app.visibility.current(
+        serval_schema::projections::ZONES,
+        &app.store.keys().log(&LogStream::System),
+    );
+    {
+        let rows = app.zone_rows.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pos, z)) = rows.get(id) {
+            if *pos == at {
+                return Ok(z.clone());
+            }
+        }
+    }
+    let z = serval_projector::zones::load(&app.pool, id).await?;
+    let mut rows = app.zone_rows.rows.lock().unwrap_or_else(|p| p.into_inner());
+    if rows.len() >= CAPACITY && !rows.contains_key(id) {
+        rows.clear();
+    }
+    rows.insert(id.to_owned(), (at, z.clone()));
+    Ok(z)
+}

@@ -40,6 +40,8 @@ pub struct AppState {
     pub read_cache: crate::read_cache::ReadCache,
     /// Shared reads of the log's stream heads (`freshness`).
     pub heads: crate::freshness::HeadReader,
+    /// Zone rows kept while the zones read model has not moved (`read_cache::zone`).
+    pub zone_rows: crate::read_cache::ZoneRows,
 }
 
 impl AppState {
@@ -247,5 +249,6 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         mandates: Default::default(),
         read_cache: Default::default(),
         heads: Default::default(),
+        zone_rows: Default::default(),
     }))
 }

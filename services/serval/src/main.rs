@@ -8,6 +8,11 @@ use serval::cli::{Cli, Command};
 use serval_kit::config::Service;
 use tracing_subscriber::EnvFilter;
 
+/// Many small, short-lived allocations per request (headers, JSON, futures): mimalloc
+/// serves them without glibc's arena locking and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
