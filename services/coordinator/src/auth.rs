@@ -167,13 +167,17 @@ async fn identity_live(
 ) -> Result<(), ApiError> {
     let mut ids = vec![client_id.to_owned()];
     ids.extend(sid.map(str::to_owned));
-    let mut rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
-    if rows.len() < ids.len() {
-        // A record the STS appended a moment ago may not be projected yet: catch up once.
-        let stream = serval_streams::LogStream::Zone(zone.to_owned());
-        serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
-        rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
-    }
+    // Read-your-writes: an archive or revocation the Management API acknowledged, and the
+    // record the STS appended a moment ago, are both in the zone's log before this request.
+    serval_kit::freshness::ensure(
+        app,
+        &[serval_kit::freshness::Dep::new(
+            serval_schema::projections::CATALOG,
+            serval_streams::LogStream::Zone(zone.to_owned()),
+        )],
+    )
+    .await?;
+    let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
     let now = Utc::now();
     let revoked = || ApiError::unauthorized("identity_revoked");
     match rows.get(client_id) {

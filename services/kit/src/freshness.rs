@@ -69,18 +69,45 @@ impl HeadReader {
             // Its own task: a caller that goes away must not strand the others.
             tokio::spawn(flights(self.pending.clone(), store.clone()));
         }
-        rx.await
-            .map_err(|_| "the head read was abandoned".to_owned())?
+        match tokio::time::timeout(HEAD_READ_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the head read was abandoned".to_owned()),
+            Err(_) => Err("the head read timed out".to_owned()),
+        }
+    }
+}
+
+/// A caller never waits longer than this for heads (Redis unreachable, a flight lost).
+const HEAD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Clears `in_flight` however the flight task ends (a panic included), so later callers
+/// start a new one instead of waiting for a flight that is gone.
+struct FlightGuard {
+    pending: Arc<Mutex<Pending>>,
+    ended_normally: bool,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if !self.ended_normally {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.in_flight = false;
+        }
     }
 }
 
 /// Reads heads until no request is waiting.
 async fn flights(pending: Arc<Mutex<Pending>>, store: EventStore) {
+    let mut guard = FlightGuard {
+        pending: pending.clone(),
+        ended_normally: false,
+    };
     loop {
         let batch = {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.waiters.is_empty() {
                 p.in_flight = false;
+                guard.ended_normally = true;
                 return;
             }
             std::mem::take(&mut p.waiters)
@@ -160,7 +187,9 @@ pub fn api_deps(method: &Method, path: &str) -> Vec<Dep> {
     let Some(zone) = crate::auth::zone_of_path(path) else {
         return deps;
     };
-    let stream = LogStream::Zone(zone.to_owned());
+    // The router decodes path segments: wait on the stream of the zone it will read.
+    let zone = percent_encoding::percent_decode_str(zone).decode_utf8_lossy();
+    let stream = LogStream::Zone(zone.into_owned());
     let rest: Vec<&str> = path.split('/').skip(4).collect();
     let self_contained_create =
         *method == Method::POST && matches!(rest.as_slice(), ["providers"] | ["applications"]);
@@ -222,6 +251,8 @@ mod tests {
             names(&api_deps(&Method::GET, &format!("{z}/admin-audit"))),
             [ZONES, ADMIN_TOKENS, CATALOG, POLICIES, ADMIN_AUDIT]
         );
+        let d = api_deps(&Method::GET, "/v1/zones/z%31/providers");
+        assert_eq!(d[2], Dep::new(CATALOG, LogStream::Zone("z1".into())));
         let d = api_deps(&Method::GET, &format!("{z}/audit/search"));
         assert_eq!(
             d.last(),

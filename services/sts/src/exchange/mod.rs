@@ -135,8 +135,12 @@ async fn exchange(
 ) -> Result<Response, StsError> {
     let form = form::parse(uri.query(), headers, body)?;
     // Read-your-writes: an exchange sees every write acknowledged before it began (an
-    // application, grant or policy the Management API just answered for).
-    if let Some(zone) = form.get("zone_id") {
+    // application, grant or policy binding the Management API just answered for; compiled
+    // bundles themselves follow `caracal.policy.invalidate`).
+    if let Some(zone) = form
+        .get("zone_id")
+        .filter(|z| serval_domain::validation::is_valid_identifier(z))
+    {
         let stream = LogStream::Zone(zone.to_owned());
         freshness::ensure(
             app,
