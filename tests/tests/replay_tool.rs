@@ -365,12 +365,12 @@ async fn schema_change_drill_rebuild_swaps_in_while_readers_and_writers_continue
         .execute(&pool)
         .await
         .unwrap();
-    let server = Server::start(Options::sharing(
-        &server.db_url,
-        &server.prefix,
-        &server.keys,
-        vec![],
-    ))
+    // Reads and writes wait for their read model while the swap holds it (bounded by the
+    // visibility timeout, raised here so a slow machine's swap is waited out, not refused).
+    let server = Server::start(Options {
+        env: vec![("SERVAL_WRITE_VISIBILITY_TIMEOUT_MS".into(), "30000".into())],
+        ..Options::sharing(&server.db_url, &server.prefix, &server.keys, vec![])
+    })
     .await;
     let admin = Admin::new(&server);
     let (_, before) = admin.get("/v1/zones?limit=500").await;

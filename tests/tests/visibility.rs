@@ -289,18 +289,11 @@ async fn projections_store_positions_they_passed_without_applying() {
         common::eventually(10, || {
             let (pool, stream, head) = (pool.clone(), stream.clone(), head.clone());
             async move {
-                let at: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT last_ms, last_seq FROM projection_checkpoints
-                      WHERE projection = $1 AND stream = $2",
-                )
-                .bind(projection)
-                .bind(&stream)
-                .fetch_optional(&pool)
-                .await
-                .ok()
-                .flatten();
-                at.filter(|(ms, seq)| format!("{ms}-{seq}") == head)
-                    .map(|_| ())
+                (common::checkpoint(&pool, projection, &stream)
+                    .await
+                    .as_deref()
+                    == Some(head.as_str()))
+                .then_some(())
             }
         })
         .await;

@@ -109,6 +109,18 @@ fn change_kind(method: &Method, path: &str, created: bool) -> &'static str {
     }
 }
 
+/// The headers a record reads (`Principal::actor`): copying only these keeps the layer
+/// from cloning every request's header map (most requests are reads that need no record).
+fn attribution_headers(all: &axum::http::HeaderMap) -> axum::http::HeaderMap {
+    let mut kept = axum::http::HeaderMap::new();
+    for name in ["x-caracal-authorized-by", "x-caracal-created-via"] {
+        if let Some(v) = all.get(name) {
+            kept.insert(name, v.clone());
+        }
+    }
+    kept
+}
+
 /// What the record of a request is built from besides its outcome.
 struct RequestFacts {
     method: Method,
@@ -324,7 +336,7 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let headers = req.headers().clone();
+    let headers = attribution_headers(req.headers());
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

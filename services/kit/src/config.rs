@@ -148,8 +148,9 @@ pub struct Config {
     )]
     pub write_visibility_timeout_ms: u64,
     /// One write's whole budget: conflict retries and read-model waits included. Past it, a
-    /// write that appended nothing answers `503 write_deadline_exceeded` (safe to retry); one
-    /// that appended answers its result marked `X-Serval-Projection: pending`.
+    /// write that appended nothing answers `503 write_deadline_exceeded` (safe to retry); a
+    /// retried idempotent request answered from a read model that did not catch up in time
+    /// is marked `X-Serval-Projection: pending`.
     #[arg(long, env = "SERVAL_WRITE_DEADLINE_MS", default_value_t = 10_000)]
     pub write_deadline_ms: u64,
     /// Unauthenticated `/v1` refusals are counted and recorded as one admin-audit record

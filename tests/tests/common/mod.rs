@@ -337,18 +337,8 @@ impl Server {
                 eventually(10, || {
                     let (pool, key) = (pool.clone(), key.clone());
                     async move {
-                        let at: Option<(i64, i64)> = sqlx::query_as(
-                            "SELECT last_ms, last_seq FROM projection_checkpoints
-                              WHERE projection = $1 AND stream = $2",
-                        )
-                        .bind(projection)
-                        .bind(&key)
-                        .fetch_optional(&pool)
-                        .await
-                        .ok()
-                        .flatten();
-                        at.filter(|(ms, seq)| format!("{ms}-{seq}") == head.to_string())
-                            .map(|_| ())
+                        (checkpoint(&pool, projection, &key).await == Some(head.to_string()))
+                            .then_some(())
                     }
                 })
                 .await;
@@ -511,6 +501,21 @@ impl Admin {
             assert_eq!(s, 200, "{b}");
         }
     }
+}
+
+/// The checkpoint Postgres holds for `projection` on the log stream `key` (`ms-seq`).
+pub async fn checkpoint(pool: &sqlx::PgPool, projection: &str, key: &str) -> Option<String> {
+    let at: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT last_ms, last_seq FROM projection_checkpoints
+          WHERE projection = $1 AND stream = $2",
+    )
+    .bind(projection)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    at.map(|(ms, seq)| format!("{ms}-{seq}"))
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
