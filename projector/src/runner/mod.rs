@@ -8,16 +8,19 @@
 //! decodes and applies a batch in one transaction; [`skipping`] moves positions over
 //! batches the projection wants nothing of without one; [`checkpoints`] holds the guarded
 //! checkpoint moves; [`dead_letters`] records refused entries; [`replays`] refuses copies of
-//! old entries added to the log again.
+//! old entries added to the log again; [`feed`] is the one live reader of the log a process's
+//! runners share.
 
 mod batch;
 mod checkpoints;
 mod dead_letters;
+mod feed;
 mod replays;
 mod schedule;
 mod skipping;
 
 pub use checkpoints::load_checkpoint;
+pub use feed::Feed;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +60,8 @@ pub struct ProjectorConfig {
     pub until: Option<EntryId>,
     /// Called after each committed batch with the number of events it applied.
     pub on_batch: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// The process's shared reader of the live log; `None`: each runner reads Redis.
+    pub feed: Option<Arc<Feed>>,
 }
 
 impl ProjectorConfig {
@@ -69,6 +74,7 @@ impl ProjectorConfig {
             block_ms: DEFAULT_BLOCK_MS,
             until: None,
             on_batch: None,
+            feed: None,
         }
     }
 }
@@ -85,11 +91,11 @@ pub enum RunnerError {
     CheckpointMoved { projection: String, stream: String },
 }
 
-/// An entry after verification: the event, or why it was refused (reason, detail, raw).
-pub(super) type Checked = (
-    EntryId,
-    Result<serval_streams::RecordedEvent, (&'static str, String, serde_json::Value)>,
-);
+/// A verified entry's event, or why it was refused (reason, detail, raw).
+pub(super) type Verified =
+    Result<serval_streams::RecordedEvent, (&'static str, String, serde_json::Value)>;
+/// An entry after verification.
+pub(super) type Checked = (EntryId, Verified);
 
 pub struct Runner<P: Projection> {
     projection: P,

@@ -3,7 +3,7 @@
 //! on a timer; replay bounds; verification of what was read.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use crate::projection::Projection;
 
-use super::dead_letters::raw_fields_json;
+use super::feed::{self, Feed, Take};
 use super::skipping::FLUSH_AFTER;
 use super::{Checked, SWEEP_CHUNK, SWEEP_INTERVAL_MS};
 use super::{Runner, RunnerError};
@@ -67,6 +67,7 @@ impl<P: Projection> Runner<P> {
         } else {
             Some(read::last_entry_id(&mut conn, &activity).await?)
         };
+        let mut feed_streams = u64::MAX;
         let mut total = 0;
         let mut rotation = 0usize;
         let mut empty_windows = 0usize;
@@ -91,7 +92,7 @@ impl<P: Projection> Runner<P> {
                 for chunk in cold.chunks(SWEEP_CHUNK) {
                     let count = per_stream(self.cfg.batch_size, chunk.len());
                     let found =
-                        self.bounded(read::read_after(&mut conn, chunk, count, None).await?);
+                        self.checked(read::read_after(&mut conn, chunk, count, None).await?);
                     if !found.is_empty() {
                         hot.extend(found.iter().map(|(k, _)| k.clone()));
                         reply = found;
@@ -121,10 +122,28 @@ impl<P: Projection> Runner<P> {
                     Some(block)
                 };
                 let mut streams = window(hot_streams, self.cfg.batch_size, &mut rotation);
+                // Following the live log: the process's feed answers when it holds every
+                // stream of the window from this runner's positions on.
+                let fed = match (&self.cfg.feed, activity_at) {
+                    (Some(feed), Some(_)) if !streams.is_empty() => {
+                        let count = per_stream(self.cfg.batch_size, streams.len());
+                        let fed = from_feed(feed, &streams, count, block).await;
+                        if fed.is_some() && feed.streams_version() != feed_streams {
+                            // The feed learns of new streams from the writers' hints.
+                            let (version, followed) = feed.streams();
+                            feed_streams = version;
+                            hot.extend(followed);
+                        }
+                        fed
+                    }
+                    _ => None,
+                };
                 if let Some(at) = activity_at {
                     streams.push((activity.clone(), at));
                 }
-                if !streams.is_empty() {
+                if let Some(fed) = fed {
+                    reply = self.bounded(fed);
+                } else if !streams.is_empty() {
                     let count = per_stream(self.cfg.batch_size, streams.len());
                     let mut raw = read::read_after(&mut conn, &streams, count, block).await?;
                     if let Some(i) = raw.iter().position(|(k, _)| *k == activity) {
@@ -142,7 +161,7 @@ impl<P: Projection> Runner<P> {
                             }
                         }
                     }
-                    reply = self.bounded(raw);
+                    reply = self.checked(raw);
                 } else if let Some(ms) = block {
                     tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
                 }
@@ -168,8 +187,7 @@ impl<P: Projection> Runner<P> {
                 continue;
             }
             let t_read = std::time::Instant::now();
-            let checked = self.check_redis(reply);
-            let applied = self.apply(&mut positions, checked).await;
+            let applied = self.apply(&mut positions, reply).await;
             tracing::debug!(
                 projection = self.name(),
                 elapsed_us = t_read.elapsed().as_micros() as u64,
@@ -187,8 +205,16 @@ impl<P: Projection> Runner<P> {
         }
     }
 
+    /// Verifies what was read from Redis, within the replay bound.
+    fn checked(&self, raw: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<Checked>)> {
+        feed::check(&self.cfg.keys, &self.cfg.signer, self.bounded(raw))
+    }
+
     /// Drops entries after the replay bound and streams left with nothing.
-    fn bounded(&self, mut reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<RawEntry>)> {
+    fn bounded<T>(
+        &self,
+        mut reply: Vec<(String, Vec<(EntryId, T)>)>,
+    ) -> Vec<(String, Vec<(EntryId, T)>)> {
         if let Some(u) = self.cfg.until {
             // A point-in-time replay applies nothing after its bound.
             for (_, entries) in &mut reply {
@@ -198,30 +224,37 @@ impl<P: Projection> Runner<P> {
         reply.retain(|(_, e)| !e.is_empty());
         reply
     }
+}
 
-    /// Verifies and decodes raw stream entries.
-    fn check_redis(&self, reply: Vec<(String, Vec<RawEntry>)>) -> Vec<(String, Vec<Checked>)> {
-        reply
-            .into_iter()
-            .map(|(key, entries)| {
-                let stream = self.cfg.keys.parse_log(&key);
-                let checked = entries
-                    .into_iter()
-                    .map(|(id, fields)| {
-                        let verified = match &stream {
-                            Some(s) => read::verify_entry(&self.cfg.signer, &key, s, id, &fields)
-                                .map_err(|e| (e.reason(), e.to_string())),
-                            None => Err(("wrong_stream", "not a log stream key".to_owned())),
-                        };
-                        (
-                            id,
-                            verified.map_err(|(r, d)| (r, d, raw_fields_json(&fields))),
-                        )
-                    })
-                    .collect();
-                (key, checked)
-            })
-            .collect()
+/// Up to `count` entries per stream from the process's feed, waiting up to `block` ms for
+/// some; `None` when the feed does not hold every stream from its position on.
+async fn from_feed(
+    feed: &Feed,
+    streams: &[(String, EntryId)],
+    count: usize,
+    block: Option<usize>,
+) -> Option<Vec<(String, Vec<Checked>)>> {
+    let deadline = block.map(|ms| Instant::now() + Duration::from_millis(ms as u64));
+    loop {
+        // Subscribed before looking, so entries held in between wake the wait.
+        let mut tick = feed.subscribe();
+        match feed.take(streams, count) {
+            Take::Uncovered => return None,
+            Take::Entries(e) if !e.is_empty() => return Some(e),
+            Take::Entries(e) => {
+                let left = deadline.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                if left.is_zero() {
+                    return Some(e);
+                }
+                match tokio::time::timeout(left, tick.changed()).await {
+                    Err(_) => return Some(e),
+                    Ok(Err(_)) => return None,
+                    Ok(Ok(())) => {}
+                }
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use serval_streams::append::{Idempotency, Reservation};
 use serval_streams::{AppendRequest, LogStream};
 
 use super::policies::zone_badge;
+use serval_kit::freshness::Dep;
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
 use serval_kit::read_cache;
@@ -366,11 +367,7 @@ pub async fn cached_page(
         page.after,
         page.limit
     );
-    let stream = LogStream::Zone(zone.to_owned());
-    let deps = [read_cache::Dependency {
-        projection: CATALOG,
-        stream: &stream,
-    }];
+    let deps = [Dep::new(CATALOG, LogStream::Zone(zone.to_owned()))];
     let body = read_cache::json(app, key, &deps, || async {
         let rows = list_page(app, zone, kind, status, &[], &page).await?;
         Ok(page_body(&rows, page.limit, &render))

@@ -20,10 +20,11 @@ use serval_streams::{AppendRequest, LogStream};
 use super::params::PathId;
 use super::routes::Routes;
 use super::views::{self, Stamps};
+use serval_kit::freshness::Dep;
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::pagination::{self, PageQuery};
 use serval_kit::http::ApiError;
-use serval_kit::read_cache::{self, Dependency};
+use serval_kit::read_cache;
 use serval_kit::request::Req;
 use serval_kit::state::App;
 use serval_kit::write::{self, Failure, Outcome};
@@ -171,10 +172,7 @@ async fn live_zone(app: &App, id: &str) -> Result<Zone, ApiError> {
 async fn list(State(app): State<App>, Query(q): Query<PageQuery>) -> Result<Response, ApiError> {
     let page = q.parse(pagination::STANDARD)?;
     let key = format!("zones|{:?}|{}", page.after, page.limit);
-    let deps = [Dependency {
-        projection: ZONES,
-        stream: &LogStream::System,
-    }];
+    let deps = [Dep::new(ZONES, LogStream::System)];
     let body = read_cache::json(&app, key, &deps, || async {
         let zones = read::list_page(&app.pool, page.after.clone(), page.limit).await?;
         Ok(pagination::page(

@@ -15,17 +15,12 @@ use std::sync::Mutex;
 use axum::body::Bytes;
 use serval_streams::{EntryId, LogStream};
 
+use crate::freshness::Dep;
 use crate::http::ApiError;
 use crate::state::App;
 
 /// Answers kept per process; the map is cleared when full (pages are cheap to rebuild).
 const CAPACITY: usize = 4_096;
-
-/// A read model a read depends on: a projection's position on a log stream.
-pub struct Dependency<'a> {
-    pub projection: &'static str,
-    pub stream: &'a LogStream,
-}
 
 #[derive(Default)]
 pub struct ReadCache {
@@ -50,22 +45,17 @@ impl ReadCache {
 }
 
 /// Where the dependencies' projections stand now, in this process's view.
-fn positions(app: &App, deps: &[Dependency<'_>]) -> Vec<EntryId> {
+fn positions(app: &App, deps: &[Dep]) -> Vec<EntryId> {
     deps.iter()
         .map(|d| {
             app.visibility
-                .current(d.projection, &app.store.keys().log(d.stream))
+                .current(d.projection, &app.store.keys().log(&d.stream))
         })
         .collect()
 }
 
 /// The JSON answer of `key`: from memory while `deps` have not moved, else from `read`.
-pub async fn json<F, Fut>(
-    app: &App,
-    key: String,
-    deps: &[Dependency<'_>],
-    read: F,
-) -> Result<Bytes, ApiError>
+pub async fn json<F, Fut>(app: &App, key: String, deps: &[Dep], read: F) -> Result<Bytes, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,

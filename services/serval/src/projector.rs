@@ -11,6 +11,7 @@ use serval_projector::audit::AuditProjection;
 use serval_projector::catalog::CatalogProjection;
 use serval_projector::policies::PoliciesProjection;
 use serval_projector::relay::RelayProjection;
+use serval_projector::runner::Feed;
 use serval_projector::zones::ZonesProjection;
 use serval_projector::{Projection, ProjectorConfig, Runner};
 use tokio::sync::watch;
@@ -37,12 +38,15 @@ pub async fn start(
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, relay_conn) = serval_kit::state::connect_redis(&app.cfg.redis_url).await?;
-    let cfg = Arc::new(ProjectorConfig::new(
-        app.store.keys().clone(),
-        app.store.signer().clone(),
-    ));
+    // One live reader of the log for every runner of this process (see `Feed`).
+    let feed = Feed::new(app.store.keys().clone(), app.store.signer().clone());
+    let cfg = Arc::new(ProjectorConfig {
+        feed: Some(feed.clone()),
+        ..ProjectorConfig::new(app.store.keys().clone(), app.store.signer().clone())
+    });
     let relay_key = Some(app.secrets.streams_key.clone());
     Ok(vec![
+        tokio::spawn(feed.run(client.clone(), stop.clone())),
         spawn_runner(app, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &client, &cfg, AdminTokensProjection, stop),
         spawn_runner(app, &client, &cfg, PoliciesProjection, stop),
