@@ -30,4 +30,6 @@ pub mod zones;
 
 pub use projection::{Applied, Projection};
 pub use runner::{ProjectorConfig, Runner};
+/// The pool type runners take, for binaries that start them without depending on `sqlx`.
+pub use sqlx::PgPool;
 pub use visibility::Visibility;

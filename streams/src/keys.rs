@@ -116,6 +116,12 @@ impl KeySpace {
         format!("{}:gw-nonce:{nonce_digest}", self.prefix)
     }
 
+    /// A client assertion's `jti` (digest with its application), consumed once until the
+    /// assertion expires.
+    pub fn client_assertion_jti(&self, zone_id: &str, digest: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:assertion:{digest}", self.prefix)
+    }
+
     /// A mandate the Gateway has seen (gateway.md §5): single use.
     pub fn gateway_seen(&self, zone_id: &str, jti: &str) -> String {
         format!("{}:{{z:{zone_id}}}:seen:{jti}", self.prefix)

@@ -49,6 +49,10 @@ pub struct ApplicationData {
     pub secret_hash: Option<String>,
     /// The custody copy (AES-256-GCM envelope) of a managed secret, for the audited reveal.
     pub sealed_secret: Option<String>,
+    /// Public keys (a JWK Set, compact JSON) whose signed client assertions (RFC 7523) the
+    /// STS accepts in place of the secret. Added after 1.0: absent in older events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
 }
 
 impl ApplicationData {

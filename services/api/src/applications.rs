@@ -19,6 +19,7 @@ use super::catalog::{self as common, ListQuery, WriteCtx};
 use super::params::PathIds;
 use super::routes::Routes;
 use axum::http::Method;
+use serval_kit::client_assertion;
 use serval_kit::http::body::{parse_object, RawBody};
 use serval_kit::http::ApiError;
 use serval_kit::rate_limit;
@@ -179,6 +180,10 @@ pub struct ApplicationCore {
     #[serde(skip_serializing_if = "Option::is_none")]
     traits: Option<Vec<String>>,
     expires_at: Option<String>,
+    /// [extended] The registered public keys, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    jwks: Option<Value>,
     #[serde(flatten)]
     attribution: Attribution,
 }
@@ -222,6 +227,7 @@ fn core(
         registration_method: a.registration_method.as_str().to_owned(),
         traits: traits(a),
         expires_at: common::opt_ts(a.expires_at),
+        jwks: a.jwks.as_deref().and_then(|j| serde_json::from_str(j).ok()),
         attribution: common::attribution(e),
     })
 }
@@ -309,6 +315,16 @@ pub struct CreateBody {
     registration_method: String,
     #[schema(nullable = false)]
     traits: Option<Vec<String>>,
+    /// [extended] Public keys (a JWK Set) for RFC 7523 client assertions at the STS.
+    #[schema(value_type = Option<Object>, nullable = false)]
+    jwks: Option<Value>,
+}
+
+/// A key set to register: `Some(None)` for `{"keys":[]}` (assertions off).
+fn jwks_of(v: Option<&Value>) -> Result<Option<Option<String>>, ApiError> {
+    v.map(client_assertion::parse_jwks)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(INVALID).description(e.to_string()))
 }
 
 async fn create(
@@ -327,6 +343,7 @@ async fn create(
     let name = application::normalize_name(&body.name, actor.is_bootstrap).map_err(app_error)?;
     let traits = body.traits.unwrap_or_default();
     application::validate_traits(&traits, req.is_global()).map_err(app_error)?;
+    let jwks = jwks_of(body.jwks.as_ref())?.flatten();
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let secret = secrets::generate_client_secret();
@@ -338,6 +355,7 @@ async fn create(
         expires_at: None,
         secret_hash: Some(hash),
         sealed_secret: sealed,
+        jwks,
     });
     let w = common::commit_create(&app, &ctx, &id, &data)
         .await
@@ -357,6 +375,9 @@ pub struct PatchBody {
     client_secret: Option<String>,
     #[schema(nullable = false)]
     traits: Option<Vec<String>>,
+    /// [extended] Replaces the registered public keys; `{"keys":[]}` removes them.
+    #[schema(value_type = Option<Object>, nullable = false)]
+    jwks: Option<Value>,
 }
 
 async fn patch(
@@ -366,7 +387,11 @@ async fn patch(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     let body: PatchBody = parse_object(&req.headers, &raw, INVALID)?;
-    if body.name.is_none() && body.client_secret.is_none() && body.traits.is_none() {
+    if body.name.is_none()
+        && body.client_secret.is_none()
+        && body.traits.is_none()
+        && body.jwks.is_none()
+    {
         return Err(ApiError::bad_request("no_fields"));
     }
     let actor = req.actor();
@@ -380,6 +405,7 @@ async fn patch(
     if let Some(t) = &body.traits {
         application::validate_traits(t, global).map_err(app_error)?;
     }
+    let jwks = jwks_of(body.jwks.as_ref())?;
     if let Some(s) = &body.client_secret {
         if s.chars().count() < application::CLIENT_SECRET_MIN_CHARS {
             return Err(ApiError::bad_request(INVALID)
@@ -406,6 +432,9 @@ async fn patch(
     if body.traits.is_some() {
         changed.push("traits".into());
     }
+    if jwks.is_some() {
+        changed.push("jwks".into());
+    }
     let w = common::commit(&app, &ctx, &id, |state| {
         let Some(EntityData::Application(a)) = state.filter(|e| e.is_live()).map(|e| &e.data)
         else {
@@ -417,6 +446,9 @@ async fn patch(
         }
         if let Some(t) = &body.traits {
             a.traits = t.clone();
+        }
+        if let Some(j) = &jwks {
+            a.jwks = j.clone();
         }
         if let Some((hash, sealed)) = &secret {
             a.secret_hash = Some(hash.clone());
@@ -594,6 +626,7 @@ async fn register_dcr(
         expires_at: Some(expires_at),
         secret_hash: Some(hash),
         sealed_secret: None,
+        jwks: None,
     });
     let w = common::commit_create(&app, &ctx, &id, &data)
         .await

@@ -19,6 +19,7 @@
 pub mod admin_audit;
 pub mod audit_frame;
 pub mod auth;
+pub mod client_assertion;
 pub mod config;
 pub mod egress;
 pub mod freshness;

@@ -1,4 +1,6 @@
-//! Client-secret authentication (sts.md §11.1): the application must exist in `zone_id`,
+//! Client authentication: the client secret (sts.md §11.1) or, as an addition Caracal's
+//! clients never use, an RFC 7523 client assertion signed by a key the application registered
+//! ([`serval_kit::client_assertion`]). Client-secret authentication: the application must exist in `zone_id`,
 //! be live and unexpired and have a stored Argon2id hash. A verified secret is remembered
 //! for an hour as SHA-256 of the presented secret keyed by the stored hash, so a rotation
 //! (a new hash) invalidates it by construction; cold verifications (64 MiB each) run at most
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use serval_kit::client_assertion;
 use serval_kit::secrets::verify_client_secret;
 use serval_kit::App;
 
@@ -57,6 +60,54 @@ async fn live_zone(app: &App, zone: &str) -> Result<(), StsError> {
         .await
         .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
     if row.is_none_or(|z| z.archived_at.is_some()) {
+        return Err(StsError::invalid_client());
+    }
+    Ok(())
+}
+
+/// RFC 7523: a JWT signed by one of the application's registered keys, for the token
+/// endpoint, short-lived, its `jti` consumed here once per application (Redis unavailable →
+/// refused as retryable, never accepted twice).
+async fn verify_assertion(
+    app: &App,
+    app_id: &str,
+    zone: &str,
+    data: &ApplicationData,
+    jwt: &str,
+) -> Result<(), StsError> {
+    let issuer = app.cfg.issuer_url.trim_end_matches('/');
+    let audiences = [
+        format!("{issuer}/oauth/2/token"),
+        app.cfg.issuer_url.clone(),
+    ];
+    let now = Utc::now().timestamp();
+    let verified = client_assertion::verify(jwt, data.jwks.as_deref(), app_id, &audiences, now)
+        .map_err(|e| {
+            tracing::info!(application_id = app_id, reason = %e, "client assertion refused");
+            StsError::invalid_client()
+        })?;
+    // The jti is the client's; only its digest (with the application) names the key.
+    let digest = hex::encode(Sha256::digest(format!("{app_id}\n{}", verified.jti)));
+    let key = app.store.keys().client_assertion_jti(zone, &digest);
+    let ttl = (verified.exp - now + client_assertion::LEEWAY_SECS).max(1);
+    let mut conn = app.redis.clone();
+    let fresh: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(verified.exp)
+        .arg("NX")
+        .arg("EX")
+        .arg(ttl)
+        .query_async(&mut conn)
+        .await
+        .map_err(|_| {
+            StsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "client assertion registry unavailable; retry",
+            )
+        })?;
+    if fresh.is_none() {
+        tracing::info!(application_id = app_id, "client assertion jti reused");
         return Err(StsError::invalid_client());
     }
     Ok(())
@@ -141,9 +192,11 @@ impl SecretVerifier {
         let (Some(app_id), Some(zone)) = (form.get("application_id"), form.get("zone_id")) else {
             return Err(StsError::invalid_client());
         };
-        let Some(secret) = form.get("client_secret") else {
+        let assertion = form.get("client_assertion");
+        let secret = form.get("client_secret");
+        if assertion.is_none() && secret.is_none() {
             return Err(StsError::invalid_client());
-        };
+        }
         let found = read::load_many(&app.pool, &[app_id.to_owned()])
             .await
             .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
@@ -156,11 +209,19 @@ impl SecretVerifier {
         if entity.archived_at.is_some() || !data.is_unexpired(Utc::now()) {
             return Err(StsError::invalid_client());
         }
-        let Some(stored) = data.secret_hash.as_deref() else {
-            return Err(StsError::invalid_client());
-        };
-        if !self.verify(secret, stored).await? {
-            return Err(StsError::invalid_client());
+        match (assertion, secret) {
+            (Some(jwt), _) => {
+                verify_assertion(app, &entity.id, &entity.zone_id, &data, jwt).await?
+            }
+            (None, Some(secret)) => {
+                let Some(stored) = data.secret_hash.as_deref() else {
+                    return Err(StsError::invalid_client());
+                };
+                if !self.verify(secret, stored).await? {
+                    return Err(StsError::invalid_client());
+                }
+            }
+            (None, None) => return Err(StsError::invalid_client()),
         }
         live_zone(app, &entity.zone_id).await?;
         if entity.zone_id != zone {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderMap, StatusCode};
 
-use serval_kit::gateway_hmac;
+use serval_kit::{client_assertion, gateway_hmac};
 
 use super::error::StsError;
 
@@ -16,8 +16,8 @@ pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const MAX_BODY: usize = 64 * 1024;
 /// Resources one request may name (each costs a lookup, a decision and an audit frame).
 pub const MAX_RESOURCES: usize = 32;
-/// Fields whose mere presence is refused (client assertions are not a Caracal contract).
-const FORBIDDEN: [&str; 3] = ["actor_token", "client_assertion", "client_assertion_type"];
+/// Fields whose mere presence is refused.
+const FORBIDDEN: [&str; 1] = ["actor_token"];
 
 /// A token request that passed the encoding rules.
 #[derive(Debug, Default)]
@@ -97,6 +97,28 @@ pub fn parse(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<To
     for f in FORBIDDEN {
         if form.fields.contains_key(f) {
             return Err(bad(&format!("{f} is not supported")));
+        }
+    }
+    // A client assertion (RFC 7523) replaces the secret: both of its fields, of the JWT
+    // bearer type, and no secret beside it.
+    let assertion = form.fields.contains_key("client_assertion");
+    let assertion_type = form.fields.get("client_assertion_type");
+    if assertion || assertion_type.is_some() {
+        if assertion_type.map(String::as_str) != Some(client_assertion::ASSERTION_TYPE) {
+            return Err(bad(&format!(
+                "client_assertion_type must be {}",
+                client_assertion::ASSERTION_TYPE
+            )));
+        }
+        if form.get("client_assertion").is_none() {
+            return Err(bad(
+                "client_assertion is required with client_assertion_type",
+            ));
+        }
+        if form.fields.contains_key("client_secret") {
+            return Err(bad(
+                "send either client_secret or client_assertion, not both",
+            ));
         }
     }
     if let Some(t) = form.fields.get("ttl_seconds").filter(|t| !t.is_empty()) {
@@ -182,6 +204,24 @@ mod tests {
         );
         let assertion = format!("{ok}&client_assertion=");
         assert_eq!(code(parse(None, &h, assertion.as_bytes())).0, 400);
+        let typed = format!(
+            "{ok}&client_assertion_type={}&client_assertion=",
+            client_assertion::ASSERTION_TYPE
+        );
+        assert_eq!(
+            code(parse(None, &h, typed.as_bytes())).1,
+            "client_assertion is required with client_assertion_type"
+        );
+        let both = format!(
+            "{ok}&client_assertion_type={}&client_assertion=a.b.c&client_secret=s",
+            client_assertion::ASSERTION_TYPE
+        );
+        assert_eq!(
+            code(parse(None, &h, both.as_bytes())).1,
+            "send either client_secret or client_assertion, not both"
+        );
+        let actor = format!("{ok}&actor_token=");
+        assert_eq!(code(parse(None, &h, actor.as_bytes())).0, 400);
         let ttl = format!("{ok}&ttl_seconds=1.5");
         assert_eq!(
             code(parse(None, &h, ttl.as_bytes())).1,
