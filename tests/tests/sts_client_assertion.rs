@@ -149,6 +149,11 @@ async fn a_registered_key_signs_single_use_assertions_and_nothing_else_passes() 
             c["iss"] = json!("someone-else");
             sign(&key, "k1", &c)
         }),
+        ("an assertion issued an hour from now", {
+            let mut c = assertion_claims(&z.app, &endpoint, 60);
+            c["iat"] = json!(chrono::Utc::now().timestamp() + 3_600);
+            sign(&key, "k1", &c)
+        }),
         ("no jti", {
             let mut c = assertion_claims(&z.app, &endpoint, 60);
             c.as_object_mut().unwrap().remove("jti");

@@ -142,6 +142,8 @@ impl Feed {
     /// Follows the log until `shutdown`; Redis errors reset the feed (runners read Redis
     /// themselves meanwhile) and are retried with backoff.
     pub async fn run(self: Arc<Self>, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
+        // However this ends (a panic included), runners stop taking from it.
+        let _reset = ResetOnDrop(&self);
         let mut backoff = Duration::from_millis(100);
         loop {
             if *shutdown.borrow() {
@@ -149,7 +151,11 @@ impl Feed {
             }
             let result = tokio::select! {
                 r = self.follow(&client) => r,
-                _ = shutdown.changed() => Ok(()),
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => Ok(()),
+                    // The stop sender is gone: nothing will ever say stop, so stop now.
+                    Err(_) => return,
+                },
             };
             self.reset();
             if let Err(e) = result {
@@ -247,6 +253,10 @@ impl Feed {
         let replies: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
         let mut s = self.lock();
         for (key, reply) in wanted.into_iter().zip(replies) {
+            // Asked for again while this admission was in flight: already followed.
+            if s.tails.contains_key(&key) {
+                continue;
+            }
             let head = reply
                 .ids
                 .first()
@@ -289,6 +299,14 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+struct ResetOnDrop<'a>(&'a Feed);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.reset();
     }
 }
 

@@ -68,6 +68,8 @@ impl<P: Projection> Runner<P> {
             Some(read::last_entry_id(&mut conn, &activity).await?)
         };
         let mut feed_streams = u64::MAX;
+        // Whether the last read came from the feed (the activity position did not move).
+        let mut was_fed = false;
         let mut total = 0;
         let mut rotation = 0usize;
         let mut empty_windows = 0usize;
@@ -138,6 +140,11 @@ impl<P: Projection> Runner<P> {
                     }
                     _ => None,
                 };
+                if fed.is_none() && was_fed && activity_at.is_some() {
+                    // Back from the feed: hints older than now were the feed's to read.
+                    activity_at = Some(read::last_entry_id(&mut conn, &activity).await?);
+                }
+                was_fed = fed.is_some();
                 if let Some(at) = activity_at {
                     streams.push((activity.clone(), at));
                 }

@@ -19,7 +19,7 @@ pub const MAX_KEYS: usize = 5;
 pub const MAX_JWKS_BYTES: usize = 16 * 1024;
 /// An assertion may not live longer than this from now: it is a one-request credential.
 pub const MAX_LIFETIME_SECS: i64 = 300;
-/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat` (not in the future).
 pub const LEEWAY_SECS: i64 = 30;
 /// The longest `jti` accepted (it is remembered until the assertion expires).
 pub const MAX_JTI_CHARS: usize = 256;
@@ -114,10 +114,22 @@ fn check_key(i: usize, raw: &Value) -> Result<(Option<String>, Jwk), JwksError> 
             p.n.trim_end_matches('='),
         )
         .map_err(|_| JwksError::Key(i, "n is not base64url"))?;
+        let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+        let n = &n[first..];
         let bits =
             (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
-        if bits < 2048 {
-            return Err(JwksError::Key(i, "RSA keys must have at least 2048 bits"));
+        if !(2048..=8192).contains(&bits) {
+            return Err(JwksError::Key(i, "RSA keys must have 2048 to 8192 bits"));
+        }
+        let e = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            p.e.trim_end_matches('='),
+        )
+        .map_err(|_| JwksError::Key(i, "e is not base64url"))?;
+        let e: Vec<u8> = e.into_iter().skip_while(|b| *b == 0).collect();
+        let odd = e.last().is_some_and(|b| b & 1 == 1);
+        if e.is_empty() || e.len() > 4 || !odd || (e.len() == 1 && e[0] < 3) {
+            return Err(JwksError::Key(i, "e must be an odd exponent of at least 3"));
         }
     }
     if let Some(u) = obj.get("use") {
@@ -193,6 +205,7 @@ struct Claims {
     iss: String,
     sub: String,
     exp: i64,
+    iat: Option<i64>,
     jti: Option<String>,
 }
 
@@ -276,6 +289,9 @@ pub fn verify(
     }
     if c.exp < now.saturating_sub(LEEWAY_SECS) {
         return Err(AssertionError::Invalid("expired".into()));
+    }
+    if c.iat.is_some_and(|t| t > now.saturating_add(LEEWAY_SECS)) {
+        return Err(AssertionError::Invalid("issued in the future".into()));
     }
     let jti = c
         .jti

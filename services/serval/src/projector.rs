@@ -26,9 +26,11 @@ use serval_projector::PgPool;
 use serval_projector::{Projection, ProjectorConfig, Runner};
 use tokio::sync::watch;
 
-/// Worker threads of the projector's runtime: Postgres does the heavy part of a batch in
-/// its own processes, and one thread leaves the other core to the services.
+/// Worker threads of the projector's runtime (one per core of this 2-core machine: one
+/// thread measured a worse tail under load; the OS shares the cores with the services).
 const THREADS: usize = 2;
+/// Postgres connections of the projector's own pool: one per runner and a spare.
+const POOL_MAX: u32 = 10;
 
 fn spawn_runner<P: Projection>(
     app: &App,
@@ -54,29 +56,46 @@ pub async fn start(
     app: &App,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(THREADS)
-        .thread_name("serval-projector")
-        .enable_all()
-        .build()?;
-    // Connections are made on the projector's runtime, so its reactor drives them.
-    let (app2, stop2) = (app.clone(), stop.clone());
-    let runners = rt
-        .spawn(async move { spawn_all(&app2, &stop2).await })
-        .await??;
+    let (ready, started) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let (app, stop) = (app.clone(), stop.clone());
+    // The runtime is built, driven and dropped on this thread only: dropping a runtime in an
+    // async context panics, also on a start-up error.
     std::thread::Builder::new()
         .name("serval-projector-main".into())
         .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(THREADS)
+                .thread_name("serval-projector")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                    return;
+                }
+            };
+            // Connections are made on the projector's runtime, so its reactor drives them.
             rt.block_on(async {
-                for r in runners {
-                    let _ = r.await;
+                match spawn_all(&app, &stop).await {
+                    Ok(runners) => {
+                        let _ = ready.send(Ok(()));
+                        for r in runners {
+                            let _ = r.await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
                 }
             });
-            // The runtime is dropped here, outside any async context.
             drop(rt);
             let _ = done.send(());
         })?;
+    started
+        .await
+        .map_err(|_| anyhow::anyhow!("the projector's thread ended before it started"))??;
     Ok(vec![tokio::spawn(async move {
         let _ = finished.await;
     })])
@@ -86,7 +105,9 @@ async fn spawn_all(
     app: &App,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let pool = serval_kit::state::connect_pg(&app.cfg).await?;
+    let mut pg = app.cfg.clone();
+    pg.db_pool_max = pg.db_pool_max.min(POOL_MAX);
+    let pool = serval_kit::state::connect_pg(&pg).await?;
     let (client, relay_conn) = serval_kit::state::connect_redis(&app.cfg.redis_url).await?;
     // One live reader of the log for every runner of this process (see `Feed`).
     let feed = Feed::new(app.store.keys().clone(), app.store.signer().clone());

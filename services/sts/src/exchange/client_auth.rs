@@ -78,7 +78,8 @@ async fn verify_assertion(
     let issuer = app.cfg.issuer_url.trim_end_matches('/');
     let audiences = [
         format!("{issuer}/oauth/2/token"),
-        app.cfg.issuer_url.clone(),
+        issuer.to_owned(),
+        format!("{issuer}/"),
     ];
     let now = Utc::now().timestamp();
     let verified = client_assertion::verify(jwt, data.jwks.as_deref(), app_id, &audiences, now)
@@ -89,7 +90,9 @@ async fn verify_assertion(
     // The jti is the client's; only its digest (with the application) names the key.
     let digest = hex::encode(Sha256::digest(format!("{app_id}\n{}", verified.jti)));
     let key = app.store.keys().client_assertion_jti(zone, &digest);
-    let ttl = (verified.exp - now + client_assertion::LEEWAY_SECS).max(1);
+    // Remembered well past the last second it could be accepted in (exp + leeway), with room
+    // for clocks of other STS processes.
+    let ttl = (verified.exp - now).max(0) + 2 * client_assertion::LEEWAY_SECS + 5;
     let mut conn = app.redis.clone();
     let fresh: Option<String> = redis::cmd("SET")
         .arg(&key)
