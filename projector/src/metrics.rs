@@ -10,9 +10,11 @@ pub struct ProjectorMetrics {
     pub dead_letters: IntCounterVec,
     pub apply_errors: IntCounterVec,
     pub published: IntCounterVec,
+    pub feed_misses: IntCounterVec,
 }
 
-pub static METRICS: LazyLock<ProjectorMetrics> = LazyLock::new(|| ProjectorMetrics {
+pub static METRICS: LazyLock<ProjectorMetrics> = LazyLock::new(|| {
+    ProjectorMetrics {
     applied: register_int_counter_vec!(
         "serval_projection_events_applied_total",
         "Events applied to a read model (committed).",
@@ -43,4 +45,11 @@ pub static METRICS: LazyLock<ProjectorMetrics> = LazyLock::new(|| ProjectorMetri
         &["topic"]
     )
     .expect("metric registers once"),
+    feed_misses: register_int_counter_vec!(
+        "serval_projection_feed_misses_total",
+        "Live reads a runner made from Redis itself because the process's log feed did not hold its window (behind the feed's tail, a stream not followed yet or past its 512-stream cap, the feed reconnecting).",
+        &["projection"]
+    )
+    .expect("metric registers once"),
+}
 });

@@ -11,6 +11,7 @@ use serval_streams::read::{self, RawEntry};
 use serval_streams::{EntryId, LogStream};
 use sqlx::Row;
 
+use crate::metrics::METRICS;
 use crate::projection::Projection;
 
 use super::feed::{self, Feed, Take};
@@ -140,6 +141,13 @@ impl<P: Projection> Runner<P> {
                     }
                     _ => None,
                 };
+                if fed.is_none()
+                    && self.cfg.feed.is_some()
+                    && activity_at.is_some()
+                    && !streams.is_empty()
+                {
+                    METRICS.feed_misses.with_label_values(&[self.name()]).inc();
+                }
                 if fed.is_none() && was_fed && activity_at.is_some() {
                     // Back from the feed: hints older than now were the feed's to read.
                     activity_at = Some(read::last_entry_id(&mut conn, &activity).await?);
