@@ -43,6 +43,8 @@ pub enum AggregateKind {
     Invocation,
     /// A zone's wrapped data key (catalog kind `data_key`).
     DataKey,
+    /// A Federated user issuer (catalog kind `subject_issuer`).
+    SubjectIssuer,
 }
 
 impl AggregateKind {
@@ -67,6 +69,7 @@ impl AggregateKind {
             AggregateKind::AgentService => "agent_service",
             AggregateKind::Invocation => "invocation",
             AggregateKind::DataKey => "data_key",
+            AggregateKind::SubjectIssuer => "subject_issuer",
         }
     }
 
@@ -91,6 +94,7 @@ impl AggregateKind {
             "agent_service" => Some(AggregateKind::AgentService),
             "invocation" => Some(AggregateKind::Invocation),
             "data_key" => Some(AggregateKind::DataKey),
+            "subject_issuer" => Some(AggregateKind::SubjectIssuer),
             _ => None,
         }
     }

@@ -123,7 +123,8 @@ fn step_up_decided(
         "privacy_mode": hold.privacy_mode,
         "binding": hold.binding,
         "session_id": hold.session_id,
-        "approver_plane": "operator",
+        // A Federated user's decision carries the approver's authority record.
+        "approver_plane": if hold.approver_session_id.is_some() { "subject" } else { "operator" },
         "approver_subject_id": hold.approver_subject_id,
     });
     let optional = [
@@ -136,6 +137,10 @@ fn step_up_decided(
             hold.subject_anchor.clone().map(Into::into),
         ),
         ("reason", hold.decision_reason.clone().map(Into::into)),
+        (
+            "approver_session_id",
+            hold.approver_session_id.clone().map(Into::into),
+        ),
         (
             "agent_labels",
             (!hold.agent_labels.is_empty()).then(|| serde_json::json!(hold.agent_labels)),

@@ -55,6 +55,12 @@ impl Visibility {
         });
     }
 
+    /// Follows `projection`'s position on `stream`: changes with every commit this process
+    /// learns of.
+    pub fn subscribe(&self, projection: &str, stream: &str) -> watch::Receiver<EntryId> {
+        self.sender(projection, stream).subscribe()
+    }
+
     /// Where this process knows `projection` to stand on `stream` (zero when unknown).
     pub fn current(&self, projection: &str, stream: &str) -> EntryId {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());

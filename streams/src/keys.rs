@@ -122,6 +122,12 @@ impl KeySpace {
         format!("{}:{{z:{zone_id}}}:assertion:{digest}", self.prefix)
     }
 
+    /// The live approval hold of one request binding (sts.md §7.2): its id, for as long as
+    /// the hold's window, so a repeated gated request gets the same hold.
+    pub fn approval_binding(&self, zone_id: &str, digest: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:approval:{digest}", self.prefix)
+    }
+
     /// A mandate the Gateway has seen (gateway.md §5): single use.
     pub fn gateway_seen(&self, zone_id: &str, jti: &str) -> String {
         format!("{}:{{z:{zone_id}}}:seen:{jti}", self.prefix)

@@ -138,6 +138,8 @@ async fn holds(
             approver_subject_id: None,
             principal_federated: false,
             agent_labels: vec![],
+            consumed_record_id: None,
+            approver_session_id: None,
         });
         let event = CatalogEvent::Created(Created {
             zone_id: zone.to_owned(),

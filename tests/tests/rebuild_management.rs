@@ -199,6 +199,8 @@ async fn produce_runtime(server: &Server, z: &str) {
                 approver_subject_id: None,
                 principal_federated: false,
                 agent_labels: vec![],
+                consumed_record_id: None,
+                approver_session_id: None,
             }),
         ));
     }

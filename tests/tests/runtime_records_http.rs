@@ -77,6 +77,8 @@ fn hold(class: &str, tier: &str, binding: &str, expires_in: i64) -> ApprovalData
         approver_subject_id: None,
         principal_federated: false,
         agent_labels: vec!["team:a".into()],
+        consumed_record_id: None,
+        approver_session_id: None,
     }
 }
 

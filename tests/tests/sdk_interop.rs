@@ -88,6 +88,8 @@ async fn official_admin_client_reads_records_sessions_and_decides_approvals() {
             approver_subject_id: None,
             principal_federated: false,
             agent_labels: Vec::new(),
+            consumed_record_id: None,
+            approver_session_id: None,
         })
     };
     let seeds = [

@@ -9,42 +9,13 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{eventually, Admin};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use common::runtime::{bootstrap, claims, exchange, server, zone, GRANT, RESOURCE};
+use common::runtime::{
+    bootstrap, claims, exchange, p256, server, sign_es256 as sign, zone, GRANT, RESOURCE,
+};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-struct Key {
-    pem: String,
-    jwk: Value,
-}
-
-fn p256(kid: &str) -> Key {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let point = pair.public_key_raw();
-    assert_eq!(point.len(), 65, "an uncompressed P-256 point");
-    Key {
-        pem: pair.serialize_pem(),
-        jwk: json!({
-            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..]),
-        }),
-    }
-}
-
-fn sign(key: &Key, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_ec_pem(key.pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
 
 fn assertion_claims(app: &str, aud: &str, exp_in: i64) -> Value {
     let now = chrono::Utc::now().timestamp();

@@ -166,6 +166,8 @@ fn runtime_records() -> Vec<(&'static str, EntityData)> {
                 approver_subject_id: None,
                 principal_federated: false,
                 agent_labels: vec![],
+                consumed_record_id: None,
+                approver_session_id: None,
             }),
         ),
     ]

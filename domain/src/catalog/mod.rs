@@ -24,6 +24,8 @@ pub mod provider_config;
 pub mod resource;
 pub mod runtime;
 pub mod signing_key;
+pub mod step_up;
+pub mod subject_issuer;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,7 @@ pub use provider::ProviderData;
 pub use resource::ResourceData;
 pub use runtime::{ApprovalData, AuthorityRecordData, SessionData};
 pub use signing_key::SigningKeyData;
+pub use subject_issuer::SubjectIssuerData;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,10 +62,12 @@ pub enum CatalogKind {
     Invocation,
     /// A zone's wrapped data key (`data_key.rs`).
     DataKey,
+    /// A Federated user issuer (`subject_issuer.rs`).
+    SubjectIssuer,
 }
 
 impl CatalogKind {
-    pub const ALL: [CatalogKind; 12] = [
+    pub const ALL: [CatalogKind; 13] = [
         CatalogKind::Application,
         CatalogKind::Provider,
         CatalogKind::Resource,
@@ -75,6 +80,7 @@ impl CatalogKind {
         CatalogKind::AgentService,
         CatalogKind::Invocation,
         CatalogKind::DataKey,
+        CatalogKind::SubjectIssuer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +97,7 @@ impl CatalogKind {
             CatalogKind::AgentService => "agent_service",
             CatalogKind::Invocation => "invocation",
             CatalogKind::DataKey => "data_key",
+            CatalogKind::SubjectIssuer => "subject_issuer",
         }
     }
 
@@ -108,6 +115,7 @@ impl CatalogKind {
             CatalogKind::AgentService => AggregateKind::AgentService,
             CatalogKind::Invocation => AggregateKind::Invocation,
             CatalogKind::DataKey => AggregateKind::DataKey,
+            CatalogKind::SubjectIssuer => AggregateKind::SubjectIssuer,
         }
     }
 
@@ -186,6 +194,12 @@ impl CatalogKind {
                 "data_key.archived",
                 "data_key.secret_revealed",
             ],
+            CatalogKind::SubjectIssuer => [
+                "subject_issuer.created",
+                "subject_issuer.updated",
+                "subject_issuer.archived",
+                "subject_issuer.secret_revealed",
+            ],
         }
     }
 }
@@ -206,6 +220,7 @@ pub enum EntityData {
     AgentService(AgentServiceData),
     Invocation(InvocationData),
     DataKey(DataKeyData),
+    SubjectIssuer(SubjectIssuerData),
 }
 
 impl EntityData {
@@ -223,6 +238,7 @@ impl EntityData {
             EntityData::DataKey(_) => CatalogKind::DataKey,
             EntityData::AgentService(_) => CatalogKind::AgentService,
             EntityData::Invocation(_) => CatalogKind::Invocation,
+            EntityData::SubjectIssuer(_) => CatalogKind::SubjectIssuer,
         }
     }
 
@@ -483,6 +499,9 @@ pub fn reservation(e: &Entity) -> Option<(&'static str, String)> {
             agent_service::ENDPOINT,
             agent_service::endpoint_key(&a.application_id, &a.endpoint_url),
         )),
+        EntityData::SubjectIssuer(i) => {
+            Some((subject_issuer::ISSUER, reservation_value(&i.issuer)))
+        }
         EntityData::Invocation(_)
         | EntityData::Grant(_)
         | EntityData::AuthorityRecord(_)

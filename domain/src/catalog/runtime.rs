@@ -239,7 +239,17 @@ pub struct ApprovalData {
     /// Labels of the requesting agent's session, copied into the decision's audit frame.
     #[serde(default)]
     pub agent_labels: Vec<String>,
+    /// The authority record the consuming mint created: a lost answer is re-issued for it
+    /// within [`REISSUE_WINDOW_SECS`] of consumption (sts.md §7.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_record_id: Option<String>,
+    /// A Federated user's decision: the approver's authority record (`sid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_session_id: Option<String>,
 }
+
+/// How long after consumption the same binding re-issues a lost answer (sts.md §7.4).
+pub const REISSUE_WINDOW_SECS: i64 = 120;
 
 pub const APPROVAL_STATES: [&str; 5] = ["pending", "approved", "rejected", "expired", "consumed"];
 pub const REASON_MAX_CHARS: usize = 500;
@@ -268,6 +278,8 @@ pub enum DecisionRefused {
     NotDecidable(&'static str),
     /// Pending, but reserved for the subject's own decision.
     SubjectOnly,
+    /// Pending, but reserved for an operator's decision.
+    OperatorOnly,
 }
 
 impl ApprovalData {
@@ -284,6 +296,60 @@ impl ApprovalData {
         } else {
             "pending"
         }
+    }
+
+    /// The hold after a mint released by it consumed it; only an approved hold can be.
+    pub fn consumed(
+        &self,
+        record_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApprovalData, &'static str> {
+        match self.state(now) {
+            "approved" => {
+                let mut next = self.clone();
+                next.consumed_at = Some(now);
+                next.consumed_record_id = Some(record_id.to_owned());
+                Ok(next)
+            }
+            other => Err(other),
+        }
+    }
+
+    /// Whether a consumed hold still re-issues a lost answer at `now`.
+    pub fn reissues(&self, now: DateTime<Utc>) -> bool {
+        self.consumed_record_id.is_some()
+            && self
+                .consumed_at
+                .is_some_and(|at| now - at <= chrono::Duration::seconds(REISSUE_WINDOW_SECS))
+    }
+
+    /// The hold after a Federated user's decision (sts.md §7.3): pending, unexpired, class
+    /// `subject` or `any`. `approver` is the recorded form (`subject:<sub>`,
+    /// `subject:pseudonym:<hex>` or `subject:redacted`).
+    pub fn decided_by_subject(
+        &self,
+        decision: Decision,
+        approver: &str,
+        approver_session: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ApprovalData, DecisionRefused> {
+        if self.approver_class == "operator" {
+            return Err(DecisionRefused::OperatorOnly);
+        }
+        let state = self.state(now);
+        if state != "pending" {
+            return Err(DecisionRefused::NotDecidable(state));
+        }
+        let mut next = self.clone();
+        match decision {
+            Decision::Approve => next.satisfied_at = Some(now),
+            Decision::Reject => next.rejected_at = Some(now),
+        }
+        next.approver_subject_id = Some(approver.to_owned());
+        next.approver_session_id = Some(approver_session.to_owned());
+        next.decision_reason = reason.map(str::to_owned);
+        Ok(next)
     }
 
     /// The hold after an operator decision (a single guarded update: pending, unexpired,
@@ -340,6 +406,8 @@ mod tests {
             approver_subject_id: None,
             principal_federated: false,
             agent_labels: Vec::new(),
+            consumed_record_id: None,
+            approver_session_id: None,
         }
     }
 

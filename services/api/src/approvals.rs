@@ -371,8 +371,10 @@ async fn decide(
                 DecisionRefused::NotDecidable(state) => {
                     ApiError::conflict("approval_not_decidable").with("state", json!(state))
                 }
-                DecisionRefused::SubjectOnly => ApiError::forbidden("subject_approval_required")
-                    .description("this hold is reserved for the subject's own decision"),
+                DecisionRefused::SubjectOnly | DecisionRefused::OperatorOnly => {
+                    ApiError::forbidden("subject_approval_required")
+                        .description("this hold is reserved for the subject's own decision")
+                }
             })?;
         let decided_at = match decision {
             Decision::Approve => "satisfied_at",

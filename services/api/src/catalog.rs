@@ -107,6 +107,7 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
         CatalogKind::AgentService => "agent_service_not_found",
         CatalogKind::Invocation => "invocation_not_found",
         CatalogKind::DataKey => "data_key_not_found",
+        CatalogKind::SubjectIssuer => "subject_issuer_not_found",
     })
 }
 

@@ -25,6 +25,7 @@ pub mod resources;
 pub mod routes;
 pub mod schema;
 pub mod sessions;
+pub mod subject_issuers;
 pub mod views;
 pub mod zones;
 
@@ -50,7 +51,8 @@ pub fn router(app: App) -> Router<App> {
         .merge(audit::router())
         .merge(authority_records::router())
         .merge(sessions::router())
-        .merge(approvals::router());
+        .merge(approvals::router())
+        .merge(subject_issuers::router());
     let (admin, mut ops) = admin.into_parts();
     let (open, open_ops) = connections::callback_router().into_parts();
     ops.extend(open_ops);

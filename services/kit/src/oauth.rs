@@ -128,14 +128,14 @@ pub fn upstream_builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10));
-    if let Some(pem) =
-        std::env::var_os("SERVAL_UPSTREAM_CA_FILE").and_then(|p| std::fs::read(p).ok())
-    {
+    // Caracal's name for the same extra trust root is honoured too.
+    for var in ["SERVAL_UPSTREAM_CA_FILE", "CARACAL_TLS_EXTRA_CA_FILE"] {
+        let Some(pem) = std::env::var_os(var).and_then(|p| std::fs::read(p).ok()) else {
+            continue;
+        };
         match reqwest::Certificate::from_pem(&pem) {
             Ok(cert) => b = b.add_root_certificate(cert),
-            Err(e) => {
-                tracing::warn!(error = %e, "SERVAL_UPSTREAM_CA_FILE is not a PEM certificate")
-            }
+            Err(e) => tracing::warn!(error = %e, var, "not a PEM certificate"),
         }
     }
     b

@@ -3,6 +3,7 @@
 //! (`policy_routes.rs`, signed with the Gateway HMAC key, `internal_auth.rs`), and the
 //! policy-engine cache kept current from `caracal.policy.invalidate`.
 
+mod approval_routes;
 pub mod exchange;
 mod internal_auth;
 pub mod key_routes;
@@ -24,6 +25,8 @@ use serval_kit::App;
 pub struct Sts {
     pub keys: keys::KeyStore,
     pub secrets: exchange::client_auth::SecretVerifier,
+    /// Federated user issuers' key sets (`exchange::federation`).
+    pub issuers: exchange::federation::IssuerKeys,
 }
 
 /// Marks this process as serving the STS and keeps its engine cache current: follows
@@ -40,6 +43,7 @@ pub fn router() -> Router<App> {
     let sts = Arc::new(Sts::default());
     policy_routes::router()
         .merge(key_routes::router())
+        .merge(approval_routes::router())
         .route("/oauth/2/token", post(exchange::token))
         .layer(Extension(sts))
 }

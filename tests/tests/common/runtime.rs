@@ -53,6 +53,12 @@ pub async fn zone(admin: &Admin, policy: bool) -> Zone {
 
 /// [`zone`] with the resource's upstream fields (`upstream_url`, `operations`, …) given.
 pub async fn zone_with(admin: &Admin, policy: bool, upstream: Value) -> Zone {
+    zone_with_policy(admin, policy.then_some(""), upstream).await
+}
+
+/// [`zone_with`] whose policy document (when `policy` is given) ends with `policy`'s rules
+/// (e.g. `risk` and `approval_tiers`).
+pub async fn zone_with_policy(admin: &Admin, policy: Option<&str>, upstream: Value) -> Zone {
     let (s, z) = admin.post("/v1/zones", json!({"name": "sts"})).await;
     assert_eq!(s, 201, "{z}");
     let z = z["id"].as_str().unwrap().to_owned();
@@ -80,11 +86,11 @@ pub async fn zone_with(admin: &Admin, policy: bool, upstream: Value) -> Zone {
     }
     let (s, r) = admin.post(&format!("/v1/zones/{z}/resources"), body).await;
     assert_eq!(s, 201, "{r}");
-    if policy {
+    if let Some(extra) = policy {
         let content = format!(
             "# caracal:data-document\npackage caracal.authz\n\nimport rego.v1\n\n\
              app_ids := {{\"bot\": \"{app}\"}}\n\n\
-             grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"tickets:read\"]}}}}}}\n"
+             grants := {{\"{RESOURCE}\": {{\"application\": \"bot\", \"roles\": {{\"agent\": [\"tickets:read\"]}}}}}}\n{extra}"
         );
         let (s, p) = admin
             .post(
@@ -209,4 +215,38 @@ pub async fn call_json(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// A P-256 key pair: its PKCS#8 PEM (for signing) and its public JWK.
+pub struct EcKey {
+    pub pem: String,
+    pub jwk: Value,
+}
+
+pub fn p256(kid: &str) -> EcKey {
+    use base64::Engine;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    assert_eq!(point.len(), 65, "an uncompressed P-256 point");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    EcKey {
+        pem: pair.serialize_pem(),
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64.encode(&point[1..33]),
+            "y": b64.encode(&point[33..]),
+        }),
+    }
+}
+
+/// An ES256 JWS of `claims` under `key`, naming `kid`.
+pub fn sign_es256(key: &EcKey, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }

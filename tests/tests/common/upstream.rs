@@ -11,7 +11,9 @@ use axum::response::IntoResponse;
 use axum::routing::{any, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const CLIENT_ID: &str = "probe-client";
 pub const CLIENT_SECRET: &str = "probe-secret-value";
@@ -21,6 +23,9 @@ pub const GOOD_CODE: &str = "good-code";
 pub struct Upstream {
     pub port: u16,
     pub ca_file: PathBuf,
+    /// What `GET /jwks` answers (an id-token issuer's key set), and how often it was asked.
+    pub jwks: Arc<Mutex<Value>>,
+    pub jwks_fetches: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -111,7 +116,21 @@ pub async fn start() -> Upstream {
     )
     .await
     .unwrap();
+    let jwks = Arc::new(Mutex::new(json!({"keys": []})));
+    let jwks_fetches = Arc::new(AtomicUsize::new(0));
+    let (served, counted) = (jwks.clone(), jwks_fetches.clone());
     let app = Router::new()
+        .route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (served, counted) = (served.clone(), counted.clone());
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let doc = served.lock().unwrap().clone();
+                    Json(doc)
+                }
+            }),
+        )
         .route("/cc/token", post(cc_token))
         .route("/ac/token", post(ac_token))
         .route(
@@ -130,6 +149,8 @@ pub async fn start() -> Upstream {
     Upstream {
         port: addr.port(),
         ca_file,
+        jwks,
+        jwks_fetches,
         _dir: dir,
     }
 }

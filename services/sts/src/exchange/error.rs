@@ -45,7 +45,14 @@ impl StsError {
         if !request_id.is_empty() {
             body.insert("requestId".into(), Value::String(request_id.to_owned()));
         }
+        let hold = self.code == "interaction_required";
         let mut resp = (self.status, Json(Value::Object(body))).into_response();
+        if hold {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Bearer error=\"interaction_required\""),
+            );
+        }
         if let Ok(v) = HeaderValue::from_str(request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }

@@ -9,9 +9,11 @@
 //! and the **delegated mint** (`use=gateway`). The Gateway re-exchange and federation
 //! answer with the refusal the contract gives when their inputs cannot be validated.
 
+pub mod approval;
 pub mod client_auth;
 pub mod delegated;
 pub mod error;
+pub mod federation;
 pub mod form;
 pub mod gateway;
 pub mod limits;
@@ -84,10 +86,13 @@ pub async fn token(
             // Every decision taken is evidence, also when the exchange fails after it; an
             // allow that did not become a mandate is followed by `exchange_denied`.
             if !frames.is_empty() {
-                if let Some(allow) = frames.iter().find(|f| f.decision == "allow") {
-                    let mut denied = allow.denied("exchange_denied");
-                    denied.metadata.insert("error".into(), json!(e.code));
-                    frames.push(denied);
+                // A hold is the allow's outcome, not its failure.
+                if e.code != "interaction_required" {
+                    if let Some(allow) = frames.iter().find(|f| f.decision == "allow") {
+                        let mut denied = allow.denied("exchange_denied");
+                        denied.metadata.insert("error".into(), json!(e.code));
+                        frames.push(denied);
+                    }
                 }
                 if let Err(pe) = audit::publish(&app, &frames).await {
                     tracing::error!(error = ?pe, request_id = %rid, "audit frames of a failed exchange not published");
@@ -113,6 +118,8 @@ struct Ask<'a> {
     /// saw (`request_method`, `request_path`).
     subject: Option<&'a Claims>,
     operation: (&'a str, &'a str),
+    /// A retry naming an approval hold: the policy runs with `challenge_resolved`.
+    challenge_resolved: bool,
 }
 
 /// A resource the exchange granted.
@@ -175,11 +182,14 @@ async fn exchange(
         }
     };
     match form.get("subject_token_type") {
+        Some(ID_TOKEN) if !via_gateway => {
+            return federate(app, sts, rid, &client, &form, frames).await;
+        }
         Some(ID_TOKEN) => {
             return Err(StsError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "invalid subject_token: the zone has no federated user issuer",
+                "invalid subject_token",
             ))
         }
         Some(ACCESS_TOKEN) if !via_gateway => {
@@ -228,6 +238,10 @@ async fn exchange(
             form.get("request_method").unwrap_or_default(),
             form.get("request_path").unwrap_or_default(),
         ),
+        challenge_resolved: form
+            .get("approval_id")
+            .or(form.get("challenge_id"))
+            .is_some(),
     };
     for r in &form.resources {
         let g = check_resource(app, &ask, r, frames).await?;
@@ -246,9 +260,32 @@ async fn exchange(
             },
         ));
     }
+    // §7: a gated allow needs a decided hold; the Gateway path never gates.
+    let hold_req = approval::Request {
+        rid,
+        client: &client,
+        form: &form,
+        requested: &requested,
+        record: bound_record.as_deref(),
+        governed: governed.as_ref(),
+    };
+    let release = if via_gateway {
+        approval::Release::Ungated
+    } else {
+        approval::settle(app, &hold_req, frames, now).await?
+    };
     // §8.4: with a subject token the cap is the default.
     let cap = if via_gateway { DEFAULT_TTL } else { MAX_TTL };
     let mut ttl = lifetime(form.ttl_seconds, cap)?;
+    // A re-issue answers again for the record the consumption created, within its life.
+    let reissued = match &release {
+        approval::Release::Reissue { record, .. } => {
+            let left = record_life_left(app, &client, record, now).await?;
+            ttl = ttl.min(left);
+            Some(record.clone())
+        }
+        _ => None,
+    };
     let delegation = governed.as_ref().and_then(|g| g.delegation.as_ref());
     if let Some(d) = delegation {
         ttl = d.lineage.lifetime(ttl, now).ok_or_else(|| {
@@ -266,7 +303,9 @@ async fn exchange(
     let expires_at = now + Duration::seconds(ttl);
     // The key first: a zone whose key cannot be opened must not collect orphan records.
     let signer = sts.keys.signer(app, &client.zone_id).await?;
-    let sid = uuid::Uuid::now_v7().to_string();
+    let sid = reissued
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let jti = uuid::Uuid::now_v7().to_string();
     // A resource mandate inherits the presented mandate's subject, scope and root.
     let scope = match &subject {
@@ -326,19 +365,87 @@ async fn exchange(
             );
         }
     }
+    // An approved hold is consumed last before the durable effects: of two racing
+    // retries one mints, the other gets `409 approval_consumed`.
+    match &release {
+        approval::Release::Consume(e) => {
+            let h = approval::consume(app, rid, e, &sid, now).await?;
+            let mut f =
+                approval::lifecycle_frame(&hold_req, "step_up_consumed", "consumed", &e.id, &h);
+            approval::consumed_metadata(&mut f, false, &sid);
+            frames.push(f);
+        }
+        approval::Release::Reissue { hold, record } => {
+            if let EntityData::Approval(h) = &hold.data {
+                let mut f = approval::lifecycle_frame(
+                    &hold_req,
+                    "step_up_consumed",
+                    "consumed",
+                    &hold.id,
+                    h,
+                );
+                approval::consumed_metadata(&mut f, true, record);
+                frames.push(f);
+            }
+        }
+        approval::Release::Ungated => {}
+    }
     // The mint's durable effects at once (none depends on another): the authority record,
     // the `jti` and the decisions' evidence; the token leaves only when all three are in.
-    let done = std::mem::take(frames);
-    let (recorded, registered, published) = tokio::join!(
+    let record_created = async {
+        if reissued.is_some() {
+            return Ok(());
+        }
         create_authority_record(
             app,
             rid,
             &client,
-            (&sid, bound_record.as_deref()),
+            NewRecord {
+                id: &sid,
+                parent: bound_record.as_deref(),
+                user: None,
+            },
             now,
-            expires_at
-        ),
-        register_jti(app, &client, &jti, now, ttl),
+            expires_at,
+        )
+        .await
+    };
+    persist(app, rid, &client, frames, record_created, (&jti, now, ttl)).await?;
+    let mut body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "issued_token_type": ACCESS_TOKEN,
+        "target_resources": targets,
+    });
+    if let Some(m) = body.as_object_mut() {
+        if let Some(s) = &scope {
+            m.insert("scope".into(), json!(s));
+        }
+        if via_gateway {
+            m.insert("upstreams".into(), Value::Object(upstreams));
+        }
+    }
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The mint's durable effects at once (none depends on another): the authority record,
+/// the `jti` and the decisions' evidence; the token leaves only when all three are in.
+async fn persist(
+    app: &App,
+    rid: &str,
+    client: &Client,
+    frames: &mut Vec<Frame>,
+    record: impl std::future::Future<Output = Result<(), StsError>>,
+    (jti, now, ttl): (&str, DateTime<Utc>, i64),
+) -> Result<(), StsError> {
+    let done = std::mem::take(frames);
+    let (recorded, registered, published) = tokio::join!(
+        record,
+        register_jti(app, client, jti, now, ttl),
         audit::publish(app, &done),
     );
     if let Err(e) = published {
@@ -357,22 +464,78 @@ async fn exchange(
         }
         return Err(e);
     }
-    let mut body = json!({
+    Ok(())
+}
+
+/// §4.5: a Federated user's id token becomes that user's session mandate (no policy; the
+/// verified token is the evidence, recorded as an allow of `caracal-subject-federation`).
+async fn federate(
+    app: &App,
+    sts: &Sts,
+    rid: &str,
+    client: &Client,
+    form: &TokenForm,
+    frames: &mut Vec<Frame>,
+) -> Result<Response, StsError> {
+    federation::check_form(form)?;
+    let token = form.get("subject_token").unwrap_or_default();
+    let fed = match federation::verify(app, &sts.issuers, client, token).await {
+        Ok(f) => f,
+        Err(e) => {
+            frames.push(federation::frame(
+                client,
+                rid,
+                Err("subject_federation_invalid"),
+            ));
+            return Err(e);
+        }
+    };
+    let ttl = lifetime(form.ttl_seconds, MAX_TTL)?;
+    let now = Utc::now();
+    let expires_at = now + Duration::seconds(ttl);
+    let signer = sts.keys.signer(app, &client.zone_id).await?;
+    let sid = uuid::Uuid::now_v7().to_string();
+    let jti = uuid::Uuid::now_v7().to_string();
+    let claims = json!({
+        "iss": app.cfg.issuer_url,
+        "sub": fed.sub,
+        "aud": [app.cfg.issuer_url],
+        "exp": expires_at.timestamp(),
+        "iat": now.timestamp(),
+        "jti": jti,
+        "zone_id": client.zone_id,
+        "client_id": client.id,
+        "sid": sid,
+        "root_sid": sid,
+        "use": "session",
+        "sub_type": "user",
+    });
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(signer.kid.clone());
+    header.typ = Some("JWT".into());
+    let token = jsonwebtoken::encode(&header, &claims, &signer.key)
+        .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
+    frames.push(federation::frame(client, rid, Ok(&fed)));
+    let record = create_authority_record(
+        app,
+        rid,
+        client,
+        NewRecord {
+            id: &sid,
+            parent: None,
+            user: Some((&fed.sub, &fed.issuer_id)),
+        },
+        now,
+        expires_at,
+    );
+    persist(app, rid, client, frames, record, (&jti, now, ttl)).await?;
+    let mut resp = Json(json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": ttl,
         "issued_token_type": ACCESS_TOKEN,
-        "target_resources": targets,
-    });
-    if let Some(m) = body.as_object_mut() {
-        if let Some(s) = &scope {
-            m.insert("scope".into(), json!(s));
-        }
-        if via_gateway {
-            m.insert("upstreams".into(), Value::Object(upstreams));
-        }
-    }
-    let mut resp = Json(body).into_response();
+    }))
+    .into_response();
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -577,6 +740,7 @@ async fn check_resource(
         governed,
         subject,
         operation,
+        challenge_resolved,
     } = *ask;
     let mut metadata = Map::new();
     metadata.insert("application_id".into(), json!(client.id));
@@ -678,7 +842,7 @@ async fn check_resource(
             "session_id": record.unwrap_or_default(),
             "agent_session_id": session_ref,
             "delegation_edge_id": edge_ref,
-            "challenge_resolved": false,
+            "challenge_resolved": challenge_resolved,
             "requested_scopes": requested,
         },
     });
@@ -764,21 +928,34 @@ async fn check_resource(
     }))
 }
 
+/// The authority record a mint creates.
+struct NewRecord<'a> {
+    id: &'a str,
+    parent: Option<&'a str>,
+    /// A Federated user's record: `(sub, issuer row)`.
+    user: Option<(&'a str, &'a str)>,
+}
+
 /// The mint's authority record (§5.1 step 13) as an event: an `application` record of the
-/// caller, expiring with the mandate.
+/// caller (a `user` record for federation), expiring with the mandate.
 async fn create_authority_record(
     app: &App,
     rid: &str,
     client: &Client,
-    (id, parent): (&str, Option<&str>),
+    NewRecord { id, parent, user }: NewRecord<'_>,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<(), StsError> {
     let data = AuthorityRecordData {
-        record_type: "application".into(),
-        subject_id: client.id.clone(),
+        record_type: if user.is_some() {
+            "user"
+        } else {
+            "application"
+        }
+        .into(),
+        subject_id: user.map_or_else(|| client.id.clone(), |(sub, _)| sub.to_owned()),
         application_id: Some(client.id.clone()),
-        federated_user_issuer: None,
+        federated_user_issuer: user.map(|(_, issuer)| issuer.to_owned()),
         parent_id: parent.map(str::to_owned),
         status: "active".into(),
         expires_at,
@@ -787,34 +964,81 @@ async fn create_authority_record(
         revoked_reason: None,
         revoked_by_grant: None,
     };
-    let actor = format!("application:{}", client.id);
-    let stamp = Stamp {
-        by: actor.clone(),
-        via_operator: false,
-    };
-    let events = catalog::decide(
+    append_catalog(
+        app,
+        rid,
+        (&client.zone_id, id),
         None,
         &CatalogCommand::Create {
             zone_id: client.zone_id.clone(),
             data: EntityData::AuthorityRecord(data),
         },
-        &stamp,
+        &format!("application:{}", client.id),
     )
-    .map_err(|e| ApiError::internal(format!("authority record: {e}")))?;
+    .await
+    .map_err(StsError::from)
+}
+
+/// Appends one catalog command of the zone, decided on `state` (`None`: a new aggregate)
+/// and conditional on its version: a concurrent writer makes it a conflict.
+pub(crate) async fn append_catalog(
+    app: &App,
+    rid: &str,
+    (zone, id): (&str, &str),
+    state: Option<&Entity>,
+    command: &CatalogCommand,
+    actor: &str,
+) -> Result<(), approval::Appended> {
+    let stamp = Stamp {
+        by: actor.to_owned(),
+        via_operator: false,
+    };
+    let events = catalog::decide(state, command, &stamp).map_err(|e| {
+        approval::Appended::Failed(ApiError::internal(format!("catalog: {e}")).into())
+    })?;
     let req = AppendRequest::new(
-        LogStream::Zone(client.zone_id.clone()),
-        Some(client.zone_id.clone()),
+        LogStream::Zone(zone.to_owned()),
+        Some(zone.to_owned()),
         id.to_owned(),
-        0,
+        state.map_or(0, |e| e.version),
         events.into_iter().map(Event::Catalog).collect(),
-        actor,
+        actor.to_owned(),
     )
     .with_request_id(rid);
-    app.store
-        .append(&req)
-        .await
-        .map_err(|e| ApiError::internal(format!("authority record append: {e}")))?;
+    app.store.append(&req).await?;
     Ok(())
+}
+
+/// Seconds an authority record of the caller still lives (a re-issue's cap).
+async fn record_life_left(
+    app: &App,
+    client: &Client,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StsError> {
+    let gone = || {
+        StsError::new(
+            StatusCode::CONFLICT,
+            "approval_consumed",
+            "approval was already consumed",
+        )
+    };
+    let mut e = read::load(&app.pool, &client.zone_id, id)
+        .await
+        .map_err(ApiError::from)?;
+    if e.is_none() {
+        let stream = LogStream::Zone(client.zone_id.clone());
+        serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
+        e = read::load(&app.pool, &client.zone_id, id)
+            .await
+            .map_err(ApiError::from)?;
+    }
+    match e.map(|e| e.data) {
+        Some(EntityData::AuthorityRecord(r)) if r.is_active(now) && r.subject_id == client.id => {
+            Ok((r.expires_at - now).num_seconds().max(1))
+        }
+        _ => Err(gone()),
+    }
 }
 
 /// §12: every issued `jti` registered set-if-absent for the token's lifetime; a collision
