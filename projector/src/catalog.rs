@@ -297,6 +297,23 @@ impl Projection for CatalogProjection {
     }
 }
 
+/// Per zone with signing keys: when its newest (highest generation) key begins signing.
+pub async fn newest_signing_keys<'e>(
+    db: impl PgExecutor<'e>,
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (zone_id) zone_id, doc #>> '{data,signing_key,signs_from}'
+         FROM catalog_objects WHERE kind = 'signing_key' AND archived_at IS NULL
+         ORDER BY zone_id, (doc #>> '{data,signing_key,generation}')::bigint DESC",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(zone, at)| Some((zone, at.parse().ok()?)))
+        .collect())
+}
+
 /// DCR applications still live whose `expires_at` is before `cutoff`, oldest first:
 /// `(zone_id, id)` pairs for the cleanup job (management-api.md §18).
 pub async fn expired_dcr<'e>(

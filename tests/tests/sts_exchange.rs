@@ -512,3 +512,49 @@ async fn failed_authentications_lock_the_application_out_and_mints_are_budgeted(
         "authentication rate limit exceeded"
     );
 }
+
+/// `STS_KEY_ROTATION_SECS`: a zone whose newest key has signed that long gets its next key
+/// published by the schedule (not signing yet), and a key waiting to sign never triggers
+/// another rotation.
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_keys_rotate_on_schedule_and_publish_before_signing() {
+    let (server, sts) = server_with(&[("STS_KEY_ROTATION_SECS", "2")]).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let first = eventually(20, || async {
+        let r = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+        (r.0 == 200).then_some(r.2)
+    })
+    .await;
+    let kid1 = segment(first["access_token"].as_str().unwrap(), 0)["kid"].clone();
+    let jwks_kids = || async {
+        let doc: Value = reqwest::get(format!("{sts}/.well-known/jwks.json?zone_id={}", z.id))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].clone())
+            .collect::<Vec<Value>>()
+    };
+    // The first key signed from 60 s before its creation: the schedule rotates at once.
+    let kids = eventually(30, || async {
+        let kids = jwks_kids().await;
+        (kids.len() == 2).then_some(kids)
+    })
+    .await;
+    assert_eq!(kids[0], kid1);
+    // Several more checks (every second): the waiting key defers the schedule.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(jwks_kids().await, kids);
+    let after = exchange(&sts, &bootstrap(&z, "agent:lifecycle")).await;
+    assert_eq!(after.0, 200, "{}", after.2);
+    assert_eq!(
+        segment(after.2["access_token"].as_str().unwrap(), 0)["kid"],
+        kid1
+    );
+}

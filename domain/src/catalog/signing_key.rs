@@ -106,9 +106,37 @@ pub fn next(keys: &[KeyRef<'_>], now: DateTime<Utc>) -> (u64, DateTime<Utc>) {
     (generation, signs_from)
 }
 
+/// Whether a zone whose newest key begins signing at `newest_signs_from` is due for its
+/// scheduled rotation (`interval` seconds; 0 = never). Measured from when the newest key
+/// signs, so a key rotated in but still waiting to sign never triggers another rotation.
+pub fn rotation_due(newest_signs_from: DateTime<Utc>, interval: u64, now: DateTime<Utc>) -> bool {
+    let Ok(secs) = i64::try_from(interval) else {
+        return false;
+    };
+    secs > 0
+        && newest_signs_from
+            .checked_add_signed(Duration::seconds(secs))
+            .is_some_and(|due| due <= now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_is_due_an_interval_after_the_newest_key_signs() {
+        let now = Utc::now();
+        assert!(rotation_due(now - Duration::seconds(100), 100, now));
+        assert!(!rotation_due(now - Duration::seconds(99), 100, now));
+        // A rotated-in key waiting to sign defers the next rotation.
+        assert!(!rotation_due(
+            now + Duration::seconds(PUBLISH_LEAD_SECS),
+            1,
+            now
+        ));
+        assert!(!rotation_due(now - Duration::days(999), 0, now));
+        assert!(!rotation_due(now, u64::MAX, now));
+    }
 
     fn key(generation: u64, signs_from: DateTime<Utc>) -> SigningKeyData {
         SigningKeyData {

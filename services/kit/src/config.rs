@@ -115,6 +115,10 @@ pub struct Config {
     /// Enables `POST /internal/zones/{zone}/signing-key/rotate` on the STS (404 when unset).
     #[arg(long, env = "STS_ADMIN_TOKEN", hide_env_values = true)]
     pub sts_admin_token: Option<String>,
+    /// A zone's signing key is rotated this long after its newest key began signing
+    /// (sts.md §13; the next key is published ahead of signing). 0 turns the schedule off.
+    #[arg(long, env = "STS_KEY_ROTATION_SECS", default_value_t = 30 * 86_400)]
+    pub sts_key_rotation_secs: u64,
     /// Where development keys and the generated admin token are kept (git-ignored).
     #[arg(long, env = "SERVAL_DATA_DIR", default_value = ".serval")]
     pub data_dir: PathBuf,

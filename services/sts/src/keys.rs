@@ -306,3 +306,47 @@ async fn generate(
     };
     Ok((data, Zeroizing::new(pkcs8.as_ref().to_vec())))
 }
+
+/// Rotates every zone whose newest key has signed for `STS_KEY_ROTATION_SECS` (sts.md §13),
+/// checking every [`rotation_check`]. Every STS process runs it: the generation reservation
+/// lets one of them add the key and the others find it.
+pub async fn rotate_on_schedule(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = app.cfg.sts_key_rotation_secs;
+    if interval == 0 {
+        return;
+    }
+    let store = KeyStore::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(rotation_check(interval)) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let zones = match read::newest_signing_keys(&app.pool).await {
+            Ok(z) => z,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled key rotation cannot list zones");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for (zone, signs_from) in zones {
+            if !signing_key::rotation_due(signs_from, interval, now) {
+                continue;
+            }
+            match store.rotate(&app, &zone).await {
+                Ok(kid) => {
+                    tracing::info!(zone = %zone, kid = %kid, "signing key rotated on schedule")
+                }
+                Err(e) => tracing::warn!(zone = %zone, error = ?e, "scheduled key rotation failed"),
+            }
+        }
+    }
+}
+
+/// How often the schedule is checked: a quarter of the interval, between 1 s and 10 min.
+fn rotation_check(interval: u64) -> Duration {
+    Duration::from_secs((interval / 4).clamp(1, 600))
+}

@@ -36,7 +36,8 @@ pub fn start(app: &App, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     // The follower first, so it reads the topic's head before the warm-up loads.
     let listen = tokio::spawn(serval_kit::policy_engine::listen(app.clone(), stop.clone()));
     tokio::spawn(serval_kit::policy_engine::warm(app.clone()));
-    vec![listen]
+    let rotation = tokio::spawn(keys::rotate_on_schedule(app.clone(), stop.clone()));
+    vec![listen, rotation]
 }
 
 pub fn router() -> Router<App> {
