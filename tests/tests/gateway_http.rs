@@ -676,3 +676,142 @@ async fn readiness_names_an_unreachable_sts() {
     })
     .await;
 }
+
+/// The OAuth provider kinds (gateway.md §6.2–§6.3): a client-credentials token fetched by
+/// the STS and reused, and the Subject's authorization-code connection — used as stored,
+/// refreshed when it is about to expire (the rotated tokens written back), refused when it
+/// cannot be refreshed. The upstream sees only the injected credential.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
+    use common::upstream::{self, CLIENT_ID, CLIENT_SECRET, GOOD_REFRESH};
+    let up = upstream::start().await;
+    let upstream = echo().await;
+    let ca = up.ca_file.display().to_string();
+    let (server, issuer) = common::runtime::server_with(&[
+        ("SERVAL_UPSTREAM_CA_FILE", ca.as_str()),
+        ("CARACAL_PRIVATE_EGRESS_HOSTS", "localhost"),
+    ])
+    .await;
+    let admin = Admin::new(&server);
+    let (z, b, edge, _) = governed(&server, &issuer, &upstream.url).await;
+    let (_, resources) = admin.get(&format!("/v1/zones/{}/resources", z.id)).await;
+    let resource = resources["items"][0]["id"].as_str().unwrap().to_owned();
+    let bind = |provider: String| {
+        let (admin, path) = (&admin, format!("/v1/zones/{}/resources/{resource}", z.id));
+        async move {
+            let (s, v) = admin
+                .patch(&path, json!({"credential_provider_id": provider}))
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    };
+    let governed_call = || async {
+        let m = mint(&issuer, &z, &b, &edge).await;
+        call(
+            &server,
+            reqwest::Method::GET,
+            "/v1/tickets",
+            &[
+                ("authorization", &format!("Bearer {m}")),
+                ("x-caracal-resource", RESOURCE),
+            ],
+        )
+        .await
+    };
+    let providers = format!("/v1/zones/{}/providers", z.id);
+
+    // Client credentials: fetched once, then served from the STS's memory.
+    let (s, cc) = admin
+        .post(
+            &providers,
+            json!({"name": "cc", "kind": "oauth2_client_credentials",
+                   "config_json": {"token_endpoint": up.url("/cc/token"), "client_id": CLIENT_ID,
+                                   "client_secret": CLIENT_SECRET, "scopes": ["read"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{cc}");
+    bind(cc["id"].as_str().unwrap().to_owned()).await;
+    for _ in 0..2 {
+        let c = governed_call().await;
+        assert_eq!(c.status, 200, "{}", c.body);
+        assert_eq!(
+            c.body["headers"]["authorization"], "Bearer cc-token",
+            "{}",
+            c.body
+        );
+    }
+
+    // Authorization code: the Subject's connection (the mandate's `sub`, the application).
+    let (s, ac) = admin
+        .post(
+            &providers,
+            json!({"name": "ac", "kind": "oauth2_authorization_code",
+                   "config_json": {"authorization_endpoint": up.url("/authorize"),
+                                   "token_endpoint": up.url("/ac/token"),
+                                   "redirect_uri": "https://serval.example/cb",
+                                   "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ac}");
+    let ac_id = ac["id"].as_str().unwrap().to_owned();
+    bind(ac_id.clone()).await;
+    let connections = format!("/v1/zones/{}/provider-connections", z.id);
+    let connect = |access: &'static str, refresh: &'static str, expires_in: i64| {
+        let (admin, connections, ac_id, app) = (&admin, &connections, &ac_id, &z.app);
+        async move {
+            let at = (chrono::Utc::now() + chrono::Duration::seconds(expires_in)).to_rfc3339();
+            let (s, v) = admin
+                .post(
+                    connections,
+                    json!({"subject_id": app, "provider_id": ac_id, "access_token": access,
+                           "refresh_token": refresh, "expires_at": at}),
+                )
+                .await;
+            assert!(s == 200 || s == 201, "{s} {v}");
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // No connection yet: refused, nothing reaches the upstream.
+    let before = upstream.hits.load(Ordering::SeqCst);
+    let c = governed_call().await;
+    assert_eq!(c.status, 403, "{}", c.body);
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
+    let conn = connect("stored-access", GOOD_REFRESH, 3600).await;
+    let c = governed_call().await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(c.body["headers"]["authorization"], "Bearer stored-access");
+    // About to expire: refreshed at the token endpoint, the rotated tokens written back.
+    connect("stale-access", GOOD_REFRESH, 10).await;
+    let c = governed_call().await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        c.body["headers"]["authorization"],
+        "Bearer ac-refreshed-token"
+    );
+    let row = eventually(20, || async {
+        let (_, list) = admin.get(&connections).await;
+        let v = list["items"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == conn.as_str())?
+            .clone();
+        let later = v["expires_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t > chrono::Utc::now() + chrono::Duration::seconds(300));
+        later.then_some(v)
+    })
+    .await;
+    assert_eq!(row["subject_id"], z.app.as_str(), "{row}");
+    // Expired with a refresh token the provider refuses: not renewable.
+    connect("dead-access", "revoked-refresh", -60).await;
+    let before = upstream.hits.load(Ordering::SeqCst);
+    let c = governed_call().await;
+    assert_eq!(c.status, 403, "{}", c.body);
+    assert_eq!(
+        c.body["error"], "credential_expired_not_renewable",
+        "{}",
+        c.body
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
+}

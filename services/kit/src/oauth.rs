@@ -272,8 +272,7 @@ pub async fn exchange_code(
     code: &str,
     verifier: &str,
 ) -> Result<Tokens, ExchangeError> {
-    let endpoint = config_str(config, "token_endpoint").unwrap_or_default();
-    let mut form: Vec<(String, String)> = vec![
+    let form: Vec<(String, String)> = vec![
         ("grant_type".into(), "authorization_code".into()),
         ("code".into(), code.into()),
         (
@@ -284,6 +283,57 @@ pub async fn exchange_code(
         ),
         ("code_verifier".into(), verifier.into()),
     ];
+    token_request(config, secrets, form).await
+}
+
+/// `grant_type=client_credentials` with the configured `scopes`, `audience` and
+/// `resource` (RFC 6749 §4.4); the endpoint must be HTTPS on an allowed token host.
+pub async fn client_credentials(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<Tokens, ExchangeError> {
+    let endpoint = config_str(config, "token_endpoint").unwrap_or_default();
+    if !endpoint_allowed(config, endpoint) {
+        return Err(ExchangeError::Failed(
+            "token endpoint is not HTTPS on an allowed token host".into(),
+        ));
+    }
+    let mut form: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
+    if let Some(scopes) = config.get("scopes").and_then(Value::as_array) {
+        let joined: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
+        if !joined.is_empty() {
+            form.push(("scope".into(), joined.join(" ")));
+        }
+    }
+    for key in ["audience", "resource"] {
+        if let Some(v) = config_str(config, key) {
+            form.push((key.into(), v.into()));
+        }
+    }
+    token_request(config, secrets, form).await
+}
+
+/// `grant_type=refresh_token` (RFC 6749 §6).
+pub async fn refresh(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+    refresh_token: &str,
+) -> Result<Tokens, ExchangeError> {
+    let form = vec![
+        ("grant_type".into(), "refresh_token".into()),
+        ("refresh_token".into(), refresh_token.into()),
+    ];
+    token_request(config, secrets, form).await
+}
+
+/// One token-endpoint call: the grant's fields plus the configured `token_params`, the
+/// client's authentication, the egress rule, a capped answer that must be a 2xx.
+async fn token_request(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+    mut form: Vec<(String, String)>,
+) -> Result<Tokens, ExchangeError> {
+    let endpoint = config_str(config, "token_endpoint").unwrap_or_default();
     form.extend(string_map(config, "token_params"));
     if !crate::egress::literal_allowed(endpoint) {
         return Err(ExchangeError::Failed(

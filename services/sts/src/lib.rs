@@ -27,6 +27,8 @@ pub struct Sts {
     pub secrets: exchange::client_auth::SecretVerifier,
     /// Federated user issuers' key sets (`exchange::federation`).
     pub issuers: exchange::federation::IssuerKeys,
+    /// Client-credentials tokens for upstream directives (`exchange::provider_tokens`).
+    pub provider_tokens: exchange::provider_tokens::ProviderTokens,
 }
 
 /// Marks this process as serving the STS and keeps its engine cache current: follows

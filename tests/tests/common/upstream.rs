@@ -19,6 +19,8 @@ pub const CLIENT_ID: &str = "probe-client";
 pub const CLIENT_SECRET: &str = "probe-secret-value";
 /// The one authorization code `/ac/token` exchanges.
 pub const GOOD_CODE: &str = "good-code";
+/// The one refresh token `/ac/token` refreshes.
+pub const GOOD_REFRESH: &str = "good-refresh";
 
 pub struct Upstream {
     pub port: u16,
@@ -74,6 +76,21 @@ async fn ac_token(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": "invalid_client"})),
+        );
+    }
+    if f.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        // The one refresh token it honours, rotated on use.
+        if f.get("refresh_token").map(String::as_str) == Some(GOOD_REFRESH) {
+            return (
+                StatusCode::OK,
+                Json(json!({"access_token": "ac-refreshed-token",
+                            "refresh_token": "ac-refresh-token-2",
+                            "token_type": "Bearer", "expires_in": 600})),
+            );
+        }
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
         );
     }
     let verifier_ok = f.get("code_verifier").is_some_and(|v| v.len() >= 43);

@@ -117,13 +117,33 @@ fn unavailable(identifier: &str, reason: &str) -> StsError {
     )
 }
 
+/// An OAuth access token as the credential: `Authorization`/`Bearer` unless the provider
+/// overrides them.
+fn oauth_directive(d: &mut Map<String, Value>, cfg: &Map<String, Value>, token: String) {
+    d.insert("auth_mode".into(), json!("provider_oauth"));
+    d.insert("provider_token".into(), json!(token));
+    d.insert(
+        "auth_header".into(),
+        json!(str_of(cfg, "auth_header").unwrap_or("Authorization")),
+    );
+    d.insert(
+        "auth_scheme".into(),
+        json!(str_of(cfg, "auth_scheme").unwrap_or("Bearer")),
+    );
+}
+
 fn str_of<'a>(cfg: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     cfg.get(k).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 /// §9.2: the upstream directive of one granted resource. The plaintext credential exists
 /// only in the returned value, which goes to the Gateway alone.
-pub async fn directive(app: &App, zone: &str, r: &ResourceData) -> Result<Value, StsError> {
+pub async fn directive(
+    app: &App,
+    tokens: &super::provider_tokens::ProviderTokens,
+    (zone, subject): (&str, &str),
+    r: &ResourceData,
+) -> Result<Value, StsError> {
     let mut d = Map::new();
     d.insert(
         "url".into(),
@@ -136,8 +156,10 @@ pub async fn directive(app: &App, zone: &str, r: &ResourceData) -> Result<Value,
     let entity = read::load(&app.pool, zone, pid)
         .await
         .map_err(|_| unavailable(&r.identifier, "provider unreadable"))?;
-    let Some(EntityData::Provider(p)) = entity.filter(|e| e.archived_at.is_none()).map(|e| e.data)
-    else {
+    let Some(provider) = entity.filter(|e| e.archived_at.is_none()) else {
+        return Err(unavailable(&r.identifier, "provider not found"));
+    };
+    let EntityData::Provider(p) = &provider.data else {
         return Err(unavailable(&r.identifier, "provider not found"));
     };
     let cfg: Map<String, Value> = serde_json::from_str(&p.config_json).unwrap_or_default();
@@ -233,8 +255,27 @@ pub async fn directive(app: &App, zone: &str, r: &ResourceData) -> Result<Value,
             d.insert("auth_header".into(), json!("Authorization"));
             d.insert("auth_scheme".into(), json!("Basic"));
         }
-        // Tokens fetched from a provider's endpoint (client credentials, authorization
-        // code connections) are not served by this STS yet.
+        "oauth2_client_credentials" => {
+            let s = secrets().await?;
+            let token = tokens
+                .client_credentials(&provider, &r.identifier, &cfg, &s)
+                .await?;
+            oauth_directive(&mut d, &cfg, token);
+        }
+        "oauth2_authorization_code" => {
+            let s = secrets().await?;
+            let (token, connection) = super::provider_tokens::connection_token(
+                app,
+                (zone, pid),
+                subject,
+                &r.identifier,
+                &cfg,
+                &s,
+            )
+            .await?;
+            oauth_directive(&mut d, &cfg, token);
+            d.insert("connection_id".into(), json!(connection));
+        }
         other => {
             return Err(unavailable(
                 &r.identifier,

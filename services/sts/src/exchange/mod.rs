@@ -17,6 +17,7 @@ pub mod federation;
 pub mod form;
 pub mod gateway;
 pub mod limits;
+pub mod provider_tokens;
 
 use std::sync::Arc;
 
@@ -361,7 +362,8 @@ async fn exchange(
         for g in &granted {
             upstreams.insert(
                 g.identifier.clone(),
-                gateway::directive(app, &client.zone_id, &g.data).await?,
+                gateway::directive(app, &sts.provider_tokens, (&client.zone_id, &sub), &g.data)
+                    .await?,
             );
         }
     }

@@ -1,0 +1,250 @@
+//! Tokens the STS fetches for the Gateway's upstream directive (gateway.md §6.3):
+//! client-credentials tokens from the provider's token endpoint, kept in memory until 30 s
+//! before they expire, and the Subject's authorization-code connection, refreshed when it
+//! expires within 30 s and written back as the connection's next version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde_json::{Map, Value};
+use serval_domain::catalog::connection::ConnectionData;
+use serval_domain::catalog::{CatalogCommand, CatalogKind, Entity, EntityData};
+use serval_kit::oauth::{self, ExchangeError};
+use serval_kit::secrets::Binding;
+use serval_kit::App;
+use serval_projector::catalog::{self as read, Filter, Status};
+
+use super::approval::Appended;
+use super::error::StsError;
+
+/// A fetched token is used until this long before it expires.
+const EARLY: Duration = Duration::from_secs(30);
+/// A token answer without `expires_in` (or a longer one) is kept at most this long.
+const MAX_TOKEN_SECS: u64 = 3_600;
+/// A connection expiring within this is refreshed before use.
+const REFRESH_AHEAD_SECS: i64 = 30;
+/// The sealing purpose of a connection's tokens (the Management API seals them).
+pub const CONNECTION_TOKENS: &str = "provider_connection_tokens";
+/// Cached client-credentials tokens kept at most (a zone cannot grow the map forever).
+const MAX_CACHED: usize = 10_000;
+
+/// Client-credentials tokens by provider id and version (a changed provider is a new key).
+#[derive(Default)]
+pub struct ProviderTokens {
+    cached: Mutex<HashMap<(String, u64), (String, Instant)>>,
+}
+
+fn unavailable(identifier: &str, reason: &str) -> StsError {
+    StsError::new(
+        StatusCode::BAD_GATEWAY,
+        "http_request_failed",
+        format!("upstream credential for resource {identifier} is unavailable: {reason}"),
+    )
+}
+
+fn exchange_reason(e: &ExchangeError) -> String {
+    match e {
+        ExchangeError::Failed(why) => format!("token endpoint failed: {why}"),
+        ExchangeError::Invalid => "token endpoint answered no access token".into(),
+        ExchangeError::TokenType(t) => format!("token type {t} needs an auth_scheme"),
+    }
+}
+
+/// Assertion-signing client authentication is not offered by this STS: refuse rather than
+/// send a request the provider would reject.
+fn signs_assertions(cfg: &Map<String, Value>) -> bool {
+    oauth::config_str(cfg, "client_auth_method") == Some("private_key_jwt")
+        || oauth::config_str(cfg, "grant_type") == Some("jwt_bearer")
+}
+
+impl ProviderTokens {
+    /// The provider's client-credentials token, fetched when none is cached.
+    pub async fn client_credentials(
+        &self,
+        provider: &Entity,
+        identifier: &str,
+        cfg: &Map<String, Value>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<String, StsError> {
+        let key = (provider.id.clone(), provider.version);
+        if let Some((token, until)) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        if signs_assertions(cfg) {
+            return Err(unavailable(
+                identifier,
+                "provider needs a signed client assertion",
+            ));
+        }
+        let tokens = oauth::client_credentials(cfg, secrets)
+            .await
+            .map_err(|e| unavailable(identifier, &exchange_reason(&e)))?;
+        let life = tokens
+            .expires_in
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(MAX_TOKEN_SECS)
+            .min(MAX_TOKEN_SECS);
+        let until = Instant::now() + Duration::from_secs(life).saturating_sub(EARLY);
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        cached.retain(|_, (_, until)| *until > now);
+        if cached.len() < MAX_CACHED {
+            cached.insert(key, (tokens.access_token.clone(), until));
+        }
+        Ok(tokens.access_token)
+    }
+}
+
+fn connection_of(e: &Entity) -> Option<&ConnectionData> {
+    match &e.data {
+        EntityData::ProviderConnection(c) => Some(c),
+        _ => None,
+    }
+}
+
+async fn open_tokens(app: &App, e: &Entity) -> Option<BTreeMap<String, String>> {
+    let sealed = connection_of(e)?.sealed_tokens.as_ref()?;
+    let binding = Binding {
+        zone_id: &e.zone_id,
+        object_id: &e.id,
+        purpose: CONNECTION_TOKENS,
+    };
+    let plain = app.custody.open(&binding, sealed).await.ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+fn not_renewable(identifier: &str) -> StsError {
+    StsError::new(
+        StatusCode::FORBIDDEN,
+        "credential_expired_not_renewable",
+        format!(
+            "the provider connection for resource {identifier} expired and cannot be refreshed"
+        ),
+    )
+}
+
+/// The access token of `subject`'s active connection to `provider` (and the connection's
+/// id), refreshed first when it expires within 30 s.
+pub async fn connection_token(
+    app: &App,
+    (zone, provider): (&str, &str),
+    subject: &str,
+    identifier: &str,
+    cfg: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(String, String), StsError> {
+    let rows = read::list(
+        &app.pool,
+        zone,
+        CatalogKind::ProviderConnection,
+        Status::Live,
+        &[
+            Filter::Eq("subject_id", subject.to_owned()),
+            Filter::Eq("provider_id", provider.to_owned()),
+            Filter::Eq("status", "active".to_owned()),
+        ],
+        None,
+        1,
+    )
+    .await
+    .map_err(|_| unavailable(identifier, "connection unreadable"))?;
+    let Some(e) = rows.into_iter().next() else {
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            format!("no provider connection of the subject for resource {identifier}"),
+        ));
+    };
+    let Some(c) = connection_of(&e).cloned() else {
+        return Err(unavailable(identifier, "connection unreadable"));
+    };
+    let tokens = open_tokens(app, &e)
+        .await
+        .ok_or_else(|| unavailable(identifier, "connection tokens cannot be opened"))?;
+    let access = tokens.get("access_token").filter(|t| !t.is_empty());
+    let now = Utc::now();
+    let fresh = c
+        .expires_at
+        .is_none_or(|at| (at - now).num_seconds() > REFRESH_AHEAD_SECS);
+    if let (true, Some(a)) = (fresh, access) {
+        return Ok((a.clone(), e.id.clone()));
+    }
+    let Some(refresh_token) = tokens.get("refresh_token").filter(|t| !t.is_empty()) else {
+        return Err(not_renewable(identifier));
+    };
+    if signs_assertions(cfg) {
+        return Err(not_renewable(identifier));
+    }
+    let refreshed = oauth::refresh(cfg, secrets, refresh_token).await.map_err(|err| {
+        tracing::warn!(connection = %e.id, reason = %exchange_reason(&err), "connection refresh failed");
+        not_renewable(identifier)
+    })?;
+    let mut next_tokens = BTreeMap::new();
+    next_tokens.insert("access_token".to_owned(), refreshed.access_token.clone());
+    // A provider that does not rotate refresh tokens keeps the one it had.
+    let kept = refreshed
+        .refresh_token
+        .clone()
+        .unwrap_or(refresh_token.clone());
+    next_tokens.insert("refresh_token".to_owned(), kept);
+    write_back(app, &e, &c, &next_tokens, refreshed.expires_in).await?;
+    Ok((refreshed.access_token, e.id.clone()))
+}
+
+/// The refreshed tokens as the connection's next version. A concurrent refresh that got
+/// there first wins; this request still uses the token it was given.
+async fn write_back(
+    app: &App,
+    e: &Entity,
+    c: &ConnectionData,
+    tokens: &BTreeMap<String, String>,
+    expires_in: Option<i64>,
+) -> Result<(), StsError> {
+    let plain = serde_json::to_vec(tokens)
+        .map_err(|err| StsError::from(serval_kit::http::ApiError::internal(err)))?;
+    let binding = Binding {
+        zone_id: &e.zone_id,
+        object_id: &e.id,
+        purpose: CONNECTION_TOKENS,
+    };
+    let sealed = app
+        .custody
+        .seal(&binding, &plain)
+        .await
+        .map_err(|err| StsError::from(serval_kit::http::ApiError::internal(err.to_string())))?;
+    let now = Utc::now();
+    let next = ConnectionData {
+        sealed_tokens: Some(sealed),
+        renewable: true,
+        expires_at: expires_in.map(|s| now + chrono::Duration::seconds(s)),
+        refreshed_at: Some(now),
+        refresh_token_version: c.refresh_token_version + 1,
+        ..c.clone()
+    };
+    let appended = super::append_catalog(
+        app,
+        &uuid::Uuid::now_v7().to_string(),
+        (&e.zone_id, &e.id),
+        Some(e),
+        &CatalogCommand::Replace {
+            data: EntityData::ProviderConnection(next),
+            changed_fields: vec!["expires_at".into(), "tokens".into()],
+            secret_rotated: true,
+        },
+        "system:sts",
+    )
+    .await;
+    match appended {
+        Ok(()) | Err(Appended::Conflict) => Ok(()),
+        Err(Appended::Failed(err)) => Err(err),
+    }
+}
