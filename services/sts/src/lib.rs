@@ -29,6 +29,8 @@ pub struct Sts {
     pub issuers: exchange::federation::IssuerKeys,
     /// Client-credentials tokens for upstream directives (`exchange::provider_tokens`).
     pub provider_tokens: exchange::provider_tokens::ProviderTokens,
+    /// What exchanges read of their zones (`exchange::zone_cache`).
+    pub zones: exchange::zone_cache::ZoneCache,
 }
 
 /// Marks this process as serving the STS and keeps its engine cache current: follows

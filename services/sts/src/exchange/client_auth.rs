@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use serval_domain::catalog::{ApplicationData, EntityData};
+use serval_domain::catalog::{ApplicationData, Entity, EntityData};
 use serval_projector::catalog as read;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -25,6 +25,7 @@ use serval_kit::App;
 
 use super::error::StsError;
 use super::form::TokenForm;
+use super::zone_cache::ZoneView;
 
 pub const COLD_VERIFICATIONS: usize = 2;
 const CACHE_MAX: usize = 8_192;
@@ -54,11 +55,32 @@ impl Default for SecretVerifier {
     }
 }
 
+/// The application `id` in any zone; kept in the zone's view when it is the request's
+/// zone's (another zone's application is only ever refused).
+async fn application(
+    app: &App,
+    zone: &str,
+    id: &str,
+    view: Option<&ZoneView>,
+) -> Result<Option<Entity>, StsError> {
+    if let Some(Some(e)) = view.and_then(|v| v.app(id)) {
+        return Ok(Some(e));
+    }
+    let found = read::load_many(&app.pool, &[id.to_owned()])
+        .await
+        .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?
+        .into_values()
+        .next()
+        .filter(|e| matches!(e.data, EntityData::Application(_)));
+    if let (Some(v), Some(e)) = (view, found.as_ref().filter(|e| e.zone_id == zone)) {
+        v.keep_app(id, Some(e.clone()));
+    }
+    Ok(found)
+}
+
 /// A deleted (archived) zone's applications mint nothing.
 async fn live_zone(app: &App, zone: &str) -> Result<(), StsError> {
-    let row = serval_projector::zones::load(&app.pool, zone)
-        .await
-        .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+    let row = serval_kit::read_cache::zone(app, zone).await?;
     if row.is_none_or(|z| z.archived_at.is_some()) {
         return Err(StsError::invalid_client());
     }
@@ -165,13 +187,18 @@ impl SecretVerifier {
     /// The Gateway path (§11.2): the request's HMAC authenticated it, so the application is
     /// identified, not authenticated: it must exist in `zone_id`, unarchived and unexpired,
     /// in a live zone.
-    pub async fn identify(&self, app: &App, form: &TokenForm) -> Result<Client, StsError> {
+    pub async fn identify(
+        &self,
+        app: &App,
+        form: &TokenForm,
+        view: Option<&ZoneView>,
+    ) -> Result<Client, StsError> {
         let (Some(app_id), Some(zone)) = (form.get("application_id"), form.get("zone_id")) else {
             return Err(StsError::invalid_client());
         };
-        let found = read::load(&app.pool, zone, app_id)
-            .await
-            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+        let found = application(app, zone, app_id, view)
+            .await?
+            .filter(|e| e.zone_id == zone);
         let Some(entity) = found.filter(|e| e.archived_at.is_none()) else {
             return Err(StsError::invalid_client());
         };
@@ -191,7 +218,12 @@ impl SecretVerifier {
 
     /// §5.1 step 3: `401 access_denied` "invalid client credentials" for every failure,
     /// except valid credentials of another zone (`403 zone_invalid`).
-    pub async fn authenticate(&self, app: &App, form: &TokenForm) -> Result<Client, StsError> {
+    pub async fn authenticate(
+        &self,
+        app: &App,
+        form: &TokenForm,
+        view: Option<&ZoneView>,
+    ) -> Result<Client, StsError> {
         let (Some(app_id), Some(zone)) = (form.get("application_id"), form.get("zone_id")) else {
             return Err(StsError::invalid_client());
         };
@@ -200,10 +232,7 @@ impl SecretVerifier {
         if assertion.is_none() && secret.is_none() {
             return Err(StsError::invalid_client());
         }
-        let found = read::load_many(&app.pool, &[app_id.to_owned()])
-            .await
-            .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
-        let Some(entity) = found.into_values().next() else {
+        let Some(entity) = application(app, zone, app_id, view).await? else {
             return Err(StsError::invalid_client());
         };
         let EntityData::Application(data) = entity.data else {

@@ -3,6 +3,7 @@
 //! presents, read from the Coordinator's graph (`delegation_edges`) and Sessions.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -19,6 +20,7 @@ use serval_kit::App;
 use super::client_auth::Client;
 use super::error::StsError;
 use super::form::TokenForm;
+use super::zone_cache::{Lineage as CachedLineage, ZoneView};
 
 /// The governed context of a mint.
 pub struct Governed {
@@ -76,10 +78,9 @@ async fn sessions(
     zone: &str,
     ids: Vec<String>,
     now: DateTime<Utc>,
+    view: Option<&ZoneView>,
 ) -> Result<HashMap<String, (SessionData, SessionFacts)>, StsError> {
-    let rows = read::load_many(&app.pool, &ids)
-        .await
-        .map_err(ApiError::from)?;
+    let rows = objects(app, &ids, view).await?;
     let record_ids: Vec<String> = rows
         .values()
         .filter_map(|e| session_of(e, zone))
@@ -88,9 +89,7 @@ async fn sessions(
     let records = if record_ids.is_empty() {
         HashMap::new()
     } else {
-        read::load_many(&app.pool, &record_ids)
-            .await
-            .map_err(ApiError::from)?
+        objects(app, &record_ids, view).await?
     };
     Ok(rows
         .values()
@@ -103,6 +102,43 @@ async fn sessions(
             Some((e.id.clone(), (s, facts)))
         })
         .collect())
+}
+
+/// Catalog objects by id, from the zone's view where it has them (a Session, or an
+/// authority record a Session names: created before the Session, changed only by updates,
+/// which move the view's position).
+async fn objects(
+    app: &App,
+    ids: &[String],
+    view: Option<&ZoneView>,
+) -> Result<HashMap<String, Entity>, StsError> {
+    let mut out = HashMap::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        match view.and_then(|v| v.object(id)) {
+            Some(Some(e)) => {
+                out.insert(id.clone(), e);
+            }
+            Some(None) => {}
+            None => missing.push(id.clone()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let mut loaded = read::load_many(&app.pool, &missing)
+        .await
+        .map_err(ApiError::from)?;
+    for id in missing {
+        let e = loaded.remove(&id);
+        if let Some(v) = view {
+            v.keep_object(&id, e.clone());
+        }
+        if let Some(e) = e {
+            out.insert(id, e);
+        }
+    }
+    Ok(out)
 }
 
 /// The Session and Delegation an exchange rests on, and the scopes it must stay inside.
@@ -157,6 +193,7 @@ pub async fn check(
     client: &Client,
     refs: &Refs,
     now: DateTime<Utc>,
+    view: Option<&ZoneView>,
 ) -> Result<Option<Governed>, StsError> {
     let session_id = refs.session.as_deref();
     let edge_id = refs.edge.as_deref();
@@ -168,7 +205,7 @@ pub async fn check(
     };
     let zone = client.zone_id.as_str();
     let Some(edge_id) = edge_id else {
-        let found = sessions(app, zone, vec![session_id.to_owned()], now).await?;
+        let found = sessions(app, zone, vec![session_id.to_owned()], now, view).await?;
         let Some((s, facts)) = found.get(session_id) else {
             return Err(denied("Session not found"));
         };
@@ -186,14 +223,27 @@ pub async fn check(
     };
     // The epoch first: a mandate names the graph state it was checked against or an older
     // one, never a newer one its checks did not see.
-    let epoch = delegations::epoch(&app.pool, zone)
-        .await
-        .map_err(ApiError::from)?;
-    let edges: HashMap<String, _> = delegations::lineage(&app.pool, zone, edge_id)
-        .await
-        .map_err(ApiError::from)?
-        .into_iter()
-        .map(|e| (e.id.clone(), e))
+    let cached = match view.and_then(|v| v.lineage(edge_id)) {
+        Some(l) => l,
+        None => {
+            let epoch = delegations::epoch(&app.pool, zone)
+                .await
+                .map_err(ApiError::from)?;
+            let edges = delegations::lineage(&app.pool, zone, edge_id)
+                .await
+                .map_err(ApiError::from)?;
+            let l = Arc::new(CachedLineage { epoch, edges });
+            if let Some(v) = view {
+                v.keep_lineage(edge_id, l.clone());
+            }
+            l
+        }
+    };
+    let epoch = cached.epoch;
+    let edges: HashMap<String, _> = cached
+        .edges
+        .iter()
+        .map(|e| (e.id.clone(), e.clone()))
         .collect();
     let mut ids: Vec<String> = edges
         .values()
@@ -202,7 +252,7 @@ pub async fn check(
     ids.push(session_id.to_owned());
     ids.sort();
     ids.dedup();
-    let mut found = sessions(app, zone, ids, now).await?;
+    let mut found = sessions(app, zone, ids, now, view).await?;
     let facts: HashMap<String, SessionFacts> = found
         .iter()
         .map(|(id, (_, f))| (id.clone(), f.clone()))

@@ -18,6 +18,7 @@ pub mod form;
 pub mod gateway;
 pub mod limits;
 pub mod provider_tokens;
+pub mod zone_cache;
 
 use std::sync::Arc;
 
@@ -121,6 +122,7 @@ struct Ask<'a> {
     operation: (&'a str, &'a str),
     /// A retry naming an approval hold: the policy runs with `challenge_resolved`.
     challenge_resolved: bool,
+    view: Option<&'a zone_cache::ZoneView>,
 }
 
 /// A resource the exchange granted.
@@ -145,6 +147,7 @@ async fn exchange(
     // Read-your-writes: an exchange sees every write acknowledged before it began (an
     // application, grant or policy binding the Management API just answered for; compiled
     // bundles themselves follow `caracal.policy.invalidate`).
+    let mut view = None;
     if let Some(zone) = form
         .get("zone_id")
         .filter(|z| serval_domain::validation::is_valid_identifier(z))
@@ -159,7 +162,10 @@ async fn exchange(
             ],
         )
         .await?;
+        // After the wait: what it keeps is at least as new as every acknowledged write.
+        view = Some(sts.zones.view(app, zone).await?);
     }
+    let view = view.as_deref();
     // §11.2: a Gateway-authenticated request needs no secret but a subject token, and skips
     // the authentication-failure limiter.
     let via_gateway = form.gateway;
@@ -171,10 +177,10 @@ async fn exchange(
         if form.get("subject_token").is_none() {
             return Err(StsError::invalid_client());
         }
-        sts.secrets.identify(app, &form).await?
+        sts.secrets.identify(app, &form, view).await?
     } else {
         limits::check_lockout(app, &application_id).await?;
-        match sts.secrets.authenticate(app, &form).await {
+        match sts.secrets.authenticate(app, &form, view).await {
             Ok(c) => c,
             Err(e) if e.status == StatusCode::UNAUTHORIZED => {
                 return Err(limits::count_failure(app, &application_id, e).await)
@@ -225,7 +231,7 @@ async fn exchange(
             delegated::Refs::from_form(&form, &requested),
         ),
     };
-    let governed = delegated::check(app, &client, &refs, now).await?;
+    let governed = delegated::check(app, &client, &refs, now, view).await?;
     let mut granted: Vec<Granted> = Vec::with_capacity(form.resources.len());
     let ask = Ask {
         rid,
@@ -239,10 +245,12 @@ async fn exchange(
             form.get("request_method").unwrap_or_default(),
             form.get("request_path").unwrap_or_default(),
         ),
-        challenge_resolved: form
-            .get("approval_id")
-            .or(form.get("challenge_id"))
-            .is_some(),
+        challenge_resolved: !via_gateway
+            && form
+                .get("approval_id")
+                .or(form.get("challenge_id"))
+                .is_some(),
+        view,
     };
     for r in &form.resources {
         let g = check_resource(app, &ask, r, frames).await?;
@@ -693,8 +701,28 @@ async fn bind_authority_record(
     Ok(Some(id.to_owned()))
 }
 
-/// A resource of the zone by public identifier or row id, live.
-async fn resolve(app: &App, zone: &str, r: &str) -> Result<Option<Entity>, ApiError> {
+/// A resource of the zone by public identifier or row id, live (kept in the zone's view).
+async fn resolve(
+    app: &App,
+    zone: &str,
+    r: &str,
+    view: Option<&zone_cache::ZoneView>,
+) -> Result<Option<Entity>, ApiError> {
+    if let Some(found) = view.and_then(|v| v.resource(r)) {
+        return Ok(found);
+    }
+    let found = resolve_from_read_model(app, zone, r).await?;
+    if let Some(v) = view {
+        v.keep_resource(r, found.clone());
+    }
+    Ok(found)
+}
+
+async fn resolve_from_read_model(
+    app: &App,
+    zone: &str,
+    r: &str,
+) -> Result<Option<Entity>, ApiError> {
     let by_identifier = read::list(
         &app.pool,
         zone,
@@ -743,6 +771,7 @@ async fn check_resource(
         subject,
         operation,
         challenge_resolved,
+        view,
     } = *ask;
     let mut metadata = Map::new();
     metadata.insert("application_id".into(), json!(client.id));
@@ -772,7 +801,7 @@ async fn check_resource(
     let skipped = |status: &str, metadata: Map<String, Value>| {
         Frame::refusal(&client.zone_id, rid, "token_exchange", status, metadata)
     };
-    let resource = match resolve(app, &client.zone_id, r).await {
+    let resource = match resolve(app, &client.zone_id, r, view).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             frames.push(skipped("resource_not_found", metadata));
