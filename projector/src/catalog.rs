@@ -369,12 +369,14 @@ impl Projection for CatalogProjection {
     }
 }
 
-/// Per zone with signing keys: when its newest (highest generation) key begins signing.
+/// Per zone with signing keys: its newest (highest) generation and when it begins signing.
 pub async fn newest_signing_keys<'e>(
     db: impl PgExecutor<'e>,
-) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT ON (zone_id) zone_id, doc #>> '{data,signing_key,signs_from}'
+) -> Result<Vec<(String, u64, DateTime<Utc>)>, sqlx::Error> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (zone_id) zone_id,
+             (doc #>> '{data,signing_key,generation}')::bigint,
+             doc #>> '{data,signing_key,signs_from}'
          FROM catalog_objects WHERE kind = 'signing_key' AND archived_at IS NULL
          ORDER BY zone_id, (doc #>> '{data,signing_key,generation}')::bigint DESC",
     )
@@ -382,7 +384,9 @@ pub async fn newest_signing_keys<'e>(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(zone, at)| Some((zone, at.parse().ok()?)))
+        .filter_map(|(zone, generation, at)| {
+            Some((zone, u64::try_from(generation).ok()?, at.parse().ok()?))
+        })
         .collect())
 }
 

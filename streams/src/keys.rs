@@ -128,6 +128,21 @@ impl KeySpace {
         format!("{}:{{z:{zone_id}}}:approval:{digest}", self.prefix)
     }
 
+    /// The answer a consumed approval hold released, sealed, kept 120 s so a client that
+    /// lost it gets the same mandate again (sts.md §7.4).
+    pub fn approval_answer(&self, zone_id: &str, hold_id: &str) -> String {
+        format!("{}:{{z:{zone_id}}}:approval-answer:{hold_id}", self.prefix)
+    }
+
+    /// The lease of one provider connection's refresh (gateway.md §6.3): one process
+    /// refreshes, the others wait for its write-back.
+    pub fn connection_refresh_lease(&self, zone_id: &str, connection_id: &str) -> String {
+        format!(
+            "{}:{{z:{zone_id}}}:provider-refresh:{connection_id}:lock",
+            self.prefix
+        )
+    }
+
     /// A mandate the Gateway has seen (gateway.md §5): single use.
     pub fn gateway_seen(&self, zone_id: &str, jti: &str) -> String {
         format!("{}:{{z:{zone_id}}}:seen:{jti}", self.prefix)

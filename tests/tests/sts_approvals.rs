@@ -42,6 +42,11 @@ struct Governed {
 }
 
 async fn governed(issuer: &str, server: &Server, z: &Zone) -> Governed {
+    governed_for(issuer, server, z, None).await
+}
+
+/// [`governed`] with Sessions acting for a user (`subject_session_id`: their record).
+async fn governed_for(issuer: &str, server: &Server, z: &Zone, subject: Option<&str>) -> Governed {
     let (s, _, boot) = eventually(20, || async {
         let r = exchange(issuer, &bootstrap(z, "agent:lifecycle")).await;
         (r.0 == 200).then_some(r)
@@ -58,7 +63,11 @@ async fn governed(issuer: &str, server: &Server, z: &Zone) -> Governed {
             lifecycle,
             reqwest::Method::POST,
             &format!("{zp}/agents"),
-            Some(json!({"application_id": z.app, "labels": ["agent"]})),
+            Some(match subject {
+                Some(s) => json!({"application_id": z.app, "labels": ["agent"],
+                                  "subject_session_id": s}),
+                None => json!({"application_id": z.app, "labels": ["agent"]}),
+            }),
         )
         .await;
         assert_eq!(s, 201, "{v}");
@@ -213,13 +222,16 @@ async fn a_gated_mint_is_held_until_an_operator_decides_and_releases_one_mandate
         (Some("gateway"), Some("tickets:read"))
     );
     assert_eq!(status(&issuer, &id, "").await.1["state"], "consumed");
-    // A lost answer is re-issued for the same authority record within 120 s.
+    // A lost answer is re-issued within 120 s: the same mandate, never a second one (a
+    // `use=gateway` mandate is single use, and an approval releases one).
     let (s, _, again) = exchange(&issuer, &mint(&z, &g, Some(&id))).await;
     assert_eq!(s, 200, "{again}");
-    let m2 = claims(again["access_token"].as_str().unwrap());
-    assert_eq!(m2["sid"], m["sid"]);
-    assert_ne!(m2["jti"], m["jti"]);
-    assert!(m2["exp"].as_i64() <= m["exp"].as_i64());
+    assert_eq!(again["access_token"], v["access_token"]);
+    assert!(again["expires_in"].as_i64() <= v["expires_in"].as_i64());
+    assert_eq!(
+        claims(again["access_token"].as_str().unwrap())["sid"],
+        m["sid"]
+    );
 
     // A new request after consumption is a new hold; a rejected hold refuses.
     let next = assert_hold(&exchange(&issuer, &mint(&z, &g, None)).await);
@@ -560,6 +572,36 @@ async fn a_federated_user_gets_a_session_mandate_and_decides_a_subject_approval(
         decided[0]["metadata_json"]["approver_subject_id"],
         "subject:alice@example.com"
     );
+
+    // A request acting for Alice is anchored to her: another user cannot decide it, nor can
+    // the record it acts through; Alice, signed in afresh, can.
+    let alice_sid = m["sid"].as_str().unwrap().to_owned();
+    let ga = governed_for(&issuer, &server, &z, Some(&alice_sid)).await;
+    let held = exchange(&issuer, &mint(&z, &ga, None)).await;
+    let anchored = assert_hold(&held);
+    let body = json!({"decision": "approved", "binding": held.2["binding"]});
+    let bob_token = {
+        let bob = id_token(&key, "idp-1", IDP, "bob@example.com", AUDIENCE, 300);
+        let (s, _, v) = exchange(&issuer, &federate(&z, &bob)).await;
+        assert_eq!(s, 200, "{v}");
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let (s, v, _) = decide(&issuer, &anchored, Some(&bob_token), body.clone()).await;
+    assert_eq!(
+        (s, v["error_description"].as_str()),
+        (403, Some("approval belongs to another subject")),
+        "{v}"
+    );
+    let (s, v, _) = decide(&issuer, &anchored, Some(&user_token), body.clone()).await;
+    assert_eq!(
+        (s, v["error_description"].as_str()),
+        (403, Some("an approver cannot decide its own request")),
+        "{v}"
+    );
+    let (s, _, fresh) = exchange(&issuer, &federate(&z, &alice)).await;
+    assert_eq!(s, 200, "{fresh}");
+    let (s, v, _) = decide(&issuer, &anchored, fresh["access_token"].as_str(), body).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("approved")), "{v}");
 
     // Caracal's official clients: federation, ApprovalRequired, the user's decision through
     // `decide_approval`, the long-poll and the released mint.

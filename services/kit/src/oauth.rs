@@ -123,7 +123,9 @@ pub fn client() -> &'static reqwest::Client {
 /// What every client for operator-supplied hosts shares: the private-address rule, no
 /// redirects, bounded time, the public web roots plus `SERVAL_UPSTREAM_CA_FILE`.
 pub fn upstream_builder() -> reqwest::ClientBuilder {
+    // No proxy from the environment: a proxy would resolve names itself, around the guard.
     let mut b = reqwest::Client::builder()
+        .no_proxy()
         .dns_resolver(crate::egress::resolver())
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
@@ -335,6 +337,12 @@ async fn token_request(
 ) -> Result<Tokens, ExchangeError> {
     let endpoint = config_str(config, "token_endpoint").unwrap_or_default();
     form.extend(string_map(config, "token_params"));
+    // Client secrets and refresh tokens only ever go to the provider's allowed token host.
+    if !endpoint_allowed(config, endpoint) {
+        return Err(ExchangeError::Failed(
+            "token endpoint is not HTTPS on an allowed token host".into(),
+        ));
+    }
     if !crate::egress::literal_allowed(endpoint) {
         return Err(ExchangeError::Failed(
             "token endpoint is a private address".into(),

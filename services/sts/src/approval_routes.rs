@@ -32,6 +32,14 @@ const MAX_WAIT_SECS: u64 = 25;
 const REREAD: Duration = Duration::from_secs(5);
 /// Ancestors of an authority record followed when comparing lineages.
 const MAX_LINEAGE: usize = 32;
+/// Status calls held open at once per process; past it a call answers at once (the
+/// official clients poll again).
+const MAX_WAITERS: usize = 1_024;
+
+fn waiters() -> &'static tokio::sync::Semaphore {
+    static W: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    W.get_or_init(|| tokio::sync::Semaphore::new(MAX_WAITERS))
+}
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -127,8 +135,17 @@ async fn status(
 /// Answers at once unless the hold is pending and `wait` asks to hold the call; then
 /// every catalog commit of the hold's zone (a decision is one) re-reads it.
 async fn held_status(app: &App, id: &str, query: Option<&str>) -> Result<Value, StsError> {
-    let wait = wait_of(query)?;
+    let mut wait = wait_of(query)?;
     let mut e = find(app, id).await?;
+    let _permit = if wait > 0 {
+        let p = waiters().try_acquire().ok();
+        if p.is_none() {
+            wait = 0;
+        }
+        p
+    } else {
+        None
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut commits = app.visibility.subscribe(
         projections::CATALOG,
@@ -278,13 +295,32 @@ async fn subject_decision(
     if h.approver_class == "operator" {
         return Err(forbidden("this approval requires an operator decision"));
     }
-    if h.subject_anchor.as_deref().is_some_and(|a| a != sub) {
-        return Err(forbidden("approval belongs to another subject"));
+    // The user the request acts for decides it: same `sub` from the same issuer.
+    let anchor_text = |k: &str| {
+        h.metadata_json
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if let Some(anchor) = &h.subject_anchor {
+        let issuer = record
+            .as_ref()
+            .and_then(|r| r.federated_user_issuer.clone());
+        if *anchor != sub || issuer != anchor_text("subject_anchor_issuer") {
+            return Err(forbidden("approval belongs to another subject"));
+        }
     }
-    if shares_lineage(app, &zone, &sid, &h.session_id).await? {
-        return Err(forbidden("an approver cannot decide its own request"));
+    // Neither the requester's record nor the record of the user it acts for may decide.
+    let requester = [
+        Some(h.session_id.clone()),
+        anchor_text("subject_anchor_record"),
+    ];
+    for r in requester.iter().flatten() {
+        if shares_lineage(app, &zone, &sid, r).await? {
+            return Err(forbidden("an approver cannot decide its own request"));
+        }
     }
-    if !h.binding.eq_ignore_ascii_case(&body.binding) || body.binding.is_empty() {
+    if h.binding != body.binding || body.binding.is_empty() {
         return Err(StsError::access_denied(
             StatusCode::CONFLICT,
             "binding does not match the approval",
@@ -321,10 +357,10 @@ async fn subject_decision(
         changed.push("decision_reason".into());
     }
     changed.sort();
-    let rid = uuid::Uuid::now_v7().to_string();
+    // The decision's request id is the approval's (§7.3), as its `step_up_decided` frame's.
     let appended = crate::exchange::append_catalog(
         app,
-        &rid,
+        &e.id,
         (&zone, &e.id),
         Some(&e),
         &CatalogCommand::Replace {

@@ -159,6 +159,23 @@ impl KeyStore {
         self.add(app, zone, &set).await
     }
 
+    /// The scheduled rotation of a zone whose newest key was `observed`: nothing when
+    /// another process already added the next one (replicas started together would
+    /// otherwise each add a generation).
+    async fn rotate_after(
+        &self,
+        app: &App,
+        zone: &str,
+        observed: u64,
+    ) -> Result<Option<String>, ApiError> {
+        let _guard = self.creating.lock().await;
+        let set = self.set(app, zone, true).await?;
+        if set.keys.iter().any(|(_, k)| k.generation > observed) {
+            return Ok(None);
+        }
+        self.add(app, zone, &set).await.map(Some)
+    }
+
     /// Creates the generation after the newest in `set`. If another process created it
     /// first, waits for it in the read model and answers with it.
     async fn add(&self, app: &App, zone: &str, set: &KeySet) -> Result<String, ApiError> {
@@ -332,14 +349,15 @@ pub async fn rotate_on_schedule(app: App, mut stop: tokio::sync::watch::Receiver
             }
         };
         let now = Utc::now();
-        for (zone, signs_from) in zones {
+        for (zone, generation, signs_from) in zones {
             if !signing_key::rotation_due(signs_from, interval, now) {
                 continue;
             }
-            match store.rotate(&app, &zone).await {
-                Ok(kid) => {
+            match store.rotate_after(&app, &zone, generation).await {
+                Ok(Some(kid)) => {
                     tracing::info!(zone = %zone, kid = %kid, "signing key rotated on schedule")
                 }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(zone = %zone, error = ?e, "scheduled key rotation failed"),
             }
         }

@@ -11,11 +11,13 @@ use std::sync::OnceLock;
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
+use serval_domain::catalog::runtime::REISSUE_WINDOW_SECS;
 use serval_domain::catalog::step_up::{self, BindingInput, HoldShape, TierDeclaration};
 use serval_domain::catalog::{ApprovalData, CatalogCommand, Entity, EntityData};
 use serval_domain::policy::bundle::{CONTRACT_SOURCE, CONTRACT_VERSION, DERIVE_SOURCE};
 use serval_kit::audit_frame::Frame;
 use serval_kit::http::ApiError;
+use serval_kit::secrets::Binding;
 use serval_kit::App;
 use serval_projector::catalog as read;
 use serval_streams::{AppendError, LogStream};
@@ -86,9 +88,68 @@ pub enum Release {
     Ungated,
     /// An approved hold: mint, consuming it as the last fallible step.
     Consume(Entity),
-    /// A hold consumed less than 120 s ago for this binding: answer again for the record
-    /// its consumption created, within that record's life.
-    Reissue { hold: Entity, record: String },
+    /// A hold consumed less than 120 s ago for this binding: the answer it released, again.
+    Replay { hold: Entity, answer: Value },
+}
+
+/// The sealing purpose of a released answer kept for re-issue.
+const ANSWER_PURPOSE: &str = "approval_answer";
+
+/// Keeps the answer a consumed hold released, sealed under the zone's data key, for the
+/// re-issue window. Best effort: without it a lost answer is `409 approval_consumed`.
+pub async fn keep_answer(app: &App, hold: &Entity, body: &Value) {
+    let doc = json!({ "at": Utc::now().timestamp(), "body": body });
+    let binding = Binding {
+        zone_id: &hold.zone_id,
+        object_id: &hold.id,
+        purpose: ANSWER_PURPOSE,
+    };
+    let sealed = match app.custody.seal(&binding, doc.to_string().as_bytes()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, hold = %hold.id, "released answer not kept");
+            return;
+        }
+    };
+    let key = app.store.keys().approval_answer(&hold.zone_id, &hold.id);
+    let mut conn = app.redis.clone();
+    let kept: Result<(), _> = redis::cmd("SET")
+        .arg(&key)
+        .arg(sealed)
+        .arg("EX")
+        .arg(REISSUE_WINDOW_SECS)
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, hold = %hold.id, "released answer not kept");
+    }
+}
+
+/// The answer kept for a consumed hold, its `expires_in` counted down.
+async fn kept_answer(app: &App, hold: &Entity) -> Option<Value> {
+    let key = app.store.keys().approval_answer(&hold.zone_id, &hold.id);
+    let mut conn = app.redis.clone();
+    let sealed: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let binding = Binding {
+        zone_id: &hold.zone_id,
+        object_id: &hold.id,
+        purpose: ANSWER_PURPOSE,
+    };
+    let plain = app.custody.open(&binding, &sealed?).await.ok()?;
+    let doc: Value = serde_json::from_slice(&plain).ok()?;
+    let at = doc.get("at")?.as_i64()?;
+    let mut body = doc.get("body")?.clone();
+    let left = body.get("expires_in")?.as_i64()? - (Utc::now().timestamp() - at);
+    if left <= 0 {
+        return None;
+    }
+    body.as_object_mut()?
+        .insert("expires_in".into(), json!(left));
+    Some(body)
 }
 
 /// The gate's declarations of the allowed resources.
@@ -219,7 +280,7 @@ pub async fn settle(
             frames.push(skip(req, "approval_invalid", id));
             return Err(mismatch());
         }
-        return by_state(req, e.clone(), frames, now);
+        return by_state(app, req, e.clone(), frames, now).await;
     }
     let Some(shape) = step_up::merge(&declarations(frames)).map_err(|_| {
         StsError::access_denied(
@@ -234,7 +295,8 @@ pub async fn settle(
 }
 
 /// The answer a named (or re-found) hold gives by its state.
-fn by_state(
+async fn by_state(
+    app: &App,
     req: &Request<'_>,
     e: Entity,
     frames: &mut Vec<Frame>,
@@ -260,8 +322,8 @@ fn by_state(
                 "approval expired",
             ))
         }
-        _ => match (h.reissues(now), h.consumed_record_id.clone()) {
-            (true, Some(record)) => Ok(Release::Reissue { hold: e, record }),
+        _ => match (h.reissues(now), kept_answer(app, &e).await) {
+            (true, Some(answer)) => Ok(Release::Replay { hold: e, answer }),
             _ => {
                 frames.push(skip(req, "approval_already_consumed", &e.id));
                 Err(StsError::new(
@@ -274,6 +336,20 @@ fn by_state(
     }
 }
 
+/// How long a binding's holder may be missing from the read model before it is taken to
+/// have failed (a creator appends right after taking the binding).
+const CREATING_MS: i64 = 10_000;
+
+/// The holder value: `<hold id>|<unix ms when taken>`.
+fn holder_value(id: &str) -> String {
+    format!("{id}|{}", Utc::now().timestamp_millis())
+}
+
+fn holder_age_ms(holder: &str) -> Option<i64> {
+    let (_, at) = holder.split_once('|')?;
+    Some(Utc::now().timestamp_millis() - at.parse::<i64>().ok()?)
+}
+
 /// Compare-and-set of the binding's hold id (a terminal hold gives way to a new one).
 const SWAP_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -282,6 +358,77 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// The user a governed request acts for (its Session's `user` subject record): the hold's
+/// subject anchor, so only that user (same issuer, same `sub`) decides it.
+pub struct Anchor {
+    pub record: String,
+    pub sub: String,
+    pub issuer: Option<String>,
+}
+
+/// The anchor of the request's Session, if it acts for a Federated user.
+async fn anchor_of(app: &App, req: &Request<'_>) -> Result<Option<Anchor>, StsError> {
+    let Some(record) = req
+        .governed
+        .and_then(|g| g.session.subject_authority_record_id.clone())
+    else {
+        return Ok(None);
+    };
+    let e = read::load(&app.pool, &req.client.zone_id, &record)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(match e.map(|e| e.data) {
+        Some(EntityData::AuthorityRecord(r)) if r.record_type == "user" => Some(Anchor {
+            record,
+            sub: r.subject_id,
+            issuer: r.federated_user_issuer,
+        }),
+        _ => None,
+    })
+}
+
+/// The hold a request of this shape and binding gets (not yet stored).
+fn shape_hold(
+    req: &Request<'_>,
+    shape: &HoldShape,
+    binding: String,
+    anchor: Option<&Anchor>,
+    now: DateTime<Utc>,
+) -> ApprovalData {
+    ApprovalData {
+        session_id: req.record.unwrap_or_default().to_owned(),
+        principal_id: req.client.id.clone(),
+        application_id: Some(req.client.id.clone()),
+        approval_type: "human_approval".into(),
+        tier: shape.tier.clone(),
+        approver_class: shape.approver_class.clone(),
+        privacy_mode: shape.privacy_mode.clone(),
+        subject_anchor: anchor.map(|a| a.sub.clone()),
+        binding,
+        metadata_json: json!({
+            "resources": req.form.resources,
+            "scopes": req.requested,
+            "agent_session_id": req.session(),
+            "delegation_edge_id": req.delegation(),
+            "subject_anchor_record": anchor.map(|a| a.record.clone()),
+            "subject_anchor_issuer": anchor.and_then(|a| a.issuer.clone()),
+        }),
+        decision_reason: None,
+        expires_at: now + Duration::seconds(shape.window_seconds),
+        satisfied_at: None,
+        rejected_at: None,
+        consumed_at: None,
+        approver_subject_id: None,
+        principal_federated: anchor.is_some(),
+        agent_labels: req
+            .governed
+            .map(|g| g.session.labels.clone())
+            .unwrap_or_default(),
+        consumed_record_id: None,
+        approver_session_id: None,
+    }
+}
 
 /// §7.2: the binding's live hold is returned (an approved one releases the mint, a
 /// rejected one refuses); otherwise a new hold is created.
@@ -296,7 +443,9 @@ async fn issue(
     let zone = &req.client.zone_id;
     let key = app.store.keys().approval_binding(zone, &binding);
     let id = uuid::Uuid::new_v4().to_string();
+    let mine = holder_value(&id);
     let window = shape.window_seconds;
+    let anchor = anchor_of(app, req).await?;
     let mut conn = app.redis.clone();
     // `SET NX GET` needs Redis 7; a script gives the same answer on 6.2.
     let taken: Option<String> = redis::Script::new(
@@ -304,25 +453,30 @@ async fn issue(
          redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return false",
     )
     .key(&key)
-    .arg(&id)
+    .arg(&mine)
     .arg(window)
     .invoke_async(&mut conn)
     .await
     .map_err(ApiError::from)?;
     if let Some(holder) = taken {
-        if let Some(e) = load_hold(app, zone, &holder).await? {
+        let holder_id = holder.split_once('|').map_or(holder.as_str(), |(id, _)| id);
+        if let Some(e) = load_hold(app, zone, holder_id).await? {
             let live = hold_of(&e).is_some_and(|h| {
                 matches!(h.state(now), "pending" | "approved" | "rejected") && h.binding == binding
             });
             if live {
-                return by_state(req, e, frames, now);
+                return by_state(app, req, e, frames, now).await;
             }
+        } else if holder_age_ms(&holder).is_some_and(|age| age < CREATING_MS) {
+            // Another request is creating this binding's hold right now: the same hold.
+            let hold = shape_hold(req, &shape, binding, anchor.as_ref(), now);
+            return Err(pending_answer(holder_id, &hold));
         }
         // The holder ended (expired or consumed) or was never written: replace it.
         let swapped: i64 = redis::Script::new(SWAP_LUA)
             .key(&key)
             .arg(&holder)
-            .arg(&id)
+            .arg(&mine)
             .arg(window)
             .invoke_async(&mut conn)
             .await
@@ -335,36 +489,7 @@ async fn issue(
             ));
         }
     }
-    let hold = ApprovalData {
-        session_id: req.record.unwrap_or_default().to_owned(),
-        principal_id: req.client.id.clone(),
-        application_id: Some(req.client.id.clone()),
-        approval_type: "human_approval".into(),
-        tier: shape.tier,
-        approver_class: shape.approver_class,
-        privacy_mode: shape.privacy_mode,
-        subject_anchor: None,
-        binding,
-        metadata_json: json!({
-            "resources": req.form.resources,
-            "scopes": req.requested,
-            "agent_session_id": req.session(),
-            "delegation_edge_id": req.delegation(),
-        }),
-        decision_reason: None,
-        expires_at: now + Duration::seconds(window),
-        satisfied_at: None,
-        rejected_at: None,
-        consumed_at: None,
-        approver_subject_id: None,
-        principal_federated: false,
-        agent_labels: req
-            .governed
-            .map(|g| g.session.labels.clone())
-            .unwrap_or_default(),
-        consumed_record_id: None,
-        approver_session_id: None,
-    };
+    let hold = shape_hold(req, &shape, binding, anchor.as_ref(), now);
     let created = super::append_catalog(
         app,
         req.rid,
@@ -382,7 +507,7 @@ async fn issue(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         )
         .key(&key)
-        .arg(&id)
+        .arg(&mine)
         .invoke_async(&mut conn)
         .await;
         return Err(e.into());
@@ -463,7 +588,7 @@ impl From<Appended> for StsError {
 }
 
 /// The extra metadata of a consumption frame.
-pub fn consumed_metadata(f: &mut Frame, reissued: bool, record: &str) {
+pub fn consumed_metadata(f: &mut Frame, reissued: bool, record: Option<&str>) {
     f.metadata.insert("reissued".into(), Value::Bool(reissued));
     f.metadata
         .insert("consumed_authority_record_id".into(), json!(record));

@@ -126,11 +126,14 @@ async fn objects(
     if missing.is_empty() {
         return Ok(out);
     }
-    let mut loaded = read::load_many(&app.pool, &missing)
+    // Ids may repeat (Sessions started by one lifecycle mandate share its record).
+    missing.sort_unstable();
+    missing.dedup();
+    let loaded = read::load_many(&app.pool, &missing)
         .await
         .map_err(ApiError::from)?;
     for id in missing {
-        let e = loaded.remove(&id);
+        let e = loaded.get(&id).cloned();
         if let Some(v) = view {
             v.keep_object(&id, e.clone());
         }

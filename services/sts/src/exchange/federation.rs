@@ -31,6 +31,8 @@ const JWKS_TTL: Duration = Duration::from_secs(600);
 const JWKS_MAX_BYTES: usize = 256 * 1024;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const LEEWAY_SECS: u64 = 60;
+/// A set is fetched again for an unknown `kid` once it is this old.
+const REFETCH_AFTER: Duration = Duration::from_secs(30);
 /// The policy name federation decisions are recorded under (no policy runs).
 pub const POLICY: &str = "caracal-subject-federation";
 /// Fields a federation request must not carry.
@@ -107,7 +109,13 @@ async fn issuer_row(app: &App, zone: &str, iss: &str) -> Result<Option<Entity>, 
 }
 
 impl IssuerKeys {
-    async fn set(&self, issuer_id: &str, data: &SubjectIssuerData) -> Result<JwkSet, StsError> {
+    /// The issuer's key set; `unknown_kid` asks for a refetch of a set older than 30 s.
+    async fn set(
+        &self,
+        issuer_id: &str,
+        data: &SubjectIssuerData,
+        unknown_kid: bool,
+    ) -> Result<JwkSet, StsError> {
         let key = (issuer_id.to_owned(), data.jwks_url.clone());
         if let Some((at, set)) = self
             .sets
@@ -115,7 +123,8 @@ impl IssuerKeys {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            if at.elapsed() < JWKS_TTL {
+            let keep = if unknown_kid { REFETCH_AFTER } else { JWKS_TTL };
+            if at.elapsed() < keep {
                 return Ok(set.clone());
             }
         }
@@ -211,7 +220,15 @@ pub async fn verify(
     let EntityData::SubjectIssuer(data) = &row.data else {
         return Err(invalid("issuer is not registered in the zone"));
     };
-    let set = keys.set(&row.id, data).await?;
+    let mut set = keys.set(&row.id, data, false).await?;
+    if !set
+        .keys
+        .iter()
+        .any(|k| k.common.key_id.as_deref() == Some(kid.as_str()))
+    {
+        // The issuer may have rotated: fetch again, at most once per 30 s per issuer.
+        set = keys.set(&row.id, data, true).await?;
+    }
     let jwk = set
         .keys
         .iter()

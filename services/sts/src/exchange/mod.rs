@@ -278,23 +278,30 @@ async fn exchange(
         record: bound_record.as_deref(),
         governed: governed.as_ref(),
     };
+    // §8.4: with a subject token the cap is the default (checked before any hold).
+    let cap = if via_gateway { DEFAULT_TTL } else { MAX_TTL };
+    let mut ttl = lifetime(form.ttl_seconds, cap)?;
     let release = if via_gateway {
         approval::Release::Ungated
     } else {
         approval::settle(app, &hold_req, frames, now).await?
     };
-    // §8.4: with a subject token the cap is the default.
-    let cap = if via_gateway { DEFAULT_TTL } else { MAX_TTL };
-    let mut ttl = lifetime(form.ttl_seconds, cap)?;
-    // A re-issue answers again for the record the consumption created, within its life.
-    let reissued = match &release {
-        approval::Release::Reissue { record, .. } => {
-            let left = record_life_left(app, &client, record, now).await?;
-            ttl = ttl.min(left);
-            Some(record.clone())
+    if let approval::Release::Replay { hold, answer } = release {
+        // A lost answer within 120 s of consumption: the same mandate again, never a new
+        // one (a `use=gateway` mandate is single use; an approval releases one).
+        if let EntityData::Approval(h) = &hold.data {
+            let mut f =
+                approval::lifecycle_frame(&hold_req, "step_up_consumed", "consumed", &hold.id, h);
+            approval::consumed_metadata(&mut f, true, h.consumed_record_id.as_deref());
+            frames.push(f);
         }
-        _ => None,
-    };
+        let done = std::mem::take(frames);
+        audit::publish(app, &done).await?;
+        let mut resp = Json(answer).into_response();
+        resp.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
     let delegation = governed.as_ref().and_then(|g| g.delegation.as_ref());
     if let Some(d) = delegation {
         ttl = d.lineage.lifetime(ttl, now).ok_or_else(|| {
@@ -312,9 +319,7 @@ async fn exchange(
     let expires_at = now + Duration::seconds(ttl);
     // The key first: a zone whose key cannot be opened must not collect orphan records.
     let signer = sts.keys.signer(app, &client.zone_id).await?;
-    let sid = reissued
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let sid = uuid::Uuid::now_v7().to_string();
     let jti = uuid::Uuid::now_v7().to_string();
     // A resource mandate inherits the presented mandate's subject, scope and root.
     let scope = match &subject {
@@ -375,51 +380,20 @@ async fn exchange(
             );
         }
     }
-    // An approved hold is consumed last before the durable effects: of two racing
-    // retries one mints, the other gets `409 approval_consumed`.
-    match &release {
-        approval::Release::Consume(e) => {
-            let h = approval::consume(app, rid, e, &sid, now).await?;
-            let mut f =
-                approval::lifecycle_frame(&hold_req, "step_up_consumed", "consumed", &e.id, &h);
-            approval::consumed_metadata(&mut f, false, &sid);
-            frames.push(f);
-        }
-        approval::Release::Reissue { hold, record } => {
-            if let EntityData::Approval(h) = &hold.data {
-                let mut f = approval::lifecycle_frame(
-                    &hold_req,
-                    "step_up_consumed",
-                    "consumed",
-                    &hold.id,
-                    h,
-                );
-                approval::consumed_metadata(&mut f, true, record);
-                frames.push(f);
-            }
-        }
-        approval::Release::Ungated => {}
-    }
     // The mint's durable effects at once (none depends on another): the authority record,
     // the `jti` and the decisions' evidence; the token leaves only when all three are in.
-    let record_created = async {
-        if reissued.is_some() {
-            return Ok(());
-        }
-        create_authority_record(
-            app,
-            rid,
-            &client,
-            NewRecord {
-                id: &sid,
-                parent: bound_record.as_deref(),
-                user: None,
-            },
-            now,
-            expires_at,
-        )
-        .await
-    };
+    let record_created = create_authority_record(
+        app,
+        rid,
+        &client,
+        NewRecord {
+            id: &sid,
+            parent: bound_record.as_deref(),
+            user: None,
+        },
+        now,
+        expires_at,
+    );
     persist(app, rid, &client, frames, record_created, (&jti, now, ttl)).await?;
     let mut body = json!({
         "access_token": token,
@@ -435,6 +409,18 @@ async fn exchange(
         if via_gateway {
             m.insert("upstreams".into(), Value::Object(upstreams));
         }
+    }
+    // §7.4: an approved hold is consumed as the last fallible step, conditionally on its
+    // version: of two racing retries one answers, the other gets `409 approval_consumed`
+    // (its record and `jti` were never handed out and lapse with their lifetime).
+    if let approval::Release::Consume(e) = &release {
+        let h = approval::consume(app, rid, e, &sid, now).await?;
+        let mut f = approval::lifecycle_frame(&hold_req, "step_up_consumed", "consumed", &e.id, &h);
+        approval::consumed_metadata(&mut f, false, Some(&sid));
+        if let Err(pe) = audit::publish(app, &[f]).await {
+            tracing::error!(error = ?pe, request_id = %rid, "step_up_consumed frame not published");
+        }
+        approval::keep_answer(app, e, &body).await;
     }
     let mut resp = Json(body).into_response();
     resp.headers_mut()
@@ -1038,38 +1024,6 @@ pub(crate) async fn append_catalog(
     .with_request_id(rid);
     app.store.append(&req).await?;
     Ok(())
-}
-
-/// Seconds an authority record of the caller still lives (a re-issue's cap).
-async fn record_life_left(
-    app: &App,
-    client: &Client,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, StsError> {
-    let gone = || {
-        StsError::new(
-            StatusCode::CONFLICT,
-            "approval_consumed",
-            "approval was already consumed",
-        )
-    };
-    let mut e = read::load(&app.pool, &client.zone_id, id)
-        .await
-        .map_err(ApiError::from)?;
-    if e.is_none() {
-        let stream = LogStream::Zone(client.zone_id.clone());
-        serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
-        e = read::load(&app.pool, &client.zone_id, id)
-            .await
-            .map_err(ApiError::from)?;
-    }
-    match e.map(|e| e.data) {
-        Some(EntityData::AuthorityRecord(r)) if r.is_active(now) && r.subject_id == client.id => {
-            Ok((r.expires_at - now).num_seconds().max(1))
-        }
-        _ => Err(gone()),
-    }
 }
 
 /// §12: every issued `jti` registered set-if-absent for the token's lifetime; a collision

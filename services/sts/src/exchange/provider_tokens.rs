@@ -178,12 +178,69 @@ pub async fn connection_token(
     if let (true, Some(a)) = (fresh, access) {
         return Ok((a.clone(), e.id.clone()));
     }
+    if tokens.get("refresh_token").is_none_or(|t| t.is_empty()) || signs_assertions(cfg) {
+        return Err(not_renewable(identifier));
+    }
+    // One refresh per connection at a time across processes: a provider that rotates
+    // refresh tokens revokes the family when one is used twice.
+    let lease = app.store.keys().connection_refresh_lease(zone, &e.id);
+    let holder = uuid::Uuid::new_v4().to_string();
+    let mut conn = app.redis.clone();
+    let leased: bool = redis::cmd("SET")
+        .arg(&lease)
+        .arg(&holder)
+        .arg("NX")
+        .arg("PX")
+        .arg(LEASE_MS)
+        .query_async::<Option<String>>(&mut conn)
+        .await
+        .map_err(|_| unavailable(identifier, "refresh lease unavailable"))?
+        .is_some();
+    if !leased {
+        return refreshed_elsewhere(app, (zone, &e.id), &c, identifier).await;
+    }
+    let result = refresh_leased(app, &e, &c, identifier, cfg, secrets).await;
+    let _: Result<i64, _> = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+    .key(&lease)
+    .arg(&holder)
+    .invoke_async(&mut conn)
+    .await;
+    result
+}
+
+/// How long a refresh lease lasts (a refresh is bounded well below it).
+const LEASE_MS: u64 = 15_000;
+/// How long a request waits for another process's refresh to be written back.
+const WAIT_FOR_REFRESH: Duration = Duration::from_secs(5);
+
+/// Holding the lease: the connection read again (a refresh may just have landed), then
+/// refreshed and written back.
+async fn refresh_leased(
+    app: &App,
+    e: &Entity,
+    c: &ConnectionData,
+    identifier: &str,
+    cfg: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(String, String), StsError> {
+    let current = reload(app, &e.zone_id, &e.id).await?;
+    let (e, c) = match &current {
+        Some((ce, cc)) if cc.refresh_token_version > c.refresh_token_version => {
+            if let Some(t) = usable_token(app, ce, cc).await {
+                return Ok((t, ce.id.clone()));
+            }
+            (ce, cc)
+        }
+        _ => (e, c),
+    };
+    let tokens = open_tokens(app, e)
+        .await
+        .ok_or_else(|| unavailable(identifier, "connection tokens cannot be opened"))?;
     let Some(refresh_token) = tokens.get("refresh_token").filter(|t| !t.is_empty()) else {
         return Err(not_renewable(identifier));
     };
-    if signs_assertions(cfg) {
-        return Err(not_renewable(identifier));
-    }
     let refreshed = oauth::refresh(cfg, secrets, refresh_token).await.map_err(|err| {
         tracing::warn!(connection = %e.id, reason = %exchange_reason(&err), "connection refresh failed");
         not_renewable(identifier)
@@ -196,8 +253,62 @@ pub async fn connection_token(
         .clone()
         .unwrap_or(refresh_token.clone());
     next_tokens.insert("refresh_token".to_owned(), kept);
-    write_back(app, &e, &c, &next_tokens, refreshed.expires_in).await?;
+    write_back(app, e, c, &next_tokens, refreshed.expires_in).await?;
     Ok((refreshed.access_token, e.id.clone()))
+}
+
+/// The connection `id` as the read model holds it now.
+async fn reload(
+    app: &App,
+    zone: &str,
+    id: &str,
+) -> Result<Option<(Entity, ConnectionData)>, StsError> {
+    let e = read::load(&app.pool, zone, id)
+        .await
+        .map_err(|err| StsError::from(serval_kit::http::ApiError::from(err)))?;
+    Ok(e.and_then(|e| {
+        let c = connection_of(&e)?.clone();
+        (c.status == "active" && e.is_live()).then_some((e, c))
+    }))
+}
+
+/// The access token of a connection that does not need a refresh.
+async fn usable_token(app: &App, e: &Entity, c: &ConnectionData) -> Option<String> {
+    let fresh = c
+        .expires_at
+        .is_none_or(|at| (at - Utc::now()).num_seconds() > REFRESH_AHEAD_SECS);
+    if !fresh {
+        return None;
+    }
+    open_tokens(app, e)
+        .await?
+        .get("access_token")
+        .filter(|t| !t.is_empty())
+        .cloned()
+}
+
+/// Another process holds the lease: wait for its write-back to reach the read model.
+async fn refreshed_elsewhere(
+    app: &App,
+    (zone, id): (&str, &str),
+    before: &ConnectionData,
+    identifier: &str,
+) -> Result<(String, String), StsError> {
+    let deadline = Instant::now() + WAIT_FOR_REFRESH;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some((e, c)) = reload(app, zone, id).await? {
+            if c.refresh_token_version > before.refresh_token_version {
+                if let Some(t) = usable_token(app, &e, &c).await {
+                    return Ok((t, e.id.clone()));
+                }
+            }
+        }
+    }
+    Err(unavailable(
+        identifier,
+        "connection refresh in progress elsewhere",
+    ))
 }
 
 /// The refreshed tokens as the connection's next version. A concurrent refresh that got
@@ -222,29 +333,69 @@ async fn write_back(
         .await
         .map_err(|err| StsError::from(serval_kit::http::ApiError::internal(err.to_string())))?;
     let now = Utc::now();
-    let next = ConnectionData {
-        sealed_tokens: Some(sealed),
-        renewable: true,
-        expires_at: expires_in.map(|s| now + chrono::Duration::seconds(s)),
-        refreshed_at: Some(now),
-        refresh_token_version: c.refresh_token_version + 1,
-        ..c.clone()
-    };
-    let appended = super::append_catalog(
-        app,
-        &uuid::Uuid::now_v7().to_string(),
-        (&e.zone_id, &e.id),
-        Some(e),
-        &CatalogCommand::Replace {
-            data: EntityData::ProviderConnection(next),
-            changed_fields: vec!["expires_at".into(), "tokens".into()],
-            secret_rotated: true,
-        },
-        "system:sts",
-    )
-    .await;
-    match appended {
-        Ok(()) | Err(Appended::Conflict) => Ok(()),
-        Err(Appended::Failed(err)) => Err(err),
+    // A provider's `expires_in` is clamped to a year, so no answer overflows the clock.
+    let expires_at = expires_in
+        .map(|s| s.clamp(1, MAX_EXPIRES_IN))
+        .and_then(|s| now.checked_add_signed(chrono::Duration::seconds(s)));
+    let mut e = e.clone();
+    let mut c = c.clone();
+    // A lost write loses the rotated refresh token: retried, and on a conflict applied to
+    // the connection's newer version unless its tokens were replaced meanwhile.
+    for _ in 0..3 {
+        let next = ConnectionData {
+            sealed_tokens: Some(sealed.clone()),
+            renewable: true,
+            expires_at,
+            refreshed_at: Some(now),
+            refresh_token_version: c.refresh_token_version + 1,
+            ..c.clone()
+        };
+        let appended = super::append_catalog(
+            app,
+            &uuid::Uuid::now_v7().to_string(),
+            (&e.zone_id, &e.id),
+            Some(&e),
+            &CatalogCommand::Replace {
+                data: EntityData::ProviderConnection(next),
+                changed_fields: vec!["expires_at".into(), "tokens".into()],
+                secret_rotated: true,
+            },
+            "system:sts",
+        )
+        .await;
+        match appended {
+            Ok(()) => return Ok(()),
+            Err(Appended::Conflict) => {
+                serval_kit::write::catch_up(
+                    app,
+                    serval_schema::projections::CATALOG,
+                    &serval_streams::LogStream::Zone(e.zone_id.clone()),
+                )
+                .await;
+                match reload(app, &e.zone_id, &e.id).await? {
+                    Some((ne, nc)) if nc.refresh_token_version == c.refresh_token_version => {
+                        e = ne;
+                        c = nc;
+                    }
+                    // Replaced (a new consent) or ended: the newer state stands.
+                    _ => return Ok(()),
+                }
+            }
+            Err(Appended::Failed(err)) => {
+                tracing::error!(connection = %e.id, "refreshed tokens not written back; retrying");
+                match reload(app, &e.zone_id, &e.id).await? {
+                    Some((ne, nc)) => {
+                        e = ne;
+                        c = nc;
+                    }
+                    None => return Err(err),
+                }
+            }
+        }
     }
+    tracing::error!(connection = %e.id, "refreshed tokens could not be written back");
+    Ok(())
 }
+
+/// The longest `expires_in` taken from a provider (a year).
+const MAX_EXPIRES_IN: i64 = 365 * 86_400;
