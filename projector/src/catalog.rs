@@ -510,6 +510,28 @@ pub async fn due_authority_records<'e>(
     .await
 }
 
+/// Live approval holds that ended (consumed, rejected or expired) before `cutoff`, oldest
+/// first: what the purge archives.
+pub async fn ended_holds<'e>(
+    db: impl PgExecutor<'e>,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT zone_id, id FROM (
+             SELECT zone_id, id, LEAST(
+                 (doc #>> '{data,approval,consumed_at}')::timestamptz,
+                 (doc #>> '{data,approval,rejected_at}')::timestamptz,
+                 (doc #>> '{data,approval,expires_at}')::timestamptz) AS ended
+             FROM catalog_objects WHERE kind = 'approval' AND archived_at IS NULL) h
+          WHERE ended < $1 ORDER BY ended LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// Live DCR applications of a zone (ids, oldest first): what a DCR `revoke_live` shutdown
 /// archives.
 pub async fn live_dcr_application_ids<'e>(

@@ -884,3 +884,42 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
         assert_eq!(get("reason").as_deref(), Some("dcr_shutdown"));
     }
 }
+
+/// sts.md §7.4: holds that ended (expired, consumed, rejected) more than a day ago are
+/// archived by the purge job; live holds and holds that ended recently stay listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_that_ended_a_day_ago_are_purged() {
+    let server = Server::start(Options {
+        env: vec![("SERVAL_APPROVAL_PURGE_INTERVAL_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, "purge").await;
+    let day = 86_400 + 3_600;
+    let mut consumed = hold("operator", "t", "b4", 3_600);
+    consumed.satisfied_at = Some(Utc::now() - chrono::Duration::seconds(day + 60));
+    consumed.consumed_at = Some(Utc::now() - chrono::Duration::seconds(day));
+    let mut rejected_recently = hold("operator", "t", "b5", 3_600);
+    rejected_recently.rejected_at = Some(Utc::now() - chrono::Duration::hours(2));
+    let seeds = [
+        ("h-old-expired", hold("operator", "t", "b1", -day)),
+        ("h-recent-expired", hold("operator", "t", "b2", -3_600)),
+        ("h-pending", hold("operator", "t", "b3", 3_600)),
+        ("h-old-consumed", consumed),
+        ("h-recent-rejected", rejected_recently),
+    ];
+    for (id, h) in seeds {
+        let data = EntityData::Approval(h);
+        produce(&server, &z, id, 0, created(&z, data, "sts"), "sts").await;
+    }
+    let base = format!("/v1/zones/{z}/approvals");
+    let left = eventually(20, || async {
+        let (_, v) = admin.get(&base).await;
+        let mut got = ids(&v);
+        got.sort();
+        (got.len() == 3).then_some(got)
+    })
+    .await;
+    assert_eq!(left, ["h-pending", "h-recent-expired", "h-recent-rejected"]);
+}

@@ -89,6 +89,45 @@ pub async fn record_reaper_once(app: &App) -> Result<usize, ApiError> {
     Ok(reaped)
 }
 
+/// Archives approval holds that ended more than a day ago, every `interval` (sts.md §7.4).
+pub async fn approval_purge(app: App, stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(app.cfg.approval_purge_interval_secs);
+    every(interval, "approval-purge", stop, || {
+        approval_purge_once(&app)
+    })
+    .await
+}
+
+/// How long an ended hold stays listed.
+const HOLD_KEPT: chrono::Duration = chrono::Duration::hours(24);
+
+/// One purge run: returns how many holds it archived.
+pub async fn approval_purge_once(app: &App) -> Result<usize, ApiError> {
+    let cutoff = chrono::Utc::now() - HOLD_KEPT;
+    let due = serval_projector::catalog::ended_holds(&app.pool, cutoff, DCR_BATCH).await?;
+    let mut archived = 0;
+    for (zone, id) in due {
+        let rid = uuid::Uuid::new_v4().to_string();
+        let Ok(ctx) = WriteCtx::unauthenticated(app, &zone, &rid, "system:approval-purge").await
+        else {
+            continue;
+        };
+        let result = common::commit(app, &ctx, &id, |state| match state {
+            Some(e) if e.is_live() => Ok(CatalogCommand::Archive {
+                kind: CatalogKind::Approval,
+            }),
+            _ => Err(ApiError::conflict("already_archived")),
+        })
+        .await;
+        match result {
+            Ok(_) => archived += 1,
+            Err(serval_kit::write::Failure::Api(e)) if e.code() == Some("already_archived") => {}
+            Err(e) => return Err(ApiError::from(e)),
+        }
+    }
+    Ok(archived)
+}
+
 /// One run: returns how many applications it archived.
 pub async fn dcr_cleanup_once(app: &App) -> Result<usize, ApiError> {
     let grace = chrono::Duration::seconds(

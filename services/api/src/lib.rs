@@ -101,5 +101,6 @@ pub async fn start(app: &App, stop: &watch::Receiver<bool>) -> anyhow::Result<Ve
     Ok(vec![
         tokio::spawn(jobs::dcr_cleanup(app.clone(), stop.clone())),
         tokio::spawn(jobs::record_reaper(app.clone(), stop.clone())),
+        tokio::spawn(jobs::approval_purge(app.clone(), stop.clone())),
     ])
 }

@@ -178,6 +178,14 @@ pub struct Config {
         default_value_t = 300
     )]
     pub record_reaper_interval_secs: u64,
+    /// How often terminal approval holds that ended more than a day ago are archived
+    /// (sts.md §7.4's hourly purge); 0 turns it off.
+    #[arg(
+        long,
+        env = "SERVAL_APPROVAL_PURGE_INTERVAL_SECS",
+        default_value_t = 3_600
+    )]
+    pub approval_purge_interval_secs: u64,
     /// Requests per minute on `/v1/` per client IP and per admin token (0 disables).
     #[arg(long, env = "API_V1_RATE_LIMIT_PER_MIN", default_value_t = 600)]
     pub api_v1_rate_limit_per_min: u64,
