@@ -174,6 +174,90 @@ pub async fn ensure(app: &App, deps: &[Dep]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Entries past a projection's position that a reader may treat as applied (it never reads
+/// what they change, or reads it by id with its own wait on a miss).
+pub type Skippable = fn(projection: &str, entry: &serval_streams::Envelope) -> bool;
+
+/// Longest unapplied tail inspected instead of waiting.
+const TAIL_INSPECTED: usize = 64;
+
+/// [`ensure`], except that a dependency whose unapplied tail (at most 64 entries) holds only
+/// entries `skippable` accepts is not waited for: a reader whose own kind of write follows
+/// every request (the STS's authority records) does not wait for the previous one's
+/// projection.
+pub async fn ensure_skipping(
+    app: &App,
+    deps: &[Dep],
+    skippable: Skippable,
+) -> Result<(), ApiError> {
+    let keys: Vec<String> = deps
+        .iter()
+        .map(|d| app.store.keys().log(&d.stream))
+        .collect();
+    let heads = app
+        .heads
+        .heads(&app.store, keys.clone())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "log heads unreadable");
+            unavailable("the log is unreachable")
+        })?;
+    let deadline = Instant::now() + app.visibility_timeout();
+    for (d, key) in deps.iter().zip(&keys) {
+        let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
+        let at = app.visibility.current(d.projection, key);
+        if at >= head || tail_skippable(app, key, (at, head), d.projection, skippable).await {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !app
+            .visibility
+            .wait(&app.pool, d.projection, key, head, left)
+            .await
+        {
+            tracing::warn!(projection = d.projection, stream = %key, "read model behind the log head");
+            return Err(unavailable(&format!(
+                "projection {} is behind",
+                d.projection
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether every entry after `at` up to `head` is one `skippable` accepts (any doubt: no).
+async fn tail_skippable(
+    app: &App,
+    key: &str,
+    (at, head): (EntryId, EntryId),
+    projection: &str,
+    skippable: Skippable,
+) -> bool {
+    if at == EntryId::ZERO {
+        return false;
+    }
+    let mut conn = app.store.connection();
+    let Ok(entries) = serval_streams::read::read_range(
+        &mut conn,
+        key,
+        &format!("({at}"),
+        &head.to_string(),
+        TAIL_INSPECTED,
+    )
+    .await
+    else {
+        return false;
+    };
+    let reaches_head = entries.last().is_some_and(|(id, _)| *id == head);
+    reaches_head
+        && entries.iter().all(|(_, fields)| {
+            let Some(redis::Value::BulkString(env)) = fields.get("env") else {
+                return false;
+            };
+            serval_streams::Envelope::decode(env).is_ok_and(|e| skippable(projection, &e))
+        })
+}
+
 /// The read models a Management API request reads, from its method and path. Every request
 /// reads the zones and admin tokens (authentication); a zone's routes read its catalog and
 /// policies, the audit routes their ledgers. A create that reads no other object of its

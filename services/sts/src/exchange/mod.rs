@@ -58,6 +58,24 @@ pub const LIFECYCLE_SCOPE: &str = "agent:lifecycle";
 const DEFAULT_TTL: i64 = 900;
 const MAX_TTL: i64 = 3_600;
 
+/// What an exchange never reads from the read model, or reads only by id with a wait of
+/// its own on a miss: the authority records and audit entries every mint and call adds,
+/// approval holds, invocations, admin-audit records — and, for the policies, anything but
+/// policy events. Without this each mint would wait for the previous one's record to be
+/// projected.
+fn unread_by_exchanges(projection: &str, e: &serval_streams::Envelope) -> bool {
+    let policy = matches!(e.aggregate_kind.as_str(), "policy" | "policy_sets");
+    if projection == projections::POLICIES {
+        return !policy;
+    }
+    policy
+        || matches!(
+            e.aggregate_kind.as_str(),
+            "approval" | "invocation" | "admin_audit" | "audit"
+        )
+        || e.event_type == "authority_record.created"
+}
+
 /// The request id of a token request: the inbound `X-Request-Id` verbatim, else a UUIDv7.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -153,13 +171,14 @@ async fn exchange(
         .filter(|z| serval_domain::validation::is_valid_identifier(z))
     {
         let stream = LogStream::Zone(zone.to_owned());
-        freshness::ensure(
+        freshness::ensure_skipping(
             app,
             &[
                 Dep::new(projections::ZONES, LogStream::System),
                 Dep::new(projections::CATALOG, stream.clone()),
                 Dep::new(projections::POLICIES, stream),
             ],
+            unread_by_exchanges,
         )
         .await?;
         // After the wait: what it keeps is at least as new as every acknowledged write.
@@ -665,9 +684,18 @@ async fn bind_authority_record(
     let Some(id) = form.get("session_id") else {
         return Ok(None);
     };
-    let record = read::load(&app.pool, &client.zone_id, id)
+    let mut record = read::load(&app.pool, &client.zone_id, id)
         .await
         .map_err(ApiError::from)?;
+    if record.is_none() {
+        // Records are not waited for before an exchange (`unread_by_exchanges`): a record
+        // minted just now is waited for here, once.
+        let stream = LogStream::Zone(client.zone_id.clone());
+        serval_kit::write::catch_up(app, projections::CATALOG, &stream).await;
+        record = read::load(&app.pool, &client.zone_id, id)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let ok = match record
         .as_ref()
         .filter(|e| e.archived_at.is_none())
