@@ -105,17 +105,26 @@ const HOLD_KEPT: chrono::Duration = chrono::Duration::hours(24);
 pub async fn approval_purge_once(app: &App) -> Result<usize, ApiError> {
     let cutoff = chrono::Utc::now() - HOLD_KEPT;
     let due = serval_projector::catalog::ended_holds(&app.pool, cutoff, DCR_BATCH).await?;
+    archive_each(app, due, CatalogKind::Approval, "system:approval-purge").await
+}
+
+/// Archives each `(zone, id)` still live, attributed to `actor`; returns how many it
+/// archived. An object archived meanwhile (another process's run, an operator) is skipped,
+/// and an archived zone keeps its objects as they are (§18: nothing cascades).
+async fn archive_each(
+    app: &App,
+    due: Vec<(String, String)>,
+    kind: CatalogKind,
+    actor: &str,
+) -> Result<usize, ApiError> {
     let mut archived = 0;
     for (zone, id) in due {
         let rid = uuid::Uuid::new_v4().to_string();
-        let Ok(ctx) = WriteCtx::unauthenticated(app, &zone, &rid, "system:approval-purge").await
-        else {
+        let Ok(ctx) = WriteCtx::unauthenticated(app, &zone, &rid, actor).await else {
             continue;
         };
         let result = common::commit(app, &ctx, &id, |state| match state {
-            Some(e) if e.is_live() => Ok(CatalogCommand::Archive {
-                kind: CatalogKind::Approval,
-            }),
+            Some(e) if e.is_live() => Ok(CatalogCommand::Archive { kind }),
             _ => Err(ApiError::conflict("already_archived")),
         })
         .await;
@@ -135,27 +144,5 @@ pub async fn dcr_cleanup_once(app: &App) -> Result<usize, ApiError> {
     );
     let cutoff = chrono::Utc::now() - grace;
     let due = serval_projector::catalog::expired_dcr(&app.pool, cutoff, DCR_BATCH).await?;
-    let mut archived = 0;
-    for (zone, id) in due {
-        let rid = uuid::Uuid::new_v4().to_string();
-        // An archived zone keeps its objects as they are (§18: nothing cascades).
-        let Ok(ctx) = WriteCtx::unauthenticated(app, &zone, &rid, "system:dcr-cleanup").await
-        else {
-            continue;
-        };
-        let result = common::commit(app, &ctx, &id, |state| match state {
-            Some(e) if e.is_live() => Ok(CatalogCommand::Archive {
-                kind: CatalogKind::Application,
-            }),
-            // Archived meanwhile (by an operator or another process's run).
-            _ => Err(ApiError::conflict("already_archived")),
-        })
-        .await;
-        match result {
-            Ok(_) => archived += 1,
-            Err(serval_kit::write::Failure::Api(e)) if e.code() == Some("already_archived") => {}
-            Err(e) => return Err(ApiError::from(e)),
-        }
-    }
-    Ok(archived)
+    archive_each(app, due, CatalogKind::Application, "system:dcr-cleanup").await
 }

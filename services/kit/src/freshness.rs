@@ -140,38 +140,7 @@ pub async fn ensure(app: &App, deps: &[Dep]) -> Result<(), ApiError> {
     if deps.is_empty() {
         return Ok(());
     }
-    let keys: Vec<String> = deps
-        .iter()
-        .map(|d| app.store.keys().log(&d.stream))
-        .collect();
-    let heads = app
-        .heads
-        .heads(&app.store, keys.clone())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "log heads unreadable");
-            unavailable("the log is unreachable")
-        })?;
-    let deadline = Instant::now() + app.visibility_timeout();
-    for (d, key) in deps.iter().zip(&keys) {
-        let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
-        if app.visibility.current(d.projection, key) >= head {
-            continue;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !app
-            .visibility
-            .wait(&app.pool, d.projection, key, head, left)
-            .await
-        {
-            tracing::warn!(projection = d.projection, stream = %key, "read model behind the log head");
-            return Err(unavailable(&format!(
-                "projection {} is behind",
-                d.projection
-            )));
-        }
-    }
-    Ok(())
+    wait_for(app, deps, None).await
 }
 
 /// Entries past a projection's position that a reader may treat as applied (it never reads
@@ -190,6 +159,10 @@ pub async fn ensure_skipping(
     deps: &[Dep],
     skippable: Skippable,
 ) -> Result<(), ApiError> {
+    wait_for(app, deps, Some(skippable)).await
+}
+
+async fn wait_for(app: &App, deps: &[Dep], skippable: Option<Skippable>) -> Result<(), ApiError> {
     let keys: Vec<String> = deps
         .iter()
         .map(|d| app.store.keys().log(&d.stream))
@@ -206,8 +179,13 @@ pub async fn ensure_skipping(
     for (d, key) in deps.iter().zip(&keys) {
         let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
         let at = app.visibility.current(d.projection, key);
-        if at >= head || tail_skippable(app, key, (at, head), d.projection, skippable).await {
+        if at >= head {
             continue;
+        }
+        if let Some(skippable) = skippable {
+            if tail_skippable(app, key, (at, head), d.projection, skippable).await {
+                continue;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if !app
