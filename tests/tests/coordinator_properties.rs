@@ -55,7 +55,53 @@ struct Ctx {
     token: String,
     zone: String,
     app: String,
+    secret: String,
+    sts: String,
     pool: sqlx::PgPool,
+    /// Delegated mints that succeeded, and mints refused on an ended edge or Session.
+    minted: std::sync::atomic::AtomicUsize,
+    refused_ended: std::sync::atomic::AtomicUsize,
+}
+
+/// A revoked, expired or ended Delegation or Session is never the basis of a new mandate
+/// once its change is acknowledged: right after the operation, a delegated mint over every
+/// edge of the zone succeeds only if the edge is active and both its Sessions are active.
+async fn check_mints(ctx: &Ctx) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let sessions = ctx.sessions().await;
+    for e in ctx.edges().await {
+        let (id, target) = (
+            e["id"].as_str().unwrap_or_default(),
+            e["target_session_id"].as_str().unwrap_or_default(),
+        );
+        let form = [
+            ("grant_type", common::runtime::GRANT),
+            ("zone_id", ctx.zone.as_str()),
+            ("application_id", ctx.app.as_str()),
+            ("client_secret", ctx.secret.as_str()),
+            ("resource", RESOURCE),
+            ("scope", "tickets:read"),
+            ("agent_session_id", target),
+            ("delegation_edge_id", id),
+        ];
+        let (s, _, v) = exchange(&ctx.sts, &form).await;
+        let ended = e["status"] != "active"
+            || ["source_session_id", "target_session_id"]
+                .iter()
+                .any(|end| sessions[e[*end].as_str().unwrap_or_default()].1 != "active");
+        match (s, ended) {
+            (200, true) => return Err(format!("minted over ended edge or Session {id}: {e}")),
+            (200, false) => {
+                ctx.minted.fetch_add(1, Ordering::Relaxed);
+            }
+            (403, true) => {
+                ctx.refused_ended.fetch_add(1, Ordering::Relaxed);
+            }
+            (403, false) => {}
+            other => return Err(format!("mint over {id}: {other:?} {v}")),
+        }
+    }
+    Ok(())
 }
 
 impl Ctx {
@@ -200,14 +246,24 @@ async fn check(ctx: &Ctx) -> Result<(), String> {
     Ok(())
 }
 
+enum OpKind {
+    Ending,
+    Other,
+}
+
 async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
     use reqwest::Method;
     let mut ids: Vec<String> = Vec::new();
     let mut edges: Vec<String> = Vec::new();
     for op in ops {
+        let op_kind = match op {
+            Op::Suspend(_) | Op::Terminate(_) | Op::Revoke(_) => OpKind::Ending,
+            _ => OpKind::Other,
+        };
         match op {
             Op::Start(parent) => {
-                let mut body = json!({"application_id": ctx.app, "parent_authority": "none"});
+                let mut body = json!({"application_id": ctx.app, "parent_authority": "none",
+                                      "labels": ["agent"]});
                 if let Some(p) = parent.and_then(|i| pick(&ids, i)) {
                     body["parent_id"] = json!(p);
                 }
@@ -351,6 +407,9 @@ async fn run_case(ctx: &Ctx, ops: Vec<Op>) -> Result<(), String> {
             }
         }
         check(ctx).await?;
+        if matches!(op_kind, OpKind::Ending) {
+            check_mints(ctx).await?;
+        }
     }
     // Leave capacity for the next case.
     for id in &ids {
@@ -366,6 +425,7 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
     let (server, issuer) = server_with(&[
         ("CARACAL_COORDINATOR_TOKEN", OPERATOR),
         ("SERVAL_COORDINATOR_SWEEP_INTERVAL_SECS", "0"),
+        ("STS_MINT_RATE_LIMIT_PER_MIN", "0"),
     ])
     .await;
     let admin = Admin::new(&server);
@@ -381,7 +441,11 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
         token: body["access_token"].as_str().unwrap().to_owned(),
         zone: z.id.clone(),
         app: z.app.clone(),
+        secret: z.secret.clone(),
+        sts: issuer.clone(),
         pool: common::pool(&server.db_url).await,
+        minted: Default::default(),
+        refused_ended: Default::default(),
     };
     let handle = tokio::runtime::Handle::current();
     // A fixed seed: the sequences (and so the sanity check below that they exercised
@@ -405,6 +469,15 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
     if let Err(e) = result {
         panic!("{e}\nserver log:\n{}", server.logs());
     }
+    // The mint property was exercised both ways.
+    let (minted, refused) = (
+        ctx.minted.load(std::sync::atomic::Ordering::Relaxed),
+        ctx.refused_ended.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        minted > 0 && refused > 0,
+        "minted {minted}, refused on ended {refused}"
+    );
 
     // Replaying the log rebuilds the same rows.
     let snapshot = |pool: sqlx::PgPool| async move {
