@@ -26,57 +26,7 @@ pub fn is_approval_decision(u: &Updated) -> bool {
             .any(|f| f == "satisfied_at" || f == "rejected_at")
 }
 
-pub const TABLES: [&str; 4] = [
-    "catalog_objects",
-    "delegation_edges",
-    "delegation_graphs",
-    "catalog_config_positions",
-];
-
-/// Whether an event changes what a token exchange reads of its zone (see
-/// `catalog_config_positions`): everything but what mints write and what has its own cache.
-pub fn changes_config(event: &Event) -> bool {
-    match event {
-        Event::Delegation(_) => true,
-        Event::Catalog(CatalogEvent::Created(c)) => !matches!(
-            c.data.kind(),
-            CatalogKind::AuthorityRecord
-                | CatalogKind::Approval
-                | CatalogKind::Invocation
-                | CatalogKind::ProviderConnection
-                | CatalogKind::SigningKey
-                | CatalogKind::DataKey
-        ),
-        Event::Catalog(CatalogEvent::Updated(u)) => !matches!(
-            u.data.kind(),
-            CatalogKind::Approval
-                | CatalogKind::Invocation
-                | CatalogKind::ProviderConnection
-                | CatalogKind::SigningKey
-                | CatalogKind::DataKey
-        ),
-        Event::Catalog(CatalogEvent::Archived(a)) => !matches!(
-            a.kind,
-            CatalogKind::Approval
-                | CatalogKind::Invocation
-                | CatalogKind::ProviderConnection
-                | CatalogKind::SigningKey
-                | CatalogKind::DataKey
-        ),
-        _ => false,
-    }
-}
-
-/// A zone's config position (`catalog_config_positions`); `None` before its first change.
-pub async fn config_position<'e>(
-    db: impl PgExecutor<'e>,
-    zone_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT entry_id FROM catalog_config_positions WHERE zone_id = $1")
-        .bind(zone_id)
-        .fetch_optional(db)
-        .await
-}
+pub const TABLES: [&str; 3] = ["catalog_objects", "delegation_edges", "delegation_graphs"];
 
 // Rows are read as `Json<Entity>`: the document is parsed straight into the entity, with
 // no intermediate `serde_json::Value` (a list page parses each row once, not twice).
@@ -301,28 +251,6 @@ impl Projection for CatalogProjection {
         tx: &mut PgConnection,
         batch: &[Applied],
     ) -> Result<(), sqlx::Error> {
-        // Each zone's newest config-changing entry of the batch (entries arrive in order
-        // per stream, one stream per zone).
-        let mut config: HashMap<String, String> = HashMap::new();
-        for a in batch {
-            if changes_config(&a.event) {
-                if let Some(zone) = a.recorded.envelope.zone_id.as_deref() {
-                    config.insert(zone.to_owned(), a.recorded.entry_id.to_string());
-                }
-            }
-        }
-        if !config.is_empty() {
-            let (zones, entries): (Vec<String>, Vec<String>) = config.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO catalog_config_positions (zone_id, entry_id)
-                 SELECT * FROM UNNEST($1::text[], $2::text[])
-                 ON CONFLICT (zone_id) DO UPDATE SET entry_id = EXCLUDED.entry_id",
-            )
-            .bind(zones)
-            .bind(entries)
-            .execute(&mut *tx)
-            .await?;
-        }
         let mut touched: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
         for a in batch {

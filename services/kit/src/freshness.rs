@@ -211,28 +211,39 @@ async fn tail_skippable(
     projection: &str,
     skippable: Skippable,
 ) -> bool {
-    if at == EntryId::ZERO {
-        return false;
+    entries_all(app, key, (at, head), TAIL_INSPECTED, |e| {
+        skippable(projection, e)
+    })
+    .await
+}
+
+/// Whether every log entry of `key` after `from` up to `to` (at most `max` of them) decodes
+/// and satisfies `pred`; false on any doubt (more entries, an unreadable one, Redis down,
+/// an unknown `from`).
+pub async fn entries_all(
+    app: &App,
+    key: &str,
+    (from, to): (EntryId, EntryId),
+    max: usize,
+    pred: impl Fn(&serval_streams::Envelope) -> bool,
+) -> bool {
+    if from == EntryId::ZERO || to <= from {
+        return to == from && from != EntryId::ZERO;
     }
     let mut conn = app.store.connection();
-    let Ok(entries) = serval_streams::read::read_range(
-        &mut conn,
-        key,
-        &format!("({at}"),
-        &head.to_string(),
-        TAIL_INSPECTED,
-    )
-    .await
+    let Ok(entries) =
+        serval_streams::read::read_range(&mut conn, key, &format!("({from}"), &to.to_string(), max)
+            .await
     else {
         return false;
     };
-    let reaches_head = entries.last().is_some_and(|(id, _)| *id == head);
-    reaches_head
+    let reaches = entries.last().is_some_and(|(id, _)| *id == to);
+    reaches
         && entries.iter().all(|(_, fields)| {
             let Some(redis::Value::BulkString(env)) = fields.get("env") else {
                 return false;
             };
-            serval_streams::Envelope::decode(env).is_ok_and(|e| skippable(projection, &e))
+            serval_streams::Envelope::decode(env).is_ok_and(|e| pred(&e))
         })
 }
 

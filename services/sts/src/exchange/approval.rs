@@ -266,10 +266,19 @@ pub async fn settle(
                 "approval not found or bindings do not match",
             )
         };
-        let Some(e) = load_hold(app, &req.client.zone_id, id).await? else {
+        let Some(mut e) = load_hold(app, &req.client.zone_id, id).await? else {
             frames.push(skip(req, "approval_invalid", id));
             return Err(mismatch());
         };
+        // Holds are not waited for before an exchange: a decision acknowledged just now
+        // may not be projected yet, so a pending hold is read again once caught up.
+        if hold_of(&e).is_some_and(|h| h.state(now) == "pending") {
+            let stream = LogStream::Zone(req.client.zone_id.clone());
+            serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
+            if let Some(fresh) = load_hold(app, &req.client.zone_id, id).await? {
+                e = fresh;
+            }
+        }
         let Some(h) = hold_of(&e) else {
             return Err(mismatch());
         };

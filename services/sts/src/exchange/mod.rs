@@ -181,8 +181,11 @@ async fn exchange(
             unread_by_exchanges,
         )
         .await?;
-        // After the wait: what it keeps is at least as new as every acknowledged write.
-        view = Some(sts.zones.view(app, zone).await?);
+        // After the wait: what it keeps is at least as new as every acknowledged write. Only
+        // zones that exist get a view (made-up zone ids must not churn the cache).
+        if serval_kit::read_cache::zone(app, zone).await?.is_some() {
+            view = Some(sts.zones.view(app, zone).await);
+        }
     }
     let view = view.as_deref();
     // §11.2: a Gateway-authenticated request needs no secret but a subject token, and skips
@@ -643,16 +646,22 @@ async fn bind_subject_record(
     {
         return Err(denied());
     }
-    let record = read::load(&app.pool, &client.zone_id, sid)
+    let mut record = read::load(&app.pool, &client.zone_id, sid)
         .await
         .map_err(ApiError::from)?;
     if record.is_none() {
-        // Not projected yet. The exchange waited for every record update and archive
-        // appended before it began (`unread_by_exchanges` skips only creations), and an
-        // update is projected after its creation: a missing row is a record nothing has
-        // changed since the mint that signed this token created it — active until the
-        // token's `exp`, with the token's subject (both verified above).
-        return Ok(sid.to_owned());
+        // Not projected yet. When the log says the record is still at its first version,
+        // nothing has changed it since the mint that signed this token created it: active
+        // until the token's `exp`, with the token's subject (both verified above). Any
+        // other answer waits for the read model and decides on the row.
+        let stream = LogStream::Zone(client.zone_id.clone());
+        if app.store.version(&stream, sid).await.ok() == Some(1) {
+            return Ok(sid.to_owned());
+        }
+        serval_kit::write::catch_up(app, projections::CATALOG, &stream).await;
+        record = read::load(&app.pool, &client.zone_id, sid)
+            .await
+            .map_err(ApiError::from)?;
     }
     let Some(Entity {
         data: EntityData::AuthorityRecord(r),

@@ -1,29 +1,56 @@
 //! What a token exchange reads of its zone, kept in memory (sts.md "How it must
 //! perform"): applications, resources, Sessions with their subject records, and Delegation
-//! lineages, keyed by the zone's **config position** — the log entry of the newest applied
-//! event that changed any of them (`catalog_config_positions`, written by the catalog
-//! projection in the same transaction as the rows). Mints write authority records, which do
-//! not move it, so a steady stream of mints reads one indexed row per exchange instead of a
-//! query per object.
+//! lineages. A zone's view is valid up to a position of the catalog projection on the
+//! zone's log (`checked`); when the projection has moved on, the entries in between are
+//! read from the log (`XRANGE`, at most 256) and the view is kept — and `checked` advanced —
+//! only if none of them can change what it holds (`view_unaffected`). Mints add authority
+//! records, which cannot, so a stream of mints costs one Redis range read per exchange
+//! instead of a query per object.
 //!
-//! Correctness: an exchange first brings the catalog read model up to the log head it saw
-//! (read-your-writes), then reads the position, then looks up or loads objects. Anything
-//! loaded after reading position `p` reflects `p` or later, so it may be kept under `p`; a
-//! view is replaced as soon as an exchange reads a newer position, and never by an older
-//! one (a slow exchange with a stale position gets a throwaway view).
+//! Correctness: an exchange first brings the catalog up to every entry it reads that was
+//! appended before it began (`freshness::ensure_skipping`), then validates the view against
+//! this process's catalog position, then looks up or loads objects. Anything loaded after
+//! the view's position `p` was reached reflects `p` or later. A view is replaced on any
+//! doubt (a range it cannot read, more than 256 entries, a position that went backwards)
+//! and after 60 s in any case, so a read model rebuilt from the same log under the same
+//! positions is picked up within a minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
 use serval_domain::catalog::Entity;
 use serval_domain::delegation::Edge;
-use serval_kit::http::ApiError;
 use serval_kit::App;
-use serval_projector::catalog as read;
-use serval_streams::EntryId;
+use serval_schema::projections::CATALOG;
+use serval_streams::{EntryId, Envelope, LogStream};
 
 /// Zones kept at most (past it the map starts over).
 const MAX_ZONES: usize = 4_096;
+/// Log entries inspected to keep a view across a moved position.
+const MAX_INSPECTED: usize = 256;
+/// A view is rebuilt after this long whatever the log says.
+const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Entries that cannot change what a view holds: what mints and calls add (authority
+/// record creations, audit and admin-audit records), approval holds, invocations, policy
+/// events, and the kinds the view does not keep (connections, keys).
+pub fn view_unaffected(e: &Envelope) -> bool {
+    matches!(
+        e.aggregate_kind.as_str(),
+        "approval"
+            | "invocation"
+            | "admin_audit"
+            | "audit"
+            | "policy"
+            | "policy_sets"
+            | "provider_connection"
+            | "signing_key"
+            | "data_key"
+            | "subject_issuer"
+    ) || e.event_type == "authority_record.created"
+}
 /// Objects of one kind kept per zone view at most (past it, loads are not kept).
 const MAX_PER_KIND: usize = 8_192;
 
@@ -33,9 +60,10 @@ pub struct Lineage {
     pub edges: Vec<Edge>,
 }
 
-/// One zone's objects at one config position.
+/// One zone's objects, valid up to a catalog position.
 pub struct ZoneView {
-    position: Option<EntryId>,
+    checked: Mutex<EntryId>,
+    born: Instant,
     apps: Mutex<HashMap<String, Option<Entity>>>,
     resources: Mutex<HashMap<String, Option<Entity>>>,
     objects: Mutex<HashMap<String, Option<Entity>>>,
@@ -54,9 +82,10 @@ fn put<V>(m: &Mutex<HashMap<String, V>>, k: &str, v: V) {
 }
 
 impl ZoneView {
-    fn new(position: Option<EntryId>) -> Self {
+    fn new(position: EntryId) -> Self {
         ZoneView {
-            position,
+            checked: Mutex::new(position),
+            born: Instant::now(),
             apps: Mutex::default(),
             resources: Mutex::default(),
             objects: Mutex::default(),
@@ -103,24 +132,52 @@ pub struct ZoneCache {
 }
 
 impl ZoneCache {
-    /// The zone's view at its current config position (call after the read-your-writes
-    /// wait of the exchange).
-    pub async fn view(&self, app: &App, zone: &str) -> Result<Arc<ZoneView>, ApiError> {
-        let position = read::config_position(&app.pool, zone)
-            .await?
-            .and_then(|p| p.parse::<EntryId>().ok());
-        let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
-        match zones.get(zone) {
-            Some(v) if v.position == position => return Ok(v.clone()),
-            // A newer view is there: this exchange read the position before it moved.
-            Some(v) if v.position > position => return Ok(Arc::new(ZoneView::new(position))),
-            _ => {}
+    /// The zone's view as of this process's catalog position on its log (call after the
+    /// exchange's read-your-writes wait).
+    pub async fn view(&self, app: &App, zone: &str) -> Arc<ZoneView> {
+        let key = app.store.keys().log(&LogStream::Zone(zone.to_owned()));
+        let at = app.visibility.current(CATALOG, &key);
+        if at == EntryId::ZERO {
+            return Arc::new(ZoneView::new(at));
         }
+        let existing = self
+            .zones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(zone)
+            .cloned();
+        if let Some(v) = existing.filter(|v| v.born.elapsed() < MAX_AGE) {
+            let checked = *v.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked == at {
+                return v;
+            }
+            if checked < at
+                && serval_kit::freshness::entries_all(
+                    app,
+                    &key,
+                    (checked, at),
+                    MAX_INSPECTED,
+                    view_unaffected,
+                )
+                .await
+            {
+                {
+                    let mut c = v.checked.lock().unwrap_or_else(|p| p.into_inner());
+                    *c = (*c).max(at);
+                }
+                return v;
+            }
+            if checked > at {
+                // This request's position is older than the view's: use a view of its own.
+                return Arc::new(ZoneView::new(at));
+            }
+        }
+        let v = Arc::new(ZoneView::new(at));
+        let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
         if zones.len() >= MAX_ZONES && !zones.contains_key(zone) {
             zones.clear();
         }
-        let v = Arc::new(ZoneView::new(position));
         zones.insert(zone.to_owned(), v.clone());
-        Ok(v)
+        v
     }
 }
