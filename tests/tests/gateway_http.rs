@@ -771,11 +771,30 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
             v["id"].as_str().unwrap().to_owned()
         }
     };
-    // No connection yet: refused, nothing reaches the upstream.
+    // No connection yet: refused, nothing reaches the upstream, the skip is evidence.
     let before = upstream.hits.load(Ordering::SeqCst);
-    let c = governed_call().await;
+    let m = mint(&issuer, &z, &b, &edge).await;
+    let c = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/tickets",
+        &[
+            ("authorization", &format!("Bearer {m}")),
+            ("x-caracal-resource", RESOURCE),
+            ("x-request-id", "gw-oauth-no-connection"),
+        ],
+    )
+    .await;
     assert_eq!(c.status, 403, "{}", c.body);
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
+    let skipped = eventually(20, || async {
+        let events = audit_events(&server, "gw-oauth-no-connection").await;
+        events
+            .into_iter()
+            .find(|e| e["evaluation_status"] == "credential_not_provisioned")
+    })
+    .await;
+    assert_eq!(skipped["event_type"], "token_exchange", "{skipped}");
     let conn = connect("stored-access", GOOD_REFRESH, 3600).await;
     let c = governed_call().await;
     assert_eq!(c.status, 200, "{}", c.body);

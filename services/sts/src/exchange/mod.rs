@@ -395,11 +395,30 @@ async fn exchange(
     let mut upstreams = Map::new();
     if via_gateway {
         for g in &granted {
-            upstreams.insert(
-                g.identifier.clone(),
+            let directive =
                 gateway::directive(app, &sts.provider_tokens, (&client.zone_id, &sub), &g.data)
-                    .await?,
-            );
+                    .await;
+            match directive {
+                Ok(d) => {
+                    upstreams.insert(g.identifier.clone(), d);
+                }
+                Err(e) => {
+                    // §5.2: the credential's failure is evidence too.
+                    let mut m = Map::new();
+                    m.insert("application_id".into(), json!(client.id));
+                    m.insert("resource".into(), json!(g.identifier));
+                    m.insert("error".into(), json!(e.code));
+                    let status = credential_skip(&e);
+                    frames.push(Frame::refusal(
+                        &client.zone_id,
+                        rid,
+                        "token_exchange",
+                        status,
+                        m,
+                    ));
+                    return Err(e);
+                }
+            }
         }
     }
     // The mint's durable effects at once (none depends on another): the authority record,
@@ -571,6 +590,16 @@ fn frames_reason(frames: &[Frame]) -> Option<String> {
             None
         }
     })
+}
+
+/// The skip reason of §5.2 for a credential that could not be had on the Gateway path.
+fn credential_skip(e: &StsError) -> &'static str {
+    match e.code {
+        "credential_expired_not_renewable" => "credential_refresh_failed",
+        "access_denied" => "credential_not_provisioned",
+        _ if e.description.contains("not provisioned") => "credential_not_provisioned",
+        _ => "provider_unavailable",
+    }
 }
 
 /// §8.4: `0`/absent = default; negative or above the cap refused (after evaluation).

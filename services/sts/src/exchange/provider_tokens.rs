@@ -4,7 +4,7 @@
 //! expires within 30 s and written back as the connection's next version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -35,6 +35,8 @@ const MAX_CACHED: usize = 10_000;
 #[derive(Default)]
 pub struct ProviderTokens {
     cached: Mutex<HashMap<(String, u64), (String, Instant)>>,
+    /// One fetch per provider at a time: concurrent requests at expiry wait for it.
+    fetching: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn unavailable(identifier: &str, reason: &str) -> StsError {
@@ -61,6 +63,14 @@ fn signs_assertions(cfg: &Map<String, Value>) -> bool {
 }
 
 impl ProviderTokens {
+    fn fresh(&self, key: &(String, u64)) -> Option<String> {
+        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .get(key)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(token, _)| token.clone())
+    }
+
     /// The provider's client-credentials token, fetched when none is cached.
     pub async fn client_credentials(
         &self,
@@ -70,15 +80,20 @@ impl ProviderTokens {
         secrets: &BTreeMap<String, String>,
     ) -> Result<String, StsError> {
         let key = (provider.id.clone(), provider.version);
-        if let Some((token, until)) = self
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            if Instant::now() < *until {
-                return Ok(token.clone());
+        if let Some(token) = self.fresh(&key) {
+            return Ok(token);
+        }
+        let flight = {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            if f.len() >= MAX_CACHED && !f.contains_key(&key) {
+                f.clear();
             }
+            f.entry(key.clone()).or_default().clone()
+        };
+        let _turn = flight.lock().await;
+        // Another request may have fetched it while this one waited.
+        if let Some(token) = self.fresh(&key) {
+            return Ok(token);
         }
         if signs_assertions(cfg) {
             return Err(unavailable(
