@@ -32,11 +32,14 @@ pub const CONNECTION_TOKENS: &str = "provider_connection_tokens";
 const MAX_CACHED: usize = 10_000;
 
 /// Client-credentials tokens by provider id and version (a changed provider is a new key).
+/// A provider as of one version (a changed provider is a new key).
+type ProviderKey = (String, u64);
+
 #[derive(Default)]
 pub struct ProviderTokens {
-    cached: Mutex<HashMap<(String, u64), (String, Instant)>>,
+    cached: Mutex<HashMap<ProviderKey, (String, Instant)>>,
     /// One fetch per provider at a time: concurrent requests at expiry wait for it.
-    fetching: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
+    fetching: Mutex<HashMap<ProviderKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn unavailable(identifier: &str, reason: &str) -> StsError {
@@ -63,7 +66,7 @@ fn signs_assertions(cfg: &Map<String, Value>) -> bool {
 }
 
 impl ProviderTokens {
-    fn fresh(&self, key: &(String, u64)) -> Option<String> {
+    fn fresh(&self, key: &ProviderKey) -> Option<String> {
         let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         cached
             .get(key)
