@@ -15,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use serval_domain::catalog::runtime::{Decision, DecisionRefused, REASON_MAX_CHARS};
 use serval_domain::catalog::step_up;
-use serval_domain::catalog::{ApprovalData, CatalogCommand, Entity, EntityData};
+use serval_domain::catalog::{CatalogCommand, Entity, EntityData};
 use serval_kit::freshness::{self, Dep};
 use serval_kit::http::ApiError;
 use serval_kit::App;
@@ -23,8 +23,9 @@ use serval_projector::catalog as read;
 use serval_schema::projections;
 use serval_streams::LogStream;
 
-use crate::exchange::approval::Appended;
+use crate::exchange::approval::hold_of;
 use crate::exchange::error::StsError;
+use crate::exchange::Appended;
 
 /// Longest a status call is held open.
 const MAX_WAIT_SECS: u64 = 25;
@@ -55,13 +56,6 @@ fn not_found() -> StsError {
         "resource_not_found",
         "approval not found",
     )
-}
-
-fn hold_of(e: &Entity) -> Option<&ApprovalData> {
-    match &e.data {
-        EntityData::Approval(h) if h.approval_type == "human_approval" => Some(h),
-        _ => None,
-    }
 }
 
 /// A hold by id in any zone, as of every write acknowledged before this call.

@@ -20,13 +20,13 @@ use serval_kit::http::ApiError;
 use serval_kit::secrets::Binding;
 use serval_kit::App;
 use serval_projector::catalog as read;
-use serval_streams::{AppendError, LogStream};
 use sha2::{Digest, Sha256};
 
 use super::client_auth::Client;
 use super::delegated::Governed;
 use super::error::StsError;
 use super::form::TokenForm;
+use super::Appended;
 
 /// Hex SHA-256 of the decision contract's source (both parts), bound into every hold.
 fn contract_sha256() -> &'static str {
@@ -161,7 +161,8 @@ fn declarations(frames: &[Frame]) -> Vec<TierDeclaration> {
         .collect()
 }
 
-fn hold_of(e: &Entity) -> Option<&ApprovalData> {
+/// The human-approval hold an entity is, if it is one.
+pub fn hold_of(e: &Entity) -> Option<&ApprovalData> {
     match &e.data {
         EntityData::Approval(h) if h.approval_type == "human_approval" => Some(h),
         _ => None,
@@ -238,8 +239,7 @@ async fn load_hold(app: &App, zone: &str, id: &str) -> Result<Option<Entity>, St
         .await
         .map_err(ApiError::from)?;
     if e.is_none() {
-        let stream = LogStream::Zone(zone.to_owned());
-        serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
+        super::catch_up_catalog(app, zone).await;
         e = read::load(&app.pool, zone, id)
             .await
             .map_err(ApiError::from)?;
@@ -273,8 +273,7 @@ pub async fn settle(
         // Holds are not waited for before an exchange: a decision acknowledged just now
         // may not be projected yet, so a pending hold is read again once caught up.
         if hold_of(&e).is_some_and(|h| h.state(now) == "pending") {
-            let stream = LogStream::Zone(req.client.zone_id.clone());
-            serval_kit::write::catch_up(app, serval_schema::projections::CATALOG, &stream).await;
+            super::catch_up_catalog(app, &req.client.zone_id).await;
             if let Some(fresh) = load_hold(app, &req.client.zone_id, id).await? {
                 e = fresh;
             }
@@ -512,13 +511,7 @@ async fn issue(
     )
     .await;
     if let Err(e) = created {
-        let _: Result<i64, _> = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        )
-        .key(&key)
-        .arg(&mine)
-        .invoke_async(&mut conn)
-        .await;
+        super::release_if_held(app, &key, &mine).await;
         return Err(e.into());
     }
     frames.push(lifecycle_frame(
@@ -568,31 +561,6 @@ pub async fn consume(
         Ok(()) => Ok(next),
         Err(Appended::Conflict) => Err(consumed_already()),
         Err(Appended::Failed(e)) => Err(e),
-    }
-}
-
-/// Why a catalog append did not happen.
-pub enum Appended {
-    /// The aggregate moved on since it was read.
-    Conflict,
-    Failed(StsError),
-}
-
-impl From<AppendError> for Appended {
-    fn from(e: AppendError) -> Self {
-        match e {
-            AppendError::VersionConflict { .. } => Appended::Conflict,
-            e => Appended::Failed(ApiError::internal(format!("append: {e}")).into()),
-        }
-    }
-}
-
-impl From<Appended> for StsError {
-    fn from(a: Appended) -> Self {
-        match a {
-            Appended::Conflict => ApiError::internal("append: version conflict").into(),
-            Appended::Failed(e) => e,
-        }
     }
 }
 

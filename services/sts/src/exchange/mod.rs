@@ -38,7 +38,7 @@ use serval_domain::Event;
 use serval_kit::freshness::{self, Dep};
 use serval_projector::catalog::{self as read, Filter, Status};
 use serval_schema::projections;
-use serval_streams::{AppendRequest, LogStream};
+use serval_streams::{AppendError, AppendRequest, LogStream};
 
 use serval_kit::http::ApiError;
 use serval_kit::mandate::Claims;
@@ -687,7 +687,7 @@ async fn bind_subject_record(
         if app.store.version(&stream, sid).await.ok() == Some(1) {
             return Ok(sid.to_owned());
         }
-        serval_kit::write::catch_up(app, projections::CATALOG, &stream).await;
+        catch_up_catalog(app, &client.zone_id).await;
         record = read::load(&app.pool, &client.zone_id, sid)
             .await
             .map_err(ApiError::from)?;
@@ -727,8 +727,7 @@ async fn bind_authority_record(
     if record.is_none() {
         // Records are not waited for before an exchange (`unread_by_exchanges`): a record
         // minted just now is waited for here, once.
-        let stream = LogStream::Zone(client.zone_id.clone());
-        serval_kit::write::catch_up(app, projections::CATALOG, &stream).await;
+        catch_up_catalog(app, &client.zone_id).await;
         record = read::load(&app.pool, &client.zone_id, id)
             .await
             .map_err(ApiError::from)?;
@@ -1061,6 +1060,51 @@ async fn create_authority_record(
     .map_err(StsError::from)
 }
 
+/// Why a catalog append did not happen.
+pub enum Appended {
+    /// The aggregate moved on since it was read.
+    Conflict,
+    Failed(StsError),
+}
+
+impl From<AppendError> for Appended {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::VersionConflict { .. } => Appended::Conflict,
+            e => Appended::Failed(ApiError::internal(format!("append: {e}")).into()),
+        }
+    }
+}
+
+impl From<Appended> for StsError {
+    fn from(a: Appended) -> Self {
+        match a {
+            Appended::Conflict => ApiError::internal("append: version conflict").into(),
+            Appended::Failed(e) => e,
+        }
+    }
+}
+
+/// Waits once for the zone's catalog projection to reach the log head: what an exchange
+/// does when an object it reads by id (a record, a hold) may not be projected yet.
+pub(crate) async fn catch_up_catalog(app: &App, zone: &str) {
+    let stream = LogStream::Zone(zone.to_owned());
+    serval_kit::write::catch_up(app, projections::CATALOG, &stream).await;
+}
+
+/// Deletes `key` only while it still holds `value` (a lease or reservation this request
+/// took); best effort.
+pub(crate) async fn release_if_held(app: &App, key: &str, value: &str) {
+    let mut conn = app.redis.clone();
+    let _: Result<i64, _> = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+    .key(key)
+    .arg(value)
+    .invoke_async(&mut conn)
+    .await;
+}
+
 /// Appends one catalog command of the zone, decided on `state` (`None`: a new aggregate)
 /// and conditional on its version: a concurrent writer makes it a conflict.
 pub(crate) async fn append_catalog(
@@ -1070,14 +1114,13 @@ pub(crate) async fn append_catalog(
     state: Option<&Entity>,
     command: &CatalogCommand,
     actor: &str,
-) -> Result<(), approval::Appended> {
+) -> Result<(), Appended> {
     let stamp = Stamp {
         by: actor.to_owned(),
         via_operator: false,
     };
-    let events = catalog::decide(state, command, &stamp).map_err(|e| {
-        approval::Appended::Failed(ApiError::internal(format!("catalog: {e}")).into())
-    })?;
+    let events = catalog::decide(state, command, &stamp)
+        .map_err(|e| Appended::Failed(ApiError::internal(format!("catalog: {e}")).into()))?;
     let req = AppendRequest::new(
         LogStream::Zone(zone.to_owned()),
         Some(zone.to_owned()),

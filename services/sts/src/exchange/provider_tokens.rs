@@ -17,8 +17,8 @@ use serval_kit::secrets::Binding;
 use serval_kit::App;
 use serval_projector::catalog::{self as read, Filter, Status};
 
-use super::approval::Appended;
 use super::error::StsError;
+use super::Appended;
 
 /// A fetched token is used until this long before it expires.
 const EARLY: Duration = Duration::from_secs(30);
@@ -218,13 +218,7 @@ pub async fn connection_token(
         return refreshed_elsewhere(app, (zone, &e.id), &c, identifier).await;
     }
     let result = refresh_leased(app, &e, &c, identifier, cfg, secrets).await;
-    let _: Result<i64, _> = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-    .key(&lease)
-    .arg(&holder)
-    .invoke_async(&mut conn)
-    .await;
+    super::release_if_held(app, &lease, &holder).await;
     result
 }
 
@@ -384,12 +378,7 @@ async fn write_back(
         match appended {
             Ok(()) => return Ok(()),
             Err(Appended::Conflict) => {
-                serval_kit::write::catch_up(
-                    app,
-                    serval_schema::projections::CATALOG,
-                    &serval_streams::LogStream::Zone(e.zone_id.clone()),
-                )
-                .await;
+                super::catch_up_catalog(app, &e.zone_id).await;
                 match reload(app, &e.zone_id, &e.id).await? {
                     Some((ne, nc)) if nc.refresh_token_version == c.refresh_token_version => {
                         e = ne;
