@@ -39,6 +39,16 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// What a domain `evolve` needs of this envelope.
+    pub fn meta(&self) -> serval_domain::EventMeta {
+        serval_domain::EventMeta {
+            event_id: self.event_id.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            aggregate_version: self.aggregate_version,
+            occurred_at: self.occurred_at,
+        }
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
         Ok(rmp_serde::to_vec_named(self)?)
     }

@@ -125,7 +125,17 @@ impl Ctx {
     }
 
     /// Sessions of the zone: id → (parent, status).
+    /// Writes answer at their durable append; a request through the Coordinator reads a
+    /// catalog that has passed them. One such read first, before Postgres is read directly.
+    async fn settle(&self) {
+        let (s, v) = self
+            .call(reqwest::Method::GET, "/agents?limit=1", None, &self.token)
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
     async fn sessions(&self) -> HashMap<String, (Option<String>, String)> {
+        self.settle().await;
         let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
             "SELECT id, doc #>> '{data,session,parent_session_id}', doc #>> '{data,session,status}'
                FROM catalog_objects WHERE zone_id = $1 AND kind = 'session'",
@@ -138,6 +148,7 @@ impl Ctx {
     }
 
     async fn edges(&self) -> Vec<Value> {
+        self.settle().await;
         sqlx::query_scalar("SELECT doc FROM delegation_edges WHERE zone_id = $1 ORDER BY id")
             .bind(&self.zone)
             .fetch_all(&self.pool)
@@ -498,6 +509,7 @@ async fn random_sequences_keep_every_invariant_and_replay_reproduces_the_graph()
                 .unwrap();
         (edges, graphs, objects)
     };
+    ctx.settle().await;
     let before = snapshot(ctx.pool.clone()).await;
     let revoked = before
         .0

@@ -111,14 +111,6 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
     })
 }
 
-fn meta_of(env: &serval_streams::Envelope) -> EventMeta {
-    EventMeta {
-        event_id: env.event_id.clone(),
-        aggregate_id: env.aggregate_id.clone(),
-        aggregate_version: env.aggregate_version,
-        occurred_at: env.occurred_at,
-    }
-}
 
 /// The result of one committed catalog write.
 pub struct Written {
@@ -231,20 +223,11 @@ async fn written(
     outcome: &Outcome,
     before: Option<Entity>,
 ) -> Result<Option<Entity>, ApiError> {
-    let Outcome::Applied {
-        events, envelopes, ..
-    } = outcome
-    else {
+    match outcome.folded(before) {
+        Some(after) => Ok(after),
         // A retried request's first answer was not recorded: the read model has it.
-        return Ok(read::load(&app.pool, zone, id).await?);
-    };
-    Ok(events
-        .iter()
-        .zip(envelopes)
-        .fold(before, |s, (e, env)| match e {
-            Event::Catalog(ce) => catalog::evolve(s, &meta_of(env), ce),
-            _ => s,
-        }))
+        None => Ok(read::load(&app.pool, zone, id).await?),
+    }
 }
 
 /// Answers a committed write: replayed answers verbatim, else `render(entity)` (or no body).

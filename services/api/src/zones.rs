@@ -263,16 +263,7 @@ fn fold(state: Option<Zone>, outcome: &Outcome) -> Option<Zone> {
         .iter()
         .zip(envelopes)
         .fold(state, |s, (e, env)| match e {
-            Event::Zone(ze) => zone::evolve(
-                s,
-                &serval_domain::EventMeta {
-                    event_id: env.event_id.clone(),
-                    aggregate_id: env.aggregate_id.clone(),
-                    aggregate_version: env.aggregate_version,
-                    occurred_at: env.occurred_at,
-                },
-                ze,
-            ),
+            Event::Zone(ze) => zone::evolve(s, &env.meta(), ze),
             _ => s,
         })
 }

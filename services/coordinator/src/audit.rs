@@ -2,6 +2,10 @@
 //! recorded before its success is released (else `500 audit_unavailable`); a failed request
 //! of an authenticated caller, any method, is recorded after the answer. Requests refused
 //! before authentication completed are not recorded, nor are `429`s.
+//!
+//! The record of the expected success is prepared at authentication and rides the
+//! request's first write (one fsync for both, as in the Management API); the answer is
+//! compared with it and, when it differs, its own record is appended too.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,15 +21,69 @@ use serval_kit::App;
 
 use crate::auth::Principal;
 
+/// The request being served, as its record needs it.
+struct Call {
+    method: Method,
+    path: String,
+    rid: String,
+    /// The documented success of a route whose record may ride its first write.
+    expected: Option<StatusCode>,
+    caller: Mutex<Option<Principal>>,
+}
+
 tokio::task_local! {
-    static CALLER: Arc<Mutex<Option<Principal>>>;
+    static CALL: Arc<Call>;
 }
 
 /// Notes the authenticated caller of the request being served.
 pub fn note(p: &Principal) {
-    let _ = CALLER.try_with(|c| {
-        *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+    let _ = CALL.try_with(|c| {
+        *c.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+        if let Some(expected) = c.expected {
+            serval_kit::admin_audit::note_prepared(record(c, p, expected));
+        }
     });
+}
+
+/// The success status of the mutations whose record is prepared before they write.
+fn expected(method: &Method, path: &str) -> Option<StatusCode> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let status = match (method.as_str(), segs.as_slice()) {
+        ("POST", ["zones", _, "agents" | "delegations" | "invocations"]) => StatusCode::CREATED,
+        ("DELETE", ["zones", _, "agents", _]) => StatusCode::NO_CONTENT,
+        ("PATCH", ["zones", _, "agents", _, "suspend" | "resume"])
+        | ("POST", ["zones", _, "agents", _, "lease" | "heartbeat"])
+        | ("PATCH", ["zones", _, "delegations", _, "revoke"])
+        | ("PATCH", ["zones", _, "invocations", _, "start" | "cancel" | "complete"]) => {
+            StatusCode::OK
+        }
+        _ => return None,
+    };
+    Some(status)
+}
+
+fn record(c: &Call, p: &Principal, status: StatusCode) -> AdminAuditRecord {
+    let (entity_type, entity_id) = entity(&c.path);
+    AdminAuditRecord {
+        request_id: c.rid.clone(),
+        actor_id: Some(p.subject.clone()),
+        actor_name: Some(p.client_id.clone()),
+        actor_scope: Some(p.scopes.join(" ")),
+        action: format!("{} {}", c.method, c.path),
+        method: c.method.as_str().to_owned(),
+        path: c.path.clone(),
+        zone_id: zone_of(&c.path).or_else(|| Some(p.zone_id.clone())),
+        entity_type,
+        entity_id,
+        status_code: status.as_u16(),
+        payload_json: json!({
+            "service": "coordinator",
+            "operator": p.operator,
+            "agent_session_id": p.session_id,
+            "delegation_edge_id": p.delegation_edge_id,
+        })
+        .to_string(),
+    }
 }
 
 fn entity(path: &str) -> (Option<String>, Option<String>) {
@@ -69,41 +127,34 @@ pub async fn layer(State(app): State<App>, req: Request, next: Next) -> Response
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let caller = Arc::new(Mutex::new(None));
-    let resp = CALLER.scope(caller.clone(), next.run(req)).await;
-    let Some(p) = caller.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    let call = Arc::new(Call {
+        expected: expected(&method, &path),
+        method,
+        path,
+        rid,
+        caller: Mutex::new(None),
+    });
+    let served = CALL.scope(call.clone(), next.run(req));
+    let (resp, early) = match call.expected {
+        Some(status) => serval_kit::admin_audit::with_prepared(status, served).await,
+        None => (served.await, Default::default()),
+    };
+    let Some(p) = call.caller.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return resp;
     };
     let status = resp.status();
     let mutation = matches!(
-        method,
+        call.method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     let failed = status.as_u16() >= 400;
     if (!mutation && !failed) || status == StatusCode::TOO_MANY_REQUESTS {
         return resp;
     }
-    let (entity_type, entity_id) = entity(&path);
-    let record = AdminAuditRecord {
-        request_id: rid,
-        actor_id: Some(p.subject.clone()),
-        actor_name: Some(p.client_id.clone()),
-        actor_scope: Some(p.scopes.join(" ")),
-        action: format!("{method} {path}"),
-        method: method.as_str().to_owned(),
-        path: path.clone(),
-        zone_id: zone_of(&path).or_else(|| Some(p.zone_id.clone())),
-        entity_type,
-        entity_id,
-        status_code: status.as_u16(),
-        payload_json: json!({
-            "service": "coordinator",
-            "operator": p.operator,
-            "agent_session_id": p.session_id,
-            "delegation_edge_id": p.delegation_edge_id,
-        })
-        .to_string(),
-    };
+    let record = record(&call, &p, status);
+    if serval_kit::admin_audit::settle_early(early, &record).await {
+        return resp;
+    }
     if failed {
         tokio::spawn(async move {
             if let Err(e) = serval_kit::admin_audit::append_record(&app, record).await {

@@ -112,6 +112,7 @@ pub async fn authenticate(
             authority_record_id: None,
             operator: true,
         };
+        fresh_catalog(app, path_zone).await?;
         crate::audit::note(&p);
         return Ok(p);
     }
@@ -167,16 +168,7 @@ async fn identity_live(
 ) -> Result<(), ApiError> {
     let mut ids = vec![client_id.to_owned()];
     ids.extend(sid.map(str::to_owned));
-    // Read-your-writes: an archive or revocation the Management API acknowledged, and the
-    // record the STS appended a moment ago, are both in the zone's log before this request.
-    serval_kit::freshness::ensure(
-        app,
-        &[serval_kit::freshness::Dep::new(
-            serval_schema::projections::CATALOG,
-            serval_streams::LogStream::Zone(zone.to_owned()),
-        )],
-    )
-    .await?;
+    fresh_catalog(app, zone).await?;
     let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
     let now = Utc::now();
     let revoked = || ApiError::unauthorized("identity_revoked");
@@ -197,6 +189,21 @@ async fn identity_live(
         }
     }
     Ok(())
+}
+
+/// Read-your-writes for the whole request: the zone's catalog read model (Sessions, the
+/// graph, records) has passed every entry in the zone's log when the request arrived — an
+/// archive or revocation the Management API acknowledged, the record the STS appended a
+/// moment ago, and this service's own writes, which answer before they are projected.
+async fn fresh_catalog(app: &App, zone: &str) -> Result<(), ApiError> {
+    serval_kit::freshness::ensure(
+        app,
+        &[serval_kit::freshness::Dep::new(
+            serval_schema::projections::CATALOG,
+            serval_streams::LogStream::Zone(zone.to_owned()),
+        )],
+    )
+    .await
 }
 
 /// `/metrics` and `/stats`: the operator token only (§2.3).

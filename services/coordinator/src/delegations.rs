@@ -312,13 +312,17 @@ pub async fn create_edge(
         receipt.as_ref().map(|r| r.idem.clone()),
         |view| {
             let d = delegation::decide_create(&view.graph, &cmd).map_err(refusal)?;
-            let extra = (d.parent.clone(), d.parents_considered.clone());
+            let created = match &d.event {
+                delegation::DelegationEvent::EdgeCreated(c) => Some(c.edge.clone()),
+                _ => None,
+            };
+            let extra = (d.parent.clone(), d.parents_considered.clone(), created);
             Ok(Some((d.event, extra)))
         },
     )
     .await
     .map_err(idempotency::map_conflict)?;
-    let Some(((parent, considered), _, outcome)) = written else {
+    let Some(((parent, considered, created), _, outcome)) = written else {
         return Err(ApiError::internal("delegation create decided nothing"));
     };
     match outcome {
@@ -336,9 +340,8 @@ pub async fn create_edge(
     if let Some(r) = &receipt {
         r.count(app).await;
     }
-    let edge = q::load(&app.pool, zone, &id)
-        .await?
-        .ok_or_else(|| ApiError::internal("edge not readable"))?;
+    // The edge as decided is the row the projection writes (`delegation::evolve`).
+    let edge = created.ok_or_else(|| ApiError::internal("edge not decided"))?;
     let v = created_answer(&edge, parent.is_some(), &considered)?;
     let stream = serval_streams::LogStream::Zone(zone.to_owned());
     let idem = receipt.map(|r| r.idem);
@@ -792,6 +795,15 @@ pub async fn revoke_edge(
         .filter_map(|t| running.get(t).and_then(|(record, _)| record.clone()))
         .collect::<std::collections::BTreeSet<_>>()
         .len();
+    if !targets.is_empty() {
+        // The cascades read the edges this revocation ended.
+        serval_kit::write::catch_up(
+            app,
+            serval_schema::projections::CATALOG,
+            &serval_streams::LogStream::Zone(zone.to_owned()),
+        )
+        .await;
+    }
     let mut terminated = 0;
     for t in &targets {
         terminated += cascade::terminate(app, &w, zone, t, "delegation_revoked", Ending::Terminate)

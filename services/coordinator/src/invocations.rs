@@ -175,8 +175,11 @@ pub async fn create(
         Some(receipt.idem.clone()),
     )
     .await;
-    let id = match outcome {
-        Ok(Outcome::Applied { aggregate_id, .. }) => aggregate_id,
+    let e = match outcome {
+        Ok(o @ Outcome::Applied { .. }) => o
+            .folded(None)
+            .flatten()
+            .ok_or_else(|| ApiError::internal("invocation not folded"))?,
         Ok(Outcome::Replay { status, body }) => return Ok(idempotency::replayed(status, &body)),
         Ok(Outcome::ReplayUnrecorded { aggregate_id, .. }) => {
             return replay_created(&app, &zone, &aggregate_id).await
@@ -185,9 +188,6 @@ pub async fn create(
         Err(f) => return Err(f.into()),
     };
     receipt.count(&app).await;
-    let e = read::load(&app.pool, &zone, &id)
-        .await?
-        .ok_or_else(not_found)?;
     let EntityData::Invocation(i) = &e.data else {
         return Err(not_found());
     };

@@ -98,7 +98,7 @@ pub async fn register(
             .store
             .reservation_holder(&stream, ENDPOINT, &key)
             .await?;
-        let id = if let Some(id) = holder {
+        let e = if let Some(id) = holder {
             let updated = store::update(
                 &app,
                 &w,
@@ -126,8 +126,12 @@ pub async fn register(
             )
             .await?;
             match updated {
-                Some(e) => e.id,
-                None => id,
+                Some(e) => e,
+                // Nothing changed: the registration as the read model has it.
+                None => match read::load(&app.pool, &zone, &id).await? {
+                    Some(e) => e,
+                    None => continue,
+                },
             }
         } else {
             let id = uuid::Uuid::now_v7().to_string();
@@ -157,15 +161,15 @@ pub async fn register(
             )
             .await
             {
-                Ok(_) => id,
+                Ok(o) => match o.folded(None).flatten() {
+                    Some(e) => e,
+                    None => continue,
+                },
                 // A concurrent registration of the same endpoint won: update it instead.
                 Err(Failure::Taken { .. }) => continue,
                 Err(f) => return Err(f.into()),
             }
         };
-        let e = read::load(&app.pool, &zone, &id)
-            .await?
-            .ok_or_else(|| ApiError::internal("registration not readable"))?;
         if let EntityData::AgentService(a) = &e.data {
             return Ok((StatusCode::CREATED, Json(render::service(&e, a))).into_response());
         }

@@ -303,15 +303,19 @@ pub async fn start(
         Err(Failure::Api(e)) => return Err(idempotency::map_conflict(e)),
         Err(f) => return Err(f.into()),
     };
-    let session_id = match outcome {
+    let entity = match &outcome {
         Outcome::Replay { status, body } => {
-            return replay_if_live(&app, &zone, status, &body, "agent_session_id").await
+            return replay_if_live(&app, &zone, *status, body, "agent_session_id").await
         }
         Outcome::ReplayUnrecorded { aggregate_id, .. } => {
-            return replay_unrecorded(&app, &zone, &aggregate_id).await
+            return replay_unrecorded(&app, &zone, aggregate_id).await
         }
-        Outcome::Applied { aggregate_id, .. } => aggregate_id,
+        Outcome::Applied { .. } => outcome
+            .folded(None)
+            .flatten()
+            .ok_or_else(|| ApiError::internal("started session not folded"))?,
     };
+    let session_id = entity.id.clone();
     if let Some(r) = &receipt {
         r.count(&app).await;
     }
@@ -320,7 +324,14 @@ pub async fn start(
         match mirror(&app, &w, &zone, &parent_edge, &session_id, &s).await {
             Ok(id) => edge_id = json!(id),
             Err(e) => {
-                // The start is undone: the Session ends before anyone could use it.
+                // The start is undone: the Session ends before anyone could use it (once
+                // the read model has it, so the cascade finds it).
+                serval_kit::write::catch_up(
+                    &app,
+                    serval_schema::projections::CATALOG,
+                    &serval_streams::LogStream::Zone(zone.clone()),
+                )
+                .await;
                 cascade::terminate(
                     &app,
                     &w,
@@ -334,9 +345,6 @@ pub async fn start(
             }
         }
     }
-    let entity = read::load(&app.pool, &zone, &session_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("started session not readable"))?;
     let sd = session_data(&entity).ok_or_else(|| ApiError::internal("not a session"))?;
     let mut v = render::session(&entity, sd, SessionShape::Start);
     v["delegation_edge_id"] = edge_id;

@@ -1,7 +1,11 @@
 //! How the Coordinator writes: catalog objects (Sessions, service registrations,
 //! invocations) one aggregate each, and the zone's Delegation graph as one aggregate whose
 //! version is the epoch. Every write is a conditional append retried on a version conflict
-//! (decided again on fresh state), then waited on until the read model has it.
+//! (decided again once the read model has caught up with the log). A write answers once it
+//! is durable, from the state it decided: it does not wait for the read model. Every
+//! request reads a fresh catalog from its authentication on (`auth.rs`), and a decision
+//! made on a read model that has not yet passed a write conflicts and is made again, so
+//! no reader acts on state older than a write acknowledged before it began.
 
 use axum::http::StatusCode;
 use serval_domain::catalog::{self, CatalogCommand, Entity, EntityData, Stamp};
@@ -79,7 +83,7 @@ pub async fn create(
         zone_id: zone.to_owned(),
         data,
     };
-    write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+    write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
         let command = command.clone();
         let reserve = reserve.clone();
         async move {
@@ -96,8 +100,24 @@ pub async fn create(
     .await
 }
 
+/// The object `id` as the read model has it; when the read model does not have it yet but
+/// the log does (created by a write still being projected), once it has caught up.
+async fn current(app: &App, zone: &str, id: &str) -> Result<Option<Entity>, ApiError> {
+    let found = serval_projector::catalog::load(&app.pool, zone, id).await?;
+    if found.is_some() {
+        return Ok(found);
+    }
+    let stream = LogStream::Zone(zone.to_owned());
+    if app.store.version(&stream, id).await.map_err(ApiError::from)? == 0 {
+        return Ok(None);
+    }
+    write::catch_up(app, CATALOG, &stream).await;
+    Ok(serval_projector::catalog::load(&app.pool, zone, id).await?)
+}
+
 /// Replaces an object's data with what `change` makes of the current object; `Ok(None)`
-/// when `change` declines (nothing to do). Conflicts reload and ask `change` again.
+/// when `change` declines (nothing to do). Conflicts reload and ask `change` again. The
+/// object after the write is folded from the state the write was decided on.
 pub async fn update<F>(
     app: &App,
     w: &Writer,
@@ -110,15 +130,13 @@ where
     F: Fn(&Entity) -> Option<EntityData>,
 {
     let fields: Vec<String> = changed_fields.iter().map(|s| s.to_string()).collect();
-    let outcome =
-        write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
+    let decided_on: std::sync::Mutex<Option<Entity>> = std::sync::Mutex::new(None);
+    let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
             let fields = fields.clone();
             let change = &change;
+            let decided_on = &decided_on;
             async move {
-                let current = serval_projector::catalog::load(&app.pool, zone, id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .filter(Entity::is_live);
+                let current = current(app, zone, id).await?.filter(Entity::is_live);
                 let Some(current) = current else {
                     return Err(Failure::Api(ApiError::new(
                         StatusCode::NOT_MODIFIED,
@@ -141,12 +159,18 @@ where
                     .into_iter()
                     .map(Event::Catalog)
                     .collect();
-                Ok(w.request(zone, id, current.version, events))
+                let version = current.version;
+                *decided_on.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
+                Ok(w.request(zone, id, version, events))
             }
         })
         .await;
     match outcome {
-        Ok(Outcome::Applied { .. }) | Ok(Outcome::ReplayUnrecorded { .. }) => {
+        Ok(o @ Outcome::Applied { .. }) => {
+            let before = decided_on.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Ok(o.folded(before).flatten())
+        }
+        Ok(Outcome::ReplayUnrecorded { .. }) => {
             Ok(serval_projector::catalog::load(&app.pool, zone, id).await?)
         }
         Ok(Outcome::Replay { .. }) => Ok(None),
@@ -177,8 +201,7 @@ where
 {
     let id = delegation::graph_id(zone);
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
-    let outcome =
-        write::execute_visible(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+    let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
             let scope = scope.clone();
             let decide = &decide;
             let decided = &decided;

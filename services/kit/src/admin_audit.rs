@@ -224,7 +224,8 @@ pub fn note_attributed() {
 /// for and releases the answer only once it is durable; if they differ (the handler failed
 /// after its write), the actual record is appended as well.
 struct EarlyAudit {
-    facts: RequestFacts,
+    /// `None` for a service that prepares its own record ([`note_prepared`]).
+    facts: Option<RequestFacts>,
     expected: StatusCode,
     state: Mutex<EarlyState>,
 }
@@ -232,6 +233,8 @@ struct EarlyAudit {
 #[derive(Default)]
 struct EarlyState {
     principal: Option<Principal>,
+    /// The record a service built itself, for the success it expects.
+    prepared: Option<AdminAuditRecord>,
     fired: Option<(AdminAuditRecord, Fired)>,
 }
 
@@ -246,6 +249,79 @@ enum Fired {
 impl EarlyAudit {
     fn lock(&self) -> std::sync::MutexGuard<'_, EarlyState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record for the expected success, once the caller is known.
+    fn record(&self, st: &EarlyState, aggregate_id: &str) -> Option<AdminAuditRecord> {
+        match &self.facts {
+            Some(facts) => {
+                let principal = st.principal.as_ref()?;
+                Some(build_record(
+                    facts,
+                    self.expected,
+                    Some(principal),
+                    Some(aggregate_id.to_owned()),
+                ))
+            }
+            None => st.prepared.clone(),
+        }
+    }
+}
+
+/// Called by a service that builds its own records (the Coordinator, §2.5) once the caller
+/// is authenticated: `record` is what a success with the expected status records, and it
+/// rides the request's first write like the Management API's.
+pub fn note_prepared(record: AdminAuditRecord) {
+    let _ = EARLY.try_with(|h| {
+        if h.facts.is_none() {
+            h.lock().prepared = Some(record);
+        }
+    });
+}
+
+/// How the early record of a request went: settle it with [`settle_early`].
+#[derive(Default)]
+pub struct Early(Option<(AdminAuditRecord, Fired)>);
+
+/// Runs `served` with an early-record hook for a service that prepares its own records
+/// ([`note_prepared`]); `expected` is the route's documented success status.
+pub async fn with_prepared<F>(expected: StatusCode, served: F) -> (Response, Early)
+where
+    F: std::future::Future<Output = Response>,
+{
+    let hook = Arc::new(EarlyAudit {
+        facts: None,
+        expected,
+        state: Mutex::new(EarlyState::default()),
+    });
+    let resp = EARLY.scope(hook.clone(), served).await;
+    let fired = hook.lock().fired.take();
+    (resp, Early(fired))
+}
+
+/// Whether the early record is durable and equals `actual` (then nothing else need be
+/// appended); `false` when there was none, it differs, or it could not be appended.
+pub async fn settle_early(early: Early, actual: &AdminAuditRecord) -> bool {
+    let Some((record, fired)) = early.0 else {
+        return false;
+    };
+    let appended = match fired {
+        Fired::Rode => Ok(()),
+        Fired::Spawned(handle) => handle.await.map_err(|e| e.to_string()).and_then(|r| r),
+    };
+    match appended {
+        Ok(()) if &record == actual => true,
+        Ok(()) => {
+            tracing::warn!(
+                request_id = %actual.request_id,
+                "the answer differs from the write's early audit record; recording it too"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "early admin audit record not appended; retrying");
+            false
+        }
     }
 }
 
@@ -263,13 +339,7 @@ pub fn rider(req: &AppendRequest) -> Option<(AdminAuditRecord, Rider)> {
     if st.fired.is_some() {
         return None;
     }
-    let principal = st.principal.clone()?;
-    let record = build_record(
-        &hook.facts,
-        hook.expected,
-        Some(&principal),
-        Some(req.aggregate_id.clone()),
-    );
+    let record = hook.record(&st, &req.aggregate_id)?;
     // A zone's record rides only on a write to that zone's stream (the write passed its
     // zone check); a global record only on a write to the system stream.
     let same_stream = match (&record.zone_id, &req.stream) {
@@ -297,18 +367,13 @@ pub fn note_written(app: &App, aggregate_id: &str, rode: Option<AdminAuditRecord
     if st.fired.is_some() {
         return;
     }
-    let Some(principal) = st.principal.clone() else {
-        return;
-    };
     let rode_along = rode.is_some();
     let record = match rode {
         Some(r) => r,
-        None => build_record(
-            &hook.facts,
-            hook.expected,
-            Some(&principal),
-            Some(aggregate_id.to_owned()),
-        ),
+        None => match hook.record(&st, aggregate_id) {
+            Some(r) => r,
+            None => return,
+        },
     };
     // The write passed its zone check (or created the zone), so the record belongs on the
     // zone's chain even before the zones read model shows a new zone.
@@ -373,7 +438,7 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
         let out = match expected {
             Some(expected) => {
                 let hook = Arc::new(EarlyAudit {
-                    facts,
+                    facts: Some(facts),
                     expected,
                     state: Mutex::new(EarlyState::default()),
                 });
@@ -382,7 +447,10 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
                     return Err(());
                 };
                 let st = hook.state.into_inner().unwrap_or_else(|p| p.into_inner());
-                (resp, hook.facts, st.fired)
+                let Some(facts) = hook.facts else {
+                    return Err(());
+                };
+                (resp, facts, st.fired)
             }
             None => (next.run(req).await, facts, None),
         };
@@ -428,24 +496,8 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     };
     let created = created_id.is_some();
     let record = build_record(&facts, status, principal.as_ref(), created_id);
-    if let Some((early, fired)) = fired {
-        let t0 = std::time::Instant::now();
-        let appended = match fired {
-            Fired::Rode => Ok(()),
-            Fired::Spawned(handle) => handle.await.map_err(|e| e.to_string()).and_then(|r| r),
-        };
-        tracing::debug!(
-            elapsed_us = t0.elapsed().as_micros() as u64,
-            "admin audit awaited"
-        );
-        match appended {
-            Ok(()) if early == record => return resp,
-            Ok(()) => tracing::warn!(
-                request_id = %facts.rid,
-                "the answer differs from the write's early audit record; recording it too"
-            ),
-            Err(e) => tracing::warn!(error = %e, "early admin audit record not appended; retrying"),
-        }
+    if settle_early(Early(fired), &record).await {
+        return resp;
     }
     if success {
         let t0 = std::time::Instant::now();

@@ -45,6 +45,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The catalog object after this write when it was applied here: `before` (the state
+    /// the append was conditional on) evolved by its events — exactly what the read model
+    /// holds once it has passed them, without reading it back. `None` for a replay.
+    pub fn folded(
+        &self,
+        before: Option<serval_domain::catalog::Entity>,
+    ) -> Option<Option<serval_domain::catalog::Entity>> {
+        let Outcome::Applied {
+            events, envelopes, ..
+        } = self
+        else {
+            return None;
+        };
+        Some(
+            events
+                .iter()
+                .zip(envelopes)
+                .fold(before, |s, (e, env)| match e {
+                    Event::Catalog(ce) => serval_domain::catalog::evolve(s, &env.meta(), ce),
+                    _ => s,
+                }),
+        )
+    }
+
     /// Whether a read model the answer is read from has the write (a replay whose answer
     /// was not recorded is answered from the read model, after waiting for it).
     pub fn visible(&self) -> bool {
