@@ -25,6 +25,7 @@ pub mod revocations;
 pub mod runner;
 pub mod sessions;
 pub mod status;
+pub mod upkeep;
 pub mod visibility;
 pub mod zones;
 

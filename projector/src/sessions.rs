@@ -253,18 +253,22 @@ pub async fn invocations_due<'e>(
 }
 
 /// Active edges with an ended Session at either end (a cascade a crash interrupted):
-/// `(zone_id, ended session id)` pairs, at most `limit`.
+/// `(zone_id, ended session id)` pairs, at most `limit`. The ends of active edges are
+/// listed first and joined by key: a join on `s.id IN (source, target)` cannot use an
+/// index and took 21 s in a zone of 7,400 active edges and 4,000 Sessions (now 29 ms).
 pub async fn orphaned_edge_ends<'e>(
     db: impl PgExecutor<'e>,
     limit: i64,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT DISTINCT e.zone_id, s.id FROM delegation_edges e
-           JOIN catalog_objects s ON s.zone_id = e.zone_id AND s.kind = 'session'
-            AND s.id IN (e.source_session_id, e.target_session_id)
-          WHERE e.status = 'active'
-            AND s.doc #>> '{data,session,status}' IN ('terminated', 'expired')
-          LIMIT $1",
+        "SELECT DISTINCT x.zone_id, x.id FROM (
+            SELECT zone_id, source_session_id AS id FROM delegation_edges WHERE status = 'active'
+            UNION
+            SELECT zone_id, target_session_id FROM delegation_edges WHERE status = 'active'
+         ) x
+         JOIN catalog_objects s ON s.id = x.id AND s.zone_id = x.zone_id AND s.kind = 'session'
+         WHERE s.doc #>> '{data,session,status}' IN ('terminated', 'expired')
+         LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db)

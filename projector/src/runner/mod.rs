@@ -37,10 +37,12 @@ use crate::visibility::Visibility;
 
 /// Entries read per batch (one XREAD, one transaction).
 pub const DEFAULT_BATCH_SIZE: usize = 512;
-/// Postgres session options for every pool that runs projections: a projection commit
-/// does not wait for the WAL flush (see `Runner::apply`). Services only read Postgres, so
-/// their shared pool is unaffected.
-pub const PG_SESSION_OPTIONS: [(&str, &str); 1] = [("synchronous_commit", "off")];
+/// Postgres session options for every pool of ours: a projection commit does not wait for
+/// the WAL flush (see `Runner::apply`; services only read Postgres, so their pools are
+/// unaffected), and no query is JIT-compiled: every statement is a short index walk, and
+/// once a zone's statistics show a few hundred edges per Session the planner's cost passes
+/// `jit_above_cost`, so a 0.1 ms traverse paid 10–90 ms of compilation on every call.
+pub const PG_SESSION_OPTIONS: [(&str, &str); 2] = [("synchronous_commit", "off"), ("jit", "off")];
 
 /// How long one XREAD blocks waiting for new entries.
 pub const DEFAULT_BLOCK_MS: usize = 1_000;

@@ -52,7 +52,7 @@ pub async fn suspend(
     for e in targets {
         let record = session_data(e).and_then(|s| s.subject_authority_record_id.clone());
         let announce = announces(app, zone, record.as_deref(), &ids).await?;
-        let done = store::update(app, w, zone, &e.id, &["status"], |cur| {
+        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
             let s = session_data(cur)?;
             let mut next = s.suspended(reason)?;
             next.revokes_subject = Some(announce);
@@ -73,7 +73,7 @@ pub async fn resume(app: &App, w: &Writer, zone: &str, root: &str) -> Result<usi
         .iter()
         .filter(|e| session_data(e).is_some_and(|s| s.status == "suspended"))
     {
-        let done = store::update(app, w, zone, &e.id, &["status"], |cur| {
+        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
             let s = session_data(cur)?;
             Some(EntityData::Session(s.resumed(Utc::now(), lease)?))
         })
@@ -137,7 +137,7 @@ pub async fn terminate_fenced(
             announce = announce && announced.insert(r.clone());
         }
         let why = if is_root { reason } else { "parent_terminated" };
-        let done = store::update(app, w, zone, &e.id, &["status"], |cur| {
+        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
             let s = session_data(cur)?;
             if is_root && generation.is_some_and(|g| g != s.lease_generation) {
                 return None;

@@ -119,10 +119,15 @@ fn is_dcr(e: &Entity) -> bool {
 
 /// A live application of the zone, or `404 application_not_found`.
 pub async fn live_application(app: &App, zone: &str, id: &str) -> Result<Entity, ApiError> {
-    let now = Utc::now();
-    match read::load(&app.pool, zone, id).await? {
-        Some(e) if e.is_live() => match &e.data {
-            EntityData::Application(a) if a.is_unexpired(now) => Ok(e),
+    let found = read::load(&app.pool, zone, id).await?;
+    live_application_of(found.as_ref(), zone)
+}
+
+/// `found` as a live, unexpired application of `zone`.
+fn live_application_of(found: Option<&Entity>, zone: &str) -> Result<Entity, ApiError> {
+    match found {
+        Some(e) if e.is_live() && e.zone_id == zone => match &e.data {
+            EntityData::Application(a) if a.is_unexpired(Utc::now()) => Ok(e.clone()),
             _ => Err(ApiError::not_found("application_not_found")),
         },
         _ => Err(ApiError::not_found("application_not_found")),
@@ -187,7 +192,9 @@ pub async fn start(
         None => None,
     };
     let now = Utc::now();
-    let application = live_application(&app, &zone, &s.application_id).await?;
+    // The application and the subject record in one read.
+    let rows = read::load_many(&app.pool, &[s.application_id.clone(), s.subject.clone()]).await?;
+    let application = live_application_of(rows.get(&s.application_id), &zone)?;
     let dcr = is_dcr(&application);
     if dcr && s.lifecycle == "service" {
         return Err(ApiError::conflict("dcr_application_cannot_host_service"));
@@ -196,7 +203,7 @@ pub async fn start(
         return Err(ApiError::conflict("dcr_application_cannot_be_child"));
     }
     let record_live = matches!(
-        read::load(&app.pool, &zone, &s.subject).await?.map(|e| e.data),
+        rows.get(&s.subject).filter(|e| e.zone_id == zone).map(|e| &e.data),
         Some(EntityData::AuthorityRecord(r)) if r.is_active(now)
     );
     if !record_live {

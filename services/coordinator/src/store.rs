@@ -16,7 +16,9 @@ use serval_kit::write::{self, Failure, Outcome};
 use serval_kit::App;
 use serval_schema::projections::CATALOG;
 use serval_streams::append::{Idempotency, Reservation};
-use serval_streams::{AppendRequest, LogStream};
+use serval_streams::{AppendRequest, EntryId, LogStream};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 const UNCHANGED: &str = "__unchanged";
 
@@ -129,14 +131,37 @@ pub async fn update<F>(
 where
     F: Fn(&Entity) -> Option<EntityData>,
 {
+    update_from(app, w, zone, id, None, changed_fields, change).await
+}
+
+/// [`update`], decided first on `known` (the object as this request just read it from a
+/// fresh read model), saving a read: a stale `known` conflicts and is read again.
+pub async fn update_from<F>(
+    app: &App,
+    w: &Writer,
+    zone: &str,
+    id: &str,
+    known: Option<Entity>,
+    changed_fields: &[&str],
+    change: F,
+) -> Result<Option<Entity>, ApiError>
+where
+    F: Fn(&Entity) -> Option<EntityData>,
+{
     let fields: Vec<String> = changed_fields.iter().map(|s| s.to_string()).collect();
     let decided_on: std::sync::Mutex<Option<Entity>> = std::sync::Mutex::new(None);
+    let known = std::sync::Mutex::new(known.filter(|e| e.id == id && e.zone_id == zone));
     let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
             let fields = fields.clone();
             let change = &change;
             let decided_on = &decided_on;
+            let first = known.lock().unwrap_or_else(|p| p.into_inner()).take();
             async move {
-                let current = current(app, zone, id).await?.filter(Entity::is_live);
+                let current = match first {
+                    Some(e) => Some(e),
+                    None => current(app, zone, id).await?,
+                }
+                .filter(Entity::is_live);
                 let Some(current) = current else {
                     return Err(Failure::Api(ApiError::new(
                         StatusCode::NOT_MODIFIED,
@@ -185,6 +210,34 @@ pub async fn load_view(app: &App, zone: &str, scope: &Scope) -> Result<GraphView
     Ok(serval_projector::delegations::view(&app.pool, zone, scope).await?)
 }
 
+/// Per zone, the last graph event this process appended. Correctness is the graph's version
+/// (every event is appended conditionally on the epoch it was decided at); this only lines
+/// up the process's own writers of one zone, so each decides once on a view that already
+/// has its predecessor instead of all of them deciding on the same epoch and all but one
+/// conflicting (with 16 concurrent creators, a creation could lose 64 rounds in a row).
+#[derive(Default)]
+pub struct GraphTurns {
+    zones: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<EntryId>>>>,
+}
+
+/// Zones whose turn is remembered; idle ones are forgotten past it.
+const TURNS_KEPT: usize = 4_096;
+
+impl GraphTurns {
+    fn of(&self, zone: &str) -> Arc<tokio::sync::Mutex<EntryId>> {
+        let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
+        if zones.len() >= TURNS_KEPT && !zones.contains_key(zone) {
+            zones.retain(|_, t| Arc::strong_count(t) > 1);
+        }
+        zones.entry(zone.to_owned()).or_default().clone()
+    }
+}
+
+fn turns() -> &'static GraphTurns {
+    static TURNS: std::sync::OnceLock<GraphTurns> = std::sync::OnceLock::new();
+    TURNS.get_or_init(GraphTurns::default)
+}
+
 /// Appends one graph event decided by `decide` on a fresh view (retried on a conflict);
 /// `Ok(None)` when `decide` finds nothing to do. Returns the event and the new epoch.
 pub async fn graph_write<F, T>(
@@ -200,8 +253,14 @@ where
     T: Clone,
 {
     let id = delegation::graph_id(zone);
+    let stream = LogStream::Zone(zone.to_owned());
+    let turn = turns().of(zone);
+    let mut last = turn.lock().await;
+    if *last > EntryId::ZERO {
+        write::wait_visible(app, CATALOG, &stream, *last).await;
+    }
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
-    let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), idem, || {
+    let outcome = write::execute(app, CATALOG, stream.clone(), idem, || {
             let scope = scope.clone();
             let decide = &decide;
             let decided = &decided;
@@ -219,6 +278,10 @@ where
             }
         })
         .await;
+    if let Ok(Outcome::Applied { last: appended, .. }) = &outcome {
+        *last = *appended;
+    }
+    drop(last);
     match outcome {
         Ok(o) => {
             let d = decided.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -181,6 +181,11 @@ pub async fn hint_new_stream(app: &App, stream: &LogStream) {
 /// (read-your-writes for a read that missed: a writer elsewhere may have appended without
 /// waiting for the read model, as the STS does). False on timeout or when the head is
 /// unreadable.
+/// Waits (bounded by the visibility timeout) until `projection` has passed `id` on `stream`.
+pub async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
+    wait_visible_until(app, projection, stream, id, None).await
+}
+
 pub async fn catch_up(app: &App, projection: &str, stream: &LogStream) -> bool {
     let key = app.store.keys().log(stream);
     match app.store.last_entry_id(&key).await {

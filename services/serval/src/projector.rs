@@ -118,6 +118,7 @@ async fn spawn_all(
     let relay_key = Some(app.secrets.streams_key.clone());
     Ok(vec![
         tokio::spawn(feed.run(client.clone(), stop.clone())),
+        tokio::spawn(serval_projector::upkeep::run(pool.clone(), stop.clone())),
         spawn_runner(app, &pool, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &pool, &client, &cfg, AdminTokensProjection, stop),
         spawn_runner(app, &pool, &client, &cfg, PoliciesProjection, stop),
