@@ -82,6 +82,23 @@ pub fn verify(key: &[u8], stream: &str, fields: &[(String, Option<String>)]) -> 
     mac.verify_slice(&sig).is_ok()
 }
 
+/// The fields of one message as XADD takes them: the present ones, then `_sig` when a key
+/// is given (the signature covers the stream name as consumers see it, the topic key).
+fn items<'a>(
+    stream_key: &str,
+    key: Option<&[u8]>,
+    fields: &'a [(String, Option<String>)],
+) -> Vec<(&'a str, String)> {
+    let mut items: Vec<(&str, String)> = fields
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.as_str(), v.clone())))
+        .collect();
+    if let Some(key) = key {
+        items.push(("_sig", sign(key, stream_key, fields)));
+    }
+    items
+}
+
 /// Signs (when a key is given) and XADDs one message to `stream_key`, trimming the topic
 /// approximately. Returns the entry id.
 pub async fn publish<C: ConnectionLike + Send + Sync>(
@@ -90,16 +107,27 @@ pub async fn publish<C: ConnectionLike + Send + Sync>(
     key: Option<&[u8]>,
     fields: &[(String, Option<String>)],
 ) -> Result<String, redis::RedisError> {
-    let mut items: Vec<(&str, String)> = fields
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k.as_str(), v.clone())))
-        .collect();
-    if let Some(key) = key {
-        // The signature covers the stream name as consumers see it (the topic key).
-        items.push(("_sig", sign(key, stream_key, fields)));
-    }
+    let items = items(stream_key, key, fields);
     conn.xadd_maxlen(stream_key, StreamMaxlen::Approx(TOPIC_MAXLEN), "*", &items)
         .await
+}
+
+/// [`publish`] for several messages `(stream_key, fields)` in one round trip, in order.
+/// Returns their entry ids.
+pub async fn publish_many<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    key: Option<&[u8]>,
+    messages: &[(String, Vec<(String, Option<String>)>)],
+) -> Result<Vec<String>, redis::RedisError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (stream_key, fields) in messages {
+        let items = items(stream_key, key, fields);
+        pipe.xadd_maxlen(stream_key, StreamMaxlen::Approx(TOPIC_MAXLEN), "*", &items);
+    }
+    pipe.query_async(conn).await
 }
 
 #[cfg(test)]
