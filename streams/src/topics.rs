@@ -112,12 +112,15 @@ pub async fn publish<C: ConnectionLike + Send + Sync>(
         .await
 }
 
+/// A message's fields: name and value (`None`: omitted).
+pub type Fields = Vec<(String, Option<String>)>;
+
 /// [`publish`] for several messages `(stream_key, fields)` in one round trip, in order.
 /// Returns their entry ids.
 pub async fn publish_many<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     key: Option<&[u8]>,
-    messages: &[(String, Vec<(String, Option<String>)>)],
+    messages: &[(String, Fields)],
 ) -> Result<Vec<String>, redis::RedisError> {
     if messages.is_empty() {
         return Ok(Vec::new());

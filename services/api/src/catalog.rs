@@ -111,7 +111,6 @@ pub fn not_found(kind: CatalogKind) -> ApiError {
     })
 }
 
-
 /// The result of one committed catalog write.
 pub struct Written {
     pub outcome: Outcome,

@@ -52,12 +52,20 @@ pub async fn suspend(
     for e in targets {
         let record = session_data(e).and_then(|s| s.subject_authority_record_id.clone());
         let announce = announces(app, zone, record.as_deref(), &ids).await?;
-        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
-            let s = session_data(cur)?;
-            let mut next = s.suspended(reason)?;
-            next.revokes_subject = Some(announce);
-            Some(EntityData::Session(next))
-        })
+        let done = store::update_from(
+            app,
+            w,
+            zone,
+            &e.id,
+            Some((*e).clone()),
+            &["status"],
+            |cur| {
+                let s = session_data(cur)?;
+                let mut next = s.suspended(reason)?;
+                next.revokes_subject = Some(announce);
+                Some(EntityData::Session(next))
+            },
+        )
         .await?;
         n += usize::from(done.is_some());
     }
@@ -73,10 +81,18 @@ pub async fn resume(app: &App, w: &Writer, zone: &str, root: &str) -> Result<usi
         .iter()
         .filter(|e| session_data(e).is_some_and(|s| s.status == "suspended"))
     {
-        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
-            let s = session_data(cur)?;
-            Some(EntityData::Session(s.resumed(Utc::now(), lease)?))
-        })
+        let done = store::update_from(
+            app,
+            w,
+            zone,
+            &e.id,
+            Some((*e).clone()),
+            &["status"],
+            |cur| {
+                let s = session_data(cur)?;
+                Some(EntityData::Session(s.resumed(Utc::now(), lease)?))
+            },
+        )
         .await?;
         n += usize::from(done.is_some());
     }
@@ -137,18 +153,26 @@ pub async fn terminate_fenced(
             announce = announce && announced.insert(r.clone());
         }
         let why = if is_root { reason } else { "parent_terminated" };
-        let done = store::update_from(app, w, zone, &e.id, Some((*e).clone()), &["status"], |cur| {
-            let s = session_data(cur)?;
-            if is_root && generation.is_some_and(|g| g != s.lease_generation) {
-                return None;
-            }
-            let mut next = match (is_root, ending) {
-                (true, Ending::Expire) => s.expired(now)?,
-                _ => s.terminated(now, why)?,
-            };
-            next.revokes_subject = Some(announce);
-            Some(EntityData::Session(next))
-        })
+        let done = store::update_from(
+            app,
+            w,
+            zone,
+            &e.id,
+            Some((*e).clone()),
+            &["status"],
+            |cur| {
+                let s = session_data(cur)?;
+                if is_root && generation.is_some_and(|g| g != s.lease_generation) {
+                    return None;
+                }
+                let mut next = match (is_root, ending) {
+                    (true, Ending::Expire) => s.expired(now)?,
+                    _ => s.terminated(now, why)?,
+                };
+                next.revokes_subject = Some(announce);
+                Some(EntityData::Session(next))
+            },
+        )
         .await?;
         match done {
             Some(_) => ended.push(e.id.clone()),

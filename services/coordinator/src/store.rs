@@ -110,7 +110,13 @@ async fn current(app: &App, zone: &str, id: &str) -> Result<Option<Entity>, ApiE
         return Ok(found);
     }
     let stream = LogStream::Zone(zone.to_owned());
-    if app.store.version(&stream, id).await.map_err(ApiError::from)? == 0 {
+    if app
+        .store
+        .version(&stream, id)
+        .await
+        .map_err(ApiError::from)?
+        == 0
+    {
         return Ok(None);
     }
     write::catch_up(app, CATALOG, &stream).await;
@@ -152,44 +158,44 @@ where
     let decided_on: std::sync::Mutex<Option<Entity>> = std::sync::Mutex::new(None);
     let known = std::sync::Mutex::new(known.filter(|e| e.id == id && e.zone_id == zone));
     let outcome = write::execute(app, CATALOG, LogStream::Zone(zone.to_owned()), None, || {
-            let fields = fields.clone();
-            let change = &change;
-            let decided_on = &decided_on;
-            let first = known.lock().unwrap_or_else(|p| p.into_inner()).take();
-            async move {
-                let current = match first {
-                    Some(e) => Some(e),
-                    None => current(app, zone, id).await?,
-                }
-                .filter(Entity::is_live);
-                let Some(current) = current else {
-                    return Err(Failure::Api(ApiError::new(
-                        StatusCode::NOT_MODIFIED,
-                        UNCHANGED,
-                    )));
-                };
-                let Some(data) = change(&current) else {
-                    return Err(Failure::Api(ApiError::new(
-                        StatusCode::NOT_MODIFIED,
-                        UNCHANGED,
-                    )));
-                };
-                let command = CatalogCommand::Replace {
-                    data,
-                    changed_fields: fields,
-                    secret_rotated: false,
-                };
-                let events = catalog::decide(Some(&current), &command, &w.stamp())
-                    .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
-                    .into_iter()
-                    .map(Event::Catalog)
-                    .collect();
-                let version = current.version;
-                *decided_on.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
-                Ok(w.request(zone, id, version, events))
+        let fields = fields.clone();
+        let change = &change;
+        let decided_on = &decided_on;
+        let first = known.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            let current = match first {
+                Some(e) => Some(e),
+                None => current(app, zone, id).await?,
             }
-        })
-        .await;
+            .filter(Entity::is_live);
+            let Some(current) = current else {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
+            };
+            let Some(data) = change(&current) else {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
+            };
+            let command = CatalogCommand::Replace {
+                data,
+                changed_fields: fields,
+                secret_rotated: false,
+            };
+            let events = catalog::decide(Some(&current), &command, &w.stamp())
+                .map_err(|_| Failure::Api(ApiError::conflict("conflict")))?
+                .into_iter()
+                .map(Event::Catalog)
+                .collect();
+            let version = current.version;
+            *decided_on.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
+            Ok(w.request(zone, id, version, events))
+        }
+    })
+    .await;
     match outcome {
         Ok(o @ Outcome::Applied { .. }) => {
             let before = decided_on.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -261,23 +267,23 @@ where
     }
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
     let outcome = write::execute(app, CATALOG, stream.clone(), idem, || {
-            let scope = scope.clone();
-            let decide = &decide;
-            let decided = &decided;
-            let id = id.clone();
-            async move {
-                let view = load_view(app, zone, &scope).await?;
-                let Some((event, extra)) = decide(&view)? else {
-                    return Err(Failure::Api(ApiError::new(
-                        StatusCode::NOT_MODIFIED,
-                        UNCHANGED,
-                    )));
-                };
-                *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
-                Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))
-            }
-        })
-        .await;
+        let scope = scope.clone();
+        let decide = &decide;
+        let decided = &decided;
+        let id = id.clone();
+        async move {
+            let view = load_view(app, zone, &scope).await?;
+            let Some((event, extra)) = decide(&view)? else {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::NOT_MODIFIED,
+                    UNCHANGED,
+                )));
+            };
+            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
+            Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))
+        }
+    })
+    .await;
     if let Ok(Outcome::Applied { last: appended, .. }) = &outcome {
         *last = *appended;
     }
