@@ -7,7 +7,8 @@
 //! walked a whole zone). This loop then vacuums and analyzes the projector's tables itself,
 //! with autovacuum's own thresholds. With autovacuum on it does nothing.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -46,9 +47,17 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// One pass: every table of the current schema past its threshold, when the server's
-/// autovacuum is off. Returns the tables worked on.
-pub async fn pass(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+/// A table is worked on at most this often (dead rows an old transaction still holds back
+/// cannot be removed, and must not cost a VACUUM every pass).
+const PER_TABLE: Duration = Duration::from_secs(60);
+
+/// One pass: every table of the current schema owned by the current role and past its
+/// threshold, when the server's autovacuum is off. `last` remembers when each table was
+/// last worked on. Returns the tables worked on; a table that fails is logged and skipped.
+pub async fn pass(
+    pool: &PgPool,
+    last: &mut HashMap<String, Instant>,
+) -> Result<Vec<String>, sqlx::Error> {
     let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
         .fetch_one(pool)
         .await?;
@@ -56,8 +65,10 @@ pub async fn pass(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         return Ok(Vec::new());
     }
     let tables: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT schemaname::text, relname::text, n_live_tup, n_dead_tup, n_mod_since_analyze
-           FROM pg_stat_user_tables WHERE schemaname = current_schema()",
+        "SELECT s.schemaname::text, s.relname::text, s.n_live_tup, s.n_dead_tup,
+                s.n_mod_since_analyze
+           FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+          WHERE s.schemaname = current_schema() AND pg_has_role(c.relowner, 'USAGE')",
     )
     .fetch_all(pool)
     .await?;
@@ -66,6 +77,10 @@ pub async fn pass(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         let Some(need) = need(live, dead, changed) else {
             continue;
         };
+        if last.get(&table).is_some_and(|t| t.elapsed() < PER_TABLE) {
+            continue;
+        }
+        last.insert(table.clone(), Instant::now());
         let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
         let sql = match need {
             Need::VacuumAnalyze => format!("VACUUM (ANALYZE, SKIP_LOCKED) {name}"),
@@ -73,14 +88,17 @@ pub async fn pass(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         };
         // The simple protocol: VACUUM cannot run inside the implicit transaction of an
         // extended-protocol exchange.
-        sqlx::raw_sql(&sql).execute(pool).await?;
-        done.push(table);
+        match sqlx::raw_sql(&sql).execute(pool).await {
+            Ok(_) => done.push(table),
+            Err(e) => tracing::warn!(error = %e, table, "table upkeep failed"),
+        }
     }
     Ok(done)
 }
 
 /// Runs [`pass`] every [`INTERVAL`] until `stop`.
 pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    let mut last = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
@@ -89,7 +107,7 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        match pass(&pool).await {
+        match pass(&pool, &mut last).await {
             Ok(tables) if !tables.is_empty() => {
                 tracing::debug!(?tables, "vacuumed or analyzed (autovacuum is off)");
             }

@@ -152,10 +152,13 @@ pub async fn layer(State(app): State<App>, req: Request, next: Next) -> Response
         return resp;
     }
     let record = record(&call, &p, status);
+    let fired = early.fired();
     if serval_kit::admin_audit::settle_early(early, &record).await {
         return resp;
     }
-    if failed {
+    // A failure after a write whose record already claims success: the correction is
+    // durable before the answer goes out, like a success's record.
+    if failed && !fired {
         tokio::spawn(async move {
             if let Err(e) = serval_kit::admin_audit::append_record(&app, record).await {
                 tracing::warn!(error = %e, "audit record of a failed request not appended");

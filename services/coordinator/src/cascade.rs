@@ -34,7 +34,12 @@ pub async fn announces(
     Ok(q::others_on_record(&app.pool, zone, record, affected).await? == 0)
 }
 
-/// Suspends `root` and its active descendants (through active Sessions); the count.
+/// The suspension reason of a lapsed service lease.
+pub const LEASE_LOST: &str = "service_heartbeat_lost";
+
+/// Suspends `root` and its active descendants (through active Sessions); the count. For
+/// [`LEASE_LOST`] the root is suspended only while its lease is lapsed in the state the
+/// suspension is decided on (a heartbeat acknowledged after a sweeper read the lease wins).
 pub async fn suspend(
     app: &App,
     w: &Writer,
@@ -50,6 +55,7 @@ pub async fn suspend(
     let ids: Vec<String> = targets.iter().map(|e| e.id.clone()).collect();
     let mut n = 0;
     for e in targets {
+        let is_root = e.id == root;
         let record = session_data(e).and_then(|s| s.subject_authority_record_id.clone());
         let announce = announces(app, zone, record.as_deref(), &ids).await?;
         let done = store::update_from(
@@ -61,15 +67,38 @@ pub async fn suspend(
             &["status"],
             |cur| {
                 let s = session_data(cur)?;
+                if is_root
+                    && reason == LEASE_LOST
+                    && s.heartbeat_deadline_at.is_none_or(|d| d > Utc::now())
+                {
+                    return None;
+                }
                 let mut next = s.suspended(reason)?;
                 next.revokes_subject = Some(announce);
                 Some(EntityData::Session(next))
             },
         )
         .await?;
+        if is_root && reason == LEASE_LOST && done.is_none() {
+            return Ok(0);
+        }
         n += usize::from(done.is_some());
     }
+    if n > 0 {
+        settle(app, zone).await;
+    }
     Ok(n)
+}
+
+/// Waits until the zone's catalog has this task's cascade, so a cascade that follows in the
+/// same task (a sweep pass, a revocation's targets) decides its §12.1 exemptions on it.
+pub async fn settle(app: &App, zone: &str) {
+    serval_kit::write::catch_up(
+        app,
+        serval_schema::projections::CATALOG,
+        &serval_streams::LogStream::Zone(zone.to_owned()),
+    )
+    .await;
 }
 
 /// Resumes `root` and its contiguous suspended descendants; the count.

@@ -806,9 +806,13 @@ pub async fn revoke_edge(
     }
     let mut terminated = 0;
     for t in &targets {
-        terminated += cascade::terminate(app, &w, zone, t, "delegation_revoked", Ending::Terminate)
-            .await?
-            .len();
+        let ended =
+            cascade::terminate(app, &w, zone, t, "delegation_revoked", Ending::Terminate).await?;
+        if !ended.is_empty() {
+            // The next target's exemptions (§12.1) must see this one's end.
+            cascade::settle(app, zone).await;
+        }
+        terminated += ended.len();
     }
     Ok(json!({
         "revoked_edges": revoked,

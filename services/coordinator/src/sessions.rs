@@ -331,21 +331,22 @@ pub async fn start(
         match mirror(&app, &w, &zone, &parent_edge, &session_id, &s).await {
             Ok(id) => edge_id = json!(id),
             Err(e) => {
-                // The start is undone: the Session ends before anyone could use it (once
-                // the read model has it, so the cascade finds it).
-                serval_kit::write::catch_up(
-                    &app,
-                    serval_schema::projections::CATALOG,
-                    &serval_streams::LogStream::Zone(zone.clone()),
-                )
-                .await;
-                cascade::terminate(
+                // The start is undone: the Session ends before anyone could use it. It has
+                // no child and no edge yet, so ending it is one update of the state it was
+                // created with (no read model involved).
+                let now = Utc::now();
+                store::update_from(
                     &app,
                     &w,
                     &zone,
                     &session_id,
-                    "start_failed",
-                    Ending::Terminate,
+                    Some(entity.clone()),
+                    &["status"],
+                    |cur| {
+                        let mut next = session_data(cur)?.terminated(now, "start_failed")?;
+                        next.revokes_subject = Some(false);
+                        Some(EntityData::Session(next))
+                    },
                 )
                 .await?;
                 return Err(e);
@@ -764,7 +765,7 @@ async fn suspend_if_lease_lost(
     s: &SessionData,
 ) -> Result<(), ApiError> {
     if s.heartbeat_deadline_at.is_some_and(|d| d <= Utc::now()) {
-        cascade::suspend(app, w, zone, id, "service_heartbeat_lost").await?;
+        cascade::suspend(app, w, zone, id, cascade::LEASE_LOST).await?;
         return Err(ApiError::conflict("session_lease_expired"));
     }
     Ok(())

@@ -261,9 +261,14 @@ where
     let id = delegation::graph_id(zone);
     let stream = LogStream::Zone(zone.to_owned());
     let turn = turns().of(zone);
-    let mut last = turn.lock().await;
-    if *last > EntryId::ZERO {
-        write::wait_visible(app, CATALOG, &stream, *last).await;
+    // Bounded: a writer that waited its deadline for the turn goes on without it (the
+    // epoch still decides), so a stalled projector cannot queue a zone's writers forever.
+    let wait = std::time::Duration::from_millis(app.cfg.write_deadline_ms);
+    let mut held = tokio::time::timeout(wait, turn.lock()).await.ok();
+    if let Some(last) = held.as_deref() {
+        if *last > EntryId::ZERO {
+            write::wait_visible(app, CATALOG, &stream, *last).await;
+        }
     }
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
     let outcome = write::execute(app, CATALOG, stream.clone(), idem, || {
@@ -284,10 +289,10 @@ where
         }
     })
     .await;
-    if let Ok(Outcome::Applied { last: appended, .. }) = &outcome {
-        *last = *appended;
+    if let (Ok(Outcome::Applied { last: appended, .. }), Some(last)) = (&outcome, held.as_mut()) {
+        **last = *appended;
     }
-    drop(last);
+    drop(held);
     match outcome {
         Ok(o) => {
             let d = decided.lock().unwrap_or_else(|p| p.into_inner()).take();

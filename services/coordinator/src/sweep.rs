@@ -53,12 +53,12 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
                 &Writer::system("lease-sweeper"),
                 &zone,
                 &id,
-                "service_heartbeat_lost",
+                cascade::LEASE_LOST,
             )
             .await
             .map(|_| ())
         } else {
-            cascade::terminate(
+            let ended = cascade::terminate(
                 app,
                 &Writer::system("ttl-sweeper"),
                 &zone,
@@ -66,8 +66,12 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
                 "ttl",
                 Ending::Expire,
             )
-            .await
-            .map(|_| ())
+            .await;
+            // The next item's exemptions (§12.1) must see this one's end.
+            if ended.as_ref().is_ok_and(|e| !e.is_empty()) {
+                cascade::settle(app, &zone).await;
+            }
+            ended.map(|_| ())
         };
         logged("session sweep", &zone, r);
     }
@@ -103,6 +107,9 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
     for (zone, id) in q::stranded(&app.pool, BATCH).await? {
         let r =
             cascade::terminate(app, &w, &zone, &id, "parent_terminated", Ending::Terminate).await;
+        if r.as_ref().is_ok_and(|e| !e.is_empty()) {
+            cascade::settle(app, &zone).await;
+        }
         logged("stranded session", &zone, r);
     }
     let mut orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -299,6 +299,13 @@ where
     (resp, Early(fired))
 }
 
+impl Early {
+    /// Whether a record went to the log before the answer was known.
+    pub fn fired(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Whether the early record is durable and equals `actual` (then nothing else need be
 /// appended); `false` when there was none, it differs, or it could not be appended.
 pub async fn settle_early(early: Early, actual: &AdminAuditRecord) -> bool {

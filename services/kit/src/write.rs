@@ -28,7 +28,6 @@ pub const MAX_ATTEMPTS: u32 = 64;
 pub const PROJECTION_HEADER: &str = "x-serval-projection";
 
 pub enum Outcome {
-    /// Appended now.
     /// Appended now and durable; every later read sees it (`freshness`).
     Applied {
         aggregate_id: String,
@@ -177,15 +176,15 @@ pub async fn hint_new_stream(app: &App, stream: &LogStream) {
     }
 }
 
-/// Waits until `projection` has passed every entry of `stream` appended before this call
-/// (read-your-writes for a read that missed: a writer elsewhere may have appended without
-/// waiting for the read model, as the STS does). False on timeout or when the head is
-/// unreadable.
 /// Waits (bounded by the visibility timeout) until `projection` has passed `id` on `stream`.
 pub async fn wait_visible(app: &App, projection: &str, stream: &LogStream, id: EntryId) -> bool {
     wait_visible_until(app, projection, stream, id, None).await
 }
 
+/// Waits until `projection` has passed every entry of `stream` appended before this call
+/// (read-your-writes for a read that missed: a writer elsewhere may have appended without
+/// waiting for the read model, as the STS does). False on timeout or when the head is
+/// unreadable.
 pub async fn catch_up(app: &App, projection: &str, stream: &LogStream) -> bool {
     let key = app.store.keys().log(stream);
     match app.store.last_entry_id(&key).await {
