@@ -331,6 +331,33 @@ pub enum Scope {
     Edges(Vec<String>),
 }
 
+/// A zone's whole graph (every edge, any status) at one epoch, from one `REPEATABLE READ`
+/// snapshot; `None` when the zone has more than `max` edges.
+pub async fn whole_view(
+    pool: &sqlx::PgPool,
+    zone: &str,
+    max: i64,
+) -> Result<Option<GraphView>, sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let epoch = epoch(&mut *tx, zone).await?;
+    let docs: Vec<Doc> =
+        sqlx::query_scalar("SELECT doc FROM delegation_edges WHERE zone_id = $1 LIMIT $2")
+            .bind(zone)
+            .bind(max.saturating_add(1))
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    if docs.len() as i64 > max {
+        return Ok(None);
+    }
+    Ok(Some(GraphView {
+        epoch,
+        graph: Graph::from_edges(docs.into_iter().map(|d| d.0)),
+    }))
+}
+
 /// The epoch and the edges of `scope`, from one `REPEATABLE READ` snapshot.
 pub async fn view(
     pool: &sqlx::PgPool,

@@ -1065,3 +1065,86 @@ async fn idempotency_receipts_are_found_under_the_previous_key_after_a_rotation(
         .await;
     assert_eq!((s, &v["error"]), (409, &json!("idempotency_key_conflict")));
 }
+
+/// The Coordinator decides graph writes on the zone's graph kept in memory; another
+/// process's graph event (appended here straight into the log, as a second Coordinator
+/// would) must be in the next decision: the edge it created closes a cycle the next
+/// creation is refused for, and the epoch goes on from it.
+#[tokio::test]
+async fn a_graph_event_written_elsewhere_is_in_the_next_decision() {
+    use serval_domain::delegation::{graph_id, DelegationEvent, Edge, EdgeCreated};
+    use serval_streams::{AppendOutcome, AppendRequest, LogStream};
+
+    let (server, issuer) = coordinator_server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let c = Coord::new(&server, &mandate(&issuer, &z).await);
+    let zp = format!("/zones/{}", z.id);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = c
+            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b, cc) = (&sessions[0], &sessions[1], &sessions[2]);
+    let dz = format!("{zp}/delegations");
+    // Each later edge lives shorter: one whose source has a live inbound edge narrows it.
+    let edge = |from: &str, to: &str, ttl: u32| {
+        json!({"source_session_id": from, "target_session_id": to,
+               "issuer_application_id": z.app, "receiver_application_id": z.app,
+               "scopes": ["tickets:read"],
+               "constraints": {"resources": [RESOURCE], "max_hops": 2}, "ttl_seconds": ttl})
+    };
+    // A → B through the Coordinator: its graph is now kept at epoch 1.
+    let (s, v) = c.post(&dz, edge(a, b, 900)).await;
+    assert_eq!(s, 201, "{v}");
+    let store = server.store().await;
+    let stream = LogStream::Zone(z.id.clone());
+    assert_eq!(store.version(&stream, &graph_id(&z.id)).await.unwrap(), 1);
+
+    // B → C by another writer, at epoch 1 → 2.
+    let now = chrono::Utc::now();
+    let elsewhere = Edge {
+        id: uuid::Uuid::now_v7().to_string(),
+        zone_id: z.id.clone(),
+        source_session_id: b.clone(),
+        target_session_id: cc.clone(),
+        issuer_application_id: z.app.clone(),
+        receiver_application_id: z.app.clone(),
+        parent_edge_id: None,
+        resource_id: None,
+        resource_identifier: None,
+        scopes: vec!["tickets:read".into()],
+        constraints_json: json!({"resources": [RESOURCE], "max_hops": 3, "ttl_seconds": 600}),
+        status: "active".into(),
+        expires_at: now + chrono::Duration::seconds(600),
+        edge_version: 0,
+        revoked_at: None,
+        created_at: now,
+        end_reason: None,
+    };
+    let req = AppendRequest::new(
+        stream.clone(),
+        Some(z.id.clone()),
+        graph_id(&z.id),
+        1,
+        vec![serval_domain::Event::Delegation(
+            DelegationEvent::EdgeCreated(EdgeCreated { edge: elsewhere }),
+        )],
+        "test:another-coordinator".to_owned(),
+    );
+    assert!(matches!(
+        store.append(&req).await.expect("append"),
+        AppendOutcome::Appended { .. }
+    ));
+
+    // C → A would close A → B → C → A: refused, though the kept graph never saw B → C.
+    let (s, v) = c.post(&dz, edge(cc, a, 300)).await;
+    assert_eq!((s, v), (409, json!({"error": "delegation_cycle_denied"})));
+    // And a creation that is allowed goes on from the other writer's epoch.
+    let (s, v) = c.post(&dz, edge(a, cc, 300)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(store.version(&stream, &graph_id(&z.id)).await.unwrap(), 3);
+}

@@ -100,6 +100,36 @@ pub async fn authenticate(
     path_zone: &str,
     operator: Operator,
 ) -> Result<Principal, ApiError> {
+    authenticate_for(app, headers, path_zone, operator, None).await
+}
+
+/// [`authenticate`] for a request whose only reads of the Delegation graph are the
+/// decision of its graph write (`store::graph_write`), which is made on the graph at the
+/// log's version of it: graph events (and admin-audit records) not yet projected are not
+/// waited for — everything else in the zone's log is.
+pub async fn authenticate_graph_write(
+    app: &App,
+    headers: &HeaderMap,
+    path_zone: &str,
+    operator: Operator,
+) -> Result<Principal, ApiError> {
+    authenticate_for(app, headers, path_zone, operator, Some(graph_decided)).await
+}
+
+fn graph_decided(_projection: &str, e: &serval_streams::Envelope) -> bool {
+    matches!(
+        e.aggregate_kind.as_str(),
+        "delegation_graph" | "admin_audit"
+    )
+}
+
+async fn authenticate_for(
+    app: &App,
+    headers: &HeaderMap,
+    path_zone: &str,
+    operator: Operator,
+    skip: Option<serval_kit::freshness::Skippable>,
+) -> Result<Principal, ApiError> {
     let token = bearer(headers)?;
     if operator == Operator::Allowed && is_valid_identifier(path_zone) && is_operator(app, token) {
         let p = Principal {
@@ -112,7 +142,7 @@ pub async fn authenticate(
             authority_record_id: None,
             operator: true,
         };
-        fresh_catalog(app, path_zone).await?;
+        fresh_catalog(app, path_zone, skip).await?;
         crate::audit::note(&p);
         return Ok(p);
     }
@@ -143,7 +173,7 @@ pub async fn authenticate(
         .ok_or_else(invalid_token)?
         .to_owned();
     let sid = claims.text("sid").map(str::to_owned);
-    identity_live(app, &zone, &client_id, sid.as_deref()).await?;
+    identity_live(app, &zone, &client_id, sid.as_deref(), skip).await?;
     let p = Principal {
         zone_id: zone,
         scopes,
@@ -165,10 +195,11 @@ async fn identity_live(
     zone: &str,
     client_id: &str,
     sid: Option<&str>,
+    skip: Option<serval_kit::freshness::Skippable>,
 ) -> Result<(), ApiError> {
     let mut ids = vec![client_id.to_owned()];
     ids.extend(sid.map(str::to_owned));
-    fresh_catalog(app, zone).await?;
+    fresh_catalog(app, zone, skip).await?;
     let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
     let now = Utc::now();
     let revoked = || ApiError::unauthorized("identity_revoked");
@@ -195,15 +226,19 @@ async fn identity_live(
 /// graph, records) has passed every entry in the zone's log when the request arrived — an
 /// archive or revocation the Management API acknowledged, the record the STS appended a
 /// moment ago, and this service's own writes, which answer before they are projected.
-async fn fresh_catalog(app: &App, zone: &str) -> Result<(), ApiError> {
-    serval_kit::freshness::ensure(
-        app,
-        &[serval_kit::freshness::Dep::new(
-            serval_schema::projections::CATALOG,
-            serval_streams::LogStream::Zone(zone.to_owned()),
-        )],
-    )
-    .await
+async fn fresh_catalog(
+    app: &App,
+    zone: &str,
+    skip: Option<serval_kit::freshness::Skippable>,
+) -> Result<(), ApiError> {
+    let deps = [serval_kit::freshness::Dep::new(
+        serval_schema::projections::CATALOG,
+        serval_streams::LogStream::Zone(zone.to_owned()),
+    )];
+    match skip {
+        Some(skip) => serval_kit::freshness::ensure_skipping(app, &deps, skip).await,
+        None => serval_kit::freshness::ensure(app, &deps).await,
+    }
 }
 
 /// `/metrics` and `/stats`: the operator token only (§2.3).

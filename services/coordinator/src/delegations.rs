@@ -113,7 +113,7 @@ pub async fn create(
     RawBody(raw): RawBody,
 ) -> Result<Response, ApiError> {
     let body = object(&headers, &raw)?;
-    let p = authenticate(&app, &headers, &zone, Operator::Refused).await?;
+    let p = crate::auth::authenticate_graph_write(&app, &headers, &zone, Operator::Refused).await?;
     path_ids(&[&zone])?;
     create_edge(&app, &p, &rid, &headers, &zone, &body).await
 }
@@ -457,6 +457,14 @@ async fn replay_edge(app: &App, zone: &str, status: u16, body: &str) -> Result<R
         .get("delegation_edge_id")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // The creation route does not wait for graph events at authentication: the edge may
+    // be a moment from its read model.
+    serval_kit::write::catch_up(
+        app,
+        serval_schema::projections::CATALOG,
+        &serval_streams::LogStream::Zone(zone.to_owned()),
+    )
+    .await;
     if q::load(&app.pool, zone, id)
         .await?
         .is_some_and(|e| e.is_live(Utc::now()))

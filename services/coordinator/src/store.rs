@@ -16,7 +16,7 @@ use serval_kit::write::{self, Failure, Outcome};
 use serval_kit::App;
 use serval_schema::projections::CATALOG;
 use serval_streams::append::{Idempotency, Reservation};
-use serval_streams::{AppendRequest, EntryId, LogStream};
+use serval_streams::{AppendRequest, LogStream};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -216,27 +216,103 @@ pub async fn load_view(app: &App, zone: &str, scope: &Scope) -> Result<GraphView
     Ok(serval_projector::delegations::view(&app.pool, zone, scope).await?)
 }
 
-/// Per zone, the last graph event this process appended. Correctness is the graph's version
-/// (every event is appended conditionally on the epoch it was decided at); this only lines
-/// up the process's own writers of one zone, so each decides once on a view that already
-/// has its predecessor instead of all of them deciding on the same epoch and all but one
-/// conflicting (with 16 concurrent creators, a creation could lose 64 rounds in a row).
+/// Per zone, this process's turn to write the zone's Delegation graph, and the whole graph
+/// as of its last write. Correctness is the graph's version (every event is appended
+/// conditionally on the epoch it was decided at); the turn lines up the process's own
+/// writers of one zone, so each decides once instead of all deciding on the same epoch and
+/// all but one conflicting (with 16 concurrent creators, a creation could lose the 64
+/// rounds `execute` allows), and the graph kept in memory spares each decision a
+/// `REPEATABLE READ` view and the wait for the previous write's projection.
 #[derive(Default)]
 pub struct GraphTurns {
-    zones: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<EntryId>>>>,
+    zones: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Turn>>>>,
+}
+
+/// One zone's turn.
+#[derive(Default)]
+struct Turn {
+    /// The whole graph at its epoch, valid while the log's version of the graph is that
+    /// epoch (checked before each use: another process may have written).
+    whole: Option<GraphView>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        unstash(self.whole.take());
+    }
 }
 
 /// Zones whose turn is remembered; idle ones are forgotten past it.
 const TURNS_KEPT: usize = 4_096;
 
+/// Zones with more edges (any status) are decided on partial views read per decision.
+const WHOLE_GRAPH_MAX: i64 = 20_000;
+
+/// Edges kept in memory over all zones' turns (about 1 KiB each).
+const WHOLE_GRAPHS_BUDGET: usize = 200_000;
+
+static KEPT_EDGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Gives a turn its whole graph back, within the process's budget.
+fn stash(v: GraphView) -> Option<GraphView> {
+    use std::sync::atomic::Ordering;
+    let n = v.graph.edges.len();
+    let mut kept = KEPT_EDGES.load(Ordering::Relaxed);
+    loop {
+        if kept + n > WHOLE_GRAPHS_BUDGET {
+            return None;
+        }
+        match KEPT_EDGES.compare_exchange(kept, kept + n, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(v),
+            Err(now) => kept = now,
+        }
+    }
+}
+
+/// Takes a turn's whole graph out of the budget.
+fn unstash(v: Option<GraphView>) -> Option<GraphView> {
+    if let Some(v) = &v {
+        KEPT_EDGES.fetch_sub(v.graph.edges.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+    v
+}
+
 impl GraphTurns {
-    fn of(&self, zone: &str) -> Arc<tokio::sync::Mutex<EntryId>> {
+    fn of(&self, zone: &str) -> Arc<tokio::sync::Mutex<Turn>> {
         let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
         if zones.len() >= TURNS_KEPT && !zones.contains_key(zone) {
             zones.retain(|_, t| Arc::strong_count(t) > 1);
         }
         zones.entry(zone.to_owned()).or_default().clone()
     }
+}
+
+/// The zone's whole graph at the log's version of it: the turn's own when still current
+/// (one `HGET`), else read again once the read model has passed the log's head; `None`
+/// when the zone is too large or the read model moved on meanwhile (the caller then
+/// decides on partial views).
+async fn whole_graph(
+    app: &App,
+    zone: &str,
+    stream: &LogStream,
+    kept: Option<GraphView>,
+) -> Result<Option<GraphView>, ApiError> {
+    let id = delegation::graph_id(zone);
+    let logged = app
+        .store
+        .version(stream, &id)
+        .await
+        .map_err(ApiError::from)?;
+    if let Some(v) = kept {
+        if v.epoch == logged {
+            return Ok(Some(v));
+        }
+    }
+    if !write::catch_up(app, CATALOG, stream).await {
+        return Ok(None);
+    }
+    let whole = serval_projector::delegations::whole_view(&app.pool, zone, WHOLE_GRAPH_MAX).await?;
+    Ok(whole.filter(|v| v.epoch == logged))
 }
 
 fn turns() -> &'static GraphTurns {
@@ -265,32 +341,70 @@ where
     // epoch still decides), so a stalled projector cannot queue a zone's writers forever.
     let wait = std::time::Duration::from_millis(app.cfg.write_deadline_ms);
     let mut held = tokio::time::timeout(wait, turn.lock()).await.ok();
-    if let Some(last) = held.as_deref() {
-        if *last > EntryId::ZERO {
-            write::wait_visible(app, CATALOG, &stream, *last).await;
-        }
-    }
+    let first = match held.as_deref_mut() {
+        Some(t) => whole_graph(app, zone, &stream, unstash(t.whole.take())).await?,
+        None => None,
+    };
+    // The first attempt decides on the whole graph; a conflict means another process wrote,
+    // and later attempts read partial views once the read model has caught up.
+    let first = std::sync::Mutex::new(first);
+    let kept: std::sync::Mutex<Option<GraphView>> = std::sync::Mutex::new(None);
     let decided: std::sync::Mutex<Option<(T, u64)>> = std::sync::Mutex::new(None);
+    let lock = |m: &std::sync::Mutex<Option<GraphView>>| {
+        m.lock().unwrap_or_else(|p| p.into_inner()).take()
+    };
     let outcome = write::execute(app, CATALOG, stream.clone(), idem, || {
         let scope = scope.clone();
         let decide = &decide;
         let decided = &decided;
+        let (first, kept) = (&first, &kept);
         let id = id.clone();
         async move {
-            let view = load_view(app, zone, &scope).await?;
-            let Some((event, extra)) = decide(&view)? else {
+            lock(kept);
+            let whole = lock(first);
+            let from_whole = whole.is_some();
+            let view = match whole {
+                Some(v) => v,
+                None => load_view(app, zone, &scope).await?,
+            };
+            let decision = decide(&view);
+            let epoch = view.epoch;
+            if from_whole {
+                *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+            }
+            let Some((event, extra)) = decision? else {
                 return Err(Failure::Api(ApiError::new(
                     StatusCode::NOT_MODIFIED,
                     UNCHANGED,
                 )));
             };
-            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, view.epoch + 1));
-            Ok(w.request(zone, &id, view.epoch, vec![Event::Delegation(event)]))
+            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some((extra, epoch + 1));
+            Ok(w.request(zone, &id, epoch, vec![Event::Delegation(event)]))
         }
     })
     .await;
-    if let (Ok(Outcome::Applied { last: appended, .. }), Some(last)) = (&outcome, held.as_mut()) {
-        **last = *appended;
+    if let Some(t) = held.as_deref_mut() {
+        // The whole graph stays with the turn when it is still the graph at its epoch: a
+        // decision that appended nothing left it as it was; an applied one moves it on by
+        // its own events.
+        t.whole = match (&outcome, lock(&kept)) {
+            (Ok(o @ Outcome::Applied { .. }), Some(mut v)) => {
+                if let Outcome::Applied {
+                    events, envelopes, ..
+                } = o
+                {
+                    for (e, env) in events.iter().zip(envelopes) {
+                        if let Event::Delegation(de) = e {
+                            delegation::evolve(&mut v.graph, &env.meta(), de);
+                            v.epoch = env.aggregate_version;
+                        }
+                    }
+                }
+                stash(v)
+            }
+            (Err(Failure::Api(_)), Some(v)) => stash(v),
+            _ => None,
+        };
     }
     drop(held);
     match outcome {
