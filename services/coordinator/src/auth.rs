@@ -11,6 +11,7 @@ use serval_domain::validation::is_valid_identifier;
 use serval_kit::http::ApiError;
 use serval_kit::mandate::{unverified_zone, MAX_TOKEN_CHARS};
 use serval_kit::App;
+use serval_streams::EntryId;
 use subtle::ConstantTimeEq;
 
 pub const ADMIN: &str = "coordinator.admin";
@@ -200,7 +201,7 @@ async fn identity_live(
     let mut ids = vec![client_id.to_owned()];
     ids.extend(sid.map(str::to_owned));
     fresh_catalog(app, zone, skip).await?;
-    let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
+    let rows = identity_rows(app, zone, ids).await?;
     let now = Utc::now();
     let revoked = || ApiError::unauthorized("identity_revoked");
     match rows.get(client_id) {
@@ -220,6 +221,53 @@ async fn identity_live(
         }
     }
     Ok(())
+}
+
+type Rows = std::collections::HashMap<String, serval_domain::catalog::Entity>;
+
+/// Identity rows read at a catalog position, per (zone, ids).
+type IdentityCache =
+    std::sync::Mutex<std::collections::HashMap<(String, Vec<String>), (EntryId, Rows)>>;
+
+/// Callers remembered; the map is cleared when full (a miss costs one query).
+const IDENTITY_KEPT: usize = 4_096;
+
+fn identity_cache() -> &'static IdentityCache {
+    static CACHE: std::sync::OnceLock<IdentityCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The caller's application and `sid` record as the fresh read model has them: from memory
+/// while the zone's catalog position has not moved since they were read (a position moves
+/// only once the commit it stands for is visible, so no row can have changed; the same rule
+/// as the Management API's `read_cache`), else one query. Expiry is judged by the caller
+/// at the time of each request.
+async fn identity_rows(app: &App, zone: &str, ids: Vec<String>) -> Result<Rows, ApiError> {
+    let stream = app
+        .store
+        .keys()
+        .log(&serval_streams::LogStream::Zone(zone.to_owned()));
+    let at = app
+        .visibility
+        .current(serval_schema::projections::CATALOG, &stream);
+    let key = (zone.to_owned(), ids);
+    if at > EntryId::ZERO {
+        let cache = identity_cache().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pos, rows)) = cache.get(&key) {
+            if *pos == at {
+                return Ok(rows.clone());
+            }
+        }
+    }
+    let rows = serval_projector::catalog::load_many(&app.pool, &key.1).await?;
+    if at > EntryId::ZERO {
+        let mut cache = identity_cache().lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= IDENTITY_KEPT && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        cache.insert(key, (at, rows.clone()));
+    }
+    Ok(rows)
 }
 
 /// Read-your-writes for the whole request: the zone's catalog read model (Sessions, the
