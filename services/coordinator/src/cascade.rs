@@ -85,20 +85,11 @@ pub async fn suspend(
         n += usize::from(done.is_some());
     }
     if n > 0 {
-        settle(app, zone).await;
+        // A cascade that follows in the same task (a sweep pass, a revocation's targets)
+        // decides its §12.1 exemptions on this one's end.
+        store::catch_up(app, zone).await;
     }
     Ok(n)
-}
-
-/// Waits until the zone's catalog has this task's cascade, so a cascade that follows in the
-/// same task (a sweep pass, a revocation's targets) decides its §12.1 exemptions on it.
-pub async fn settle(app: &App, zone: &str) {
-    serval_kit::write::catch_up(
-        app,
-        serval_schema::projections::CATALOG,
-        &serval_streams::LogStream::Zone(zone.to_owned()),
-    )
-    .await;
 }
 
 /// Resumes `root` and its contiguous suspended descendants; the count.

@@ -459,12 +459,7 @@ async fn replay_edge(app: &App, zone: &str, status: u16, body: &str) -> Result<R
         .unwrap_or_default();
     // The creation route does not wait for graph events at authentication: the edge may
     // be a moment from its read model.
-    serval_kit::write::catch_up(
-        app,
-        serval_schema::projections::CATALOG,
-        &serval_streams::LogStream::Zone(zone.to_owned()),
-    )
-    .await;
+    store::catch_up(app, zone).await;
     if q::load(&app.pool, zone, id)
         .await?
         .is_some_and(|e| e.is_live(Utc::now()))
@@ -805,12 +800,7 @@ pub async fn revoke_edge(
         .len();
     if !targets.is_empty() {
         // The cascades read the edges this revocation ended.
-        serval_kit::write::catch_up(
-            app,
-            serval_schema::projections::CATALOG,
-            &serval_streams::LogStream::Zone(zone.to_owned()),
-        )
-        .await;
+        store::catch_up(app, zone).await;
     }
     let mut terminated = 0;
     for t in &targets {
@@ -818,7 +808,7 @@ pub async fn revoke_edge(
             cascade::terminate(app, &w, zone, t, "delegation_revoked", Ending::Terminate).await?;
         if !ended.is_empty() {
             // The next target's exemptions (§12.1) must see this one's end.
-            cascade::settle(app, zone).await;
+            store::catch_up(app, zone).await;
         }
         terminated += ended.len();
     }

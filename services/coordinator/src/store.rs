@@ -123,6 +123,13 @@ async fn current(app: &App, zone: &str, id: &str) -> Result<Option<Entity>, ApiE
     Ok(serval_projector::catalog::load(&app.pool, zone, id).await?)
 }
 
+/// Waits until the zone's catalog read model has passed every entry of its log appended
+/// before this call (bounded; `false` on timeout): for a task that reads what it, or a
+/// write not waited for at authentication, just appended.
+pub async fn catch_up(app: &App, zone: &str) -> bool {
+    write::catch_up(app, CATALOG, &LogStream::Zone(zone.to_owned())).await
+}
+
 /// Replaces an object's data with what `change` makes of the current object; `Ok(None)`
 /// when `change` declines (nothing to do). Conflicts reload and ask `change` again. The
 /// object after the write is folded from the state the write was decided on.

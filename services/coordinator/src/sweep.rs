@@ -69,7 +69,7 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
             .await;
             // The next item's exemptions (§12.1) must see this one's end.
             if ended.as_ref().is_ok_and(|e| !e.is_empty()) {
-                cascade::settle(app, &zone).await;
+                store::catch_up(app, &zone).await;
             }
             ended.map(|_| ())
         };
@@ -108,7 +108,7 @@ pub async fn once(app: &App) -> Result<(), ApiError> {
         let r =
             cascade::terminate(app, &w, &zone, &id, "parent_terminated", Ending::Terminate).await;
         if r.as_ref().is_ok_and(|e| !e.is_empty()) {
-            cascade::settle(app, &zone).await;
+            store::catch_up(app, &zone).await;
         }
         logged("stranded session", &zone, r);
     }
