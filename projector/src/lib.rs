@@ -24,6 +24,7 @@ mod relay_coordination;
 pub mod revocations;
 pub mod runner;
 pub mod sessions;
+pub mod share;
 pub mod status;
 pub mod upkeep;
 pub mod visibility;

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter_vec, IntCounterVec};
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
 
 pub struct ProjectorMetrics {
     pub applied: IntCounterVec,
@@ -11,6 +11,7 @@ pub struct ProjectorMetrics {
     pub apply_errors: IntCounterVec,
     pub published: IntCounterVec,
     pub feed_misses: IntCounterVec,
+    pub workers: IntGauge,
 }
 
 pub static METRICS: LazyLock<ProjectorMetrics> = LazyLock::new(|| {
@@ -49,6 +50,11 @@ pub static METRICS: LazyLock<ProjectorMetrics> = LazyLock::new(|| {
         "serval_projection_feed_misses_total",
         "Live reads a runner made from Redis itself because the process's log feed did not hold its window (behind the feed's tail, a stream not followed yet or past its 512-stream cap, the feed reconnecting).",
         &["projection"]
+    )
+    .expect("metric registers once"),
+    workers: register_int_gauge!(
+        "serval_projection_workers",
+        "Projection workers (serval processes) sharing the log's streams, as this one last saw them."
     )
     .expect("metric registers once"),
 }

@@ -9,12 +9,12 @@
 //! events publish nothing (consumers read that state from the read models); the mapping
 //! grows with the aggregates that own revocation, policy activation and lifecycle events.
 
-use redis::aio::ConnectionManager;
 use serval_domain::catalog::{CatalogEvent, EntityData};
 use serval_domain::policy::policy_sets::PolicySetEvent;
 use serval_domain::Event;
 use serval_streams::topics::{self, TopicMessage};
 use serval_streams::KeySpace;
+use serval_streams::RedisConn;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
@@ -22,7 +22,7 @@ use crate::metrics::METRICS;
 use crate::projection::{Applied, Projection};
 
 pub struct RelayProjection {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: KeySpace,
     /// `STREAMS_HMAC_KEY`; `None` only in development mode without a key (no `_sig`).
     key: Option<Vec<u8>>,
@@ -32,7 +32,7 @@ pub struct RelayProjection {
 
 impl RelayProjection {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         keys: KeySpace,
         key: Option<Vec<u8>>,
         audit_key: Option<Vec<u8>>,

@@ -1,6 +1,5 @@
 //! Projection health: lag behind the log and refused entries, for `/ready` and `/metrics`.
 
-use redis::aio::ConnectionLike;
 use serval_streams::{EntryId, KeySpace, LogStream};
 use sqlx::{PgPool, Row};
 
@@ -28,9 +27,9 @@ impl StreamLag {
 
 /// Lag of every (projection, stream) pair, including projections that have not yet
 /// written a checkpoint (they stand at `0-0` on the system stream).
-pub async fn lag<C: ConnectionLike + Send + Sync>(
+pub async fn lag(
     pool: &PgPool,
-    conn: &mut C,
+    conn: &mut serval_streams::RedisConn,
     keys: &KeySpace,
     projections: &[&str],
 ) -> Result<Vec<StreamLag>, StatusError> {
@@ -64,16 +63,20 @@ pub async fn lag<C: ConnectionLike + Send + Sync>(
         }
     }
     // One pipelined XRANGE per (projection, stream): the first entry after the checkpoint.
-    let mut pipe = redis::pipe();
-    for l in &lags {
-        pipe.cmd("XRANGE")
-            .arg(&l.stream)
-            .arg(format!("({}", l.checkpoint))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-    }
-    let replies: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
+    let cmds = lags
+        .iter()
+        .map(|l| {
+            let mut c = redis::cmd("XRANGE");
+            c.arg(&l.stream)
+                .arg(format!("({}", l.checkpoint))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+            (l.stream.clone(), c)
+        })
+        .collect();
+    let replies: Vec<redis::streams::StreamRangeReply> =
+        serval_streams::connection::by_slot(conn, cmds).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

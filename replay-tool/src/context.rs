@@ -36,8 +36,8 @@ pub struct Connection {
 pub struct Context {
     pub keys: KeySpace,
     pub signer: Arc<Signer>,
-    pub redis: redis::Client,
-    pub conn: redis::aio::MultiplexedConnection,
+    pub redis: serval_streams::RedisClient,
+    pub conn: serval_streams::RedisConn,
     pub database_url: String,
     /// `AUDIT_HMAC_KEY` (signs the admin audit chains when they are rebuilt).
     pub audit_key: Option<Vec<u8>>,
@@ -82,9 +82,9 @@ impl Connection {
             .as_deref()
             .map(serval_streams::signing::parse_hex_key)
             .transpose()?;
-        let redis = redis::Client::open(self.redis_url.as_str())?;
+        let redis = serval_streams::RedisClient::open(self.redis_url.as_str())?;
         let conn = redis
-            .get_multiplexed_async_connection()
+            .connect_blocking(std::time::Duration::from_secs(60))
             .await
             .context("cannot reach Redis")?;
         Ok(Context {

@@ -319,7 +319,7 @@ async fn derive_keys(ctx: &Context, s: &str, log: &LogStream) -> anyhow::Result<
 
 /// The stream's last generated id (`XINFO STREAM`), zero when the stream does not exist.
 async fn last_generated_id(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut serval_streams::RedisConn,
     s: &str,
 ) -> anyhow::Result<EntryId> {
     let exists: bool = conn.exists(s).await?;

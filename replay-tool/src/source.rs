@@ -9,24 +9,27 @@ use crate::context::Context;
 
 /// Every log stream in Redis: the system stream first, then zone streams (SCAN).
 pub async fn log_streams(ctx: &Context) -> anyhow::Result<Vec<String>> {
-    let mut conn = ctx.conn.clone();
     let pattern = format!("{}:{{z:*}}:log", ctx.keys.prefix());
     let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
+    // On a cluster, every primary holds its own slots' keys.
+    for node in ctx.redis.primaries().await? {
+        let mut conn = node.get_multiplexed_async_connection().await?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
     keys.sort();
     keys.dedup();

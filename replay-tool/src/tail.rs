@@ -117,7 +117,16 @@ pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
             false,
         ),
     };
-    let mut conn = ctx.redis.get_multiplexed_async_connection().await?;
+    if ctx.redis.is_cluster() && args.group.is_some() && streams.len() > 1 {
+        // XREADGROUP names one slot on a cluster; a group follows one stream there.
+        anyhow::bail!("on a Redis Cluster, --group follows one stream: give --topic or --zone");
+    }
+    let mut conn = ctx
+        .redis
+        .connect_blocking(std::time::Duration::from_millis(
+            args.idle_exit_ms.unwrap_or(5_000),
+        ))
+        .await?;
     if let Some(g) = &args.group {
         for s in &streams {
             let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(s, g, "0").await;
@@ -128,12 +137,15 @@ pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
             }
         }
     }
-    let mut ids: Vec<String> = streams
+    // "New entries only" as the heads' concrete ids, read once: a `$` read again each round
+    // would skip what arrives between rounds (a cluster reads in rounds).
+    let heads = serval_streams::read::last_entry_ids(&mut conn, &streams).await?;
+    let mut ids: Vec<String> = heads
         .iter()
-        .map(|_| match (&args.group, args.from_start) {
+        .map(|head| match (&args.group, args.from_start) {
             (Some(_), _) => "0".to_owned(), // our own pending entries first, then new ones
             (None, true) => "0".to_owned(),
-            (None, false) => "$".to_owned(),
+            (None, false) => head.to_string(),
         })
         .collect();
     let mut printed = 0u64;
@@ -144,8 +156,15 @@ pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<u64> {
         if let Some(g) = &args.group {
             opts = opts.group(g, &args.consumer);
         }
-        let reply: Option<StreamReadReply> = conn.xread_options(&streams, &ids, &opts).await?;
-        let keys = reply.map(|r| r.keys).unwrap_or_default();
+        let keys = if args.group.is_some() {
+            let reply: Option<StreamReadReply> = conn.xread_options(&streams, &ids, &opts).await?;
+            reply.map(|r| r.keys).unwrap_or_default()
+        } else {
+            let positions: Vec<(String, String)> =
+                streams.iter().cloned().zip(ids.iter().cloned()).collect();
+            let block = std::time::Duration::from_millis(block as u64);
+            serval_streams::connection::xread(&mut conn, &positions, 100, Some(block)).await?
+        };
         let mut got = 0;
         let mut switched = false;
         for k in keys {

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::connection::RedisConn;
 use chrono::{DateTime, SubsecRound, Utc};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serval_domain::Event;
 use uuid::Uuid;
@@ -175,7 +175,7 @@ pub struct EventStore {
     /// Appends spread over several connections: with `appendfsync always` Redis fsyncs once
     /// per event-loop turn, and it reads at most one buffer per client per turn, so more
     /// connections mean more appends share each fsync.
-    conns: Arc<[ConnectionManager]>,
+    conns: Arc<[RedisConn]>,
     next: Arc<std::sync::atomic::AtomicUsize>,
     keys: KeySpace,
     signer: Arc<Signer>,
@@ -183,16 +183,12 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    pub fn new(conn: ConnectionManager, keys: KeySpace, signer: Arc<Signer>) -> Self {
+    pub fn new(conn: RedisConn, keys: KeySpace, signer: Arc<Signer>) -> Self {
         Self::with_connections(vec![conn], keys, signer)
     }
 
     /// An event store over several connections (at least one).
-    pub fn with_connections(
-        conns: Vec<ConnectionManager>,
-        keys: KeySpace,
-        signer: Arc<Signer>,
-    ) -> Self {
+    pub fn with_connections(conns: Vec<RedisConn>, keys: KeySpace, signer: Arc<Signer>) -> Self {
         assert!(!conns.is_empty(), "an event store needs a connection");
         EventStore {
             conns: conns.into(),
@@ -212,7 +208,7 @@ impl EventStore {
     }
 
     /// One of the store's connections (round robin).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.conns[i % self.conns.len()].clone()
     }
@@ -305,6 +301,7 @@ impl EventStore {
             .ok_or_else(|| AppendError::Protocol("empty reply".into()))?;
         match tag.as_str() {
             "ok" => {
+                conn.wake(&self.keys.log(stream));
                 // The command's own entries; the riders' follow and are not reported.
                 let n = req.events.len();
                 let entry_ids = rest
@@ -398,27 +395,8 @@ impl EventStore {
         crate::read::last_entry_id(&mut self.connection(), stream_key).await
     }
 
-    /// The last entry id of each stream (zero for an empty one), in one round trip.
+    /// The last entry id of each stream (zero for an empty one), in one round trip per node.
     pub async fn last_entry_ids(&self, keys: &[String]) -> Result<Vec<EntryId>, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("XREVRANGE")
-                .arg(k)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<redis::streams::StreamRangeReply> =
-            pipe.query_async(&mut self.connection()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|r| {
-                r.ids
-                    .first()
-                    .and_then(|s| s.id.parse().ok())
-                    .unwrap_or(EntryId::ZERO)
-            })
-            .collect())
+        crate::read::last_entry_ids(&mut self.connection(), keys).await
     }
 }

@@ -106,6 +106,12 @@ impl KeySpace {
         format!("{}:activity", self.prefix)
     }
 
+    /// The projection workers' leases (a sorted set: worker id → lease end, ms), in the
+    /// system slot (`projector::share`).
+    pub fn workers(&self) -> String {
+        format!("{}:{{sys}}:workers", self.prefix)
+    }
+
     /// An issued mandate's `jti` (STS), in its zone's slot; lives as long as the mandate.
     pub fn jti(&self, zone_id: &str, jti: &str) -> String {
         format!("{}:{{z:{zone_id}}}:jti:{jti}", self.prefix)

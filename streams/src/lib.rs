@@ -6,11 +6,13 @@
 //! * [`keys`]: every Redis key name, hash-tagged per zone so one call touches one slot.
 //! * [`append`]: the one atomic conditional-append script.
 //! * [`read`]: reading and verifying log entries.
+//! * [`connection`]: one Redis or a Redis Cluster behind one connection type.
 //! * [`topics`]: Caracal's public `caracal.*` topics and their `_sig` scheme.
 #![forbid(unsafe_code)]
 
 pub mod append;
 pub mod codec;
+pub mod connection;
 pub mod entry_id;
 pub mod envelope;
 pub mod keys;
@@ -19,6 +21,7 @@ pub mod signing;
 pub mod topics;
 
 pub use append::{AppendError, AppendOutcome, AppendRequest, EventStore, IdempotencyRecord};
+pub use connection::{RedisClient, RedisConn};
 pub use entry_id::EntryId;
 pub use envelope::Envelope;
 pub use keys::{KeySpace, LogStream};

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use redis::aio::ConnectionLike;
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Value};
 use serval_domain::{AggregateKind, Event, EventMeta};
 
 use crate::codec::{CodecError, Upcasters};
+use crate::connection::RedisConn;
 use crate::entry_id::EntryId;
 use crate::envelope::Envelope;
 use crate::keys::LogStream;
@@ -156,31 +157,49 @@ fn parse_entries(ids: Vec<redis::streams::StreamId>) -> Vec<RawEntry> {
 }
 
 /// Reads up to `count` entries after each given id, blocking up to `block_ms` when none
-/// is there. Returns entries per stream key, in stream order.
-pub async fn read_after<C: ConnectionLike + Send + Sync>(
-    conn: &mut C,
+/// is there. Returns entries per stream key, in stream order. Works on a cluster too (see
+/// [`crate::connection::xread`]).
+pub async fn read_after(
+    conn: &mut RedisConn,
     streams: &[(String, EntryId)],
     count: usize,
     block_ms: Option<usize>,
 ) -> Result<Vec<(String, Vec<RawEntry>)>, redis::RedisError> {
-    if streams.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
-    let ids: Vec<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
-    let mut opts = StreamReadOptions::default().count(count);
-    if let Some(ms) = block_ms {
-        opts = opts.block(ms);
-    }
-    let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &opts).await?;
-    Ok(reply
-        .map(|r| {
-            r.keys
-                .into_iter()
-                .map(|k| (k.key, parse_entries(k.ids)))
-                .collect()
+    let streams: Vec<(String, String)> = streams
+        .iter()
+        .map(|(k, id)| (k.clone(), id.to_string()))
+        .collect();
+    let block = block_ms.map(|ms| std::time::Duration::from_millis(ms as u64));
+    let keys = crate::connection::xread(conn, &streams, count, block).await?;
+    Ok(keys
+        .into_iter()
+        .map(|k| (k.key, parse_entries(k.ids)))
+        .collect())
+}
+
+/// The newest entry id of each stream (zero for an empty one), in one round trip per node.
+pub async fn last_entry_ids(
+    conn: &mut RedisConn,
+    keys: &[String],
+) -> Result<Vec<EntryId>, redis::RedisError> {
+    let cmds = keys
+        .iter()
+        .map(|k| {
+            let mut c = redis::cmd("XREVRANGE");
+            c.arg(k).arg("+").arg("-").arg("COUNT").arg(1);
+            (k.clone(), c)
         })
-        .unwrap_or_default())
+        .collect();
+    let replies: Vec<StreamRangeReply> = crate::connection::by_slot(conn, cmds).await?;
+    Ok(replies
+        .into_iter()
+        .map(|r| {
+            r.ids
+                .first()
+                .and_then(|s| s.id.parse().ok())
+                .unwrap_or(EntryId::ZERO)
+        })
+        .collect())
 }
 
 /// Reads entries with ids in `[start, end]` (inclusive), oldest first.

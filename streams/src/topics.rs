@@ -4,8 +4,8 @@
 //! `STREAMS_HMAC_KEY` over: the stream key, `\n`, then for every field except `_sig`, sorted
 //! by name (byte order), `name=value\n`. Null fields are skipped; values are verbatim.
 
+use crate::connection::RedisConn;
 use hmac::{Hmac, Mac};
-use redis::aio::ConnectionLike;
 use redis::streams::StreamMaxlen;
 use redis::AsyncCommands;
 use sha2::Sha256;
@@ -101,36 +101,55 @@ fn items<'a>(
 
 /// Signs (when a key is given) and XADDs one message to `stream_key`, trimming the topic
 /// approximately. Returns the entry id.
-pub async fn publish<C: ConnectionLike + Send + Sync>(
-    conn: &mut C,
+pub async fn publish(
+    conn: &mut RedisConn,
     stream_key: &str,
     key: Option<&[u8]>,
     fields: &[(String, Option<String>)],
 ) -> Result<String, redis::RedisError> {
     let items = items(stream_key, key, fields);
-    conn.xadd_maxlen(stream_key, StreamMaxlen::Approx(TOPIC_MAXLEN), "*", &items)
-        .await
+    let id = conn
+        .xadd_maxlen(stream_key, StreamMaxlen::Approx(TOPIC_MAXLEN), "*", &items)
+        .await?;
+    conn.wake(stream_key);
+    Ok(id)
 }
 
 /// A message's fields: name and value (`None`: omitted).
 pub type Fields = Vec<(String, Option<String>)>;
 
 /// [`publish`] for several messages `(stream_key, fields)` in one round trip, in order.
-/// Returns their entry ids.
-pub async fn publish_many<C: ConnectionLike + Send + Sync>(
-    conn: &mut C,
+/// Returns their entry ids. On a cluster, one pipeline per topic's slot.
+pub async fn publish_many(
+    conn: &mut RedisConn,
     key: Option<&[u8]>,
     messages: &[(String, Fields)],
 ) -> Result<Vec<String>, redis::RedisError> {
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for (stream_key, fields) in messages {
-        let items = items(stream_key, key, fields);
-        pipe.xadd_maxlen(stream_key, StreamMaxlen::Approx(TOPIC_MAXLEN), "*", &items);
+    let cmds = messages
+        .iter()
+        .map(|(stream_key, fields)| {
+            let items = items(stream_key, key, fields);
+            let mut c = redis::cmd("XADD");
+            c.arg(stream_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(TOPIC_MAXLEN)
+                .arg("*")
+                .arg(&items);
+            (stream_key.clone(), c)
+        })
+        .collect();
+    let ids = crate::connection::by_slot(conn, cmds).await?;
+    let mut woken = std::collections::BTreeSet::new();
+    for (stream_key, _) in messages {
+        if woken.insert(stream_key.as_str()) {
+            conn.wake(stream_key);
+        }
     }
-    pipe.query_async(conn).await
+    Ok(ids)
 }
 
 #[cfg(test)]

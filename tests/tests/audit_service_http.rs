@@ -102,8 +102,8 @@ async fn search_and_the_dead_letter_queue_behind_the_audit_admin_token() {
 
     // A frame with a bad signature lands in the DLQ, not replayable.
     let topic = server.key_space().topic("caracal.audit.events");
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let _: String = redis::cmd("XADD")
         .arg(&topic)
         .arg("*")

@@ -100,8 +100,8 @@ async fn mandate(issuer: &str, z: &Zone) -> String {
 /// Every message of a topic, as field maps.
 async fn topic(server: &Server, name: &str) -> Vec<HashMap<String, String>> {
     let key = server.key_space().topic(name);
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&key)
         .arg("-")
@@ -637,8 +637,8 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
         .call(reqwest::Method::POST, &dz, Some(body.clone()), &key)
         .await;
     assert_eq!(s, 201, "{first}");
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let pattern = format!("{}:{{z:{}}}:idem:*", server.prefix, z.id);
     let records: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)

@@ -120,10 +120,8 @@ async fn killed_mid_batch_the_projector_resumes_and_equals_a_fresh_rebuild() {
     let keys = Keys::default();
     let prefix = common::unique(common::KEY_PREFIX);
     let db = common::fresh_db().await;
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let conn = client.connect().await.unwrap();
     let store = EventStore::new(
         conn,
         serval_streams::KeySpace::new(prefix.clone(), format!("{prefix}:")),

@@ -201,8 +201,8 @@ fn refused(c: &Call, status: u16, error: &str, description: &str) {
 /// Audit events of a request id on `caracal.audit.events`.
 async fn audit_events(server: &Server, rid: &str) -> Vec<Value> {
     let key = server.key_space().topic("caracal.audit.events");
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&key)
         .arg("-")
@@ -584,8 +584,8 @@ async fn a_revocation_ends_a_stream_in_flight() {
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
     let trail = eventually(20, || async {
         let key = server.key_space().topic("caracal.audit.events");
-        let client = redis::Client::open(common::redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+        let mut conn = client.connect().await.unwrap();
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(&key)
             .arg("-")

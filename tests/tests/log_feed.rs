@@ -60,10 +60,8 @@ async fn runners_fed_by_the_shared_reader_apply_exactly_what_a_rebuild_applies()
     let keys = common::Keys::default();
     let prefix = common::unique(common::KEY_PREFIX);
     let space = KeySpace::new(prefix.clone(), "");
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let conn = client.connect().await.unwrap();
     let store = EventStore::new(conn, space.clone(), keys.signer());
     let db = common::fresh_db().await;
     let pool = common::pool(&db).await;
@@ -104,7 +102,7 @@ async fn runners_fed_by_the_shared_reader_apply_exactly_what_a_rebuild_applies()
     create_zones(&store, 40, "feed back").await;
 
     let system = space.log(&LogStream::System);
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = client.connect().await.unwrap();
     let head = serval_streams::read::last_entry_id(&mut c, &system)
         .await
         .unwrap();

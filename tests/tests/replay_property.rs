@@ -61,10 +61,8 @@ fn op() -> impl Strategy<Value = Op> {
 async fn run_case(ops: Vec<(usize, Op, bool)>) -> Result<(), TestCaseError> {
     let keys = common::Keys::default();
     let prefix = common::unique(common::KEY_PREFIX);
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let conn = client.connect().await.unwrap();
     let store = EventStore::new(conn, KeySpace::new(prefix.clone(), ""), keys.signer());
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let mut model: BTreeMap<String, Zone> = BTreeMap::new();

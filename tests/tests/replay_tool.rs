@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{Admin, Options, Server};
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use serval_streams::read::{field_bytes, read_range, RawEntry};
+use serval_streams::RedisConn as ConnectionManager;
 use serval_streams::{EntryId, LogStream};
 
 async fn populate(admin: &Admin, zones: usize) -> Vec<String> {
@@ -248,8 +248,8 @@ async fn restore_after_flushall_brings_back_a_log_that_verifies_and_rebuilds_the
     let keys = server.keys.clone();
     server.kill();
 
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(url.as_str()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let (ok, _, _) = common::replay_with(&db, &url, &prefix, &keys, &["verify"]);
     assert!(!ok, "an empty log disagrees with the archive");
@@ -604,8 +604,8 @@ async fn sealed_secrets_open_after_redis_is_restored_from_the_archive() {
     );
     server.kill();
 
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(url.as_str()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let (ok, out, err) = common::replay_with(&db, &url, &prefix, &keys, &["restore"]);
     assert!(ok, "{out}{err}");

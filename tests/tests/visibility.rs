@@ -171,8 +171,8 @@ async fn reads_through_another_process_see_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn published_topic_messages_verify_like_caracal_consumers_expect() {
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(&common::redis_url()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let stream = format!(
         "{}:{}",
         common::unique(common::KEY_PREFIX),
@@ -270,8 +270,8 @@ async fn projections_store_positions_they_passed_without_applying() {
     let stream = server
         .key_space()
         .log(&serval_streams::LogStream::Zone(z.clone()));
-    let client = redis::Client::open(server.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let client = serval_streams::RedisClient::open(server.redis_url.as_str()).unwrap();
+    let mut conn = client.connect().await.unwrap();
     let head: Vec<(String, std::collections::HashMap<String, redis::Value>)> =
         redis::cmd("XREVRANGE")
             .arg(&stream)

@@ -43,7 +43,7 @@ impl<P: Projection> Runner<P> {
         dead: &[DeadLetter],
     ) -> Result<(), RunnerError> {
         let name = self.name();
-        let mut conn = self.redis.get_multiplexed_async_connection().await?;
+        let mut conn = self.redis.connect().await?;
         for d in dead {
             tracing::error!(projection = name, stream = %d.stream, entry = %d.entry_id, reason = d.reason, detail = %d.detail, "refused a log entry");
             sqlx::query(

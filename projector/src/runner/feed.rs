@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use serval_streams::read::{self, RawEntry};
-use serval_streams::{EntryId, KeySpace, LogStream, Signer};
+use serval_streams::{EntryId, KeySpace, LogStream, RedisClient, RedisConn, Signer};
 use tokio::sync::watch;
 
 use super::dead_letters::raw_fields_json;
@@ -141,7 +140,7 @@ impl Feed {
 
     /// Follows the log until `shutdown`; Redis errors reset the feed (runners read Redis
     /// themselves meanwhile) and are retried with backoff.
-    pub async fn run(self: Arc<Self>, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, client: RedisClient, mut shutdown: watch::Receiver<bool>) {
         // However this ends (a panic included), runners stop taking from it.
         let _reset = ResetOnDrop(&self);
         let mut backoff = Duration::from_millis(100);
@@ -176,12 +175,9 @@ impl Feed {
         self.tick.send_modify(|t| *t += 1);
     }
 
-    async fn follow(&self, client: &redis::Client) -> Result<(), redis::RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_millis(DEFAULT_BLOCK_MS as u64 + 5_000));
+    async fn follow(&self, client: &RedisClient) -> Result<(), redis::RedisError> {
         let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
+            .connect_blocking(Duration::from_millis(DEFAULT_BLOCK_MS as u64))
             .await?;
         let activity = self.keys.activity();
         let mut activity_at = read::last_entry_id(&mut conn, &activity).await?;
@@ -225,10 +221,7 @@ impl Feed {
     }
 
     /// Starts following the wanted streams from their current end.
-    async fn admit(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<(), redis::RedisError> {
+    async fn admit(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
         let wanted: Vec<String> = {
             let mut s = self.lock();
             let room = MAX_STREAMS.saturating_sub(s.tails.len());
@@ -241,27 +234,13 @@ impl Feed {
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for key in &wanted {
-            pipe.cmd("XREVRANGE")
-                .arg(key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<redis::streams::StreamRangeReply> = pipe.query_async(conn).await?;
+        let heads = read::last_entry_ids(conn, &wanted).await?;
         let mut s = self.lock();
-        for (key, reply) in wanted.into_iter().zip(replies) {
+        for (key, head) in wanted.into_iter().zip(heads) {
             // Asked for again while this admission was in flight: already followed.
             if s.tails.contains_key(&key) {
                 continue;
             }
-            let head = reply
-                .ids
-                .first()
-                .and_then(|e| e.id.parse().ok())
-                .unwrap_or(EntryId::ZERO);
             s.tails.insert(
                 key,
                 Tail {

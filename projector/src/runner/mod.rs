@@ -64,6 +64,9 @@ pub struct ProjectorConfig {
     pub on_batch: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// The process's shared reader of the live log; `None`: each runner reads Redis.
     pub feed: Option<Arc<Feed>>,
+    /// The streams this process applies when several share the log (`share`); `None`:
+    /// every stream (a rebuild, a replay, a lone projector).
+    pub share: Option<Arc<crate::share::WorkShare>>,
 }
 
 impl ProjectorConfig {
@@ -77,6 +80,7 @@ impl ProjectorConfig {
             until: None,
             on_batch: None,
             feed: None,
+            share: None,
         }
     }
 }
@@ -102,7 +106,7 @@ pub(super) type Checked = (EntryId, Verified);
 pub struct Runner<P: Projection> {
     projection: P,
     pool: PgPool,
-    redis: redis::Client,
+    redis: serval_streams::RedisClient,
     cfg: Arc<ProjectorConfig>,
     visibility: Arc<Visibility>,
     /// Streams whose position moved past entries this projection wants nothing of without
@@ -116,7 +120,7 @@ impl<P: Projection> Runner<P> {
     pub fn new(
         projection: P,
         pool: PgPool,
-        redis: redis::Client,
+        redis: serval_streams::RedisClient,
         cfg: Arc<ProjectorConfig>,
         visibility: Arc<Visibility>,
     ) -> Self {

@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use serval_streams::read::{self, RawEntry};
+use serval_streams::RedisConn;
 use serval_streams::{EntryId, LogStream};
 use sqlx::Row;
 
@@ -20,12 +19,9 @@ use super::{Checked, SWEEP_CHUNK, SWEEP_INTERVAL_MS};
 use super::{Runner, RunnerError};
 
 impl<P: Projection> Runner<P> {
-    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_millis(self.cfg.block_ms as u64 + 5_000));
+    async fn connect(&self) -> Result<RedisConn, redis::RedisError> {
         self.redis
-            .get_multiplexed_async_connection_with_config(&config)
+            .connect_blocking(Duration::from_millis(self.cfg.block_ms as u64))
             .await
     }
 
@@ -54,6 +50,8 @@ impl<P: Projection> Runner<P> {
     pub(super) async fn follow(&mut self, stop_when_idle: bool) -> Result<u64, RunnerError> {
         let mut conn = self.connect().await?;
         let mut positions = self.positions().await?;
+        // Shared with other processes: only the streams this one owns (`share`).
+        let mut share_seen = None;
         let system = self.cfg.keys.log(&LogStream::System);
         // Streams in the blocking read: the system stream and every stream seen with entries.
         // The others (zones whose stream is still empty) are swept without blocking, so a
@@ -86,6 +84,14 @@ impl<P: Projection> Runner<P> {
                 || last_sweep.is_none_or(|t| {
                     t.elapsed() >= std::time::Duration::from_millis(SWEEP_INTERVAL_MS)
                 });
+            if let Some(share) = self.cfg.share.clone() {
+                let v = share.version();
+                if share_seen != Some(v) || (sweep_due && share.members().len() > 1) {
+                    share_seen = Some(v);
+                    positions = self.owned_positions(&share, positions).await?;
+                    hot.retain(|k| positions.contains_key(k));
+                }
+            }
             let mut reply = Vec::new();
             if sweep_due {
                 // Checked on a timer even when the hot streams are busy, so quiet zones
@@ -208,6 +214,10 @@ impl<P: Projection> Runner<P> {
                 elapsed_us = t_read.elapsed().as_micros() as u64,
                 "batch applied"
             );
+            if let Some(share) = &self.cfg.share {
+                // A zone created in a stream of ours may have a stream another owns.
+                positions.retain(|k, _| share.owns(k));
+            }
             match applied {
                 Ok(n) => total += n,
                 Err(RunnerError::CheckpointMoved { stream, .. }) => {
@@ -218,6 +228,33 @@ impl<P: Projection> Runner<P> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The streams this worker owns now, at the positions it holds in memory or, for a
+    /// stream it just took over (or a zone another worker's batch added), where Postgres
+    /// has it. Positions moved without a transaction are stored first, so a stream given
+    /// away is taken up exactly where this worker left it.
+    async fn owned_positions(
+        &mut self,
+        share: &crate::share::WorkShare,
+        mut positions: BTreeMap<String, EntryId>,
+    ) -> Result<BTreeMap<String, EntryId>, RunnerError> {
+        match self.flush(&positions).await {
+            Ok(()) => {}
+            Err(RunnerError::CheckpointMoved { .. }) => {
+                self.forget_unflushed();
+                positions = self.positions().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let stored = self.positions().await?;
+        positions.retain(|k, _| share.owns(k));
+        for (k, at) in stored {
+            if share.owns(&k) {
+                positions.entry(k).or_insert(at);
+            }
+        }
+        Ok(positions)
     }
 
     /// Verifies what was read from Redis, within the replay bound.

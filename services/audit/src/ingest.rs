@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use serval_domain::audit::{self, AuditEvent, AuditRecord, FrameError};
 use serval_domain::validation::is_valid_identifier;
 use serval_domain::Event;
 use serval_streams::append::Idempotency;
+use serval_streams::RedisConn;
 use serval_streams::{topics, AppendOutcome, AppendRequest, LogStream};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -137,7 +137,7 @@ async fn process(
 }
 
 async fn dead_letter(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     dlq: &str,
     entry_id: &str,
     fields: &std::collections::HashMap<String, redis::Value>,
@@ -163,7 +163,7 @@ const MAX_ATTEMPTS: u32 = 5;
 /// What the loop does with one frame; `false` when it must stop this batch (retry later).
 async fn handle(
     app: &App,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     (topic, dlq): (&str, &str),
     entry: &redis::streams::StreamId,
     attempts: &mut std::collections::HashMap<String, u32>,

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use serval_kit::App;
 use serval_streams::topics;
 use tokio::sync::watch;
@@ -138,19 +137,21 @@ async fn follow(app: App, rev: std::sync::Arc<Revocations>, mut stop: watch::Rec
         }
     }
     rev.following.store(true, Ordering::Relaxed);
-    let opts = StreamReadOptions::default().count(BATCH).block(1_000);
     loop {
         if *stop.borrow() {
             return;
         }
-        let read: Result<StreamReadReply, _> = tokio::select! {
-            r = redis::AsyncCommands::xread_options(&mut conn, &streams, &ids, &opts) => r,
+        // Both topics in one read; on a cluster, one per slot (`connection::xread`).
+        let positions: Vec<(String, String)> =
+            streams.iter().cloned().zip(ids.iter().cloned()).collect();
+        let read = tokio::select! {
+            r = serval_streams::connection::xread(&mut conn, &positions, BATCH, Some(Duration::from_secs(1))) => r,
             _ = stop.changed() => return,
         };
         match read {
             Ok(reply) => {
                 rev.following.store(true, Ordering::Relaxed);
-                for key in reply.keys {
+                for key in reply {
                     let Some(i) = streams.iter().position(|s| *s == key.key) else {
                         continue;
                     };

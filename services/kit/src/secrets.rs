@@ -155,7 +155,7 @@ impl Binding<'_> {
 pub struct Custody {
     kek: Vec<u8>,
     keys: KeySpace,
-    conn: redis::aio::ConnectionManager,
+    conn: serval_streams::RedisConn,
     pool: PgPool,
     store: EventStore,
     /// Unwrapped data keys by zone (they never change once created).
@@ -172,7 +172,7 @@ impl Custody {
     pub fn new(
         kek: Vec<u8>,
         keys: KeySpace,
-        conn: redis::aio::ConnectionManager,
+        conn: serval_streams::RedisConn,
         pool: PgPool,
         store: EventStore,
     ) -> Self {

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serval_projector::Visibility;
-use serval_streams::{EventStore, KeySpace, Signer};
+use serval_streams::{EventStore, KeySpace, RedisClient, RedisConn, Signer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::watch;
@@ -24,7 +23,9 @@ pub struct AppState {
     pub secrets: Secrets,
     pub pool: PgPool,
     pub store: EventStore,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
+    /// Where Redis is (one node or a cluster), for connections of their own.
+    pub redis_client: RedisClient,
     pub visibility: Arc<Visibility>,
     pub tokens: TokenCache,
     pub draining: AtomicBool,
@@ -153,13 +154,10 @@ pub async fn connect_pg(cfg: &Config) -> anyhow::Result<PgPool> {
 /// Redis connections the event store spreads appends over (see `EventStore`).
 pub const DEFAULT_REDIS_CONNECTIONS: usize = 8;
 
-pub async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, ConnectionManager)> {
-    let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(5))
-        .set_response_timeout(Duration::from_secs(5))
-        .set_number_of_retries(3);
-    let conn = ConnectionManager::new_with_config(client.clone(), config)
+pub async fn connect_redis(url: &str) -> anyhow::Result<(RedisClient, RedisConn)> {
+    let client = RedisClient::open(url).context("REDIS_URL is not a valid Redis URL")?;
+    let conn = client
+        .connect()
         .await
         .context("cannot connect to Redis (REDIS_URL)")?;
     Ok((client, conn))
@@ -171,10 +169,17 @@ pub async fn connect_dedicated(
     url: &str,
     who: &str,
     stop: &mut watch::Receiver<bool>,
-) -> Option<ConnectionManager> {
+) -> Option<RedisConn> {
     loop {
-        match connect_redis(url).await {
-            Ok((_, c)) => return Some(c),
+        let connected = match RedisClient::open(url) {
+            Ok(client) => client
+                .connect_blocking(Duration::from_secs(1))
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match connected {
+            Ok(c) => return Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "{who} cannot connect to Redis; retrying");
                 tokio::select! {
@@ -187,7 +192,7 @@ pub async fn connect_dedicated(
 }
 
 /// Warns when Redis would not keep an acknowledged write through a crash.
-async fn check_redis_durability(conn: &mut ConnectionManager) {
+async fn check_redis_durability(conn: &mut RedisConn) {
     let aof: Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("appendonly")
@@ -215,7 +220,7 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
     serval_schema::migrate(&pool)
         .await
         .context("migrations failed")?;
-    let (_, mut redis) = connect_redis(&cfg.redis_url).await?;
+    let (redis_client, mut redis) = connect_redis(&cfg.redis_url).await?;
     check_redis_durability(&mut redis).await;
     let signer = Arc::new(Signer::new(
         secrets.streams_key.clone(),
@@ -240,6 +245,7 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         pool,
         store,
         redis,
+        redis_client,
         visibility: Visibility::new(),
         tokens: TokenCache::default(),
         draining: AtomicBool::new(false),

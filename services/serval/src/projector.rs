@@ -35,7 +35,7 @@ const POOL_MAX: u32 = 10;
 fn spawn_runner<P: Projection>(
     app: &App,
     pool: &PgPool,
-    client: &redis::Client,
+    client: &serval_streams::RedisClient,
     cfg: &Arc<ProjectorConfig>,
     p: P,
     stop: &watch::Receiver<bool>,
@@ -111,13 +111,20 @@ async fn spawn_all(
     let (client, relay_conn) = serval_kit::state::connect_redis(&app.cfg.redis_url).await?;
     // One live reader of the log for every runner of this process (see `Feed`).
     let feed = Feed::new(app.store.keys().clone(), app.store.signer().clone());
+    // The streams are shared with the other processes' projectors (`share`); the first
+    // lease is taken before any runner picks its streams.
+    let share = serval_projector::share::WorkShare::new(app.store.keys());
+    let mut share_conn = relay_conn.clone();
+    share.beat(&mut share_conn).await?;
     let cfg = Arc::new(ProjectorConfig {
         feed: Some(feed.clone()),
+        share: Some(share.clone()),
         ..ProjectorConfig::new(app.store.keys().clone(), app.store.signer().clone())
     });
     let relay_key = Some(app.secrets.streams_key.clone());
     Ok(vec![
         tokio::spawn(feed.run(client.clone(), stop.clone())),
+        tokio::spawn(share.run(client.clone(), stop.clone())),
         tokio::spawn(serval_projector::upkeep::run(pool.clone(), stop.clone())),
         spawn_runner(app, &pool, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &pool, &client, &cfg, AdminTokensProjection, stop),

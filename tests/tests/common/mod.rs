@@ -309,8 +309,8 @@ impl Server {
     }
 
     pub async fn store(&self) -> EventStore {
-        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
-        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let client = serval_streams::RedisClient::open(&self.redis_url).unwrap();
+        let conn = client.connect().await.unwrap();
         EventStore::new(conn, self.key_space(), self.keys.signer())
     }
 
@@ -736,7 +736,7 @@ pub async fn produce(
 
 /// The length of a stream.
 #[allow(dead_code)]
-pub async fn xlen(conn: &redis::aio::ConnectionManager, key: &str) -> u64 {
+pub async fn xlen(conn: &serval_streams::RedisConn, key: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(key)
         .query_async::<u64>(&mut conn.clone())

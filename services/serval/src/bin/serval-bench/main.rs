@@ -181,7 +181,7 @@ async fn store(
     redis_url: &str,
     prefix: &str,
     connections: usize,
-) -> anyhow::Result<(redis::Client, EventStore)> {
+) -> anyhow::Result<(serval_streams::RedisClient, EventStore)> {
     let (client, conn) = serval_kit::state::connect_redis(redis_url).await?;
     let mut conns = vec![conn];
     for _ in 1..connections {
