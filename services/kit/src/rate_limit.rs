@@ -57,10 +57,11 @@ pub fn subject_digest(subject: &str) -> String {
     hex::encode(&Sha256::digest(subject.as_bytes())[..12])
 }
 
-/// The counter key stem of a subject in a bucket.
+/// The counter key stem of a subject in a bucket, hash-tagged: the script names the
+/// minute's key itself, which a cluster accepts only in the slot of the key it was given.
 fn stem(app: &App, bucket: &str, subject: &str) -> String {
     format!(
-        "{}:rl:{}:{}",
+        "{}:rl:{{{}:{}}}",
         app.store.keys().prefix(),
         bucket,
         subject_digest(subject)

@@ -40,10 +40,11 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
     let app = serval_kit::state::build_state(cfg, secrets).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Positions of runners in other processes: those of a separate projector, and — when
+    // several processes share the log's streams (`projector::share`) — the other workers'.
+    tokio::spawn(app.visibility.clone().listen(app.pool.clone()));
     if services.contains(&Service::Projector) {
         tasks.extend(crate::projector::start(&app, &stop_rx).await?);
-    } else {
-        tokio::spawn(app.visibility.clone().listen(app.pool.clone()));
     }
     if services.contains(&Service::Sts) {
         tasks.extend(serval_sts::start(&app, &stop_rx));

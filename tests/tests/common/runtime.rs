@@ -250,3 +250,81 @@ pub fn sign_es256(key: &EcKey, kid: &str, claims: &Value) -> String {
     )
     .unwrap()
 }
+
+/// A zone whose resource routes to `upstream`, a root Session A delegating
+/// `tickets:read` on the resource to a Session B; returns the zone, B and the edge.
+pub async fn governed(
+    server: &Server,
+    issuer: &str,
+    upstream: &str,
+) -> (Zone, String, String, String) {
+    let admin = Admin::new(server);
+    let z = zone_with(
+        &admin,
+        true,
+        json!({"upstream_url": upstream, "operation_enforcement": "enforced",
+               "scopes": ["tickets:read", "tickets:write"],
+               "operations": [{"method": "GET", "path": "/v1/tickets", "scope": "tickets:read"},
+                              {"method": "GET", "path": "/v1/stream", "scope": "tickets:read"},
+                              {"method": "POST", "path": "/v1/tickets", "scope": "tickets:write"}]}),
+    )
+    .await;
+    let (s, _, boot) = eventually(20, || async {
+        let r = exchange(issuer, &bootstrap(&z, "agent:lifecycle")).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 200, "{boot}");
+    let lifecycle = boot["access_token"].as_str().unwrap().to_owned();
+    let base = server.url("coordinator");
+    let zp = format!("/zones/{}", z.id);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = call_json(
+            base,
+            &lifecycle,
+            reqwest::Method::POST,
+            &format!("{zp}/agents"),
+            Some(json!({"application_id": z.app, "labels": ["agent"]})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    let (s, e) = call_json(
+        base,
+        &lifecycle,
+        reqwest::Method::POST,
+        &format!("{zp}/delegations"),
+        Some(
+            json!({"source_session_id": ids[0], "target_session_id": ids[1],
+                    "issuer_application_id": z.app, "receiver_application_id": z.app,
+                    "scopes": ["tickets:read"], "constraints": {"resources": [RESOURCE]},
+                    "ttl_seconds": 900}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let edge = e["delegation_edge_id"].as_str().unwrap().to_owned();
+    (z, ids[1].clone(), edge, lifecycle)
+}
+
+/// A fresh single-use Gateway mandate for Session `b` over `edge`.
+pub async fn mint(issuer: &str, z: &Zone, b: &str, edge: &str) -> String {
+    let (s, _, v) = exchange(
+        issuer,
+        &[
+            ("grant_type", GRANT),
+            ("zone_id", &z.id),
+            ("application_id", &z.app),
+            ("client_secret", &z.secret),
+            ("resource", RESOURCE),
+            ("scope", "tickets:read"),
+            ("agent_session_id", b),
+            ("delegation_edge_id", edge),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_owned()
+}
