@@ -25,14 +25,18 @@ use tokio::sync::watch;
 pub const LEASE: Duration = Duration::from_secs(5);
 /// How often a worker renews its lease and re-reads the members.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one renewal may take.
+const BEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Renews `ARGV[1]`'s lease for `ARGV[2]` ms (or removes it when `ARGV[3]` is `1`), drops
-/// lapsed leases and returns the living members. Redis's clock, so workers' clocks may
+/// lapsed leases (and any lease longer than one `LEASE`) and returns the living members. Redis's clock, so workers' clocks may
 /// disagree.
 const BEAT_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- A lease no renewal can have made (past now + LEASE) would own streams for good.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[2])), '+inf')
 if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
@@ -143,8 +147,12 @@ impl WorkShare {
                 conn = client.connect().await.ok();
             }
             if let Some(c) = conn.as_mut() {
-                if let Err(e) = self.beat(c).await {
-                    tracing::warn!(error = %e, "projection worker lease not renewed");
+                // Bounded well inside the lease, so a slow Redis cannot hold a renewal
+                // until the lease has lapsed.
+                match tokio::time::timeout(BEAT_TIMEOUT, self.beat(c)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "projection worker lease not renewed"),
+                    Err(_) => tracing::warn!("projection worker lease renewal timed out"),
                 }
             }
             tokio::select! {
@@ -162,7 +170,7 @@ impl WorkShare {
 }
 
 /// The member that wins `stream` by rendezvous hashing.
-fn owner<'a>(members: &'a [String], stream: &str) -> Option<&'a str> {
+pub fn owner<'a>(members: &'a [String], stream: &str) -> Option<&'a str> {
     members
         .iter()
         .max_by_key(|m| {

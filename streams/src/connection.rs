@@ -114,7 +114,9 @@ impl RedisClient {
                     let (Some(addr), Some(flags)) = (parts.get(1), parts.get(2)) else {
                         continue;
                     };
-                    if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    if !flags.split(',').any(|f| f == "master")
+                        || flags.split(',').any(|f| f == "fail")
+                    {
                         continue;
                     }
                     // `host:port@busport[,hostname]`

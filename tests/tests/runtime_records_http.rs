@@ -675,9 +675,9 @@ async fn revoking_a_grant_revokes_its_subjects_records_and_the_reaper_expires() 
 
     // Each revoked record is announced on caracal.sessions.revoke with the grant id.
     let topic = format!("{}:caracal.sessions.revoke", server.prefix);
-    let conn = redis::Client::open(server.redis_url.as_str())
+    let conn = serval_streams::RedisClient::open(&server.redis_url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .connect()
         .await
         .unwrap();
     let messages = eventually(10, || {
@@ -855,9 +855,9 @@ async fn dcr_revoke_live_cascades_to_records_and_sessions() {
     // Each terminated session is announced on caracal.agents.lifecycle (after the spawn of
     // each of the three).
     let topic = format!("{}:caracal.agents.lifecycle", server.prefix);
-    let conn = redis::Client::open(server.redis_url.as_str())
+    let conn = serval_streams::RedisClient::open(&server.redis_url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .connect()
         .await
         .unwrap();
     let entries = eventually(10, || {

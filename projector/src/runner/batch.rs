@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use crate::metrics::METRICS;
 use crate::projection::{Applied, Projection};
 
-use super::checkpoints::write_checkpoints;
+use super::checkpoints::{claim, write_checkpoints};
 use super::dead_letters::DeadLetter;
 use super::replays;
 use super::Checked;
@@ -150,7 +150,19 @@ impl<P: Projection> Runner<P> {
             // Counted as passed, like the events a transaction ignores.
             return Ok(batch.len() as u64);
         }
+        // Where each stream of the batch stands in Postgres if no other runner moved it.
+        let expected: Vec<(String, EntryId)> = advanced
+            .iter()
+            .map(|(stream, _, _)| {
+                let from = match self.unflushed.get(stream) {
+                    Some((db, _)) => *db,
+                    None => positions.get(stream).copied().unwrap_or(EntryId::ZERO),
+                };
+                (stream.clone(), from)
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
+        claim(&mut tx, name, &expected).await?;
         // The archive refuses a copy by its event id (`ON CONFLICT DO NOTHING`).
         let guarded = name != serval_schema::projections::ARCHIVE;
         let (batch, replayed, mut accepted) = replays::screen(&mut tx, name, batch, |a| {
@@ -183,6 +195,7 @@ impl<P: Projection> Runner<P> {
             Err(e) if is_data_exception(&e) && !must_be_whole(name) => {
                 tx.rollback().await?;
                 tx = self.pool.begin().await?;
+                claim(&mut tx, name, &expected).await?;
                 let tried = batch.len();
                 let applied = self
                     .apply_isolating(&mut tx, batch, &mut dead, &mut accepted)

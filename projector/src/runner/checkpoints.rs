@@ -51,6 +51,37 @@ pub(super) async fn write_checkpoints(
     Ok(())
 }
 
+/// Locks the checkpoint rows of a batch's streams and checks they still stand where the
+/// batch read from, before the batch does anything: a runner that lost a race (another
+/// worker of a shared log, a rebuild swap) stops here, not after it recorded dead letters
+/// in Redis or published topic messages only to be rolled back by [`write_checkpoints`].
+pub(super) async fn claim(
+    tx: &mut PgConnection,
+    name: &str,
+    expected: &[(String, EntryId)],
+) -> Result<(), RunnerError> {
+    let streams: Vec<&str> = expected.iter().map(|(s, _)| s.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT stream, last_ms, last_seq FROM projection_checkpoints
+         WHERE projection = $1 AND stream = ANY($2) ORDER BY stream FOR UPDATE",
+    )
+    .bind(name)
+    .bind(&streams)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        let stream: String = r.get(0);
+        let at = EntryId::new(r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) as u64);
+        if expected.iter().any(|(s, from)| *s == stream && *from != at) {
+            return Err(RunnerError::CheckpointMoved {
+                projection: name.to_owned(),
+                stream,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub async fn load_checkpoint(
     pool: &PgPool,
     projection: &str,

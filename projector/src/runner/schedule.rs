@@ -44,6 +44,10 @@ impl<P: Projection> Runner<P> {
             .collect();
         pos.entry(self.cfg.keys.log(&LogStream::System))
             .or_insert(EntryId::ZERO);
+        if let Some(share) = &self.cfg.share {
+            // Shared with other processes: only the streams this one owns.
+            pos.retain(|k, _| share.owns(k));
+        }
         Ok(pos)
     }
 
@@ -208,6 +212,10 @@ impl<P: Projection> Runner<P> {
                 continue;
             }
             let t_read = std::time::Instant::now();
+            let held: BTreeSet<String> = match &self.cfg.share {
+                Some(s) if s.members().len() > 1 => positions.keys().cloned().collect(),
+                _ => BTreeSet::new(),
+            };
             let applied = self.apply(&mut positions, reply).await;
             tracing::debug!(
                 projection = self.name(),
@@ -215,8 +223,12 @@ impl<P: Projection> Runner<P> {
                 "batch applied"
             );
             if let Some(share) = &self.cfg.share {
-                // A zone created in a stream of ours may have a stream another owns.
-                positions.retain(|k, _| share.owns(k));
+                // A zone created in a stream of ours may have a stream another owns; the
+                // streams held before the batch stay until the next ownership refresh,
+                // which stores their unflushed moves first.
+                if !held.is_empty() {
+                    positions.retain(|k, _| held.contains(k) || share.owns(k));
+                }
             }
             match applied {
                 Ok(n) => total += n,

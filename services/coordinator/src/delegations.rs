@@ -437,6 +437,8 @@ async fn replay_unrecorded(
     zone: &str,
     entry: Option<EntryId>,
 ) -> Result<Response, ApiError> {
+    // As in `replay_edge`: the creation route does not wait for graph events.
+    store::catch_up(app, zone).await;
     let edge = match entry {
         Some(e) => created_by_entry(app, zone, e).await?,
         None => None,

@@ -55,6 +55,10 @@ enum Cmd {
         /// Redis connections the store spreads appends over.
         #[arg(long, default_value_t = serval_kit::state::DEFAULT_REDIS_CONNECTIONS)]
         connections: usize,
+        /// Spread the writers over this many zone streams (0: all in the system stream),
+        /// as a deployment's writes spread over its zones (on a cluster, over its nodes).
+        #[arg(long, default_value_t = 0)]
+        zones: usize,
     },
     Visible {
         #[arg(long, default_value_t = 2_000)]
@@ -153,8 +157,12 @@ fn zone_updated(n: usize) -> Event {
 }
 
 fn request(id: &str, expected: u64, events: Vec<Event>) -> AppendRequest {
+    request_in(LogStream::System, id, expected, events)
+}
+
+fn request_in(stream: LogStream, id: &str, expected: u64, events: Vec<Event>) -> AppendRequest {
     AppendRequest::new(
-        LogStream::System,
+        stream,
         Some(id.to_owned()),
         id,
         expected,
@@ -222,6 +230,7 @@ async fn bench_append(
     per_call: usize,
     connections: usize,
     prefix: Option<String>,
+    zones: usize,
 ) -> anyhow::Result<()> {
     let prefix = prefix
         .unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
@@ -234,6 +243,10 @@ async fn bench_append(
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let id = uuid::Uuid::now_v7().to_string();
+            let stream = match zones {
+                0 => LogStream::System,
+                n => LogStream::Zone(format!("bench-zone-{}", w % n)),
+            };
             let mut version = 0u64;
             for c in 0..calls {
                 let evs: Vec<Event> = (0..per_call)
@@ -245,7 +258,10 @@ async fn bench_append(
                         }
                     })
                     .collect();
-                match store.append(&request(&id, version, evs)).await? {
+                match store
+                    .append(&request_in(stream.clone(), &id, version, evs))
+                    .await?
+                {
                     AppendOutcome::Appended { entry_ids, .. } => version += entry_ids.len() as u64,
                     AppendOutcome::Duplicate(_) => anyhow::bail!("unexpected duplicate"),
                 }
@@ -596,6 +612,7 @@ async fn main() -> anyhow::Result<()> {
             per_call,
             connections,
             prefix,
+            zones,
         } => {
             bench_append(
                 &cli.redis_url,
@@ -604,6 +621,7 @@ async fn main() -> anyhow::Result<()> {
                 per_call.max(1),
                 connections.max(1),
                 prefix,
+                zones,
             )
             .await
         }
