@@ -11,8 +11,8 @@
 //! `PUBLISH` to subscribers on every node) or for [`WAKE_POLL`], whichever comes first — a
 //! lost wake costs one poll, never an entry.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -189,10 +189,10 @@ impl RedisConn {
         }
     }
 
-    fn wake_receiver(&self) -> Option<watch::Receiver<u64>> {
+    fn wake_receiver(&self) -> Option<(Arc<Wake>, watch::Receiver<u64>)> {
         match self {
             RedisConn::Single(_) => None,
-            RedisConn::Cluster(_, wake) => Some(wake.subscribe()),
+            RedisConn::Cluster(_, wake) => Some((wake.clone(), wake.subscribe())),
         }
     }
 }
@@ -298,7 +298,7 @@ pub async fn xread(
     if streams.is_empty() {
         return Ok(Vec::new());
     }
-    let Some(mut wake) = conn.wake_receiver() else {
+    let Some((hub, mut wake)) = conn.wake_receiver() else {
         let keys: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
         let ids: Vec<&str> = streams.iter().map(|(_, id)| id.as_str()).collect();
         let mut opts = StreamReadOptions::default().count(count);
@@ -314,9 +314,16 @@ pub async fn xread(
         groups.entry(slot(s.0.as_bytes())).or_default().push(s);
     }
     let deadline = block.map(|b| Instant::now() + b);
+    wake.borrow_and_update();
+    let mut seen = hub.newest();
+    // The slots to read this round: every one, unless a wake named some since the last.
+    let mut only: Option<BTreeSet<u16>> = None;
     loop {
-        wake.borrow_and_update();
-        let replies = futures::future::try_join_all(groups.values().map(|group| {
+        let round = groups
+            .iter()
+            .filter(|(s, _)| only.as_ref().is_none_or(|o| o.contains(s)))
+            .map(|(_, g)| g);
+        let replies = futures::future::try_join_all(round.map(|group| {
             let mut conn = conn.clone();
             async move {
                 let keys: Vec<&str> = group.iter().map(|(k, _)| k.as_str()).collect();
@@ -339,14 +346,39 @@ pub async fn xread(
         if !found.is_empty() || left.is_zero() {
             return Ok(found);
         }
-        let _ = tokio::time::timeout(left.min(WAKE_POLL), wake.changed()).await;
+        let woken = tokio::time::timeout(left.min(WAKE_POLL), wake.changed()).await;
+        wake.borrow_and_update();
+        let newest = hub.newest();
+        only = match woken {
+            // Woken: only the slots named since the last round (all when the record of
+            // wakes no longer reaches back that far).
+            Ok(Ok(())) => hub.woken_since(seen),
+            // The poll: everything.
+            _ => None,
+        };
+        seen = newest;
     }
 }
+
+/// The wakes a client heard lately: (sequence, slot), for readers to re-read only the
+/// slots named since their last round.
+#[derive(Default)]
+struct Heard {
+    wakes: VecDeque<(u64, u16)>,
+    /// Sequence of the newest wake.
+    newest: u64,
+    /// Wakes up to this sequence may have been missed (the subscription dropped).
+    lost_up_to: u64,
+}
+
+/// Wakes remembered per client.
+const HEARD: usize = 4_096;
 
 /// The cluster's wake subscription: one per client, started by its first waiter.
 pub struct Wake {
     seeds: Vec<String>,
     tick: watch::Sender<u64>,
+    heard: Mutex<Heard>,
     started: Once,
 }
 
@@ -355,8 +387,51 @@ impl Wake {
         Wake {
             seeds,
             tick: watch::Sender::new(0),
+            heard: Mutex::default(),
             started: Once::new(),
         }
+    }
+
+    fn heard(&self) -> std::sync::MutexGuard<'_, Heard> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn newest(&self) -> u64 {
+        self.heard().newest
+    }
+
+    /// The slots woken after `seen`; `None` when some may have been missed or forgotten.
+    fn woken_since(&self, seen: u64) -> Option<BTreeSet<u16>> {
+        let h = self.heard();
+        if seen < h.lost_up_to || h.wakes.front().is_some_and(|(s, _)| *s > seen + 1) {
+            return None;
+        }
+        Some(
+            h.wakes
+                .iter()
+                .filter(|(s, _)| *s > seen)
+                .map(|(_, slot)| *slot)
+                .collect(),
+        )
+    }
+
+    /// A wake for `key` (`None`: the subscription dropped, anything may have been missed).
+    fn hear(&self, key: Option<&[u8]>) {
+        {
+            let mut h = self.heard();
+            h.newest += 1;
+            let n = h.newest;
+            match key {
+                Some(k) => {
+                    h.wakes.push_back((n, slot(k)));
+                    if h.wakes.len() > HEARD {
+                        h.wakes.pop_front();
+                    }
+                }
+                None => h.lost_up_to = n,
+            }
+        }
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
     }
 
     fn subscribe(self: &Arc<Self>) -> watch::Receiver<u64> {
@@ -383,16 +458,16 @@ async fn listen(wake: std::sync::Weak<Wake>) {
             if let Ok(mut pubsub) = client.get_async_pubsub().await {
                 if pubsub.subscribe(WAKE_CHANNEL).await.is_ok() {
                     let mut messages = pubsub.on_message();
-                    while messages.next().await.is_some() {
+                    while let Some(m) = messages.next().await {
                         let Some(w) = wake.upgrade() else { return };
-                        w.tick.send_modify(|t| *t = t.wrapping_add(1));
+                        w.hear(Some(m.get_payload_bytes()));
                     }
                 }
             }
         }
         // The node went away: everyone reads again now, then the next seed.
         if let Some(w) = wake.upgrade() {
-            w.tick.send_modify(|t| *t = t.wrapping_add(1));
+            w.hear(None);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -411,6 +486,29 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
         assert_eq!(slot(b"{}bar"), slot(b"{}bar"));
         assert_eq!(slot(b"a:{z:1}:log"), slot(b"z:1"));
+    }
+
+    #[test]
+    fn a_reader_rereads_only_the_slots_woken_since_its_last_round() {
+        let w = Wake::new(Vec::new());
+        let seen = w.newest();
+        w.hear(Some(b"p:{z:1}:log"));
+        w.hear(Some(b"p:{z:2}:log"));
+        assert_eq!(
+            w.woken_since(seen),
+            Some(BTreeSet::from([slot(b"z:1"), slot(b"z:2")]))
+        );
+        let seen = w.newest();
+        assert_eq!(w.woken_since(seen), Some(BTreeSet::new()));
+        // A dropped subscription: anything may have been missed.
+        w.hear(None);
+        assert_eq!(w.woken_since(seen), None);
+        let seen = w.newest();
+        for _ in 0..HEARD + 1 {
+            w.hear(Some(b"k"));
+        }
+        // Forgotten wakes: everything.
+        assert_eq!(w.woken_since(seen), None);
     }
 
     #[test]

@@ -140,6 +140,13 @@ impl KeySpace {
         format!("{}:{{z:{zone_id}}}:approval-answer:{hold_id}", self.prefix)
     }
 
+    /// The zone of an approval hold, by the hold's id (hashed): a status or decision call
+    /// names only the id, and must wait for the right zone's read model when the hold is
+    /// not projected yet. Outside any zone's slot; lives as long as the hold's window.
+    pub fn approval_zone(&self, hold_digest: &str) -> String {
+        format!("{}:approval-zone:{hold_digest}", self.prefix)
+    }
+
     /// The lease of one provider connection's refresh (gateway.md §6.3): one process
     /// refreshes, the others wait for its write-back.
     pub fn connection_refresh_lease(&self, zone_id: &str, connection_id: &str) -> String {

@@ -64,13 +64,27 @@ async fn find(app: &App, id: &str) -> Result<Entity, StsError> {
         return Err(not_found());
     }
     let ids = [id.to_owned()];
-    let zone = read::load_many(&app.pool, &ids)
+    let projected = read::load_many(&app.pool, &ids)
         .await
         .map_err(ApiError::from)?
         .remove(id)
         .filter(|e| hold_of(e).is_some())
-        .map(|e| e.zone_id)
-        .ok_or_else(not_found)?;
+        .map(|e| e.zone_id);
+    let zone = match projected {
+        Some(zone) => zone,
+        // Issued a moment ago, perhaps through another process: its zone is on record
+        // in Redis, and the wait below brings that zone's read model up to the hold.
+        None => {
+            let key = app
+                .store
+                .keys()
+                .approval_zone(&crate::exchange::approval::hold_digest(id));
+            let zone: Option<String> = redis::AsyncCommands::get(&mut app.redis.clone(), key)
+                .await
+                .map_err(ApiError::from)?;
+            zone.ok_or_else(not_found)?
+        }
+    };
     freshness::ensure(
         app,
         &[Dep::new(

@@ -438,6 +438,12 @@ fn shape_hold(
     }
 }
 
+/// The name an approval hold's id has in Redis keys (ids never appear in key names).
+pub fn hold_digest(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
 /// §7.2: the binding's live hold is returned (an approved one releases the mint, a
 /// rejected one refuses); otherwise a new hold is created.
 async fn issue(
@@ -455,6 +461,17 @@ async fn issue(
     let window = shape.window_seconds;
     let anchor = anchor_of(app, req).await?;
     let mut conn = app.redis.clone();
+    // Where a status or decision call naming only this id finds the hold's zone before
+    // the hold is projected (see `approval_routes::find`). Written before the hold can be
+    // answered, so no answer names an id that cannot be found.
+    let _: () = redis::cmd("SET")
+        .arg(app.store.keys().approval_zone(&hold_digest(&id)))
+        .arg(zone)
+        .arg("EX")
+        .arg(window + 60)
+        .query_async(&mut conn)
+        .await
+        .map_err(ApiError::from)?;
     // `SET NX GET` needs Redis 7; a script gives the same answer on 6.2.
     let taken: Option<String> = redis::Script::new(
         "local v = redis.call('GET', KEYS[1]) if v then return v end \
