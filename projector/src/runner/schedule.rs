@@ -198,14 +198,7 @@ impl<P: Projection> Runner<P> {
             empty_windows = 0;
             if reply.is_empty() {
                 // Idle: store the positions moved without a transaction.
-                match self.flush(&positions).await {
-                    Ok(()) => {}
-                    Err(RunnerError::CheckpointMoved { .. }) => {
-                        self.forget_unflushed();
-                        positions = self.positions().await?;
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.flush_or_reload(&mut positions).await?;
                 if stop_when_idle {
                     return Ok(total);
                 }
@@ -251,14 +244,7 @@ impl<P: Projection> Runner<P> {
         share: &crate::share::WorkShare,
         mut positions: BTreeMap<String, EntryId>,
     ) -> Result<BTreeMap<String, EntryId>, RunnerError> {
-        match self.flush(&positions).await {
-            Ok(()) => {}
-            Err(RunnerError::CheckpointMoved { .. }) => {
-                self.forget_unflushed();
-                positions = self.positions().await?;
-            }
-            Err(e) => return Err(e),
-        }
+        self.flush_or_reload(&mut positions).await?;
         let stored = self.positions().await?;
         positions.retain(|k, _| share.owns(k));
         for (k, at) in stored {
@@ -267,6 +253,22 @@ impl<P: Projection> Runner<P> {
             }
         }
         Ok(positions)
+    }
+
+    /// Stores the positions moved without a transaction; when another runner moved a
+    /// checkpoint meanwhile, forgets them and reloads every position from Postgres.
+    async fn flush_or_reload(
+        &mut self,
+        positions: &mut BTreeMap<String, EntryId>,
+    ) -> Result<(), RunnerError> {
+        match self.flush(positions).await {
+            Err(RunnerError::CheckpointMoved { .. }) => {
+                self.forget_unflushed();
+                *positions = self.positions().await?;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Verifies what was read from Redis, within the replay bound.
