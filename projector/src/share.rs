@@ -94,20 +94,9 @@ impl WorkShare {
 
     /// Renews the lease and reads the members.
     pub async fn beat(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
-        let mut members: Vec<String> = self
-            .script
-            .key(&self.key)
-            .arg(&self.id)
-            .arg(LEASE.as_millis() as u64)
-            .arg("0")
-            .invoke_async(conn)
-            .await?;
+        // The answer holds this worker: the script renewed it before reading.
+        let mut members = self.call(conn, false).await?;
         members.sort();
-        if !members.contains(&self.id) {
-            // Our own renewal is in the answer; defensive against a concurrent removal.
-            members.push(self.id.clone());
-            members.sort();
-        }
         let changed = {
             let mut m = self.members.write().unwrap_or_else(|e| e.into_inner());
             if **m != members {
@@ -128,15 +117,23 @@ impl WorkShare {
 
     /// Leaves the share at once (a clean stop), so the others take the streams over now.
     pub async fn leave(&self, conn: &mut RedisConn) -> Result<(), redis::RedisError> {
-        let _: Vec<String> = self
-            .script
+        self.call(conn, true).await.map(drop)
+    }
+
+    /// One run of the lease script: renews (or, `leaving`, removes) this worker's lease
+    /// and returns the living members.
+    async fn call(
+        &self,
+        conn: &mut RedisConn,
+        leaving: bool,
+    ) -> Result<Vec<String>, redis::RedisError> {
+        self.script
             .key(&self.key)
             .arg(&self.id)
             .arg(LEASE.as_millis() as u64)
-            .arg("1")
+            .arg(if leaving { "1" } else { "0" })
             .invoke_async(conn)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Renews the lease every [`HEARTBEAT`] until `stop`, then leaves.

@@ -245,12 +245,10 @@ impl<P: Projection> Runner<P> {
         mut positions: BTreeMap<String, EntryId>,
     ) -> Result<BTreeMap<String, EntryId>, RunnerError> {
         self.flush_or_reload(&mut positions).await?;
-        let stored = self.positions().await?;
         positions.retain(|k, _| share.owns(k));
-        for (k, at) in stored {
-            if share.owns(&k) {
-                positions.entry(k).or_insert(at);
-            }
+        // Already only the owned streams (`positions`).
+        for (k, at) in self.positions().await? {
+            positions.entry(k).or_insert(at);
         }
         Ok(positions)
     }
