@@ -23,6 +23,14 @@ pub trait Projection: Send + Sync + 'static {
         true
     }
 
+    /// Whether applying a batch does something the transaction cannot take back (the
+    /// relay publishes topic messages). Such a batch first claims its checkpoint rows, so
+    /// a runner that lost a race stops before it acts; for the others the guarded
+    /// checkpoint move at commit is enough, and the claim's round trip is saved.
+    fn acts_outside_transaction(&self) -> bool {
+        false
+    }
+
     /// Applies a batch inside the runner's transaction. Must not commit.
     fn apply_batch(
         &self,

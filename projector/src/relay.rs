@@ -263,6 +263,10 @@ impl Projection for RelayProjection {
         serval_schema::projections::RELAY
     }
 
+    fn acts_outside_transaction(&self) -> bool {
+        true
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,

@@ -162,7 +162,12 @@ impl<P: Projection> Runner<P> {
             })
             .collect();
         let mut tx = self.pool.begin().await?;
-        claim(&mut tx, name, &expected).await?;
+        // Claimed before the first effect the transaction cannot take back: here for a
+        // projection that acts outside it, else only before dead letters reach Redis.
+        let claimed = self.projection.acts_outside_transaction();
+        if claimed {
+            claim(&mut tx, name, &expected).await?;
+        }
         // The archive refuses a copy by its event id (`ON CONFLICT DO NOTHING`).
         let guarded = name != serval_schema::projections::ARCHIVE;
         let (batch, replayed, mut accepted) = replays::screen(&mut tx, name, batch, |a| {
@@ -195,7 +200,9 @@ impl<P: Projection> Runner<P> {
             Err(e) if is_data_exception(&e) && !must_be_whole(name) => {
                 tx.rollback().await?;
                 tx = self.pool.begin().await?;
-                claim(&mut tx, name, &expected).await?;
+                if claimed {
+                    claim(&mut tx, name, &expected).await?;
+                }
                 let tried = batch.len();
                 let applied = self
                     .apply_isolating(&mut tx, batch, &mut dead, &mut accepted)
@@ -211,6 +218,9 @@ impl<P: Projection> Runner<P> {
         };
         accepted.store(&mut tx, name).await?;
         if !dead.is_empty() {
+            if !claimed {
+                claim(&mut tx, name, &expected).await?;
+            }
             self.record_dead_letters(&mut tx, &dead).await?;
         }
         // This batch's streams, and every stream moved without a transaction since.

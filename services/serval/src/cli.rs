@@ -13,6 +13,11 @@ use serval_kit::config::{Config, Service};
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    /// Worker threads of the services' runtime. By default one fewer than the cores (at
+    /// least one): the process shares the machine with the Redis and Postgres it waits
+    /// on, and the projector runs on a runtime of its own.
+    #[arg(long, env = "SERVAL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
