@@ -57,7 +57,12 @@ pub struct WorkShare {
 
 impl WorkShare {
     pub fn new(keys: &KeySpace) -> Arc<Self> {
-        let id = uuid::Uuid::now_v7().to_string();
+        Self::with_id(keys, uuid::Uuid::now_v7().to_string())
+    }
+
+    /// A worker under a known id: a process restarted after a crash takes its own lease
+    /// back at once instead of waiting for it to lapse.
+    pub fn with_id(keys: &KeySpace, id: String) -> Arc<Self> {
         Arc::new(WorkShare {
             members: RwLock::new(Arc::new(vec![id.clone()])),
             id,

@@ -216,7 +216,6 @@ impl<P: Projection> Runner<P> {
             }
             Err(e) => return Err(e.into()),
         };
-        accepted.store(&mut tx, name).await?;
         if !dead.is_empty() {
             if !claimed {
                 claim(&mut tx, name, &expected).await?;
@@ -238,7 +237,7 @@ impl<P: Projection> Runner<P> {
                 moves.push((stream.clone(), *db, at, *n));
             }
         }
-        write_checkpoints(&mut tx, name, &moves).await?;
+        write_checkpoints(&mut tx, name, &moves, accepted.into_versions()).await?;
         for stream in &new_streams {
             sqlx::query(
                 "INSERT INTO projection_checkpoints (projection, stream) VALUES ($1, $2)

@@ -5,42 +5,52 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::visibility::NOTIFY_CHANNEL;
 
+use super::replays::{Versions, STORE_VERSIONS};
 use super::RunnerError;
 
 /// Moves checkpoints `(stream, from, to, entries)`, each guarded on `from`: two runners of
 /// one projection (or a rebuild swap) can never both apply the same entries. Each move
-/// notifies waiters in other processes.
+/// notifies waiters in other processes. The batch's aggregate `versions` ride the first
+/// move's statement (a failed guard rolls the transaction back, versions with it): one
+/// round trip for both.
 pub(super) async fn write_checkpoints(
     tx: &mut PgConnection,
     name: &str,
     moves: &[(String, EntryId, EntryId, u64)],
+    versions: Versions,
 ) -> Result<(), RunnerError> {
+    if moves.is_empty() {
+        if !versions.is_empty() {
+            sqlx::query(STORE_VERSIONS)
+                .bind(name)
+                .bind(versions.aggregates)
+                .bind(versions.versions)
+                .bind(versions.events)
+                .execute(&mut *tx)
+                .await?;
+        }
+        return Ok(());
+    }
+    let mut versions = Some(versions);
     for (stream, from, last, count) in moves {
-        // One round trip: the guarded move, and its notification only if it moved.
-        let moved = sqlx::query(
-            "WITH moved AS (
-               INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
-               VALUES ($1, $2, $3, $4, $5, now())
-               ON CONFLICT (projection, stream) DO UPDATE
-               SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
-                   events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-                   updated_at = now()
-               WHERE projection_checkpoints.last_ms = $6 AND projection_checkpoints.last_seq = $7
-               RETURNING 1)
-             SELECT pg_notify($8, $9) FROM moved",
-        )
-        .bind(name)
-        .bind(stream)
-        .bind(last.ms as i64)
-        .bind(last.seq as i64)
-        .bind(*count as i64)
-        .bind(from.ms as i64)
-        .bind(from.seq as i64)
-        .bind(NOTIFY_CHANNEL)
-        .bind(format!("{name} {stream} {last}"))
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_none();
+        // The later moves store no versions: their arrays are empty.
+        let v = versions.take().unwrap_or_default();
+        let moved = sqlx::query(MOVE)
+            .bind(name)
+            .bind(v.aggregates)
+            .bind(v.versions)
+            .bind(v.events)
+            .bind(stream)
+            .bind(last.ms as i64)
+            .bind(last.seq as i64)
+            .bind(*count as i64)
+            .bind(from.ms as i64)
+            .bind(from.seq as i64)
+            .bind(NOTIFY_CHANNEL)
+            .bind(format!("{name} {stream} {last}"))
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none();
         if moved {
             return Err(RunnerError::CheckpointMoved {
                 projection: name.to_owned(),
@@ -50,6 +60,23 @@ pub(super) async fn write_checkpoints(
     }
     Ok(())
 }
+
+/// The versions' upsert, the guarded move, and its notification only if it moved.
+const MOVE: &str = "WITH versions AS (
+       INSERT INTO applied_versions (projection, aggregate, version, event_id)
+       SELECT $1, k, v, e FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, v, e)
+       ON CONFLICT (projection, aggregate)
+       DO UPDATE SET version = EXCLUDED.version, event_id = EXCLUDED.event_id),
+     moved AS (
+       INSERT INTO projection_checkpoints (projection, stream, last_ms, last_seq, events_applied, updated_at)
+       VALUES ($1, $5, $6, $7, $8, now())
+       ON CONFLICT (projection, stream) DO UPDATE
+       SET last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq,
+           events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+           updated_at = now()
+       WHERE projection_checkpoints.last_ms = $9 AND projection_checkpoints.last_seq = $10
+       RETURNING 1)
+     SELECT pg_notify($11, $12) FROM moved";
 
 /// Locks the checkpoint rows of a batch's streams and checks they still stand where the
 /// batch read from, before the batch does anything: a runner that lost a race (another

@@ -128,35 +128,37 @@ impl Accepted {
         }
     }
 
-    /// Stores the new versions in the batch's transaction.
-    pub(super) async fn store(
-        self,
-        tx: &mut PgConnection,
-        projection: &str,
-    ) -> Result<(), sqlx::Error> {
-        if self.latest.is_empty() {
-            return Ok(());
-        }
-        let mut keys = Vec::with_capacity(self.latest.len());
-        let mut versions = Vec::with_capacity(self.latest.len());
-        let mut events = Vec::with_capacity(self.latest.len());
+    /// The new versions as columns, stored with the batch's checkpoint move
+    /// ([`super::checkpoints::write_checkpoints`]): one round trip for both.
+    pub(super) fn into_versions(self) -> Versions {
+        let mut out = Versions::default();
         for (k, (v, e)) in self.latest {
-            keys.push(k);
-            versions.push(v);
-            events.push(e);
+            out.aggregates.push(k);
+            out.versions.push(v);
+            out.events.push(e);
         }
-        sqlx::query(
-            "INSERT INTO applied_versions (projection, aggregate, version, event_id)
-             SELECT $1, k, v, e FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, v, e)
-             ON CONFLICT (projection, aggregate)
-             DO UPDATE SET version = EXCLUDED.version, event_id = EXCLUDED.event_id",
-        )
-        .bind(projection)
-        .bind(keys)
-        .bind(versions)
-        .bind(events)
-        .execute(tx)
-        .await?;
-        Ok(())
+        out
+    }
+}
+
+/// Aggregate versions to store in `applied_versions`, as the columns of one `UNNEST`.
+#[derive(Default)]
+pub(super) struct Versions {
+    pub aggregates: Vec<String>,
+    pub versions: Vec<i64>,
+    pub events: Vec<String>,
+}
+
+/// Upserts the versions (`$1` projection, `$2..$4` the columns): a statement on its own, or
+/// a data-modifying `WITH` part of the checkpoint move.
+pub(super) const STORE_VERSIONS: &str =
+    "INSERT INTO applied_versions (projection, aggregate, version, event_id)
+     SELECT $1, k, v, e FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, v, e)
+     ON CONFLICT (projection, aggregate)
+     DO UPDATE SET version = EXCLUDED.version, event_id = EXCLUDED.event_id";
+
+impl Versions {
+    pub(super) fn is_empty(&self) -> bool {
+        self.aggregates.is_empty()
     }
 }

@@ -68,7 +68,7 @@ impl<P: Projection> Runner<P> {
             })
             .collect();
         let mut tx = self.pool.begin().await?;
-        write_checkpoints(&mut tx, self.name(), &moves).await?;
+        write_checkpoints(&mut tx, self.name(), &moves, Default::default()).await?;
         tx.commit().await?;
         self.unflushed.clear();
         self.unflushed_since = None;

@@ -77,8 +77,10 @@ pub async fn start(
                 }
             };
             // Connections are made on the projector's runtime, so its reactor drives them.
+            // Held (file locked) until this thread ends with the projector.
+            let identity = WorkerIdentity::claim(&app.cfg.data_dir);
             rt.block_on(async {
-                match spawn_all(&app, &stop).await {
+                match spawn_all(&app, &stop, &identity.id).await {
                     Ok(runners) => {
                         let _ = ready.send(Ok(()));
                         for r in runners {
@@ -101,9 +103,75 @@ pub async fn start(
     })])
 }
 
+/// This process's worker id in the projection share, kept in `SERVAL_DATA_DIR`: a process
+/// restarted after a crash (`SIGKILL`, OOM, power) on the same data directory takes back
+/// its streams at once, where a new id would leave them with the dead worker's lease for up
+/// to 5 s and reads waiting on them would time out. The file is locked for the process's
+/// life, so a second process on the same directory gets an id of its own. The lock is
+/// released when the process ends, however it ends; any I/O failure falls back to a fresh id.
+pub struct WorkerIdentity {
+    pub id: String,
+    _lock: Option<std::fs::File>,
+}
+
+impl WorkerIdentity {
+    pub fn claim(data_dir: &std::path::Path) -> Self {
+        match Self::persisted(data_dir) {
+            Ok(Some(me)) => me,
+            Ok(None) => Self::fresh(),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %data_dir.display(), "no persistent projector worker id; using a fresh one");
+                Self::fresh()
+            }
+        }
+    }
+
+    fn fresh() -> Self {
+        WorkerIdentity {
+            id: uuid::Uuid::now_v7().to_string(),
+            _lock: None,
+        }
+    }
+
+    /// `None` when another living process holds the file.
+    fn persisted(data_dir: &std::path::Path) -> std::io::Result<Option<Self>> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(data_dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_dir.join("projector-worker-id"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let id = match uuid::Uuid::parse_str(text.trim()) {
+            Ok(id) => id.to_string(),
+            Err(_) => {
+                let id = uuid::Uuid::now_v7().to_string();
+                file.set_len(0)?;
+                file.rewind()?;
+                file.write_all(id.as_bytes())?;
+                file.sync_all()?;
+                id
+            }
+        };
+        Ok(Some(WorkerIdentity {
+            id,
+            _lock: Some(file),
+        }))
+    }
+}
+
 async fn spawn_all(
     app: &App,
     stop: &watch::Receiver<bool>,
+    worker_id: &str,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut pg = app.cfg.clone();
     pg.db_pool_max = pg.db_pool_max.min(POOL_MAX);
@@ -113,7 +181,7 @@ async fn spawn_all(
     let feed = Feed::new(app.store.keys().clone(), app.store.signer().clone());
     // The streams are shared with the other processes' projectors (`share`); the first
     // lease is taken before any runner picks its streams.
-    let share = serval_projector::share::WorkShare::new(app.store.keys());
+    let share = serval_projector::share::WorkShare::with_id(app.store.keys(), worker_id.to_owned());
     let mut share_conn = relay_conn.clone();
     share.beat(&mut share_conn).await?;
     let cfg = Arc::new(ProjectorConfig {

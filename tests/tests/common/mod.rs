@@ -159,7 +159,28 @@ pub struct Server {
     pub prefix: String,
     pub keys: Keys,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// The data directory of each key prefix's deployment while a server of it lives: a
+/// process restarted on the same prefix uses the same `SERVAL_DATA_DIR`, as a restart on one
+/// host does (its projector takes its own worker lease back at once).
+static DATA_DIRS: std::sync::Mutex<Vec<(String, std::sync::Weak<tempfile::TempDir>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn data_dir(prefix: &str) -> Arc<tempfile::TempDir> {
+    let mut dirs = DATA_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    dirs.retain(|(_, d)| d.strong_count() > 0);
+    if let Some(dir) = dirs
+        .iter()
+        .find(|(p, _)| p == prefix)
+        .and_then(|(_, d)| d.upgrade())
+    {
+        return dir;
+    }
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    dirs.push((prefix.to_owned(), Arc::downgrade(&dir)));
+    dir
 }
 
 /// The server a test binary's zone-isolated tests share (see [`Server::shared`]).
@@ -190,8 +211,8 @@ impl Server {
         };
         let redis_url = opts.redis_url.unwrap_or_else(redis_url);
         let prefix = opts.prefix.unwrap_or_else(|| unique(KEY_PREFIX));
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("serval.log");
+        let dir = data_dir(&prefix);
+        let log = dir.path().join(format!("serval-{}.log", unique("run")));
         let mut cmd = if watchdog {
             let mut c = Command::new("sh");
             c.arg("-c")
