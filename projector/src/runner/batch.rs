@@ -249,6 +249,9 @@ impl<P: Projection> Runner<P> {
             .await?;
         }
         tx.commit().await?;
+        // A full batch is a backlog: the next one is not paced.
+        let entries: u64 = advanced.iter().map(|(_, _, n)| n).sum();
+        self.last_commit = (entries < self.cfg.batch_size as u64).then(std::time::Instant::now);
         self.unflushed.clear();
         self.unflushed_since = None;
 

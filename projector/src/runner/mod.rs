@@ -114,6 +114,8 @@ pub struct Runner<P: Projection> {
     unflushed: BTreeMap<String, (EntryId, u64)>,
     /// When the oldest unflushed move happened.
     unflushed_since: Option<std::time::Instant>,
+    /// When the last batch committed, unless it was a full one (for [`Projection::pace`]).
+    last_commit: Option<std::time::Instant>,
 }
 
 impl<P: Projection> Runner<P> {
@@ -132,6 +134,7 @@ impl<P: Projection> Runner<P> {
             visibility,
             unflushed: BTreeMap::new(),
             unflushed_since: None,
+            last_commit: None,
         }
     }
 

@@ -77,6 +77,17 @@ impl<P: Projection> Runner<P> {
         let mut rotation = 0usize;
         let mut empty_windows = 0usize;
         loop {
+            if let (Some(pace), Some(at), false, None) = (
+                self.projection.pace(),
+                self.last_commit,
+                stop_when_idle,
+                self.cfg.until,
+            ) {
+                let left = pace.saturating_sub(at.elapsed());
+                if !left.is_zero() {
+                    tokio::time::sleep(left).await;
+                }
+            }
             let until = self.cfg.until;
             let pending =
                 |keys: &mut dyn Iterator<Item = (&String, &EntryId)>| -> Vec<(String, EntryId)> {
