@@ -163,8 +163,16 @@ impl<P: Projection> Runner<P> {
             .collect();
         let mut tx = self.pool.begin().await?;
         // Claimed before the first effect the transaction cannot take back: here for a
-        // projection that acts outside it, else only before dead letters reach Redis.
-        let claimed = self.projection.acts_outside_transaction();
+        // projection that acts outside it, else only before dead letters reach Redis. While
+        // several workers share the streams it is always claimed first: a runner that lost a
+        // handover then stops cleanly at the claim, instead of waiting on the winner's row
+        // locks and failing on its unique keys.
+        let claimed = self.projection.acts_outside_transaction()
+            || self
+                .cfg
+                .share
+                .as_ref()
+                .is_some_and(|s| s.members().len() > 1);
         if claimed {
             claim(&mut tx, name, &expected).await?;
         }
@@ -249,9 +257,7 @@ impl<P: Projection> Runner<P> {
             .await?;
         }
         tx.commit().await?;
-        // A full batch is a backlog: the next one is not paced.
-        let entries: u64 = advanced.iter().map(|(_, _, n)| n).sum();
-        self.last_commit = (entries < self.cfg.batch_size as u64).then(std::time::Instant::now);
+        self.last_commit = Some(std::time::Instant::now());
         self.unflushed.clear();
         self.unflushed_since = None;
 

@@ -79,15 +79,25 @@ const MOVE: &str = "WITH versions AS (
      SELECT pg_notify($11, $12) FROM moved";
 
 /// Locks the checkpoint rows of a batch's streams and checks they still stand where the
-/// batch read from, before the batch does anything: a runner that lost a race (another
-/// worker of a shared log, a rebuild swap) stops here, not after it recorded dead letters
-/// in Redis or published topic messages only to be rolled back by [`write_checkpoints`].
+/// batch read from, before the batch's first effect outside its transaction: a runner that
+/// lost a race (another worker of a shared log, a rebuild swap) stops here, not after it
+/// recorded dead letters in Redis or published topic messages only to be rolled back by
+/// [`write_checkpoints`]. A stream without a row gets one at `0-0` first, so that two
+/// runners of a new stream also meet on a lock.
 pub(super) async fn claim(
     tx: &mut PgConnection,
     name: &str,
     expected: &[(String, EntryId)],
 ) -> Result<(), RunnerError> {
     let streams: Vec<&str> = expected.iter().map(|(s, _)| s.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, stream)
+         SELECT $1, s FROM UNNEST($2::text[]) AS t(s) ORDER BY s ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .bind(&streams)
+    .execute(&mut *tx)
+    .await?;
     let rows = sqlx::query(
         "SELECT stream, last_ms, last_seq FROM projection_checkpoints
          WHERE projection = $1 AND stream = ANY($2) ORDER BY stream FOR UPDATE",

@@ -114,8 +114,10 @@ pub struct Runner<P: Projection> {
     unflushed: BTreeMap<String, (EntryId, u64)>,
     /// When the oldest unflushed move happened.
     unflushed_since: Option<std::time::Instant>,
-    /// When the last batch committed, unless it was a full one (for [`Projection::pace`]).
+    /// When the last batch committed (for [`Projection::pace`]).
     last_commit: Option<std::time::Instant>,
+    /// Whether the last read left entries waiting (a backlog is never paced).
+    behind: bool,
 }
 
 impl<P: Projection> Runner<P> {
@@ -135,6 +137,7 @@ impl<P: Projection> Runner<P> {
             unflushed: BTreeMap::new(),
             unflushed_since: None,
             last_commit: None,
+            behind: false,
         }
     }
 
@@ -149,10 +152,15 @@ impl<P: Projection> Runner<P> {
             if *shutdown.borrow() {
                 return;
             }
+            let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = self.follow(false) => r,
                 _ = shutdown.changed() => return,
             };
+            // A runner that ran a while since its last failure starts its backoff over.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(100);
+            }
             match result {
                 Ok(_) => return,
                 Err(e) => {

@@ -77,9 +77,10 @@ impl<P: Projection> Runner<P> {
         let mut rotation = 0usize;
         let mut empty_windows = 0usize;
         loop {
-            if let (Some(pace), Some(at), false, None) = (
+            if let (Some(pace), Some(at), false, false, None) = (
                 self.projection.pace(),
                 self.last_commit,
+                self.behind,
                 stop_when_idle,
                 self.cfg.until,
             ) {
@@ -108,6 +109,9 @@ impl<P: Projection> Runner<P> {
                 }
             }
             let mut reply = Vec::new();
+            // Entries asked per stream by the read that answered: a stream that filled it
+            // has more waiting, and the next batch is not paced.
+            let mut asked = usize::MAX;
             if sweep_due {
                 // Checked on a timer even when the hot streams are busy, so quiet zones
                 // are never starved.
@@ -115,6 +119,7 @@ impl<P: Projection> Runner<P> {
                 let cold = pending(&mut positions.iter().filter(|(k, _)| !hot.contains(*k)));
                 for chunk in cold.chunks(SWEEP_CHUNK) {
                     let count = per_stream(self.cfg.batch_size, chunk.len());
+                    asked = count;
                     let found =
                         self.checked(read::read_after(&mut conn, chunk, count, None).await?);
                     if !found.is_empty() {
@@ -151,6 +156,7 @@ impl<P: Projection> Runner<P> {
                 let fed = match (&self.cfg.feed, activity_at) {
                     (Some(feed), Some(_)) if !streams.is_empty() => {
                         let count = per_stream(self.cfg.batch_size, streams.len());
+                        asked = count;
                         let fed = from_feed(feed, &streams, count, block).await;
                         if fed.is_some() && feed.streams_version() != feed_streams {
                             // The feed learns of new streams from the writers' hints.
@@ -181,6 +187,7 @@ impl<P: Projection> Runner<P> {
                     reply = self.bounded(fed);
                 } else if !streams.is_empty() {
                     let count = per_stream(self.cfg.batch_size, streams.len());
+                    asked = count;
                     let mut raw = read::read_after(&mut conn, &streams, count, block).await?;
                     if let Some(i) = raw.iter().position(|(k, _)| *k == activity) {
                         let (_, hints) = raw.swap_remove(i);
@@ -215,6 +222,11 @@ impl<P: Projection> Runner<P> {
                 }
                 continue;
             }
+            self.behind = rotating
+                || reply
+                    .iter()
+                    .any(|(_, entries)| entries.len() >= asked.max(1))
+                || reply.iter().map(|(_, e)| e.len()).sum::<usize>() >= self.cfg.batch_size;
             let t_read = std::time::Instant::now();
             let held: BTreeSet<String> = match &self.cfg.share {
                 Some(s) if s.members().len() > 1 => positions.keys().cloned().collect(),

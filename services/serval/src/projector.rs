@@ -108,7 +108,10 @@ pub async fn start(
 /// its streams at once, where a new id would leave them with the dead worker's lease for up
 /// to 5 s and reads waiting on them would time out. The file is locked for the process's
 /// life, so a second process on the same directory gets an id of its own. The lock is
-/// released when the process ends, however it ends; any I/O failure falls back to a fresh id.
+/// released when the process ends, however it ends. The id is reused only within the boot
+/// that wrote it (`/proc/sys/kernel/random/boot_id` is stored beside it): a data directory
+/// copied to another host, or shared over a filesystem whose locks do not reach other hosts,
+/// never gives two living processes one id. Any I/O failure falls back to a fresh id.
 pub struct WorkerIdentity {
     pub id: String,
     _lock: Option<std::fs::File>,
@@ -148,15 +151,25 @@ impl WorkerIdentity {
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let id = match uuid::Uuid::parse_str(text.trim()) {
-            Ok(id) => id.to_string(),
-            Err(_) => {
+        let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+            return Ok(None);
+        };
+        let boot = boot.trim();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut parts = text.split_whitespace();
+        let kept = match (parts.next().map(uuid::Uuid::parse_str), parts.next()) {
+            (Some(Ok(id)), Some(b)) if b == boot => Some(id.to_string()),
+            _ => None,
+        };
+        let id = match kept {
+            Some(id) => id,
+            None => {
                 let id = uuid::Uuid::now_v7().to_string();
                 file.set_len(0)?;
                 file.rewind()?;
-                file.write_all(id.as_bytes())?;
+                file.write_all(format!("{id} {boot}\n").as_bytes())?;
                 file.sync_all()?;
                 id
             }
