@@ -5,32 +5,21 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::visibility::NOTIFY_CHANNEL;
 
-use super::replays::{Versions, STORE_VERSIONS};
+use super::replays::Versions;
 use super::RunnerError;
 
 /// Moves checkpoints `(stream, from, to, entries)`, each guarded on `from`: two runners of
 /// one projection (or a rebuild swap) can never both apply the same entries. Each move
 /// notifies waiters in other processes. The batch's aggregate `versions` ride the first
 /// move's statement (a failed guard rolls the transaction back, versions with it): one
-/// round trip for both.
+/// round trip for both. A batch with versions always moves its own streams.
 pub(super) async fn write_checkpoints(
     tx: &mut PgConnection,
     name: &str,
     moves: &[(String, EntryId, EntryId, u64)],
     versions: Versions,
 ) -> Result<(), RunnerError> {
-    if moves.is_empty() {
-        if !versions.is_empty() {
-            sqlx::query(STORE_VERSIONS)
-                .bind(name)
-                .bind(versions.aggregates)
-                .bind(versions.versions)
-                .bind(versions.events)
-                .execute(&mut *tx)
-                .await?;
-        }
-        return Ok(());
-    }
+    debug_assert!(!moves.is_empty() || versions.is_empty());
     let mut versions = Some(versions);
     for (stream, from, last, count) in moves {
         // The later moves store no versions: their arrays are empty.

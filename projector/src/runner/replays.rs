@@ -149,14 +149,6 @@ pub(super) struct Versions {
     pub events: Vec<String>,
 }
 
-/// Upserts the versions (`$1` projection, `$2..$4` the columns): a statement on its own, or
-/// a data-modifying `WITH` part of the checkpoint move.
-pub(super) const STORE_VERSIONS: &str =
-    "INSERT INTO applied_versions (projection, aggregate, version, event_id)
-     SELECT $1, k, v, e FROM UNNEST($2::text[], $3::bigint[], $4::text[]) AS t(k, v, e)
-     ON CONFLICT (projection, aggregate)
-     DO UPDATE SET version = EXCLUDED.version, event_id = EXCLUDED.event_id";
-
 impl Versions {
     pub(super) fn is_empty(&self) -> bool {
         self.aggregates.is_empty()
