@@ -13,6 +13,8 @@
 //! | `<p>:oauth:<sha256(state)>` | string | a pending OAuth authorize (JSON; expires after 1 h, valid 600 s) |
 //! | `<p>:{z:<zone>}:jti:<jti>` | string | an issued mandate id (`<client>\|<unix>`, TTL = its lifetime) |
 //! | `<p>:{z:<zone>}:seen:<jti>` | string | a mandate the Gateway consumed (request id, TTL = its remaining life) |
+//! | `<p>:{z:<zone>}:provider-refresh-failures:<provider>` | string | failed token fetches of a provider in the current 5-min window |
+//! | `<p>:{z:<zone>}:provider-refresh-circuit:<provider>` | string | present while the provider's token-endpoint circuit is open (30 s) |
 //! | `<p>:gw-nonce:<sha256(nonce)>` | string | a consumed Gateway→STS HMAC nonce (120 s) |
 //! | `<p>:activity` | stream | hints: a zone stream got its first entries (trimmed ~10,000) |
 //! | `<p>:deadletters` | stream | entries a projection refused (bad signature, undecodable) |
@@ -152,6 +154,23 @@ impl KeySpace {
     pub fn connection_refresh_lease(&self, zone_id: &str, connection_id: &str) -> String {
         format!(
             "{}:{{z:{zone_id}}}:provider-refresh:{connection_id}:lock",
+            self.prefix
+        )
+    }
+
+    /// Failed token fetches of one provider within the current 5-minute window
+    /// (gateway.md §6.3); beside [`Self::provider_circuit`] in the zone's slot.
+    pub fn provider_fetch_failures(&self, zone_id: &str, provider_id: &str) -> String {
+        format!(
+            "{}:{{z:{zone_id}}}:provider-refresh-failures:{provider_id}",
+            self.prefix
+        )
+    }
+
+    /// Present while a provider's token-endpoint circuit is open (gateway.md §6.3).
+    pub fn provider_circuit(&self, zone_id: &str, provider_id: &str) -> String {
+        format!(
+            "{}:{{z:{zone_id}}}:provider-refresh-circuit:{provider_id}",
             self.prefix
         )
     }

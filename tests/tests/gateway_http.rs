@@ -759,4 +759,46 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
         c.body
     );
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
+
+    // A token endpoint that fails: five failed fetches within 5 minutes open the
+    // provider's circuit for 30 s; then calls fail at once and the endpoint is left alone.
+    let (s, down) = admin
+        .post(
+            &providers,
+            json!({"name": "cc-down", "kind": "oauth2_client_credentials",
+                   "config_json": {"token_endpoint": up.url("/broken/token"), "client_id": CLIENT_ID,
+                                   "client_secret": CLIENT_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{down}");
+    bind(down["id"].as_str().unwrap().to_owned()).await;
+    let failing = |c: &Call| {
+        (c.status, c.body["error"].as_str().map(str::to_owned))
+            == (502, Some("http_request_failed".to_owned()))
+    };
+    for _ in 0..5 {
+        let c = governed_call().await;
+        assert!(failing(&c), "{} {}", c.status, c.body);
+        assert!(
+            c.body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("answered 500")),
+            "{}",
+            c.body
+        );
+    }
+    assert_eq!(up.broken_fetches.load(Ordering::SeqCst), 5);
+    for _ in 0..3 {
+        let c = governed_call().await;
+        assert!(failing(&c), "{} {}", c.status, c.body);
+        assert!(
+            c.body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("circuit open")),
+            "{}",
+            c.body
+        );
+    }
+    assert_eq!(up.broken_fetches.load(Ordering::SeqCst), 5);
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
 }

@@ -7,9 +7,10 @@
 
 mod common;
 
+use base64::Engine;
 use common::runtime::{
-    bootstrap, call_json, claims, exchange, p256, server_with, sign_es256, zone_with_policy, EcKey,
-    Zone, GRANT, RESOURCE,
+    bootstrap, call_json, claims, exchange, p256, p521, server_with, sign_es256, sign_es512,
+    zone_with_policy, EcKey, Zone, GRANT, RESOURCE,
 };
 use common::upstream::{self, Upstream};
 use common::{eventually, Admin, Server};
@@ -367,7 +368,8 @@ async fn a_federated_user_gets_a_session_mandate_and_decides_a_subject_approval(
 
     // The id token of a registered issuer buys the user's session mandate.
     let key = p256("idp-1");
-    *up.jwks.lock().unwrap() = json!({"keys": [key.jwk]});
+    let p521_key = p521("idp-2");
+    *up.jwks.lock().unwrap() = json!({"keys": [key.jwk, p521_key.jwk]});
     let alice = id_token(&key, "idp-1", IDP, "alice@example.com", AUDIENCE, 300);
     let (s, _, v) = exchange(&issuer, &federate(&z, &alice)).await;
     assert_eq!(s, 200, "{v}");
@@ -409,9 +411,30 @@ async fn a_federated_user_gets_a_session_mandate_and_decides_a_subject_approval(
     let (s, _, _) = exchange(&issuer, &federate(&z, &alice)).await;
     assert_eq!(s, 200);
     assert_eq!(up.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // ES512 (P-521) id tokens verify as well.
+    let es512_token = |key: &common::runtime::P521Key, sub: &str, aud: &str| {
+        let now = chrono::Utc::now().timestamp();
+        sign_es512(
+            key,
+            "idp-2",
+            &json!({"iss": IDP, "sub": sub, "aud": [aud], "iat": now, "exp": now + 300}),
+        )
+    };
+    let (s, _, v) = exchange(
+        &issuer,
+        &federate(&z, &es512_token(&p521_key, "bob", AUDIENCE)),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let bob = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(
+        (bob["sub"].as_str(), bob["sub_type"].as_str()),
+        (Some("bob"), Some("user"))
+    );
 
     // Refusals: each `401 invalid_token` naming the reason, nothing minted.
     let other = p256("idp-1");
+    let other_p521 = p521("idp-2");
     let hs = {
         let now = chrono::Utc::now().timestamp();
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -460,6 +483,24 @@ async fn a_federated_user_gets_a_session_mandate_and_decides_a_subject_approval(
             "whitespace",
         ),
         (hs, "unsupported algorithm"),
+        (
+            es512_token(&other_p521, "bob", AUDIENCE),
+            "verification failed",
+        ),
+        (
+            es512_token(&p521_key, "bob", "someone-else"),
+            "verification failed",
+        ),
+        (
+            // The ES256 key named for an ES512 signature.
+            {
+                let t = es512_token(&p521_key, "bob", AUDIENCE);
+                let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(json!({"alg": "ES512", "kid": "idp-1"}).to_string());
+                format!("{h}.{}", t.split_once('.').unwrap().1)
+            },
+            "key does not fit the algorithm",
+        ),
         ("not-a-jwt".to_owned(), "malformed"),
     ] {
         let (s, _, v) = exchange(&issuer, &federate(&z, &token)).await;

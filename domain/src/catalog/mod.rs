@@ -16,6 +16,7 @@
 pub mod agent_service;
 pub mod application;
 pub mod connection;
+pub mod control_key;
 pub mod data_key;
 pub mod grant;
 pub mod invocation;

@@ -79,6 +79,9 @@ pub struct Config {
     pub gateway_sts_hmac_key: Option<String>,
     #[arg(long, env = "ISSUER_URL", default_value = "http://localhost:8080")]
     pub issuer_url: String,
+    /// The control resource's audience: control-key exchanges mint for it (sts.md §4.6).
+    #[arg(long, env = "CONTROL_AUDIENCE", default_value = "caracal-control")]
+    pub control_audience: String,
     /// Audit frames another consumer has left pending this long are claimed (and looked
     /// for this often), milliseconds.
     #[arg(long, env = "SERVAL_AUDIT_CLAIM_IDLE_MS", default_value_t = 30_000)]

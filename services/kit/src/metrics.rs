@@ -17,6 +17,8 @@ pub struct ServiceMetrics {
     pub dead_letters: IntGauge,
     pub bundles_compiled: IntCounter,
     pub policy_decisions: IntCounterVec,
+    pub provider_refresh_errors: IntCounter,
+    pub provider_circuit_opened: IntCounter,
 }
 
 pub static METRICS: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics {
@@ -66,6 +68,16 @@ pub static METRICS: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics {
         "serval_policy_decisions_total",
         "Decisions made under zones' active bundles, by outcome.",
         &["outcome"]
+    )
+    .expect("metric registers once"),
+    provider_refresh_errors: register_int_counter!(
+        "caracal_sts_provider_refresh_errors_total",
+        "Failed token fetches and refreshes at providers' token endpoints."
+    )
+    .expect("metric registers once"),
+    provider_circuit_opened: register_int_counter!(
+        "caracal_sts_provider_circuit_open_total",
+        "Times a provider's token-endpoint circuit opened (5 failures in 5 min, open 30 s)."
     )
     .expect("metric registers once"),
 });

@@ -222,8 +222,12 @@ pub fn authenticate(
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ExchangeError {
-    /// Transport failure or a non-2xx answer (`provider_token_exchange_failed`).
+    /// Transport failure or a non-2xx answer other than a refusal
+    /// (`provider_token_exchange_failed`).
     Failed(String),
+    /// A 4xx answer other than 429: the endpoint works and refused this grant (a revoked
+    /// refresh token, a wrong client secret), also `provider_token_exchange_failed`.
+    Refused(String),
     /// Not JSON, or no `access_token` (`provider_token_response_invalid`).
     Invalid,
     /// `token_type` is not `bearer` and the provider declares no `auth_scheme`.
@@ -362,9 +366,13 @@ async fn token_request(
         .await
         .map_err(ExchangeError::Failed)?;
     if !status.is_success() {
-        return Err(ExchangeError::Failed(format!(
-            "token endpoint answered {status}"
-        )));
+        let why = format!("token endpoint answered {status}");
+        let refused = status.is_client_error() && status.as_u16() != 429;
+        return Err(if refused {
+            ExchangeError::Refused(why)
+        } else {
+            ExchangeError::Failed(why)
+        });
     }
     parse_token_response(&body, config_str(config, "auth_scheme").is_some())
 }

@@ -251,6 +251,42 @@ pub fn sign_es256(key: &EcKey, kid: &str, claims: &Value) -> String {
     .unwrap()
 }
 
+/// A P-521 key pair (ES512; `jsonwebtoken` 9 cannot sign with it).
+pub struct P521Key {
+    pub key: p521::ecdsa::SigningKey,
+    pub jwk: Value,
+}
+
+pub fn p521(kid: &str) -> P521Key {
+    use base64::Engine;
+    let key = p521::ecdsa::SigningKey::random(&mut p521::elliptic_curve::rand_core::OsRng);
+    let point = p521::ecdsa::VerifyingKey::from(&key).to_encoded_point(false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    P521Key {
+        key,
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-521", "kid": kid, "use": "sig", "alg": "ES512",
+            "x": b64.encode(point.x().unwrap()),
+            "y": b64.encode(point.y().unwrap()),
+        }),
+    }
+}
+
+/// An ES512 JWS of `claims` under `key`, naming `kid`.
+pub fn sign_es512(key: &P521Key, kid: &str, claims: &Value) -> String {
+    use base64::Engine;
+    use p521::ecdsa::signature::Signer;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"alg": "ES512", "typ": "JWT", "kid": kid});
+    let signed = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let sig: p521::ecdsa::Signature = key.key.sign(signed.as_bytes());
+    format!("{signed}.{}", b64.encode(sig.to_bytes()))
+}
+
 /// A zone whose resource routes to `upstream`, a root Session A delegating
 /// `tickets:read` on the resource to a Session B; returns the zone, B and the edge.
 pub async fn governed(

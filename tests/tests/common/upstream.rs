@@ -28,6 +28,8 @@ pub struct Upstream {
     /// What `GET /jwks` answers (an id-token issuer's key set), and how often it was asked.
     pub jwks: Arc<Mutex<Value>>,
     pub jwks_fetches: Arc<AtomicUsize>,
+    /// Requests `POST /broken/token` (a token endpoint answering 500) received.
+    pub broken_fetches: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -136,6 +138,8 @@ pub async fn start() -> Upstream {
     let jwks = Arc::new(Mutex::new(json!({"keys": []})));
     let jwks_fetches = Arc::new(AtomicUsize::new(0));
     let (served, counted) = (jwks.clone(), jwks_fetches.clone());
+    let broken_fetches = Arc::new(AtomicUsize::new(0));
+    let broken = broken_fetches.clone();
     let app = Router::new()
         .route(
             "/jwks",
@@ -152,7 +156,10 @@ pub async fn start() -> Upstream {
         .route("/ac/token", post(ac_token))
         .route(
             "/broken/token",
-            post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            post(move || {
+                broken.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::INTERNAL_SERVER_ERROR }
+            }),
         )
         .route("/guarded", any(|| async { StatusCode::UNAUTHORIZED }))
         .route("/open", any(|| async { StatusCode::OK }))
@@ -168,6 +175,7 @@ pub async fn start() -> Upstream {
         ca_file,
         jwks,
         jwks_fetches,
+        broken_fetches,
         _dir: dir,
     }
 }

@@ -11,9 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use base64::Engine;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use serde_json::{json, Map, Value};
 use serval_domain::catalog::subject_issuer::subject_refusal;
 use serval_domain::catalog::{CatalogKind, Entity, EntityData, SubjectIssuerData};
@@ -25,12 +23,13 @@ use serval_projector::catalog::{self as read, Filter, Status};
 use super::client_auth::Client;
 use super::error::StsError;
 use super::form::TokenForm;
+use super::id_token::{self, Unverified};
 
 /// How long a fetched key set is used.
 const JWKS_TTL: Duration = Duration::from_secs(600);
 const JWKS_MAX_BYTES: usize = 256 * 1024;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
-const LEEWAY_SECS: u64 = 60;
+const LEEWAY_SECS: i64 = 60;
 /// A set is fetched again for an unknown `kid` once it is this old.
 const REFETCH_AFTER: Duration = Duration::from_secs(30);
 /// The policy name federation decisions are recorded under (no policy runs).
@@ -48,7 +47,7 @@ const NOT_WITH_ID_TOKEN: [&str; 6] = [
 /// Issuer key sets by (issuer row, JWKS URL).
 #[derive(Default)]
 pub struct IssuerKeys {
-    sets: Mutex<HashMap<(String, String), (Instant, JwkSet)>>,
+    sets: Mutex<HashMap<(String, String), (Instant, KeySet)>>,
 }
 
 /// A verified federated identity.
@@ -80,18 +79,6 @@ pub fn check_form(form: &TokenForm) -> Result<(), StsError> {
     Ok(())
 }
 
-/// The payload of a JWS without verifying it (only to select the issuer row).
-fn unverified_payload(token: &str) -> Option<Map<String, Value>> {
-    let part = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        Value::Object(m) => Some(m),
-        _ => None,
-    }
-}
-
 /// The zone's live issuer row whose `issuer` equals `iss` byte for byte.
 async fn issuer_row(app: &App, zone: &str, iss: &str) -> Result<Option<Entity>, StsError> {
     let rows = read::list(
@@ -115,7 +102,7 @@ impl IssuerKeys {
         issuer_id: &str,
         data: &SubjectIssuerData,
         unknown_kid: bool,
-    ) -> Result<JwkSet, StsError> {
+    ) -> Result<KeySet, StsError> {
         let key = (issuer_id.to_owned(), data.jwks_url.clone());
         if let Some((at, set)) = self
             .sets
@@ -141,7 +128,43 @@ impl IssuerKeys {
     }
 }
 
-async fn fetch(url: &str) -> Result<JwkSet, String> {
+/// One key of an issuer's set, with the algorithm it declares (kept apart: `jsonwebtoken`'s
+/// JWK type cannot hold `ES512`).
+#[derive(Clone)]
+struct IssuerKey {
+    jwk: Jwk,
+    alg: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct KeySet {
+    keys: Vec<IssuerKey>,
+}
+
+/// The keys of a JWK Set document; a key this STS cannot read (an unknown `kty`, say) is
+/// left out rather than failing the issuer's other keys.
+fn key_set(doc: &Value) -> Result<KeySet, String> {
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("JWKS is not a key set")?;
+    let keys = keys
+        .iter()
+        .filter_map(|k| {
+            let mut k = k.as_object()?.clone();
+            let alg = match k.remove("alg") {
+                Some(Value::String(a)) => Some(a),
+                None => None,
+                Some(_) => return None,
+            };
+            let jwk: Jwk = serde_json::from_value(Value::Object(k)).ok()?;
+            Some(IssuerKey { jwk, alg })
+        })
+        .collect();
+    Ok(KeySet { keys })
+}
+
+async fn fetch(url: &str) -> Result<KeySet, String> {
     if !url.starts_with("https://") || !serval_kit::egress::literal_allowed(url) {
         return Err("JWKS URL not allowed".into());
     }
@@ -155,11 +178,11 @@ async fn fetch(url: &str) -> Result<JwkSet, String> {
         return Err(format!("JWKS answered {}", resp.status()));
     }
     let body = serval_kit::oauth::read_capped(resp, JWKS_MAX_BYTES).await?;
-    serde_json::from_slice(&body).map_err(|e| format!("JWKS is not a key set: {e}"))
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    key_set(&doc)
 }
 
-/// §4.5's key rules: a `kid`, `use` absent or `sig`, RSA or EC P-256/P-384 (P-521 has no
-/// verifier here, so such a key verifies nothing).
+/// §4.5's key rules: a `kid`, `use` absent or `sig`, RSA or EC P-256/P-384/P-521.
 fn usable(jwk: &Jwk) -> bool {
     let use_ok = matches!(
         jwk.common.public_key_use,
@@ -167,27 +190,13 @@ fn usable(jwk: &Jwk) -> bool {
     );
     let kind_ok = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => true,
-        AlgorithmParameters::EllipticCurve(ec) => {
-            matches!(ec.curve, EllipticCurve::P256 | EllipticCurve::P384)
-        }
+        AlgorithmParameters::EllipticCurve(ec) => matches!(
+            ec.curve,
+            EllipticCurve::P256 | EllipticCurve::P384 | EllipticCurve::P521
+        ),
         _ => false,
     };
     use_ok && kind_ok && jwk.common.key_id.is_some()
-}
-
-fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
-    match (&jwk.algorithm, alg) {
-        (AlgorithmParameters::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512) => {
-            true
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
-            ec.curve == EllipticCurve::P256
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
-            ec.curve == EllipticCurve::P384
-        }
-        _ => false,
-    }
 }
 
 /// Verifies the id token against the zone's registered issuer: signature by the issuer's
@@ -199,20 +208,12 @@ pub async fn verify(
     client: &Client,
     token: &str,
 ) -> Result<Federated, StsError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
-    if !matches!(
-        header.alg,
-        Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::ES256
-            | Algorithm::ES384
-    ) {
-        return Err(invalid("unsupported algorithm"));
-    }
-    let kid = header.kid.ok_or_else(|| invalid("kid required"))?;
-    let iss = unverified_payload(token)
-        .and_then(|p| p.get("iss").and_then(Value::as_str).map(str::to_owned))
+    let jws = Unverified::parse(token).map_err(invalid)?;
+    let iss = jws
+        .payload()
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
         .ok_or_else(|| invalid("iss required"))?;
     let Some(row) = issuer_row(app, &client.zone_id, &iss).await? else {
         return Err(invalid("issuer is not registered in the zone"));
@@ -220,46 +221,33 @@ pub async fn verify(
     let EntityData::SubjectIssuer(data) = &row.data else {
         return Err(invalid("issuer is not registered in the zone"));
     };
+    let kid = jws.kid.clone();
     let mut set = keys.set(&row.id, data, false).await?;
     if !set
         .keys
         .iter()
-        .any(|k| k.common.key_id.as_deref() == Some(kid.as_str()))
+        .any(|k| k.jwk.common.key_id.as_deref() == Some(kid.as_str()))
     {
         // The issuer may have rotated: fetch again, at most once per 30 s per issuer.
         set = keys.set(&row.id, data, true).await?;
     }
-    let jwk = set
+    let key = set
         .keys
         .iter()
-        .find(|k| k.common.key_id.as_deref() == Some(kid.as_str()) && usable(k))
+        .find(|k| k.jwk.common.key_id.as_deref() == Some(kid.as_str()) && usable(&k.jwk))
         .ok_or_else(|| invalid("unknown signing key"))?;
-    if !key_fits(jwk, header.alg) {
+    // RFC 7517 §4.4: a key that names its algorithm is used with that one only.
+    if key.alg.as_deref().is_some_and(|a| a != jws.alg.name()) {
         return Err(invalid("key does not fit the algorithm"));
     }
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("unusable signing key"))?;
-    let mut v = Validation::new(header.alg);
-    v.leeway = LEEWAY_SECS;
-    v.set_issuer(&[data.issuer.as_str()]);
-    v.set_audience(&[data.audience.as_str()]);
-    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
-        .map_err(|e| {
-            tracing::debug!(error = %e, "id token refused");
-            invalid("verification failed")
-        })?
-        .claims;
+    let jwk = &key.jwk;
+    let claims = jws.verify(jwk).map_err(|why| {
+        tracing::debug!(reason = why, "id token refused");
+        invalid(why)
+    })?;
     let now = chrono::Utc::now().timestamp();
-    if let Some(iat) = claims.get("iat") {
-        match iat.as_i64() {
-            Some(t) if t <= now.saturating_add(LEEWAY_SECS as i64) => {}
-            _ => return Err(invalid("iat is in the future")),
-        }
-    }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("sub required"))?;
+    let sub = id_token::check_claims(&claims, &data.issuer, &data.audience, now, LEEWAY_SECS)
+        .map_err(invalid)?;
     if let Some(reason) = subject_refusal(sub) {
         return Err(invalid(reason));
     }
@@ -286,5 +274,36 @@ pub fn frame(client: &Client, rid: &str, outcome: Result<&Federated, &str>) -> F
             }
         }
         Err(status) => Frame::refusal(&client.zone_id, rid, "token_exchange", status, m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_set_keeps_every_key_it_can_read_with_its_declared_algorithm() {
+        let doc = json!({"keys": [
+            {"kty": "EC", "crv": "P-521", "kid": "p521", "alg": "ES512",
+             "x": "AHKZLLOsCOzz5cY97ewNUajB957y-C-U88c3v13nmGZx6sYl_oJXu9A5RkTKqjqvjyekWF-7ytDyRXYgCF5cj0Kt",
+             "y": "AdymlHvOiLxXkEhayXQnNCvDX4h9htZaCJN34kfmC6pV5OhQHiraVySsUdaQkAgDPrwQrJmbnX9cwlGfP-HqHZR1"},
+            {"kty": "OKP", "crv": "X448", "kid": "unknown", "x": "AA"},
+            {"kty": "EC", "crv": "P-256", "kid": "p256", "alg": 7,
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "EC", "crv": "P-256", "kid": "plain",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+        ]});
+        let set = key_set(&doc).unwrap();
+        let kept: Vec<(Option<&str>, Option<&str>)> = set
+            .keys
+            .iter()
+            .map(|k| (k.jwk.common.key_id.as_deref(), k.alg.as_deref()))
+            .collect();
+        assert_eq!(kept, [(Some("p521"), Some("ES512")), (Some("plain"), None)]);
+        assert!(set.keys.iter().all(|k| usable(&k.jwk)));
+        assert!(key_set(&json!({"keys": {}})).is_err());
+        assert!(key_set(&json!([])).is_err());
     }
 }

@@ -29,6 +29,8 @@ pub struct TokenForm {
     pub ttl_seconds: i64,
     /// Any of the Gateway's headers was present.
     pub gateway: bool,
+    /// `zone_id` was not sent and is the application's own (a control-key exchange, §4.6).
+    pub zone_derived: bool,
 }
 
 impl TokenForm {
@@ -38,6 +40,12 @@ impl TokenForm {
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Names the application's zone for a request that sent none (§4.6).
+    pub fn derive_zone(&mut self, zone: String) {
+        self.fields.insert("zone_id".to_owned(), zone);
+        self.zone_derived = true;
     }
 
     /// Requested scopes: split on whitespace, as sent (not deduplicated).

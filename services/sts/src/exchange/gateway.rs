@@ -258,7 +258,7 @@ pub async fn directive(
         "oauth2_client_credentials" => {
             let s = secrets().await?;
             let token = tokens
-                .client_credentials(&provider, &r.identifier, &cfg, &s)
+                .client_credentials(app, &provider, &r.identifier, &cfg, &s)
                 .await?;
             oauth_directive(&mut d, &cfg, token);
         }

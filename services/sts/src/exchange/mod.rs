@@ -11,12 +11,15 @@
 
 pub mod approval;
 pub mod client_auth;
+pub mod control;
 pub mod delegated;
 pub mod error;
 pub mod federation;
 pub mod form;
 pub mod gateway;
+pub mod id_token;
 pub mod limits;
+pub mod provider_circuit;
 pub mod provider_tokens;
 pub mod zone_cache;
 
@@ -161,7 +164,19 @@ async fn exchange(
     body: &[u8],
     frames: &mut Vec<Frame>,
 ) -> Result<Response, StsError> {
-    let form = form::parse(uri.query(), headers, body)?;
+    let mut form = form::parse(uri.query(), headers, body)?;
+    // §4.6: Caracal's ControlClient sends no `zone_id`; the application's zone stands in,
+    // and only a control key may use it (checked after authentication).
+    if form.get("zone_id").is_none()
+        && !form.gateway
+        && control::zone_may_be_omitted(&form, &app.cfg.control_audience)
+    {
+        if let Some(app_id) = form.get("application_id").map(str::to_owned) {
+            if let Some(zone) = control::zone_of(app, &app_id).await? {
+                form.derive_zone(zone);
+            }
+        }
+    }
     // Read-your-writes: an exchange sees every write acknowledged before it began (an
     // application, grant or policy binding the Management API just answered for; compiled
     // bundles themselves follow `caracal.policy.invalidate`).
@@ -203,6 +218,19 @@ async fn exchange(
     } else {
         limits::check_lockout(app, &application_id).await?;
         match sts.secrets.authenticate(app, &form, view).await {
+            // §5.1 step 3: a missing `zone_id` is a failed authentication for any other
+            // application.
+            Ok(c)
+                if form.zone_derived
+                    && !serval_domain::catalog::control_key::is_control_key(&c.data.traits) =>
+            {
+                return Err(limits::count_failure(
+                    app,
+                    &application_id,
+                    StsError::invalid_client(),
+                )
+                .await);
+            }
             Ok(c) => c,
             Err(e) if e.status == StatusCode::UNAUTHORIZED => {
                 return Err(limits::count_failure(app, &application_id, e).await)
@@ -235,6 +263,10 @@ async fn exchange(
             "invalid_token",
             "at least one resource is required",
         ));
+    }
+    // §4.6: the control resource is minted only by the control-key contract.
+    if control::names_control(&form, &app.cfg.control_audience) {
+        return control::exchange(app, sts, rid, &client, &form, frames).await;
     }
     let now = Utc::now();
     let requested = form.scopes();
@@ -385,11 +417,7 @@ async fn exchange(
             m.extend(g.claims());
         }
     }
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(signer.kid.clone());
-    header.typ = Some("JWT".into());
-    let token = jsonwebtoken::encode(&header, &claims, &signer.key)
-        .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
+    let token = sign(&signer, &claims)?;
     // §9.2: the upstream directives, Gateway path only; a credential that cannot be had
     // fails the exchange before anything durable is written.
     let mut upstreams = Map::new();
@@ -467,6 +495,15 @@ async fn exchange(
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// An ES256 JWS of `claims` under the zone's signing key, naming its `kid`.
+fn sign(signer: &crate::keys::Signer, claims: &Value) -> Result<String, StsError> {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(signer.kid.clone());
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, claims, &signer.key)
+        .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))
 }
 
 /// The mint's durable effects at once (none depends on another): the authority record,
@@ -547,11 +584,7 @@ async fn federate(
         "use": "session",
         "sub_type": "user",
     });
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(signer.kid.clone());
-    header.typ = Some("JWT".into());
-    let token = jsonwebtoken::encode(&header, &claims, &signer.key)
-        .map_err(|e| StsError::from(ApiError::internal(format!("signing: {e}"))))?;
+    let token = sign(&signer, &claims)?;
     frames.push(federation::frame(client, rid, Ok(&fed)));
     let record = create_authority_record(
         app,
@@ -866,6 +899,14 @@ async fn check_resource(
         frames.push(skipped("resource_not_found", metadata));
         return Ok(None);
     };
+    // §5.2: the control resource named by its row id is still the control resource.
+    if data.identifier == app.cfg.control_audience {
+        frames.push(skipped("control_resource_requires_control_key", metadata));
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "the control resource requires a control key",
+        ));
+    }
     let scopes = mintable_scopes(data);
     if !requested.iter().all(|s| scopes.contains(s)) {
         frames.push(skipped("scope_mismatch", metadata));

@@ -18,6 +18,7 @@ use serval_kit::App;
 use serval_projector::catalog::{self as read, Filter, Status};
 
 use super::error::StsError;
+use super::provider_circuit;
 use super::Appended;
 
 /// A fetched token is used until this long before it expires.
@@ -50,9 +51,19 @@ fn unavailable(identifier: &str, reason: &str) -> StsError {
     )
 }
 
+/// The provider's token endpoint failed repeatedly: no fetch until its circuit closes.
+fn circuit_open(identifier: &str) -> StsError {
+    unavailable(
+        identifier,
+        "the provider's token endpoint is failing (circuit open, retry in 30 s)",
+    )
+}
+
 fn exchange_reason(e: &ExchangeError) -> String {
     match e {
-        ExchangeError::Failed(why) => format!("token endpoint failed: {why}"),
+        ExchangeError::Failed(why) | ExchangeError::Refused(why) => {
+            format!("token endpoint failed: {why}")
+        }
         ExchangeError::Invalid => "token endpoint answered no access token".into(),
         ExchangeError::TokenType(t) => format!("token type {t} needs an auth_scheme"),
     }
@@ -77,6 +88,7 @@ impl ProviderTokens {
     /// The provider's client-credentials token, fetched when none is cached.
     pub async fn client_credentials(
         &self,
+        app: &App,
         provider: &Entity,
         identifier: &str,
         cfg: &Map<String, Value>,
@@ -104,9 +116,16 @@ impl ProviderTokens {
                 "provider needs a signed client assertion",
             ));
         }
-        let tokens = oauth::client_credentials(cfg, secrets)
-            .await
-            .map_err(|e| unavailable(identifier, &exchange_reason(&e)))?;
+        if provider_circuit::is_open(app, &provider.zone_id, &provider.id).await {
+            return Err(circuit_open(identifier));
+        }
+        let tokens = match oauth::client_credentials(cfg, secrets).await {
+            Ok(t) => t,
+            Err(e) => {
+                provider_circuit::failed(app, &provider.zone_id, &provider.id).await;
+                return Err(unavailable(identifier, &exchange_reason(&e)));
+            }
+        };
         let life = tokens
             .expires_in
             .and_then(|s| u64::try_from(s).ok())
@@ -253,10 +272,21 @@ async fn refresh_leased(
     let Some(refresh_token) = tokens.get("refresh_token").filter(|t| !t.is_empty()) else {
         return Err(not_renewable(identifier));
     };
-    let refreshed = oauth::refresh(cfg, secrets, refresh_token).await.map_err(|err| {
-        tracing::warn!(connection = %e.id, reason = %exchange_reason(&err), "connection refresh failed");
-        not_renewable(identifier)
-    })?;
+    let provider = &c.provider_id;
+    if provider_circuit::is_open(app, &e.zone_id, provider).await {
+        return Err(circuit_open(identifier));
+    }
+    let refreshed = match oauth::refresh(cfg, secrets, refresh_token).await {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!(connection = %e.id, reason = %exchange_reason(&err), "connection refresh failed");
+            // One Subject's refused refresh token says nothing about the endpoint.
+            if !matches!(err, ExchangeError::Refused(_)) {
+                provider_circuit::failed(app, &e.zone_id, provider).await;
+            }
+            return Err(not_renewable(identifier));
+        }
+    };
     let mut next_tokens = BTreeMap::new();
     next_tokens.insert("access_token".to_owned(), refreshed.access_token.clone());
     // A provider that does not rotate refresh tokens keeps the one it had.

@@ -1,0 +1,172 @@
+//! The control-key class (sts.md §4.6) [extended]: an application with the trait
+//! `control:invoke` mints a `use=resource` mandate for the control audience
+//! (`CONTROL_AUDIENCE`) without a policy decision, inside its `control:` traits
+//! ([`serval_domain::catalog::control_key`]). Caracal's `ControlClient` sends no `zone_id`:
+//! the application's own zone is used. Any other route to the control resource is refused
+//! `403 access_denied` with a `control_resource_requires_control_key` frame.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{Duration, Utc};
+use serde_json::{json, Map};
+use serval_domain::catalog::control_key::{self, ControlAsk};
+use serval_domain::catalog::EntityData;
+use serval_kit::audit_frame::Frame;
+use serval_kit::App;
+use serval_projector::catalog as read;
+
+use super::client_auth::Client;
+use super::error::StsError;
+use super::form::{TokenForm, ACCESS_TOKEN};
+use super::{create_authority_record, lifetime, persist, sign, NewRecord, MAX_TTL};
+use crate::Sts;
+
+/// The policy name control-key decisions are recorded under (no policy runs).
+pub const POLICY: &str = "caracal-control-key";
+/// Fields that bind a mandate to a subject, Session, Delegation or hold.
+const BINDINGS: [&str; 6] = [
+    "subject_token",
+    "session_id",
+    "agent_session_id",
+    "delegation_edge_id",
+    "approval_id",
+    "challenge_id",
+];
+
+/// Whether the request names the control resource at all.
+pub fn names_control(form: &TokenForm, audience: &str) -> bool {
+    form.resources.iter().any(|r| r == audience)
+}
+
+/// The shape that may omit `zone_id`: only the control resource, only `control:*` scopes.
+pub fn zone_may_be_omitted(form: &TokenForm, audience: &str) -> bool {
+    let scopes = form.scopes();
+    !form.resources.is_empty()
+        && form.resources.iter().all(|r| r == audience)
+        && !scopes.is_empty()
+        && scopes.iter().all(|s| s.starts_with("control:"))
+}
+
+/// The zone of application `id` (any zone); `None` when there is no such application.
+pub async fn zone_of(app: &App, id: &str) -> Result<Option<String>, StsError> {
+    let found = read::load_many(&app.pool, &[id.to_owned()])
+        .await
+        .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
+    Ok(found
+        .into_values()
+        .find(|e| matches!(e.data, EntityData::Application(_)))
+        .map(|e| e.zone_id))
+}
+
+fn metadata(
+    client: &Client,
+    audience: &str,
+    requested: &[String],
+) -> Map<String, serde_json::Value> {
+    let mut m = Map::new();
+    m.insert("application_id".into(), json!(client.id));
+    m.insert("application_name".into(), json!(client.data.name));
+    m.insert(
+        "application_registration_method".into(),
+        json!(client.data.registration_method.as_str()),
+    );
+    m.insert("resource".into(), json!(audience));
+    m.insert("requested_scopes".into(), json!(requested));
+    m.insert("subject_kind".into(), json!("application"));
+    m
+}
+
+/// A request naming the control resource: minted under the contract, or refused.
+pub async fn exchange(
+    app: &App,
+    sts: &Sts,
+    rid: &str,
+    client: &Client,
+    form: &TokenForm,
+    frames: &mut Vec<Frame>,
+) -> Result<Response, StsError> {
+    let audience = app.cfg.control_audience.as_str();
+    let requested = form.scopes();
+    let now = Utc::now();
+    let ask = ControlAsk {
+        only_control: form.resources.iter().all(|r| r == audience),
+        bound: form.gateway || BINDINGS.iter().any(|f| form.get(f).is_some()),
+        scopes: &requested,
+    };
+    let m = metadata(client, audience, &requested);
+    let grant = match control_key::check(&client.data.traits, &ask, now) {
+        Ok(g) => g,
+        Err(why) => {
+            let mut m = m;
+            m.insert("reason".into(), json!(why.to_string()));
+            frames.push(Frame::refusal(
+                &client.zone_id,
+                rid,
+                "token_exchange",
+                "control_resource_requires_control_key",
+                m,
+            ));
+            return Err(StsError::access_denied(
+                StatusCode::FORBIDDEN,
+                format!("the control resource requires a control key: {why}"),
+            ));
+        }
+    };
+    let mut ttl = lifetime(form.ttl_seconds, MAX_TTL)?;
+    if let Some(cap) = grant.max_ttl {
+        ttl = ttl.min(cap);
+    }
+    let expires_at = now + Duration::seconds(ttl);
+    let signer = sts.keys.signer(app, &client.zone_id).await?;
+    let sid = uuid::Uuid::now_v7().to_string();
+    let jti = uuid::Uuid::now_v7().to_string();
+    let scope = form.get("scope").unwrap_or_default();
+    let claims = json!({
+        "iss": app.cfg.issuer_url,
+        "sub": client.id,
+        "aud": [audience],
+        "exp": expires_at.timestamp(),
+        "iat": now.timestamp(),
+        "jti": jti,
+        "zone_id": client.zone_id,
+        "client_id": client.id,
+        "scope": scope,
+        "sid": sid,
+        "root_sid": sid,
+        "use": "resource",
+        "sub_type": "application",
+        "target": [audience],
+    });
+    let token = sign(&signer, &claims)?;
+    frames.push(Frame {
+        decision: "allow",
+        determining_policies: json!([{ "policy": POLICY }]),
+        ..Frame::refusal(&client.zone_id, rid, "token_exchange", "complete", m)
+    });
+    let record = create_authority_record(
+        app,
+        rid,
+        client,
+        NewRecord {
+            id: &sid,
+            parent: None,
+            user: None,
+        },
+        now,
+        expires_at,
+    );
+    persist(app, rid, client, frames, record, (&jti, now, ttl)).await?;
+    let mut resp = Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "issued_token_type": ACCESS_TOKEN,
+        "target_resources": [audience],
+        "scope": scope,
+    }))
+    .into_response();
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
