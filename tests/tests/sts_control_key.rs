@@ -190,6 +190,64 @@ async fn a_control_key_mints_for_the_control_audience_and_nothing_else_does() {
         );
     }
 
+    // A key that ends soon mints nothing that outlives it.
+    let ends = (chrono::Utc::now() + chrono::Duration::seconds(120)).format("%Y-%m-%dT%H:%M:%SZ");
+    let (s, soon) = admin
+        .post(
+            &format!("/v1/zones/{}/applications", z.id),
+            json!({"name": "ops-key-2", "registration_method": "managed",
+                   "traits": ["control:invoke", "control:scope:control:read",
+                              format!("control:expires:{ends}")]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{soon}");
+    let form = [
+        ("grant_type", GRANT),
+        ("application_id", soon["id"].as_str().unwrap()),
+        ("client_secret", soon["client_secret"].as_str().unwrap()),
+        ("resource", CONTROL),
+        ("scope", "control:read"),
+        ("ttl_seconds", "3600"),
+    ];
+    let (s, _, v) = eventually(20, || async {
+        let r = exchange(&issuer, &form).await;
+        (r.0 != 401).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let life = v["expires_in"].as_i64().unwrap();
+    assert!((100..=120).contains(&life), "{v}");
+
+    // A session mandate presented for the control resource: refused, with evidence.
+    let (s, _, v) = exchange_with(
+        &issuer,
+        &[
+            ("grant_type", GRANT),
+            ("zone_id", zid),
+            ("application_id", k),
+            ("client_secret", sec),
+            ("resource", CONTROL),
+            ("scope", "control:read"),
+            ("subject_token", "eyJhbGciOiJFUzI1NiJ9.e30.AA"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ],
+        &[("x-request-id", "control-with-subject")],
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("access_denied")),
+        "{v}"
+    );
+    let f = frames(&admin, &z.id, "control-with-subject").await;
+    assert_eq!(
+        f[0]["evaluation_status"], "control_resource_requires_control_key",
+        "{f:?}"
+    );
+
     // Without `zone_id`, an application that is not a control key fails authentication, as
     // does a control key with a wrong secret.
     for (app, secret) in [(z.app.as_str(), z.secret.as_str()), (k, "wrong-secret")] {
@@ -223,4 +281,41 @@ async fn a_control_key_mints_for_the_control_audience_and_nothing_else_does() {
     )
     .await;
     assert_eq!(s, 401, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_mints_share_the_mint_budget() {
+    let (server, issuer) =
+        common::runtime::server_with(&[("STS_MINT_RATE_LIMIT_PER_MIN", "2")]).await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, false).await;
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{}/applications", z.id),
+            json!({"name": "ops-key", "registration_method": "managed",
+                   "traits": ["control:invoke", "control:scope:control:read"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let form = [
+        ("grant_type", GRANT),
+        ("application_id", a["id"].as_str().unwrap()),
+        ("client_secret", a["client_secret"].as_str().unwrap()),
+        ("resource", CONTROL),
+        ("scope", "control:read"),
+    ];
+    let first = eventually(20, || async {
+        let r = exchange(&issuer, &form).await;
+        (r.0 != 401).then_some(r)
+    })
+    .await;
+    assert_eq!(first.0, 200, "{}", first.2);
+    assert_eq!(first.2["expires_in"], 900, "no max-ttl trait: the default");
+    assert_eq!(exchange(&issuer, &form).await.0, 200);
+    let (s, _, v) = exchange(&issuer, &form).await;
+    assert_eq!(
+        (s, v["error_description"].as_str()),
+        (403, Some("control mint rate limit exceeded")),
+        "{v}"
+    );
 }

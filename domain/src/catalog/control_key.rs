@@ -34,11 +34,17 @@ pub struct ControlAsk<'a> {
     pub scopes: &'a [String],
 }
 
-/// The contract holds: the mandate's lifetime is capped by `max_ttl` when set.
+/// The contract holds: the mandate lives at most `max_ttl` seconds when set, and never past
+/// `not_after` (the key's `control:expires`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlGrant {
     pub max_ttl: Option<i64>,
+    pub not_after: Option<DateTime<Utc>>,
 }
+
+/// The shortest `control:max-ttl` allowed (management-api.md §6); a value that does not
+/// parse, never valid, is read as this one, so a malformed trait only narrows.
+pub const MIN_MAX_TTL: i64 = 60;
 
 /// Whether `traits` make the application a control key.
 pub fn is_control_key(traits: &[String]) -> bool {
@@ -84,10 +90,20 @@ pub fn check(
     let max_ttl = traits
         .iter()
         .filter_map(|t| t.strip_prefix("control:max-ttl:"))
-        .filter_map(|v| v.parse::<i64>().ok())
-        .filter(|v| *v > 0)
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|v| *v >= MIN_MAX_TTL)
+                .unwrap_or(MIN_MAX_TTL)
+        })
         .min();
-    Ok(ControlGrant { max_ttl })
+    let not_after = traits
+        .iter()
+        .filter_map(|t| t.strip_prefix("control:expires:"))
+        .filter_map(|ts| DateTime::parse_from_rfc3339(ts).ok())
+        .map(|at| at.with_timezone(&Utc))
+        .min();
+    Ok(ControlGrant { max_ttl, not_after })
 }
 
 #[cfg(test)]
@@ -121,15 +137,39 @@ mod tests {
             "control:expires:2999-01-01T00:00:00Z",
         ]);
         let s = scopes(&["control:read", "control:write"]);
+        let until = DateTime::parse_from_rfc3339("2999-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(
             check(&key, &ask(&s), now),
-            Ok(ControlGrant { max_ttl: Some(300) })
+            Ok(ControlGrant {
+                max_ttl: Some(300),
+                not_after: Some(until)
+            })
         );
         let open = traits(&["control:invoke", "control:scope:control:read"]);
+        let read = scopes(&["control:read"]);
         assert_eq!(
-            check(&open, &ask(&scopes(&["control:read"])), now),
-            Ok(ControlGrant { max_ttl: None })
+            check(&open, &ask(&read), now),
+            Ok(ControlGrant {
+                max_ttl: None,
+                not_after: None
+            })
         );
+        // A max-ttl that never validated narrows to the minimum.
+        for bad in [
+            "control:max-ttl:0",
+            "control:max-ttl:-5",
+            "control:max-ttl:forever",
+        ] {
+            let mut t = open.clone();
+            t.push(bad.into());
+            assert_eq!(
+                check(&t, &ask(&read), now).map(|g| g.max_ttl),
+                Ok(Some(MIN_MAX_TTL)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

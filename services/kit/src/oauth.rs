@@ -225,6 +225,8 @@ pub enum ExchangeError {
     /// Transport failure or a non-2xx answer other than a refusal
     /// (`provider_token_exchange_failed`).
     Failed(String),
+    /// The configuration or the egress rule forbids the request: nothing was sent.
+    NotAllowed(String),
     /// A 4xx answer other than 429: the endpoint works and refused this grant (a revoked
     /// refresh token, a wrong client secret), also `provider_token_exchange_failed`.
     Refused(String),
@@ -300,7 +302,7 @@ pub async fn client_credentials(
 ) -> Result<Tokens, ExchangeError> {
     let endpoint = config_str(config, "token_endpoint").unwrap_or_default();
     if !endpoint_allowed(config, endpoint) {
-        return Err(ExchangeError::Failed(
+        return Err(ExchangeError::NotAllowed(
             "token endpoint is not HTTPS on an allowed token host".into(),
         ));
     }
@@ -343,12 +345,12 @@ async fn token_request(
     form.extend(string_map(config, "token_params"));
     // Client secrets and refresh tokens only ever go to the provider's allowed token host.
     if !endpoint_allowed(config, endpoint) {
-        return Err(ExchangeError::Failed(
+        return Err(ExchangeError::NotAllowed(
             "token endpoint is not HTTPS on an allowed token host".into(),
         ));
     }
     if !crate::egress::literal_allowed(endpoint) {
-        return Err(ExchangeError::Failed(
+        return Err(ExchangeError::NotAllowed(
             "token endpoint is a private address".into(),
         ));
     }

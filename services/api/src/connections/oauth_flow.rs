@@ -182,7 +182,9 @@ pub(super) async fn callback(
         .map_err(|e| {
             let gateway = |code: &str| ApiError::new(StatusCode::BAD_GATEWAY, code);
             match e {
-                ExchangeError::Failed(why) | ExchangeError::Refused(why) => {
+                ExchangeError::Failed(why)
+                | ExchangeError::Refused(why)
+                | ExchangeError::NotAllowed(why) => {
                     tracing::warn!(error = %why, "provider token exchange failed");
                     gateway("provider_token_exchange_failed")
                 }

@@ -19,6 +19,7 @@ use serval_projector::catalog as read;
 use super::client_auth::Client;
 use super::error::StsError;
 use super::form::{TokenForm, ACCESS_TOKEN};
+use super::limits;
 use super::{create_authority_record, lifetime, persist, sign, NewRecord, MAX_TTL};
 use crate::Sts;
 
@@ -113,9 +114,36 @@ pub async fn exchange(
             ));
         }
     };
+    // §17: control mints share the per-zone, resource and application budget.
+    if !limits::mint_allowed(app, &client.zone_id, audience, &client.id).await {
+        frames.push(Frame::refusal(
+            &client.zone_id,
+            rid,
+            "token_exchange",
+            "rate_limited",
+            m,
+        ));
+        return Err(StsError::access_denied(
+            StatusCode::FORBIDDEN,
+            "control mint rate limit exceeded",
+        ));
+    }
+    // The decision is evidence also when the lifetime is then refused.
+    frames.push(Frame {
+        decision: "allow",
+        determining_policies: json!([{ "policy": POLICY }]),
+        ..Frame::refusal(&client.zone_id, rid, "token_exchange", "complete", m)
+    });
     let mut ttl = lifetime(form.ttl_seconds, MAX_TTL)?;
     if let Some(cap) = grant.max_ttl {
         ttl = ttl.min(cap);
+    }
+    // Never past the key's own end: `control:expires` or the application's expiry.
+    for end in [grant.not_after, client.data.expires_at]
+        .into_iter()
+        .flatten()
+    {
+        ttl = ttl.min((end - now).num_seconds().max(1));
     }
     let expires_at = now + Duration::seconds(ttl);
     let signer = sts.keys.signer(app, &client.zone_id).await?;
@@ -139,11 +167,6 @@ pub async fn exchange(
         "target": [audience],
     });
     let token = sign(&signer, &claims)?;
-    frames.push(Frame {
-        decision: "allow",
-        determining_policies: json!([{ "policy": POLICY }]),
-        ..Frame::refusal(&client.zone_id, rid, "token_exchange", "complete", m)
-    });
     let record = create_authority_record(
         app,
         rid,

@@ -231,16 +231,21 @@ pub async fn verify(
         // The issuer may have rotated: fetch again, at most once per 30 s per issuer.
         set = keys.set(&row.id, data, true).await?;
     }
-    let key = set
+    let named: Vec<&IssuerKey> = set
         .keys
         .iter()
-        .find(|k| k.jwk.common.key_id.as_deref() == Some(kid.as_str()) && usable(&k.jwk))
-        .ok_or_else(|| invalid("unknown signing key"))?;
-    // RFC 7517 §4.4: a key that names its algorithm is used with that one only.
-    if key.alg.as_deref().is_some_and(|a| a != jws.alg.name()) {
-        return Err(invalid("key does not fit the algorithm"));
+        .filter(|k| k.jwk.common.key_id.as_deref() == Some(kid.as_str()) && usable(&k.jwk))
+        .collect();
+    if named.is_empty() {
+        return Err(invalid("unknown signing key"));
     }
-    let jwk = &key.jwk;
+    // Of the keys the `kid` names, one of the token's algorithm (RFC 7517 §4.4: a key that
+    // declares its algorithm is used with that one only).
+    let jwk = named
+        .iter()
+        .find(|k| jws.alg.fits(&k.jwk) && k.alg.as_deref().is_none_or(|a| a == jws.alg.name()))
+        .map(|k| &k.jwk)
+        .ok_or_else(|| invalid("key does not fit the algorithm"))?;
     let claims = jws.verify(jwk).map_err(|why| {
         tracing::debug!(reason = why, "id token refused");
         invalid(why)

@@ -172,6 +172,8 @@ async fn exchange(
         && control::zone_may_be_omitted(&form, &app.cfg.control_audience)
     {
         if let Some(app_id) = form.get("application_id").map(str::to_owned) {
+            // A locked-out id costs no lookup.
+            limits::check_lockout(app, &app_id).await?;
             if let Some(zone) = control::zone_of(app, &app_id).await? {
                 form.derive_zone(zone);
             }
@@ -224,6 +226,10 @@ async fn exchange(
                 if form.zone_derived
                     && !serval_domain::catalog::control_key::is_control_key(&c.data.traits) =>
             {
+                tracing::info!(
+                    application_id = %application_id,
+                    "no zone_id from an application that is not a control key"
+                );
                 return Err(limits::count_failure(
                     app,
                     &application_id,
@@ -248,6 +254,12 @@ async fn exchange(
                 "invalid_token",
                 "invalid subject_token",
             ))
+        }
+        // Every route to the control resource ends at its contract (and its evidence).
+        Some(ACCESS_TOKEN)
+            if !via_gateway && control::names_control(&form, &app.cfg.control_audience) =>
+        {
+            return control::exchange(app, sts, rid, &client, &form, frames).await;
         }
         Some(ACCESS_TOKEN) if !via_gateway => {
             return Err(StsError::access_denied(

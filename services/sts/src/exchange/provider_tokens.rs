@@ -64,6 +64,7 @@ fn exchange_reason(e: &ExchangeError) -> String {
         ExchangeError::Failed(why) | ExchangeError::Refused(why) => {
             format!("token endpoint failed: {why}")
         }
+        ExchangeError::NotAllowed(why) => why.clone(),
         ExchangeError::Invalid => "token endpoint answered no access token".into(),
         ExchangeError::TokenType(t) => format!("token type {t} needs an auth_scheme"),
     }
@@ -122,7 +123,11 @@ impl ProviderTokens {
         let tokens = match oauth::client_credentials(cfg, secrets).await {
             Ok(t) => t,
             Err(e) => {
-                provider_circuit::failed(app, &provider.zone_id, &provider.id).await;
+                // A client-credentials token is the provider's, not a Subject's: every
+                // answer that reached the endpoint and gave no usable token counts.
+                if !matches!(e, ExchangeError::NotAllowed(_)) {
+                    provider_circuit::failed(app, &provider.zone_id, &provider.id).await;
+                }
                 return Err(unavailable(identifier, &exchange_reason(&e)));
             }
         };
@@ -280,8 +285,9 @@ async fn refresh_leased(
         Ok(r) => r,
         Err(err) => {
             tracing::warn!(connection = %e.id, reason = %exchange_reason(&err), "connection refresh failed");
-            // One Subject's refused refresh token says nothing about the endpoint.
-            if !matches!(err, ExchangeError::Refused(_)) {
+            // Only an endpoint that is down or overloaded counts: one Subject's refused or
+            // oddly answered refresh says nothing about the others'.
+            if matches!(err, ExchangeError::Failed(_)) {
                 provider_circuit::failed(app, &e.zone_id, provider).await;
             }
             return Err(not_renewable(identifier));
