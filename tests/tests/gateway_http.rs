@@ -760,6 +760,29 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
     );
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
 
+    // `private_key_jwt`: the STS signs a client assertion with the provider's sealed key.
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    *up.assertion_key.lock().unwrap() = pair.public_key_raw().to_vec();
+    let (s, pk) = admin
+        .post(
+            &providers,
+            json!({"name": "pk", "kind": "oauth2_client_credentials",
+                   "config_json": {"token_endpoint": up.url("/pkjwt/token"), "client_id": CLIENT_ID,
+                                   "client_auth_method": "private_key_jwt", "key_id": "pk-1",
+                                   "private_key": pair.serialize_pem()}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{pk}");
+    bind(pk["id"].as_str().unwrap().to_owned()).await;
+    let c = governed_call().await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        c.body["headers"]["authorization"], "Bearer pkjwt-token",
+        "{}",
+        c.body
+    );
+
+    let before = upstream.hits.load(Ordering::SeqCst);
     // A token endpoint that fails: five failed fetches within 5 minutes open the
     // provider's circuit for 30 s; then calls fail at once and the endpoint is left alone.
     let (s, down) = admin

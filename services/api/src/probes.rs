@@ -140,7 +140,10 @@ pub async fn provider(
     let req = oauth::client()
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json");
-    let req = oauth::authenticate(config, secrets, &mut form, req);
+    let req = match oauth::authenticate(config, secrets, &mut form, req, endpoint) {
+        Ok(r) => r,
+        Err(e) => return Check::new("auth_failed", e),
+    };
     let resp = match req.form(&form).send().await {
         Ok(r) => r,
         Err(e) => return Check::new("unreachable", e.without_url().to_string()),

@@ -29,6 +29,7 @@ pub mod mandate;
 pub mod metrics;
 pub mod oauth;
 pub mod policy_engine;
+pub mod provider_assertion;
 pub mod rate_limit;
 pub mod read_cache;
 pub mod refusal_tally;

@@ -190,32 +190,58 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Ve
     Ok(out)
 }
 
-/// Adds the provider's client authentication to a token or revocation request form.
+/// `client_assertion_type` of a `private_key_jwt` client (RFC 7523 §2.2).
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The `jwt_bearer` grant (RFC 7523 §2.1).
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// The client authentication method a provider uses (the `jwt_bearer` grant defaults to
+/// `none`).
+fn auth_method(config: &Map<String, Value>) -> &str {
+    let default = if config_str(config, "grant_type") == Some("jwt_bearer") {
+        "none"
+    } else {
+        "client_secret_basic"
+    };
+    config_str(config, "client_auth_method").unwrap_or(default)
+}
+
+/// Adds the provider's client authentication to a token or revocation request form sent to
+/// `endpoint`; a `private_key_jwt` key that cannot sign is the error.
 pub fn authenticate(
     config: &Map<String, Value>,
     secrets: &BTreeMap<String, String>,
     form: &mut Vec<(String, String)>,
     req: reqwest::RequestBuilder,
-) -> reqwest::RequestBuilder {
+    endpoint: &str,
+) -> Result<reqwest::RequestBuilder, String> {
     let client_id = config_str(config, "client_id")
         .unwrap_or_default()
         .to_owned();
     let secret = secrets.get("client_secret").cloned().unwrap_or_default();
-    match config_str(config, "client_auth_method").unwrap_or("client_secret_basic") {
+    match auth_method(config) {
         "client_secret_post" => {
             form.push(("client_id".into(), client_id));
             form.push(("client_secret".into(), secret));
-            req
+            Ok(req)
         }
         "none" => {
-            form.push(("client_id".into(), client_id));
-            req
+            if !client_id.is_empty() {
+                form.push(("client_id".into(), client_id));
+            }
+            Ok(req)
+        }
+        "private_key_jwt" => {
+            let assertion = crate::provider_assertion::client_assertion(config, secrets, endpoint)?;
+            form.push(("client_assertion_type".into(), CLIENT_ASSERTION_TYPE.into()));
+            form.push(("client_assertion".into(), assertion));
+            Ok(req)
         }
         // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
         _ => {
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            req.basic_auth(enc(&client_id), Some(enc(&secret)))
+            Ok(req.basic_auth(enc(&client_id), Some(enc(&secret))))
         }
     }
 }
@@ -306,11 +332,20 @@ pub async fn client_credentials(
             "token endpoint is not HTTPS on an allowed token host".into(),
         ));
     }
-    let mut form: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
-    if let Some(scopes) = config.get("scopes").and_then(Value::as_array) {
-        let joined: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
-        if !joined.is_empty() {
-            form.push(("scope".into(), joined.join(" ")));
+    let mut form: Vec<(String, String)> = Vec::new();
+    if config_str(config, "grant_type") == Some("jwt_bearer") {
+        // The scopes ride in the assertion's `scope` claim.
+        let assertion = crate::provider_assertion::grant_assertion(config, secrets, endpoint)
+            .map_err(ExchangeError::NotAllowed)?;
+        form.push(("grant_type".into(), JWT_BEARER_GRANT.into()));
+        form.push(("assertion".into(), assertion));
+    } else {
+        form.push(("grant_type".into(), "client_credentials".into()));
+        if let Some(scopes) = config.get("scopes").and_then(Value::as_array) {
+            let joined: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
+            if !joined.is_empty() {
+                form.push(("scope".into(), joined.join(" ")));
+            }
         }
     }
     for key in ["audience", "resource"] {
@@ -357,7 +392,8 @@ async fn token_request(
     let req = client()
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json");
-    let req = authenticate(config, secrets, &mut form, req);
+    let req = authenticate(config, secrets, &mut form, req, endpoint)
+        .map_err(ExchangeError::NotAllowed)?;
     let resp = req
         .form(&form)
         .send()
@@ -405,7 +441,19 @@ pub async fn revoke(
         ("token".into(), token),
         ("token_type_hint".into(), hint.into()),
     ];
-    let req = authenticate(config, secrets, &mut form, client().post(endpoint));
+    let req = match authenticate(
+        config,
+        secrets,
+        &mut form,
+        client().post(endpoint),
+        endpoint,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream token revocation not signed");
+            return "failed";
+        }
+    };
     match req.form(&form).send().await {
         Ok(r) if r.status().is_success() => "revoked",
         Ok(r) => {

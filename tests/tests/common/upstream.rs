@@ -30,6 +30,8 @@ pub struct Upstream {
     pub jwks_fetches: Arc<AtomicUsize>,
     /// Requests `POST /broken/token` (a token endpoint answering 500) received.
     pub broken_fetches: Arc<AtomicUsize>,
+    /// The uncompressed P-256 point `POST /pkjwt/token` verifies client assertions with.
+    pub assertion_key: Arc<Mutex<Vec<u8>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -69,6 +71,48 @@ async fn cc_token(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     (
         StatusCode::OK,
         Json(json!({"access_token": "cc-token", "token_type": "Bearer", "expires_in": 3600})),
+    )
+}
+
+/// A token endpoint taking `private_key_jwt` client authentication (RFC 7523 §2.2): the
+/// assertion must verify under `key`, name the client as `iss` and `sub` and this endpoint
+/// as `aud`, and live at most 60 s.
+fn pkjwt_token(headers: HeaderMap, body: Bytes, key: Vec<u8>) -> (StatusCode, Json<Value>) {
+    let f = form(&body);
+    let refused = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "invalid_client"})),
+    );
+    if headers.get("authorization").is_some()
+        || f.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return refused;
+    }
+    let Some(assertion) = f.get("client_assertion") else {
+        return refused;
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[format!("https://{host}/pkjwt/token")]);
+    v.set_issuer(&[CLIENT_ID]);
+    v.sub = Some(CLIENT_ID.to_owned());
+    let ok =
+        jsonwebtoken::decode::<Value>(assertion, &jsonwebtoken::DecodingKey::from_ec_der(&key), &v)
+            .is_ok_and(|t| {
+                let c = &t.claims;
+                c["exp"].as_i64().unwrap_or(0) - c["iat"].as_i64().unwrap_or(0) <= 60
+                    && t.header.kid.as_deref() == Some("pk-1")
+            });
+    if !ok {
+        return refused;
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"access_token": "pkjwt-token", "token_type": "Bearer", "expires_in": 3600})),
     )
 }
 
@@ -140,6 +184,8 @@ pub async fn start() -> Upstream {
     let (served, counted) = (jwks.clone(), jwks_fetches.clone());
     let broken_fetches = Arc::new(AtomicUsize::new(0));
     let broken = broken_fetches.clone();
+    let assertion_key = Arc::new(Mutex::new(Vec::new()));
+    let verifier = assertion_key.clone();
     let app = Router::new()
         .route(
             "/jwks",
@@ -154,6 +200,13 @@ pub async fn start() -> Upstream {
         )
         .route("/cc/token", post(cc_token))
         .route("/ac/token", post(ac_token))
+        .route(
+            "/pkjwt/token",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let key = verifier.lock().unwrap().clone();
+                async move { pkjwt_token(headers, body, key) }
+            }),
+        )
         .route(
             "/broken/token",
             post(move || {
@@ -176,6 +229,7 @@ pub async fn start() -> Upstream {
         jwks,
         jwks_fetches,
         broken_fetches,
+        assertion_key,
         _dir: dir,
     }
 }

@@ -70,13 +70,6 @@ fn exchange_reason(e: &ExchangeError) -> String {
     }
 }
 
-/// Assertion-signing client authentication is not offered by this STS: refuse rather than
-/// send a request the provider would reject.
-fn signs_assertions(cfg: &Map<String, Value>) -> bool {
-    oauth::config_str(cfg, "client_auth_method") == Some("private_key_jwt")
-        || oauth::config_str(cfg, "grant_type") == Some("jwt_bearer")
-}
-
 impl ProviderTokens {
     fn fresh(&self, key: &ProviderKey) -> Option<String> {
         let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,12 +103,6 @@ impl ProviderTokens {
         // Another request may have fetched it while this one waited.
         if let Some(token) = self.fresh(&key) {
             return Ok(token);
-        }
-        if signs_assertions(cfg) {
-            return Err(unavailable(
-                identifier,
-                "provider needs a signed client assertion",
-            ));
         }
         if provider_circuit::is_open(app, &provider.zone_id, &provider.id).await {
             return Err(circuit_open(identifier));
@@ -220,7 +207,7 @@ pub async fn connection_token(
     if let (true, Some(a)) = (fresh, access) {
         return Ok((a.clone(), e.id.clone()));
     }
-    if tokens.get("refresh_token").is_none_or(|t| t.is_empty()) || signs_assertions(cfg) {
+    if tokens.get("refresh_token").is_none_or(|t| t.is_empty()) {
         return Err(not_renewable(identifier));
     }
     // One refresh per connection at a time across processes: a provider that rotates
