@@ -761,6 +761,22 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
 
     // `private_key_jwt`: the STS signs a client assertion with the provider's sealed key.
+    // A key that cannot sign is refused when the provider is saved.
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let (s, v) = admin
+        .post(
+            &providers,
+            json!({"name": "pk-ed", "kind": "oauth2_client_credentials",
+                   "config_json": {"token_endpoint": up.url("/pkjwt/token"), "client_id": CLIENT_ID,
+                                   "client_auth_method": "private_key_jwt",
+                                   "private_key": ed.serialize_pem()}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_provider_config")),
+        "{v}"
+    );
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     *up.assertion_key.lock().unwrap() = pair.public_key_raw().to_vec();
     let (s, pk) = admin

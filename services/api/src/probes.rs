@@ -100,14 +100,6 @@ pub async fn provider(
     if !serval_kit::egress::literal_allowed(endpoint) {
         return Check::new("unreachable", "token_endpoint is a private address");
     }
-    let method = config_str(config, "client_auth_method").unwrap_or("client_secret_basic");
-    let grant = config_str(config, "grant_type").unwrap_or("client_credentials");
-    if method == "private_key_jwt" || grant == "jwt_bearer" {
-        return Check::new(
-            "config_error",
-            "probes cannot sign client assertions (private_key_jwt, jwt_bearer)",
-        );
-    }
     let mut form: Vec<(String, String)> = Vec::new();
     let code_flow = kind == "oauth2_authorization_code";
     if code_flow {
@@ -122,6 +114,17 @@ pub async fn provider(
                 .unwrap_or_default()
                 .into(),
         ));
+    } else if config_str(config, "grant_type") == Some("jwt_bearer") {
+        match serval_kit::provider_assertion::grant_assertion(config, secrets, endpoint) {
+            Ok(a) => {
+                form.push((
+                    "grant_type".into(),
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                ));
+                form.push(("assertion".into(), a));
+            }
+            Err(e) => return Check::new("config_error", e),
+        }
     } else {
         form.push(("grant_type".into(), "client_credentials".into()));
         if let Some(scopes) = config.get("scopes").and_then(Value::as_array) {
@@ -142,7 +145,7 @@ pub async fn provider(
         .header(reqwest::header::ACCEPT, "application/json");
     let req = match oauth::authenticate(config, secrets, &mut form, req, endpoint) {
         Ok(r) => r,
-        Err(e) => return Check::new("auth_failed", e),
+        Err(e) => return Check::new("config_error", e),
     };
     let resp = match req.form(&form).send().await {
         Ok(r) => r,

@@ -166,6 +166,19 @@ fn config_error(e: ConfigError) -> ApiError {
     ApiError::bad_request(e.code).description(e.description)
 }
 
+/// A provider that signs assertions (`private_key_jwt`, `jwt_bearer`) is saved only with a
+/// key that signs: a `400` now, not a `502` at its first governed call.
+fn signing_key_usable(r: &provider_config::Resolved) -> Result<(), ApiError> {
+    let signs = r.public.get("client_auth_method").and_then(Value::as_str)
+        == Some("private_key_jwt")
+        || r.public.get("grant_type").and_then(Value::as_str) == Some("jwt_bearer");
+    if !signs {
+        return Ok(());
+    }
+    serval_kit::provider_assertion::check(&r.public, &r.secrets)
+        .map_err(|e| ApiError::bad_request("invalid_provider_config").description(e))
+}
+
 fn identifier_conflict() -> ApiError {
     ApiError::conflict("provider_identifier_conflict")
         .description("a live provider with this identifier exists in the zone")
@@ -326,6 +339,7 @@ async fn create(
     }
     let config = body.config_json.unwrap_or_default();
     let resolved = provider_config::resolve(&kind, &config).map_err(config_error)?;
+    signing_key_usable(&resolved)?;
     let check = body.check == Some(true);
     if check && !provider_config::is_oauth(&kind) {
         return Err(check_unsupported());
@@ -503,9 +517,11 @@ async fn patch(
                 merged.insert(k.clone(), Value::String(v.clone()));
             }
             let r = provider_config::resolve(&effective_kind, &merged).map_err(config_error)?;
+            signing_key_usable(&r)?;
             (r, cur.sealed_secrets.clone())
         } else {
             let r = provider_config::resolve(&effective_kind, cfg).map_err(config_error)?;
+            signing_key_usable(&r)?;
             let sealed = seal(&app, &ctx.zone, &id, &r.secrets).await?;
             (r, sealed)
         };

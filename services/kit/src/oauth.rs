@@ -190,6 +190,13 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Ve
     Ok(out)
 }
 
+/// An assertion that could not be signed: the detail is the operator's (logged), the
+/// caller's answer only says so.
+fn unsigned(detail: String) -> ExchangeError {
+    tracing::warn!(error = %detail, "provider assertion not signed");
+    ExchangeError::NotAllowed("the provider's signing key cannot sign an assertion".into())
+}
+
 /// `client_assertion_type` of a `private_key_jwt` client (RFC 7523 §2.2).
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The `jwt_bearer` grant (RFC 7523 §2.1).
@@ -233,6 +240,8 @@ pub fn authenticate(
         }
         "private_key_jwt" => {
             let assertion = crate::provider_assertion::client_assertion(config, secrets, endpoint)?;
+            // Optional by RFC 7521 §4.2, required by some providers.
+            form.push(("client_id".into(), client_id));
             form.push(("client_assertion_type".into(), CLIENT_ASSERTION_TYPE.into()));
             form.push(("client_assertion".into(), assertion));
             Ok(req)
@@ -336,7 +345,7 @@ pub async fn client_credentials(
     if config_str(config, "grant_type") == Some("jwt_bearer") {
         // The scopes ride in the assertion's `scope` claim.
         let assertion = crate::provider_assertion::grant_assertion(config, secrets, endpoint)
-            .map_err(ExchangeError::NotAllowed)?;
+            .map_err(unsigned)?;
         form.push(("grant_type".into(), JWT_BEARER_GRANT.into()));
         form.push(("assertion".into(), assertion));
     } else {
@@ -392,8 +401,7 @@ async fn token_request(
     let req = client()
         .post(endpoint)
         .header(reqwest::header::ACCEPT, "application/json");
-    let req = authenticate(config, secrets, &mut form, req, endpoint)
-        .map_err(ExchangeError::NotAllowed)?;
+    let req = authenticate(config, secrets, &mut form, req, endpoint).map_err(unsigned)?;
     let resp = req
         .form(&form)
         .send()

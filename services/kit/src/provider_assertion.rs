@@ -84,6 +84,7 @@ impl SigningKey {
             SigningKey::Jwt(key, alg) => {
                 let mut h = Header::new(*alg);
                 h.kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+                h.x5t = header.get("x5t").and_then(Value::as_str).map(str::to_owned);
                 h.x5t_s256 = header
                     .get("x5t#S256")
                     .and_then(Value::as_str)
@@ -117,22 +118,38 @@ fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> 
         .filter(|s| !s.is_empty())
 }
 
-/// `x5t#S256` of the configured certificate (SHA-256 over its DER).
-fn thumbprint(config: &Map<String, Value>) -> Option<String> {
-    let pem = config_str(config, "certificate")?;
-    let (_, der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).ok()?;
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(der)))
+/// `x5t` and `x5t#S256` of the configured certificate (SHA-1 and SHA-256 over its DER).
+fn thumbprints(config: &Map<String, Value>) -> Result<Option<(String, String)>, String> {
+    let Some(pem) = config_str(config, "certificate") else {
+        return Ok(None);
+    };
+    let (_, der) = pkcs8::der::pem::decode_vec(pem.as_bytes())
+        .map_err(|_| "certificate is not PEM".to_owned())?;
+    Ok(Some((
+        URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&der)),
+        URL_SAFE_NO_PAD.encode(Sha256::digest(&der)),
+    )))
 }
 
-fn header(config: &Map<String, Value>) -> Map<String, Value> {
+fn header(config: &Map<String, Value>) -> Result<Map<String, Value>, String> {
     let mut h = Map::new();
     if let Some(kid) = config_str(config, "key_id") {
         h.insert("kid".into(), json!(kid));
     }
-    if let Some(t) = thumbprint(config) {
-        h.insert("x5t#S256".into(), json!(t));
+    if let Some((sha1, sha256)) = thumbprints(config)? {
+        h.insert("x5t".into(), json!(sha1));
+        h.insert("x5t#S256".into(), json!(sha256));
     }
-    h
+    Ok(h)
+}
+
+/// Whether the provider's configuration can sign its assertions (checked when it is saved,
+/// so a key that cannot sign is a `400`, not a `502` on first use).
+pub fn check(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    client_assertion(config, secrets, "https://serval.invalid/token").map(|_| ())
 }
 
 fn signed(
@@ -141,6 +158,9 @@ fn signed(
     mut claims: Map<String, Value>,
     life: i64,
 ) -> Result<String, String> {
+    if config_str(config, "client_id").is_none() {
+        return Err("client_id is required to sign an assertion".into());
+    }
     let pem = secrets
         .get("private_key")
         .filter(|p| !p.is_empty())
@@ -151,7 +171,7 @@ fn signed(
     claims.insert("exp".into(), json!(now + life));
     claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
     tracing::debug!(alg = key.alg_name(), "provider assertion signed");
-    key.sign(&header(config), &Value::Object(claims))
+    key.sign(&header(config)?, &Value::Object(claims))
 }
 
 /// A `private_key_jwt` client assertion for `endpoint` (RFC 7523 §2.2).
@@ -275,7 +295,17 @@ mod tests {
 
     #[test]
     fn keys_that_cannot_sign_are_refused_with_the_reason() {
-        let config = Map::new();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(
+            client_assertion(&Map::new(), &secrets(pair.serialize_pem()), "e").is_err(),
+            "no client_id"
+        );
+        let config: Map<String, Value> =
+            serde_json::from_value(json!({"client_id": "c-1"})).unwrap();
+        let mut bad_cert = config.clone();
+        bad_cert.insert("certificate".into(), json!("not a certificate"));
+        assert!(check(&bad_cert, &secrets(pair.serialize_pem())).is_err());
+        assert!(check(&config, &secrets(pair.serialize_pem())).is_ok());
         assert!(client_assertion(&config, &BTreeMap::new(), "e").is_err());
         for pem in [
             "not a pem".to_owned(),

@@ -224,7 +224,8 @@ pub fn resolve(kind: &str, config: &Map<String, Value>) -> Result<Resolved, Conf
             ) {
                 return Err(bad("client_auth_method must be client_secret_basic, client_secret_post, private_key_jwt or none"));
             }
-            r.public_string("client_id", !jwt_bearer)?;
+            // Also the `iss` of a jwt-bearer grant's assertion (RFC 7523 §3).
+            r.public_string("client_id", true)?;
             let needs_secret = !matches!(method.as_str(), "private_key_jwt" | "none");
             r.secret("client_secret", needs_secret, false)?;
             if !needs_secret && r.present("client_secret") {

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Duration, Utc};
-use serde_json::{json, Map};
+use serde_json::json;
 use serval_domain::catalog::control_key::{self, ControlAsk};
 use serval_domain::catalog::EntityData;
 use serval_kit::audit_frame::Frame;
@@ -20,7 +20,9 @@ use super::client_auth::Client;
 use super::error::StsError;
 use super::form::{TokenForm, ACCESS_TOKEN};
 use super::limits;
-use super::{create_authority_record, lifetime, persist, sign, NewRecord, MAX_TTL};
+use super::{
+    create_authority_record, lifetime, persist, request_metadata, sign, NewRecord, MAX_TTL,
+};
 use crate::Sts;
 
 /// The policy name control-key decisions are recorded under (no policy runs).
@@ -60,24 +62,6 @@ pub async fn zone_of(app: &App, id: &str) -> Result<Option<String>, StsError> {
         .map(|e| e.zone_id))
 }
 
-fn metadata(
-    client: &Client,
-    audience: &str,
-    requested: &[String],
-) -> Map<String, serde_json::Value> {
-    let mut m = Map::new();
-    m.insert("application_id".into(), json!(client.id));
-    m.insert("application_name".into(), json!(client.data.name));
-    m.insert(
-        "application_registration_method".into(),
-        json!(client.data.registration_method.as_str()),
-    );
-    m.insert("resource".into(), json!(audience));
-    m.insert("requested_scopes".into(), json!(requested));
-    m.insert("subject_kind".into(), json!("application"));
-    m
-}
-
 /// A request naming the control resource: minted under the contract, or refused.
 pub async fn exchange(
     app: &App,
@@ -95,7 +79,8 @@ pub async fn exchange(
         bound: form.gateway || BINDINGS.iter().any(|f| form.get(f).is_some()),
         scopes: &requested,
     };
-    let m = metadata(client, audience, &requested);
+    let mut m = request_metadata(client, audience, &requested);
+    m.insert("subject_kind".into(), json!("application"));
     let grant = match control_key::check(&client.data.traits, &ask, now) {
         Ok(g) => g,
         Err(why) => {

@@ -509,6 +509,20 @@ async fn exchange(
     Ok(resp)
 }
 
+/// What every `token_exchange` frame of one resource says about the request (§19).
+fn request_metadata(client: &Client, resource: &str, requested: &[String]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("application_id".into(), json!(client.id));
+    m.insert("application_name".into(), json!(client.data.name));
+    m.insert(
+        "application_registration_method".into(),
+        json!(client.data.registration_method.as_str()),
+    );
+    m.insert("resource".into(), json!(resource));
+    m.insert("requested_scopes".into(), json!(requested));
+    m
+}
+
 /// An ES256 JWS of `claims` under the zone's signing key, naming its `kid`.
 fn sign(signer: &crate::keys::Signer, claims: &Value) -> Result<String, StsError> {
     let mut header = Header::new(Algorithm::ES256);
@@ -868,15 +882,7 @@ async fn check_resource(
         challenge_resolved,
         view,
     } = *ask;
-    let mut metadata = Map::new();
-    metadata.insert("application_id".into(), json!(client.id));
-    metadata.insert("application_name".into(), json!(client.data.name));
-    metadata.insert(
-        "application_registration_method".into(),
-        json!(client.data.registration_method.as_str()),
-    );
-    metadata.insert("resource".into(), json!(r));
-    metadata.insert("requested_scopes".into(), json!(requested));
+    let mut metadata = request_metadata(client, r, requested);
     metadata.insert("session_id".into(), json!(record.unwrap_or_default()));
     let (session_ref, edge_ref) = match governed {
         Some(g) => (
