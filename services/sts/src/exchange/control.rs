@@ -5,9 +5,8 @@
 //! the application's own zone is used. Any other route to the control resource is refused
 //! `403 access_denied` with a `control_resource_requires_control_key` frame.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use serval_domain::catalog::control_key::{self, ControlAsk};
@@ -21,7 +20,8 @@ use super::error::StsError;
 use super::form::{TokenForm, ACCESS_TOKEN};
 use super::limits;
 use super::{
-    create_authority_record, lifetime, persist, request_metadata, sign, NewRecord, MAX_TTL,
+    create_authority_record, lifetime, persist, request_metadata, sign, token_response, NewRecord,
+    MAX_TTL,
 };
 use crate::Sts;
 
@@ -165,16 +165,12 @@ pub async fn exchange(
         expires_at,
     );
     persist(app, rid, client, frames, record, (&jti, now, ttl)).await?;
-    let mut resp = Json(json!({
+    Ok(token_response(json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": ttl,
         "issued_token_type": ACCESS_TOKEN,
         "target_resources": [audience],
         "scope": scope,
-    }))
-    .into_response();
-    resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store"));
-    Ok(resp)
+    })))
 }

@@ -363,10 +363,7 @@ async fn exchange(
         }
         let done = std::mem::take(frames);
         audit::publish(app, &done).await?;
-        let mut resp = Json(answer).into_response();
-        resp.headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-store"));
-        return Ok(resp);
+        return Ok(token_response(answer));
     }
     let delegation = governed.as_ref().and_then(|g| g.delegation.as_ref());
     if let Some(d) = delegation {
@@ -503,10 +500,15 @@ async fn exchange(
         }
         approval::keep_answer(app, e, &body).await;
     }
+    Ok(token_response(body))
+}
+
+/// A token answer: never cached (RFC 6749 §5.1).
+fn token_response(body: Value) -> Response {
     let mut resp = Json(body).into_response();
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
 }
 
 /// What every `token_exchange` frame of one resource says about the request (§19).
@@ -625,16 +627,12 @@ async fn federate(
         expires_at,
     );
     persist(app, rid, client, frames, record, (&jti, now, ttl)).await?;
-    let mut resp = Json(json!({
+    Ok(token_response(json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": ttl,
         "issued_token_type": ACCESS_TOKEN,
-    }))
-    .into_response();
-    resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store"));
-    Ok(resp)
+    })))
 }
 
 fn frames_reason(frames: &[Frame]) -> Option<String> {
