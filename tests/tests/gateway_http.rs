@@ -759,6 +759,24 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
         c.body
     );
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
+    // It is marked expired (§6.3), and keeps answering so until a new consent.
+    let dead = eventually(20, || async {
+        let (_, list) = admin.get(&connections).await;
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|c| c["status"] == "expired")
+            .cloned()
+    })
+    .await;
+    assert_eq!(dead["status"], "expired", "{dead}");
+    let c = governed_call().await;
+    assert_eq!(
+        (c.status, c.body["error"].as_str()),
+        (403, Some("credential_expired_not_renewable")),
+        "{}",
+        c.body
+    );
 
     // `private_key_jwt`: the STS signs a client assertion with the provider's sealed key.
     // A key that cannot sign is refused when the provider is saved.

@@ -188,6 +188,10 @@ pub async fn connection_token(
     .await
     .map_err(|_| unavailable(identifier, "connection unreadable"))?;
     let Some(e) = rows.into_iter().next() else {
+        // One marked expired (it could not be refreshed) still says so: consent again.
+        if has_expired(app, (zone, provider), subject).await {
+            return Err(not_renewable(identifier));
+        }
         return Err(StsError::access_denied(
             StatusCode::FORBIDDEN,
             format!("no provider connection of the subject for resource {identifier}"),
@@ -208,6 +212,7 @@ pub async fn connection_token(
         return Ok((a.clone(), e.id.clone()));
     }
     if tokens.get("refresh_token").is_none_or(|t| t.is_empty()) {
+        mark_expired(app, &e, &c).await;
         return Err(not_renewable(identifier));
     }
     // One refresh per connection at a time across processes: a provider that rotates
@@ -231,6 +236,51 @@ pub async fn connection_token(
     let result = refresh_leased(app, &e, &c, identifier, cfg, secrets).await;
     super::release_if_held(app, &lease, &holder).await;
     result
+}
+
+/// Whether `subject` has a connection to `provider` marked `expired`.
+async fn has_expired(app: &App, (zone, provider): (&str, &str), subject: &str) -> bool {
+    read::list(
+        &app.pool,
+        zone,
+        CatalogKind::ProviderConnection,
+        Status::Live,
+        &[
+            Filter::Eq("subject_id", subject.to_owned()),
+            Filter::Eq("provider_id", provider.to_owned()),
+            Filter::Eq("status", "expired".to_owned()),
+        ],
+        None,
+        1,
+    )
+    .await
+    .is_ok_and(|rows| !rows.is_empty())
+}
+
+/// gateway.md §6.3: a connection that cannot be refreshed is marked `expired` (which frees
+/// its place for a new consent). A concurrent change of the connection wins.
+async fn mark_expired(app: &App, e: &Entity, c: &ConnectionData) {
+    let next = ConnectionData {
+        status: "expired".into(),
+        renewable: false,
+        ..c.clone()
+    };
+    let appended = super::append_catalog(
+        app,
+        &uuid::Uuid::now_v7().to_string(),
+        (&e.zone_id, &e.id),
+        Some(e),
+        &CatalogCommand::Replace {
+            data: EntityData::ProviderConnection(next),
+            changed_fields: vec!["status".into()],
+            secret_rotated: false,
+        },
+        "system:sts",
+    )
+    .await;
+    if let Err(super::Appended::Failed(err)) = appended {
+        tracing::warn!(connection = %e.id, error = ?err.code, "connection not marked expired");
+    }
 }
 
 /// How long a refresh lease lasts (a refresh is bounded well below it).
@@ -276,6 +326,10 @@ async fn refresh_leased(
             // oddly answered refresh says nothing about the others'.
             if matches!(err, ExchangeError::Failed(_)) {
                 provider_circuit::failed(app, &e.zone_id, provider).await;
+            }
+            // A refused grant stays refused: the connection is over until a new consent.
+            if matches!(err, ExchangeError::Refused(_)) {
+                mark_expired(app, e, c).await;
             }
             return Err(not_renewable(identifier));
         }
