@@ -114,29 +114,11 @@ pub async fn provider(
                 .unwrap_or_default()
                 .into(),
         ));
-    } else if config_str(config, "grant_type") == Some("jwt_bearer") {
-        match serval_kit::provider_assertion::grant_assertion(config, secrets, endpoint) {
-            Ok(a) => {
-                form.push((
-                    "grant_type".into(),
-                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
-                ));
-                form.push(("assertion".into(), a));
-            }
-            Err(e) => return Check::new("config_error", e),
-        }
     } else {
-        form.push(("grant_type".into(), "client_credentials".into()));
-        if let Some(scopes) = config.get("scopes").and_then(Value::as_array) {
-            let joined: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
-            if !joined.is_empty() {
-                form.push(("scope".into(), joined.join(" ")));
-            }
-        }
-        for key in ["audience", "resource"] {
-            if let Some(v) = config_str(config, key) {
-                form.push((key.into(), v.into()));
-            }
+        // The very request the STS sends for a token.
+        match oauth::client_credentials_form(config, secrets, endpoint) {
+            Ok(f) => form = f,
+            Err(e) => return Check::new("config_error", e),
         }
     }
     form.extend(string_map(config, "token_params"));

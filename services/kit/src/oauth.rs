@@ -341,11 +341,22 @@ pub async fn client_credentials(
             "token endpoint is not HTTPS on an allowed token host".into(),
         ));
     }
+    let form = client_credentials_form(config, secrets, endpoint).map_err(unsigned)?;
+    token_request(config, secrets, form).await
+}
+
+/// The grant fields of a client-credentials provider's token request to `endpoint` (the
+/// `jwt_bearer` grant's signed assertion, or `client_credentials` with the scopes), plus
+/// the configured `audience` and `resource`; the error is why the assertion cannot be signed.
+pub fn client_credentials_form(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+    endpoint: &str,
+) -> Result<Vec<(String, String)>, String> {
     let mut form: Vec<(String, String)> = Vec::new();
     if config_str(config, "grant_type") == Some("jwt_bearer") {
         // The scopes ride in the assertion's `scope` claim.
-        let assertion = crate::provider_assertion::grant_assertion(config, secrets, endpoint)
-            .map_err(unsigned)?;
+        let assertion = crate::provider_assertion::grant_assertion(config, secrets, endpoint)?;
         form.push(("grant_type".into(), JWT_BEARER_GRANT.into()));
         form.push(("assertion".into(), assertion));
     } else {
@@ -362,7 +373,7 @@ pub async fn client_credentials(
             form.push((key.into(), v.into()));
         }
     }
-    token_request(config, secrets, form).await
+    Ok(form)
 }
 
 /// `grant_type=refresh_token` (RFC 6749 §6).

@@ -172,24 +172,10 @@ pub async fn connection_token(
     cfg: &Map<String, Value>,
     secrets: &BTreeMap<String, String>,
 ) -> Result<(String, String), StsError> {
-    let rows = read::list(
-        &app.pool,
-        zone,
-        CatalogKind::ProviderConnection,
-        Status::Live,
-        &[
-            Filter::Eq("subject_id", subject.to_owned()),
-            Filter::Eq("provider_id", provider.to_owned()),
-            Filter::Eq("status", "active".to_owned()),
-        ],
-        None,
-        1,
-    )
-    .await
-    .map_err(|_| unavailable(identifier, "connection unreadable"))?;
-    let Some(e) = rows.into_iter().next() else {
+    let Some(e) = connection(app, (zone, provider), subject, "active", identifier).await? else {
         // One marked expired (it could not be refreshed) still says so: consent again.
-        if has_expired(app, (zone, provider), subject).await {
+        let expired = connection(app, (zone, provider), subject, "expired", identifier).await;
+        if matches!(expired, Ok(Some(_))) {
             return Err(not_renewable(identifier));
         }
         return Err(StsError::access_denied(
@@ -238,9 +224,15 @@ pub async fn connection_token(
     result
 }
 
-/// Whether `subject` has a connection to `provider` marked `expired`.
-async fn has_expired(app: &App, (zone, provider): (&str, &str), subject: &str) -> bool {
-    read::list(
+/// A live connection of `subject` to `provider` in `status`.
+async fn connection(
+    app: &App,
+    (zone, provider): (&str, &str),
+    subject: &str,
+    status: &str,
+    identifier: &str,
+) -> Result<Option<Entity>, StsError> {
+    let rows = read::list(
         &app.pool,
         zone,
         CatalogKind::ProviderConnection,
@@ -248,13 +240,14 @@ async fn has_expired(app: &App, (zone, provider): (&str, &str), subject: &str) -
         &[
             Filter::Eq("subject_id", subject.to_owned()),
             Filter::Eq("provider_id", provider.to_owned()),
-            Filter::Eq("status", "expired".to_owned()),
+            Filter::Eq("status", status.to_owned()),
         ],
         None,
         1,
     )
     .await
-    .is_ok_and(|rows| !rows.is_empty())
+    .map_err(|_| unavailable(identifier, "connection unreadable"))?;
+    Ok(rows.into_iter().next())
 }
 
 /// gateway.md §6.3: a connection that cannot be refreshed is marked `expired` (which frees
