@@ -12,8 +12,11 @@ use serde_json::json;
 use serval_domain::catalog::control_key::{self, ControlAsk};
 use serval_domain::catalog::EntityData;
 use serval_kit::audit_frame::Frame;
+use serval_kit::freshness::{self, Dep};
 use serval_kit::App;
 use serval_projector::catalog as read;
+use serval_schema::projections;
+use serval_streams::LogStream;
 
 use super::client_auth::Client;
 use super::error::StsError;
@@ -52,7 +55,63 @@ pub fn zone_may_be_omitted(form: &TokenForm, audience: &str) -> bool {
 }
 
 /// The zone of application `id` (any zone); `None` when there is no such application.
+///
+/// Read-your-writes without a zone to wait for: an application the Management API
+/// acknowledged a moment ago may not be projected yet, and nothing in the request names its
+/// zone. On a miss for an id minted recently (server ids are UUIDv7, which carry their
+/// creation time), every zone's catalog is brought up to its log head (one pipelined head
+/// read; only zones that are behind are waited for) and the id is looked up again. Older or
+/// foreign ids are answered from the read model as it is, so made-up ids cost one query.
 pub async fn zone_of(app: &App, id: &str) -> Result<Option<String>, StsError> {
+    if let Some(zone) = lookup(app, id).await? {
+        return Ok(Some(zone));
+    }
+    if !minted_recently(id, Utc::now()) {
+        return Ok(None);
+    }
+    let api = |e: serval_kit::http::ApiError| StsError::from(e);
+    freshness::ensure(app, &[Dep::new(projections::ZONES, LogStream::System)])
+        .await
+        .map_err(api)?;
+    let zones = serval_projector::zones::all(&app.pool)
+        .await
+        .map_err(|e| api(e.into()))?;
+    let deps: Vec<Dep> = zones
+        .into_iter()
+        .map(|z| Dep::new(projections::CATALOG, LogStream::Zone(z.id)))
+        .collect();
+    for chunk in deps.chunks(ZONES_PER_HEAD_READ) {
+        freshness::ensure(app, chunk).await.map_err(api)?;
+    }
+    lookup(app, id).await
+}
+
+/// Zones whose heads one pipelined read asks for.
+const ZONES_PER_HEAD_READ: usize = 512;
+
+/// How recent an id's UUIDv7 time must be for a miss to wait for the projections: well past
+/// the time an acknowledged write takes to be projected.
+const RECENT: Duration = Duration::minutes(5);
+
+/// Whether `id` is a UUIDv7 minted within [`RECENT`] of `now` (a little ahead allowed for
+/// clock skew between processes).
+fn minted_recently(id: &str, now: chrono::DateTime<Utc>) -> bool {
+    let Ok(u) = uuid::Uuid::parse_str(id) else {
+        return false;
+    };
+    if u.get_version_num() != 7 {
+        return false;
+    }
+    let Some((secs, nanos)) = u.get_timestamp().map(|t| t.to_unix()) else {
+        return false;
+    };
+    let Some(at) = chrono::DateTime::<Utc>::from_timestamp(secs as i64, nanos) else {
+        return false;
+    };
+    at > now - RECENT && at < now + Duration::minutes(1)
+}
+
+async fn lookup(app: &App, id: &str) -> Result<Option<String>, StsError> {
     let found = read::load_many(&app.pool, &[id.to_owned()])
         .await
         .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
@@ -173,4 +232,29 @@ pub async fn exchange(
         "target_resources": [audience],
         "scope": scope,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recent_uuid_v7_ids_are_waited_for() {
+        let now = Utc::now();
+        assert!(minted_recently(&uuid::Uuid::now_v7().to_string(), now));
+        assert!(!minted_recently(&uuid::Uuid::new_v4().to_string(), now));
+        assert!(!minted_recently("not-a-uuid", now));
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (now - Duration::minutes(10)).timestamp() as u64,
+            0,
+        ));
+        assert!(!minted_recently(&old.to_string(), now));
+        let ahead = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (now + Duration::hours(1)).timestamp() as u64,
+            0,
+        ));
+        assert!(!minted_recently(&ahead.to_string(), now));
+    }
 }
