@@ -9,112 +9,125 @@ package caracal.authz
 
 import rego.v1
 
-_docs := data.serval_bundle.documents
+# The mounted documents and derived facts are read by path (data.serval_bundle.…) rather
+# than through rules: a rule reference costs a call even once its value is cached.
 
-_derived := data.serval_bundle.derived
+# Rules rather than helper functions throughout: the virtual machine caches a rule's
+# value for the evaluation, while every function call is executed again (and calls are
+# most of an evaluation's cost).
 
-_obj(x) := x if is_object(x)
+_context := input.context if is_object(input.context)
 else := {}
 
-_context := _obj(input.context)
+_principal := input.principal if is_object(input.principal)
+else := {}
 
-_principal := _obj(input.principal)
+_resource := input.resource if is_object(input.resource)
+else := {}
 
-_resource := _obj(input.resource)
+_action := input.action if is_object(input.action)
+else := {}
 
-_action := _obj(input.action)
+_edge := input.delegation_edge if is_object(input.delegation_edge)
+else := {}
 
-_edge := _obj(input.delegation_edge)
+_subject := _context.subject_claims if is_object(_context.subject_claims)
+else := {}
 
-_subject := _obj(_context.subject_claims)
-
-_nonempty_str(s) if {
-	is_string(s)
-	s != ""
-}
-
-_requested_list := l if {
+_requested := {s | some s in l} if {
 	l := _context.requested_scopes
 	is_array(l)
-} else := []
-
-_requested := {s | some s in _requested_list}
+} else := set()
 
 _labels := {l | some l in _principal.labels; is_string(l)}
 
 _has_subject if count(_subject) > 0
 
-_has_delegation if _nonempty_str(_edge.id)
+_has_delegation if {
+	id := _edge.id
+	is_string(id)
+	id != ""
+}
 
-_has_delegation if _nonempty_str(_context.delegation_edge_id)
+_has_delegation if {
+	id := _context.delegation_edge_id
+	is_string(id)
+	id != ""
+}
 
-_has_agent_session if _nonempty_str(_principal.agent_session_id)
+_has_agent_session if {
+	id := _principal.agent_session_id
+	is_string(id)
+	id != ""
+}
 
-_has_agent_session if _nonempty_str(_context.agent_session_id)
-
-_restricted if _derived.restricted == true
+_has_agent_session if {
+	id := _context.agent_session_id
+	is_string(id)
+	id != ""
+}
 
 # --- ownership and roles -----------------------------------------------------------
 
 _grant := g if {
-	g := _docs.grants[_resource.identifier]
+	g := data.serval_bundle.documents.grants[_resource.identifier]
 	is_object(g)
 }
 
 _owner_key := k if {
 	k := _grant.application
 	is_string(k)
-	_docs.app_ids[k] == _principal.id
+	data.serval_bundle.documents.app_ids[k] == _principal.id
 }
 
-_role_covers(scopes) if {
+# Some label's role holds every requested scope (a mint) / every presented one (a use).
+_role_covers_requested if {
 	some l in _labels
 	roles := _grant.roles[l]
 	is_array(roles)
-	every s in scopes {
+	every s in _requested {
+		s in roles
+	}
+}
+
+_role_covers_presented if {
+	some l in _labels
+	roles := _grant.roles[l]
+	is_array(roles)
+	every s in _presented {
 		s in roles
 	}
 }
 
 # --- confinement (only narrows) ------------------------------------------------------
 
-_label_matches(prefix) if {
+# A rule whose label prefix one of the principal's labels has, and that does not allow
+# one of the requested scopes.
+_confinement_violated if {
+	some c in data.serval_bundle.derived.confinement
 	some l in _labels
-	startswith(l, prefix)
-}
-
-_confinement_rule_ok(c) if not _label_matches(c.label_prefix)
-
-_confinement_rule_ok(c) if {
-	_label_matches(c.label_prefix)
-	every s in _requested {
-		s in c.scopes
-	}
+	startswith(l, c.label_prefix)
+	some s in _requested
+	not s in c.scopes
 }
 
 _confinement_ok if {
-	_derived.confinement_ok == true
-	every c in _derived.confinement {
-		_confinement_rule_ok(c)
-	}
+	data.serval_bundle.derived.confinement_ok == true
+	not _confinement_violated
 }
 
 # --- risk and approval tiers ---------------------------------------------------------
 
-_risk_ok if _derived.risk_ok == true
-
-_tiers_ok if _derived.tiers_ok == true
-
 _risk_hits := [h |
 	some s in _requested
-	some h in _derived.risk_by_scope[s]
+	some h in data.serval_bundle.derived.risk_by_scope[s]
 ]
 
 _hit_tiers := {h.tier | some h in _risk_hits}
 
 _step_up_tiers := [e |
 	some t in _hit_tiers
-	some e in _derived.tiers_by_name[t]
+	some e in data.serval_bundle.derived.tiers_by_name[t]
 ]
 
 _mint_diagnostics := [
@@ -165,7 +178,8 @@ _path := "workload" if {
 	_principal.type == "Workload"
 	_action.id == "CredentialInjection"
 } else := "use" if {
-	_nonempty_str(_subject.delegation_edge_id)
+	is_string(_subject.delegation_edge_id)
+	_subject.delegation_edge_id != ""
 } else := "bootstrap" if {
 	_requested == {"agent:lifecycle"}
 } else := "mint" if {
@@ -182,12 +196,12 @@ else := _allow("caracal-bootstrap", [])
 _mint := _deny("no_rule_matched") if _has_subject
 else := _deny("no_rule_matched") if count(_requested) == 0
 else := _deny("no_rule_matched") if "agent:lifecycle" in _requested
-else := _deny("malformed_risk_data") if not _risk_ok
-else := _deny("malformed_approval_data") if not _tiers_ok
+else := _deny("malformed_risk_data") if not data.serval_bundle.derived.risk_ok == true
+else := _deny("malformed_approval_data") if not data.serval_bundle.derived.tiers_ok == true
 else := _deny("resource_not_granted") if not _owner_key
 else := _deny("delegation_scope_exceeded") if not _within_delegation
 else := _deny("confinement_violation") if not _confinement_ok
-else := _deny("role_scope_mismatch") if not _role_covers(_requested)
+else := _deny("role_scope_mismatch") if not _role_covers_requested
 else := _allow(concat("", ["caracal-", _owner_key, "-mint"]), _mint_diagnostics)
 
 _within_delegation if {
@@ -200,15 +214,15 @@ _within_delegation if {
 _workload := _deny("no_rule_matched") if _has_subject
 else := _deny("no_rule_matched") if _has_delegation
 else := _deny("no_rule_matched") if _has_agent_session
-else := _deny("malformed_risk_data") if not _risk_ok
-else := _deny("malformed_approval_data") if not _tiers_ok
+else := _deny("malformed_risk_data") if not data.serval_bundle.derived.risk_ok == true
+else := _deny("malformed_approval_data") if not data.serval_bundle.derived.tiers_ok == true
 else := _allow("caracal-workload-mint", _mint_diagnostics)
 
 _use := _deny("no_rule_matched") if count(_requested) > 0
 else := _deny("no_rule_matched") if count(_presented) == 0
 else := _deny("mandate_target_mismatch") if not _targets_resource
 else := _deny("resource_not_granted") if not _owner_key
-else := _deny("role_scope_mismatch") if not _role_covers(_presented)
+else := _deny("role_scope_mismatch") if not _role_covers_presented
 else := _allow(concat("", ["caracal-", _owner_key, "-use"]), [])
 
 _outcome := _bootstrap if _path == "bootstrap"
@@ -224,5 +238,5 @@ default result := {
 	"diagnostics": [{"reason": "no_rule_matched"}],
 }
 
-result := _deny("restriction_active") if _restricted
+result := _deny("restriction_active") if data.serval_bundle.derived.restricted == true
 else := _outcome
