@@ -31,6 +31,8 @@ pub struct Sts {
     pub provider_tokens: exchange::provider_tokens::ProviderTokens,
     /// What exchanges read of their zones (`exchange::zone_cache`).
     pub zones: exchange::zone_cache::ZoneCache,
+    /// Zone-less control-key lookups that must wait for every zone (`exchange::control`).
+    pub control_zones: exchange::control::ZoneLookups,
 }
 
 /// Marks this process as serving the STS and keeps its engine cache current: follows

@@ -62,28 +62,75 @@ pub fn zone_may_be_omitted(form: &TokenForm, audience: &str) -> bool {
 /// creation time), every zone's catalog is brought up to its log head (one pipelined head
 /// read; only zones that are behind are waited for) and the id is looked up again. Older or
 /// foreign ids are answered from the read model as it is, so made-up ids cost one query.
-pub async fn zone_of(app: &App, id: &str) -> Result<Option<String>, StsError> {
+pub async fn zone_of(
+    app: &App,
+    lookups: &ZoneLookups,
+    id: &str,
+) -> Result<Option<String>, StsError> {
     if let Some(zone) = lookup(app, id).await? {
         return Ok(Some(zone));
     }
     if !minted_recently(id, Utc::now()) {
         return Ok(None);
     }
-    let api = |e: serval_kit::http::ApiError| StsError::from(e);
-    freshness::ensure(app, &[Dep::new(projections::ZONES, LogStream::System)])
+    // A catch-up that fails (a zone's projection stalled) does not fail the others' keys:
+    // look again, and refuse only when the id is still unknown.
+    let caught_up = lookups.every_zone_fresh(app).await;
+    match lookup(app, id).await? {
+        Some(zone) => Ok(Some(zone)),
+        None => caught_up.map(|()| None),
+    }
+}
+
+/// Coalesces the every-zone catch-ups of zone-less misses: one runs at a time, and a miss
+/// that arrived before a completed one started needs no other (that one read every head
+/// after the miss arrived). A flood of made-up ids costs at most one catch-up in flight.
+#[derive(Default)]
+pub struct ZoneLookups {
+    /// When the last completed catch-up started.
+    last: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+fn unavailable() -> StsError {
+    StsError::from(serval_kit::http::ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "read_model_unavailable",
+    ))
+}
+
+impl ZoneLookups {
+    /// Every zone's catalog has passed its log head as of a moment after this call began;
+    /// the turn and the catch-up together take at most the visibility timeout.
+    async fn every_zone_fresh(&self, app: &App) -> Result<(), StsError> {
+        let arrived = std::time::Instant::now();
+        tokio::time::timeout(app.visibility_timeout(), async {
+            let mut last = self.last.lock().await;
+            if last.is_some_and(|started| started >= arrived) {
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            catch_up_every_zone(app).await?;
+            *last = Some(started);
+            Ok(())
+        })
         .await
-        .map_err(api)?;
+        .unwrap_or_else(|_| Err(unavailable()))
+    }
+}
+
+async fn catch_up_every_zone(app: &App) -> Result<(), StsError> {
+    freshness::ensure(app, &[Dep::new(projections::ZONES, LogStream::System)]).await?;
     let zones = serval_projector::zones::all(&app.pool)
         .await
-        .map_err(|e| api(e.into()))?;
+        .map_err(|e| StsError::from(serval_kit::http::ApiError::from(e)))?;
     let deps: Vec<Dep> = zones
         .into_iter()
         .map(|z| Dep::new(projections::CATALOG, LogStream::Zone(z.id)))
         .collect();
     for chunk in deps.chunks(ZONES_PER_HEAD_READ) {
-        freshness::ensure(app, chunk).await.map_err(api)?;
+        freshness::ensure(app, chunk).await?;
     }
-    lookup(app, id).await
+    Ok(())
 }
 
 /// Zones whose heads one pipelined read asks for.

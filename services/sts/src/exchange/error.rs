@@ -61,13 +61,44 @@ impl StsError {
 }
 
 /// Failures of the shared plumbing (Postgres, Redis, custody) are the STS's `500`; the
-/// detail was logged where the `ApiError` was made.
+/// detail was logged where the `ApiError` was made. A read model that could not be brought
+/// up to date (`503 read_model_unavailable`) is the STS's retryable `503 sts_unavailable`.
 impl From<ApiError> for StsError {
-    fn from(_: ApiError) -> Self {
+    fn from(e: ApiError) -> Self {
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            return StsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "the service's state could not be brought up to date; retry the request",
+            );
+        }
         StsError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "The service failed to process the request",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_read_model_is_a_retryable_503_and_other_plumbing_a_500() {
+        let e = StsError::from(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_model_unavailable",
+        ));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "sts_unavailable")
+        );
+        let e = StsError::from(ApiError::internal("postgres went away"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+        );
+        assert!(!e.description.contains("postgres"));
     }
 }

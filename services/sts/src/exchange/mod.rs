@@ -174,7 +174,7 @@ async fn exchange(
         if let Some(app_id) = form.get("application_id").map(str::to_owned) {
             // A locked-out id costs no lookup.
             limits::check_lockout(app, &app_id).await?;
-            if let Some(zone) = control::zone_of(app, &app_id).await? {
+            if let Some(zone) = control::zone_of(app, &sts.control_zones, &app_id).await? {
                 form.derive_zone(zone);
             }
         }
