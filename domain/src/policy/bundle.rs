@@ -91,6 +91,16 @@ impl Bundle {
     /// Validates, merges and compiles a policy-set version's documents with the contract.
     /// The result does not depend on the order of `docs`.
     pub fn compile(docs: &[BundleDocument<'_>]) -> Result<Bundle, BundleError> {
+        Self::compile_with_contract(docs, CONTRACT_SOURCE)
+    }
+
+    /// [`Bundle::compile`] against another decision contract's source: for tests that check
+    /// a rewritten contract decides exactly as an earlier one did.
+    #[doc(hidden)]
+    pub fn compile_with_contract(
+        docs: &[BundleDocument<'_>],
+        contract: &str,
+    ) -> Result<Bundle, BundleError> {
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
         let mut engine = document::engine();
         for (i, d) in docs.iter().enumerate() {
@@ -158,7 +168,7 @@ impl Bundle {
         let data = regorus::Value::from(
             json!({ "serval_bundle": { "documents": documents, "derived": derived } }),
         );
-        let policy = compile_contract(&data)?;
+        let policy = compile_contract(&data, contract)?;
         let program = Compiler::compile_from_policy(&policy, &[ENTRYPOINT]).map_err(|e| {
             BundleError::Bundle(format!("contract: {}", first_line(&e.to_string())))
         })?;
@@ -257,10 +267,13 @@ fn to_result(out: regorus::Value) -> Result<Value, EvalError> {
     serde_json::to_value(&out).map_err(|e| EvalError(e.to_string()))
 }
 
-fn compile_contract(data: &regorus::Value) -> Result<regorus::CompiledPolicy, BundleError> {
+fn compile_contract(
+    data: &regorus::Value,
+    contract: &str,
+) -> Result<regorus::CompiledPolicy, BundleError> {
     let mut engine = document::engine();
     engine
-        .add_policy("contract.rego".to_owned(), CONTRACT_SOURCE.to_owned())
+        .add_policy("contract.rego".to_owned(), contract.to_owned())
         .map_err(|e| BundleError::Bundle(format!("contract: {}", first_line(&e.to_string()))))?;
     engine
         .add_data(data.clone())
