@@ -10,29 +10,9 @@ mod fixtures;
 use fixtures::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use serval_domain::policy::{Bundle, BundleDocument};
+use serval_domain::policy::Bundle;
 
 const EARLIER: &str = include_str!("support/contract_2026_12_06.rego");
-
-const LABELS: [&str; 6] = [
-    "clerk",
-    "auditor",
-    "admin",
-    "customer:1",
-    "customer:2",
-    "guest",
-];
-const SCOPES: [&str; 5] = [
-    "ledger:read",
-    "ledger:write",
-    "ledger:export",
-    "payroll:read",
-    "agent:lifecycle",
-];
-
-fn subset(pool: &[&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
-    proptest::sample::subsequence(pool.to_vec(), 0..=pool.len())
-}
 
 /// Values where an object, a string or an array is expected.
 fn odd() -> impl Strategy<Value = Value> {
@@ -99,18 +79,7 @@ prop_compose! {
 }
 
 fn bundles(contract: &str) -> Vec<Bundle> {
-    let compile = |docs: &[String]| {
-        let ids: Vec<String> = (0..docs.len()).map(|i| format!("pv{i}")).collect();
-        let refs: Vec<BundleDocument<'_>> = docs
-            .iter()
-            .zip(&ids)
-            .map(|(c, id)| BundleDocument {
-                policy_version_id: id,
-                content: c,
-            })
-            .collect();
-        Bundle::compile_with_contract(&refs, contract).expect("bundle compiles")
-    };
+    let compile = |docs: &[String]| compile_with(docs, contract);
     let without = |rule: &str| -> Vec<String> {
         base_docs()
             .into_iter()

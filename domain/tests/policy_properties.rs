@@ -12,26 +12,6 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use serval_domain::policy::bundle::is_allow;
 
-const LABELS: [&str; 6] = [
-    "clerk",
-    "auditor",
-    "admin",
-    "customer:1",
-    "customer:2",
-    "guest",
-];
-const SCOPES: [&str; 5] = [
-    "ledger:read",
-    "ledger:write",
-    "ledger:export",
-    "payroll:read",
-    "agent:lifecycle",
-];
-
-fn subset(pool: &[&'static str]) -> impl Strategy<Value = Vec<&'static str>> {
-    proptest::sample::subsequence(pool.to_vec(), 0..=pool.len())
-}
-
 prop_compose! {
     /// Any request shape: bootstrap, delegated mint, workload, mandate use, or a mix.
     fn any_input()(

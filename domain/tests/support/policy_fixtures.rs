@@ -13,6 +13,11 @@ pub fn doc(body: &str) -> String {
 }
 
 pub fn compile(docs: &[String]) -> Bundle {
+    compile_with(docs, serval_domain::policy::bundle::CONTRACT_SOURCE)
+}
+
+/// `docs` compiled against the decision contract `contract`.
+pub fn compile_with(docs: &[String], contract: &str) -> Bundle {
     let ids: Vec<String> = (0..docs.len()).map(|i| format!("pv{i}")).collect();
     let refs: Vec<BundleDocument<'_>> = docs
         .iter()
@@ -22,7 +27,31 @@ pub fn compile(docs: &[String]) -> Bundle {
             content: c,
         })
         .collect();
-    Bundle::compile(&refs).expect("bundle compiles")
+    Bundle::compile_with_contract(&refs, contract).expect("bundle compiles")
+}
+
+/// Labels and scopes the generated inputs draw from.
+pub const LABELS: [&str; 6] = [
+    "clerk",
+    "auditor",
+    "admin",
+    "customer:1",
+    "customer:2",
+    "guest",
+];
+pub const SCOPES: [&str; 5] = [
+    "ledger:read",
+    "ledger:write",
+    "ledger:export",
+    "payroll:read",
+    "agent:lifecycle",
+];
+
+/// Any subsequence of `pool`.
+pub fn subset(
+    pool: &[&'static str],
+) -> impl proptest::strategy::Strategy<Value = Vec<&'static str>> {
+    proptest::sample::subsequence(pool.to_vec(), 0..=pool.len())
 }
 
 /// The base documents: bindings, grants, confinement, risk and approval tiers.
