@@ -19,6 +19,17 @@ fn claims(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
+/// Caracal's `ControlClient` request: no `zone_id`, the control audience, `control:read`.
+fn control_read<'a>(application_id: &'a str, secret: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("grant_type", GRANT),
+        ("application_id", application_id),
+        ("client_secret", secret),
+        ("resource", CONTROL),
+        ("scope", "control:read"),
+    ]
+}
+
 async fn frames(admin: &Admin, zone: &str, rid: &str) -> Vec<Value> {
     eventually(20, || async {
         let (_, v) = admin
@@ -45,13 +56,7 @@ async fn a_control_key_mints_for_the_control_audience_and_nothing_else_does() {
     assert_eq!(s, 201, "{a}");
     let key = a["id"].as_str().unwrap().to_owned();
     let secret = a["client_secret"].as_str().unwrap().to_owned();
-    let control_form = [
-        ("grant_type", GRANT),
-        ("application_id", key.as_str()),
-        ("client_secret", secret.as_str()),
-        ("resource", CONTROL),
-        ("scope", "control:read"),
-    ];
+    let control_form = control_read(&key, &secret);
 
     // No `zone_id`: the application's own zone, right after its creation; no policy runs;
     // capped by max-ttl.
@@ -244,17 +249,7 @@ async fn a_control_key_mints_for_the_control_audience_and_nothing_else_does() {
     // Without `zone_id`, an application that is not a control key fails authentication, as
     // does a control key with a wrong secret.
     for (app, secret) in [(z.app.as_str(), z.secret.as_str()), (k, "wrong-secret")] {
-        let (s, _, v) = exchange(
-            &issuer,
-            &[
-                ("grant_type", GRANT),
-                ("application_id", app),
-                ("client_secret", secret),
-                ("resource", CONTROL),
-                ("scope", "control:read"),
-            ],
-        )
-        .await;
+        let (s, _, v) = exchange(&issuer, &control_read(app, secret)).await;
         assert_eq!(
             (s, v["error_description"].as_str()),
             (401, Some("invalid client credentials")),
@@ -290,13 +285,10 @@ async fn control_mints_share_the_mint_budget() {
         )
         .await;
     assert_eq!(s, 201, "{a}");
-    let form = [
-        ("grant_type", GRANT),
-        ("application_id", a["id"].as_str().unwrap()),
-        ("client_secret", a["client_secret"].as_str().unwrap()),
-        ("resource", CONTROL),
-        ("scope", "control:read"),
-    ];
+    let form = control_read(
+        a["id"].as_str().unwrap(),
+        a["client_secret"].as_str().unwrap(),
+    );
     let first = exchange(&issuer, &form).await;
     assert_eq!(first.0, 200, "{}", first.2);
     assert_eq!(first.2["expires_in"], 900, "no max-ttl trait: the default");
@@ -354,19 +346,7 @@ async fn a_control_key_acknowledged_but_not_yet_projected_mints_without_a_zone()
     );
     let mint = tokio::spawn({
         let issuer = issuer.clone();
-        async move {
-            exchange(
-                &issuer,
-                &[
-                    ("grant_type", GRANT),
-                    ("application_id", key.as_str()),
-                    ("client_secret", secret.as_str()),
-                    ("resource", CONTROL),
-                    ("scope", "control:read"),
-                ],
-            )
-            .await
-        }
+        async move { exchange(&issuer, &control_read(&key, &secret)).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!mint.is_finished(), "answered before the key was projected");
