@@ -68,6 +68,8 @@ pub async fn load_many<'e>(
 pub enum Filter {
     /// The field's text equals the value.
     Eq(&'static str, String),
+    /// The field's text is not the value (an absent field is not it either).
+    NotEq(&'static str, String),
     /// The field (an array) contains every value.
     ContainsAll(&'static str, Vec<String>),
     /// Grants whose resource is served by this provider.
@@ -128,6 +130,7 @@ pub async fn list<'e>(
         n += 1;
         match f {
             Filter::Eq(field, _) => sql.push_str(&format!(" AND doc #>> '{{data,{k},{field}}}' = ${n}")),
+            Filter::NotEq(field, _) => sql.push_str(&format!(" AND doc #>> '{{data,{k},{field}}}' IS DISTINCT FROM ${n}")),
             Filter::ContainsAll(field, _) => {
                 sql.push_str(&format!(" AND doc #> '{{data,{k},{field}}}' @> ${n}::jsonb"))
             }
@@ -153,6 +156,7 @@ pub async fn list<'e>(
     for f in filters {
         q = match f {
             Filter::Eq(_, v)
+            | Filter::NotEq(_, v)
             | Filter::GrantProvider(v)
             | Filter::Id(v)
             | Filter::CreatedFrom(v)

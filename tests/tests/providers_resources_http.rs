@@ -299,3 +299,139 @@ async fn a_multi_byte_secret_is_sealed_not_a_dropped_connection() {
         .await;
     assert_eq!(s, 201, "{p}");
 }
+
+/// §8: the control resource (identifier `CONTROL_AUDIENCE`) is created and edited by global
+/// tokens only, invisible to zone tokens, never deleted, and bound to the zone's synthetic
+/// "no credential" provider, which is itself protected.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_provider() {
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let z = zone(&admin).await;
+    let base = format!("/v1/zones/{z}/resources");
+    let none = format!("provider-none-{z}");
+    let (s, t) = admin
+        .post(
+            "/v1/admin-tokens",
+            json!({"name": "zone-writer", "scope": "zone", "zone_id": z, "capability": "write"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    let zoned = admin.with_token(t["token"].as_str().unwrap());
+    let control = json!({"identifier": "caracal-control", "scopes": ["control:invoke"]});
+    let protected = |v: &Value| v["error"] == "protected_resource";
+
+    // A zone token may not create it, and its refusal creates nothing.
+    let (s, e) = zoned.post(&base, control.clone()).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+    let (s, _) = admin.get(&format!("/v1/zones/{z}/providers/{none}")).await;
+    assert_eq!(s, 404, "nothing was created for the refused request");
+    // A body binding it to another provider is refused before anything is written.
+    let (_, other) = admin
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "upstream", "kind": "caracal_mandate"}),
+        )
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let mut bound = control.clone();
+    bound["credential_provider_id"] = json!(other);
+    let (s, e) = admin.post(&base, bound).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+    let (s, _) = admin.get(&format!("/v1/zones/{z}/providers/{none}")).await;
+    assert_eq!(s, 404);
+
+    // A global token creates it: no upstream, bound to the synthetic provider.
+    let (s, r) = admin.post(&base, control.clone()).await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["identifier"], "caracal-control");
+    assert_eq!(r["credential_provider_id"], json!(none));
+    assert_eq!(r["upstream_url"], Value::Null);
+    let (s, p) = admin.get(&format!("/v1/zones/{z}/providers/{none}")).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (&p["name"], &p["identifier"], &p["kind"]),
+        (
+            &json!("No credential"),
+            &json!("provider://none"),
+            &json!("none")
+        )
+    );
+    // One per zone.
+    let (s, e) = admin.post(&base, control.clone()).await;
+    assert_eq!(
+        (s, &e["error"]),
+        (409, &json!("resource_identifier_conflict"))
+    );
+
+    // Zone tokens do not see it; global tokens do.
+    let (s, ordinary) = zoned
+        .post(
+            &base,
+            json!({"name": "billing", "scopes": ["s"], "upstream_url": "https://u.example",
+                   "credential_provider_id": other}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ordinary}");
+    let ordinary = ordinary["id"].as_str().unwrap().to_owned();
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, list) = zoned.get(&base).await;
+    assert_eq!(ids(&list), vec![ordinary.clone()]);
+    let (_, list) = admin.get(&base).await;
+    assert_eq!(ids(&list), vec![ordinary.clone(), id.clone()]);
+    let one = format!("{base}/{id}");
+    for (s, e) in [
+        zoned.get(&one).await,
+        zoned.patch(&one, json!({"name": "mine"})).await,
+        zoned.delete(&one).await,
+        zoned
+            .call(reqwest::Method::POST, &format!("{one}/test"), None)
+            .await,
+    ] {
+        assert_eq!((s, &e["error"]), (404, &json!("resource_not_found")));
+    }
+
+    // Global tokens edit it, but never rename it or rebind it.
+    let (s, r) = admin
+        .patch(&one, json!({"scopes": ["control:invoke", "control:read"]}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["scopes"], json!(["control:invoke", "control:read"]));
+    assert_eq!(r["credential_provider_id"], json!(none));
+    for body in [
+        json!({"identifier": "resource://renamed"}),
+        json!({"credential_provider_id": other}),
+        json!({"credential_provider_id": null}),
+    ] {
+        let (s, e) = admin.patch(&one, body.clone()).await;
+        assert!(s == 409 && protected(&e), "{body}: {s} {e}");
+    }
+    let (s, e) = admin
+        .patch(
+            &format!("{base}/{ordinary}"),
+            json!({"identifier": "caracal-control"}),
+        )
+        .await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+
+    // Nobody deletes it or its provider.
+    let (s, e) = admin.delete(&one).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+    let provider = format!("/v1/zones/{z}/providers/{none}");
+    let (s, e) = admin.delete(&provider).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+    let (s, e) = admin.patch(&provider, json!({"kind": "api_key"})).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
+    let (s, r) = admin.get(&one).await;
+    assert_eq!((s, &r["archived_at"]), (200, &Value::Null));
+    let (s, p) = admin.get(&provider).await;
+    assert_eq!((s, &p["kind"]), (200, &json!("none")));
+}

@@ -269,6 +269,42 @@ async fn a_control_key_mints_for_the_control_audience_and_nothing_else_does() {
     )
     .await;
     assert_eq!(s, 401, "{v}");
+
+    // With the Management API's control resource row (management-api.md §8): the key still
+    // mints by the audience, and the row named by its id is the control resource all the same.
+    let (s, row) = admin
+        .post(
+            &format!("/v1/zones/{}/resources", z.id),
+            json!({"identifier": CONTROL, "scopes": ["control:read"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{row}");
+    let (s, _, v) = exchange(&issuer, &control_form).await;
+    assert_eq!(s, 200, "{v}");
+    let row_id = row["id"].as_str().unwrap();
+    let (s, _, v) = exchange_with(
+        &issuer,
+        &[
+            ("grant_type", GRANT),
+            ("zone_id", zid),
+            ("application_id", z.app.as_str()),
+            ("client_secret", z.secret.as_str()),
+            ("resource", row_id),
+            ("scope", "control:read"),
+        ],
+        &[("x-request-id", "control-by-row-id")],
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("access_denied")),
+        "{v}"
+    );
+    let f = frames(&admin, &z.id, "control-by-row-id").await;
+    assert_eq!(
+        f[0]["evaluation_status"], "control_resource_requires_control_key",
+        "{f:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -269,7 +269,10 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let global = req.is_global();
     let variant = if global { "global" } else { "zone" };
-    common::cached_page(&app, ids.at(0), KIND, &q, variant, |e| render(e, global)).await
+    common::cached_page(&app, ids.at(0), KIND, &q, variant, &[], |e| {
+        render(e, global)
+    })
+    .await
 }
 
 async fn get_one(State(app): State<App>, req: Req, ids: PathIds) -> Result<Json<Value>, ApiError> {

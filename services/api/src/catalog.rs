@@ -333,13 +333,14 @@ pub async fn list_page(
 
 /// A page of a catalog kind's list through the read cache (`serval_kit::read_cache`): fresh
 /// against the zone's log head, served from memory while the catalog has not moved.
-/// `variant` names what else the rendering depends on (e.g. the token's scope).
+/// `variant` names what else the rendering and `filters` depend on (e.g. the token's scope).
 pub async fn cached_page(
     app: &App,
     zone: &str,
     kind: CatalogKind,
     q: &ListQuery,
     variant: &str,
+    filters: &[Filter],
     render: impl Fn(&Entity) -> Value,
 ) -> Result<Response, ApiError> {
     let page = q.page()?;
@@ -352,7 +353,7 @@ pub async fn cached_page(
     );
     let deps = [Dep::new(CATALOG, LogStream::Zone(zone.to_owned()))];
     let body = read_cache::json(app, key, &deps, || async {
-        let rows = list_page(app, zone, kind, status, &[], &page).await?;
+        let rows = list_page(app, zone, kind, status, filters, &page).await?;
         Ok(page_body(&rows, page.limit, &render))
     })
     .await?;

@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod cascade;
 pub mod catalog;
 pub mod connections;
+pub mod control_resource;
 pub mod feed;
 pub mod grants;
 pub mod jobs;

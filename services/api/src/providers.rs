@@ -108,6 +108,7 @@ pub fn router() -> Routes {
                 "400 provider_config_required",
                 "400 no_fields",
                 "404 provider_not_found",
+                "409 protected_resource",
                 "409 provider_identifier_conflict",
                 "502 secret_backend_unavailable",
             ],
@@ -120,7 +121,7 @@ pub fn router() -> Routes {
             archive,
             "Archive a provider (sealed secrets deleted)",
             204,
-            &["404 provider_not_found"],
+            &["404 provider_not_found", "409 protected_resource"],
         )
 }
 
@@ -194,7 +195,7 @@ async fn list(
     ids: PathIds,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    common::cached_page(&app, ids.at(0), KIND, &q, "", render).await
+    common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await
 }
 
 async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
@@ -474,6 +475,7 @@ async fn patch(
         kind,
         config_json: config,
     } = schema::lenient(&req.headers, &raw, INVALID)?;
+    refuse_none_provider(ids.at(0), ids.at(1))?;
     let actor = req.actor();
     if name.is_none() && identifier.is_none() && kind.is_none() && config.is_none() {
         return Err(ApiError::bad_request("no_fields"));
@@ -583,7 +585,18 @@ async fn patch(
     }
 }
 
+/// The zone's "no credential" provider backs the control resource (§8): it stays as created.
+fn refuse_none_provider(zone: &str, id: &str) -> Result<(), ApiError> {
+    if crate::control_resource::is_none_provider(zone, id) {
+        return Err(crate::control_resource::protected(
+            "the zone's no-credential provider backs the control resource",
+        ));
+    }
+    Ok(())
+}
+
 async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    refuse_none_provider(ids.at(0), ids.at(1))?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
     let w = common::commit(&app, &ctx, ids.at(1), |_| {
         Ok(CatalogCommand::Archive { kind: KIND })

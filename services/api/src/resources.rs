@@ -12,9 +12,10 @@ use serval_domain::catalog::resource::{self, Operation, ResourceData, ResourceEr
 use serval_domain::catalog::{
     CatalogCommand, CatalogKind, Entity, EntityData, RESOURCE_IDENTIFIER,
 };
-use serval_projector::catalog as read;
+use serval_projector::catalog::{self as read, Filter};
 
 use super::catalog::{self as common, ListQuery, WriteCtx};
+use super::control_resource as control;
 use super::params::PathIds;
 use super::routes::Routes;
 use super::schema;
@@ -63,6 +64,7 @@ pub fn router() -> Routes {
                 "404 zone_not_found",
                 "404 provider_not_found",
                 "409 reserved_namespace",
+                "409 protected_resource",
                 "409 resource_identifier_conflict",
                 "422 resource_check_failed",
                 "429 resource_test_rate_limited",
@@ -104,6 +106,7 @@ pub fn router() -> Routes {
                 "400 no_fields",
                 "404 resource_not_found",
                 "404 provider_not_found",
+                "409 protected_resource",
                 "409 resource_identifier_conflict",
             ],
         )
@@ -170,17 +173,38 @@ fn identifier_conflict() -> ApiError {
         .description("a live resource with this identifier exists in the zone")
 }
 
+/// A zone token's lists leave the control resource out (§8: global tokens only).
 async fn list(
     State(app): State<App>,
+    req: Req,
     ids: PathIds,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    common::cached_page(&app, ids.at(0), KIND, &q, "", render).await
+    if req.is_global() {
+        return common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await;
+    }
+    let hide = [Filter::NotEq(
+        RESOURCE_IDENTIFIER_FIELD,
+        app.cfg.control_audience.clone(),
+    )];
+    common::cached_page(&app, ids.at(0), KIND, &q, "zone", &hide, render).await
 }
 
-async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
+const RESOURCE_IDENTIFIER_FIELD: &str = "identifier";
+
+/// A live resource `req` may see: the control resource is `404` to a zone token.
+async fn visible(app: &App, req: &Req, zone: &str, id: &str) -> Result<Entity, ApiError> {
+    let e = common::live(app, zone, id, KIND).await?;
+    let r = common::resource(&e)?;
+    if control::is_control(app, &r.identifier) && !req.is_global() {
+        return Err(control::hidden());
+    }
+    Ok(e)
+}
+
+async fn get_one(State(app): State<App>, req: Req, ids: PathIds) -> Result<Json<Value>, ApiError> {
     Ok(Json(render(
-        &common::live(&app, ids.at(0), ids.at(1), KIND).await?,
+        &visible(&app, &req, ids.at(0), ids.at(1)).await?,
     )))
 }
 
@@ -264,8 +288,14 @@ fn read_input(body: Body) -> Result<Input, ApiError> {
 }
 
 /// Completes and checks a resource's data: provider in the zone, upstream URL, operations
-/// against the effective scopes.
+/// against the effective scopes. The control resource needs neither provider nor upstream:
+/// it is bound to the zone's "no credential" provider (which `control_bind` checked).
 async fn finish(app: &App, zone: &str, mut r: ResourceData) -> Result<ResourceData, ApiError> {
+    if control::is_control(app, &r.identifier) {
+        r.operations =
+            resource::normalize_operations(r.operations, &r.scopes).map_err(resource_error)?;
+        return Ok(r);
+    }
     let Some(provider_id) = r.credential_provider_id.clone() else {
         return Err(ApiError::bad_request("credential_provider_required"));
     };
@@ -304,8 +334,8 @@ async fn probe(app: &App, zone: &str, r: &ResourceData) -> Result<probes::Check,
 }
 
 /// `POST …/resources/:id/test` [extended]: probes the upstream, changes nothing.
-async fn test(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
-    let e = common::live(&app, ids.at(0), ids.at(1), KIND).await?;
+async fn test(State(app): State<App>, req: Req, ids: PathIds) -> Result<Json<Value>, ApiError> {
+    let e = visible(&app, &req, ids.at(0), ids.at(1)).await?;
     let r = common::resource(&e)?;
     Ok(Json(probe(&app, ids.at(0), r).await?.to_json()))
 }
@@ -327,19 +357,34 @@ async fn create(
     if input.name.is_none() && identifier.is_none() {
         return Err(ApiError::bad_request(INVALID).description("name or identifier is required"));
     }
-    if let Some(i) = &identifier {
+    let is_control = identifier
+        .as_deref()
+        .is_some_and(|i| control::is_control(&app, i));
+    if is_control {
+        if !req.is_global() {
+            return Err(control::protected(
+                "only a global admin token may create the control resource",
+            ));
+        }
+    } else if let Some(i) = &identifier {
         resource::validate_identifier(i, actor.is_bootstrap).map_err(resource_error)?;
     }
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
+    let provider = if is_control {
+        control_provider(&ctx.zone, input.provider.as_ref())?;
+        Some(control::ensure_none_provider(&app, &ctx).await?)
+    } else {
+        input.provider.clone().flatten()
+    };
     let data = finish(
         &app,
         &ctx.zone,
         ResourceData {
             name: String::new(),
-            identifier: String::new(),
+            identifier: identifier.clone().unwrap_or_default(),
             upstream_url: input.upstream_url.clone().flatten(),
             scopes,
-            credential_provider_id: input.provider.clone().flatten(),
+            credential_provider_id: provider,
             operations: input.operations.clone().unwrap_or_default(),
             operation_enforcement: input
                 .enforcement
@@ -415,13 +460,28 @@ async fn patch(
         return Err(ApiError::bad_request("no_fields"));
     }
     let actor = req.actor();
-    if let Some(i) = &input.identifier {
+    if let Some(i) = input
+        .identifier
+        .as_ref()
+        .filter(|i| !control::is_control(&app, i))
+    {
         resource::validate_identifier(i, actor.is_bootstrap).map_err(resource_error)?;
     }
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let id = ids.at(1).to_owned();
-    let current = common::live(&app, &ctx.zone, &id, KIND).await?;
+    let current = visible(&app, &req, &ctx.zone, &id).await?;
     let mut r = common::resource(&current)?.clone();
+    let was_control = control::is_control(&app, &r.identifier);
+    if let Some(i) = &input.identifier {
+        if control::is_control(&app, i) != was_control {
+            return Err(control::protected(
+                "a resource cannot be renamed into or out of the control resource",
+            ));
+        }
+    }
+    if was_control {
+        control_provider(&ctx.zone, input.provider.as_ref())?;
+    }
     if let Some(v) = &input.name {
         r.name = v.clone();
     }
@@ -434,7 +494,7 @@ async fn patch(
     if let Some(v) = &input.upstream_url {
         r.upstream_url = v.clone();
     }
-    if let Some(v) = &input.provider {
+    if let Some(v) = input.provider.as_ref().filter(|_| !was_control) {
         r.credential_provider_id = v.clone();
     }
     if let Some(v) = &input.operations {
@@ -464,10 +524,33 @@ async fn patch(
 
 async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
-    let w = common::commit(&app, &ctx, ids.at(1), |_| {
+    let audience = app.cfg.control_audience.as_str();
+    let global = req.is_global();
+    let w = common::commit(&app, &ctx, ids.at(1), |state| {
+        if let Some(EntityData::Resource(r)) = state.filter(|e| e.is_live()).map(|e| &e.data) {
+            if r.identifier == audience {
+                return Err(if global {
+                    control::protected("the control resource cannot be deleted")
+                } else {
+                    control::hidden()
+                });
+            }
+        }
         Ok(CatalogCommand::Archive { kind: KIND })
     })
     .await
     .map_err(ApiError::from)?;
     common::answer(&app, &ctx, w, StatusCode::NO_CONTENT, None).await
+}
+
+/// The control resource is bound to the zone's "no credential" provider: a body may leave
+/// `credential_provider_id` out or name that provider, nothing else.
+fn control_provider(zone: &str, asked: Option<&Option<String>>) -> Result<(), ApiError> {
+    match asked {
+        None => Ok(()),
+        Some(Some(p)) if control::is_none_provider(zone, p) => Ok(()),
+        Some(_) => Err(control::protected(
+            "the control resource is bound to the zone's no-credential provider",
+        )),
+    }
 }

@@ -190,7 +190,7 @@ async fn list(
     ids: PathIds,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    common::cached_page(&app, ids.at(0), KIND, &q, "", render).await
+    common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await
 }
 
 async fn load(app: &App, zone: &str, id: &str) -> Result<Entity, ApiError> {
