@@ -338,8 +338,38 @@ async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_p
     bound["credential_provider_id"] = json!(other);
     let (s, e) = admin.post(&base, bound).await;
     assert!(s == 409 && protected(&e), "{s} {e}");
+    // A global create refused by a later check leaves no provider behind either.
+    let mut bad = control.clone();
+    bad["operations"] = json!([{"method": "GET", "path": "/x", "scope": "not:declared"}]);
+    let (s, e) = admin.post(&base, bad).await;
+    assert_eq!(
+        (s, &e["error"]),
+        (400, &json!("operation_scope_not_in_resource_scopes"))
+    );
     let (s, _) = admin.get(&format!("/v1/zones/{z}/providers/{none}")).await;
     assert_eq!(s, 404);
+    // Nobody else takes the synthetic provider's identifier, explicitly or derived.
+    let (s, e) = zoned
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"identifier": "provider://none", "kind": "none"}),
+        )
+        .await;
+    assert_eq!(
+        (s, &e["error"]),
+        (409, &json!("provider_identifier_conflict"))
+    );
+    let (s, p) = zoned
+        .post(
+            &format!("/v1/zones/{z}/providers"),
+            json!({"name": "none", "kind": "none"}),
+        )
+        .await;
+    assert_eq!(
+        (s, &p["identifier"]),
+        (201, &json!("provider://none-2")),
+        "{p}"
+    );
 
     // A global token creates it: no upstream, bound to the synthetic provider.
     let (s, r) = admin.post(&base, control.clone()).await;
@@ -357,6 +387,32 @@ async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_p
             &json!("provider://none"),
             &json!("none")
         )
+    );
+    // The request's admin-audit record is the resource's; the provider's write has none.
+    let trail = |entity: String| {
+        let admin = admin.clone();
+        let path = format!("/v1/zones/{z}/admin-audit?entity_id={entity}");
+        async move {
+            let (s, t) = admin.get(&path).await;
+            assert_eq!(s, 200, "{t}");
+            t["items"].as_array().unwrap().clone()
+        }
+    };
+    let records = trail(id.clone()).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (&records[0]["method"], &records[0]["status_code"]),
+        (&json!("POST"), &json!(201))
+    );
+    let writes: Vec<Value> = trail(none.clone())
+        .await
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .collect();
+    assert_eq!(
+        writes,
+        Vec::<Value>::new(),
+        "only this test's reads name it"
     );
     // One per zone.
     let (s, e) = admin.post(&base, control.clone()).await;
@@ -388,6 +444,21 @@ async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_p
     let (_, list) = admin.get(&base).await;
     assert_eq!(ids(&list), vec![ordinary.clone(), id.clone()]);
     let one = format!("{base}/{id}");
+    // Grants never name it: hidden from zone tokens, refused for global ones.
+    let (s, a) = admin
+        .post(
+            &format!("/v1/zones/{z}/applications"),
+            json!({"name": "agent", "registration_method": "managed"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let grant = json!({"application_id": a["id"], "user_id": "u1", "resource_id": id,
+                       "scopes": ["control:invoke"]});
+    let grants = format!("/v1/zones/{z}/grants");
+    let (s, e) = zoned.post(&grants, grant.clone()).await;
+    assert_eq!((s, &e["error"]), (404, &json!("resource_not_found")));
+    let (s, e) = admin.post(&grants, grant).await;
+    assert!(s == 409 && protected(&e), "{s} {e}");
     for (s, e) in [
         zoned.get(&one).await,
         zoned.patch(&one, json!({"name": "mine"})).await,

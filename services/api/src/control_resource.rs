@@ -38,8 +38,10 @@ pub fn is_none_provider(zone: &str, id: &str) -> bool {
     id == none_provider_id(zone)
 }
 
-/// The zone's "no credential" provider, created when absent. Its own write carries no
-/// idempotency record: the caller's `Idempotency-Key` belongs to the resource write.
+/// The zone's "no credential" provider, created when absent. Its write carries neither the
+/// caller's idempotency record nor the request's admin-audit record (both belong to the
+/// resource write, whose request they describe): it runs in a task of its own, outside the
+/// request's task-local audit hook. The provider's own event names the caller.
 pub async fn ensure_none_provider(app: &App, ctx: &WriteCtx) -> Result<String, ApiError> {
     let id = none_provider_id(&ctx.zone);
     if let Some(e) = read::load(&app.pool, &ctx.zone, &id).await? {
@@ -58,32 +60,41 @@ pub async fn ensure_none_provider(app: &App, ctx: &WriteCtx) -> Result<String, A
         idem: None,
         stamp: ctx.stamp.clone(),
     };
-    let data = EntityData::Provider(ProviderData {
-        name: NONE_PROVIDER_NAME.to_owned(),
-        identifier: NONE_PROVIDER_IDENTIFIER.to_owned(),
-        kind: "none".to_owned(),
-        config_json: "{}".to_owned(),
-        secret_config_keys: Vec::new(),
-        sealed_secrets: None,
-        connectivity_failed_at: None,
-    });
-    // A concurrent first control resource may create it too: of two creates one appends,
-    // the other finds it live on its retry.
-    let result = common::commit(app, &own, &id, |state| match state {
-        None => Ok(CatalogCommand::Create {
-            zone_id: own.zone.clone(),
-            data: data.clone(),
-        }),
-        Some(_) => Err(ApiError::new(StatusCode::CONFLICT, "provider_exists")),
+    let app = app.clone();
+    let created = tokio::spawn(async move {
+        let data = EntityData::Provider(ProviderData {
+            name: NONE_PROVIDER_NAME.to_owned(),
+            identifier: NONE_PROVIDER_IDENTIFIER.to_owned(),
+            kind: "none".to_owned(),
+            config_json: "{}".to_owned(),
+            secret_config_keys: Vec::new(),
+            sealed_secrets: None,
+            connectivity_failed_at: None,
+        });
+        let id = none_provider_id(&own.zone);
+        // A concurrent first control resource may create it too: of two creates one
+        // appends, the other finds it on its retry.
+        let result = common::commit(&app, &own, &id, |state| match state {
+            None => Ok(CatalogCommand::Create {
+                zone_id: own.zone.clone(),
+                data: data.clone(),
+            }),
+            Some(_) => Err(ApiError::new(StatusCode::CONFLICT, EXISTS)),
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(id),
+            Err(Failure::Api(e)) if e.code() == Some(EXISTS) => Ok(id),
+            Err(Failure::Taken { .. }) => Err(ApiError::conflict("provider_identifier_conflict")
+                .description(format!(
+                    "{NONE_PROVIDER_IDENTIFIER} is held by another provider of the zone; the control resource needs it"
+                ))),
+            Err(Failure::Api(e)) => Err(e),
+        }
     })
     .await;
-    match result {
-        Ok(_) => Ok(id),
-        Err(Failure::Api(e)) if e.code() == Some("provider_exists") => Ok(id),
-        Err(Failure::Taken { .. }) => Err(ApiError::conflict("provider_identifier_conflict")
-            .description(format!(
-                "{NONE_PROVIDER_IDENTIFIER} is taken by another provider of the zone; the control resource needs it"
-            ))),
-        Err(Failure::Api(e)) => Err(e),
-    }
+    created.map_err(|e| ApiError::internal(format!("no-credential provider write: {e}")))?
 }
+
+/// The plan's "already there" answer (never sent to a client).
+const EXISTS: &str = "none_provider_exists";

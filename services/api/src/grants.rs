@@ -52,6 +52,7 @@ pub fn router() -> Routes {
                 "404 zone_not_found",
                 "404 application_not_found",
                 "404 resource_not_found",
+                "409 protected_resource",
             ],
         )
         .takes::<CreateBody>()
@@ -330,6 +331,17 @@ async fn create(
         return Err(common::not_found(CatalogKind::Application));
     }
     let resource = common::live(&app, &ctx.zone, &resource_id, CatalogKind::Resource).await?;
+    // §8: the control resource is reached by control keys (sts.md §4.6), never by a grant,
+    // and a zone token does not see it at all.
+    if crate::control_resource::is_control(&app, &common::resource(&resource)?.identifier) {
+        return Err(if req.is_global() {
+            crate::control_resource::protected(
+                "the control resource is minted for control keys, not through grants",
+            )
+        } else {
+            crate::control_resource::hidden()
+        });
+    }
     if !grant::within_resource(&scopes, &common::resource(&resource)?.scopes) {
         return Err(ApiError::forbidden("grant_scopes_exceed_resource")
             .description("every scope must be one of the resource's scopes"));

@@ -217,6 +217,12 @@ fn check_identifier(id: &str, is_bootstrap: bool) -> Result<(), ApiError> {
     if provider::is_reserved_identifier(id) && !is_bootstrap {
         return Err(reserved());
     }
+    // §8: the zone's synthetic provider holds it (created with the control resource).
+    if id == crate::control_resource::NONE_PROVIDER_IDENTIFIER {
+        return Err(identifier_conflict().description(format!(
+            "{id} is the zone's no-credential provider, created with the control resource"
+        )));
+    }
     Ok(())
 }
 
@@ -367,7 +373,11 @@ async fn create(
                     name.as_deref().unwrap_or(&format!("{kind} provider")),
                     "provider",
                 );
-                let base = format!("provider://{}", base.trim_matches('-'));
+                let mut base = format!("provider://{}", base.trim_matches('-'));
+                // Never the synthetic provider's identifier.
+                if base == crate::control_resource::NONE_PROVIDER_IDENTIFIER {
+                    base.push_str("-2");
+                }
                 // The append's reservation decides; only once the base is taken is a free
                 // variant looked for.
                 if attempt == 0 {

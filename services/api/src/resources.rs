@@ -65,6 +65,7 @@ pub fn router() -> Routes {
                 "404 provider_not_found",
                 "409 reserved_namespace",
                 "409 protected_resource",
+                "409 provider_identifier_conflict",
                 "409 resource_identifier_conflict",
                 "422 resource_check_failed",
                 "429 resource_test_rate_limited",
@@ -372,11 +373,11 @@ async fn create(
     let ctx = WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
     let provider = if is_control {
         control_provider(&ctx.zone, input.provider.as_ref())?;
-        Some(control::ensure_none_provider(&app, &ctx).await?)
+        None
     } else {
         input.provider.clone().flatten()
     };
-    let data = finish(
+    let mut data = finish(
         &app,
         &ctx.zone,
         ResourceData {
@@ -406,15 +407,23 @@ async fn create(
             );
         }
     }
+    // Last before the write: a create refused above leaves no provider behind.
+    if is_control {
+        data.credential_provider_id = Some(control::ensure_none_provider(&app, &ctx).await?);
+    }
     let id = uuid::Uuid::now_v7().to_string();
     for _ in 0..8 {
         let ident = match &identifier {
             Some(i) => i.clone(),
             None => {
-                let base = format!(
+                let mut base = format!(
                     "resource://{}",
                     resource::slug(input.name.as_deref().unwrap_or_default(), "resource")
                 );
+                // A derived identifier never becomes the control resource.
+                if control::is_control(&app, &base) {
+                    base.push_str("-2");
+                }
                 common::free_identifier(&app, &ctx.zone, RESOURCE_IDENTIFIER, &base).await?
             }
         };
