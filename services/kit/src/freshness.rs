@@ -204,17 +204,92 @@ async fn wait_for(app: &App, deps: &[Dep], skippable: Option<Skippable>) -> Resu
 }
 
 /// Whether every entry after `at` up to `head` is one `skippable` accepts (any doubt: no).
+/// Only the part past what an earlier request of this process already found skippable is
+/// read: log entries never change, so under a stream of mints each entry is read once, not
+/// by every exchange that starts while it is unapplied.
 async fn tail_skippable(
     app: &App,
     key: &str,
     (at, head): (EntryId, EntryId),
-    projection: &str,
+    projection: &'static str,
     skippable: Skippable,
 ) -> bool {
-    entries_all(app, key, (at, head), TAIL_INSPECTED, |e| {
+    // A projection far behind its head is waited for as before (at most `TAIL_INSPECTED`
+    // entries are ever skipped unread), so a stopped projector still shows.
+    let known = (head.ms.saturating_sub(at.ms) <= MEMO_LAG_MS)
+        .then(|| app.skips.known(key, projection, at))
+        .flatten();
+    if known.is_some_and(|to| head <= to) {
+        return true;
+    }
+    let from = known.unwrap_or(at);
+    let ok = entries_all(app, key, (from, head), TAIL_INSPECTED, |e| {
         skippable(projection, e)
     })
-    .await
+    .await;
+    if ok {
+        app.skips.record(key, projection, (from, head));
+    }
+    ok
+}
+
+/// How far (log time) a projection may be behind its head for a remembered run to count.
+const MEMO_LAG_MS: u64 = 2_000;
+
+/// Whether this process has found every entry of `key` after `from` up to `to` skippable
+/// for `projection` (with [`ensure_skipping`]'s predicate); reads nothing.
+pub fn known_skippable(
+    app: &App,
+    key: &str,
+    projection: &'static str,
+    (from, to): (EntryId, EntryId),
+) -> bool {
+    app.skips
+        .known(key, projection, from)
+        .is_some_and(|known_to| to <= known_to)
+}
+
+/// Per stream and projection, the last contiguous run of log entries `(from, to]` a reader
+/// found skippable: it grows while requests find its continuation skippable and is
+/// replaced when one inspects a range that does not touch it.
+#[derive(Default)]
+pub struct SkipMemo {
+    runs: Mutex<HashMap<RunKey, (EntryId, EntryId)>>,
+}
+
+/// A log stream's key and the projection whose skips it remembers.
+type RunKey = (String, &'static str);
+
+/// Streams remembered at most (past it the memo starts over).
+const MEMO_STREAMS: usize = 4_096;
+
+impl SkipMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunKey, (EntryId, EntryId)>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The end of the run of `key` for `projection` that holds position `at`.
+    fn known(&self, key: &str, projection: &'static str, at: EntryId) -> Option<EntryId> {
+        let runs = self.lock();
+        let (from, to) = *runs.get(&(key.to_owned(), projection))?;
+        (from <= at && at <= to).then_some(to)
+    }
+
+    /// `(from, to]` was found skippable: it extends the run it starts in, else replaces an
+    /// older one.
+    fn record(&self, key: &str, projection: &'static str, (from, to): (EntryId, EntryId)) {
+        let mut runs = self.lock();
+        let k = (key.to_owned(), projection);
+        if runs.len() >= MEMO_STREAMS && !runs.contains_key(&k) {
+            runs.clear();
+        }
+        let run = runs.entry(k).or_insert((from, to));
+        if run.0 <= from && from <= run.1 {
+            run.1 = run.1.max(to);
+        } else if to > run.1 {
+            *run = (from, to);
+        }
+    }
 }
 
 /// Whether every log entry of `key` after `from` up to `to` (at most `max` of them) decodes
@@ -292,6 +367,30 @@ pub async fn api_layer(State(app): State<App>, req: Request, next: Next) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_skip_memo_keeps_one_contiguous_run_per_stream_and_projection() {
+        let m = SkipMemo::default();
+        let id = |ms| EntryId::new(ms, 0);
+        assert_eq!(m.known("k", CATALOG, id(5)), None);
+        m.record("k", CATALOG, (id(5), id(8)));
+        // Positions inside the run (its start included) know its end; others know nothing.
+        assert_eq!(m.known("k", CATALOG, id(5)), Some(id(8)));
+        assert_eq!(m.known("k", CATALOG, id(8)), Some(id(8)));
+        assert_eq!(m.known("k", CATALOG, id(4)), None);
+        assert_eq!(m.known("k", CATALOG, id(9)), None);
+        assert_eq!(m.known("k", POLICIES, id(6)), None, "per projection");
+        assert_eq!(m.known("other", CATALOG, id(6)), None, "per stream");
+        // A continuation extends it; a range that does not touch it replaces it only when
+        // newer.
+        m.record("k", CATALOG, (id(8), id(12)));
+        assert_eq!(m.known("k", CATALOG, id(6)), Some(id(12)));
+        m.record("k", CATALOG, (id(1), id(3)));
+        assert_eq!(m.known("k", CATALOG, id(6)), Some(id(12)));
+        m.record("k", CATALOG, (id(20), id(25)));
+        assert_eq!(m.known("k", CATALOG, id(6)), None);
+        assert_eq!(m.known("k", CATALOG, id(21)), Some(id(25)));
+    }
 
     fn names(deps: &[Dep]) -> Vec<&'static str> {
         deps.iter().map(|d| d.projection).collect()

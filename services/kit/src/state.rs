@@ -41,6 +41,8 @@ pub struct AppState {
     pub read_cache: crate::read_cache::ReadCache,
     /// Shared reads of the log's stream heads (`freshness`).
     pub heads: crate::freshness::HeadReader,
+    /// Log ranges already found skippable by a reader (`freshness::ensure_skipping`).
+    pub skips: crate::freshness::SkipMemo,
     /// Zone rows kept while the zones read model has not moved (`read_cache::zone`).
     pub zone_rows: crate::read_cache::ZoneRows,
 }
@@ -255,6 +257,7 @@ pub async fn build_state(cfg: Config, secrets: Secrets) -> anyhow::Result<App> {
         mandates: Default::default(),
         read_cache: Default::default(),
         heads: Default::default(),
+        skips: Default::default(),
         zone_rows: Default::default(),
     }))
 }

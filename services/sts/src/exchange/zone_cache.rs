@@ -151,15 +151,19 @@ impl ZoneCache {
             if checked == at {
                 return v;
             }
+            // What the exchange's freshness check found skippable for the catalog is
+            // unaffected here too (`unread_by_exchanges` for the catalog implies
+            // `view_unaffected`): no second read of the same entries.
             if checked < at
-                && serval_kit::freshness::entries_all(
-                    app,
-                    &key,
-                    (checked, at),
-                    MAX_INSPECTED,
-                    view_unaffected,
-                )
-                .await
+                && (serval_kit::freshness::known_skippable(app, &key, CATALOG, (checked, at))
+                    || serval_kit::freshness::entries_all(
+                        app,
+                        &key,
+                        (checked, at),
+                        MAX_INSPECTED,
+                        view_unaffected,
+                    )
+                    .await)
             {
                 {
                     let mut c = v.checked.lock().unwrap_or_else(|p| p.into_inner());
