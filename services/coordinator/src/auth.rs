@@ -114,8 +114,13 @@ pub async fn authenticate_graph_write(
     path_zone: &str,
     operator: Operator,
 ) -> Result<Principal, ApiError> {
-    authenticate_for(app, headers, path_zone, operator, Some(graph_decided)).await
+    authenticate_for(app, headers, path_zone, operator, Some(GRAPH_DECIDED)).await
 }
+
+const GRAPH_DECIDED: serval_kit::freshness::Skippable = serval_kit::freshness::Skippable {
+    name: "coordinator-graph-write",
+    accepts: graph_decided,
+};
 
 fn graph_decided(_projection: &str, e: &serval_streams::Envelope) -> bool {
     matches!(

@@ -144,8 +144,13 @@ pub async fn ensure(app: &App, deps: &[Dep]) -> Result<(), ApiError> {
 }
 
 /// Entries past a projection's position that a reader may treat as applied (it never reads
-/// what they change, or reads it by id with its own wait on a miss).
-pub type Skippable = fn(projection: &str, entry: &serval_streams::Envelope) -> bool;
+/// what they change, or reads it by id with its own wait on a miss). `name` tells readers
+/// apart in the [`SkipMemo`]: what one reader may skip another may have to wait for.
+#[derive(Clone, Copy)]
+pub struct Skippable {
+    pub name: &'static str,
+    pub accepts: fn(projection: &str, entry: &serval_streams::Envelope) -> bool,
+}
 
 /// Longest unapplied tail inspected instead of waiting.
 const TAIL_INSPECTED: usize = 64;
@@ -214,21 +219,22 @@ async fn tail_skippable(
     projection: &'static str,
     skippable: Skippable,
 ) -> bool {
-    // A projection far behind its head is waited for as before (at most `TAIL_INSPECTED`
-    // entries are ever skipped unread), so a stopped projector still shows.
+    // A projection far behind its head is waited for as before: past 2 s of log time only
+    // `TAIL_INSPECTED` entries are inspected, so a stopped projector still shows.
+    let run = (key, projection, skippable.name);
     let known = (head.ms.saturating_sub(at.ms) <= MEMO_LAG_MS)
-        .then(|| app.skips.known(key, projection, at))
+        .then(|| app.skips.known(run, at))
         .flatten();
     if known.is_some_and(|to| head <= to) {
         return true;
     }
     let from = known.unwrap_or(at);
     let ok = entries_all(app, key, (from, head), TAIL_INSPECTED, |e| {
-        skippable(projection, e)
+        (skippable.accepts)(projection, e)
     })
     .await;
     if ok {
-        app.skips.record(key, projection, (from, head));
+        app.skips.record(run, (from, head));
     }
     ok
 }
@@ -237,57 +243,82 @@ async fn tail_skippable(
 const MEMO_LAG_MS: u64 = 2_000;
 
 /// Whether this process has found every entry of `key` after `from` up to `to` skippable
-/// for `projection` (with [`ensure_skipping`]'s predicate); reads nothing.
+/// for `projection` by `skippable` (in [`ensure_skipping`]); reads nothing.
 pub fn known_skippable(
     app: &App,
     key: &str,
     projection: &'static str,
+    skippable: Skippable,
     (from, to): (EntryId, EntryId),
 ) -> bool {
     app.skips
-        .known(key, projection, from)
+        .known((key, projection, skippable.name), from)
         .is_some_and(|known_to| to <= known_to)
 }
 
-/// Per stream and projection, the last contiguous run of log entries `(from, to]` a reader
-/// found skippable: it grows while requests find its continuation skippable and is
-/// replaced when one inspects a range that does not touch it.
+/// Per stream, projection and reader ([`Skippable::name`]), the last contiguous run of
+/// log entries `(from, to]` that reader found skippable: it grows while requests find its
+/// continuation skippable and is replaced when one inspects a range that does not touch
+/// it, or once it is a minute old (a log that lost its tail in a failover could reuse
+/// ids).
 #[derive(Default)]
 pub struct SkipMemo {
-    runs: Mutex<HashMap<RunKey, (EntryId, EntryId)>>,
+    runs: Mutex<HashMap<String, Run>>,
 }
 
-/// A log stream's key and the projection whose skips it remembers.
-type RunKey = (String, &'static str);
+#[derive(Clone, Copy)]
+struct Run {
+    from: EntryId,
+    to: EntryId,
+    born: Instant,
+}
+
+/// A run is forgotten this long after it began.
+const MEMO_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which run: the log stream's key, the projection, the reader.
+type RunRef<'a> = (&'a str, &'static str, &'static str);
+
+fn run_key((key, projection, reader): RunRef<'_>) -> String {
+    format!("{reader}|{projection}|{key}")
+}
 
 /// Streams remembered at most (past it the memo starts over).
 const MEMO_STREAMS: usize = 4_096;
 
 impl SkipMemo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunKey, (EntryId, EntryId)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The end of the run of `key` for `projection` that holds position `at`.
-    fn known(&self, key: &str, projection: &'static str, at: EntryId) -> Option<EntryId> {
+    /// The end of the run that holds position `at`.
+    fn known(&self, run: RunRef<'_>, at: EntryId) -> Option<EntryId> {
+        let k = run_key(run);
         let runs = self.lock();
-        let (from, to) = *runs.get(&(key.to_owned(), projection))?;
-        (from <= at && at <= to).then_some(to)
+        let r = runs.get(&k)?;
+        (r.from <= at && at <= r.to && r.born.elapsed() < MEMO_AGE).then_some(r.to)
     }
 
     /// `(from, to]` was found skippable: it extends the run it starts in, else replaces an
-    /// older one.
-    fn record(&self, key: &str, projection: &'static str, (from, to): (EntryId, EntryId)) {
+    /// older one (or one past its age).
+    fn record(&self, run: RunRef<'_>, (from, to): (EntryId, EntryId)) {
+        let k = run_key(run);
+        let fresh = Run {
+            from,
+            to,
+            born: Instant::now(),
+        };
         let mut runs = self.lock();
-        let k = (key.to_owned(), projection);
         if runs.len() >= MEMO_STREAMS && !runs.contains_key(&k) {
             runs.clear();
         }
-        let run = runs.entry(k).or_insert((from, to));
-        if run.0 <= from && from <= run.1 {
-            run.1 = run.1.max(to);
-        } else if to > run.1 {
-            *run = (from, to);
+        let r = runs.entry(k).or_insert(fresh);
+        if r.born.elapsed() >= MEMO_AGE {
+            *r = fresh;
+        } else if r.from <= from && from <= r.to {
+            r.to = r.to.max(to);
+        } else if to > r.to {
+            *r = fresh;
         }
     }
 }
@@ -369,27 +400,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_skip_memo_keeps_one_contiguous_run_per_stream_and_projection() {
+    fn the_skip_memo_keeps_one_contiguous_run_per_stream_projection_and_reader() {
         let m = SkipMemo::default();
         let id = |ms| EntryId::new(ms, 0);
-        assert_eq!(m.known("k", CATALOG, id(5)), None);
-        m.record("k", CATALOG, (id(5), id(8)));
+        let sts = ("k", CATALOG, "sts");
+        assert_eq!(m.known(sts, id(5)), None);
+        m.record(sts, (id(5), id(8)));
         // Positions inside the run (its start included) know its end; others know nothing.
-        assert_eq!(m.known("k", CATALOG, id(5)), Some(id(8)));
-        assert_eq!(m.known("k", CATALOG, id(8)), Some(id(8)));
-        assert_eq!(m.known("k", CATALOG, id(4)), None);
-        assert_eq!(m.known("k", CATALOG, id(9)), None);
-        assert_eq!(m.known("k", POLICIES, id(6)), None, "per projection");
-        assert_eq!(m.known("other", CATALOG, id(6)), None, "per stream");
+        assert_eq!(m.known(sts, id(5)), Some(id(8)));
+        assert_eq!(m.known(sts, id(8)), Some(id(8)));
+        assert_eq!(m.known(sts, id(4)), None);
+        assert_eq!(m.known(sts, id(9)), None);
+        assert_eq!(
+            m.known(("k", POLICIES, "sts"), id(6)),
+            None,
+            "per projection"
+        );
+        assert_eq!(
+            m.known(("other", CATALOG, "sts"), id(6)),
+            None,
+            "per stream"
+        );
+        // What one reader may skip, another may have to wait for.
+        assert_eq!(
+            m.known(("k", CATALOG, "coordinator"), id(6)),
+            None,
+            "per reader"
+        );
+        m.record(("k", CATALOG, "coordinator"), (id(8), id(30)));
+        assert_eq!(
+            m.known(sts, id(8)),
+            Some(id(8)),
+            "another reader's run is not this one's"
+        );
         // A continuation extends it; a range that does not touch it replaces it only when
         // newer.
-        m.record("k", CATALOG, (id(8), id(12)));
-        assert_eq!(m.known("k", CATALOG, id(6)), Some(id(12)));
-        m.record("k", CATALOG, (id(1), id(3)));
-        assert_eq!(m.known("k", CATALOG, id(6)), Some(id(12)));
-        m.record("k", CATALOG, (id(20), id(25)));
-        assert_eq!(m.known("k", CATALOG, id(6)), None);
-        assert_eq!(m.known("k", CATALOG, id(21)), Some(id(25)));
+        m.record(sts, (id(8), id(12)));
+        assert_eq!(m.known(sts, id(6)), Some(id(12)));
+        m.record(sts, (id(1), id(3)));
+        assert_eq!(m.known(sts, id(6)), Some(id(12)));
+        m.record(sts, (id(20), id(25)));
+        assert_eq!(m.known(sts, id(6)), None);
+        assert_eq!(m.known(sts, id(21)), Some(id(25)));
     }
 
     fn names(deps: &[Dep]) -> Vec<&'static str> {

@@ -33,23 +33,25 @@ const MAX_INSPECTED: usize = 256;
 /// A view is rebuilt after this long whatever the log says.
 const MAX_AGE: Duration = Duration::from_secs(60);
 
-/// Entries that cannot change what a view holds: what mints and calls add (authority
-/// record creations, audit and admin-audit records), approval holds, invocations, policy
-/// events, and the kinds the view does not keep (connections, keys).
+/// Entries that cannot change what a view holds: every entry an exchange does not wait
+/// for in the catalog (so a run the freshness check found skippable proves a view
+/// unaffected, by construction), and the kinds the view does not keep (connections, keys).
 pub fn view_unaffected(e: &Envelope) -> bool {
-    matches!(
-        e.aggregate_kind.as_str(),
-        "approval"
-            | "invocation"
-            | "admin_audit"
-            | "audit"
-            | "policy"
-            | "policy_sets"
-            | "provider_connection"
-            | "signing_key"
-            | "data_key"
-            | "subject_issuer"
-    ) || e.event_type == "authority_record.created"
+    (super::UNREAD_BY_EXCHANGES.accepts)(CATALOG, e)
+        || matches!(
+            e.aggregate_kind.as_str(),
+            "approval"
+                | "invocation"
+                | "admin_audit"
+                | "audit"
+                | "policy"
+                | "policy_sets"
+                | "provider_connection"
+                | "signing_key"
+                | "data_key"
+                | "subject_issuer"
+        )
+        || e.event_type == "authority_record.created"
 }
 /// Objects of one kind kept per zone view at most (past it, loads are not kept).
 const MAX_PER_KIND: usize = 8_192;
@@ -152,18 +154,23 @@ impl ZoneCache {
                 return v;
             }
             // What the exchange's freshness check found skippable for the catalog is
-            // unaffected here too (`unread_by_exchanges` for the catalog implies
-            // `view_unaffected`): no second read of the same entries.
+            // unaffected here too (`view_unaffected` accepts all of it): no second read of
+            // the same entries.
             if checked < at
-                && (serval_kit::freshness::known_skippable(app, &key, CATALOG, (checked, at))
-                    || serval_kit::freshness::entries_all(
-                        app,
-                        &key,
-                        (checked, at),
-                        MAX_INSPECTED,
-                        view_unaffected,
-                    )
-                    .await)
+                && (serval_kit::freshness::known_skippable(
+                    app,
+                    &key,
+                    CATALOG,
+                    super::UNREAD_BY_EXCHANGES,
+                    (checked, at),
+                ) || serval_kit::freshness::entries_all(
+                    app,
+                    &key,
+                    (checked, at),
+                    MAX_INSPECTED,
+                    view_unaffected,
+                )
+                .await)
             {
                 {
                     let mut c = v.checked.lock().unwrap_or_else(|p| p.into_inner());
