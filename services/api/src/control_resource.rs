@@ -33,6 +33,16 @@ pub fn hidden() -> ApiError {
     common::not_found(CatalogKind::Resource)
 }
 
+/// A request that reached the control resource where it may not: `404` for a token that may
+/// not see it ([`hidden`]), else `409 protected_resource` with why.
+pub fn refusal(global: bool, why: &str) -> ApiError {
+    if global {
+        protected(why)
+    } else {
+        hidden()
+    }
+}
+
 /// Whether a request naming provider `id` of `zone` touches the synthetic provider.
 pub fn is_none_provider(zone: &str, id: &str) -> bool {
     id == none_provider_id(zone)

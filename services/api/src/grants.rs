@@ -331,18 +331,16 @@ async fn create(
         return Err(common::not_found(CatalogKind::Application));
     }
     let resource = common::live(&app, &ctx.zone, &resource_id, CatalogKind::Resource).await?;
+    let resource = common::resource(&resource)?;
     // §8: the control resource is reached by control keys (sts.md §4.6), never by a grant,
     // and a zone token does not see it at all.
-    if crate::control_resource::is_control(&app, &common::resource(&resource)?.identifier) {
-        return Err(if req.is_global() {
-            crate::control_resource::protected(
-                "the control resource is minted for control keys, not through grants",
-            )
-        } else {
-            crate::control_resource::hidden()
-        });
+    if crate::control_resource::is_control(&app, &resource.identifier) {
+        return Err(crate::control_resource::refusal(
+            req.is_global(),
+            "the control resource is minted for control keys, not through grants",
+        ));
     }
-    if !grant::within_resource(&scopes, &common::resource(&resource)?.scopes) {
+    if !grant::within_resource(&scopes, &resource.scopes) {
         return Err(ApiError::forbidden("grant_scopes_exceed_resource")
             .description("every scope must be one of the resource's scopes"));
     }

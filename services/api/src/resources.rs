@@ -185,13 +185,11 @@ async fn list(
         return common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await;
     }
     let hide = [Filter::NotEq(
-        RESOURCE_IDENTIFIER_FIELD,
+        "identifier",
         app.cfg.control_audience.clone(),
     )];
     common::cached_page(&app, ids.at(0), KIND, &q, "zone", &hide, render).await
 }
-
-const RESOURCE_IDENTIFIER_FIELD: &str = "identifier";
 
 /// A live resource `req` may see: the control resource is `404` to a zone token.
 async fn visible(app: &App, req: &Req, zone: &str, id: &str) -> Result<Entity, ApiError> {
@@ -290,7 +288,7 @@ fn read_input(body: Body) -> Result<Input, ApiError> {
 
 /// Completes and checks a resource's data: provider in the zone, upstream URL, operations
 /// against the effective scopes. The control resource needs neither provider nor upstream:
-/// it is bound to the zone's "no credential" provider (which `control_bind` checked).
+/// it is bound to the zone's "no credential" provider (`control_provider`).
 async fn finish(app: &App, zone: &str, mut r: ResourceData) -> Result<ResourceData, ApiError> {
     if control::is_control(app, &r.identifier) {
         r.operations =
@@ -538,11 +536,10 @@ async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Respo
     let w = common::commit(&app, &ctx, ids.at(1), |state| {
         if let Some(EntityData::Resource(r)) = state.filter(|e| e.is_live()).map(|e| &e.data) {
             if r.identifier == audience {
-                return Err(if global {
-                    control::protected("the control resource cannot be deleted")
-                } else {
-                    control::hidden()
-                });
+                return Err(control::refusal(
+                    global,
+                    "the control resource cannot be deleted",
+                ));
             }
         }
         Ok(CatalogCommand::Archive { kind: KIND })

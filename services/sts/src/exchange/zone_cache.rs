@@ -40,18 +40,8 @@ pub fn view_unaffected(e: &Envelope) -> bool {
     (super::UNREAD_BY_EXCHANGES.accepts)(CATALOG, e)
         || matches!(
             e.aggregate_kind.as_str(),
-            "approval"
-                | "invocation"
-                | "admin_audit"
-                | "audit"
-                | "policy"
-                | "policy_sets"
-                | "provider_connection"
-                | "signing_key"
-                | "data_key"
-                | "subject_issuer"
+            "provider_connection" | "signing_key" | "data_key" | "subject_issuer"
         )
-        || e.event_type == "authority_record.created"
 }
 /// Objects of one kind kept per zone view at most (past it, loads are not kept).
 const MAX_PER_KIND: usize = 8_192;
