@@ -62,7 +62,24 @@ impl KeySpace {
     }
 
     pub fn log(&self, stream: &LogStream) -> String {
-        format!("{}:{}:log", self.prefix, Self::tag(stream))
+        // Built without `format!`: every read request derives a few of these.
+        let zone = match stream {
+            LogStream::System => None,
+            LogStream::Zone(z) => Some(z.as_str()),
+        };
+        let mut key =
+            String::with_capacity(self.prefix.len() + zone.map_or(5, |z| z.len() + 4) + 5);
+        key.push_str(&self.prefix);
+        match zone {
+            None => key.push_str(":{sys}"),
+            Some(z) => {
+                key.push_str(":{z:");
+                key.push_str(z);
+                key.push('}');
+            }
+        }
+        key.push_str(":log");
+        key
     }
 
     /// Recovers the log stream from a log key (the inverse of [`KeySpace::log`]).

@@ -190,16 +190,41 @@ pub async fn last_entry_ids(
             (k.clone(), c)
         })
         .collect();
-    let replies: Vec<StreamRangeReply> = crate::connection::by_slot(conn, cmds).await?;
-    Ok(replies
-        .into_iter()
-        .map(|r| {
-            r.ids
-                .first()
-                .and_then(|s| s.id.parse().ok())
-                .unwrap_or(EntryId::ZERO)
-        })
-        .collect())
+    let replies: Vec<NewestId> = crate::connection::by_slot(conn, cmds).await?;
+    Ok(replies.into_iter().map(|r| r.0).collect())
+}
+
+/// The id of the first entry of an `XREVRANGE … COUNT 1` reply (`0-0` for none). Decoded
+/// without the entry's fields: every read request's freshness check reads these.
+struct NewestId(EntryId);
+
+impl redis::FromRedisValue for NewestId {
+    fn from_redis_value(v: &Value) -> redis::RedisResult<Self> {
+        let entries = match v {
+            Value::Array(entries) => entries,
+            Value::Nil => return Ok(NewestId(EntryId::ZERO)),
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "unexpected stream range reply",
+                    format!("{other:?}"),
+                )))
+            }
+        };
+        let id = match entries.first() {
+            None => EntryId::ZERO,
+            Some(Value::Array(entry)) => match entry.first() {
+                Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(EntryId::ZERO),
+                Some(Value::SimpleString(s)) => s.parse().unwrap_or(EntryId::ZERO),
+                _ => EntryId::ZERO,
+            },
+            Some(_) => EntryId::ZERO,
+        };
+        Ok(NewestId(id))
+    }
 }
 
 /// Reads entries with ids in `[start, end]` (inclusive), oldest first.
@@ -225,4 +250,31 @@ pub async fn last_entry_id<C: ConnectionLike + Send + Sync>(
         .first()
         .and_then(|s| s.id.parse().ok())
         .unwrap_or(EntryId::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::FromRedisValue;
+
+    #[test]
+    fn the_newest_id_is_read_from_the_first_entry_without_its_fields() {
+        let entry = |id: &str| {
+            Value::Array(vec![
+                Value::BulkString(id.as_bytes().to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"env".to_vec()),
+                    Value::BulkString(vec![0; 32]),
+                ]),
+            ])
+        };
+        let newest = |v: Value| NewestId::from_redis_value(&v).map(|n| n.0);
+        assert_eq!(
+            newest(Value::Array(vec![entry("17-3")])).ok(),
+            Some(EntryId::new(17, 3))
+        );
+        assert_eq!(newest(Value::Array(vec![])).ok(), Some(EntryId::ZERO));
+        assert_eq!(newest(Value::Nil).ok(), Some(EntryId::ZERO));
+        assert!(newest(Value::Int(3)).is_err());
+    }
 }

@@ -59,28 +59,36 @@ pub fn router(app: App) -> Router<App> {
     ops.extend(open_ops);
     routes::remember_documented(&ops);
     let doc = routes::openapi(&ops);
+    // Each stack lists its middleware outermost first (one stack per `Router::layer`: every
+    // `layer` call boxes the routes again, and each request clones the boxes below it).
     let v1 = admin
-        // Inside the admin-audit layer, so a panicking handler's 500 is recorded.
-        .layer(axum::middleware::from_fn(serval_kit::http::panic::layer))
-        .layer(axum::middleware::from_fn(
-            serval_kit::http::query::refuse_nul,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            serval_kit::auth::require_admin,
-        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    serval_kit::auth::require_admin,
+                ))
+                .layer(axum::middleware::from_fn(
+                    serval_kit::http::query::refuse_nul,
+                ))
+                // Inside the admin-audit layer, so a panicking handler's 500 is recorded.
+                .layer(axum::middleware::from_fn(serval_kit::http::panic::layer)),
+        )
         // The OAuth callback is reached by a browser redirect: no admin token, but audited.
         .merge(open)
-        // Read-your-writes: a request's read models pass the log heads of its start first
-        // (also authentication's: a token minted elsewhere is known).
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            serval_kit::freshness::api_layer,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app,
-            serval_kit::admin_audit::record,
-        ));
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    serval_kit::admin_audit::record,
+                ))
+                // Read-your-writes: a request's read models pass the log heads of its start
+                // first (also authentication's: a token minted elsewhere is known).
+                .layer(axum::middleware::from_fn_with_state(
+                    app,
+                    serval_kit::freshness::api_layer,
+                )),
+        );
     let docs = Router::new()
         .route(
             "/docs",

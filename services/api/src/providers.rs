@@ -485,7 +485,12 @@ async fn patch(
         kind,
         config_json: config,
     } = schema::lenient(&req.headers, &raw, INVALID)?;
-    refuse_none_provider(ids.at(0), ids.at(1))?;
+    if crate::control_resource::is_none_provider(ids.at(0), ids.at(1)) {
+        // Protected once it exists (before any check of the body); absent, it is a `404`.
+        WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
+        common::live(&app, ids.at(0), ids.at(1), KIND).await?;
+        refuse_none_provider(ids.at(0), ids.at(1))?;
+    }
     let actor = req.actor();
     if name.is_none() && identifier.is_none() && kind.is_none() && config.is_none() {
         return Err(ApiError::bad_request("no_fields"));
@@ -562,6 +567,7 @@ async fn patch(
         let Some(EntityData::Provider(p)) = state.filter(|e| e.is_live()).map(|e| &e.data) else {
             return Err(common::not_found(KIND));
         };
+        refuse_none_provider(&ctx.zone, &id)?;
         let mut p = p.clone();
         if let Some(n) = &name {
             p.name = n.clone();
@@ -596,6 +602,7 @@ async fn patch(
 }
 
 /// The zone's "no credential" provider backs the control resource (§8): it stays as created.
+/// Checked once the provider is known to exist (an absent one is `404` like any other id).
 fn refuse_none_provider(zone: &str, id: &str) -> Result<(), ApiError> {
     if crate::control_resource::is_none_provider(zone, id) {
         return Err(crate::control_resource::protected(
@@ -606,9 +613,11 @@ fn refuse_none_provider(zone: &str, id: &str) -> Result<(), ApiError> {
 }
 
 async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
-    refuse_none_provider(ids.at(0), ids.at(1))?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
-    let w = common::commit(&app, &ctx, ids.at(1), |_| {
+    let w = common::commit(&app, &ctx, ids.at(1), |state| {
+        if state.is_some_and(|e| e.is_live()) {
+            refuse_none_provider(&ctx.zone, ids.at(1))?;
+        }
         Ok(CatalogCommand::Archive { kind: KIND })
     })
     .await

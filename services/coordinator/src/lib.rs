@@ -117,18 +117,22 @@ pub fn router(app: &App) -> Router<App> {
         )
         .route("/v1/revoke-delegation", post(facade::revoke_delegation))
         .route("/stats", get(operator::stats))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            audit::layer,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            operator::ip_limit,
-        ))
-        .layer(axum::middleware::from_fn(
-            serval_kit::http::query::refuse_nul,
-        ))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // One stack, outermost first (see `serval_kit::serve::finish`).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .layer(axum::middleware::from_fn(
+                    serval_kit::http::query::refuse_nul,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    operator::ip_limit,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    audit::layer,
+                )),
+        )
 }
 
 /// Starts the sweepers of a process serving the Coordinator.

@@ -7,7 +7,7 @@
 //! up to its start), and for at most 5 s; failures are never cached.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
@@ -35,20 +35,23 @@ pub fn rate_limited() -> Response {
 
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// When a token was read, the admin-tokens position it was read at, and the token.
+type CachedToken = (Instant, EntryId, Arc<AdminToken>);
+
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, EntryId, AdminToken)>>,
+    entries: Mutex<HashMap<String, CachedToken>>,
 }
 
 impl TokenCache {
-    fn get(&self, digest: &str, position: EntryId) -> Option<AdminToken> {
+    fn get(&self, digest: &str, position: EntryId) -> Option<Arc<AdminToken>> {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         map.get(digest)
             .filter(|(at, pos, _)| *pos == position && at.elapsed() < CACHE_TTL)
             .map(|(_, _, t)| t.clone())
     }
 
-    fn put(&self, digest: String, position: EntryId, token: AdminToken) {
+    fn put(&self, digest: String, position: EntryId, token: Arc<AdminToken>) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             map.retain(|_, (at, pos, _)| *pos == position && at.elapsed() < CACHE_TTL);
@@ -78,7 +81,8 @@ pub fn digest_hex(token: &str) -> String {
 /// The authenticated admin principal of a `/v1` request.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub token: AdminToken,
+    /// Shared: a request's principal is copied into its request and response extensions.
+    pub token: Arc<AdminToken>,
 }
 
 impl Principal {
@@ -125,7 +129,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (1..=4096).contains(&token.len()).then_some(token)
 }
 
-async fn authenticate(app: &App, token: &str) -> Result<Option<AdminToken>, ApiError> {
+async fn authenticate(app: &App, token: &str) -> Result<Option<Arc<AdminToken>>, ApiError> {
     let digest = digest_hex(token);
     // Taken before the lookup: the row read is at least this new.
     let position = tokens_position(app);
@@ -134,6 +138,7 @@ async fn authenticate(app: &App, token: &str) -> Result<Option<AdminToken>, ApiE
     }
     let found = serval_projector::admin_tokens::find_live_by_digest(&app.pool, &digest).await?;
     Ok(found
+        .map(Arc::new)
         .filter(|t| bool::from(t.token_sha256.as_bytes().ct_eq(digest.as_bytes())))
         .inspect(|t| {
             app.tokens.put(digest, position, t.clone());

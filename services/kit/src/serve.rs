@@ -36,13 +36,18 @@ pub fn finish(
     } else {
         routes.fallback(http::error::not_found)
     };
+    // One stack (outermost first) instead of one `Router::layer` per middleware: each of
+    // those boxes the route again, and every request clones the boxes below a layer.
     routes
-        .layer(axum::middleware::from_fn(http::panic::layer))
-        .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            service.name(),
-            http::request_id::layer,
-        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    service.name(),
+                    http::request_id::layer,
+                ))
+                .layer(DefaultBodyLimit::max(app.cfg.body_limit_bytes))
+                .layer(axum::middleware::from_fn(http::panic::layer)),
+        )
         .with_state(app.clone())
 }
 
