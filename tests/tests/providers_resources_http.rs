@@ -419,13 +419,19 @@ async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_p
     let writes: Vec<Value> = trail(none.clone())
         .await
         .into_iter()
-        // Reads, and the `404`s of the writes tried before it existed, aside.
-        .filter(|r| r["method"] != "GET" && r["status_code"] != json!(404))
+        .filter(|r| r["method"] != "GET")
+        .collect();
+    let outcomes: Vec<(&Value, &Value)> = writes
+        .iter()
+        .map(|r| (&r["method"], &r["status_code"]))
         .collect();
     assert_eq!(
-        writes,
-        Vec::<Value>::new(),
-        "only this test's reads name it"
+        outcomes,
+        [
+            (&json!("DELETE"), &json!(404)),
+            (&json!("PATCH"), &json!(404))
+        ],
+        "besides reads, only the writes tried before it existed name it"
     );
     // One per zone.
     let (s, e) = admin.post(&base, control.clone()).await;
@@ -482,6 +488,24 @@ async fn the_control_resource_is_global_only_undeletable_and_bound_to_the_none_p
     ] {
         assert_eq!((s, &e["error"]), (404, &json!("resource_not_found")));
     }
+    // Nor its provider, whose existence would tell the row exists.
+    let none_path = format!("/v1/zones/{z}/providers/{none}");
+    for (s, e) in [
+        zoned.get(&none_path).await,
+        zoned.patch(&none_path, json!({"name": "mine"})).await,
+        zoned.delete(&none_path).await,
+        zoned
+            .call(reqwest::Method::POST, &format!("{none_path}/test"), None)
+            .await,
+    ] {
+        assert_eq!((s, &e["error"]), (404, &json!("provider_not_found")));
+    }
+    let providers = format!("/v1/zones/{z}/providers?limit=500");
+    let (_, zone_view) = zoned.get(&providers).await;
+    let (_, global_view) = admin.get(&providers).await;
+    assert!(!ids(&zone_view).contains(&none), "{zone_view}");
+    assert!(ids(&global_view).contains(&none), "{global_view}");
+    assert_eq!(ids(&zone_view).len() + 1, ids(&global_view).len());
 
     // Global tokens edit it, but never rename it or rebind it.
     let (s, r) = admin

@@ -299,6 +299,14 @@ async fn invalid_input_is_refused_with_documented_errors_and_writes_nothing() {
         .patch(&format!("/v1/zones/{sys_id}"), json!({"name": "x"}))
         .await;
     assert_eq!((s, e), (403, json!({"error": "system_zone_read_only"})));
+    // Percent-encoding the zone id names the same zone (the router decodes it).
+    let encoded: String = sys_id.bytes().map(|b| format!("%{b:02X}")).collect();
+    let (s, e) = ops
+        .patch(&format!("/v1/zones/{encoded}"), json!({"name": "x"}))
+        .await;
+    assert_eq!((s, e), (403, json!({"error": "system_zone_read_only"})));
+    let (s, z) = admin.get(&format!("/v1/zones/{sys_id}")).await;
+    assert_eq!((s, &z["name"]), (200, &json!("caracal.sys/platform")));
 
     // Slug clash on PATCH is a 409, not a 500.
     let (_, other) = admin.post("/v1/zones", json!({"name": "other"})).await;

@@ -16,6 +16,7 @@ use serval_domain::catalog::resource::slug;
 use serval_domain::catalog::{
     CatalogCommand, CatalogKind, Entity, EntityData, PROVIDER_IDENTIFIER,
 };
+use serval_projector::catalog::Filter;
 
 use super::applications::secret_backend;
 use super::catalog::{self as common, ListQuery, WriteCtx};
@@ -190,15 +191,34 @@ fn reserved() -> ApiError {
         .description("the caracal.sys namespace is reserved for the bootstrap token")
 }
 
+/// A zone token's lists leave the synthetic provider out: it exists only alongside the
+/// control resource, which only global tokens see (§8).
 async fn list(
     State(app): State<App>,
+    req: Req,
     ids: PathIds,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await
+    if req.is_global() {
+        return common::cached_page(&app, ids.at(0), KIND, &q, "", &[], render).await;
+    }
+    let hide = [Filter::NotEq(
+        "identifier",
+        crate::control_resource::NONE_PROVIDER_IDENTIFIER.to_owned(),
+    )];
+    common::cached_page(&app, ids.at(0), KIND, &q, "zone", &hide, render).await
 }
 
-async fn get_one(State(app): State<App>, ids: PathIds) -> Result<Json<Value>, ApiError> {
+/// The synthetic provider answers a zone token like an id that does not exist.
+fn hide_none_provider(req: &Req, zone: &str, id: &str) -> Result<(), ApiError> {
+    if !req.is_global() && crate::control_resource::is_none_provider(zone, id) {
+        return Err(common::not_found(KIND));
+    }
+    Ok(())
+}
+
+async fn get_one(State(app): State<App>, req: Req, ids: PathIds) -> Result<Json<Value>, ApiError> {
+    hide_none_provider(&req, ids.at(0), ids.at(1))?;
     Ok(Json(render(
         &common::live(&app, ids.at(0), ids.at(1), KIND).await?,
     )))
@@ -441,6 +461,7 @@ async fn probe(
 /// `POST …/providers/:id/test` [extended]: probes the token endpoint and records the
 /// outcome in `connectivity_failed_at` (set on failure, cleared on success).
 async fn test(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    hide_none_provider(&req, ids.at(0), ids.at(1))?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
     let id = ids.at(1).to_owned();
     let current = common::live(&app, &ctx.zone, &id, KIND).await?;
@@ -485,8 +506,9 @@ async fn patch(
         kind,
         config_json: config,
     } = schema::lenient(&req.headers, &raw, INVALID)?;
+    hide_none_provider(&req, ids.at(0), ids.at(1))?;
     if crate::control_resource::is_none_provider(ids.at(0), ids.at(1)) {
-        // Protected once it exists (before any check of the body); absent, it is a `404`.
+        // Protected once it exists (before the body's fields are checked); absent, `404`.
         WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
         common::live(&app, ids.at(0), ids.at(1), KIND).await?;
         refuse_none_provider(ids.at(0), ids.at(1))?;
@@ -613,6 +635,7 @@ fn refuse_none_provider(zone: &str, id: &str) -> Result<(), ApiError> {
 }
 
 async fn archive(State(app): State<App>, req: Req, ids: PathIds) -> Result<Response, ApiError> {
+    hide_none_provider(&req, ids.at(0), ids.at(1))?;
     let ctx = WriteCtx::new(&app, ids.at(0), &req, b"").await?;
     let w = common::commit(&app, &ctx, ids.at(1), |state| {
         if state.is_some_and(|e| e.is_live()) {

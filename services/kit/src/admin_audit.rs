@@ -158,7 +158,7 @@ fn build_record(
     let created = status == StatusCode::CREATED && ends_in_collection;
     let created_id = if created { created_id } else { None };
     let zone = match zone_of_path(path) {
-        Some(z) => Some(z.to_owned()),
+        Some(z) => Some(z.into_owned()),
         None if path == "/v1/zones" && created => created_id.clone(),
         None => None,
     };

@@ -6,6 +6,7 @@
 //! anywhere invalidates it; the request's freshness layer has already brought the position
 //! up to its start), and for at most 5 s; failures are never cached.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,11 +150,13 @@ fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// `/v1/zones/<id>/…` → the zone id.
-pub fn zone_of_path(path: &str) -> Option<&str> {
+/// `/v1/zones/<id>/…` → the zone id, percent-decoded as the router decodes it for the
+/// handler: authorization, the audit record and freshness must name the zone the handler
+/// acts on (`%73ys…` is the zone `sys…`).
+pub fn zone_of_path(path: &str) -> Option<Cow<'_, str>> {
     let rest = path.strip_prefix("/v1/zones/")?;
     let id = rest.split('/').next()?;
-    (!id.is_empty()).then_some(id)
+    (!id.is_empty()).then(|| percent_encoding::percent_decode_str(id).decode_utf8_lossy())
 }
 
 fn is_approval_decision(method: &Method, path: &str) -> bool {
@@ -183,13 +186,13 @@ async fn authorize(app: &App, p: &Principal, method: &Method, path: &str) -> Res
     }
     if t.scope == TokenScope::Zone && !(validate || templates) {
         let own = t.zone_id.as_deref().unwrap_or_default();
-        if zone_of_path(path) != Some(own) {
+        if zone_of_path(path).as_deref() != Some(own) {
             return Err(ApiError::forbidden("admin_token_zone_mismatch"));
         }
     }
     if !is_read(method) && !p.is_bootstrap() {
         if let Some(zone_id) = zone_of_path(path) {
-            let zone = serval_projector::zones::load(&app.pool, zone_id).await?;
+            let zone = serval_projector::zones::load(&app.pool, &zone_id).await?;
             if zone.is_some_and(|z| z.is_system()) {
                 return Err(ApiError::forbidden("system_zone_read_only"));
             }
@@ -247,8 +250,12 @@ mod tests {
 
     #[test]
     fn zone_is_taken_from_the_path() {
-        assert_eq!(zone_of_path("/v1/zones/z1"), Some("z1"));
-        assert_eq!(zone_of_path("/v1/zones/z1/dcr-status"), Some("z1"));
+        assert_eq!(zone_of_path("/v1/zones/z1").as_deref(), Some("z1"));
+        assert_eq!(
+            zone_of_path("/v1/zones/z1/dcr-status").as_deref(),
+            Some("z1")
+        );
+        assert_eq!(zone_of_path("/v1/zones/%7A%31/x").as_deref(), Some("z1"));
         assert_eq!(zone_of_path("/v1/zones"), None);
         assert_eq!(zone_of_path("/v1/zones/"), None);
     }

@@ -363,11 +363,10 @@ pub fn api_deps(method: &Method, path: &str) -> Vec<Dep> {
         Dep::new(ZONES, LogStream::System),
         Dep::new(ADMIN_TOKENS, LogStream::System),
     ];
+    // Decoded as the router decodes it: wait on the stream of the zone it will read.
     let Some(zone) = crate::auth::zone_of_path(path) else {
         return deps;
     };
-    // The router decodes path segments: wait on the stream of the zone it will read.
-    let zone = percent_encoding::percent_decode_str(zone).decode_utf8_lossy();
     let stream = LogStream::Zone(zone.into_owned());
     let rest: Vec<&str> = path.split('/').skip(4).collect();
     let self_contained_create =
