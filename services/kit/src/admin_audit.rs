@@ -79,7 +79,9 @@ fn entity_of(path: &str) -> (Option<(String, Option<String>)>, bool) {
         }
         match segs.get(i + 1) {
             Some(id) if !ROUTE_WORDS.contains(id) && !id.is_empty() => {
-                found = Some((s.to_string(), Some(id.to_string())));
+                // The id the handler acted on (the router percent-decodes path parameters).
+                let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+                found = Some((s.to_string(), Some(id.into_owned())));
             }
             Some(word) => {
                 found = Some((s.to_string(), None));
@@ -691,6 +693,11 @@ mod tests {
             (Some(("applications".into(), None)), true)
         );
         assert_eq!(entity_of("/v1/zones"), (Some(("zones".into(), None)), true));
+        assert_eq!(
+            entity_of("/v1/zones/z1/providers/%70-1"),
+            (Some(("providers".into(), Some("p-1".into()))), false),
+            "the id the handler acts on"
+        );
         assert_eq!(
             entity_of("/v1/zones/z1/provider-connections/revoke"),
             (Some(("provider-connections".into(), None)), false)
