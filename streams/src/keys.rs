@@ -55,29 +55,29 @@ impl KeySpace {
     }
 
     fn tag(stream: &LogStream) -> String {
+        let mut tag = String::new();
+        Self::push_tag(&mut tag, stream);
+        tag
+    }
+
+    /// Appends the stream's hash tag (`{sys}` or `{z:<zone>}`): its keys share one slot.
+    fn push_tag(out: &mut String, stream: &LogStream) {
         match stream {
-            LogStream::System => "{sys}".to_owned(),
-            LogStream::Zone(z) => format!("{{z:{z}}}"),
+            LogStream::System => out.push_str("{sys}"),
+            LogStream::Zone(z) => {
+                out.push_str("{z:");
+                out.push_str(z);
+                out.push('}');
+            }
         }
     }
 
     pub fn log(&self, stream: &LogStream) -> String {
         // Built without `format!`: every read request derives a few of these.
-        let zone = match stream {
-            LogStream::System => None,
-            LogStream::Zone(z) => Some(z.as_str()),
-        };
-        let mut key =
-            String::with_capacity(self.prefix.len() + zone.map_or(5, |z| z.len() + 4) + 5);
+        let mut key = String::with_capacity(self.prefix.len() + 48);
         key.push_str(&self.prefix);
-        match zone {
-            None => key.push_str(":{sys}"),
-            Some(z) => {
-                key.push_str(":{z:");
-                key.push_str(z);
-                key.push('}');
-            }
-        }
+        key.push(':');
+        Self::push_tag(&mut key, stream);
         key.push_str(":log");
         key
     }

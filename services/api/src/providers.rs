@@ -506,13 +506,7 @@ async fn patch(
         kind,
         config_json: config,
     } = schema::lenient(&req.headers, &raw, INVALID)?;
-    hide_none_provider(&req, ids.at(0), ids.at(1))?;
-    if crate::control_resource::is_none_provider(ids.at(0), ids.at(1)) {
-        // Protected once it exists (before the body's fields are checked); absent, `404`.
-        WriteCtx::new(&app, ids.at(0), &req, &raw).await?;
-        common::live(&app, ids.at(0), ids.at(1), KIND).await?;
-        refuse_none_provider(ids.at(0), ids.at(1))?;
-    }
+    refuse_existing_none_provider(&app, &req, ids.at(0), ids.at(1), &raw).await?;
     let actor = req.actor();
     if name.is_none() && identifier.is_none() && kind.is_none() && config.is_none() {
         return Err(ApiError::bad_request("no_fields"));
@@ -621,6 +615,25 @@ async fn patch(
         Err(Failure::Taken { .. }) => Err(identifier_conflict()),
         Err(Failure::Api(e)) => Err(e),
     }
+}
+
+/// A PATCH's check of the synthetic provider before its body's fields are checked: hidden
+/// from a zone token, `404` while absent (after the zone's own `404`), else protected. The
+/// write's plan checks again, atomically with the append.
+async fn refuse_existing_none_provider(
+    app: &App,
+    req: &Req,
+    zone: &str,
+    id: &str,
+    raw: &[u8],
+) -> Result<(), ApiError> {
+    if !crate::control_resource::is_none_provider(zone, id) {
+        return Ok(());
+    }
+    hide_none_provider(req, zone, id)?;
+    WriteCtx::new(app, zone, req, raw).await?;
+    common::live(app, zone, id, KIND).await?;
+    refuse_none_provider(zone, id)
 }
 
 /// The zone's "no credential" provider backs the control resource (§8): it stays as created.
