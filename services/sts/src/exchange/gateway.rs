@@ -34,16 +34,22 @@ fn refused_because(why: &'static str) -> StsError {
     )
 }
 
+/// A verified Gateway request's nonce, not yet consumed.
+pub struct Nonce {
+    key: String,
+    ts: String,
+}
+
 /// §11.2: timestamp within ±60 s, `gateway_request_id` = `X-Request-Id`, the signature over
-/// `ts\nnonce\nMETHOD\npath\nsha256(body)` in constant time, the nonce unused (consumed here;
-/// Redis unavailable → refused).
-pub async fn verify(
+/// `ts\nnonce\nMETHOD\npath\nsha256(body)` in constant time. The nonce is consumed by
+/// [`consume_nonce`] before anything the request changes.
+pub fn check_signature(
     app: &App,
     headers: &HeaderMap,
     form: &TokenForm,
     path: &str,
     body: &[u8],
-) -> Result<(), StsError> {
+) -> Result<Nonce, StsError> {
     let key = app
         .gateway_key()
         .ok_or_else(|| refused_because("no key configured"))?;
@@ -72,14 +78,21 @@ pub async fn verify(
     if !gateway_hmac::verify(&key, (ts, nonce, sig), "POST", path, body) {
         return Err(refused_because("signature mismatch"));
     }
-    let nonce_key = app
-        .store
-        .keys()
-        .gateway_nonce(&hex::encode(Sha256::digest(nonce.as_bytes())));
+    Ok(Nonce {
+        key: app
+            .store
+            .keys()
+            .gateway_nonce(&hex::encode(Sha256::digest(nonce.as_bytes()))),
+        ts: ts.to_owned(),
+    })
+}
+
+/// The nonce unused: consumed here (Redis unavailable → refused).
+pub async fn consume_nonce(app: &App, n: &Nonce) -> Result<(), StsError> {
     let mut conn = app.redis.clone();
     let fresh: Option<String> = redis::cmd("SET")
-        .arg(&nonce_key)
-        .arg(ts)
+        .arg(&n.key)
+        .arg(&n.ts)
         .arg("NX")
         .arg("EX")
         .arg(NONCE_TTL_SECS)
@@ -143,6 +156,7 @@ pub async fn directive(
     tokens: &super::provider_tokens::ProviderTokens,
     (zone, subject): (&str, &str),
     r: &ResourceData,
+    view: Option<&super::zone_cache::ZoneView>,
 ) -> Result<Value, StsError> {
     let mut d = Map::new();
     d.insert(
@@ -153,9 +167,18 @@ pub async fn directive(
         d.insert("auth_mode".into(), json!("caracal_jwt"));
         return Ok(Value::Object(d));
     };
-    let entity = read::load(&app.pool, zone, pid)
-        .await
-        .map_err(|_| unavailable(&r.identifier, "provider unreadable"))?;
+    let entity = match view.and_then(|v| v.provider(pid)) {
+        Some(kept) => kept,
+        None => {
+            let loaded = read::load(&app.pool, zone, pid)
+                .await
+                .map_err(|_| unavailable(&r.identifier, "provider unreadable"))?;
+            if let Some(v) = view {
+                v.keep_provider(pid, loaded.clone());
+            }
+            loaded
+        }
+    };
     let Some(provider) = entity.filter(|e| e.archived_at.is_none()) else {
         return Err(unavailable(&r.identifier, "provider not found"));
     };

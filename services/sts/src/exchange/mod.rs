@@ -184,39 +184,25 @@ async fn exchange(
             }
         }
     }
-    // Read-your-writes: an exchange sees every write acknowledged before it began (an
-    // application, grant or policy binding the Management API just answered for; compiled
-    // bundles themselves follow `caracal.policy.invalidate`).
-    let mut view = None;
-    if let Some(zone) = form
-        .get("zone_id")
-        .filter(|z| serval_domain::validation::is_valid_identifier(z))
-    {
-        let stream = LogStream::Zone(zone.to_owned());
-        freshness::ensure_skipping(
-            app,
-            &[
-                Dep::new(projections::ZONES, LogStream::System),
-                Dep::new(projections::CATALOG, stream.clone()),
-                Dep::new(projections::POLICIES, stream),
-            ],
-            UNREAD_BY_EXCHANGES,
-        )
-        .await?;
-        // After the wait: what it keeps is at least as new as every acknowledged write. Only
-        // zones that exist get a view (made-up zone ids must not churn the cache).
-        if serval_kit::read_cache::zone(app, zone).await?.is_some() {
-            view = Some(sts.zones.view(app, zone).await);
-        }
-    }
-    let view = view.as_deref();
-    // §11.2: a Gateway-authenticated request needs no secret but a subject token, and skips
-    // the authentication-failure limiter.
+    // §11.2 (step 1): a Gateway request's signature is checked before anything else; its
+    // nonce is consumed while the zone is read (one Redis flight for both), and a reused
+    // nonce wins over whatever the read found.
     let via_gateway = form.gateway;
-    if via_gateway {
-        gateway::verify(app, headers, &form, uri.path(), body).await?;
-    }
+    let view = if via_gateway {
+        let nonce = gateway::check_signature(app, headers, &form, uri.path(), body)?;
+        let (consumed, view) = tokio::join!(
+            gateway::consume_nonce(app, &nonce),
+            zone_view(app, sts, &form)
+        );
+        consumed?;
+        view?
+    } else {
+        zone_view(app, sts, &form).await?
+    };
+    let view = view.as_deref();
     let application_id = form.get("application_id").unwrap_or_default().to_owned();
+    // A Gateway-authenticated request needs no secret but a subject token, and skips the
+    // authentication-failure limiter.
     let client = if via_gateway {
         if form.get("subject_token").is_none() {
             return Err(StsError::invalid_client());
@@ -294,11 +280,11 @@ async fn exchange(
     };
     let (bound_record, refs) = match &subject {
         Some(claims) => (
-            Some(bind_subject_record(app, &client, &form, claims, now).await?),
+            Some(bind_subject_record(app, &client, &form, claims, now, view).await?),
             delegated::Refs::from_subject(&form, claims)?,
         ),
         None => (
-            bind_authority_record(app, &client, &form, now).await?,
+            bind_authority_record(app, &client, &form, now, view).await?,
             delegated::Refs::from_form(&form, &requested),
         ),
     };
@@ -437,9 +423,14 @@ async fn exchange(
     let mut upstreams = Map::new();
     if via_gateway {
         for g in &granted {
-            let directive =
-                gateway::directive(app, &sts.provider_tokens, (&client.zone_id, &sub), &g.data)
-                    .await;
+            let directive = gateway::directive(
+                app,
+                &sts.provider_tokens,
+                (&client.zone_id, &sub),
+                &g.data,
+                view,
+            )
+            .await;
             match directive {
                 Ok(d) => {
                     upstreams.insert(g.identifier.clone(), d);
@@ -477,7 +468,10 @@ async fn exchange(
         now,
         expires_at,
     );
-    persist(app, rid, &client, frames, record_created, (&jti, now, ttl)).await?;
+    let minted = persist(app, rid, &client, frames, record_created, (&jti, now, ttl)).await?;
+    if let Some(v) = view {
+        v.keep_minted(&sid, minted);
+    }
     let mut body = json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -517,6 +511,39 @@ fn token_response(body: Value) -> Response {
 }
 
 /// What every `token_exchange` frame of one resource says about the request (§19).
+/// Read-your-writes: an exchange sees every write acknowledged before it began (an
+/// application, grant or policy binding the Management API just answered for; compiled
+/// bundles themselves follow `caracal.policy.invalidate`). After the wait, the zone's view:
+/// what it keeps is at least as new as every acknowledged write. Only zones that exist get a
+/// view (made-up zone ids must not churn the cache).
+async fn zone_view(
+    app: &App,
+    sts: &Sts,
+    form: &TokenForm,
+) -> Result<Option<Arc<zone_cache::ZoneView>>, StsError> {
+    let Some(zone) = form
+        .get("zone_id")
+        .filter(|z| serval_domain::validation::is_valid_identifier(z))
+    else {
+        return Ok(None);
+    };
+    let stream = LogStream::Zone(zone.to_owned());
+    freshness::ensure_skipping(
+        app,
+        &[
+            Dep::new(projections::ZONES, LogStream::System),
+            Dep::new(projections::CATALOG, stream.clone()),
+            Dep::new(projections::POLICIES, stream),
+        ],
+        UNREAD_BY_EXCHANGES,
+    )
+    .await?;
+    if serval_kit::read_cache::zone(app, zone).await?.is_some() {
+        return Ok(Some(sts.zones.view(app, zone).await));
+    }
+    Ok(None)
+}
+
 fn request_metadata(client: &Client, resource: &str, requested: &[String]) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("application_id".into(), json!(client.id));
@@ -541,14 +568,14 @@ fn sign(signer: &crate::keys::Signer, claims: &Value) -> Result<String, StsError
 
 /// The mint's durable effects at once (none depends on another): the authority record,
 /// the `jti` and the decisions' evidence; the token leaves only when all three are in.
-async fn persist(
+async fn persist<T>(
     app: &App,
     rid: &str,
     client: &Client,
     frames: &mut Vec<Frame>,
-    record: impl std::future::Future<Output = Result<(), StsError>>,
+    record: impl std::future::Future<Output = Result<T, StsError>>,
     (jti, now, ttl): (&str, DateTime<Utc>, i64),
-) -> Result<(), StsError> {
+) -> Result<T, StsError> {
     let done = std::mem::take(frames);
     let (recorded, registered, published) = tokio::join!(
         record,
@@ -560,18 +587,19 @@ async fn persist(
         *frames = done;
         return Err(e.into());
     }
-    if let Err(e) = recorded.and(registered) {
-        // The decisions are on record; the failure gets its own frame.
-        if let Some(allow) = done.iter().find(|f| f.decision == "allow") {
-            let mut denied = allow.denied("exchange_denied");
-            denied.metadata.insert("error".into(), json!(e.code));
-            if let Err(pe) = audit::publish(app, &[denied]).await {
-                tracing::error!(error = ?pe, request_id = %rid, "exchange_denied frame not published");
-            }
+    let e = match (recorded, registered) {
+        (Ok(r), Ok(())) => return Ok(r),
+        (Err(e), _) | (_, Err(e)) => e,
+    };
+    // The decisions are on record; the failure gets its own frame.
+    if let Some(allow) = done.iter().find(|f| f.decision == "allow") {
+        let mut denied = allow.denied("exchange_denied");
+        denied.metadata.insert("error".into(), json!(e.code));
+        if let Err(pe) = audit::publish(app, &[denied]).await {
+            tracing::error!(error = ?pe, request_id = %rid, "exchange_denied frame not published");
         }
-        return Err(e);
     }
-    Ok(())
+    Err(e)
 }
 
 /// §4.5: a Federated user's id token becomes that user's session mandate (no policy; the
@@ -718,6 +746,7 @@ async fn bind_subject_record(
     form: &TokenForm,
     claims: &Claims,
     now: DateTime<Utc>,
+    view: Option<&zone_cache::ZoneView>,
 ) -> Result<String, StsError> {
     let Some(sid) = claims.text("sid") else {
         return Err(StsError::new(
@@ -736,6 +765,12 @@ async fn bind_subject_record(
         || claims.text("client_id") != Some(&client.id)
     {
         return Err(denied());
+    }
+    if let Some(r) = view.and_then(|v| v.minted(sid)) {
+        if !r.is_active(now) || Some(r.subject_id.as_str()) != claims.text("sub") {
+            return Err(denied());
+        }
+        return Ok(sid.to_owned());
     }
     let mut record = read::load(&app.pool, &client.zone_id, sid)
         .await
@@ -779,30 +814,44 @@ async fn bind_authority_record(
     client: &Client,
     form: &TokenForm,
     now: DateTime<Utc>,
+    view: Option<&zone_cache::ZoneView>,
 ) -> Result<Option<String>, StsError> {
     let Some(id) = form.get("session_id") else {
         return Ok(None);
     };
-    let mut record = read::load(&app.pool, &client.zone_id, id)
-        .await
-        .map_err(ApiError::from)?;
-    if record.is_none() {
-        // Records are not waited for before an exchange (`unread_by_exchanges`): a record
-        // minted just now is waited for here, once.
-        catch_up_catalog(app, &client.zone_id).await;
-        record = read::load(&app.pool, &client.zone_id, id)
-            .await
-            .map_err(ApiError::from)?;
-    }
-    let ok = match record
-        .as_ref()
-        .filter(|e| e.archived_at.is_none())
-        .map(|e| &e.data)
-    {
-        Some(EntityData::AuthorityRecord(r)) => {
-            r.is_active(now) && r.record_type == "application" && r.subject_id == client.id
+    let usable = |r: &AuthorityRecordData| {
+        r.is_active(now) && r.record_type == "application" && r.subject_id == client.id
+    };
+    let ok = if let Some(r) = view.and_then(|v| v.minted(id)) {
+        usable(&r)
+    } else {
+        let mut record = match view.and_then(|v| v.object(id)) {
+            Some(Some(e)) => Some(e),
+            _ => read::load(&app.pool, &client.zone_id, id)
+                .await
+                .map_err(ApiError::from)?,
+        };
+        if record.is_none() {
+            // Records are not waited for before an exchange (`unread_by_exchanges`): a
+            // record minted just now is waited for here, once.
+            catch_up_catalog(app, &client.zone_id).await;
+            record = read::load(&app.pool, &client.zone_id, id)
+                .await
+                .map_err(ApiError::from)?;
         }
-        _ => false,
+        // Only a found record is kept: a record's creation does not replace the view, so
+        // a kept absence could outlive it.
+        if let (Some(v), Some(e)) = (view, &record) {
+            v.keep_object(id, Some(e.clone()));
+        }
+        match record
+            .as_ref()
+            .filter(|e| e.archived_at.is_none())
+            .map(|e| &e.data)
+        {
+            Some(EntityData::AuthorityRecord(r)) => usable(r),
+            _ => false,
+        }
     };
     if !ok {
         return Err(StsError::access_denied(
@@ -1088,7 +1137,7 @@ async fn create_authority_record(
     NewRecord { id, parent, user }: NewRecord<'_>,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<(), StsError> {
+) -> Result<AuthorityRecordData, StsError> {
     let data = AuthorityRecordData {
         record_type: if user.is_some() {
             "user"
@@ -1114,12 +1163,13 @@ async fn create_authority_record(
         None,
         &CatalogCommand::Create {
             zone_id: client.zone_id.clone(),
-            data: EntityData::AuthorityRecord(data),
+            data: EntityData::AuthorityRecord(data.clone()),
         },
         &format!("application:{}", client.id),
     )
     .await
-    .map_err(StsError::from)
+    .map_err(StsError::from)?;
+    Ok(data)
 }
 
 /// Why a catalog append did not happen.

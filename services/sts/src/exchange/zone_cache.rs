@@ -5,7 +5,9 @@
 //! read from the log (`XRANGE`, at most 256) and the view is kept — and `checked` advanced —
 //! only if none of them can change what it holds (`view_unaffected`). Mints add authority
 //! records, which cannot, so a stream of mints costs one Redis range read per exchange
-//! instead of a query per object.
+//! instead of a query per object. The records this process minted are kept too (the most
+//! recent [`MAX_MINTED`]), so the Gateway's re-exchange binds its subject record without a
+//! query: a record changes only by an update, which starts a new view.
 //!
 //! Correctness: an exchange first brings the catalog up to every entry it reads that was
 //! appended before it began (`freshness::ensure_skipping`), then validates the view against
@@ -15,11 +17,12 @@
 //! and after 60 s in any case, so a read model rebuilt from the same log under the same
 //! positions is picked up within a minute.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
+use serval_domain::catalog::runtime::AuthorityRecordData;
 use serval_domain::catalog::Entity;
 use serval_domain::delegation::Edge;
 use serval_kit::App;
@@ -46,6 +49,10 @@ pub fn view_unaffected(e: &Envelope) -> bool {
 /// Objects of one kind kept per zone view at most (past it, loads are not kept).
 const MAX_PER_KIND: usize = 8_192;
 
+/// Records minted through a view kept at most (the oldest go first: a re-exchange follows
+/// its mint within seconds).
+const MAX_MINTED: usize = 8_192;
+
 /// A lineage as the read model gave it: the graph epoch read first, then the edges.
 pub struct Lineage {
     pub epoch: u64,
@@ -60,6 +67,15 @@ pub struct ZoneView {
     resources: Mutex<HashMap<String, Option<Entity>>>,
     objects: Mutex<HashMap<String, Option<Entity>>>,
     lineages: Mutex<HashMap<String, Arc<Lineage>>>,
+    providers: Mutex<HashMap<String, Option<Entity>>>,
+    minted: Mutex<Minted>,
+}
+
+/// Authority records created by this process while the view was current, newest last.
+#[derive(Default)]
+struct Minted {
+    by_id: HashMap<String, Arc<AuthorityRecordData>>,
+    order: VecDeque<String>,
 }
 
 fn get<V: Clone>(m: &Mutex<HashMap<String, V>>, k: &str) -> Option<V> {
@@ -82,6 +98,8 @@ impl ZoneView {
             resources: Mutex::default(),
             objects: Mutex::default(),
             lineages: Mutex::default(),
+            providers: Mutex::default(),
+            minted: Mutex::default(),
         }
     }
 
@@ -115,6 +133,35 @@ impl ZoneView {
     }
     pub fn keep_lineage(&self, edge: &str, l: Arc<Lineage>) {
         put(&self.lineages, edge, l);
+    }
+
+    /// A credential provider by id (`None` inside: known not to exist). Provider events
+    /// start a new view, so a kept absence stays true.
+    pub fn provider(&self, id: &str) -> Option<Option<Entity>> {
+        get(&self.providers, id)
+    }
+    pub fn keep_provider(&self, id: &str, e: Option<Entity>) {
+        put(&self.providers, id, e);
+    }
+
+    /// An authority record this process created through this view. Its creation is an
+    /// entry the view ignores, every later change of it is one that replaces the view: while
+    /// the view is current, the record is as it was created.
+    pub fn minted(&self, id: &str) -> Option<Arc<AuthorityRecordData>> {
+        let m = self.minted.lock().unwrap_or_else(|p| p.into_inner());
+        m.by_id.get(id).cloned()
+    }
+    /// Called only once the record's creation is in the log.
+    pub fn keep_minted(&self, id: &str, r: AuthorityRecordData) {
+        let mut m = self.minted.lock().unwrap_or_else(|p| p.into_inner());
+        if m.by_id.insert(id.to_owned(), Arc::new(r)).is_none() {
+            m.order.push_back(id.to_owned());
+        }
+        while m.order.len() > MAX_MINTED {
+            if let Some(old) = m.order.pop_front() {
+                m.by_id.remove(&old);
+            }
+        }
     }
 }
 
