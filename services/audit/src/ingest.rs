@@ -68,17 +68,18 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
             "json_parse_error:invalid id or zone_id".into(),
         ));
     }
-    let mut zone = serval_projector::zones::load(&app.pool, &record.zone_id)
+    // The process's zone rows (kept per zones position): no query per frame.
+    let mut zone = serval_kit::read_cache::zone(app, &record.zone_id)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("zone unreadable: {}", e.status))?;
     if zone.is_none() {
         // A zone is acknowledged at its durable append, before the zones read model has it:
         // a miss waits once for the read model to reach the log's head.
         serval_kit::write::catch_up(app, serval_schema::projections::ZONES, &LogStream::System)
             .await;
-        zone = serval_projector::zones::load(&app.pool, &record.zone_id)
+        zone = serval_kit::read_cache::zone(app, &record.zone_id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("zone unreadable: {}", e.status))?;
     }
     if zone.is_none() {
         return Ok(Outcome::DeadLetter("unknown_zone".into()));
@@ -161,10 +162,11 @@ async fn dead_letter(
 const MAX_ATTEMPTS: u32 = 5;
 
 /// What the loop does with one frame; `false` when it must stop this batch (retry later).
+/// A frame handled (in the log or in the DLQ) is acknowledged with the rest of its batch.
 async fn handle(
     app: &App,
     conn: &mut RedisConn,
-    (topic, dlq): (&str, &str),
+    dlq: &str,
     entry: &redis::streams::StreamId,
     attempts: &mut std::collections::HashMap<String, u32>,
 ) -> bool {
@@ -189,11 +191,19 @@ async fn handle(
         }
     }
     attempts.remove(&entry.id);
-    let acked: redis::RedisResult<i64> = conn.xack(topic, GROUP, &[&entry.id]).await;
-    if let Err(e) = acked {
-        tracing::warn!(error = %e, "audit frame not acknowledged");
-    }
     true
+}
+
+/// One acknowledgement for the frames of a batch that are in the log or the DLQ (an
+/// unacknowledged one is re-read and recognised as a duplicate).
+async fn acknowledge(conn: &mut RedisConn, topic: &str, ids: &[&str]) {
+    if ids.is_empty() {
+        return;
+    }
+    let acked: redis::RedisResult<i64> = conn.xack(topic, GROUP, ids).await;
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, frames = ids.len(), "audit frames not acknowledged");
+    }
 }
 
 /// Runs until `stop`: pending frames of this consumer first (a previous run's), then new
@@ -270,13 +280,20 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
                 }
             }
         };
+        let mut handled: Vec<&str> = Vec::with_capacity(entries.len());
+        let mut stalled = false;
         for entry in &entries {
-            if !handle(&app, &mut conn, (&topic, &dlq), entry, &mut attempts).await {
-                // Back to this consumer's pending entries, after a pause.
-                cursor = "0".to_owned();
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            if !handle(&app, &mut conn, &dlq, entry, &mut attempts).await {
+                stalled = true;
                 break;
             }
+            handled.push(&entry.id);
+        }
+        acknowledge(&mut conn, &topic, &handled).await;
+        if stalled {
+            // Back to this consumer's pending entries, after a pause.
+            cursor = "0".to_owned();
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if attempts.len() > 10_000 {
             attempts.clear();

@@ -36,6 +36,9 @@ pub struct Gateway {
     /// To upstreams: no redirects, headers within `UPSTREAM_TIMEOUT`.
     pub upstream: reqwest::Client,
     pub allowlist: Vec<String>,
+    /// The STS's router when it runs in this process and `STS_URL` is not set: the
+    /// re-exchange is handed to it instead of crossing the loopback.
+    pub local_sts: std::sync::OnceLock<axum::Router>,
 }
 
 impl Gateway {
@@ -65,6 +68,7 @@ impl Gateway {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
+            local_sts: std::sync::OnceLock::new(),
         })
     }
 }

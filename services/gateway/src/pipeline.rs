@@ -287,7 +287,7 @@ async fn governed(
     let method = parts.method.as_str().to_owned();
     let exchanged = sts_client::exchange(
         app,
-        &gw.sts,
+        (&gw.sts, gw.local_sts.get()),
         &gw.breaker,
         &Exchange {
             request_id: rid,

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use axum::Router;
 use rand::RngCore;
 use serde_json::{Map, Value};
 use serval_kit::gateway_hmac;
@@ -19,6 +20,8 @@ const TOKEN_PATH: &str = "/oauth/2/token";
 const MAX_BODY: usize = 16 * 1024;
 const OPEN_FOR: Duration = Duration::from_secs(10);
 const TRIP_AFTER: u32 = 3;
+/// The HTTP client's timeout, for the in-process exchange too.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// §4.4: three counted failures without a success in between open the circuit for 10 s.
 #[derive(Default)]
@@ -45,6 +48,69 @@ impl Breaker {
     }
 }
 
+/// Status, whether the body is JSON, and the body (`None`: unreadable or over
+/// [`MAX_BODY`]); `Err(timed_out)` when no answer came.
+type Answer = Result<(StatusCode, bool, Option<Vec<u8>>), bool>;
+
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+/// The exchange over HTTP to `STS_URL`.
+async fn send_http(
+    app: &App,
+    client: &reqwest::Client,
+    headers: &[(&str, &str)],
+    body: String,
+) -> Answer {
+    let mut req = client.post(format!("{}{TOKEN_PATH}", app.sts_url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(body).send().await.map_err(|e| e.is_timeout())?;
+    let status = resp.status();
+    let json = is_json(resp.headers().get("content-type"));
+    let body = serval_kit::oauth::read_capped(resp, MAX_BODY).await.ok();
+    Ok((status, json, body))
+}
+
+/// The exchange handed to the STS's router in this process: the same request (signed, with
+/// its nonce) through the same middleware and handler, without the loopback connection.
+async fn send_local(router: &Router, headers: &[(&str, &str)], body: String) -> Answer {
+    let mut req = axum::http::Request::post(TOKEN_PATH);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let Ok(mut req) = req.body(axum::body::Body::from(body)) else {
+        return Err(false);
+    };
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        ))));
+    let call = tower::ServiceExt::oneshot(router.clone(), req);
+    let resp = match tokio::time::timeout(LOCAL_TIMEOUT, call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => return Err(true),
+    };
+    let status = resp.status();
+    let json = is_json(resp.headers().get("content-type"));
+    let body = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+        .await
+        .ok()
+        .map(|b| b.to_vec());
+    Ok((status, json, body))
+}
+
 /// What a successful exchange gives the Gateway.
 pub struct Exchanged {
     pub mandate: String,
@@ -64,7 +130,7 @@ pub struct Exchange<'a> {
 /// §4.1–§4.3.
 pub async fn exchange(
     app: &App,
-    client: &reqwest::Client,
+    (client, local): (&reqwest::Client, Option<&Router>),
     breaker: &Breaker,
     x: &Exchange<'_>,
 ) -> Result<Exchanged, GatewayError> {
@@ -79,12 +145,6 @@ pub async fn exchange(
         .append_pair("request_path", x.path)
         .append_pair("gateway_request_id", x.request_id)
         .finish();
-    let mut req = client
-        .post(format!("{}{TOKEN_PATH}", app.sts_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .header("user-agent", "caracal-gateway")
-        .header("x-request-id", x.request_id);
     // Unsigned, the exchange would be an ordinary client request without a secret: refused,
     // and counted against the application's lock-out. Without a key nothing is sent.
     let Some(key) = app.gateway_key() else {
@@ -95,43 +155,38 @@ pub async fn exchange(
             "gateway exchange key not configured".into(),
         ));
     };
-    {
-        let ts = chrono::Utc::now().timestamp().to_string();
-        let mut raw = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let nonce = hex::encode(raw);
-        let sig = gateway_hmac::sign(&key, &ts, &nonce, "POST", TOKEN_PATH, body.as_bytes());
-        req = req
-            .header(gateway_hmac::TIMESTAMP, ts)
-            .header(gateway_hmac::NONCE, nonce)
-            .header(gateway_hmac::SIGNATURE, sig);
-    }
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let nonce = hex::encode(raw);
+    let sig = gateway_hmac::sign(&key, &ts, &nonce, "POST", TOKEN_PATH, body.as_bytes());
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("accept", "application/json"),
+        ("user-agent", "caracal-gateway"),
+        ("x-request-id", x.request_id),
+        (gateway_hmac::TIMESTAMP, ts.as_str()),
+        (gateway_hmac::NONCE, nonce.as_str()),
+        (gateway_hmac::SIGNATURE, sig.as_str()),
+    ];
     let unavailable = |status: StatusCode, msg: &str| {
         GatewayError::new(status, "sts_unavailable", msg.to_owned())
     };
-    let resp = match req.body(body).send().await {
-        Ok(r) => r,
-        Err(e) => {
+    let answer = match local {
+        Some(router) => send_local(router, &headers, body).await,
+        None => send_http(app, client, &headers, body).await,
+    };
+    let (status, json_type, body) = match answer {
+        Ok(a) => a,
+        Err(timed_out) => {
             breaker.failed();
-            return Err(if e.is_timeout() {
+            return Err(if timed_out {
                 unavailable(StatusCode::GATEWAY_TIMEOUT, "sts timeout")
             } else {
                 unavailable(StatusCode::BAD_GATEWAY, "sts unavailable")
             });
         }
     };
-    let status = resp.status();
-    let json_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || m.ends_with("+json")
-        })
-        .unwrap_or(false);
-    let body = serval_kit::oauth::read_capped(resp, MAX_BODY).await.ok();
     if status != StatusCode::OK {
         let parsed: Option<Map<String, Value>> =
             body.as_deref().and_then(|b| serde_json::from_slice(b).ok());

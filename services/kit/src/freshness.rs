@@ -181,16 +181,29 @@ async fn wait_for(app: &App, deps: &[Dep], skippable: Option<Skippable>) -> Resu
             unavailable("the log is unreachable")
         })?;
     let deadline = Instant::now() + app.visibility_timeout();
-    for (d, key) in deps.iter().zip(&keys) {
-        let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
-        let at = app.visibility.current(d.projection, key);
-        if at >= head {
-            continue;
+    let behind: Vec<(&Dep, &String, EntryId, EntryId)> = deps
+        .iter()
+        .zip(&keys)
+        .filter_map(|(d, key)| {
+            let head = heads.get(key).copied().unwrap_or(EntryId::ZERO);
+            let at = app.visibility.current(d.projection, key);
+            (at < head).then_some((d, key, at, head))
+        })
+        .collect();
+    // The tails of every projection behind are inspected at once (one Redis flight, not
+    // one per projection).
+    let skipped: Vec<bool> = match skippable {
+        Some(skippable) => {
+            futures::future::join_all(behind.iter().map(|(d, key, at, head)| {
+                tail_skippable(app, key, (*at, *head), d.projection, skippable)
+            }))
+            .await
         }
-        if let Some(skippable) = skippable {
-            if tail_skippable(app, key, (at, head), d.projection, skippable).await {
-                continue;
-            }
+        None => vec![false; behind.len()],
+    };
+    for ((d, key, _, head), skipped) in behind.into_iter().zip(skipped) {
+        if skipped {
+            continue;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if !app

@@ -67,6 +67,16 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
         if !services.contains(&service) {
             continue;
         }
+        if service == Service::Sts {
+            let router = serve::finish(&app, service, serval_sts::router(), None);
+            // The Gateway of this process hands its re-exchanges to this STS unless the
+            // operator named another (`STS_URL`).
+            if app.cfg.sts_url.is_none() {
+                let _ = gateway.local_sts.set(router.clone());
+            }
+            servers.push(serve::listen(&app, service, router, stop_rx.clone()).await?);
+            continue;
+        }
         let routes = match service {
             Service::Api => serval_api::router(app.clone()),
             Service::Coordinator => serval_coordinator::router(&app),

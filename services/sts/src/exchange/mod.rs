@@ -197,7 +197,16 @@ async fn exchange(
         consumed?;
         view?
     } else {
-        zone_view(app, sts, &form).await?
+        // §5.1 step 2's lock-out read rides in the same flight; the read-your-writes answer
+        // still comes first.
+        let app_id = form.get("application_id").unwrap_or_default();
+        let (view, lockout) = tokio::join!(
+            zone_view(app, sts, &form),
+            limits::check_lockout(app, app_id)
+        );
+        let view = view?;
+        lockout?;
+        view
     };
     let view = view.as_deref();
     let application_id = form.get("application_id").unwrap_or_default().to_owned();
@@ -209,7 +218,6 @@ async fn exchange(
         }
         sts.secrets.identify(app, &form, view).await?
     } else {
-        limits::check_lockout(app, &application_id).await?;
         match sts.secrets.authenticate(app, &form, view).await {
             // §5.1 step 3: a missing `zone_id` is a failed authentication for any other
             // application.
