@@ -859,3 +859,112 @@ async fn oauth_providers_inject_fetched_and_refreshed_tokens() {
     assert_eq!(up.broken_fetches.load(Ordering::SeqCst), 5);
     assert_eq!(upstream.hits.load(Ordering::SeqCst), before);
 }
+
+/// sts.md §11.2 and §5.1 step 6, the re-exchange as the Gateway sends it: the record this
+/// STS process minted a moment ago is bound from memory, yet refused once its subject is
+/// revoked; a nonce is good once, even after a successful exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_re_exchange_refuses_a_revoked_subject_record_and_a_reused_nonce() {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    const KEY: &str = "6b0b7ac1c3c54f0d8a2e9e4b5d6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081";
+    let upstream = echo().await;
+    let (server, issuer) = common::runtime::server_with(&[("GATEWAY_STS_HMAC_KEY", KEY)]).await;
+    let (z, b, edge, _) = governed(&server, &issuer, &upstream.url).await;
+    let presented = mint(&issuer, &z, &b, &edge).await;
+    let re_exchange = |nonce: &'static str, rid: &'static str| {
+        let (issuer, presented, zone, app) = (
+            issuer.clone(),
+            presented.clone(),
+            z.id.clone(),
+            z.app.clone(),
+        );
+        async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("grant_type", common::runtime::GRANT),
+                    ("zone_id", zone.as_str()),
+                    ("application_id", app.as_str()),
+                    ("subject_token", presented.as_str()),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("resource", RESOURCE),
+                    ("request_method", "GET"),
+                    ("request_path", "/v1/tickets"),
+                    ("gateway_request_id", rid),
+                ])
+                .finish();
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
+            mac.update(
+                format!(
+                    "{ts}\n{nonce}\nPOST\n/oauth/2/token\n{}",
+                    hex::encode(Sha256::digest(body.as_bytes()))
+                )
+                .as_bytes(),
+            );
+            let sig = hex::encode(mac.finalize().into_bytes());
+            let resp = reqwest::Client::new()
+                .post(format!("{issuer}/oauth/2/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-request-id", rid)
+                .header("x-caracal-gateway-timestamp", ts)
+                .header("x-caracal-gateway-request", nonce)
+                .header("x-caracal-gateway-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = re_exchange("nonce-one", "re-1").await;
+    assert_eq!(s, 200, "{v}\n{}", server.logs());
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["use"],
+        "resource"
+    );
+    assert_eq!(v["upstreams"][RESOURCE]["url"], upstream.url.as_str());
+
+    let (s, v) = re_exchange("nonce-one", "re-2").await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"], "access_denied");
+    assert_eq!(v["error_description"], "invalid gateway exchange signature");
+
+    // Revoking a grant revokes every active record of its subject (management-api.md §18):
+    // the presented mandate's record among them.
+    let admin = Admin::new(&server);
+    let sub = claims(&presented)["sub"].as_str().unwrap().to_owned();
+    let (_, list) = admin.get(&format!("/v1/zones/{}/resources", z.id)).await;
+    let resource_id = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["identifier"] == RESOURCE)
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let grants = format!("/v1/zones/{}/grants", z.id);
+    let (s, g) = admin
+        .post(
+            &grants,
+            json!({"application_id": z.app, "user_id": sub, "resource_id": resource_id,
+                   "scopes": ["tickets:read"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{g}");
+    let (s, v) = admin
+        .delete(&format!("{grants}/{}", g["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = re_exchange("nonce-two", "re-3").await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"], "access_denied");
+    assert_eq!(
+        v["error_description"],
+        "token authority record is not active for this application"
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+}

@@ -5,7 +5,9 @@
 //! with a reason; a frame is acknowledged only once it is in the log or in the DLQ, so a
 //! crash re-reads it (and the duplicate is recognised).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use hmac::{Hmac, Mac};
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -71,7 +73,7 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
     // The process's zone rows (kept per zones position): no query per frame.
     let mut zone = serval_kit::read_cache::zone(app, &record.zone_id)
         .await
-        .map_err(|e| format!("zone unreadable: {}", e.status))?;
+        .map_err(|e| format!("zone unreadable: {}", Value::Object(e.body)))?;
     if zone.is_none() {
         // A zone is acknowledged at its durable append, before the zones read model has it:
         // a miss waits once for the read model to reach the log's head.
@@ -79,7 +81,7 @@ async fn ingest(app: &App, record: AuditRecord) -> Result<Outcome, String> {
             .await;
         zone = serval_kit::read_cache::zone(app, &record.zone_id)
             .await
-            .map_err(|e| format!("zone unreadable: {}", e.status))?;
+            .map_err(|e| format!("zone unreadable: {}", Value::Object(e.body)))?;
     }
     if zone.is_none() {
         return Ok(Outcome::DeadLetter("unknown_zone".into()));
@@ -160,6 +162,8 @@ async fn dead_letter(
 /// Attempts at a frame that keeps failing before it goes to the DLQ, so one frame can never
 /// hold back the ones after it.
 const MAX_ATTEMPTS: u32 = 5;
+/// Frames of a batch done this long ago are acknowledged without waiting for its end.
+const ACK_WITHIN: Duration = Duration::from_secs(1);
 
 /// What the loop does with one frame; `false` when it must stop this batch (retry later).
 /// A frame handled (in the log or in the DLQ) is acknowledged with the rest of its batch.
@@ -169,7 +173,7 @@ async fn handle(
     dlq: &str,
     entry: &redis::streams::StreamId,
     attempts: &mut std::collections::HashMap<String, u32>,
-) -> bool {
+) -> Handled {
     let outcome = match process(app, &entry.map).await {
         Ok(o) => o,
         Err(e) => {
@@ -178,20 +182,31 @@ async fn handle(
             if *n < MAX_ATTEMPTS {
                 // Not acknowledged: it stays pending and is retried.
                 tracing::warn!(error = %e, entry = %entry.id, attempt = *n, "audit frame not ingested; will retry");
-                return false;
+                return Handled::Stalled;
             }
             Outcome::DeadLetter(format!("transient_exceeded_max_deliveries:{e}"))
         }
     };
+    attempts.remove(&entry.id);
     if let Outcome::DeadLetter(reason) = &outcome {
         tracing::warn!(reason, entry = %entry.id, "audit frame dead-lettered");
         if let Err(e) = dead_letter(conn, dlq, &entry.id, &entry.map, reason).await {
             tracing::warn!(error = %e, "audit DLQ write failed; will retry");
-            return false;
+            return Handled::Stalled;
         }
+        // A DLQ entry is not recognised on re-delivery: acknowledged at once.
+        return Handled::DeadLettered;
     }
-    attempts.remove(&entry.id);
-    true
+    Handled::Ingested
+}
+
+enum Handled {
+    /// In the log (or a recognised duplicate): acknowledged with its batch.
+    Ingested,
+    /// In the DLQ: acknowledged now.
+    DeadLettered,
+    /// Not done: this batch stops here and is retried.
+    Stalled,
 }
 
 /// One acknowledgement for the frames of a batch that are in the log or the DLQ (an
@@ -282,12 +297,23 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         };
         let mut handled: Vec<&str> = Vec::with_capacity(entries.len());
         let mut stalled = false;
+        let mut since = Instant::now();
         for entry in &entries {
-            if !handle(&app, &mut conn, &dlq, entry, &mut attempts).await {
-                stalled = true;
-                break;
+            match handle(&app, &mut conn, &dlq, entry, &mut attempts).await {
+                Handled::Ingested => handled.push(&entry.id),
+                Handled::DeadLettered => acknowledge(&mut conn, &topic, &[&entry.id]).await,
+                Handled::Stalled => {
+                    stalled = true;
+                    break;
+                }
             }
-            handled.push(&entry.id);
+            // A slow batch (frames waiting for their zone) does not keep the done ones
+            // pending anywhere near the claim idle.
+            if since.elapsed() >= ACK_WITHIN {
+                acknowledge(&mut conn, &topic, &handled).await;
+                handled.clear();
+                since = Instant::now();
+            }
         }
         acknowledge(&mut conn, &topic, &handled).await;
         if stalled {

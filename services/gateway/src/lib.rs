@@ -85,15 +85,22 @@ pub fn readiness(gw: Arc<Gateway>) -> serval_kit::http::ops::ExtraCheck {
             if gw.breaker.open() {
                 return Err("sts_unavailable");
             }
-            let health = gw
-                .sts
-                .get(format!("{}/health", app.sts_url()))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            match health {
-                Ok(r) if r.status().is_success() => Ok(()),
-                _ => Err("sts_unreachable"),
+            // The STS the exchanges go to: the one in this process when they are handed
+            // to it, else `STS_URL` (or `ISSUER_URL`).
+            let healthy = match gw.local_sts.get() {
+                Some(router) => sts_client::local_health(router).await,
+                None => gw
+                    .sts
+                    .get(format!("{}/health", app.sts_url()))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+            };
+            if healthy {
+                Ok(())
+            } else {
+                Err("sts_unreachable")
             }
         })
     })

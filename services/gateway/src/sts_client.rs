@@ -111,6 +111,18 @@ async fn send_local(router: &Router, headers: &[(&str, &str)], body: String) -> 
     Ok((status, json, body))
 }
 
+/// The in-process STS's `/health` answered 2xx within 2 s.
+pub async fn local_health(router: &Router) -> bool {
+    let Ok(req) = axum::http::Request::get("/health").body(axum::body::Body::empty()) else {
+        return false;
+    };
+    let call = tower::ServiceExt::oneshot(router.clone(), req);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), call).await,
+        Ok(Ok(r)) if r.status().is_success()
+    )
+}
+
 /// What a successful exchange gives the Gateway.
 pub struct Exchanged {
     pub mandate: String,

@@ -80,10 +80,10 @@ pub async fn run(cfg: Config, services: HashSet<Service>) -> anyhow::Result<()> 
         let routes = match service {
             Service::Api => serval_api::router(app.clone()),
             Service::Coordinator => serval_coordinator::router(&app),
-            Service::Sts => serval_sts::router(),
             Service::Gateway => serval_gateway::router(gateway.clone()),
             Service::Audit => serval_audit::router(),
-            Service::Projector => continue,
+            // The STS is served above.
+            Service::Sts | Service::Projector => continue,
         };
         let extra = match service {
             Service::Gateway => Some(serval_gateway::readiness(gateway.clone())),
