@@ -165,16 +165,16 @@ const MAX_ATTEMPTS: u32 = 5;
 /// Frames of a batch done this long ago are acknowledged without waiting for its end.
 const ACK_WITHIN: Duration = Duration::from_secs(1);
 
-/// What the loop does with one frame; `false` when it must stop this batch (retry later).
-/// A frame handled (in the log or in the DLQ) is acknowledged with the rest of its batch.
+/// What the loop does with one frame once [`process`] has taken it: retry accounting and
+/// the DLQ, in the batch's order. A frame in the log is acknowledged with its batch.
 async fn handle(
-    app: &App,
     conn: &mut RedisConn,
     dlq: &str,
     entry: &redis::streams::StreamId,
+    processed: Result<Outcome, String>,
     attempts: &mut std::collections::HashMap<String, u32>,
 ) -> Handled {
-    let outcome = match process(app, &entry.map).await {
+    let outcome = match processed {
         Ok(o) => o,
         Err(e) => {
             let n = attempts.entry(entry.id.clone()).or_insert(0);
@@ -298,8 +298,15 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         let mut handled: Vec<&str> = Vec::with_capacity(entries.len());
         let mut stalled = false;
         let mut since = Instant::now();
-        for entry in &entries {
-            match handle(&app, &mut conn, &dlq, entry, &mut attempts).await {
+        // The batch's frames are taken at once: their appends share Redis round trips (and
+        // AOF fsyncs) instead of paying one each, so the ingester keeps up with a saturated
+        // Gateway. Order across frames is not part of the ledger's contract (each frame is
+        // its own aggregate; the chain follows the log); a frame after one that stalls is
+        // in the log but unacknowledged, and its re-delivery is recognised as a duplicate.
+        let processed =
+            futures::future::join_all(entries.iter().map(|e| process(&app, &e.map))).await;
+        for (entry, processed) in entries.iter().zip(processed) {
+            match handle(&mut conn, &dlq, entry, processed, &mut attempts).await {
                 Handled::Ingested => handled.push(&entry.id),
                 Handled::DeadLettered => acknowledge(&mut conn, &topic, &[&entry.id]).await,
                 Handled::Stalled => {
