@@ -9,6 +9,7 @@ use axum::Router;
 use rand::RngCore;
 use serde_json::{Map, Value};
 use serval_kit::gateway_hmac;
+use serval_kit::http::body::is_json_type as is_json;
 use serval_kit::App;
 
 use crate::error::GatewayError;
@@ -52,15 +53,17 @@ impl Breaker {
 /// [`MAX_BODY`]); `Err(timed_out)` when no answer came.
 type Answer = Result<(StatusCode, bool, Option<Vec<u8>>), bool>;
 
-fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
-    content_type
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || m.ends_with("+json")
-        })
-        .unwrap_or(false)
+/// A request to the in-process STS's router, answered within `within`.
+async fn call_local(
+    router: &Router,
+    req: axum::http::Request<axum::body::Body>,
+    within: Duration,
+) -> Option<axum::response::Response> {
+    match tokio::time::timeout(within, tower::ServiceExt::oneshot(router.clone(), req)).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(never)) => match never {},
+        Err(_) => None,
+    }
 }
 
 /// The exchange over HTTP to `STS_URL`.
@@ -96,12 +99,7 @@ async fn send_local(router: &Router, headers: &[(&str, &str)], body: String) -> 
             [127, 0, 0, 1],
             0,
         ))));
-    let call = tower::ServiceExt::oneshot(router.clone(), req);
-    let resp = match tokio::time::timeout(LOCAL_TIMEOUT, call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(never)) => match never {},
-        Err(_) => return Err(true),
-    };
+    let resp = call_local(router, req, LOCAL_TIMEOUT).await.ok_or(true)?;
     let status = resp.status();
     let json = is_json(resp.headers().get("content-type"));
     let body = axum::body::to_bytes(resp.into_body(), MAX_BODY)
@@ -116,11 +114,9 @@ pub async fn local_health(router: &Router) -> bool {
     let Ok(req) = axum::http::Request::get("/health").body(axum::body::Body::empty()) else {
         return false;
     };
-    let call = tower::ServiceExt::oneshot(router.clone(), req);
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), call).await,
-        Ok(Ok(r)) if r.status().is_success()
-    )
+    call_local(router, req, Duration::from_secs(2))
+        .await
+        .is_some_and(|r| r.status().is_success())
 }
 
 /// What a successful exchange gives the Gateway.

@@ -31,8 +31,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    is_json_type(headers.get(header::CONTENT_TYPE))
+}
+
+/// Whether a `Content-Type` value names JSON (`application/json` or `…+json`).
+pub fn is_json_type(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    content_type
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             let mime = v

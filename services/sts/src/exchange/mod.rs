@@ -774,11 +774,15 @@ async fn bind_subject_record(
     {
         return Err(denied());
     }
-    if let Some(r) = view.and_then(|v| v.minted(sid)) {
-        if !r.is_active(now) || Some(r.subject_id.as_str()) != claims.text("sub") {
-            return Err(denied());
+    let bound = |r: &AuthorityRecordData| {
+        if r.is_active(now) && Some(r.subject_id.as_str()) == claims.text("sub") {
+            Ok(sid.to_owned())
+        } else {
+            Err(denied())
         }
-        return Ok(sid.to_owned());
+    };
+    if let Some(r) = view.and_then(|v| v.minted(sid)) {
+        return bound(&r);
     }
     let mut record = read::load(&app.pool, &client.zone_id, sid)
         .await
@@ -809,10 +813,7 @@ async fn bind_subject_record(
             "missing token authority record",
         ));
     };
-    if !r.is_active(now) || Some(r.subject_id.as_str()) != claims.text("sub") {
-        return Err(denied());
-    }
-    Ok(sid.to_owned())
+    bound(&r)
 }
 
 /// §5.4: a `session_id` must name an active, unexpired `application` record of the caller
