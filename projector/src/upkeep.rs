@@ -33,31 +33,68 @@ pub enum Need {
 /// Autovacuum's rule for a table of `live` rows with `dead` dead rows and `changed` rows
 /// changed since its last analyze.
 pub fn need(live: i64, dead: i64, changed: i64) -> Option<Need> {
-    let live = live.max(0) as f64;
-    if dead as f64 > VACUUM_BASE as f64 + VACUUM_SCALE * live {
+    if vacuum_due(live, dead) {
         Some(Need::VacuumAnalyze)
-    } else if changed as f64 > ANALYZE_BASE as f64 + ANALYZE_SCALE * live {
+    } else if analyze_due(live, changed) {
         Some(Need::Analyze)
     } else {
         None
     }
 }
 
+/// [`need`] for a table vacuumed within [`PER_TABLE`] or analyzed within [`ANALYZE_EVERY`]
+/// or not: a table vacuumed lately is only analyzed, when its changes call for it, and one
+/// analyzed lately only vacuumed.
+pub fn due(
+    live: i64,
+    dead: i64,
+    changed: i64,
+    vacuumed_lately: bool,
+    analyzed_lately: bool,
+) -> Option<Need> {
+    match need(live, dead, changed) {
+        Some(Need::VacuumAnalyze) if !vacuumed_lately => Some(Need::VacuumAnalyze),
+        Some(_) => (analyze_due(live, changed) && !analyzed_lately).then_some(Need::Analyze),
+        None => None,
+    }
+}
+
+fn vacuum_due(live: i64, dead: i64) -> bool {
+    dead as f64 > VACUUM_BASE as f64 + VACUUM_SCALE * live.max(0) as f64
+}
+
+fn analyze_due(live: i64, changed: i64) -> bool {
+    changed as f64 > ANALYZE_BASE as f64 + ANALYZE_SCALE * live.max(0) as f64
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// A table is worked on at most this often (dead rows an old transaction still holds back
+/// A table is vacuumed at most this often (dead rows an old transaction still holds back
 /// cannot be removed, and must not cost a VACUUM every pass).
 const PER_TABLE: Duration = Duration::from_secs(60);
 
+/// A table is analyzed at most this often. Shorter than [`PER_TABLE`]: plans made from a
+/// small table's statistics (cached ones included) can walk whole zones until the next
+/// ANALYZE — the likely cause of traverses that took ~31 ms per call for tens of seconds
+/// right after a zone was filled with 10,000 edges. Not every pass: an ANALYZE samples up
+/// to 30,000 rows (~0.3 s for a large `catalog_objects` on 2 cores), invalidates the
+/// table's cached plans in every session, and a migration's `ALTER TABLE` waits behind it.
+const ANALYZE_EVERY: Duration = Duration::from_secs(20);
+
+/// When each table was last vacuumed and last analyzed by this loop.
+#[derive(Default)]
+pub struct Worked {
+    vacuumed: HashMap<String, Instant>,
+    analyzed: HashMap<String, Instant>,
+}
+
 /// One pass: every table of the current schema owned by the current role and past its
 /// threshold, when the server's autovacuum is off. `last` remembers when each table was
-/// last worked on. Returns the tables worked on; a table that fails is logged and skipped.
-pub async fn pass(
-    pool: &PgPool,
-    last: &mut HashMap<String, Instant>,
-) -> Result<Vec<String>, sqlx::Error> {
+/// last vacuumed and analyzed. Returns the tables worked on; a table that fails is logged
+/// and skipped.
+pub async fn pass(pool: &PgPool, last: &mut Worked) -> Result<Vec<String>, sqlx::Error> {
     let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
         .fetch_one(pool)
         .await?;
@@ -74,13 +111,18 @@ pub async fn pass(
     .await?;
     let mut done = Vec::new();
     for (schema, table, live, dead, changed) in tables {
-        let Some(need) = need(live, dead, changed) else {
+        let within = |m: &HashMap<String, Instant>, d: Duration| {
+            m.get(&table).is_some_and(|t| t.elapsed() < d)
+        };
+        let vacuumed_lately = within(&last.vacuumed, PER_TABLE);
+        let analyzed_lately = within(&last.analyzed, ANALYZE_EVERY);
+        let Some(need) = due(live, dead, changed, vacuumed_lately, analyzed_lately) else {
             continue;
         };
-        if last.get(&table).is_some_and(|t| t.elapsed() < PER_TABLE) {
-            continue;
+        if need == Need::VacuumAnalyze {
+            last.vacuumed.insert(table.clone(), Instant::now());
         }
-        last.insert(table.clone(), Instant::now());
+        last.analyzed.insert(table.clone(), Instant::now());
         let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
         let sql = match need {
             Need::VacuumAnalyze => format!("VACUUM (ANALYZE, SKIP_LOCKED) {name}"),
@@ -98,7 +140,7 @@ pub async fn pass(
 
 /// Runs [`pass`] every [`INTERVAL`] until `stop`.
 pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
-    let mut last = HashMap::new();
+    let mut last = Worked::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
@@ -129,5 +171,18 @@ mod tests {
         assert_eq!(need(0, 51, 0), Some(Need::VacuumAnalyze));
         assert_eq!(need(0, 0, 50), None);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn a_table_vacuumed_lately_is_still_analyzed_when_it_changed() {
+        assert_eq!(due(1000, 251, 151, false, false), Some(Need::VacuumAnalyze));
+        assert_eq!(due(1000, 251, 151, true, false), Some(Need::Analyze));
+        assert_eq!(due(1000, 251, 150, true, false), None);
+        assert_eq!(due(1000, 0, 151, true, false), Some(Need::Analyze));
+        assert_eq!(due(1000, 0, 0, true, false), None);
+        // Analyzed lately: vacuumed if due, not analyzed again.
+        assert_eq!(due(1000, 251, 151, false, true), Some(Need::VacuumAnalyze));
+        assert_eq!(due(1000, 251, 151, true, true), None);
+        assert_eq!(due(1000, 0, 151, false, true), None);
     }
 }
