@@ -71,7 +71,9 @@ async fn load_ids<'e>(
     zone_id: &str,
     ids: &[String],
 ) -> Result<Vec<Edge>, sqlx::Error> {
-    // By primary key, the zone tested on the rows (see `load`).
+    // Found by the primary key alone, the zone tested on the rows: with `zone_id` in the
+    // condition, a generic plan made from an empty table's statistics walked the
+    // `(zone_id, source_session_id)` index instead — the whole zone per lookup.
     let docs: Vec<Doc> = sqlx::query_scalar(
         "SELECT e.doc FROM (SELECT zone_id, doc FROM delegation_edges
                              WHERE id = ANY($2) OFFSET 0) e
@@ -99,17 +101,7 @@ pub async fn load<'e>(
     zone_id: &str,
     id: &str,
 ) -> Result<Option<Edge>, sqlx::Error> {
-    // Found by the primary key alone, the zone tested on the row: with `zone_id` in the
-    // condition, a generic plan made from an empty table's statistics walked the
-    // `(zone_id, source_session_id)` index instead — the whole zone per lookup.
-    let doc: Option<Option<Doc>> = sqlx::query_scalar(
-        "SELECT CASE WHEN zone_id = $2 THEN doc END FROM delegation_edges WHERE id = $1",
-    )
-    .bind(id)
-    .bind(zone_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(doc.flatten().map(|d| d.0))
+    Ok(load_ids(db, zone_id, &[id.to_owned()]).await?.pop())
 }
 
 /// An edge and its ancestors by `parent_edge_id`, in one statement: at most

@@ -33,13 +33,7 @@ pub enum Need {
 /// Autovacuum's rule for a table of `live` rows with `dead` dead rows and `changed` rows
 /// changed since its last analyze.
 pub fn need(live: i64, dead: i64, changed: i64) -> Option<Need> {
-    if vacuum_due(live, dead) {
-        Some(Need::VacuumAnalyze)
-    } else if analyze_due(live, changed) {
-        Some(Need::Analyze)
-    } else {
-        None
-    }
+    due(live, dead, changed, false, false)
 }
 
 /// [`need`] for a table vacuumed within [`PER_TABLE`] or analyzed within [`ANALYZE_EVERY`]
@@ -52,10 +46,12 @@ pub fn due(
     vacuumed_lately: bool,
     analyzed_lately: bool,
 ) -> Option<Need> {
-    match need(live, dead, changed) {
-        Some(Need::VacuumAnalyze) if !vacuumed_lately => Some(Need::VacuumAnalyze),
-        Some(_) => (analyze_due(live, changed) && !analyzed_lately).then_some(Need::Analyze),
-        None => None,
+    if vacuum_due(live, dead) && !vacuumed_lately {
+        Some(Need::VacuumAnalyze)
+    } else if analyze_due(live, changed) && !analyzed_lately {
+        Some(Need::Analyze)
+    } else {
+        None
     }
 }
 
