@@ -32,9 +32,10 @@ pub trait Projection: Send + Sync + 'static {
     }
 
     /// The shortest time between two of this projection's transactions while it follows the
-    /// live log: `Some` for a copy no read waits for (the archive), so that under a steady
-    /// stream of writes it commits one batch per period instead of one per write, and costs
-    /// the writes less. A backlog or a replay is read at full speed.
+    /// live log: `Some` for a copy no read waits for (the archive) or that only rare reads
+    /// wait for (the audit ledger), so that under a steady stream of writes it commits one
+    /// batch per period instead of one per write, and costs the writes less. A backlog or a
+    /// replay is read at full speed.
     fn pace(&self) -> Option<std::time::Duration> {
         None
     }
