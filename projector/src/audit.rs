@@ -307,8 +307,18 @@ impl Projection for AuditProjection {
                JOIN UNNEST($1::text[], $2::text[]) AS k(zone_id, id)
                  ON e.zone_id = k.zone_id AND e.id = k.id",
         )
-        .bind(records.iter().map(|(r, _)| r.zone_id.as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|(r, _)| r.id.as_str()).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|(r, _)| r.zone_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|(r, _)| r.id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *tx)
         .await?;
         let mut taken: HashSet<(&str, &str)> = present

@@ -540,3 +540,107 @@ async fn frames_and_admin_records_do_not_grow_the_versions_index() {
     })
     .await;
 }
+
+/// A record as the ingester appends it (the projection reads nothing else of it).
+fn record(zone: &str, id: &str) -> serval_domain::audit::AuditRecord {
+    serval_domain::audit::AuditRecord {
+        id: id.to_owned(),
+        zone_id: zone.to_owned(),
+        event_type: "token_exchange".into(),
+        request_id: format!("rq-{id}"),
+        decision: "allow".into(),
+        policy_set_id: None,
+        policy_set_version_id: None,
+        manifest_sha: None,
+        evaluation_status: "evaluated".into(),
+        determining_policies_json: "[]".into(),
+        diagnostics_json: "null".into(),
+        metadata_json: format!("{{\"application_id\":\"{id}\"}}"),
+        occurred_at: chrono::Utc::now(),
+        ingest_signature: None,
+    }
+}
+
+/// The ledger's projection hands chain positions out per batch: a record whose id the ledger
+/// already holds (a frame ingested again once its idempotency record lapsed) and a repeat
+/// inside the batch get none, so the chain stays contiguous and each id is there once.
+#[tokio::test]
+async fn records_already_in_the_ledger_take_no_chain_position() {
+    use serval_domain::audit::AuditEvent;
+    use serval_domain::Event;
+    use serval_streams::append::Rider;
+    use serval_streams::{AppendRequest, LogStream};
+
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let (_, z) = admin
+        .post("/v1/zones", json!({"name": "ledger-batch"}))
+        .await;
+    let z = z["id"].as_str().unwrap().to_owned();
+    let store = server.store().await;
+    let event = |id: &str| Event::Audit(AuditEvent::Ingested(record(&z, id)));
+    let stream = LogStream::Zone(z.clone());
+    let first = AppendRequest::new(
+        stream.clone(),
+        Some(z.clone()),
+        "dup-a",
+        0,
+        vec![event("dup-a")],
+        "system:audit-ingestor",
+    )
+    .one_shot();
+    store.append(&first).await.unwrap();
+    store.hint_activity(&stream).await.unwrap();
+    let pool = common::pool(&server.db_url).await;
+    let rows = || {
+        let (pool, z) = (pool.clone(), z.clone());
+        async move {
+            sqlx::query_as::<_, (String, i64, String, String)>(
+                "SELECT id, chain_seq, content_sha256, prev_content_sha256 FROM audit_events
+                  WHERE zone_id = $1 ORDER BY chain_seq",
+            )
+            .bind(&z)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    common::eventually(20, || async { (rows().await.len() == 1).then_some(()) }).await;
+
+    // One atomic append: the known id again, a new one twice, another new one.
+    let mut again = AppendRequest::new(
+        stream.clone(),
+        Some(z.clone()),
+        "dup-a",
+        0,
+        vec![event("dup-a")],
+        "system:audit-ingestor",
+    )
+    .one_shot();
+    again.riders = ["dup-b", "dup-b", "dup-c"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Rider {
+            aggregate_id: format!("rider-{i}"),
+            event: event(id),
+        })
+        .collect();
+    store.append(&again).await.unwrap();
+    store.hint_activity(&stream).await.unwrap();
+    let chain = common::eventually(20, || async {
+        let r = rows().await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    let ids: Vec<&str> = chain.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["dup-a", "dup-b", "dup-c"]);
+    let seqs: Vec<i64> = chain.iter().map(|r| r.1).collect();
+    assert_eq!(seqs, [1, 2, 3], "no gap where the skipped records were");
+    assert_eq!(chain[0].3, "", "the chain starts empty");
+    for pair in chain.windows(2) {
+        assert_eq!(
+            pair[1].3, pair[0].2,
+            "each row names its predecessor's digest"
+        );
+    }
+}
