@@ -336,22 +336,13 @@ async fn frames_are_verified_ingested_chained_and_served() {
 
     // The ledger is rebuilt from the log alone, chain included.
     let pool = common::pool(&server.db_url).await;
-    let chain = || async {
-        sqlx::query_as::<_, (i64, String, String, Option<String>)>(
-            "SELECT chain_seq, content_sha256, prev_content_sha256, chain_hmac FROM audit_events
-             WHERE zone_id = $1 ORDER BY chain_seq",
-        )
-        .bind(&z)
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-    };
+    let chain = || ledger(&pool, &z);
     let before = chain().await;
-    assert_eq!(before.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(before.iter().map(|r| r.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
     for w in before.windows(2) {
-        assert_eq!(w[1].2, w[0].1, "each row links to the previous digest");
+        assert_eq!(w[1].3, w[0].2, "each row links to the previous digest");
     }
-    assert!(before.iter().all(|r| r.3.is_some()));
+    assert!(before.iter().all(|r| r.4.is_some()));
     let (_, listed) = admin.get(&format!("{audit}?limit=1000")).await;
     let (ok, out, err) = server.replay(&["rebuild", "--projection", "audit"]);
     assert!(ok, "{out}{err}");
@@ -541,6 +532,22 @@ async fn frames_and_admin_records_do_not_grow_the_versions_index() {
     .await;
 }
 
+/// A zone's ledger in chain order: id, `chain_seq`, `content_sha256`, `prev_content_sha256`,
+/// `chain_hmac`.
+async fn ledger(
+    pool: &sqlx::PgPool,
+    zone: &str,
+) -> Vec<(String, i64, String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT id, chain_seq, content_sha256, prev_content_sha256, chain_hmac FROM audit_events
+          WHERE zone_id = $1 ORDER BY chain_seq",
+    )
+    .bind(zone)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// A record as the ingester appends it (the projection reads nothing else of it).
 fn record(zone: &str, id: &str) -> serval_domain::audit::AuditRecord {
     serval_domain::audit::AuditRecord {
@@ -580,43 +587,26 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
     let store = server.store().await;
     let event = |id: &str| Event::Audit(AuditEvent::Ingested(record(&z, id)));
     let stream = LogStream::Zone(z.clone());
-    let first = AppendRequest::new(
-        stream.clone(),
-        Some(z.clone()),
-        "dup-a",
-        0,
-        vec![event("dup-a")],
-        "system:audit-ingestor",
-    )
-    .one_shot();
-    store.append(&first).await.unwrap();
+    // The ingester's append of one frame.
+    let ingested = |id: &str| {
+        AppendRequest::new(
+            stream.clone(),
+            Some(z.clone()),
+            id,
+            0,
+            vec![event(id)],
+            "system:audit-ingestor",
+        )
+        .one_shot()
+    };
+    store.append(&ingested("dup-a")).await.unwrap();
     store.hint_activity(&stream).await.unwrap();
     let pool = common::pool(&server.db_url).await;
-    let rows = || {
-        let (pool, z) = (pool.clone(), z.clone());
-        async move {
-            sqlx::query_as::<_, (String, i64, String, String)>(
-                "SELECT id, chain_seq, content_sha256, prev_content_sha256 FROM audit_events
-                  WHERE zone_id = $1 ORDER BY chain_seq",
-            )
-            .bind(&z)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        }
-    };
+    let rows = || ledger(&pool, &z);
     common::eventually(20, || async { (rows().await.len() == 1).then_some(()) }).await;
 
     // One atomic append: the known id again, a new one twice, another new one.
-    let mut again = AppendRequest::new(
-        stream.clone(),
-        Some(z.clone()),
-        "dup-a",
-        0,
-        vec![event("dup-a")],
-        "system:audit-ingestor",
-    )
-    .one_shot();
+    let mut again = ingested("dup-a");
     again.riders = ["dup-b", "dup-b", "dup-c"]
         .iter()
         .enumerate()
