@@ -3,7 +3,7 @@
 //! Each `audit.ingested` event becomes one row, chained per zone in log order exactly as the
 //! admin audit is (`chain_seq`, `prev_content_sha256`, `chain_hmac` under `AUDIT_HMAC_KEY`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serval_domain::admin_audit::chain_hmac;
@@ -284,9 +284,10 @@ impl Projection for AuditProjection {
         Some(std::time::Duration::from_millis(20))
     }
 
-    /// The batch's new records in one `INSERT`: ids already in the ledger (a frame
-    /// re-ingested after its idempotency record lapsed) and repeats within the batch are
-    /// skipped before the chain positions are handed out, so the chain has no gaps.
+    /// The batch's new records in one `INSERT`. Ids already in the ledger and repeats
+    /// within the batch get no chain position (as with one insert per record, which skipped
+    /// them on conflict), so each zone's chain depends only on its own stream's order, not
+    /// on where batches begin and end.
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,
@@ -295,15 +296,30 @@ impl Projection for AuditProjection {
         let records: Vec<(&AuditRecord, DateTime<Utc>)> = batch
             .iter()
             .filter_map(|a| match &a.event {
-                Event::Audit(AuditEvent::Ingested(r)) => Some((r, a.recorded.envelope.occurred_at)),
+                Event::Audit(AuditEvent::Ingested(r)) => {
+                    let envelope = &a.recorded.envelope;
+                    // A record chains in its own zone's stream only: one found elsewhere
+                    // would interleave two streams' orders, and a rebuild could chain it
+                    // differently. The ingester never writes one.
+                    if envelope.zone_id.as_deref() != Some(r.zone_id.as_str()) {
+                        tracing::warn!(
+                            id = %r.id,
+                            zone_id = %r.zone_id,
+                            stream_zone = ?envelope.zone_id,
+                            "audit record outside its zone's stream skipped"
+                        );
+                        return None;
+                    }
+                    Some((r, envelope.occurred_at))
+                }
                 _ => None,
             })
             .collect();
         if records.is_empty() {
             return Ok(());
         }
-        let present: Vec<(String, String)> = sqlx::query_as(
-            "SELECT e.zone_id, e.id FROM audit_events e
+        let present: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT e.zone_id, e.id, e.content_sha256 FROM audit_events e
                JOIN UNNEST($1::text[], $2::text[]) AS k(zone_id, id)
                  ON e.zone_id = k.zone_id AND e.id = k.id",
         )
@@ -321,18 +337,32 @@ impl Projection for AuditProjection {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut taken: HashSet<(&str, &str)> = present
+        let stored: HashMap<(&str, &str), &str> = present
             .iter()
-            .map(|(z, i)| (z.as_str(), i.as_str()))
+            .map(|(z, i, c)| ((z.as_str(), i.as_str()), c.as_str()))
             .collect();
+        let mut taken: HashSet<(&str, &str)> = HashSet::new();
         let mut heads = ChainHeads::new("audit_events", "zone_id");
         let mut rows = Rows::default();
         for (r, ingested_at) in records {
-            if !taken.insert((r.zone_id.as_str(), r.id.as_str())) {
+            let key = (r.zone_id.as_str(), r.id.as_str());
+            if !taken.insert(key) {
+                continue;
+            }
+            let content = audit::content_sha256(r);
+            if let Some(first) = stored.get(&key) {
+                // The ingester refuses another frame under a used id only while it
+                // remembers the id (an hour): past that, it is recognised here.
+                if *first != content {
+                    tracing::warn!(
+                        id = %r.id,
+                        zone_id = %r.zone_id,
+                        "audit record under an id the ledger holds with other content skipped"
+                    );
+                }
                 continue;
             }
             let (seq, prev) = heads.head(tx, &r.zone_id).await?;
-            let content = audit::content_sha256(r);
             let hmac = self.key.as_deref().map(|k| chain_hmac(k, &content, &prev));
             rows.push(r, ingested_at, seq + 1, &content, prev, hmac);
             heads.advance(&r.zone_id, seq + 1, content);
@@ -343,8 +373,9 @@ impl Projection for AuditProjection {
         }
         let inserted = rows.insert(tx).await?;
         if inserted != expected as u64 {
-            // Another writer's row took an id or a chain position between the check and the
-            // insert: nothing of this batch may stand (the runner retries it).
+            // Another writer (a projector handing over, a rebuild swapping in) took an id or
+            // a chain position between the read and the insert: nothing of this batch may
+            // stand; the runner retries it and then sees those rows, or its checkpoint moved.
             return Err(sqlx::Error::Protocol(format!(
                 "audit ledger: {inserted} of {expected} rows inserted"
             )));

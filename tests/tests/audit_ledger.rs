@@ -569,8 +569,9 @@ fn record(zone: &str, id: &str) -> serval_domain::audit::AuditRecord {
 }
 
 /// The ledger's projection hands chain positions out per batch: a record whose id the ledger
-/// already holds (a frame ingested again once its idempotency record lapsed) and a repeat
-/// inside the batch get none, so the chain stays contiguous and each id is there once.
+/// already holds (a frame ingested again once its idempotency record lapsed), a repeat inside
+/// the batch and a record found outside its zone's stream get none, so each zone's chain stays
+/// contiguous, each id is there once per zone, and another zone's same id is its own.
 #[tokio::test]
 async fn records_already_in_the_ledger_take_no_chain_position() {
     use serval_domain::audit::AuditEvent;
@@ -580,45 +581,56 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
 
     let server = Server::shared().await;
     let admin = Admin::new(server);
-    let (_, z) = admin
-        .post("/v1/zones", json!({"name": "ledger-batch"}))
-        .await;
-    let z = z["id"].as_str().unwrap().to_owned();
+    let mut zones = Vec::new();
+    for name in ["ledger-batch", "ledger-batch-other"] {
+        let (_, v) = admin.post("/v1/zones", json!({"name": name})).await;
+        zones.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let (z, y) = (zones[0].as_str(), zones[1].as_str());
     let store = server.store().await;
-    let event = |id: &str| Event::Audit(AuditEvent::Ingested(record(&z, id)));
-    let stream = LogStream::Zone(z.clone());
-    // The ingester's append of one frame.
-    let ingested = |id: &str| {
+    let event = |zone: &str, id: &str| Event::Audit(AuditEvent::Ingested(record(zone, id)));
+    // The ingester's append of one frame, on its zone's stream.
+    let ingested = |zone: &str, id: &str| {
         AppendRequest::new(
-            stream.clone(),
-            Some(z.clone()),
+            LogStream::Zone(zone.to_owned()),
+            Some(zone.to_owned()),
             id,
             0,
-            vec![event(id)],
+            vec![event(zone, id)],
             "system:audit-ingestor",
         )
         .one_shot()
     };
-    store.append(&ingested("dup-a")).await.unwrap();
-    store.hint_activity(&stream).await.unwrap();
+    let append = |req: AppendRequest| {
+        let store = store.clone();
+        async move {
+            store.append(&req).await.unwrap();
+            store.hint_activity(&req.stream).await.unwrap();
+        }
+    };
+    append(ingested(z, "dup-a")).await;
     let pool = common::pool(&server.db_url).await;
-    let rows = || ledger(&pool, &z);
-    common::eventually(20, || async { (rows().await.len() == 1).then_some(()) }).await;
+    common::eventually(20, || async {
+        (ledger(&pool, z).await.len() == 1).then_some(())
+    })
+    .await;
 
-    // One atomic append: the known id again, a new one twice, another new one.
-    let mut again = ingested("dup-a");
-    again.riders = ["dup-b", "dup-b", "dup-c"]
+    // The other zone's record under an id this zone is about to use.
+    append(ingested(y, "dup-b")).await;
+    // One atomic append: the known id again (other content: its time differs), a new one
+    // twice, a record of the other zone, another new one.
+    let mut again = ingested(z, "dup-a");
+    again.riders = [(z, "dup-b"), (z, "dup-b"), (y, "dup-y"), (z, "dup-c")]
         .iter()
         .enumerate()
-        .map(|(i, id)| Rider {
+        .map(|(i, (zone, id))| Rider {
             aggregate_id: format!("rider-{i}"),
-            event: event(id),
+            event: event(zone, id),
         })
         .collect();
-    store.append(&again).await.unwrap();
-    store.hint_activity(&stream).await.unwrap();
+    append(again).await;
     let chain = common::eventually(20, || async {
-        let r = rows().await;
+        let r = ledger(&pool, z).await;
         (r.len() == 3).then_some(r)
     })
     .await;
@@ -633,4 +645,15 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
             "each row names its predecessor's digest"
         );
     }
+    let other = common::eventually(20, || async {
+        let r = ledger(&pool, y).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let other: Vec<(&str, i64)> = other.iter().map(|r| (r.0.as_str(), r.1)).collect();
+    assert_eq!(
+        other,
+        [("dup-b", 1)],
+        "the same id in another zone is that zone's; a record outside its stream is not chained"
+    );
 }
