@@ -26,7 +26,12 @@ pub fn is_approval_decision(u: &Updated) -> bool {
             .any(|f| f == "satisfied_at" || f == "rejected_at")
 }
 
-pub const TABLES: [&str; 3] = ["catalog_objects", "delegation_edges", "delegation_graphs"];
+pub const TABLES: [&str; 4] = [
+    "catalog_objects",
+    "live_sessions",
+    "delegation_edges",
+    "delegation_graphs",
+];
 
 // Rows are read as `Json<Entity>`: the document is parsed straight into the entity, with
 // no intermediate `serde_json::Value` (a list page parses each row once, not twice).
@@ -285,6 +290,7 @@ impl Projection for CatalogProjection {
         }
         let changed: Vec<&Entity> = touched.iter().filter_map(|id| state.get(id)).collect();
         store_many(tx, &changed).await?;
+        crate::sessions::store_live(tx, &changed).await?;
         // §15: a decision wakes the STS long-pollers once the decided row is readable (the
         // notification is delivered when this transaction commits).
         for a in batch {

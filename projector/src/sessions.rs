@@ -1,42 +1,31 @@
-//! Coordinator queries over the Sessions in `catalog_objects` (kind `session`): capacity
-//! counts, children and subtrees (one recursive query each, never one query per node).
+//! Coordinator queries over the Sessions in `catalog_objects` (kind `session`) and their
+//! narrow `live_sessions` rows: capacity counts, children and subtrees (one recursive query
+//! each, never one query per node).
 
 use chrono::{DateTime, Utc};
-use serval_domain::catalog::Entity;
-use sqlx::PgExecutor;
+use serval_domain::catalog::{Entity, EntityData};
+use sqlx::{PgConnection, PgExecutor};
 
 type Doc = sqlx::types::Json<Entity>;
 
-/// A Session counts against capacity while live (§4.1 step 7): tasks inside their TTL,
-/// services with a future lease deadline, and suspended services.
-const LIVE_SQL: &str = "doc #>> '{data,session,status}' IN ('active', 'suspended')
-   AND CASE WHEN doc #>> '{data,session,lifecycle}' = 'service'
-            THEN doc #>> '{data,session,status}' = 'suspended'
-                 OR (doc #>> '{data,session,heartbeat_deadline_at}')::timestamptz > $2
-            ELSE doc #>> '{data,session,ttl_seconds}' IS NULL
-                 OR COALESCE((doc #>> '{data,session,started_at}')::timestamptz, created_at)
-                    + make_interval(secs => (doc #>> '{data,session,ttl_seconds}')::double precision) > $2
-       END";
-
-/// Live Sessions of the zone, and of `application` among them.
+/// Live Sessions of the zone, and of `application` among them (`live_sessions`, kept by the
+/// catalog projection: §4.1 step 7 counts tasks inside their TTL, services with a future
+/// lease deadline, and suspended services).
 pub async fn live_counts<'e>(
     db: impl PgExecutor<'e>,
     zone_id: &str,
     application: &str,
     now: DateTime<Utc>,
 ) -> Result<(i64, i64), sqlx::Error> {
-    let sql = format!(
-        "SELECT count(*), count(*) FILTER (WHERE doc #>> '{{data,session,application_id}}' = $3)
-           FROM catalog_objects
-          WHERE zone_id = $1 AND kind = 'session'
-            AND doc #>> '{{data,session,status}}' IN ('active', 'suspended') AND {LIVE_SQL}"
-    );
-    sqlx::query_as(&sql)
-        .bind(zone_id)
-        .bind(now)
-        .bind(application)
-        .fetch_one(db)
-        .await
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE application_id = $3) FROM live_sessions
+          WHERE zone_id = $1 AND (live_until IS NULL OR live_until > $2)",
+    )
+    .bind(zone_id)
+    .bind(now)
+    .bind(application)
+    .fetch_one(db)
+    .await
 }
 
 /// Children of `parent` still active or suspended.
@@ -45,16 +34,159 @@ pub async fn open_children<'e>(
     zone_id: &str,
     parent: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM catalog_objects
-          WHERE zone_id = $1 AND kind = 'session'
-            AND doc #>> '{data,session,parent_session_id}' = $2
-            AND doc #>> '{data,session,status}' IN ('active', 'suspended')",
+    sqlx::query_scalar("SELECT count(*) FROM live_sessions WHERE zone_id = $1 AND parent_id = $2")
+        .bind(zone_id)
+        .bind(parent)
+        .fetch_one(db)
+        .await
+}
+
+/// Keeps `live_sessions` in step with the Sessions among `changed`, in the catalog
+/// projection's transaction: a row while a Session counts, none once it has ended.
+pub async fn store_live(tx: &mut PgConnection, changed: &[&Entity]) -> Result<(), sqlx::Error> {
+    let mut ended: (Vec<&str>, Vec<&str>) = Default::default();
+    let mut live = LiveRows::default();
+    for e in changed {
+        let EntityData::Session(s) = &e.data else {
+            continue;
+        };
+        match s.counts_until(e.created_at) {
+            None => {
+                ended.0.push(&e.zone_id);
+                ended.1.push(&e.id);
+            }
+            Some(until) => {
+                live.zone_id.push(&e.zone_id);
+                live.id.push(&e.id);
+                live.application_id.push(&s.application_id);
+                live.parent_id.push(s.parent_session_id.as_deref());
+                live.live_until.push(until);
+            }
+        }
+    }
+    if !ended.0.is_empty() {
+        sqlx::query(
+            "DELETE FROM live_sessions l USING UNNEST($1::text[], $2::text[]) AS k(zone_id, id)
+              WHERE l.zone_id = k.zone_id AND l.id = k.id",
+        )
+        .bind(ended.0)
+        .bind(ended.1)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !live.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO live_sessions (zone_id, id, application_id, parent_id, live_until)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                 $5::timestamptz[])
+             ON CONFLICT (zone_id, id) DO UPDATE SET application_id = EXCLUDED.application_id,
+                 parent_id = EXCLUDED.parent_id, live_until = EXCLUDED.live_until",
+        )
+        .bind(live.zone_id)
+        .bind(live.id)
+        .bind(live.application_id)
+        .bind(live.parent_id)
+        .bind(live.live_until)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The `live_sessions` row of every Session document still active or suspended, in SQL: the
+/// rule of `SessionData::counts_until` (as `0011_live_sessions.sql` backfilled it; fractions
+/// of a second past the microsecond are cut, as a bound timestamp is).
+const LIVE_ROWS: &str = r"SELECT zone_id, id,
+       COALESCE(doc #>> '{data,session,application_id}', ''),
+       doc #>> '{data,session,parent_session_id}',
+       CASE
+         WHEN doc #>> '{data,session,lifecycle}' = 'service' THEN
+           CASE WHEN doc #>> '{data,session,status}' = 'suspended' THEN NULL
+                ELSE COALESCE(regexp_replace(doc #>> '{data,session,heartbeat_deadline_at}',
+                                             '(\.\d{6})\d+', '\1')::timestamptz,
+                              'epoch'::timestamptz)
+           END
+         WHEN doc #>> '{data,session,ttl_seconds}' IS NULL
+           OR (doc #>> '{data,session,ttl_seconds}')::numeric >= 300000000000 THEN NULL
+         ELSE COALESCE(regexp_replace(doc #>> '{data,session,started_at}',
+                                      '(\.\d{6})\d+', '\1')::timestamptz, created_at)
+              + make_interval(secs => (doc #>> '{data,session,ttl_seconds}')::double precision)
+       END
+  FROM catalog_objects
+ WHERE kind = 'session' AND doc #>> '{data,session,status}' IN ('active', 'suspended')";
+
+/// Repairs `live_sessions` from the Session documents and returns how many rows it changed:
+/// during a rolling upgrade a projector of an earlier version, sharing the streams, writes
+/// Sessions without their rows. The table is locked against the projection's writes (not
+/// its reads) meanwhile, so a batch committed after it still lands on top of the repair.
+pub async fn reconcile_live(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("LOCK TABLE live_sessions IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let removed = sqlx::query(
+        "DELETE FROM live_sessions l WHERE NOT EXISTS (
+             SELECT 1 FROM catalog_objects c
+              WHERE c.id = l.id AND c.zone_id = l.zone_id AND c.kind = 'session'
+                AND c.doc #>> '{data,session,status}' IN ('active', 'suspended'))",
     )
-    .bind(zone_id)
-    .bind(parent)
-    .fetch_one(db)
-    .await
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let written = sqlx::query(&format!(
+        "INSERT INTO live_sessions (zone_id, id, application_id, parent_id, live_until)
+         {LIVE_ROWS}
+         ON CONFLICT (zone_id, id) DO UPDATE SET application_id = EXCLUDED.application_id,
+             parent_id = EXCLUDED.parent_id, live_until = EXCLUDED.live_until
+         WHERE (live_sessions.application_id, live_sessions.parent_id, live_sessions.live_until)
+               IS DISTINCT FROM (EXCLUDED.application_id, EXCLUDED.parent_id,
+                                 EXCLUDED.live_until)"
+    ))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(removed + written)
+}
+
+/// How often [`reconcile_loop`] repairs `live_sessions`: an upgrade's drift lasts at most
+/// this long after the last projector of the earlier version stops.
+pub const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs [`reconcile_live`] a minute after start, then every [`RECONCILE_EVERY`], until `stop`.
+pub async fn reconcile_loop(pool: sqlx::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut wait = std::time::Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        wait = RECONCILE_EVERY;
+        match reconcile_live(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                rows = n,
+                "live_sessions repaired from the Session documents"
+            ),
+            Err(e) => tracing::warn!(error = %e, "live_sessions repair failed; will retry"),
+        }
+    }
+}
+
+/// `live_sessions` rows, column by column for one `UNNEST` insert.
+#[derive(Default)]
+struct LiveRows<'a> {
+    zone_id: Vec<&'a str>,
+    id: Vec<&'a str>,
+    application_id: Vec<&'a str>,
+    parent_id: Vec<Option<&'a str>>,
+    live_until: Vec<Option<DateTime<Utc>>>,
 }
 
 /// One page of the direct children of `parent`, id descending, after `cursor`.

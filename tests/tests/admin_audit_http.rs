@@ -245,3 +245,101 @@ async fn an_unauthenticated_multi_byte_path_is_answered_not_dropped() {
         assert!(head.starts_with("HTTP/1.1 4"), "{path}: {head}");
     }
 }
+
+/// The projection hands chain positions out per batch: a record whose id the table already
+/// holds (a copy of its entry appended again) and a repeat inside the batch get none, so the
+/// zone's chain stays contiguous and each id is there once.
+#[tokio::test]
+async fn records_already_in_the_chain_take_no_position() {
+    use serval_domain::admin_audit::{AdminAuditEvent, AdminAuditRecord};
+    use serval_domain::Event;
+    use serval_streams::append::Rider;
+    use serval_streams::{AppendRequest, LogStream};
+
+    let server = Server::shared().await;
+    let admin = Admin::new(server);
+    let (_, v) = admin
+        .post("/v1/zones", json!({"name": "admin-audit-batch"}))
+        .await;
+    let z = v["id"].as_str().unwrap().to_owned();
+    let store = server.store().await;
+    let event = |path: &str| {
+        Event::AdminAudit(AdminAuditEvent::Recorded(AdminAuditRecord {
+            request_id: format!("rq-{path}"),
+            actor_id: Some("tester".into()),
+            actor_name: None,
+            actor_scope: None,
+            action: format!("POST /{path}"),
+            method: "POST".into(),
+            path: format!("/{path}"),
+            zone_id: Some(z.clone()),
+            entity_type: None,
+            entity_id: None,
+            status_code: 201,
+            payload_json: "{}".into(),
+        }))
+    };
+    let recorded = |id: &str, path: &str| {
+        AppendRequest::new(
+            LogStream::Zone(z.clone()),
+            Some(z.clone()),
+            id,
+            0,
+            vec![event(path)],
+            "tester",
+        )
+        .one_shot()
+    };
+    let append = |req: AppendRequest| {
+        let store = store.clone();
+        async move {
+            store.append(&req).await.unwrap();
+            store.hint_activity(&req.stream).await.unwrap();
+        }
+    };
+    let pool = common::pool(&server.db_url).await;
+    let chain = |pool: sqlx::PgPool, z: String| async move {
+        sqlx::query_as::<_, (String, i64, String, String)>(
+            "SELECT id, chain_seq, content_sha256, prev_content_sha256 FROM admin_audit
+              WHERE chain = $1 AND actor_id = 'tester' ORDER BY chain_seq",
+        )
+        .bind(z)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    append(recorded("aa-first", "one")).await;
+    eventually(20, || async {
+        (chain(pool.clone(), z.clone()).await.len() == 1).then_some(())
+    })
+    .await;
+    // One atomic append: the known id again, a new id twice, another new one.
+    let mut again = recorded("aa-first", "one-again");
+    again.riders = [
+        ("aa-second", "two"),
+        ("aa-second", "two-again"),
+        ("aa-third", "three"),
+    ]
+    .iter()
+    .map(|(id, path)| Rider {
+        aggregate_id: (*id).to_owned(),
+        event: event(path),
+    })
+    .collect();
+    append(again).await;
+    let rows = eventually(20, || async {
+        let r = chain(pool.clone(), z.clone()).await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["aa-first", "aa-second", "aa-third"]);
+    let seqs: Vec<i64> = rows.iter().map(|r| r.1 - rows[0].1).collect();
+    assert_eq!(seqs, [0, 1, 2], "no gap where the skipped records were");
+    for pair in rows.windows(2) {
+        assert_eq!(
+            pair[1].3, pair[0].2,
+            "each row names its predecessor's digest"
+        );
+    }
+}

@@ -1148,3 +1148,131 @@ async fn a_graph_event_written_elsewhere_is_in_the_next_decision() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(store.version(&stream, &graph_id(&z.id)).await.unwrap(), 3);
 }
+
+/// §4.1 step 7 and §15: a start counts the zone's live Sessions and its parent's open
+/// children; an ended Session or a task past its TTL no longer counts. The narrow rows the
+/// projection keeps for those counts are the ones the repair derives from the documents, and
+/// the repair puts back what a projector of an earlier version left out.
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_counts_only_live_sessions() {
+    let (server, issuer) = server_with(&[
+        ("CARACAL_COORDINATOR_TOKEN", OPERATOR),
+        ("MAX_AGENTS_PER_ZONE", "12"),
+        ("MAX_AGENTS_PER_APP", "13"),
+        // Only the TTL, not a sweep, may stop the brief task counting.
+        ("SERVAL_COORDINATOR_SWEEP_INTERVAL_SECS", "0"),
+    ])
+    .await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let token = mandate(&issuer, &z).await;
+    let c = Coord::new(&server, &token);
+    let agents = format!("/zones/{}/agents", z.id);
+    let start = |body: Value| {
+        let (c, agents) = (&c, &agents);
+        async move { c.post(agents, body).await }
+    };
+
+    let (s, root) = start(json!({"application_id": z.app})).await;
+    assert_eq!(s, 201, "{root}");
+    let root_id = root["agent_session_id"].as_str().unwrap().to_owned();
+    let mut children = Vec::new();
+    for _ in 0..10 {
+        let (s, v) = start(json!({"application_id": z.app, "parent_id": root_id})).await;
+        assert_eq!(s, 201, "{v}");
+        children.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    let (s, v) = start(json!({"application_id": z.app, "parent_id": root_id})).await;
+    assert_eq!(
+        (s, v),
+        (429, json!({"error": "session_children_limit_exceeded"}))
+    );
+    let (s, v) = start(json!({"application_id": z.app})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = start(json!({"application_id": z.app})).await;
+    assert_eq!(
+        (s, v),
+        (429, json!({"error": "session_zone_limit_exceeded"}))
+    );
+
+    // An ended child frees a place in the zone and under its parent.
+    let (s, _) = c
+        .delete(&format!("{agents}/{}?reason=done", children[0]), None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, brief) =
+        start(json!({"application_id": z.app, "parent_id": root_id, "ttl_seconds": 2})).await;
+    assert_eq!(s, 201, "{brief}");
+    let (s, v) = start(json!({"application_id": z.app})).await;
+    assert_eq!(
+        (s, v),
+        (429, json!({"error": "session_zone_limit_exceeded"}))
+    );
+
+    // Past its TTL the brief task no longer counts in the zone (it is still open under
+    // its parent until it is swept).
+    let pool = common::pool(&server.db_url).await;
+    let brief_id = brief["agent_session_id"].as_str().unwrap().to_owned();
+    let until: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT live_until FROM live_sessions WHERE id = $1")
+            .bind(&brief_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let wait = until.unwrap() - chrono::Utc::now() + chrono::Duration::milliseconds(100);
+    tokio::time::sleep(wait.to_std().unwrap_or_default()).await;
+    let (s, v) = start(json!({"application_id": z.app})).await;
+    assert_eq!(s, 201, "{v}");
+
+    // What the projection wrote is what the repair derives from the documents.
+    let rows = |pool: sqlx::PgPool, zone: String| async move {
+        sqlx::query_as::<
+            _,
+            (
+                String,
+                String,
+                Option<String>,
+                Option<chrono::DateTime<chrono::Utc>>,
+            ),
+        >(
+            "SELECT id, application_id, parent_id, live_until FROM live_sessions
+              WHERE zone_id = $1 ORDER BY id",
+        )
+        .bind(zone)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // The root, ten children, two more roots.
+    let written = eventually(10, || async {
+        let r = rows(pool.clone(), z.id.clone()).await;
+        (r.len() == 13).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        serval_projector::sessions::reconcile_live(&pool)
+            .await
+            .unwrap(),
+        0
+    );
+    // A row left out and a row left behind are repaired.
+    sqlx::query("DELETE FROM live_sessions WHERE id = $1")
+        .bind(&root_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO live_sessions (zone_id, id, application_id) VALUES ($1, $2, $3)")
+        .bind(&z.id)
+        .bind(&children[0])
+        .bind(&z.app)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        serval_projector::sessions::reconcile_live(&pool)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(rows(pool.clone(), z.id.clone()).await, written);
+}

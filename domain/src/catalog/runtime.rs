@@ -77,6 +77,10 @@ impl AuthorityRecordData {
     }
 }
 
+/// A task TTL (seconds, about 9,500 years) from which a Session counts against capacity
+/// for as long as it lasts: its end would not fit a timestamp.
+pub const COUNTS_FOREVER_TTL: u64 = 300_000_000_000;
+
 /// A governed Session: one running agent execution (the Coordinator's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionData {
@@ -135,6 +139,29 @@ impl SessionData {
         } else {
             self.ttl_deadline(started_at).is_none_or(|d| d > now)
         }
+    }
+
+    /// Until when the Session counts against capacity (§4.1 step 7): `None` once it has
+    /// ended; `Some(None)` while it lasts (a suspended service, a task without a TTL);
+    /// `Some(Some(t))` until `t` unless renewed (a task's TTL, an active service's lease;
+    /// an active service without a deadline never counts). A TTL past
+    /// [`COUNTS_FOREVER_TTL`] counts while the Session lasts.
+    pub fn counts_until(&self, created_at: DateTime<Utc>) -> Option<Option<DateTime<Utc>>> {
+        if self.status != "active" && self.status != "suspended" {
+            return None;
+        }
+        if self.is_service() {
+            return Some(match self.status.as_str() {
+                "suspended" => None,
+                _ => Some(self.heartbeat_deadline_at.unwrap_or(DateTime::UNIX_EPOCH)),
+            });
+        }
+        let until = self
+            .ttl_seconds
+            .filter(|t| *t < COUNTS_FOREVER_TTL)
+            .and_then(|t| chrono::Duration::try_seconds(t as i64))
+            .and_then(|d| self.started_at.unwrap_or(created_at).checked_add_signed(d));
+        Some(until)
     }
 
     /// When a task's TTL runs out.
@@ -409,6 +436,86 @@ mod tests {
             consumed_record_id: None,
             approver_session_id: None,
         }
+    }
+
+    #[test]
+    fn a_session_counts_while_live_and_until_its_ttl_or_lease() {
+        let created = Utc::now();
+        let task = SessionData {
+            status: "active".into(),
+            lifecycle: "task".into(),
+            ttl_seconds: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(
+            task.counts_until(created),
+            Some(Some(created + Duration::seconds(60)))
+        );
+        let started = created + Duration::seconds(5);
+        let restarted = SessionData {
+            started_at: Some(started),
+            ..task.clone()
+        };
+        assert_eq!(
+            restarted.counts_until(created),
+            Some(Some(started + Duration::seconds(60)))
+        );
+        let endless = SessionData {
+            ttl_seconds: None,
+            ..task.clone()
+        };
+        assert_eq!(endless.counts_until(created), Some(None));
+        let huge = SessionData {
+            ttl_seconds: Some(u64::MAX),
+            ..task.clone()
+        };
+        assert_eq!(
+            huge.counts_until(created),
+            Some(None),
+            "no overflow, no panic"
+        );
+        let suspended_task = SessionData {
+            status: "suspended".into(),
+            ..task.clone()
+        };
+        assert_eq!(
+            suspended_task.counts_until(created),
+            Some(Some(created + Duration::seconds(60)))
+        );
+        for ended in ["terminated", "expired"] {
+            let s = SessionData {
+                status: ended.into(),
+                ..task.clone()
+            };
+            assert_eq!(s.counts_until(created), None);
+        }
+
+        let deadline = created + Duration::seconds(30);
+        let service = SessionData {
+            status: "active".into(),
+            lifecycle: "service".into(),
+            heartbeat_deadline_at: Some(deadline),
+            ..Default::default()
+        };
+        assert_eq!(service.counts_until(created), Some(Some(deadline)));
+        let paused = SessionData {
+            status: "suspended".into(),
+            ..service.clone()
+        };
+        assert_eq!(
+            paused.counts_until(created),
+            Some(None),
+            "suspended services count"
+        );
+        let unleased = SessionData {
+            heartbeat_deadline_at: None,
+            ..service.clone()
+        };
+        assert_eq!(
+            unleased.counts_until(created),
+            Some(Some(DateTime::UNIX_EPOCH)),
+            "an active service without a deadline never counts"
+        );
     }
 
     #[test]

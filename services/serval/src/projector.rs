@@ -207,6 +207,10 @@ async fn spawn_all(
         tokio::spawn(feed.run(client.clone(), stop.clone())),
         tokio::spawn(share.run(client.clone(), stop.clone())),
         tokio::spawn(serval_projector::upkeep::run(pool.clone(), stop.clone())),
+        tokio::spawn(serval_projector::sessions::reconcile_loop(
+            pool.clone(),
+            stop.clone(),
+        )),
         spawn_runner(app, &pool, &client, &cfg, ZonesProjection, stop),
         spawn_runner(app, &pool, &client, &cfg, AdminTokensProjection, stop),
         spawn_runner(app, &pool, &client, &cfg, PoliciesProjection, stop),
