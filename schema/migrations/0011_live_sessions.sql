@@ -4,8 +4,9 @@
 -- parent's open children here instead of filtering every Session document of the zone.
 -- `live_until`: when the Session stops counting unless renewed (a task's TTL end, an active
 -- service's lease deadline); NULL counts while it lasts (a suspended service, a task
--- without TTL). Mirrors `SessionData::counts_until` (and `sessions::LIVE_ROWS`, which
--- repairs the table after a rolling upgrade).
+-- without TTL), as `SessionData::counts_until` decides. Existing Sessions get their rows
+-- from the repair every process runs when it starts (`sessions::reconcile_live`), which
+-- also mends what a projector of an earlier version leaves out during a rolling upgrade.
 CREATE TABLE live_sessions (
     zone_id        text        NOT NULL,
     id             text        NOT NULL,
@@ -16,24 +17,3 @@ CREATE TABLE live_sessions (
 );
 CREATE INDEX live_sessions_parent ON live_sessions (zone_id, parent_id)
     WHERE parent_id IS NOT NULL;
-
-INSERT INTO live_sessions (zone_id, id, application_id, parent_id, live_until)
-SELECT zone_id, id,
-       COALESCE(doc #>> '{data,session,application_id}', ''),
-       doc #>> '{data,session,parent_session_id}',
-       CASE
-         WHEN doc #>> '{data,session,lifecycle}' = 'service' THEN
-           CASE WHEN doc #>> '{data,session,status}' = 'suspended' THEN NULL
-                ELSE COALESCE(regexp_replace(doc #>> '{data,session,heartbeat_deadline_at}',
-                                             '(\.\d{6})\d+', '\1')::timestamptz,
-                              'epoch'::timestamptz)
-           END
-         WHEN doc #>> '{data,session,ttl_seconds}' IS NULL
-           OR (doc #>> '{data,session,ttl_seconds}')::numeric >= 300000000000 THEN NULL
-         ELSE COALESCE(regexp_replace(doc #>> '{data,session,started_at}',
-                                      '(\.\d{6})\d+', '\1')::timestamptz, created_at)
-              + make_interval(secs => (doc #>> '{data,session,ttl_seconds}')::double precision)
-       END
-  FROM catalog_objects
- WHERE kind = 'session' AND doc #>> '{data,session,status}' IN ('active', 'suspended');
-
