@@ -128,8 +128,9 @@ impl SessionData {
         self.lifecycle == "service"
     }
 
-    /// Live for capacity and Delegations (§4.1 step 7, §7.1): a task inside its TTL, a
-    /// service with a future lease deadline.
+    /// Live for Delegations and invocations (§7.1): a task inside its TTL, a service with a
+    /// future lease deadline. Capacity (§4.1 step 7) also counts suspended services
+    /// ([`SessionData::counts_until`]).
     pub fn is_live(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         if self.status != "active" && self.status != "suspended" {
             return false;
