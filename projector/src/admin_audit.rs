@@ -13,7 +13,7 @@ use serval_domain::Event;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 
-use crate::chain::ChainHeads;
+use crate::chain::{self, ChainHeads};
 use crate::projection::{Applied, Projection};
 
 pub const TABLES: [&str; 1] = ["admin_audit"];
@@ -191,28 +191,18 @@ impl Projection for AdminAuditProjection {
                 continue;
             }
             let chain = r.zone_id.clone().unwrap_or_default();
-            let (seq, prev) = heads.head(tx, &chain).await?;
             let content = admin_audit::content_sha256(id, r, occurred_at);
-            let hmac = self
-                .key
-                .as_deref()
-                .map(|k| admin_audit::chain_hmac(k, &content, &prev));
-            heads.advance(&chain, seq + 1, content.clone());
-            rows.push(id, chain, r, occurred_at, (seq + 1, content, prev, hmac));
+            let (seq, prev, hmac) = heads
+                .take_next(tx, &chain, &content, self.key.as_deref())
+                .await?;
+            rows.push(id, chain, r, occurred_at, (seq, content, prev, hmac));
         }
         let expected = rows.id.len();
         if expected == 0 {
             return Ok(());
         }
         let inserted = rows.insert(tx).await?;
-        if inserted != expected as u64 {
-            // Another writer took an id or a chain position between the read and the
-            // insert: nothing of this batch may stand; the runner retries it.
-            return Err(sqlx::Error::Protocol(format!(
-                "admin audit: {inserted} of {expected} rows inserted"
-            )));
-        }
-        Ok(())
+        chain::all_inserted("admin_audit", inserted, expected)
     }
 }
 

@@ -6,13 +6,12 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use serval_domain::admin_audit::chain_hmac;
 use serval_domain::audit::{self, AuditEvent, AuditRecord};
 use serval_domain::Event;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 
-use crate::chain::ChainHeads;
+use crate::chain::{self, ChainHeads};
 use crate::projection::{Applied, Projection};
 
 pub const TABLES: [&str; 1] = ["audit_events"];
@@ -362,25 +361,17 @@ impl Projection for AuditProjection {
                 }
                 continue;
             }
-            let (seq, prev) = heads.head(tx, &r.zone_id).await?;
-            let hmac = self.key.as_deref().map(|k| chain_hmac(k, &content, &prev));
-            rows.push(r, ingested_at, seq + 1, &content, prev, hmac);
-            heads.advance(&r.zone_id, seq + 1, content);
+            let (seq, prev, hmac) = heads
+                .take_next(tx, &r.zone_id, &content, self.key.as_deref())
+                .await?;
+            rows.push(r, ingested_at, seq, &content, prev, hmac);
         }
         let expected = rows.len();
         if expected == 0 {
             return Ok(());
         }
         let inserted = rows.insert(tx).await?;
-        if inserted != expected as u64 {
-            // Another writer (a projector handing over, a rebuild swapping in) took an id or
-            // a chain position between the read and the insert: nothing of this batch may
-            // stand; the runner retries it and then sees those rows, or its checkpoint moved.
-            return Err(sqlx::Error::Protocol(format!(
-                "audit ledger: {inserted} of {expected} rows inserted"
-            )));
-        }
-        Ok(())
+        chain::all_inserted("audit_events", inserted, expected)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use serval_domain::admin_audit::chain_hmac;
 use sqlx::PgConnection;
 
 pub struct ChainHeads {
@@ -44,8 +45,32 @@ impl ChainHeads {
         Ok(h)
     }
 
-    /// A row was inserted at `seq` with digest `content`.
-    pub fn advance(&mut self, chain: &str, seq: i64, content: String) {
-        self.heads.insert(chain.to_owned(), (seq, content));
+    /// The next position of `chain` for a row with digest `content`: its `chain_seq`, the
+    /// previous row's digest and, under `key`, the HMAC linking both. The head moves there.
+    pub async fn take_next(
+        &mut self,
+        tx: &mut PgConnection,
+        chain: &str,
+        content: &str,
+        key: Option<&[u8]>,
+    ) -> Result<(i64, String, Option<String>), sqlx::Error> {
+        let (seq, prev) = self.head(tx, chain).await?;
+        let hmac = key.map(|k| chain_hmac(k, content, &prev));
+        self.heads
+            .insert(chain.to_owned(), (seq + 1, content.to_owned()));
+        Ok((seq + 1, prev, hmac))
     }
+}
+
+/// Checks a batch insert of `expected` chained rows that wrote `inserted`: when another
+/// writer (a projector handing over, a rebuild swapping in) took an id or a chain position
+/// between the batch's read and its insert, nothing of the batch may stand; the runner
+/// retries it and then sees those rows, or its checkpoint moved.
+pub fn all_inserted(table: &str, inserted: u64, expected: usize) -> Result<(), sqlx::Error> {
+    if inserted == expected as u64 {
+        return Ok(());
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "{table}: {inserted} of {expected} rows inserted"
+    )))
 }

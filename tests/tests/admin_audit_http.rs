@@ -290,13 +290,6 @@ async fn records_already_in_the_chain_take_no_position() {
         )
         .one_shot()
     };
-    let append = |req: AppendRequest| {
-        let store = store.clone();
-        async move {
-            store.append(&req).await.unwrap();
-            store.hint_activity(&req.stream).await.unwrap();
-        }
-    };
     let pool = common::pool(&server.db_url).await;
     let chain = |pool: sqlx::PgPool, z: String| async move {
         sqlx::query_as::<_, (String, i64, String, String)>(
@@ -308,7 +301,7 @@ async fn records_already_in_the_chain_take_no_position() {
         .await
         .unwrap()
     };
-    append(recorded("aa-first", "one")).await;
+    common::append_hinted(&store, &recorded("aa-first", "one")).await;
     eventually(20, || async {
         (chain(pool.clone(), z.clone()).await.len() == 1).then_some(())
     })
@@ -326,7 +319,7 @@ async fn records_already_in_the_chain_take_no_position() {
         event: event(path),
     })
     .collect();
-    append(again).await;
+    common::append_hinted(&store, &again).await;
     let rows = eventually(20, || async {
         let r = chain(pool.clone(), z.clone()).await;
         (r.len() == 3).then_some(r)

@@ -601,14 +601,7 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
         )
         .one_shot()
     };
-    let append = |req: AppendRequest| {
-        let store = store.clone();
-        async move {
-            store.append(&req).await.unwrap();
-            store.hint_activity(&req.stream).await.unwrap();
-        }
-    };
-    append(ingested(z, "dup-a")).await;
+    common::append_hinted(&store, &ingested(z, "dup-a")).await;
     let pool = common::pool(&server.db_url).await;
     common::eventually(20, || async {
         (ledger(&pool, z).await.len() == 1).then_some(())
@@ -616,7 +609,7 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
     .await;
 
     // The other zone's record under an id this zone is about to use.
-    append(ingested(y, "dup-b")).await;
+    common::append_hinted(&store, &ingested(y, "dup-b")).await;
     // One atomic append: the known id again (other content: its time differs), a new one
     // twice, a record of the other zone, another new one.
     let mut again = ingested(z, "dup-a");
@@ -628,7 +621,7 @@ async fn records_already_in_the_ledger_take_no_chain_position() {
             event: event(zone, id),
         })
         .collect();
-    append(again).await;
+    common::append_hinted(&store, &again).await;
     let chain = common::eventually(20, || async {
         let r = ledger(&pool, z).await;
         (r.len() == 3).then_some(r)

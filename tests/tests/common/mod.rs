@@ -755,6 +755,14 @@ pub async fn produce(
     expected_version + 1
 }
 
+/// Appends `req` as its producer would (events a route does not write) and hints the
+/// projector.
+#[allow(dead_code)]
+pub async fn append_hinted(store: &EventStore, req: &serval_streams::AppendRequest) {
+    store.append(req).await.expect("append");
+    store.hint_activity(&req.stream).await.expect("hint");
+}
+
 /// The length of a stream.
 #[allow(dead_code)]
 pub async fn xlen(conn: &serval_streams::RedisConn, key: &str) -> u64 {
