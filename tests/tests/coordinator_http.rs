@@ -1276,3 +1276,80 @@ async fn capacity_counts_only_live_sessions() {
     );
     assert_eq!(rows(pool.clone(), z.id.clone()).await, written);
 }
+
+/// Graph writes keep the rows they read (the caller's identity, the endpoints, the
+/// resource) from one write to the next while only graph events and admin-audit records
+/// come between, and read them again once a catalog row changed: an ended endpoint, an
+/// archived resource and an archived application are refused on the very next write.
+#[tokio::test(flavor = "multi_thread")]
+async fn graph_writes_read_rows_again_once_a_catalog_row_changed() {
+    let (server, issuer) = coordinator_server().await;
+    let admin = Admin::new(&server);
+    let z = zone(&admin, true).await;
+    let c = Coord::new(&server, &mandate(&issuer, &z).await);
+    let zp = format!("/zones/{}", z.id);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = c
+            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b, d) = (&sessions[0], &sessions[1], &sessions[2]);
+    let dz = format!("{zp}/delegations");
+    let edge = |to: &str, resource: bool| {
+        let mut e = json!({"source_session_id": a, "target_session_id": to,
+               "issuer_application_id": z.app, "receiver_application_id": z.app,
+               "scopes": ["tickets:read"], "ttl_seconds": 600});
+        if resource {
+            e["resource_id"] = json!(RESOURCE);
+        } else {
+            e["constraints"] = json!({"resources": ["resource://missing"]});
+        }
+        e
+    };
+    for _ in 0..3 {
+        let (s, v) = c.post(&dz, edge(b, true)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+
+    let (s, v) = c.delete(&format!("{zp}/agents/{b}"), None).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = c.post(&dz, edge(b, true)).await;
+    assert_eq!(
+        (s, v),
+        (404, json!({"error": "delegation_endpoint_not_found"}))
+    );
+    let (s, v) = c.post(&dz, edge(d, true)).await;
+    assert_eq!(s, 201, "{v}");
+
+    let (s, list) = admin.get(&format!("/v1/zones/{}/resources", z.id)).await;
+    assert_eq!(s, 200, "{list}");
+    let resource = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["identifier"] == RESOURCE)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = admin
+        .delete(&format!("/v1/zones/{}/resources/{resource}", z.id))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = c.post(&dz, edge(d, true)).await;
+    assert_eq!((s, v), (404, json!({"error": "resource_not_found"})));
+
+    // Writes that fail before appending leave the kept identity as it was read.
+    let (s, v) = c.post(&dz, edge(d, false)).await;
+    assert_eq!((s, v), (404, json!({"error": "resource_not_found"})));
+    let (s, v) = admin
+        .delete(&format!("/v1/zones/{}/applications/{}", z.id, z.app))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = c.post(&dz, edge(d, false)).await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"], "identity_revoked", "{v}");
+}

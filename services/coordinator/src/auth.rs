@@ -11,7 +11,6 @@ use serval_domain::validation::is_valid_identifier;
 use serval_kit::http::ApiError;
 use serval_kit::mandate::{unverified_zone, MAX_TOKEN_CHARS};
 use serval_kit::App;
-use serval_streams::EntryId;
 use subtle::ConstantTimeEq;
 
 pub const ADMIN: &str = "coordinator.admin";
@@ -114,19 +113,14 @@ pub async fn authenticate_graph_write(
     path_zone: &str,
     operator: Operator,
 ) -> Result<Principal, ApiError> {
-    authenticate_for(app, headers, path_zone, operator, Some(GRAPH_DECIDED)).await
-}
-
-const GRAPH_DECIDED: serval_kit::freshness::Skippable = serval_kit::freshness::Skippable {
-    name: "coordinator-graph-write",
-    accepts: graph_decided,
-};
-
-fn graph_decided(_projection: &str, e: &serval_streams::Envelope) -> bool {
-    matches!(
-        e.aggregate_kind.as_str(),
-        "delegation_graph" | "admin_audit"
+    authenticate_for(
+        app,
+        headers,
+        path_zone,
+        operator,
+        Some(crate::rows::NOT_CATALOG_ROWS),
     )
+    .await
 }
 
 async fn authenticate_for(
@@ -206,7 +200,11 @@ async fn identity_live(
     let mut ids = vec![client_id.to_owned()];
     ids.extend(sid.map(str::to_owned));
     fresh_catalog(app, zone, skip).await?;
-    let rows = identity_rows(app, zone, ids).await?;
+    let range = match skip {
+        Some(_) => crate::rows::Range::Read,
+        None => crate::rows::Range::Remembered,
+    };
+    let rows = identity_rows(app, zone, ids, range).await?;
     let now = Utc::now();
     let revoked = || ApiError::unauthorized("identity_revoked");
     match rows.get(client_id) {
@@ -230,48 +228,27 @@ async fn identity_live(
 
 type Rows = std::collections::HashMap<String, serval_domain::catalog::Entity>;
 
-/// Identity rows read at a catalog position, per (zone, ids).
-type IdentityCache =
-    std::sync::Mutex<std::collections::HashMap<(String, Vec<String>), (EntryId, Rows)>>;
-
-/// Callers remembered; the map is cleared when full (a miss costs one query).
-const IDENTITY_KEPT: usize = 4_096;
-
-fn identity_cache() -> &'static IdentityCache {
-    static CACHE: std::sync::OnceLock<IdentityCache> = std::sync::OnceLock::new();
+fn identity_cache() -> &'static crate::rows::AtPosition<Vec<String>, Rows> {
+    static CACHE: std::sync::OnceLock<crate::rows::AtPosition<Vec<String>, Rows>> =
+        std::sync::OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
 /// The caller's application and `sid` record as the fresh read model has them: from memory
-/// while the zone's catalog position has not moved since they were read (a position moves
-/// only once the commit it stands for is visible, so no row can have changed; the same rule
-/// as the Management API's `read_cache`), else one query. Expiry is judged by the caller
-/// at the time of each request.
-async fn identity_rows(app: &App, zone: &str, ids: Vec<String>) -> Result<Rows, ApiError> {
-    let stream = app
-        .store
-        .keys()
-        .log(&serval_streams::LogStream::Zone(zone.to_owned()));
-    let at = app
-        .visibility
-        .current(serval_schema::projections::CATALOG, &stream);
-    let key = (zone.to_owned(), ids);
-    if at > EntryId::ZERO {
-        let cache = identity_cache().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((pos, rows)) = cache.get(&key) {
-            if *pos == at {
-                return Ok(rows.clone());
-            }
-        }
+/// while nothing that changes a catalog row has been projected since they were read
+/// (`rows.rs`), else one query. Expiry is judged by the caller at the time of each request.
+async fn identity_rows(
+    app: &App,
+    zone: &str,
+    ids: Vec<String>,
+    range: crate::rows::Range,
+) -> Result<Rows, ApiError> {
+    let now = crate::rows::Position::of(app, zone);
+    if let Some(rows) = identity_cache().get(app, zone, &ids, &now, range).await {
+        return Ok(rows);
     }
-    let rows = serval_projector::catalog::load_many(&app.pool, &key.1).await?;
-    if at > EntryId::ZERO {
-        let mut cache = identity_cache().lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= IDENTITY_KEPT && !cache.contains_key(&key) {
-            cache.clear();
-        }
-        cache.insert(key, (at, rows.clone()));
-    }
+    let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
+    identity_cache().put(zone, ids, &now, rows.clone());
     Ok(rows)
 }
 

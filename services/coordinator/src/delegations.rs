@@ -1,7 +1,7 @@
 //! Delegation routes (coordinator.md §7): create with narrowing, the lists, one offered
 //! edge, traverse, impact, effective authority, revoke with its cascade.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,6 +28,7 @@ use crate::cascade::{self, Ending};
 use crate::http::{object, path_ids, Fields, ListQuery};
 use crate::idempotency::{self, Receipt, DELEGATION_CREATE};
 use crate::render::{self, session_data};
+use crate::rows::{AtPosition, Position, Range};
 use crate::sessions::writer;
 use crate::store::{self, Scope};
 
@@ -56,12 +57,42 @@ fn endpoint_live(e: &Entity, now: DateTime<Utc>) -> Option<String> {
 }
 
 /// A live resource of the zone by row id or (`by_id` false) identifier only.
-async fn resolve(
+type Resolved = Option<(ResolvedResource, Vec<String>)>;
+
+/// [`resolve_read`] kept per position (`rows.rs`).
+async fn resolve(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Resolved, ApiError> {
+    static KEPT: std::sync::OnceLock<AtPosition<(String, bool), Resolved>> =
+        std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(Default::default);
+    let now = Position::of(app, zone);
+    let k = (key.to_owned(), by_id);
+    if let Some(r) = kept.get(app, zone, &k, &now, Range::Read).await {
+        return Ok(r);
+    }
+    let r = resolve_read(app, zone, key, by_id).await?;
+    kept.put(zone, k, &now, r.clone());
+    Ok(r)
+}
+
+/// A Delegation's endpoints, kept per position (`rows.rs`).
+async fn endpoints(
     app: &App,
     zone: &str,
-    key: &str,
-    by_id: bool,
-) -> Result<Option<(ResolvedResource, Vec<String>)>, ApiError> {
+    ids: [String; 2],
+) -> Result<HashMap<String, Entity>, ApiError> {
+    static KEPT: std::sync::OnceLock<AtPosition<[String; 2], HashMap<String, Entity>>> =
+        std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(Default::default);
+    let now = Position::of(app, zone);
+    if let Some(r) = kept.get(app, zone, &ids, &now, Range::Read).await {
+        return Ok(r);
+    }
+    let r = read::load_many(&app.pool, &ids).await?;
+    kept.put(zone, ids, &now, r.clone());
+    Ok(r)
+}
+
+async fn resolve_read(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Resolved, ApiError> {
     let as_resource = |e: Entity| match e.data {
         EntityData::Resource(r) if e.archived_at.is_none() => Some((
             ResolvedResource {
@@ -226,7 +257,7 @@ pub async fn create_edge(
         }
         None => None,
     };
-    let ends = read::load_many(&app.pool, &[source.clone(), target.clone()]).await?;
+    let ends = endpoints(app, zone, [source.clone(), target.clone()]).await?;
     let owner = |id: &str| {
         ends.get(id)
             .filter(|e| e.zone_id == zone)

@@ -13,6 +13,7 @@ mod idempotency;
 mod invocations;
 mod operator;
 mod render;
+mod rows;
 mod services;
 mod sessions;
 mod store;

@@ -252,6 +252,23 @@ async fn tail_skippable(
     ok
 }
 
+/// Whether every entry of `key` after `from` up to `to` is one `skippable` accepts for
+/// `projection`: from this process's memo when it knows, else by reading the range (at most
+/// 64 entries; one Redis round trip), remembered for the next caller. `from > to` (a
+/// position that went backwards) is never skippable.
+pub async fn range_skippable(
+    app: &App,
+    key: &str,
+    projection: &'static str,
+    skippable: Skippable,
+    (from, to): (EntryId, EntryId),
+) -> bool {
+    if from > to {
+        return false;
+    }
+    from == to || tail_skippable(app, key, (from, to), projection, skippable).await
+}
+
 /// How far (log time) a projection may be behind its head for a remembered run to count.
 const MEMO_LAG_MS: u64 = 2_000;
 
