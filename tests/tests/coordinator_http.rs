@@ -97,6 +97,22 @@ async fn mandate(issuer: &str, z: &Zone) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// `n` root Sessions of the zone's application, started by `c`.
+async fn start_sessions(c: &Coord, z: &Zone, n: usize) -> Vec<String> {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let (s, v) = c
+            .post(
+                &format!("/zones/{}/agents", z.id),
+                json!({"application_id": z.app}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
+    }
+    sessions
+}
+
 /// Every message of a topic, as field maps.
 async fn topic(server: &Server, name: &str) -> Vec<HashMap<String, String>> {
     let key = server.key_space().topic(name);
@@ -479,14 +495,7 @@ async fn delegations_narrow_refuse_cycles_and_revoke_with_their_cascade() {
     let c = Coord::new(&server, &mandate(&issuer, &z).await);
     let op = Coord::new(&server, OPERATOR);
     let zp = format!("/zones/{}", z.id);
-    let mut sessions = Vec::new();
-    for _ in 0..4 {
-        let (s, v) = c
-            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
-            .await;
-        assert_eq!(s, 201, "{v}");
-        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
-    }
+    let sessions = start_sessions(&c, &z, 4).await;
     let (a, b, cc, d) = (&sessions[0], &sessions[1], &sessions[2], &sessions[3]);
     // Each edge lives shorter than the one before it: a child may not outlive its parent.
     let ttl = std::cell::Cell::new(900);
@@ -1080,14 +1089,7 @@ async fn a_graph_event_written_elsewhere_is_in_the_next_decision() {
     let z = zone(&admin, true).await;
     let c = Coord::new(&server, &mandate(&issuer, &z).await);
     let zp = format!("/zones/{}", z.id);
-    let mut sessions = Vec::new();
-    for _ in 0..3 {
-        let (s, v) = c
-            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
-            .await;
-        assert_eq!(s, 201, "{v}");
-        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
-    }
+    let sessions = start_sessions(&c, &z, 3).await;
     let (a, b, cc) = (&sessions[0], &sessions[1], &sessions[2]);
     let dz = format!("{zp}/delegations");
     // Each later edge lives shorter: one whose source has a live inbound edge narrows it.
@@ -1288,14 +1290,7 @@ async fn graph_writes_read_rows_again_once_a_catalog_row_changed() {
     let z = zone(&admin, true).await;
     let c = Coord::new(&server, &mandate(&issuer, &z).await);
     let zp = format!("/zones/{}", z.id);
-    let mut sessions = Vec::new();
-    for _ in 0..3 {
-        let (s, v) = c
-            .post(&format!("{zp}/agents"), json!({"application_id": z.app}))
-            .await;
-        assert_eq!(s, 201, "{v}");
-        sessions.push(v["agent_session_id"].as_str().unwrap().to_owned());
-    }
+    let sessions = start_sessions(&c, &z, 3).await;
     let (a, b, d) = (&sessions[0], &sessions[1], &sessions[2]);
     let dz = format!("{zp}/delegations");
     let edge = |to: &str, resource: bool| {

@@ -70,7 +70,10 @@ async fn resolve(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Resolv
         return Ok(r);
     }
     let r = resolve_read(app, zone, key, by_id).await?;
-    kept.put(zone, k, &now, r.clone());
+    // Only what exists is kept: the key is the caller's, an answer is a row of the zone.
+    if r.is_some() {
+        kept.put(zone, k, &now, r.clone());
+    }
     Ok(r)
 }
 
@@ -88,7 +91,9 @@ async fn endpoints(
         return Ok(r);
     }
     let r = read::load_many(&app.pool, &ids).await?;
-    kept.put(zone, ids, &now, r.clone());
+    if ids.iter().all(|id| r.contains_key(id)) {
+        kept.put(zone, ids, &now, r.clone());
+    }
     Ok(r)
 }
 

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serval_kit::freshness;
 use serval_kit::App;
@@ -18,6 +19,11 @@ use serval_streams::{EntryId, LogStream};
 
 /// Answers kept per cache; past it the cache starts over (a miss costs one query).
 const KEPT: usize = 4_096;
+
+/// A kept answer is read again this long after its query, whatever the log says: a read
+/// model corrected outside the log (a rebuild, a repair) or a log that lost its tail in a
+/// failover shows within a minute, as with the skip memo.
+const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Entries a catalog row can never change: what graph writes do not wait for.
 pub const NOT_CATALOG_ROWS: freshness::Skippable = freshness::Skippable {
@@ -55,7 +61,13 @@ pub enum Range {
 
 /// Answers of type `V` per (zone, `K`), each with the position it was read at.
 pub struct AtPosition<K, V> {
-    kept: Mutex<HashMap<(String, K), (EntryId, V)>>,
+    kept: Mutex<HashMap<(String, K), Kept<V>>>,
+}
+
+struct Kept<V> {
+    read_at: EntryId,
+    born: Instant,
+    value: V,
 }
 
 impl<K, V> Default for AtPosition<K, V> {
@@ -67,7 +79,7 @@ impl<K, V> Default for AtPosition<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, K), (EntryId, V)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, K), Kept<V>>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -86,7 +98,11 @@ impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
         if now.at == EntryId::ZERO {
             return None;
         }
-        let (read_at, value) = self.lock().get(&(zone.to_owned(), key.clone())).cloned()?;
+        let (read_at, value) = self
+            .lock()
+            .get(&(zone.to_owned(), key.clone()))
+            .filter(|k| k.born.elapsed() < MAX_AGE)
+            .map(|k| (k.read_at, k.value.clone()))?;
         if read_at == now.at {
             return Some(value);
         }
@@ -105,8 +121,8 @@ impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
         }
         let mut kept = self.lock();
         if let Some(entry) = kept.get_mut(&(zone.to_owned(), key.clone())) {
-            if entry.0 == read_at {
-                entry.0 = now.at;
+            if entry.read_at == read_at {
+                entry.read_at = now.at;
             }
         }
         Some(value)
@@ -124,6 +140,13 @@ impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
         if kept.len() >= KEPT && !kept.contains_key(&k) {
             kept.clear();
         }
-        kept.insert(k, (read_at.at, value));
+        kept.insert(
+            k,
+            Kept {
+                read_at: read_at.at,
+                born: Instant::now(),
+                value,
+            },
+        );
     }
 }
