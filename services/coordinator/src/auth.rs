@@ -243,13 +243,10 @@ async fn identity_rows(
     ids: Vec<String>,
     range: crate::rows::Range,
 ) -> Result<Rows, ApiError> {
-    let now = crate::rows::Position::of(app, zone);
-    if let Some(rows) = identity_cache().get(app, zone, &ids, &now, range).await {
-        return Ok(rows);
-    }
-    let rows = serval_projector::catalog::load_many(&app.pool, &ids).await?;
-    identity_cache().put(zone, ids, &now, rows.clone());
-    Ok(rows)
+    let read = async { Ok(serval_projector::catalog::load_many(&app.pool, &ids).await?) };
+    identity_cache()
+        .get_or_read(app, zone, ids.clone(), range, |_| true, read)
+        .await
 }
 
 /// Read-your-writes for the whole request: the zone's catalog read model (Sessions, the

@@ -28,7 +28,7 @@ use crate::cascade::{self, Ending};
 use crate::http::{object, path_ids, Fields, ListQuery};
 use crate::idempotency::{self, Receipt, DELEGATION_CREATE};
 use crate::render::{self, session_data};
-use crate::rows::{AtPosition, Position, Range};
+use crate::rows::{AtPosition, Range};
 use crate::sessions::writer;
 use crate::store::{self, Scope};
 
@@ -63,18 +63,17 @@ type Resolved = Option<(ResolvedResource, Vec<String>)>;
 async fn resolve(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Resolved, ApiError> {
     static KEPT: std::sync::OnceLock<AtPosition<(String, bool), Resolved>> =
         std::sync::OnceLock::new();
-    let kept = KEPT.get_or_init(Default::default);
-    let now = Position::of(app, zone);
-    let k = (key.to_owned(), by_id);
-    if let Some(r) = kept.get(app, zone, &k, &now, Range::Read).await {
-        return Ok(r);
-    }
-    let r = resolve_read(app, zone, key, by_id).await?;
     // Only what exists is kept: the key is the caller's, an answer is a row of the zone.
-    if r.is_some() {
-        kept.put(zone, k, &now, r.clone());
-    }
-    Ok(r)
+    KEPT.get_or_init(Default::default)
+        .get_or_read(
+            app,
+            zone,
+            (key.to_owned(), by_id),
+            Range::Read,
+            Option::is_some,
+            resolve_read(app, zone, key, by_id),
+        )
+        .await
 }
 
 /// A Delegation's endpoints, kept per position (`rows.rs`).
@@ -85,16 +84,13 @@ async fn endpoints(
 ) -> Result<HashMap<String, Entity>, ApiError> {
     static KEPT: std::sync::OnceLock<AtPosition<[String; 2], HashMap<String, Entity>>> =
         std::sync::OnceLock::new();
-    let kept = KEPT.get_or_init(Default::default);
-    let now = Position::of(app, zone);
-    if let Some(r) = kept.get(app, zone, &ids, &now, Range::Read).await {
-        return Ok(r);
-    }
-    let r = read::load_many(&app.pool, &ids).await?;
-    if ids.iter().all(|id| r.contains_key(id)) {
-        kept.put(zone, ids, &now, r.clone());
-    }
-    Ok(r)
+    let read = read::load_many(&app.pool, &ids);
+    let both = |r: &HashMap<String, Entity>| ids.iter().all(|id| r.contains_key(id));
+    KEPT.get_or_init(Default::default)
+        .get_or_read(app, zone, ids.clone(), Range::Read, both, async {
+            Ok(read.await?)
+        })
+        .await
 }
 
 async fn resolve_read(app: &App, zone: &str, key: &str, by_id: bool) -> Result<Resolved, ApiError> {

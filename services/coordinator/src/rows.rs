@@ -87,14 +87,7 @@ impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
     /// With [`Range::Read`] a range the memo does not know is read; with
     /// [`Range::Remembered`] only the memo counts (a request whose freshness check did not
     /// read the tail, where the range would mostly hold catalog entries anyway).
-    pub async fn get(
-        &self,
-        app: &App,
-        zone: &str,
-        key: &K,
-        now: &Position,
-        range: Range,
-    ) -> Option<V> {
+    async fn get(&self, app: &App, zone: &str, key: &K, now: &Position, range: Range) -> Option<V> {
         if now.at == EntryId::ZERO {
             return None;
         }
@@ -128,10 +121,36 @@ impl<K: Hash + Eq + Clone, V: Clone> AtPosition<K, V> {
         Some(value)
     }
 
+    /// The kept answer for `key` when still valid (see [`Self::get`]), else `read`'s, kept
+    /// when `keep` says so (the position is taken before `read` runs, as [`Self::put`]
+    /// needs).
+    pub async fn get_or_read<E, F>(
+        &self,
+        app: &App,
+        zone: &str,
+        key: K,
+        range: Range,
+        keep: impl Fn(&V) -> bool,
+        read: F,
+    ) -> Result<V, E>
+    where
+        F: std::future::Future<Output = Result<V, E>>,
+    {
+        let now = Position::of(app, zone);
+        if let Some(v) = self.get(app, zone, &key, &now, range).await {
+            return Ok(v);
+        }
+        let v = read.await?;
+        if keep(&v) {
+            self.put(zone, key, &now, v.clone());
+        }
+        Ok(v)
+    }
+
     /// Keeps `value`, read from the read model once the zone's position was `read_at` (the
     /// position taken before the query: a row can only be newer than it, and a newer row
     /// means a catalog entry after `read_at`, which no later reuse skips).
-    pub fn put(&self, zone: &str, key: K, read_at: &Position, value: V) {
+    fn put(&self, zone: &str, key: K, read_at: &Position, value: V) {
         if read_at.at == EntryId::ZERO {
             return;
         }
